@@ -1,0 +1,163 @@
+"""Settings: read once from the environment into a frozen object, with clear errors."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DEFAULT_FRONTEND_URL = "http://localhost:5173"
+DEFAULT_RETURN_PATH = "/hero-me?session_id={CHECKOUT_SESSION_ID}"
+DEFAULT_PRODUCT_NAME = "Hero Me Feelings - Personalized AAC Board"
+DEFAULT_PRODUCT_DESCRIPTION = "AI-powered personalized feelings board with 24+ custom images"
+
+_CURRENCY = re.compile(r"^[a-z]{3}$")
+_REDIRECT_MODES = ("always", "if_required")
+
+
+class ConfigError(ValueError):
+    """The environment describes a service that cannot run; the message says which variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    on_cloud_run: bool
+    frontend_url: str
+    allowed_origins: frozenset[str]
+    allow_any_origin: bool
+    return_url: str
+    redirect_on_completion: str
+    product_name: str
+    product_description: str
+    price_amount: int
+    price_currency: str
+    stripe_price_id: str | None
+    stripe_secret_key: str | None
+    stripe_secret_name: str | None
+    google_cloud_project: str | None
+    secret_manager_endpoint: str | None
+    stripe_api_base: str | None
+    stripe_timeout_seconds: float
+    stripe_max_retries: int
+    stripe_webhook_secret: str | None
+    stripe_webhook_secret_name: str | None
+    status_cache_size: int
+    status_open_ttl_ms: int
+    webhook_dedupe_size: int
+
+    @property
+    def stripe_key_configured(self) -> bool:
+        return bool(self.stripe_secret_key or self.stripe_secret_name)
+
+    @property
+    def webhook_secret_configured(self) -> bool:
+        return bool(self.stripe_webhook_secret or self.stripe_webhook_secret_name)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from `env` (default: os.environ); raise ConfigError naming the bad variable."""
+    env = os.environ if env is None else env
+
+    def get(name: str) -> str | None:
+        value = env.get(name, "").strip()
+        return value or None
+
+    on_cloud_run = get("K_SERVICE") is not None
+    frontend_url = get("FRONTEND_URL")
+    if frontend_url is None:
+        if on_cloud_run:
+            raise ConfigError("FRONTEND_URL is required on Cloud Run (K_SERVICE is set)")
+        frontend_url = DEFAULT_FRONTEND_URL
+    frontend_url = frontend_url.rstrip("/")
+    frontend_origin = _origin_of(frontend_url, "FRONTEND_URL")
+
+    origins_raw = get("ALLOWED_ORIGINS")
+    if origins_raw is None:
+        origins = [frontend_origin]
+    else:
+        origins = [o.strip().rstrip("/") for o in origins_raw.split(",") if o.strip()]
+        if not origins:
+            raise ConfigError("ALLOWED_ORIGINS is set but lists no origin")
+        for origin in origins:
+            if origin != "*" and _origin_of(origin, "ALLOWED_ORIGINS") != origin:
+                raise ConfigError(
+                    f"ALLOWED_ORIGINS entry {origin!r} is not an origin (scheme://host[:port], no path)"
+                )
+
+    return_path = get("RETURN_PATH") or DEFAULT_RETURN_PATH
+    if not return_path.startswith("/"):
+        raise ConfigError("RETURN_PATH must start with '/'")
+
+    redirect = get("REDIRECT_ON_COMPLETION") or "if_required"
+    if redirect not in _REDIRECT_MODES:
+        raise ConfigError(f"REDIRECT_ON_COMPLETION must be one of {', '.join(_REDIRECT_MODES)}")
+
+    currency = (get("PRICE_CURRENCY") or "usd").lower()
+    if not _CURRENCY.match(currency):
+        raise ConfigError("PRICE_CURRENCY must be a three-letter ISO currency code, e.g. usd")
+
+    price_id = get("STRIPE_PRICE_ID")
+    if price_id is not None and not price_id.startswith("price_"):
+        raise ConfigError("STRIPE_PRICE_ID must be a Stripe price id (price_...)")
+
+    return Settings(
+        on_cloud_run=on_cloud_run,
+        frontend_url=frontend_url,
+        allowed_origins=frozenset(o for o in origins if o != "*"),
+        allow_any_origin="*" in origins,
+        return_url=frontend_url + return_path,
+        redirect_on_completion=redirect,
+        product_name=get("PRODUCT_NAME") or DEFAULT_PRODUCT_NAME,
+        product_description=get("PRODUCT_DESCRIPTION") or DEFAULT_PRODUCT_DESCRIPTION,
+        price_amount=_int(get, "PRICE_AMOUNT", 200, minimum=1),
+        price_currency=currency,
+        stripe_price_id=price_id,
+        stripe_secret_key=get("STRIPE_SECRET_KEY"),
+        stripe_secret_name=get("STRIPE_SECRET_NAME"),
+        google_cloud_project=get("GOOGLE_CLOUD_PROJECT"),
+        secret_manager_endpoint=get("SECRET_MANAGER_ENDPOINT"),
+        stripe_api_base=(get("STRIPE_API_BASE") or "").rstrip("/") or None,
+        stripe_timeout_seconds=_float(get, "STRIPE_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=60),
+        stripe_max_retries=_int(get, "STRIPE_MAX_RETRIES", 2, minimum=0, maximum=5),
+        stripe_webhook_secret=get("STRIPE_WEBHOOK_SECRET"),
+        stripe_webhook_secret_name=get("STRIPE_WEBHOOK_SECRET_NAME"),
+        status_cache_size=_int(get, "STATUS_CACHE_SIZE", 10_000, minimum=0),
+        status_open_ttl_ms=_int(get, "STATUS_OPEN_TTL_MS", 0, minimum=0, maximum=60_000),
+        webhook_dedupe_size=_int(get, "WEBHOOK_DEDUPE_SIZE", 10_000, minimum=1),
+    )
+
+
+def _origin_of(url: str, variable: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{variable} must be an absolute http(s) URL, got {url!r}")
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _int(get, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _float(get, name: str, default: float, *, minimum: float, maximum: float) -> float:
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
