@@ -1,0 +1,189 @@
+"""Wiring and dispatch: build the service once, route each request, answer errors as JSON."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from flask import Request, Response
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from checkout.config import ConfigError, Settings, load_settings
+from checkout.http import BASE_HEADERS, ApiError, CorsPolicy, error_response
+from checkout.keys import SecretSource, stripe_api_key_source
+from checkout.logs import current_request, setup_logging, trace_of
+from checkout.routes import ENDPOINTS, URL_MAP, Endpoint
+from checkout.status_cache import StatusCache
+from checkout.stripe_gateway import StripeGateway
+
+log = logging.getLogger("checkout")
+request_log = logging.getLogger("checkout.request")
+
+setup_logging()
+_ROUTER = URL_MAP.bind("")
+
+
+@dataclass(frozen=True)
+class Service:
+    """Everything a handler may use, built once per process from the settings."""
+
+    settings: Settings
+    cors: CorsPolicy
+    api_key: SecretSource
+    gateway: StripeGateway
+    status_cache: StatusCache
+    trace_project: str | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Service:
+        api_key = stripe_api_key_source(settings)
+        return cls(
+            settings=settings,
+            cors=CorsPolicy(settings.allowed_origins, settings.allow_any_origin),
+            api_key=api_key,
+            gateway=StripeGateway(settings, api_key),
+            status_cache=StatusCache(settings.status_cache_size, settings.status_open_ttl_ms),
+            trace_project=settings.google_cloud_project or _project_in(settings.stripe_secret_name),
+        )
+
+
+_service: Service | None = None
+_service_error: ApiError | None = None
+_service_lock = threading.Lock()
+
+
+def get_service() -> Service:
+    """The process's Service, built on first use (after gunicorn forks, never at import)."""
+    global _service, _service_error
+    if _service is not None:
+        return _service
+    with _service_lock:
+        if _service is None and _service_error is None:
+            try:
+                _service = Service.from_settings(load_settings())
+                _announce(_service.settings)
+            except ConfigError as error:
+                # The environment cannot change under a running process: remember the verdict.
+                log.error("configuration error: %s", error)
+                _service_error = ApiError(
+                    500,
+                    "payment_configuration_error",
+                    "Payments are not configured correctly on the server.",
+                    detail=str(error),
+                )
+    if _service_error is not None:
+        raise _service_error
+    assert _service is not None
+    return _service
+
+
+def reset_service() -> None:
+    """Forget the built Service so the next request re-reads the environment (tests only)."""
+    global _service, _service_error
+    with _service_lock:
+        _service, _service_error = None, None
+
+
+def handle(request: Request) -> Response:
+    """Serve one request: route, check CORS, run the handler, log one line."""
+    started = time.perf_counter()
+    context: dict = {"request_id": uuid.uuid4().hex}
+    token = current_request.set(context)
+    origin = request.headers.get("Origin")
+    endpoint: Endpoint | None = None
+    error: ApiError | None = None
+    try:
+        endpoint = _endpoint_for(request)
+        service = get_service()
+        context["trace"] = trace_of(request.headers, service.trace_project)
+        if endpoint.browser and origin is not None and not service.cors.allows(origin):
+            raise service.cors.refuse(origin)
+        if request.method == "OPTIONS":
+            response = CorsPolicy.preflight(endpoint.allowed_methods)
+        else:
+            response = endpoint.handler(request, service)
+    except ApiError as caught:
+        error = caught
+        response = error_response(caught, context["request_id"])
+    except Exception:
+        log.exception("unhandled error while serving %s %s", request.method, request.path[:200])
+        error = ApiError(500, "internal_error", "Something went wrong on our side. Please retry.")
+        response = error_response(error, context["request_id"])
+    try:
+        _finish(response, context["request_id"], endpoint, origin)
+        _log_request(request, response, error, context, time.perf_counter() - started)
+    finally:
+        current_request.reset(token)
+    return response
+
+
+def _endpoint_for(request: Request) -> Endpoint:
+    try:
+        name, _ = _ROUTER.match(request.path, request.method)
+    except NotFound:
+        raise ApiError(404, "not_found", "There is no endpoint at this path.") from None
+    except MethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.valid_methods or ()))
+        raise ApiError(
+            405,
+            "method_not_allowed",
+            f"This path does not accept {request.method[:20]}; use {allowed}.",
+            headers={"Allow": allowed},
+        ) from None
+    return ENDPOINTS[name]
+
+
+def _finish(response: Response, request_id: str, endpoint: Endpoint | None, origin: str | None):
+    headers = response.headers
+    for name, value in BASE_HEADERS:
+        headers[name] = value
+    headers["X-Request-Id"] = request_id
+    if endpoint is not None and not endpoint.browser:
+        return
+    service = _service
+    allowed = origin is not None and service is not None and service.cors.allows(origin)
+    CorsPolicy.decorate(response, origin if allowed else None)
+
+
+def _log_request(
+    request: Request, response: Response, error: ApiError | None, context: dict, seconds: float
+) -> None:
+    status = response.status_code
+    path = request.path[:200]
+    fields: dict = {
+        "httpRequest": {
+            "requestMethod": request.method[:20],
+            "requestUrl": path,
+            "status": status,
+            "latency": f"{seconds:.6f}s",
+        }
+    }
+    if context.get("stripe_request_id"):
+        fields["stripe_request_id"] = context["stripe_request_id"]
+    if error is not None:
+        fields["code"] = error.code
+        if error.detail:
+            fields["detail"] = error.detail
+    level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+    request_log.log(level, "%s %s %s", request.method[:20], path, status, extra={"fields": fields})
+
+
+def _announce(settings: Settings) -> None:
+    if not settings.stripe_key_configured:
+        where = "on Cloud Run" if settings.on_cloud_run else "locally (use `make run`)"
+        log.error(
+            "no Stripe key configured %s: set STRIPE_SECRET_KEY or STRIPE_SECRET_NAME; "
+            "payment requests will answer 500 payment_configuration_error",
+            where,
+        )
+    elif settings.stripe_api_base:
+        log.warning("Stripe API base overridden: %s", settings.stripe_api_base)
+
+
+def _project_in(secret_name: str | None) -> str | None:
+    if secret_name and secret_name.startswith("projects/"):
+        return secret_name.split("/")[1] or None
+    return None

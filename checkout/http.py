@@ -1,0 +1,120 @@
+"""HTTP plumbing in one place: the error type, JSON responses, request-body parsing and CORS."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flask import Request, Response
+
+MAX_BODY_BYTES = 64 * 1024
+_JSON_DUMP = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+# Sent on every response: nothing here may be cached by a browser or proxy, and JSON is JSON.
+BASE_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
+
+PREFLIGHT_ALLOW_HEADERS = "Content-Type, Idempotency-Key"
+PREFLIGHT_MAX_AGE = "3600"
+
+
+class ApiError(Exception):
+    """An answer for the client: HTTP status, machine code and a human sentence.
+
+    `detail` goes to the log only; it never reaches the response body.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.detail = detail
+
+
+def json_response(status: int, payload: Mapping[str, Any]) -> Response:
+    return Response(_JSON_DUMP(payload), status=status, mimetype="application/json")
+
+
+def error_response(error: ApiError, request_id: str) -> Response:
+    response = json_response(
+        error.status, {"error": error.message, "code": error.code, "request_id": request_id}
+    )
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; an empty body is {}. Raises ApiError 413/415/400."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise _too_large()
+    mimetype = request.mimetype
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "Send the request body as JSON with Content-Type: application/json.",
+        )
+    raw = request.stream.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise _too_large()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "The request body must be a JSON object, e.g. {}.")
+    return body
+
+
+def _too_large() -> ApiError:
+    return ApiError(
+        413, "payload_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes."
+    )
+
+
+class CorsPolicy:
+    """Exact-origin allowlist. Only browsers send Origin; requests without it are not CORS."""
+
+    def __init__(self, allowed_origins: Iterable[str], allow_any: bool) -> None:
+        self._allowed = frozenset(allowed_origins)
+        self._allow_any = allow_any
+
+    def allows(self, origin: str) -> bool:
+        return self._allow_any or origin in self._allowed
+
+    def refuse(self, origin: str) -> ApiError:
+        return ApiError(
+            403,
+            "origin_not_allowed",
+            "This origin is not allowed to call the checkout API.",
+            detail=f"origin={origin[:200]!r}",
+        )
+
+    @staticmethod
+    def decorate(response: Response, origin: str | None) -> None:
+        """Mark a response for an allowed origin (or none): echo it and vary on it."""
+        response.headers["Vary"] = "Origin"
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+
+    @staticmethod
+    def preflight(methods: Iterable[str]) -> Response:
+        response = Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = ", ".join(methods)
+        response.headers["Access-Control-Allow-Headers"] = PREFLIGHT_ALLOW_HEADERS
+        response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+        return response

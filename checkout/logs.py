@@ -1,0 +1,75 @@
+"""Structured logging: one JSON object per line on stdout, the shape Cloud Logging reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from contextvars import ContextVar
+from typing import Any
+
+_TRACE_KEY = "logging.googleapis.com/trace"
+
+# The request being served by this thread, so every record it logs carries its ids.
+current_request: ContextVar[dict[str, Any] | None] = ContextVar("current_request", default=None)
+
+_configured = threading.Lock()
+_done = False
+
+
+class JsonFormatter(logging.Formatter):
+    """Render a record as one JSON line; `extra={"fields": {...}}` adds structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "severity": record.levelname if record.levelname != "WARN" else "WARNING",
+            "message": record.getMessage(),
+            "logger": record.name,
+        }
+        request = current_request.get()
+        if request is not None:
+            entry["request_id"] = request["request_id"]
+            if request.get("trace"):
+                entry[_TRACE_KEY] = request["trace"]
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            # The type and message only: a full traceback is noise in a request log.
+            entry["error_type"] = record.exc_info[0].__name__
+        return json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def setup_logging() -> None:
+    """Send the `checkout` loggers to stdout as JSON lines; safe to call more than once."""
+    global _done
+    with _configured:
+        if _done:
+            return
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(JsonFormatter())
+        root = logging.getLogger("checkout")
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+        _done = True
+
+
+def trace_of(headers: Any, project: str | None) -> str | None:
+    """Cloud Logging's trace field, from W3C traceparent or X-Cloud-Trace-Context."""
+    if not project:
+        return None
+    trace_id = None
+    traceparent = headers.get("traceparent")
+    if traceparent:
+        parts = traceparent.split("-")
+        if len(parts) == 4 and len(parts[1]) == 32 and parts[1].isalnum():
+            trace_id = parts[1]
+    if trace_id is None:
+        cloud = headers.get("X-Cloud-Trace-Context")
+        if cloud:
+            candidate = cloud.split("/", 1)[0]
+            if 0 < len(candidate) <= 64 and candidate.isalnum():
+                trace_id = candidate
+    return f"projects/{project}/traces/{trace_id}" if trace_id else None

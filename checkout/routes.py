@@ -1,0 +1,115 @@
+"""The endpoints: the URL map and one handler per endpoint, readable top to bottom."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Request, Response
+from werkzeug.routing import Map, Rule
+
+from checkout.http import ApiError, json_response, read_json_object
+
+if TYPE_CHECKING:
+    from checkout.app import Service
+
+MAX_IMAGE_ID_CHARS = 500
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+_SESSION_ID = re.compile(r"cs_(test|live)_[A-Za-z0-9]{1,250}")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def create_session(request: Request, service: Service) -> Response:
+    """POST /api/checkout/embedded-session → {client_secret, session_id}."""
+    body = read_json_object(request)
+    image_id = _image_id_from(body)
+    idempotency_key = _idempotency_key_from(request)
+    created = service.gateway.create_session(image_id, idempotency_key)
+    return json_response(
+        200, {"client_secret": created.client_secret, "session_id": created.session_id}
+    )
+
+
+def session_status(request: Request, service: Service) -> Response:
+    """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, metadata}."""
+    session_id = _session_id_from(request)
+    status = service.status_cache.get(session_id)
+    if status is None:
+        status = service.gateway.retrieve_session(session_id)
+        service.status_cache.put(status)
+    return json_response(200, status.public())
+
+
+def _image_id_from(body: dict[str, Any]) -> str | None:
+    if "imageId" not in body:
+        return None
+    image_id = body["imageId"]
+    if not isinstance(image_id, str) or not 1 <= len(image_id) <= MAX_IMAGE_ID_CHARS:
+        raise ApiError(
+            400,
+            "invalid_image_id",
+            f"imageId must be a string of 1 to {MAX_IMAGE_ID_CHARS} characters.",
+        )
+    if _CONTROL_CHARS.search(image_id):
+        raise ApiError(400, "invalid_image_id", "imageId must not contain control characters.")
+    return image_id
+
+
+def _idempotency_key_from(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not _PRINTABLE_ASCII.fullmatch(key):
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters.",
+        )
+    return key
+
+
+def _session_id_from(request: Request) -> str:
+    values = request.args.getlist("session_id")
+    if len(values) != 1 or not _SESSION_ID.fullmatch(values[0]):
+        raise ApiError(
+            400,
+            "invalid_session_id",
+            "Pass exactly one session_id query parameter, a Checkout Session id (cs_test_… or "
+            "cs_live_…).",
+        )
+    return values[0]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: str
+    handler: Callable[[Request, Service], Response]
+    methods: tuple[str, ...]
+    browser: bool  # called cross-origin by the frontend, so CORS and preflight apply
+
+    @property
+    def allowed_methods(self) -> tuple[str, ...]:
+        return (*self.methods, "OPTIONS") if self.browser else self.methods
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    "create_session": Endpoint(
+        "/api/checkout/embedded-session", create_session, ("POST",), browser=True
+    ),
+    "session_status": Endpoint(
+        "/api/checkout/session-status", session_status, ("GET",), browser=True
+    ),
+}
+
+# A trailing slash is optional: each rule ends in "/" and strict_slashes=False matches both.
+URL_MAP = Map(
+    [
+        Rule(f"{e.path}/", endpoint=name, methods=e.allowed_methods)
+        for name, e in ENDPOINTS.items()
+    ],
+    strict_slashes=False,
+    merge_slashes=False,
+)

@@ -1,0 +1,71 @@
+"""In-process cache of session statuses, so polling frontends do not spend Stripe's rate limit."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from checkout.stripe_gateway import SessionStatus
+
+
+class StatusCache:
+    """Bounded LRU. `complete`/`expired` never change, so they stay until evicted.
+
+    `open` is kept only when `open_ttl_ms` > 0 (an operator's opt-in): a customer who has just
+    paid could otherwise be told `open` for up to that long.
+    """
+
+    def __init__(
+        self, max_size: int, open_ttl_ms: int = 0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._max_size = max_size
+        self._open_ttl = open_ttl_ms / 1000.0
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[SessionStatus, float | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str) -> SessionStatus | None:
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is None:
+                return None
+            status, expires = entry
+            if expires is not None and self._clock() >= expires:
+                del self._entries[session_id]
+                return None
+            self._entries.move_to_end(session_id)
+            return status
+
+    def put(self, status: SessionStatus) -> None:
+        if self._max_size == 0:
+            return
+        if status.terminal:
+            expires = None
+        elif self._open_ttl > 0:
+            expires = self._clock() + self._open_ttl
+        else:
+            return
+        with self._lock:
+            current = self._entries.get(status.session_id)
+            if current is not None and current[0].terminal and not status.terminal:
+                # Stripe's reads can race: never let an older `open` replace a terminal status.
+                return
+            self._entries[status.session_id] = (_public_only(status), expires)
+            self._entries.move_to_end(status.session_id)
+            while len(self._entries) > self._max_size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _public_only(status: SessionStatus) -> SessionStatus:
+    # Keep what the status endpoint returns and nothing more (no amounts, no livemode).
+    return SessionStatus(
+        session_id=status.session_id,
+        status=status.status,
+        payment_status=status.payment_status,
+        metadata=dict(status.metadata),
+    )

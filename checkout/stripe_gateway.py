@@ -1,0 +1,246 @@
+"""The only module that talks to Stripe: creates and reads Checkout Sessions, maps Stripe's errors."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import stripe
+
+from checkout.config import Settings
+from checkout.http import ApiError
+from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
+from checkout.logs import current_request
+
+log = logging.getLogger("checkout.stripe")
+
+# Metadata keys this service sets; status responses return these and nothing else.
+OUR_METADATA_KEYS = ("imageId",)
+
+BUSY_RETRY_AFTER = "2"
+KEY_RETRY_AFTER = "5"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    """What the status endpoint may reveal, plus the order facts fulfilment needs."""
+
+    session_id: str
+    status: str
+    payment_status: str
+    metadata: dict[str, str]
+    amount_total: int | None = field(default=None, compare=False)
+    currency: str | None = field(default=None, compare=False)
+    livemode: bool = field(default=False, compare=False)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in ("complete", "expired")
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "payment_status": self.payment_status,
+            "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def from_stripe(cls, session: Any) -> SessionStatus:
+        metadata = session.get("metadata") or {}
+        return cls(
+            session_id=session["id"],
+            status=session.get("status") or "open",
+            payment_status=session.get("payment_status") or "unpaid",
+            metadata={k: str(metadata[k]) for k in OUR_METADATA_KEYS if k in metadata},
+            amount_total=session.get("amount_total"),
+            currency=session.get("currency"),
+            livemode=bool(session.get("livemode")),
+        )
+
+
+@dataclass(frozen=True)
+class CreatedSession:
+    session_id: str
+    client_secret: str
+
+
+class StripeGateway:
+    """Checkout Sessions through one StripeClient, built lazily (after gunicorn forks)."""
+
+    def __init__(self, settings: Settings, api_key: SecretSource) -> None:
+        self._settings = settings
+        self._api_key = api_key
+        self._client: stripe.StripeClient | None = None
+        self._client_lock = threading.Lock()
+        self._session_template = _session_template(settings)
+
+    def create_session(self, image_id: str | None, idempotency_key: str | None) -> CreatedSession:
+        params = dict(self._session_template)
+        if image_id is not None:
+            params["metadata"] = {"imageId": image_id}
+
+        def call(client: stripe.StripeClient, options: dict[str, Any]) -> Any:
+            if idempotency_key is not None:
+                options["idempotency_key"] = idempotency_key
+            return client.v1.checkout.sessions.create(params=params, options=options)
+
+        session = self._call("create", call)
+        return CreatedSession(session_id=session["id"], client_secret=session["client_secret"])
+
+    def retrieve_session(self, session_id: str) -> SessionStatus:
+        def call(client: stripe.StripeClient, options: dict[str, Any]) -> Any:
+            return client.v1.checkout.sessions.retrieve(session_id, options=options)
+
+        return SessionStatus.from_stripe(self._call("retrieve", call))
+
+    def _call(self, operation: str, call: Callable[[stripe.StripeClient, dict[str, Any]], T]) -> T:
+        key = self._key()
+        client = self._client or self._build_client(key)
+        try:
+            try:
+                return self._noted(call(client, {"api_key": key}))
+            except stripe.AuthenticationError:
+                # The key may have been rolled: re-read it once, and retry once if it changed.
+                fresh = self._refreshed_key(key)
+                if fresh == key:
+                    raise
+                log.warning("Stripe rejected the cached API key; retrying once with the new one")
+                return self._noted(call(client, {"api_key": fresh}))
+        except stripe.StripeError as error:
+            raise _map_stripe_error(operation, error) from None
+
+    def _key(self) -> str:
+        try:
+            return self._api_key.get()
+        except SecretUnavailable as error:
+            raise _key_unavailable(error) from None
+        except SecretConfigError as error:
+            raise _misconfigured(str(error)) from None
+
+    def _refreshed_key(self, stale: str) -> str:
+        log.warning("Stripe answered 401 for the API key; re-reading the key")
+        try:
+            return self._api_key.refresh(stale)
+        except SecretUnavailable as error:
+            raise _key_unavailable(error) from None
+        except SecretConfigError as error:
+            raise _misconfigured(str(error)) from None
+
+    def _build_client(self, key: str) -> stripe.StripeClient:
+        with self._client_lock:
+            if self._client is None:
+                settings = self._settings
+                base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+                self._client = stripe.StripeClient(
+                    key,
+                    base_addresses=base,
+                    max_network_retries=settings.stripe_max_retries,
+                    # One requests.Session per thread: keep-alive connections to Stripe.
+                    http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_seconds),
+                )
+            return self._client
+
+    @staticmethod
+    def _noted(result: T) -> T:
+        response = getattr(result, "last_response", None)
+        _note_stripe_request_id(getattr(response, "request_id", None))
+        return result
+
+
+def _session_template(settings: Settings) -> dict[str, Any]:
+    if settings.stripe_price_id:
+        line_item: dict[str, Any] = {"price": settings.stripe_price_id, "quantity": 1}
+    else:
+        line_item = {
+            "price_data": {
+                "currency": settings.price_currency,
+                "unit_amount": settings.price_amount,
+                "product_data": {
+                    "name": settings.product_name,
+                    "description": settings.product_description,
+                },
+            },
+            "quantity": 1,
+        }
+    return {
+        "ui_mode": "embedded_page",
+        "mode": "payment",
+        "line_items": [line_item],
+        "return_url": settings.return_url,
+        "redirect_on_completion": settings.redirect_on_completion,
+    }
+
+
+def _note_stripe_request_id(request_id: str | None) -> None:
+    request = current_request.get()
+    if request is not None and request_id:
+        request["stripe_request_id"] = request_id
+
+
+def _map_stripe_error(operation: str, error: stripe.StripeError) -> ApiError:
+    _note_stripe_request_id(getattr(error, "request_id", None))
+    kind = type(error).__name__
+    code = getattr(error, "code", None)
+    # Stripe's messages can echo the (redacted) key for auth errors; keep those out of logs.
+    said = "(omitted)" if isinstance(error, stripe.AuthenticationError) else error.user_message
+    detail = f"stripe {operation}: {kind} http={error.http_status} code={code} message={said}"
+
+    if isinstance(error, stripe.InvalidRequestError) and code == "resource_missing":
+        if operation == "retrieve":
+            return ApiError(404, "session_not_found", "No checkout session has that id.", detail=detail)
+    if isinstance(error, stripe.IdempotencyError):
+        return ApiError(
+            409,
+            "idempotency_conflict",
+            "This Idempotency-Key was already used with a different request body.",
+            detail=detail,
+        )
+    if isinstance(error, stripe.RateLimitError):
+        return ApiError(
+            503,
+            "payment_provider_busy",
+            "The payment provider is busy. Please retry shortly.",
+            headers={"Retry-After": BUSY_RETRY_AFTER},
+            detail=detail,
+        )
+    if isinstance(error, stripe.APIConnectionError):
+        return ApiError(
+            504,
+            "payment_provider_unreachable",
+            "The payment provider did not answer in time. Please retry.",
+            detail=detail,
+        )
+    if isinstance(
+        error, (stripe.AuthenticationError, stripe.PermissionError, stripe.InvalidRequestError)
+    ):
+        return _misconfigured(detail)
+    return ApiError(
+        502,
+        "payment_provider_error",
+        "The payment provider returned an error. Please retry.",
+        detail=detail,
+    )
+
+
+def _misconfigured(detail: str) -> ApiError:
+    return ApiError(
+        500,
+        "payment_configuration_error",
+        "Payments are not configured correctly on the server.",
+        detail=detail,
+    )
+
+
+def _key_unavailable(error: Exception) -> ApiError:
+    return ApiError(
+        503,
+        "payment_provider_unavailable",
+        "Payments are temporarily unavailable. Please retry shortly.",
+        headers={"Retry-After": KEY_RETRY_AFTER},
+        detail=f"Stripe key unavailable: {error}",
+    )

@@ -1,0 +1,104 @@
+"""`make run`: start the function on :8080, with the bundled Stripe emulator when no key is set.
+
+Real Stripe is used when STRIPE_SECRET_KEY or STRIPE_SECRET_NAME is configured. On Cloud Run
+(K_SERVICE set) this never starts the emulator.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+EMULATOR_KEY = "sk_test_emulator_local_only"  # not a real key: only the emulator accepts it
+LOCAL_WEBHOOK_SECRET = "whsec_emulator_local_only"
+
+
+def main() -> int:
+    env = dict(os.environ)
+    port = env.get("PORT", "8080")
+    host = env.get("HOST", "127.0.0.1")
+    # Cloud Run sends up to CONCURRENCY requests at once; gunicorn needs as many threads.
+    env.setdefault("THREADS", env.get("CONCURRENCY", "80"))
+    children: list[subprocess.Popen] = []
+
+    use_emulator = not (env.get("STRIPE_SECRET_KEY") or env.get("STRIPE_SECRET_NAME"))
+    if use_emulator and env.get("K_SERVICE"):
+        print("K_SERVICE is set (Cloud Run): refusing to start the Stripe emulator.", flush=True)
+        use_emulator = False
+    if use_emulator:
+        emulator_port = env.get("STRIPE_EMULATOR_PORT", "12111")
+        base = f"http://127.0.0.1:{emulator_port}"
+        webhook_url = f"http://127.0.0.1:{port}/api/checkout/webhook"
+        children.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "devtools.stripe_emulator",
+                    "--port",
+                    emulator_port,
+                    "--webhook-url",
+                    webhook_url,
+                    "--webhook-secret",
+                    LOCAL_WEBHOOK_SECRET,
+                ]
+            )
+        )
+        _wait_for(f"{base}/_emulator/calls", children[0])
+        env["STRIPE_API_BASE"] = base
+        env["STRIPE_SECRET_KEY"] = EMULATOR_KEY
+        env.setdefault("STRIPE_WEBHOOK_SECRET", LOCAL_WEBHOOK_SECRET)
+        print(
+            f"*** OFFLINE MODE: no STRIPE_SECRET_KEY or STRIPE_SECRET_NAME is set, so payments go "
+            f"to the bundled Stripe emulator at {base} (nothing is charged). Set "
+            f"STRIPE_SECRET_KEY=sk_test_... to use real Stripe. ***",
+            flush=True,
+        )
+
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "functions-framework"),
+        "--target",
+        "checkout_api",
+        "--host",
+        host,
+        "--port",
+        port,
+    ]
+    print(f"Serving checkout_api on http://{host}:{port} with {env['THREADS']} threads", flush=True)
+    function = subprocess.Popen(command, env=env)
+    children.append(function)
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        return function.wait()
+    finally:
+        stop(signal.SIGTERM, None)
+        for child in children:
+            child.wait(timeout=10)
+
+
+def _wait_for(url: str, process: subprocess.Popen, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the Stripe emulator exited early (is port {url} in use?)")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"the Stripe emulator did not answer at {url}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
