@@ -1,0 +1,437 @@
+"""Stripe secrets (API key, webhook signing secret): from the environment or Secret Manager, cached.
+
+Google's libraries are imported only on the Secret Manager path, and its client is built on first
+use: they add about a quarter of a second to a cold start, and no network client may exist before
+gunicorn forks.
+"""
+
+# Google's libraries are imported inside the functions that use them, on purpose (see above).
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from checkout.config import Settings
+
+if TYPE_CHECKING:
+    from google.cloud.secretmanager_v1 import SecretManagerServiceClient
+
+log = logging.getLogger("checkout.keys")
+
+# An outage must be answered in a few seconds, not after the client's default minute of retries:
+# transient errors are retried within _RETRY_BUDGET_S, and each attempt waits at most
+# _ATTEMPT_TIMEOUT_S, so the worst case is about the sum of the two.
+_RETRY_BUDGET_S = 2.0
+_ATTEMPT_TIMEOUT_S = 1.5
+
+_STRIPE_KEY = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9]+$")
+_WEBHOOK_SECRET = re.compile(r"^whsec_[A-Za-z0-9+/=]+$")
+
+# What a value is, told by its prefix alone: never show more of a secret than this.
+_KINDS = (
+    ("sk_", "a secret API key (sk_…)"),
+    ("rk_", "a restricted API key (rk_…)"),
+    ("pk_", "a publishable key (pk_…)"),
+    ("whsec_", "a webhook signing secret (whsec_…)"),
+)
+
+# Project ids, numbers and domain-scoped ids ("example.com:p"); secret ids; versions or aliases.
+_PROJECT, _ID, _VERSION = r"[A-Za-z0-9.:_-]+", r"[A-Za-z0-9_-]{1,255}", r"[A-Za-z0-9_-]+"
+_FULL_NAME = re.compile(rf"^projects/{_PROJECT}/secrets/{_ID}/versions/{_VERSION}$")
+_SECRET_NAME = re.compile(rf"^projects/{_PROJECT}/secrets/{_ID}$")
+_BARE_NAME = re.compile(rf"^{_ID}$")
+
+
+class SecretUnavailable(Exception):
+    """Secret Manager could not hand over the secret just now (unreachable, denied, corrupt)."""
+
+
+class SecretConfigError(Exception):
+    """The secret is missing or misconfigured; retrying will not help until an operator acts."""
+
+
+def check_stripe_key_shape(value: str) -> str:
+    """Return the key without surrounding whitespace, or refuse anything but sk_/rk_ keys."""
+    key = value.strip()
+    if _STRIPE_KEY.match(key):
+        return key
+    if key.startswith(("sk_", "rk_")):
+        raise SecretConfigError(
+            f"the value starts like {_kind_of(key)} but is malformed: expected {key[:3]}test_… or "
+            f"{key[:3]}live_… followed by letters and digits only"
+        )
+    raise SecretConfigError(
+        f"the value is {_kind_of(key)}, not a secret key (sk_test_…, sk_live_… or rk_…)"
+    )
+
+
+def check_webhook_secret_shape(value: str) -> str:
+    """Return the signing secret without surrounding whitespace, or refuse anything but whsec_."""
+    secret = value.strip()
+    if _WEBHOOK_SECRET.match(secret):
+        return secret
+    if secret.startswith("whsec_"):
+        raise SecretConfigError(
+            "the value starts like a webhook signing secret (whsec_…) but is malformed: expected "
+            "whsec_ followed by letters, digits, +, / or = only"
+        )
+    raise SecretConfigError(
+        f"the value is {_kind_of(secret)}, not a webhook signing secret (whsec_…)"
+    )
+
+
+def _kind_of(value: str) -> str:
+    if not value:
+        return "empty"
+    if value[0] in "\"'":
+        return "quoted (remove the quotes around it)"
+    for prefix, kind in _KINDS:
+        if value.startswith(prefix):
+            return kind
+    return "not recognisable as a Stripe key"
+
+
+class _Flight:
+    """One read of the secret that concurrent callers share."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.value: str | None = None
+        self.error: BaseException | None = None
+
+    def finish(self, value: str | None = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+        self._done.set()
+
+    def wait(self) -> str:
+        self._done.wait()
+        error = self.error
+        if error is not None:
+            # A fresh exception per waiter: one instance raised in many threads tangles tracebacks.
+            if isinstance(error, SecretConfigError | SecretUnavailable):
+                raise type(error)(*error.args)
+            raise SecretUnavailable("reading the secret was interrupted; retry")
+        return self.value or ""
+
+
+class SecretSource:
+    """One secret value, from the environment or Secret Manager, validated and cached."""
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        value: str | None,
+        name: str | None,
+        project: str | None,
+        endpoint: str | None,
+        validate: Callable[[str], str],
+        variables: tuple[str, str] = ("the value", "the secret name"),
+    ) -> None:
+        """`variables` names the settings holding `value` and `name`, for error messages."""
+        self._label = label
+        self._direct = value
+        self._name = name
+        self._project = project
+        self._endpoint = endpoint
+        self._validate = validate
+        self._value_var, self._name_var = variables
+        self._lock = threading.Lock()
+        self._cached: str | None = None
+        self._flight: _Flight | None = None
+        self._resource: str | None = None
+        self._client: SecretManagerServiceClient | None = None
+        self._client_pid: int | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._direct or self._name)
+
+    def get(self) -> str:
+        """The secret, read once and then served from memory."""
+        cached = self._cached
+        if cached is not None:
+            return cached
+        return self._load(stale=None)
+
+    def refresh(self, stale: str) -> str:
+        """Re-read the secret if `stale` is still what we hold; return the current value."""
+        return self._load(stale=stale)
+
+    def warm(self) -> None:
+        """Read the secret now so the first request does not wait; a failure is retried later."""
+        if not self.configured:
+            return
+        # A failure was logged where it happened, and the next get() tries again.
+        with contextlib.suppress(SecretConfigError, SecretUnavailable):
+            self.get()
+
+    # -- one read at a time ----------------------------------------------------------------
+
+    def _load(self, stale: str | None) -> str:
+        if not self.configured:
+            raise SecretConfigError(
+                f"no {self._label} configured: set {self._value_var} or {self._name_var}"
+            )
+        with self._lock:
+            cached = self._cached
+            if cached is not None and cached != stale:
+                return cached
+            flight = self._flight
+            if flight is not None:
+                leader = False
+            else:
+                flight = self._flight = _Flight()
+                leader = True
+        if not leader:
+            return flight.wait()
+
+        try:
+            value = self._read(stale)
+        except BaseException as error:
+            # Failures are never cached: the next caller starts a new read.
+            with self._lock:
+                self._flight = None
+            flight.finish(error=error)
+            if isinstance(error, SecretConfigError):
+                log.error("%s", error)
+            elif isinstance(error, SecretUnavailable):
+                log.warning("%s", error)
+            raise
+        with self._lock:
+            self._cached = value
+            self._flight = None
+        flight.finish(value=value)
+        return value
+
+    def _read(self, stale: str | None) -> str:
+        if self._direct is not None:
+            return self._checked(self._direct, self._value_var)
+        resource = self._resource_name()
+        if stale is not None:
+            log.info(
+                "re-reading the %s from %s: the cached value was rejected", self._label, resource
+            )
+        text, version = self._access(resource)
+        value = self._checked(text, f"secret {version} ({self._name_var})")
+        if stale is None:
+            log.info("loaded the %s from %s", self._label, version)
+        elif value == stale:
+            log.warning("the %s from %s is unchanged after a re-read", self._label, version)
+        else:
+            log.info("the %s changed: now using %s", self._label, version)
+        return value
+
+    def _checked(self, value: str, origin: str) -> str:
+        try:
+            return self._validate(value)
+        except SecretConfigError as error:
+            raise SecretConfigError(f"{origin} is not a usable {self._label}: {error}") from None
+
+    # -- Secret Manager --------------------------------------------------------------------
+
+    def _resource_name(self) -> str:
+        if self._resource is not None:
+            return self._resource
+        name = self._name or ""
+        var = self._name_var
+        for prefix, kind in _KINDS:
+            if name.startswith(prefix):
+                # Someone put the secret itself here: refuse before it reaches a URL or a log.
+                raise SecretConfigError(
+                    f"{var} holds {kind}, not a secret name: put the value in "
+                    f"{self._value_var}, or store it in Secret Manager and name the secret here"
+                )
+        if _FULL_NAME.match(name):
+            resource = name
+        elif _SECRET_NAME.match(name):
+            resource = f"{name}/versions/latest"
+        elif _BARE_NAME.match(name):
+            project = self._project or _default_project(var)
+            resource = f"projects/{project}/secrets/{name}/versions/latest"
+        elif "/locations/" in name:
+            raise SecretConfigError(
+                f"{var} names a regional secret (projects/P/locations/L/...); only global "
+                "secrets are supported"
+            )
+        else:
+            # The malformed value is not repeated: it might be a secret pasted in the wrong place.
+            raise SecretConfigError(
+                f"{var} is not a Secret Manager secret name: expected "
+                "projects/PROJECT/secrets/SECRET/versions/VERSION, projects/PROJECT/secrets/SECRET "
+                "or a bare SECRET id"
+            )
+        self._resource = resource
+        return resource
+
+    def _access(self, resource: str) -> tuple[str, str]:
+        """Read one version; return (text, the version's full name)."""
+        from google.api_core import exceptions as api
+        from google.auth import exceptions as auth
+
+        client = self._client_for_this_process()
+        try:
+            response = client.access_secret_version(
+                request={"name": resource}, retry=_retry_policy(), timeout=_ATTEMPT_TIMEOUT_S
+            )
+        except api.NotFound:
+            raise SecretConfigError(
+                f"Secret Manager has no {resource}: create the secret (with an enabled version) "
+                f"or fix {self._name_var}"
+            ) from None
+        except api.PermissionDenied:
+            raise SecretUnavailable(
+                f"Secret Manager denied access to {resource}: grant "
+                "roles/secretmanager.secretAccessor on the secret to the runtime service account"
+            ) from None
+        except api.Unauthenticated:
+            raise SecretUnavailable(
+                f"Secret Manager rejected the runtime's credentials while reading {resource}"
+            ) from None
+        except (api.FailedPrecondition, api.InvalidArgument) as error:
+            raise SecretConfigError(
+                f"Secret Manager refused {resource}: {_describe(error)}; enable the version or "
+                f"fix {self._name_var}"
+            ) from None
+        except api.RetryError as error:
+            raise SecretUnavailable(
+                f"Secret Manager did not answer for {resource} within {_RETRY_BUDGET_S:g} s "
+                f"(last error: {_describe(error.cause)})"
+            ) from None
+        except auth.DefaultCredentialsError:
+            raise SecretConfigError(
+                f"no Google credentials to read {resource}: run on Cloud Run with a service "
+                "account, `gcloud auth application-default login`, or set SECRET_MANAGER_ENDPOINT "
+                "to a local emulator"
+            ) from None
+        except Exception as error:  # anything else is an outage, not a value to show
+            raise SecretUnavailable(
+                f"reading {resource} from Secret Manager failed: {_describe(error)}"
+            ) from None
+
+        version = response.name or resource
+        payload = response.payload
+        import google_crc32c
+
+        if "data_crc32c" not in payload or google_crc32c.value(payload.data) != int(
+            payload.data_crc32c
+        ):
+            # Google's access sample: a corrupt payload is an unavailable secret, never a value.
+            log.error("the payload of %s failed its CRC32C integrity check", version)
+            raise SecretUnavailable(
+                f"the payload of {version} failed its CRC32C integrity check; not using it"
+            )
+        try:
+            return payload.data.decode("utf-8"), version
+        except UnicodeDecodeError:
+            raise SecretConfigError(f"secret {version} is not UTF-8 text") from None
+
+    def _client_for_this_process(self) -> SecretManagerServiceClient:
+        # Only the single reader in flight gets here, so no lock. A client inherited across a
+        # fork shares pooled sockets with the parent: each process makes its own.
+        pid = os.getpid()
+        if self._client is None or self._client_pid != pid:
+            self._client = _new_client(self._endpoint)
+            self._client_pid = pid
+        return self._client
+
+
+def _new_client(endpoint: str | None) -> SecretManagerServiceClient:
+    # REST rather than gRPC: no channel and no gRPC threads, so nothing to break across a fork,
+    # and one transport both in production and against the local emulator.
+    from google.cloud.secretmanager_v1 import SecretManagerServiceClient
+
+    if endpoint:
+        from google.auth.credentials import AnonymousCredentials
+
+        return SecretManagerServiceClient(
+            transport="rest",
+            client_options={"api_endpoint": endpoint},
+            credentials=AnonymousCredentials(),
+        )
+    return SecretManagerServiceClient(transport="rest")
+
+
+def _retry_policy() -> Any:
+    import requests
+    from google.api_core import exceptions as api
+    from google.api_core import retry
+    from google.auth import exceptions as auth
+
+    return retry.Retry(
+        predicate=retry.if_exception_type(
+            api.ServerError,
+            api.TooManyRequests,
+            requests.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+            auth.TransportError,
+        ),
+        initial=0.1,
+        maximum=0.5,
+        multiplier=2.0,
+        timeout=_RETRY_BUDGET_S,
+    )
+
+
+def _default_project(variable: str) -> str:
+    """The project of the runtime's default credentials (Cloud Run does not set one for us)."""
+    import google.auth
+    from google.auth import exceptions as auth
+
+    try:
+        _, project = google.auth.default()
+    except auth.DefaultCredentialsError:
+        project = None
+    except auth.GoogleAuthError as error:
+        raise SecretUnavailable(
+            f"could not ask the default credentials for a project id ({type(error).__name__})"
+        ) from None
+    if not project:
+        raise SecretConfigError(
+            f"{variable} is a bare secret id and no project is known: set GOOGLE_CLOUD_PROJECT, "
+            "or use projects/PROJECT/secrets/SECRET"
+        )
+    return project
+
+
+def _describe(error: BaseException | None) -> str:
+    # Google's errors carry the service's own sentence (never the payload); for anything else the
+    # type alone, since a library's message could quote what it failed to parse.
+    from google.api_core import exceptions as api
+
+    if isinstance(error, api.GoogleAPICallError):
+        return f"{error.code} {error.message}"
+    return type(error).__name__ if error is not None else "unknown"
+
+
+def stripe_api_key_source(settings: Settings) -> SecretSource:
+    """The Stripe API key: STRIPE_SECRET_KEY, else the secret named by STRIPE_SECRET_NAME."""
+    return SecretSource(
+        label="Stripe key",
+        value=settings.stripe_secret_key,
+        name=settings.stripe_secret_name,
+        project=settings.google_cloud_project,
+        endpoint=settings.secret_manager_endpoint,
+        validate=check_stripe_key_shape,
+        variables=("STRIPE_SECRET_KEY", "STRIPE_SECRET_NAME"),
+    )
+
+
+def webhook_secret_source(settings: Settings) -> SecretSource:
+    """The webhook signing secret: STRIPE_WEBHOOK_SECRET, else STRIPE_WEBHOOK_SECRET_NAME."""
+    return SecretSource(
+        label="Stripe webhook signing secret",
+        value=settings.stripe_webhook_secret,
+        name=settings.stripe_webhook_secret_name,
+        project=settings.google_cloud_project,
+        endpoint=settings.secret_manager_endpoint,
+        validate=check_webhook_secret_shape,
+        variables=("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_NAME"),
+    )

@@ -1,0 +1,356 @@
+"""A local fake of Secret Manager's REST API: just enough to read secret versions.
+
+Google ships no Secret Manager emulator. This one answers the single call the service makes,
+`GET /v1/projects/{p}/secrets/{s}/versions/{v}:access`, in the shape the real REST transport of
+google-cloud-secret-manager parses, and can be told to fail the ways the real service fails.
+
+    python -m devtools.secret_manager_emulator --port 8085 \\
+        --secret projects/demo/secrets/stripe=sk_test_...
+    SECRET_MANAGER_ENDPOINT=http://127.0.0.1:8085 STRIPE_SECRET_NAME=projects/demo/secrets/stripe
+
+Control endpoints (for other processes): `POST /_emulator/secrets {"project","secret","value"}`,
+`POST /_emulator/failure {"mode": "unavailable"|"permission_denied"|"crc_mismatch"|null}`,
+`GET /_emulator/calls`, `POST /_emulator/reset`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+FAILURE_MODES = ("unavailable", "permission_denied", "crc_mismatch")
+
+# The REST transport keeps the project as written (id or number) and appends
+# `?$alt=json;enum-encoding=int`; the query string is ignored.
+_ACCESS_PATH = re.compile(r"^/v1/projects/([^/]+)/secrets/([^/]+)/versions/([^/:]+):access$")
+_SECRET_NAME = re.compile(r"^projects/([^/]+)/secrets/([^/]+)$")
+_MAX_BODY = 1 << 20
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1  # Castagnoli, reflected
+        table.append(crc)
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC32C in pure Python: stdlib only, and independent of the google-crc32c under test."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+@dataclass
+class _Version:
+    data: bytes
+    enabled: bool = True
+
+
+class SecretManagerEmulator:
+    """Secret Manager on loopback, in-process; thread-safe; start()/stop() or use as a context."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency_ms: int = 0) -> None:
+        self._address = (host, port)
+        self._latency_s = latency_ms / 1000
+        self._lock = threading.Lock()
+        self._secrets: dict[tuple[str, str], list[_Version]] = {}
+        self._failure: str | None = None
+        self._access_count = 0
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> SecretManagerEmulator:
+        server = _Server(self._address, _Handler)
+        server.emulator = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="secret-manager-emulator", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> SecretManagerEmulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def endpoint(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the emulator is not running; call start() first")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- state -----------------------------------------------------------------------------
+
+    def add_version(self, project: str, secret: str, value: str | bytes) -> int:
+        """Store a new enabled version (creating the secret if needed); return its number."""
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        with self._lock:
+            versions = self._secrets.setdefault((project, secret), [])
+            versions.append(_Version(data))
+            return len(versions)
+
+    def disable_version(self, project: str, secret: str, version: int) -> None:
+        """Disable a version, so that `latest` skips it and reading it directly fails."""
+        with self._lock:
+            self._secrets[(project, secret)][version - 1].enabled = False
+
+    def set_failure(self, mode: str | None) -> None:
+        """Make every access fail (or corrupt its checksum) until set back to None."""
+        if mode is not None and mode not in FAILURE_MODES:
+            raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
+        with self._lock:
+            self._failure = mode
+
+    @property
+    def access_count(self) -> int:
+        with self._lock:
+            return self._access_count
+
+    def reset(self) -> None:
+        """Forget every secret, heal any failure and zero the access count."""
+        with self._lock:
+            self._secrets.clear()
+            self._failure = None
+            self._access_count = 0
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def access(self, project: str, secret: str, version: str) -> tuple[int, dict[str, Any]]:
+        """Answer one `:access` call as (HTTP status, JSON body)."""
+        with self._lock:
+            self._access_count += 1
+            failure = self._failure
+            versions = list(self._secrets.get((project, secret), ()))
+        if self._latency_s:
+            time.sleep(self._latency_s)
+
+        requested = f"projects/{project}/secrets/{secret}/versions/{version}"
+        if failure == "unavailable":
+            return _google_error(503, "UNAVAILABLE", "The service is currently unavailable.")
+        if failure == "permission_denied":
+            return _google_error(
+                403,
+                "PERMISSION_DENIED",
+                f"Permission 'secretmanager.versions.access' denied for resource '{requested}' "
+                "(or it may not exist).",
+            )
+        if not versions:
+            return _google_error(
+                404,
+                "NOT_FOUND",
+                f"Secret [projects/{project}/secrets/{secret}] not found or has no versions.",
+            )
+
+        number = _resolve(versions, version)
+        if number is None:
+            return _google_error(404, "NOT_FOUND", f"Secret Version [{requested}] not found.")
+        chosen = versions[number - 1]
+        name = f"projects/{project}/secrets/{secret}/versions/{number}"
+        if not chosen.enabled:
+            return _google_error(
+                400, "FAILED_PRECONDITION", f"Secret Version [{name}] is in DISABLED state."
+            )
+        checksum = crc32c(chosen.data)
+        if failure == "crc_mismatch":
+            checksum ^= 0xFFFFFFFF
+        payload = {
+            "data": base64.b64encode(chosen.data).decode("ascii"),
+            # int64 fields travel as decimal strings in proto3 JSON.
+            "dataCrc32c": str(checksum),
+        }
+        return 200, {"name": name, "payload": payload}
+
+    def control(self, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """Answer one `/_emulator/...` call as (HTTP status, JSON body)."""
+        if (method, path) == ("GET", "/_emulator/calls"):
+            return 200, {"access_count": self.access_count}
+        if (method, path) == ("POST", "/_emulator/reset"):
+            self.reset()
+            return 200, {"reset": True}
+        if (method, path) == ("POST", "/_emulator/failure"):
+            mode = body.get("mode") if isinstance(body, dict) else "missing"
+            try:
+                self.set_failure(mode)
+            except ValueError as error:
+                return 400, {"error": str(error)}
+            return 200, {"mode": mode}
+        if (method, path) == ("POST", "/_emulator/secrets"):
+            fields = body if isinstance(body, dict) else {}
+            project, secret, value = (fields.get(k) for k in ("project", "secret", "value"))
+            if not all(isinstance(v, str) and v for v in (project, secret)) or not isinstance(
+                value, str
+            ):
+                return 400, {"error": 'expected {"project": str, "secret": str, "value": str}'}
+            version = self.add_version(project, secret, value)
+            name = f"projects/{project}/secrets/{secret}/versions/{version}"
+            return 200, {"name": name, "version": version}
+        return 404, {"error": f"no emulator control endpoint {method} {path}"}
+
+
+def _resolve(versions: list[_Version], version: str) -> int | None:
+    if version == "latest":
+        enabled = [n for n, v in enumerate(versions, start=1) if v.enabled]
+        return enabled[-1] if enabled else None
+    if version.isdigit() and 1 <= int(version) <= len(versions):
+        return int(version)
+    return None
+
+
+def _google_error(code: int, status: str, message: str) -> tuple[int, dict[str, Any]]:
+    # The shape google.api_core.exceptions.from_http_response reads.
+    return code, {"error": {"code": code, "message": message, "status": status}}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    emulator: SecretManagerEmulator
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def track(self, connection: socket.socket, *, open_: bool) -> None:
+        with self._connections_lock:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        # Clients keep connections alive; without this their handler threads outlive stop().
+        with self._connections_lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+            self._connections.clear()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    timeout = 30
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, open_=True)
+
+    def finish(self) -> None:
+        self.server.track(self.connection, open_=False)
+        super().finish()
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        path = unquote(urlsplit(self.path).path)
+        body = self._read_json()
+        if path.startswith("/_emulator/"):
+            if body is _INVALID:
+                self._send(400, {"error": "the body is not JSON"})
+            else:
+                self._send(*self.server.emulator.control(method, path, body))
+            return
+        match = _ACCESS_PATH.match(path)
+        if method == "GET" and match:
+            self._send(*self.server.emulator.access(*match.groups()))
+            return
+        self._send(*_google_error(404, "NOT_FOUND", f"Method not found: {method} {path}"))
+
+    def _read_json(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > _MAX_BODY:
+            return _INVALID
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return _INVALID
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # Quiet: tests and `make run` print what matters themselves.
+
+
+_INVALID = object()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8085)
+    parser.add_argument("--latency-ms", type=int, default=0, help="delay added to every access")
+    parser.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="projects/P/secrets/S=VALUE",
+        help="store VALUE as a new version of the secret (repeatable)",
+    )
+    args = parser.parse_args(argv)
+
+    emulator = SecretManagerEmulator(args.host, args.port, latency_ms=args.latency_ms)
+    for spec in args.secret:
+        name, sep, value = spec.partition("=")
+        match = _SECRET_NAME.match(name)
+        if not sep or not match:
+            # Never echo the argument: it may be the secret itself.
+            parser.error("--secret expects projects/P/secrets/S=VALUE")
+        emulator.add_version(*match.groups(), value)
+    emulator.start()
+    print(f"Secret Manager emulator listening on {emulator.endpoint}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+
+
+if __name__ == "__main__":
+    main()

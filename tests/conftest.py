@@ -1,0 +1,181 @@
+"""Shared fixtures: the Stripe emulator on loopback, the function under test, a live server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import functions_framework
+import pytest
+
+from checkout.app import reset_service
+from devtools.stripe_emulator import StripeEmulator
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_KEY = "sk_test_51TestOnlyKeyForTheEmulator0123456789abcdef"
+FRONTEND = "http://localhost:5173"
+
+# Variables the service reads; each test starts from none of them set, then the base env.
+SERVICE_VARS = (
+    "K_SERVICE",
+    "FRONTEND_URL",
+    "ALLOWED_ORIGINS",
+    "RETURN_PATH",
+    "REDIRECT_ON_COMPLETION",
+    "PRODUCT_NAME",
+    "PRODUCT_DESCRIPTION",
+    "PRICE_AMOUNT",
+    "PRICE_CURRENCY",
+    "STRIPE_PRICE_ID",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_SECRET_NAME",
+    "GOOGLE_CLOUD_PROJECT",
+    "SECRET_MANAGER_ENDPOINT",
+    "STRIPE_API_BASE",
+    "STRIPE_TIMEOUT_SECONDS",
+    "STRIPE_MAX_RETRIES",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_WEBHOOK_SECRET_NAME",
+    "STATUS_CACHE_SIZE",
+    "STATUS_OPEN_TTL_MS",
+    "WEBHOOK_DEDUPE_SIZE",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def stripe_emulator_server() -> Iterator[StripeEmulator]:
+    with StripeEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def stripe_emulator(stripe_emulator_server: StripeEmulator) -> Iterator[StripeEmulator]:
+    """The session's emulator, reset before and after each test."""
+    stripe_emulator_server.reset()
+    yield stripe_emulator_server
+    stripe_emulator_server.reset()
+
+
+@pytest.fixture
+def base_env(stripe_emulator: StripeEmulator) -> dict[str, str]:
+    return {
+        "FRONTEND_URL": FRONTEND,
+        "STRIPE_SECRET_KEY": TEST_KEY,
+        "STRIPE_API_BASE": stripe_emulator.url,
+        "STRIPE_TIMEOUT_SECONDS": "2",
+        "STRIPE_MAX_RETRIES": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def function_app():
+    return functions_framework.create_app(target="checkout_api", source=str(ROOT / "main.py"))
+
+
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch, base_env: dict[str, str]):
+    """Set the service's environment (base env plus overrides; None unsets) and rebuild it."""
+
+    def apply(**overrides: str | None) -> None:
+        for name in SERVICE_VARS:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in {**base_env, **overrides}.items():
+            if value is not None:
+                monkeypatch.setenv(name, value)
+        reset_service()
+
+    apply()
+    yield apply
+    reset_service()
+
+
+@pytest.fixture
+def client(function_app, configure):
+    """A test client for `checkout_api`, configured with the base env against the emulator."""
+    return function_app.test_client()
+
+
+class LiveServer:
+    """functions-framework (gunicorn) in a subprocess, its stdout captured to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, threads: int = 8) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+        full_env.update(env)
+        full_env["THREADS"] = str(threads)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "functions-framework"),
+                "--target",
+                "checkout_api",
+                "--source",
+                str(ROOT / "main.py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, seconds: float = 20.0) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{self.url}/__ready", timeout=1)
+            except urllib.error.HTTPError:
+                return  # any HTTP answer (our JSON 404) means it is serving
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start in time")
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def live_server(tmp_path: Path, base_env: dict[str, str]):
+    """Start functions-framework with base env plus overrides: live_server(**env) -> LiveServer."""
+    servers: list[LiveServer] = []
+
+    def start(**overrides: str) -> LiveServer:
+        env = {**base_env, **overrides}
+        server = LiveServer(env, tmp_path / f"server-{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

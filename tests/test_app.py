@@ -1,0 +1,181 @@
+"""Routing, CORS, response headers and configuration errors, through the functions-framework app."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import FRONTEND, ROOT, TEST_KEY
+from tests.test_routes import CREATE, STATUS, assert_error
+
+FOREIGN = "https://evil.example"
+
+
+@pytest.mark.parametrize("path", [CREATE, CREATE + "/"])
+def test_create_path_matches_with_optional_trailing_slash(client, path):
+    assert client.post(path, json={}).status_code == 200
+
+
+def test_status_path_matches_with_optional_trailing_slash(client):
+    response = client.get(STATUS + "/?session_id=cs_test_nope")
+    assert_error(response, 404, "session_not_found")
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/api", "/api/checkout", CREATE + "x", CREATE + "//", "/API/checkout/embedded-session"]
+)
+def test_unknown_path_is_json_404(client, path):
+    assert_error(client.post(path, json={}), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", CREATE, "OPTIONS, POST"),
+        ("PUT", CREATE, "OPTIONS, POST"),
+        ("DELETE", CREATE, "OPTIONS, POST"),
+        ("PATCH", CREATE, "OPTIONS, POST"),
+        ("POST", STATUS, "GET, HEAD, OPTIONS"),
+        ("PUT", STATUS, "GET, HEAD, OPTIONS"),
+    ],
+)
+def test_wrong_method_is_405_with_allow(client, stripe_emulator, method, path, allow):
+    response = client.open(path, method=method)
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == allow
+    assert stripe_emulator.calls()["total"] == 0
+
+
+def test_every_response_has_hygiene_headers(client):
+    for response in (
+        client.post(CREATE, json={}),
+        client.get(STATUS),
+        client.get("/nope"),
+        client.options(CREATE, headers={"Origin": FRONTEND}),
+    ):
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert len(response.headers["X-Request-Id"]) == 32
+
+
+def test_request_ids_are_unique(client):
+    ids = {client.get("/nope").headers["X-Request-Id"] for _ in range(20)}
+    assert len(ids) == 20
+
+
+# CORS -----------------------------------------------------------------------------------------
+
+
+def test_allowed_origin_is_echoed_with_vary(client):
+    response = client.post(CREATE, json={}, headers={"Origin": FRONTEND})
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == FRONTEND
+    assert "Origin" in response.headers["Vary"]
+    assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def test_errors_for_an_allowed_origin_are_readable_by_the_browser(client):
+    response = client.get(STATUS, headers={"Origin": FRONTEND})
+    assert_error(response, 400, "invalid_session_id")
+    assert response.headers["Access-Control-Allow-Origin"] == FRONTEND
+
+
+@pytest.mark.parametrize(("path", "methods"), [(CREATE, "POST, OPTIONS"), (STATUS, "GET, OPTIONS")])
+def test_preflight_from_allowed_origin_is_204(client, stripe_emulator, path, methods):
+    response = client.options(
+        path,
+        headers={
+            "Origin": FRONTEND,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, idempotency-key",
+        },
+    )
+    assert response.status_code == 204
+    assert response.get_data() == b""
+    assert response.headers["Access-Control-Allow-Origin"] == FRONTEND
+    assert response.headers["Access-Control-Allow-Methods"] == methods
+    assert response.headers["Access-Control-Allow-Headers"] == "Content-Type, Idempotency-Key"
+    assert response.headers["Access-Control-Max-Age"] == "3600"
+    assert "Origin" in response.headers["Vary"]
+    assert stripe_emulator.calls()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [FOREIGN, "http://localhost:5174", "https://localhost:5173", "null", FRONTEND + ".evil.example"],
+)
+def test_foreign_origin_is_403_without_cors_headers_or_stripe_call(client, stripe_emulator, origin):
+    for response in (
+        client.post(CREATE, json={}, headers={"Origin": origin}),
+        client.get(STATUS + "?session_id=cs_test_abc", headers={"Origin": origin}),
+        client.options(CREATE, headers={"Origin": origin, "Access-Control-Request-Method": "POST"}),
+    ):
+        assert_error(response, 403, "origin_not_allowed")
+        assert not [h for h in response.headers.keys() if h.startswith("Access-Control-Allow")]
+    assert stripe_emulator.calls()["total"] == 0
+
+
+def test_no_origin_is_served_without_cors_headers(client):
+    response = client.post(CREATE, json={})
+    assert response.status_code == 200
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_allowed_origins_list_replaces_frontend_origin(client, configure):
+    configure(ALLOWED_ORIGINS="https://a.example, https://b.example:8443")
+    ok = client.post(CREATE, json={}, headers={"Origin": "https://b.example:8443"})
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://b.example:8443"
+    assert_error(client.post(CREATE, json={}, headers={"Origin": FRONTEND}), 403, "origin_not_allowed")
+
+
+def test_default_allowlist_is_the_frontend_url_origin(client, configure):
+    configure(FRONTEND_URL="https://shop.example.com/app")
+    ok = client.post(CREATE, json={}, headers={"Origin": "https://shop.example.com"})
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
+
+
+def test_explicit_star_allows_any_origin(client, configure):
+    configure(ALLOWED_ORIGINS="*")
+    response = client.post(CREATE, json={}, headers={"Origin": FOREIGN})
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == FOREIGN
+
+
+# Configuration --------------------------------------------------------------------------------
+
+
+def test_no_key_is_a_configuration_error_not_a_fake(client, configure, stripe_emulator):
+    configure(STRIPE_SECRET_KEY=None)
+    assert_error(client.post(CREATE, json={}), 500, "payment_configuration_error")
+    assert stripe_emulator.calls()["total"] == 0
+
+
+def test_cloud_run_without_frontend_url_answers_configuration_error(client, configure):
+    configure(K_SERVICE="checkout", FRONTEND_URL=None)
+    body = assert_error(client.post(CREATE, json={}), 500, "payment_configuration_error")
+    assert "FRONTEND_URL" not in body["error"]  # the detail is logged, not sent
+
+
+def test_publishable_key_is_refused(client, configure, stripe_emulator):
+    configure(STRIPE_SECRET_KEY="pk_test_abcdefghijklmnop")
+    assert_error(client.post(CREATE, json={}), 500, "payment_configuration_error")
+    assert stripe_emulator.calls()["total"] == 0
+
+
+def test_revoked_key_is_a_configuration_error(client, stripe_emulator):
+    stripe_emulator.set_valid_keys(["sk_test_someotherkey"])
+    body = assert_error(client.post(CREATE, json={}), 500, "payment_configuration_error")
+    assert TEST_KEY[-4:] not in body["error"]
+
+
+def test_import_main_creates_no_client_and_skips_secret_manager(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, main\n"
+        "from checkout import app\n"
+        "assert 'google.cloud.secretmanager' not in sys.modules\n"
+        "assert app._service is None\n"
+    )
+    env = {"STRIPE_SECRET_KEY": TEST_KEY, "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=str(ROOT))

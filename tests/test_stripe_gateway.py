@@ -1,0 +1,63 @@
+"""How Stripe's failures reach the client: the contract's mapping table, over HTTP to the emulator."""
+
+from __future__ import annotations
+
+import time
+
+from tests.conftest import free_port
+from tests.test_routes import CREATE, STATUS, assert_error, create
+
+
+def status_of(client, session_id="cs_test_abc123"):
+    return client.get(STATUS, query_string={"session_id": session_id})
+
+
+def test_stripe_500_after_retries_is_502(client, stripe_emulator):
+    stripe_emulator.set_faults(mode="error_500")
+    assert_error(create(client, {}), 502, "payment_provider_error")
+    assert stripe_emulator.calls()["create_session"] == 2  # first try + STRIPE_MAX_RETRIES=1
+    assert_error(status_of(client), 502, "payment_provider_error")
+
+
+def test_stripe_429_is_503_with_retry_after(client, stripe_emulator):
+    stripe_emulator.set_faults(mode="rate_limit_429")
+    for response in (create(client, {}), status_of(client)):
+        assert_error(response, 503, "payment_provider_busy")
+        assert int(response.headers["Retry-After"]) > 0
+
+
+def test_stripe_hanging_past_the_timeout_is_504(client, configure, stripe_emulator):
+    configure(STRIPE_TIMEOUT_SECONDS="0.3", STRIPE_MAX_RETRIES="0")
+    stripe_emulator.set_faults(mode="hang", hang_seconds=5)
+    started = time.monotonic()
+    assert_error(create(client, {}), 504, "payment_provider_unreachable")
+    assert time.monotonic() - started < 3
+
+
+def test_closed_port_is_504(client, configure, stripe_emulator):
+    configure(STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}", STRIPE_MAX_RETRIES="0")
+    assert_error(create(client, {}), 504, "payment_provider_unreachable")
+    assert_error(status_of(client), 504, "payment_provider_unreachable")
+
+
+def test_stripe_recovering_means_the_next_request_succeeds(client, configure, stripe_emulator):
+    configure(STRIPE_MAX_RETRIES="0")
+    stripe_emulator.set_faults(mode="error_500", remaining=1)
+    assert_error(create(client, {}), 502, "payment_provider_error")
+    assert create(client, {}).status_code == 200
+
+
+def test_sdk_retry_hides_a_single_500(client, stripe_emulator):
+    stripe_emulator.set_faults(mode="error_500", remaining=1)
+    assert create(client, {}).status_code == 200
+    assert stripe_emulator.calls()["create_session"] == 2
+
+
+def test_stripe_request_id_and_error_detail_are_logged_not_sent(client, stripe_emulator, capsys):
+    stripe_emulator.set_faults(mode="error_500")
+    response = client.post(CREATE, json={})
+    body = response.get_data(as_text=True)
+    assert "unknown error" not in body.lower()
+    out = capsys.readouterr().out
+    assert "payment_provider_error" in out
+    assert "req_" in out
