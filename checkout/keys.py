@@ -1,7 +1,7 @@
 """Stripe secrets (API key, webhook signing secret): from the environment or Secret Manager, cached.
 
 Google's libraries are imported only on the Secret Manager path, and its client is built on first
-use: they add about a quarter of a second to a cold start, and no network client may exist before
+use: importing them costs 150-230 ms of cold start, and no network client may exist before
 gunicorn forks.
 """
 
@@ -200,10 +200,8 @@ class SecretSource:
             with self._lock:
                 self._flight = None
             flight.finish(error=error)
-            if isinstance(error, SecretConfigError):
-                log.error("%s", error)
-            elif isinstance(error, SecretUnavailable):
-                log.warning("%s", error)
+            if isinstance(error, SecretConfigError | SecretUnavailable):
+                log.error("%s", error)  # The messages are written to be safe to log.
             raise
         with self._lock:
             self._cached = value
@@ -273,11 +271,13 @@ class SecretSource:
 
     def _access(self, resource: str) -> tuple[str, str]:
         """Read one version; return (text, the version's full name)."""
+        import google_crc32c
+        import requests
         from google.api_core import exceptions as api
         from google.auth import exceptions as auth
 
-        client = self._client_for_this_process()
         try:
+            client = self._client_for_this_process()
             response = client.access_secret_version(
                 request={"name": resource}, retry=_retry_policy(), timeout=_ATTEMPT_TIMEOUT_S
             )
@@ -286,24 +286,28 @@ class SecretSource:
                 f"Secret Manager has no {resource}: create the secret (with an enabled version) "
                 f"or fix {self._name_var}"
             ) from None
-        except api.PermissionDenied:
+        except api.Forbidden:
             raise SecretUnavailable(
                 f"Secret Manager denied access to {resource}: grant "
                 "roles/secretmanager.secretAccessor on the secret to the runtime service account"
             ) from None
-        except api.Unauthenticated:
+        except api.Unauthorized:
             raise SecretUnavailable(
                 f"Secret Manager rejected the runtime's credentials while reading {resource}"
             ) from None
-        except (api.FailedPrecondition, api.InvalidArgument) as error:
+        except api.BadRequest as error:
             raise SecretConfigError(
                 f"Secret Manager refused {resource}: {_describe(error)}; enable the version or "
                 f"fix {self._name_var}"
             ) from None
         except api.RetryError as error:
             raise SecretUnavailable(
-                f"Secret Manager did not answer for {resource} within {_RETRY_BUDGET_S:g} s "
-                f"(last error: {_describe(error.cause)})"
+                f"Secret Manager is unavailable for {resource}: still failing after retrying "
+                f"for up to {_RETRY_BUDGET_S:g} s (last error: {_describe(error.cause)})"
+            ) from None
+        except requests.Timeout:
+            raise SecretUnavailable(
+                f"Secret Manager did not answer for {resource} within {_ATTEMPT_TIMEOUT_S:g} s"
             ) from None
         except auth.DefaultCredentialsError:
             raise SecretConfigError(
@@ -318,13 +322,10 @@ class SecretSource:
 
         version = response.name or resource
         payload = response.payload
-        import google_crc32c
-
         if "data_crc32c" not in payload or google_crc32c.value(payload.data) != int(
             payload.data_crc32c
         ):
             # Google's access sample: a corrupt payload is an unavailable secret, never a value.
-            log.error("the payload of %s failed its CRC32C integrity check", version)
             raise SecretUnavailable(
                 f"the payload of {version} failed its CRC32C integrity check; not using it"
             )
@@ -373,8 +374,8 @@ def _retry_policy() -> Any:
             requests.exceptions.ChunkedEncodingError,
             auth.TransportError,
         ),
-        initial=0.1,
-        maximum=0.5,
+        initial=0.2,
+        maximum=1.0,
         multiplier=2.0,
         timeout=_RETRY_BUDGET_S,
     )
@@ -407,7 +408,11 @@ def _describe(error: BaseException | None) -> str:
     from google.api_core import exceptions as api
 
     if isinstance(error, api.GoogleAPICallError):
-        return f"{error.code} {error.message}"
+        sentence = error.message
+        if error.response is not None:
+            # REST errors open with "GET https://…/versions/…:access?…: "; keep only the sentence.
+            sentence = sentence.partition(": ")[2] or sentence
+        return f"{error.code} {sentence}"
     return type(error).__name__ if error is not None else "unknown"
 
 
