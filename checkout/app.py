@@ -9,13 +9,12 @@ import uuid
 from dataclasses import dataclass
 
 from flask import Request, Response
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from checkout.config import ConfigError, Settings, load_settings
 from checkout.http import BASE_HEADERS, ApiError, CorsPolicy, error_response
 from checkout.keys import SecretSource, stripe_api_key_source
 from checkout.logs import current_request, setup_logging, trace_of
-from checkout.routes import ENDPOINTS, URL_MAP, Endpoint
+from checkout.routes import Endpoint, match
 from checkout.status_cache import StatusCache
 from checkout.stripe_gateway import StripeGateway
 
@@ -23,7 +22,6 @@ log = logging.getLogger("checkout")
 request_log = logging.getLogger("checkout.request")
 
 setup_logging()
-_ROUTER = URL_MAP.bind("")
 
 
 @dataclass(frozen=True)
@@ -76,8 +74,7 @@ def get_service() -> Service:
                 )
     if _service_error is not None:
         raise _service_error
-    assert _service is not None
-    return _service
+    return _service  # type: ignore[return-value]  # built above, or the error was raised
 
 
 def reset_service() -> None:
@@ -96,7 +93,7 @@ def handle(request: Request) -> Response:
     endpoint: Endpoint | None = None
     error: ApiError | None = None
     try:
-        endpoint = _endpoint_for(request)
+        endpoint = match(request.path, request.method)
         service = get_service()
         context["trace"] = trace_of(request.headers, service.trace_project)
         if endpoint.browser and origin is not None and not service.cors.allows(origin):
@@ -118,22 +115,6 @@ def handle(request: Request) -> Response:
     finally:
         current_request.reset(token)
     return response
-
-
-def _endpoint_for(request: Request) -> Endpoint:
-    try:
-        name, _ = _ROUTER.match(request.path, request.method)
-    except NotFound:
-        raise ApiError(404, "not_found", "There is no endpoint at this path.") from None
-    except MethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.valid_methods or ()))
-        raise ApiError(
-            405,
-            "method_not_allowed",
-            f"This path does not accept {request.method[:20]}; use {allowed}.",
-            headers={"Allow": allowed},
-        ) from None
-    return ENDPOINTS[name]
 
 
 def _finish(response: Response, request_id: str, endpoint: Endpoint | None, origin: str | None):

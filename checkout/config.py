@@ -57,7 +57,7 @@ class Settings:
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from `env` (default: os.environ); raise ConfigError naming the bad variable."""
+    """Settings from `env` (default: os.environ); ConfigError names the bad variable."""
     env = os.environ if env is None else env
 
     def get(name: str) -> str | None:
@@ -77,14 +77,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if origins_raw is None:
         origins = [frontend_origin]
     else:
-        origins = [o.strip().rstrip("/") for o in origins_raw.split(",") if o.strip()]
-        if not origins:
+        entries = [o.strip() for o in origins_raw.split(",") if o.strip()]
+        if not entries:
             raise ConfigError("ALLOWED_ORIGINS is set but lists no origin")
-        for origin in origins:
-            if origin != "*" and _origin_of(origin, "ALLOWED_ORIGINS") != origin:
-                raise ConfigError(
-                    f"ALLOWED_ORIGINS entry {origin!r} is not an origin (scheme://host[:port], no path)"
-                )
+        origins = [o if o == "*" else _exact_origin(o) for o in entries]
 
     return_path = get("RETURN_PATH") or DEFAULT_RETURN_PATH
     if not return_path.startswith("/"):
@@ -134,6 +130,15 @@ def _origin_of(url: str, variable: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{variable} must be an absolute http(s) URL, got {url!r}")
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _exact_origin(entry: str) -> str:
+    parts = urlsplit(entry)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(
+            f"ALLOWED_ORIGINS entry {entry!r} is not an origin (scheme://host[:port], no path)"
+        )
+    return _origin_of(entry, "ALLOWED_ORIGINS")
 
 
 def _int(get, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:

@@ -41,13 +41,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":"))
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is now (test runners swap it), one line per record."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging() -> None:
     """Send the `checkout` loggers to stdout as JSON lines; safe to call more than once."""
     global _done
     with _configured:
         if _done:
             return
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(JsonFormatter())
         root = logging.getLogger("checkout")
         root.addHandler(handler)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from checkout.http import ApiError, json_response, read_json_object
@@ -104,12 +105,27 @@ ENDPOINTS: dict[str, Endpoint] = {
     ),
 }
 
-# A trailing slash is optional: each rule ends in "/" and strict_slashes=False matches both.
 URL_MAP = Map(
-    [
-        Rule(f"{e.path}/", endpoint=name, methods=e.allowed_methods)
-        for name, e in ENDPOINTS.items()
-    ],
-    strict_slashes=False,
+    [Rule(e.path, endpoint=name, methods=e.allowed_methods) for name, e in ENDPOINTS.items()],
     merge_slashes=False,
 )
+_ROUTER = URL_MAP.bind("")
+
+
+def match(path: str, method: str) -> Endpoint:
+    """The endpoint for a path (one trailing slash optional), or ApiError 404/405."""
+    if len(path) > 1 and path.endswith("/"):
+        path = path[:-1]
+    try:
+        name, _ = _ROUTER.match(path, method)
+    except NotFound:
+        raise ApiError(404, "not_found", "There is no endpoint at this path.") from None
+    except MethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.valid_methods or ()))
+        raise ApiError(
+            405,
+            "method_not_allowed",
+            f"This path does not accept {method[:20]}; use {allowed}.",
+            headers={"Allow": allowed},
+        ) from None
+    return ENDPOINTS[name]

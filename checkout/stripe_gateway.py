@@ -1,4 +1,4 @@
-"""The only module that talks to Stripe: creates and reads Checkout Sessions, maps Stripe's errors."""
+"""The only module that talks to Stripe: creates and reads Checkout Sessions, maps its errors."""
 
 from __future__ import annotations
 
@@ -51,16 +51,22 @@ class SessionStatus:
 
     @classmethod
     def from_stripe(cls, session: Any) -> SessionStatus:
-        metadata = session.get("metadata") or {}
+        """From a stripe Session object (attribute access: it is not a dict)."""
+        metadata = _field(session, "metadata")
         return cls(
             session_id=session["id"],
-            status=session.get("status") or "open",
-            payment_status=session.get("payment_status") or "unpaid",
-            metadata={k: str(metadata[k]) for k in OUR_METADATA_KEYS if k in metadata},
-            amount_total=session.get("amount_total"),
-            currency=session.get("currency"),
-            livemode=bool(session.get("livemode")),
+            status=_field(session, "status") or "open",
+            payment_status=_field(session, "payment_status") or "unpaid",
+            metadata={k: str(metadata[k]) for k in OUR_METADATA_KEYS if metadata and k in metadata},
+            amount_total=_field(session, "amount_total"),
+            currency=_field(session, "currency"),
+            livemode=bool(_field(session, "livemode")),
         )
+
+
+def _field(obj: Any, name: str) -> Any:
+    # StripeObject supports `in` and [] but not .get(): it is not a dict.
+    return obj[name] if name in obj else None  # noqa: SIM401
 
 
 @dataclass(frozen=True)
@@ -190,9 +196,9 @@ def _map_stripe_error(operation: str, error: stripe.StripeError) -> ApiError:
     said = "(omitted)" if isinstance(error, stripe.AuthenticationError) else error.user_message
     detail = f"stripe {operation}: {kind} http={error.http_status} code={code} message={said}"
 
-    if isinstance(error, stripe.InvalidRequestError) and code == "resource_missing":
-        if operation == "retrieve":
-            return ApiError(404, "session_not_found", "No checkout session has that id.", detail=detail)
+    missing = isinstance(error, stripe.InvalidRequestError) and code == "resource_missing"
+    if missing and operation == "retrieve":
+        return ApiError(404, "session_not_found", "No checkout session has that id.", detail=detail)
     if isinstance(error, stripe.IdempotencyError):
         return ApiError(
             409,

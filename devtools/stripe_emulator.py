@@ -652,6 +652,15 @@ class _Event(NamedTuple):
 
 _NO_EVENT = _Event(b"", "", None)
 
+
+class _StoredEvent(NamedTuple):
+    """An event as first sent; redeliveries send these same bytes, as Stripe's retries do."""
+
+    payload: bytes
+    session_id: str
+    type: str
+
+
 # (status, body, headers); a handler returns None instead to drop the connection unanswered.
 _Response = tuple[int, bytes, list[tuple[str, str]]]
 
@@ -690,7 +699,7 @@ class StripeEmulator:
         self._faults = {**DEFAULT_FAULTS, "latency_ms": self._base_latency_ms}
         self._rng = random.Random()
         self._valid_keys: frozenset[str] | None = None
-        self._events: dict[str, tuple[bytes, str, str]] = {}  # id -> (payload, session id, type)
+        self._events: dict[str, _StoredEvent] = {}
         self._deliveries: list[dict[str, Any]] = []
 
     # --- lifecycle ---
@@ -867,13 +876,11 @@ class StripeEmulator:
                 raise _invalid("No webhook URL: pass `url` or configure one first.", "url")
             stored = self._events.get(event_id) if event_id else None
             if stored is not None:
-                if (session_id and stored[1] != session_id) or stored[2] != event_type:
+                if stored.type != event_type or session_id not in ("", None, stored.session_id):
                     raise _invalid(f"Event {event_id} is for another session or type.", "event_id")
-                payload = stored[0]
+                payload = stored.payload
             else:
-                session = self._sessions.get(session_id)
-                if session is None:
-                    raise _no_such_session(session_id)
+                session = self._session_for(session_id)
                 _apply_event(session, event_type)
                 payload = self._new_event(session, event_type, event_id)
         status, body = _post_event(url, secret, payload)
@@ -887,10 +894,8 @@ class StripeEmulator:
 
     # --- events ---
 
-    def _open_session(self, session_id: str, verb: str) -> _Session:
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise _no_such_session(session_id)
+    def _open_session(self, session_id: str, verb: str, livemode: bool | None = None) -> _Session:
+        session = self._session_for(session_id, livemode)
         if session.data["status"] != "open":
             raise _invalid(f'Only Checkout Sessions with a status in ["open"] can be {verb}.')
         return session
@@ -909,7 +914,7 @@ class StripeEmulator:
             "type": event_type,
         }
         payload = _to_json(event)
-        self._events[event_id] = (payload, session.data["id"], event_type)
+        self._events[event_id] = _StoredEvent(payload, session.data["id"], event_type)
         return payload
 
     def _auto_event(self, session: _Session, event_type: str) -> _Event:
@@ -1020,11 +1025,7 @@ class StripeEmulator:
             else:
                 _reject_unknown(params, frozenset({"expand"}), "")
                 _parse_expand(params.get("expand"))
-                session = self._session_for(session_id, livemode)
-                if session.data["status"] != "open":
-                    raise _invalid(
-                        'Only Checkout Sessions with a status in ["open"] can be expired.'
-                    )
+                session = self._open_session(session_id, "expired", livemode)
                 session.update(status="expired")
                 event = self._auto_event(session, "checkout.session.expired")
             payload = session.render(old_names=old_names, expand=params.get("expand"))
@@ -1084,11 +1085,12 @@ class StripeEmulator:
             )
         return key
 
-    def _session_for(self, session_id: str, livemode: bool) -> _Session:
+    def _session_for(self, session_id: str, livemode: bool | None = None) -> _Session:
+        """The session, as a key of the given mode may see it (helpers pass no mode)."""
         session = self._sessions.get(session_id)
         if session is None:
             raise _no_such_session(session_id)
-        if session.data["livemode"] != livemode:
+        if livemode is not None and session.data["livemode"] != livemode:
             used, other = ("live", "test") if livemode else ("test", "live")
             raise StripeEmulatorError(
                 404,

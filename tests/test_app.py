@@ -21,7 +21,8 @@ def test_status_path_matches_with_optional_trailing_slash(client):
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/api", "/api/checkout", CREATE + "x", CREATE + "//", "/API/checkout/embedded-session"]
+    "path",
+    ["/", "/api", "/api/checkout", CREATE + "x", CREATE + "//", "/API/checkout/embedded-session"],
 )
 def test_unknown_path_is_json_404(client, path):
     assert_error(client.post(path, json={}), 404, "not_found")
@@ -101,7 +102,13 @@ def test_preflight_from_allowed_origin_is_204(client, stripe_emulator, path, met
 
 @pytest.mark.parametrize(
     "origin",
-    [FOREIGN, "http://localhost:5174", "https://localhost:5173", "null", FRONTEND + ".evil.example"],
+    [
+        FOREIGN,
+        "http://localhost:5174",
+        "https://localhost:5173",
+        "null",
+        FRONTEND + ".evil.example",
+    ],
 )
 def test_foreign_origin_is_403_without_cors_headers_or_stripe_call(client, stripe_emulator, origin):
     for response in (
@@ -110,7 +117,7 @@ def test_foreign_origin_is_403_without_cors_headers_or_stripe_call(client, strip
         client.options(CREATE, headers={"Origin": origin, "Access-Control-Request-Method": "POST"}),
     ):
         assert_error(response, 403, "origin_not_allowed")
-        assert not [h for h in response.headers.keys() if h.startswith("Access-Control-Allow")]
+        assert not [h for h, _ in response.headers if h.startswith("Access-Control-Allow")]
     assert stripe_emulator.calls()["total"] == 0
 
 
@@ -124,7 +131,9 @@ def test_allowed_origins_list_replaces_frontend_origin(client, configure):
     configure(ALLOWED_ORIGINS="https://a.example, https://b.example:8443")
     ok = client.post(CREATE, json={}, headers={"Origin": "https://b.example:8443"})
     assert ok.headers["Access-Control-Allow-Origin"] == "https://b.example:8443"
-    assert_error(client.post(CREATE, json={}, headers={"Origin": FRONTEND}), 403, "origin_not_allowed")
+    assert_error(
+        client.post(CREATE, json={}, headers={"Origin": FRONTEND}), 403, "origin_not_allowed"
+    )
 
 
 def test_default_allowlist_is_the_frontend_url_origin(client, configure):

@@ -214,10 +214,16 @@ def test_status_of_open_session(client):
 
 def test_session_goes_open_to_complete(client, stripe_emulator):
     session_id = create(client, {"imageId": "img_9"}).get_json()["session_id"]
-    assert client.get(STATUS, query_string={"session_id": session_id}).get_json()["status"] == "open"
+    assert (
+        client.get(STATUS, query_string={"session_id": session_id}).get_json()["status"] == "open"
+    )
     stripe_emulator.complete_session(session_id)
     body = client.get(STATUS, query_string={"session_id": session_id}).get_json()
-    assert body == {"status": "complete", "payment_status": "paid", "metadata": {"imageId": "img_9"}}
+    assert body == {
+        "status": "complete",
+        "payment_status": "paid",
+        "metadata": {"imageId": "img_9"},
+    }
 
 
 def test_session_goes_open_to_expired(client, stripe_emulator):

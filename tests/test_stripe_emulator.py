@@ -685,3 +685,16 @@ def test_endpoint_failures_are_reported_not_raised(client, stripe_emulator, rece
     closed = f"http://127.0.0.1:{free_port()}/webhook"
     unreachable = stripe_emulator.deliver_event(session.id, "checkout.session.expired", url=closed)
     assert unreachable["status"] == 0 and unreachable["body"]
+
+
+def test_webhook_target_and_delivery_log_over_http(client, stripe_emulator, receiver):
+    configured = helper(stripe_emulator, "POST", "webhooks", url=receiver.url, secret="whsec_x")
+    assert configured.json() == {"url": receiver.url, "secret_set": True}
+    try:
+        session = create(client)
+        helper(stripe_emulator, "POST", f"sessions/{session.id}/complete")
+        [delivery] = helper(stripe_emulator, "GET", "events").json()["deliveries"]
+        assert (delivery["type"], delivery["status"]) == ("checkout.session.completed", 200)
+        assert receiver.verified_event(secret="whsec_x").id == delivery["event_id"]
+    finally:
+        stripe_emulator.set_webhook(None)

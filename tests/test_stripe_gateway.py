@@ -1,4 +1,4 @@
-"""How Stripe's failures reach the client: the contract's mapping table, over HTTP to the emulator."""
+"""How Stripe failures reach the client: the contract's mapping table, over HTTP."""
 
 from __future__ import annotations
 

@@ -1,0 +1,434 @@
+"""cloudbuild.yaml, proved offline: schema, step order, entry point, gcloud flags, substitutions.
+
+Cloud Build cannot run here, so the deploy step's script is run the way Cloud Build would run it
+(substitutions applied, `$$` unescaped, bash as the entry point) with a fake `gcloud` on PATH
+that records its arguments. The recorded command line is then checked flag by flag.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+CLOUDBUILD = ROOT / "cloudbuild.yaml"
+README = ROOT / "README.md"
+PROJECT = "demo-project"
+FRONTEND_URL = "https://app.example.com"
+
+# Every flag the deploy may pass, as documented for `gcloud run deploy` by Google:
+#   https://cloud.google.com/sdk/gcloud/reference/run/deploy (SYNOPSIS, FLAGS);
+#   --source/--function/--base-image: https://cloud.google.com/run/docs/deploy-functions and
+#   https://cloud.google.com/run/docs/configuring/services/automatic-base-image-updates;
+#   list/dict escaping (^DELIM^): https://cloud.google.com/sdk/gcloud/reference/topic/escaping;
+#   --quiet is a gcloud-wide flag: https://cloud.google.com/sdk/gcloud/reference.
+# True: the flag takes a value. False: a switch.
+RUN_DEPLOY_FLAGS: dict[str, bool] = {
+    "--source": True,
+    "--function": True,
+    "--base-image": True,
+    "--region": True,
+    "--allow-unauthenticated": False,
+    "--service-account": True,
+    "--concurrency": True,
+    "--min-instances": True,
+    "--max-instances": True,
+    "--timeout": True,
+    "--memory": True,
+    "--cpu": True,
+    "--cpu-boost": False,
+    "--set-env-vars": True,
+    "--update-env-vars": True,
+    "--set-secrets": True,
+    "--update-secrets": True,
+    "--clear-secrets": False,
+    "--quiet": False,
+}
+
+# Cloud Build's built-in substitutions
+# (https://cloud.google.com/build/docs/configuring-builds/substitute-variable-values).
+BUILTINS = {
+    "PROJECT_ID": PROJECT,
+    "PROJECT_NUMBER": "123456789012",
+    "BUILD_ID": "00000000-0000-0000-0000-000000000000",
+    "LOCATION": "global",
+    "COMMIT_SHA": "0" * 40,
+    "SHORT_SHA": "0000000",
+    "REVISION_ID": "0" * 40,
+    "BRANCH_NAME": "main",
+    "TAG_NAME": "",
+    "REPO_NAME": "checkout",
+    "REF_NAME": "main",
+    "TRIGGER_NAME": "",
+    "SERVICE_ACCOUNT_EMAIL": "",
+}
+
+# `$$`, `${NAME}` or `$NAME`, as Cloud Build reads them.
+_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+FAKE_GCLOUD = """#!{python}
+import json, os, sys
+with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+
+
+@pytest.fixture(scope="module")
+def build() -> dict[str, Any]:
+    return yaml.safe_load(CLOUDBUILD.read_text())
+
+
+def step(build: dict[str, Any], step_id: str) -> dict[str, Any]:
+    (found,) = [s for s in build["steps"] if s.get("id") == step_id]
+    return found
+
+
+def step_strings(s: dict[str, Any]) -> list[str]:
+    """The fields of a step that Cloud Build substitutes into."""
+    return [s["name"], s.get("entrypoint", ""), s.get("dir", ""), *s.get("args", []), *s.get("env", [])]
+
+
+def referenced_names(build: dict[str, Any]) -> set[str]:
+    return {
+        m.group(1) or m.group(2)
+        for s in build["steps"]
+        for text in step_strings(s)
+        for m in _REFERENCE.finditer(text)
+        if m.group(0) != "$$"
+    }
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(2)
+        assert name in values, f"Cloud Build would reject ${name}: no such substitution"
+        return values[name]
+
+    return _REFERENCE.sub(replace, text)
+
+
+class DeployRun:
+    """The deploy step run like Cloud Build runs it, with `gcloud` recorded instead of executed."""
+
+    def __init__(self, build: dict[str, Any], tmp_path: Path, **overrides: str) -> None:
+        substitutions = {k: str(v) for k, v in build["substitutions"].items()}
+        unknown = set(overrides) - set(substitutions)
+        assert not unknown, f"not substitutions of cloudbuild.yaml: {unknown}"
+        values = {**BUILTINS, **substitutions, "_FRONTEND_URL": FRONTEND_URL, **overrides}
+
+        deploy = step(build, "deploy")
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        gcloud = bin_dir / "gcloud"
+        gcloud.write_text(FAKE_GCLOUD.format(python=sys.executable))
+        gcloud.chmod(0o755)
+        log = tmp_path / "gcloud.jsonl"
+        workspace = tmp_path / "workspace"
+        workspace.mkdir()
+
+        command = [substitute(deploy.get("entrypoint", ""), values)]
+        command += [substitute(arg, values) for arg in deploy.get("args", [])]
+        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_GCLOUD_LOG": str(log)}
+        env.update(entry.split("=", 1) for entry in deploy.get("env", []))
+        self.result = subprocess.run(
+            [c for c in command if c],
+            cwd=workspace,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        self.calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    def single_deploy(self) -> tuple[str, dict[str, str | None]]:
+        assert self.result.returncode == 0, self.result.stderr
+        assert len(self.calls) == 1, self.calls
+        return parse_run_deploy(self.calls[0])
+
+
+def parse_run_deploy(argv: list[str]) -> tuple[str, dict[str, str | None]]:
+    """(service, {flag: value or None}) of a `gcloud run deploy` command; only documented flags."""
+    assert argv[:2] == ["run", "deploy"], argv
+    service, rest = argv[2], argv[3:]
+    assert not service.startswith("-"), "the service name comes first"
+    flags: dict[str, str | None] = {}
+    tokens = iter(rest)
+    for token in tokens:
+        name, has_value, value = token.partition("=")
+        assert name in RUN_DEPLOY_FLAGS, f"{name!r} is not a documented `gcloud run deploy` flag"
+        assert name not in flags, f"{name} given twice"
+        if RUN_DEPLOY_FLAGS[name]:
+            flags[name] = value if has_value else next(tokens)
+        else:
+            assert not has_value, f"{name} is a switch"
+            flags[name] = None
+    return service, flags
+
+
+def gcloud_dict(value: str) -> dict[str, str]:
+    """A gcloud dict flag, honouring `^DELIM^` (gcloud topic escaping)."""
+    delimiter = ","
+    escaped = re.fullmatch(r"\^([^^]+)\^(.*)", value, re.DOTALL)
+    if escaped:
+        delimiter, value = escaped.groups()
+    pairs = [item.split("=", 1) for item in value.split(delimiter)]
+    keys = [key for key, _ in pairs]
+    assert len(keys) == len(set(keys)), f"duplicate keys in {value!r}"
+    return dict(pairs)
+
+
+def deploy_env(flags: dict[str, str | None]) -> dict[str, str]:
+    return gcloud_dict(flags["--set-env-vars"] or "")
+
+
+# --- the file as a whole ---
+
+
+def test_cloudbuild_yaml_matches_the_cloud_build_schema() -> None:
+    check = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run(
+        [str(check), "--builtin-schema", "vendor.cloudbuild", str(CLOUDBUILD)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_build_logs_go_to_cloud_logging_only(build: dict[str, Any]) -> None:
+    # Required when the build runs as a user-specified service account.
+    assert build["options"]["logging"] == "CLOUD_LOGGING_ONLY"
+
+
+def test_every_referenced_substitution_is_defined_and_every_defined_one_is_used(
+    build: dict[str, Any],
+) -> None:
+    used = referenced_names(build)
+    defined = set(build["substitutions"])
+    assert {name for name in used if name.startswith("_")} <= defined
+    assert {name for name in used if not name.startswith("_")} <= set(BUILTINS)
+    # Cloud Build fails a build whose substitutions are not all used (MUST_MATCH).
+    assert defined <= used
+
+
+def test_every_substitution_is_documented_in_the_readme_with_its_default(
+    build: dict[str, Any],
+) -> None:
+    text = README.read_text()
+    assert "\n## Deploy to Cloud Run\n" in text
+    section = text.split("\n## Deploy to Cloud Run\n", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        m.group(1): m.group(2).strip()
+        for m in re.finditer(r"^\| `(_[A-Z0-9_]+)` \| ([^|]*) \|", section, re.MULTILINE)
+    }
+    for name, default in build["substitutions"].items():
+        assert name in rows, f"{name} is not in the README's substitution table"
+        expected = f"`{default}`" if str(default) else "(empty)"
+        assert rows[name] == expected, f"README gives {name} the default {rows[name]}"
+
+
+# --- step 1: the tests ---
+
+
+def test_tests_run_before_the_deploy_and_the_deploy_waits_for_them(build: dict[str, Any]) -> None:
+    ids = [s.get("id") for s in build["steps"]]
+    assert ids.index("test") < ids.index("deploy")
+    wait_for = step(build, "deploy").get("waitFor")
+    # No waitFor means "after every earlier step"; otherwise it must name the test step.
+    assert wait_for is None or "test" in wait_for
+    assert wait_for != ["-"]
+
+
+def test_test_step_installs_pinned_requirements_and_runs_pytest(build: dict[str, Any]) -> None:
+    test = step(build, "test")
+    script = "\n".join(test["args"])
+    assert test["name"].startswith("python:3.12")
+    assert "pip install" in script
+    assert "-r requirements-dev.txt" in script
+    assert re.search(r"^python -m pytest\b", script, re.MULTILINE)
+    assert "-e" in test["args"][0]  # bash -e: the first failing command fails the step
+    assert "|| true" not in script
+
+
+def test_test_step_python_matches_the_deployed_base_image(build: dict[str, Any]) -> None:
+    version = re.fullmatch(r"python:(\d+)\.(\d+)(-.*)?", step(build, "test")["name"])
+    assert version
+    assert build["substitutions"]["_BASE_IMAGE"] == f"python{version[1]}{version[2]}"
+
+
+# --- step 2: the deploy ---
+
+
+def test_checkout_api_is_an_http_function_in_main_py() -> None:
+    tree = ast.parse((ROOT / "main.py").read_text())
+    (function,) = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name == "checkout_api"
+    ]
+    decorators = [ast.unparse(d) for d in function.decorator_list]
+    assert "functions_framework.http" in decorators
+
+
+def test_deploy_is_a_cloud_run_functions_source_deploy_of_checkout_api(
+    build: dict[str, Any], tmp_path: Path
+) -> None:
+    assert step(build, "deploy")["name"] == "gcr.io/google.com/cloudsdktool/cloud-sdk"
+    service, flags = DeployRun(build, tmp_path).single_deploy()
+    assert service == build["substitutions"]["_SERVICE"]
+    assert flags["--source"] == "."
+    assert flags["--function"] == "checkout_api"
+    assert flags["--base-image"] == build["substitutions"]["_BASE_IMAGE"]
+    assert flags["--region"] == build["substitutions"]["_REGION"]
+    assert "--allow-unauthenticated" in flags  # a browser's preflight carries no credentials
+    assert "--cpu-boost" in flags
+    assert "--quiet" in flags  # nobody answers prompts in Cloud Build
+
+
+@pytest.mark.parametrize("key_source", ["set-secrets", "secret-manager"])
+def test_deploy_passes_every_knob_from_its_substitution(
+    build: dict[str, Any], tmp_path: Path, key_source: str
+) -> None:
+    _, flags = DeployRun(
+        build,
+        tmp_path,
+        _KEY_SOURCE=key_source,
+        _MIN_INSTANCES="1",
+        _MAX_INSTANCES="7",
+        _TIMEOUT="45s",
+        _MEMORY="1Gi",
+    ).single_deploy()
+    assert flags["--min-instances"] == "1"
+    assert flags["--max-instances"] == "7"
+    assert flags["--timeout"] == "45s"
+    assert flags["--memory"] == "1Gi"
+    env = deploy_env(flags)
+    assert env["FRONTEND_URL"] == FRONTEND_URL
+    assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT
+
+
+@pytest.mark.parametrize("concurrency", [None, "250"])
+def test_threads_equal_the_concurrency(
+    build: dict[str, Any], tmp_path: Path, concurrency: str | None
+) -> None:
+    overrides = {"_CONCURRENCY": concurrency} if concurrency else {}
+    _, flags = DeployRun(build, tmp_path, **overrides).single_deploy()
+    expected = concurrency or build["substitutions"]["_CONCURRENCY"]
+    assert flags["--concurrency"] == expected
+    assert deploy_env(flags)["THREADS"] == expected
+
+
+def test_set_secrets_mode_injects_the_pinned_key_version(
+    build: dict[str, Any], tmp_path: Path
+) -> None:
+    _, flags = DeployRun(build, tmp_path, _KEY_SOURCE="set-secrets").single_deploy()
+    assert gcloud_dict(flags["--set-secrets"] or "") == {
+        "STRIPE_SECRET_KEY": "stripe-secret-key:1",
+    }
+    assert "STRIPE_SECRET_NAME" not in deploy_env(flags)
+    assert "--clear-secrets" not in flags
+
+
+def test_set_secrets_mode_adds_the_webhook_secret_when_named(
+    build: dict[str, Any], tmp_path: Path
+) -> None:
+    _, flags = DeployRun(
+        build,
+        tmp_path,
+        _KEY_SOURCE="set-secrets",
+        _STRIPE_SECRET_VERSION="3",
+        _WEBHOOK_SECRET="stripe-webhook-secret",
+        _WEBHOOK_SECRET_VERSION="2",
+    ).single_deploy()
+    assert gcloud_dict(flags["--set-secrets"] or "") == {
+        "STRIPE_SECRET_KEY": "stripe-secret-key:3",
+        "STRIPE_WEBHOOK_SECRET": "stripe-webhook-secret:2",
+    }
+
+
+def test_secret_manager_mode_names_the_secrets_and_clears_injected_ones(
+    build: dict[str, Any], tmp_path: Path
+) -> None:
+    _, flags = DeployRun(
+        build,
+        tmp_path,
+        _KEY_SOURCE="secret-manager",
+        _WEBHOOK_SECRET="stripe-webhook-secret",
+    ).single_deploy()
+    env = deploy_env(flags)
+    assert env["STRIPE_SECRET_NAME"] == "stripe-secret-key"
+    assert env["STRIPE_WEBHOOK_SECRET_NAME"] == "stripe-webhook-secret"
+    assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT  # resolves the bare secret names
+    assert "--set-secrets" not in flags
+    assert "--clear-secrets" in flags  # else a key injected by an earlier deploy would still win
+
+
+def test_webhook_secret_is_not_wired_when_unnamed(build: dict[str, Any], tmp_path: Path) -> None:
+    _, flags = DeployRun(build, tmp_path, _KEY_SOURCE="secret-manager").single_deploy()
+    assert "STRIPE_WEBHOOK_SECRET_NAME" not in deploy_env(flags)
+
+
+def test_allowed_origins_keep_their_commas(build: dict[str, Any], tmp_path: Path) -> None:
+    origins = "https://app.example.com,https://www.example.com"
+    _, flags = DeployRun(build, tmp_path, _ALLOWED_ORIGINS=origins).single_deploy()
+    assert deploy_env(flags)["ALLOWED_ORIGINS"] == origins
+
+
+def test_allowed_origins_are_left_to_the_frontend_origin_when_empty(
+    build: dict[str, Any], tmp_path: Path
+) -> None:
+    _, flags = DeployRun(build, tmp_path).single_deploy()
+    assert "ALLOWED_ORIGINS" not in deploy_env(flags)
+
+
+def test_extra_env_vars_are_added(build: dict[str, Any], tmp_path: Path) -> None:
+    _, flags = DeployRun(
+        build, tmp_path, _EXTRA_ENV_VARS="PRICE_AMOUNT=500|RETURN_PATH=/done?s={CHECKOUT_SESSION_ID}"
+    ).single_deploy()
+    env = deploy_env(flags)
+    assert env["PRICE_AMOUNT"] == "500"
+    assert env["RETURN_PATH"] == "/done?s={CHECKOUT_SESSION_ID}"
+
+
+@pytest.mark.parametrize(
+    ("runtime_sa", "expected"),
+    [
+        ("checkout-runtime", f"checkout-runtime@{PROJECT}.iam.gserviceaccount.com"),
+        ("run@other.iam.gserviceaccount.com", "run@other.iam.gserviceaccount.com"),
+    ],
+)
+def test_runtime_service_account_is_an_email(
+    build: dict[str, Any], tmp_path: Path, runtime_sa: str, expected: str
+) -> None:
+    _, flags = DeployRun(build, tmp_path, _RUNTIME_SA=runtime_sa).single_deploy()
+    assert flags["--service-account"] == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"_FRONTEND_URL": ""}, "_FRONTEND_URL"),
+        ({"_KEY_SOURCE": "env"}, "_KEY_SOURCE"),
+    ],
+)
+def test_deploy_refuses_to_run_with_a_bad_configuration(
+    build: dict[str, Any], tmp_path: Path, overrides: dict[str, str], message: str
+) -> None:
+    run = DeployRun(build, tmp_path, **overrides)
+    assert run.result.returncode != 0
+    assert message in run.result.stderr
+    assert run.calls == []
