@@ -13,8 +13,8 @@ import sys
 import time
 import urllib.request
 
-EMULATOR_KEY = "sk_test_emulator_local_only"  # not a real key: only the emulator accepts it
-LOCAL_WEBHOOK_SECRET = "whsec_emulator_local_only"
+EMULATOR_KEY = "sk_test_emulatorLocalOnlyNotARealKey"  # not a real key: only the emulator accepts it
+LOCAL_WEBHOOK_SECRET = "whsec_localEmulatorOnly"
 
 
 def main() -> int:

@@ -30,6 +30,7 @@ FRONTEND_URL = "https://app.example.com"
 #   https://cloud.google.com/sdk/gcloud/reference/run/deploy (SYNOPSIS, FLAGS);
 #   --source/--function/--base-image: https://cloud.google.com/run/docs/deploy-functions and
 #   https://cloud.google.com/run/docs/configuring/services/automatic-base-image-updates;
+#   --build-service-account: https://cloud.google.com/run/docs/configuring/services/build-service-account;
 #   list/dict escaping (^DELIM^): https://cloud.google.com/sdk/gcloud/reference/topic/escaping;
 #   --quiet is a gcloud-wide flag: https://cloud.google.com/sdk/gcloud/reference.
 # True: the flag takes a value. False: a switch.
@@ -40,6 +41,7 @@ RUN_DEPLOY_FLAGS: dict[str, bool] = {
     "--region": True,
     "--allow-unauthenticated": False,
     "--service-account": True,
+    "--build-service-account": True,
     "--concurrency": True,
     "--min-instances": True,
     "--max-instances": True,
@@ -130,7 +132,7 @@ class DeployRun:
 
         deploy = step(build, "deploy")
         bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
+        bin_dir.mkdir(parents=True)
         gcloud = bin_dir / "gcloud"
         gcloud.write_text(FAKE_GCLOUD.format(python=sys.executable))
         gcloud.chmod(0o755)
@@ -416,6 +418,17 @@ def test_runtime_service_account_is_an_email(
 ) -> None:
     _, flags = DeployRun(build, tmp_path, _RUNTIME_SA=runtime_sa).single_deploy()
     assert flags["--service-account"] == expected
+
+
+def test_source_build_service_account_is_passed_only_when_named(
+    build: dict[str, Any], tmp_path: Path
+) -> None:
+    _, default = DeployRun(build, tmp_path / "default").single_deploy()
+    assert "--build-service-account" not in default  # Cloud Build's default builds the source
+    _, named = DeployRun(build, tmp_path / "named", _BUILD_SA="checkout-deployer").single_deploy()
+    assert named["--build-service-account"] == (
+        f"projects/{PROJECT}/serviceAccounts/checkout-deployer@{PROJECT}.iam.gserviceaccount.com"
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,96 @@
+"""`make run`'s launcher: offline with the emulator when no key is set, never on Cloud Run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SERVICE_VARS, free_port
+
+
+def request(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def start_launcher(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, str, int, Path]:
+    port, emulator_port = free_port(), free_port()
+    full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    full_env.update(PORT=str(port), STRIPE_EMULATOR_PORT=str(emulator_port), THREADS="4", **env)
+    log_path = tmp_path / "run.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devtools.run_local"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            urllib.request.urlopen(f"{base}/ready", timeout=1)
+        except urllib.error.HTTPError:
+            return process, base, emulator_port, log_path
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"make run did not start: {log_path.read_text()}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_without_a_key_it_runs_offline_against_the_emulator(tmp_path):
+    process, base, emulator_port, log_path = start_launcher(tmp_path)
+    try:
+        status, created = request(f"{base}/api/checkout/embedded-session", "POST", b"{}")
+        assert status == 200, created
+        session_id = created["session_id"]
+        emulator = f"http://127.0.0.1:{emulator_port}"
+        request(f"{emulator}/_emulator/sessions/{session_id}/complete", "POST", b"{}")
+        status, body = request(f"{base}/api/checkout/session-status?session_id={session_id}")
+        assert (status, body["status"], body["payment_status"]) == (200, "complete", "paid")
+        assert "OFFLINE MODE" in log_path.read_text()
+    finally:
+        stop(process)
+    assert process.returncode is not None
+
+
+def test_on_cloud_run_it_never_falls_back_to_the_emulator(tmp_path):
+    process, base, emulator_port, log_path = start_launcher(
+        tmp_path, K_SERVICE="checkout", FRONTEND_URL="https://shop.example.com"
+    )
+    try:
+        status, body = request(f"{base}/api/checkout/embedded-session", "POST", b"{}")
+        assert (status, body["code"]) == (500, "payment_configuration_error")
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{emulator_port}/_emulator/calls", timeout=1)
+        output = log_path.read_text()
+        assert "OFFLINE MODE" not in output
+        assert "no Stripe key configured on Cloud Run" in output
+    finally:
+        stop(process)
