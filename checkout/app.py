@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from flask import Request, Response
 
 from checkout.config import ConfigError, Settings, load_settings
+from checkout.fulfilment import Fulfilment
 from checkout.http import BASE_HEADERS, ApiError, CorsPolicy, error_response
-from checkout.keys import SecretSource, stripe_api_key_source
+from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
 from checkout.logs import current_request, setup_logging, trace_of
+from checkout.once import OncePerKey
 from checkout.routes import Endpoint, match
 from checkout.status_cache import StatusCache
 from checkout.stripe_gateway import StripeGateway
@@ -34,17 +36,24 @@ class Service:
     gateway: StripeGateway
     status_cache: StatusCache
     trace_project: str | None
+    webhook_secret: SecretSource
+    webhook_events: OncePerKey  # ids of the Stripe events already handled
+    fulfilment: Fulfilment
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
         api_key = stripe_api_key_source(settings)
+        status_cache = StatusCache(settings.status_cache_size, settings.status_open_ttl_ms)
         return cls(
             settings=settings,
             cors=CorsPolicy(settings.allowed_origins, settings.allow_any_origin),
             api_key=api_key,
             gateway=StripeGateway(settings, api_key),
-            status_cache=StatusCache(settings.status_cache_size, settings.status_open_ttl_ms),
+            status_cache=status_cache,
             trace_project=settings.google_cloud_project or _project_in(settings.stripe_secret_name),
+            webhook_secret=webhook_secret_source(settings),
+            webhook_events=OncePerKey(settings.webhook_dedupe_size),
+            fulfilment=Fulfilment(status_cache, settings.webhook_dedupe_size),
         )
 
 
@@ -162,6 +171,12 @@ def _announce(settings: Settings) -> None:
         )
     elif settings.stripe_api_base:
         log.warning("Stripe API base overridden: %s", settings.stripe_api_base)
+    if not settings.webhook_secret_configured:
+        log.warning(
+            "no webhook signing secret configured: set STRIPE_WEBHOOK_SECRET or "
+            "STRIPE_WEBHOOK_SECRET_NAME; Stripe's events will answer 500 webhook_not_configured "
+            "and only status calls will fulfil orders"
+        )
 
 
 def _project_in(secret_name: str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,9 @@ from flask import Request, Response
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
+from checkout.fulfilment import FulfilmentFailed
 from checkout.http import ApiError, json_response, read_json_object
+from checkout.webhook import stripe_webhook
 
 if TYPE_CHECKING:
     from checkout.app import Service
@@ -20,7 +23,8 @@ MAX_IMAGE_ID_CHARS = 500
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 _SESSION_ID = re.compile(r"cs_(test|live)_[A-Za-z0-9]{1,250}")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters (C0, DEL, C1) and lone surrogates (JSON allows "\ud800"; UTF-8 cannot hold it).
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def create_session(request: Request, service: Service) -> Response:
@@ -41,6 +45,10 @@ def session_status(request: Request, service: Service) -> Response:
     if status is None:
         status = service.gateway.retrieve_session(session_id)
         service.status_cache.put(status)
+        # The return page can beat the webhook (or none is set up), so fulfil here too. A failure
+        # is logged inside and retried by Stripe's webhook; the customer still gets the status.
+        with contextlib.suppress(FulfilmentFailed):
+            service.fulfilment.fulfil(status)
     return json_response(200, status.public())
 
 
@@ -55,7 +63,9 @@ def _image_id_from(body: dict[str, Any]) -> str | None:
             f"imageId must be a string of 1 to {MAX_IMAGE_ID_CHARS} characters.",
         )
     if _CONTROL_CHARS.search(image_id):
-        raise ApiError(400, "invalid_image_id", "imageId must not contain control characters.")
+        raise ApiError(
+            400, "invalid_image_id", "imageId must not contain control characters or broken text."
+        )
     return image_id
 
 
@@ -103,6 +113,8 @@ ENDPOINTS: dict[str, Endpoint] = {
     "session_status": Endpoint(
         "/api/checkout/session-status", session_status, ("GET",), browser=True
     ),
+    # Called by Stripe, not by browsers: no CORS, and an Origin header is ignored.
+    "stripe_webhook": Endpoint("/api/checkout/webhook", stripe_webhook, ("POST",), browser=False),
 }
 
 URL_MAP = Map(

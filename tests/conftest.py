@@ -108,7 +108,7 @@ def client(function_app, configure):
 
 
 class LiveServer:
-    """functions-framework (gunicorn) in a subprocess, its stdout captured to a file."""
+    """functions-framework (gunicorn) in a subprocess; stdout and stderr captured to two files."""
 
     def __init__(self, env: dict[str, str], log_path: Path, threads: int = 8) -> None:
         self.port = free_port()
@@ -119,6 +119,8 @@ class LiveServer:
         full_env["THREADS"] = str(threads)
         full_env["PYTHONUNBUFFERED"] = "1"
         self._log = log_path.open("wb")
+        self.stderr_path = log_path.with_suffix(".stderr")
+        self._stderr = self.stderr_path.open("wb")
         self.process = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "functions-framework"),
@@ -134,7 +136,8 @@ class LiveServer:
             cwd=ROOT,
             env=full_env,
             stdout=self._log,
-            stderr=subprocess.STDOUT,
+            # Apart: Cloud Logging reads stdout as JSON lines; gunicorn writes its own to stderr.
+            stderr=self._stderr,
         )
         self._wait_ready()
 
@@ -142,7 +145,7 @@ class LiveServer:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"server exited: {(self.logs() + self.stderr())[-2000:]}")
             try:
                 urllib.request.urlopen(f"{self.url}/__ready", timeout=1)
             except urllib.error.HTTPError:
@@ -152,8 +155,13 @@ class LiveServer:
         raise RuntimeError("server did not start in time")
 
     def logs(self) -> str:
+        """Everything the server wrote to stdout: the JSON log lines."""
         self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -163,6 +171,7 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self._log.close()
+        self._stderr.close()
 
 
 @pytest.fixture

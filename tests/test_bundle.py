@@ -44,7 +44,9 @@ def upload_set(root: Path) -> list[str]:
         here = Path(dirpath).relative_to(root)
         # An ignored directory is never entered: nothing below it can be re-included.
         dirnames[:] = [d for d in dirnames if not spec.match_file(f"{(here / d).as_posix()}/")]
-        files += [(here / f).as_posix() for f in filenames if not spec.match_file((here / f).as_posix())]
+        files += [
+            (here / f).as_posix() for f in filenames if not spec.match_file((here / f).as_posix())
+        ]
     return sorted(files)
 
 
@@ -142,8 +144,16 @@ def test_uploaded_bundle_installs_alone_and_serves_checkout(
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env, timeout=60)
     python = venv / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
-        + ["-r", "requirements.txt"],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+            "-r",
+            "requirements.txt",
+        ],
         cwd=bundle,
         env=env,
         capture_output=True,
@@ -169,8 +179,15 @@ def test_uploaded_bundle_installs_alone_and_serves_checkout(
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [str(venv / "bin" / "functions-framework"), "--target", "checkout_api"]
-            + ["--host", "127.0.0.1", "--port", str(port)],
+            [
+                str(venv / "bin" / "functions-framework"),
+                "--target",
+                "checkout_api",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             cwd=bundle,
             env=env,
             stdout=out,

@@ -97,7 +97,13 @@ def step(build: dict[str, Any], step_id: str) -> dict[str, Any]:
 
 def step_strings(s: dict[str, Any]) -> list[str]:
     """The fields of a step that Cloud Build substitutes into."""
-    return [s["name"], s.get("entrypoint", ""), s.get("dir", ""), *s.get("args", []), *s.get("env", [])]
+    return [
+        s["name"],
+        s.get("entrypoint", ""),
+        s.get("dir", ""),
+        *s.get("args", []),
+        *s.get("env", []),
+    ]
 
 
 def referenced_names(build: dict[str, Any]) -> set[str]:
@@ -153,7 +159,9 @@ class DeployRun:
             timeout=30,
             check=False,
         )
-        self.calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        self.calls = (
+            [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        )
 
     def single_deploy(self) -> tuple[str, dict[str, str | None]]:
         assert self.result.returncode == 0, self.result.stderr
@@ -399,7 +407,9 @@ def test_allowed_origins_are_left_to_the_frontend_origin_when_empty(
 
 def test_extra_env_vars_are_added(build: dict[str, Any], tmp_path: Path) -> None:
     _, flags = DeployRun(
-        build, tmp_path, _EXTRA_ENV_VARS="PRICE_AMOUNT=500|RETURN_PATH=/done?s={CHECKOUT_SESSION_ID}"
+        build,
+        tmp_path,
+        _EXTRA_ENV_VARS="PRICE_AMOUNT=500|RETURN_PATH=/done?s={CHECKOUT_SESSION_ID}",
     ).single_deploy()
     env = deploy_env(flags)
     assert env["PRICE_AMOUNT"] == "500"

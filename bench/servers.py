@@ -1,0 +1,203 @@
+"""The processes a benchmark drives: the Stripe emulator, the Secret Manager fake, the function.
+
+Each runs in its own subprocess, as in production, so that its CPU time and memory can be read
+from /proc without the load generator's being mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BENCH_KEY = "sk_test_bench0000000000000000000000000000"
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Loopback only: an http_proxy in the environment must not see benchmark traffic.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+# Variables the service reads: the benchmark sets the ones it needs and inherits none of them.
+SERVICE_VARS = (
+    "K_SERVICE",
+    "FRONTEND_URL",
+    "ALLOWED_ORIGINS",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_SECRET_NAME",
+    "GOOGLE_CLOUD_PROJECT",
+    "SECRET_MANAGER_ENDPOINT",
+    "STRIPE_API_BASE",
+    "STRIPE_PRICE_ID",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_WEBHOOK_SECRET_NAME",
+    "STATUS_CACHE_SIZE",
+    "STATUS_OPEN_TTL_MS",
+    "THREADS",
+    "WORKERS",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+    """GET (or POST `body` as JSON) and decode the JSON answer; HTTP errors raise."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    with _opener.open(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (/proc/PID/stat utime + stime)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name (field 2) may contain spaces; the fields after it may not.
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """Rss and Pss of the process in kB (Pss shares pages fairly between gunicorn's processes)."""
+    values: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            name, _, rest = line.partition(":")
+            if name in ("Rss", "Pss"):
+                values[name] = int(rest.split()[0])
+    return values
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+
+
+class Service:
+    """A subprocess that answers HTTP on a loopback port."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log: IO[bytes] | int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [part.replace("{port}", str(self.port)) for part in command],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, path: str, seconds: float = 30.0) -> None:
+        """Until any HTTP answer on `path` (an error status counts: it is serving)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.process.args[:3]} exited with {self.process.returncode}")
+            try:
+                _opener.open(self.url + path, timeout=2).close()
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"{self.process.args[:3]} did not answer within {seconds} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+class StripeEmulator(Service):
+    """devtools.stripe_emulator with injected latency, driven through its /_emulator/ helpers."""
+
+    def __init__(self, latency_ms: float = 100, log: IO[bytes] | int = subprocess.DEVNULL) -> None:
+        command = [sys.executable, "-m", "devtools.stripe_emulator", "--port", "{port}"]
+        super().__init__([*command, "--latency-ms", str(latency_ms)], clean_env(), log)
+        self.latency_ms = latency_ms
+        self.wait_ready("/_emulator/health")
+
+    def calls(self) -> int:
+        """Requests that reached the emulator's /v1 API so far."""
+        return http_json(f"{self.url}/_emulator/calls")["total"]
+
+    def set_latency(self, latency_ms: float) -> None:
+        http_json(f"{self.url}/_emulator/faults", {"latency_ms": latency_ms})
+
+    def complete(self, session_id: str) -> None:
+        http_json(f"{self.url}/_emulator/sessions/{session_id}/complete", {})
+
+
+class SecretManagerFake(Service):
+    """devtools.secret_manager_emulator holding one secret."""
+
+    def __init__(self, secret_name: str, value: str) -> None:
+        command = [sys.executable, "-m", "devtools.secret_manager_emulator", "--port", "{port}"]
+        secret = f"{secret_name}={value}"
+        super().__init__([*command, "--secret", secret], clean_env(), subprocess.DEVNULL)
+        self.wait_ready("/_emulator/calls")
+
+
+class FunctionServer(Service):
+    """`functions-framework --target checkout_api`: gunicorn's production server, not --debug."""
+
+    def __init__(self, env: dict[str, str], threads: int, log: IO[bytes] | int) -> None:
+        command = [
+            str(BIN / "functions-framework"),
+            "--target",
+            "checkout_api",
+            "--source",
+            str(ROOT / "main.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+        ]
+        super().__init__(command, clean_env(THREADS=str(threads), **env), log)
+
+    def worker_pid(self) -> int:
+        """The gunicorn worker serving the requests (functions-framework runs one)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            workers = children_of(self.pid)
+            if workers:
+                return workers[0]
+            time.sleep(0.02)
+        raise RuntimeError("gunicorn started no worker")

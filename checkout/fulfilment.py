@@ -1,0 +1,86 @@
+"""Fulfilment of paid checkouts: one routine, called by the webhook and by the status endpoint.
+
+Stripe's advice is to fulfil from the webhook, since a customer may close the tab before the
+return page loads, and from the return page too, since it may beat the webhook. Both end up in
+`Fulfilment.fulfil`, which runs `deliver_order` once per session and then logs one
+`checkout_fulfilled` record: the integration point for Cloud Logging sinks and log-based metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from checkout.once import OncePerKey
+from checkout.status_cache import StatusCache
+from checkout.stripe_gateway import SessionStatus
+
+log = logging.getLogger("checkout.fulfilment")
+
+
+def deliver_order(session: SessionStatus) -> None:
+    """Add your own fulfilment here: it runs once per paid session per instance.
+
+    `session` carries the session id, `metadata["imageId"]`, `amount_total` (minor units),
+    `currency`, `payment_status` and `livemode`. Raise to report a failure: the webhook then
+    answers 500 and Stripe retries it (for up to 3 days), and the `checkout_fulfilled` record is
+    not logged until a later attempt succeeds.
+
+    Instances do not share memory, so a webhook and a status call served by two instances can
+    both get here for one session: make what you do idempotent by session id (for example, a
+    Firestore document created only if absent). Keep it well under the request timeout.
+
+    The default does nothing: the `checkout_fulfilled` log record is the whole fulfilment.
+    """
+
+
+class FulfilmentFailed(Exception):
+    """`deliver_order` raised; the session is not marked fulfilled, so a retry runs it again."""
+
+
+class Fulfilment:
+    """Fulfils each paid session once per instance, however often and concurrently it is asked."""
+
+    def __init__(self, status_cache: StatusCache, max_sessions: int) -> None:
+        self._status_cache = status_cache
+        self._fulfilled = OncePerKey(max_sessions)
+
+    def fulfil(self, session: SessionStatus, *, event_id: str | None = None) -> bool:
+        """Fulfil a complete, paid session; True if this call did it, False if nothing to do."""
+        if not is_paid(session):
+            return False
+        try:
+            return self._fulfilled.run(
+                session.session_id, lambda: self._fulfil_now(session, event_id)
+            )
+        except Exception as error:
+            log.exception(
+                "checkout_fulfilment_failed",
+                extra={"fields": {**record_of(session, event_id), "detail": str(error)[:300]}},
+            )
+            raise FulfilmentFailed(f"fulfilment of {session.session_id} failed") from error
+
+    def _fulfil_now(self, session: SessionStatus, event_id: str | None) -> None:
+        # Looked up at call time, so a test (or a team) can swap in its own.
+        deliver_order(session)
+        # After success only: until then a status call finds no cache entry and tries too.
+        self._status_cache.put(session)
+        log.info("checkout_fulfilled", extra={"fields": record_of(session, event_id)})
+
+
+def is_paid(session: SessionStatus) -> bool:
+    """Complete, and paid or free (`no_payment_required`): what Stripe says may be fulfilled."""
+    return session.status == "complete" and session.payment_status != "unpaid"
+
+
+def record_of(session: SessionStatus, event_id: str | None = None) -> dict[str, Any]:
+    """The fields of a checkout log record: ids and amounts, never secrets or customer details."""
+    return {
+        "session_id": session.session_id,
+        "imageId": session.metadata.get("imageId"),
+        "amount_total": session.amount_total,
+        "currency": session.currency,
+        "payment_status": session.payment_status,
+        "livemode": session.livemode,
+        "event_id": event_id,
+    }

@@ -1,0 +1,179 @@
+"""POST /api/checkout/webhook: Stripe's signed events, verified over the raw body, handled once.
+
+Stripe delivers at least once and out of order, and retries any non-2xx answer for up to 3 days.
+So: verify before reading anything, answer 200 only once the event is handled, remember handled
+event ids (bounded), and let a failure answer 500 so that Stripe tries again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import stripe
+from flask import Request, Response
+
+from checkout.fulfilment import FulfilmentFailed, record_of
+from checkout.http import ApiError, json_response
+from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.stripe_gateway import SessionStatus
+
+if TYPE_CHECKING:
+    from checkout.app import Service
+
+log = logging.getLogger("checkout.webhook")
+
+# Checkout Session events are a few KB; anything near this is not from Stripe.
+MAX_EVENT_BYTES = 1024 * 1024
+SECRET_RETRY_AFTER = "5"  # noqa: S105  # seconds, not a secret
+
+FULFILLING = frozenset({"checkout.session.completed", "checkout.session.async_payment_succeeded"})
+PAYMENT_FAILED = "checkout.session.async_payment_failed"
+EXPIRED = "checkout.session.expired"
+HANDLED = FULFILLING | {PAYMENT_FAILED, EXPIRED}
+
+
+def stripe_webhook(request: Request, service: Service) -> Response:
+    """POST /api/checkout/webhook → {"received": true} once the event is handled (or ignored)."""
+    secret = _signing_secret(service)
+    event = _verified_event(request, secret)
+    event_id, kind = event["id"], event["type"]
+    first_time = service.webhook_events.run(event_id, lambda: _handle(event, service))
+    outcome = "duplicate" if not first_time else "handled" if kind in HANDLED else "ignored"
+    log.info(
+        "stripe_event",
+        extra={"fields": {"event_id": event_id, "event_type": kind, "outcome": outcome}},
+    )
+    return json_response(200, {"received": True})
+
+
+def _handle(event: dict[str, Any], service: Service) -> None:
+    kind = event["type"]
+    if kind not in HANDLED:
+        return
+    session = _session_in(event)
+    if kind in FULFILLING:
+        if session.payment_status == "unpaid":
+            # An async payment (e.g. a bank debit) is still settling; its own event follows. Not
+            # cached: `complete/unpaid` would otherwise hide the `paid` that is coming.
+            log.info("checkout_payment_pending", extra={"fields": record_of(session, event["id"])})
+            return
+        try:
+            service.fulfilment.fulfil(session, event_id=event["id"])
+        except FulfilmentFailed as error:
+            raise ApiError(
+                500,
+                "fulfilment_failed",
+                "Fulfilling this checkout failed; retry the event.",
+                detail=f"{error}: {type(error.__cause__).__name__}",
+            ) from None
+    elif kind == PAYMENT_FAILED:
+        service.status_cache.put(session)  # complete/unpaid is final once payment has failed
+        log.warning("checkout_payment_failed", extra={"fields": record_of(session, event["id"])})
+    else:
+        service.status_cache.put(session)
+        log.info("checkout_expired", extra={"fields": record_of(session, event["id"])})
+
+
+def _signing_secret(service: Service) -> str:
+    source = service.webhook_secret
+    if not source.configured:
+        raise _not_configured(
+            "no webhook signing secret: set STRIPE_WEBHOOK_SECRET or STRIPE_WEBHOOK_SECRET_NAME"
+        )
+    try:
+        return source.get()
+    except SecretUnavailable as error:
+        # Stripe retries a 503 later, by which time Secret Manager has likely recovered.
+        raise ApiError(
+            503,
+            "webhook_secret_unavailable",
+            "The webhook signing secret is temporarily unavailable. Retry later.",
+            headers={"Retry-After": SECRET_RETRY_AFTER},
+            detail=str(error),
+        ) from None
+    except SecretConfigError as error:
+        raise _not_configured(str(error)) from None
+
+
+def _verified_event(request: Request, secret: str) -> dict[str, Any]:
+    """The event, once its signature checks out over the raw bytes; ApiError 400/413 otherwise."""
+    payload = _raw_body(request)
+    try:
+        # An explicit tolerance: verify_header checks no timestamp at all without one.
+        stripe.WebhookSignature.verify_header(
+            payload,
+            request.headers.get("Stripe-Signature"),
+            secret,
+            tolerance=stripe.Webhook.DEFAULT_TOLERANCE,
+        )
+    except stripe.SignatureVerificationError as error:
+        raise _invalid(str(error)) from None
+    except UnicodeDecodeError:
+        raise _invalid("the body is not UTF-8") from None
+    try:
+        event = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise _invalid("the signed body is not JSON") from None
+    if not (
+        isinstance(event, dict)
+        and isinstance(event.get("id"), str)
+        and isinstance(event.get("type"), str)
+    ):
+        raise _invalid("the signed body is not a Stripe event")
+    return event
+
+
+def _session_in(event: dict[str, Any]) -> SessionStatus:
+    data = event.get("data")
+    session = data.get("object") if isinstance(data, dict) else None
+    if not (isinstance(session, dict) and str(session.get("id", "")).startswith("cs_")):
+        raise _invalid(f"{event['type']} event {event['id']} holds no Checkout Session")
+    metadata = session.get("metadata")
+    if not isinstance(metadata, dict):
+        session = {**session, "metadata": {}}
+    # from_stripe reads with `in` and [], which a plain dict supports as well.
+    return SessionStatus.from_stripe(session)
+
+
+def _raw_body(request: Request) -> bytes:
+    # Read the bytes ourselves: Stripe signed exactly these, and any parsing would alter them.
+    length = request.content_length
+    if length is not None and length > MAX_EVENT_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_EVENT_BYTES:
+        chunk = request.stream.read(MAX_EVENT_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > MAX_EVENT_BYTES:
+        raise _too_large()
+    return b"".join(chunks)
+
+
+def _invalid(detail: str) -> ApiError:
+    return ApiError(
+        400,
+        "invalid_signature",
+        "The request is not a correctly signed Stripe event.",
+        detail=detail,
+    )
+
+
+def _not_configured(detail: str) -> ApiError:
+    return ApiError(
+        500,
+        "webhook_not_configured",
+        "Webhooks are not configured on this server.",
+        detail=detail,
+    )
+
+
+def _too_large() -> ApiError:
+    return ApiError(
+        413, "payload_too_large", f"A webhook event must be at most {MAX_EVENT_BYTES} bytes."
+    )
