@@ -13,7 +13,8 @@ import sys
 import time
 import urllib.request
 
-EMULATOR_KEY = "sk_test_emulatorLocalOnlyNotARealKey"  # not a real key: only the emulator accepts it
+# Not real credentials: only the bundled emulator accepts them.
+EMULATOR_KEY = "sk_test_emulatorLocalOnlyNotARealKey"
 LOCAL_WEBHOOK_SECRET = "whsec_localEmulatorOnly"
 
 
