@@ -16,6 +16,18 @@ DEFAULT_PRODUCT_DESCRIPTION = "AI-powered personalized feelings board with 24+ c
 _CURRENCY = re.compile(r"^[a-z]{3}$")
 _REDIRECT_MODES = ("always", "if_required")
 
+# A request must answer long before Cloud Run's 300 s timeout, however Stripe misbehaves.
+MAX_STRIPE_BUDGET_SECONDS = 120.0
+
+
+def stripe_budget_seconds(timeout: float, retries: int) -> float:
+    """Worst case of one Stripe call: every attempt times out and every backoff is the longest.
+
+    stripe-python sleeps min(0.5 * 2**(n-1), 5) s before retry n, less a random jitter of up to
+    half (stripe/_http_client.py: INITIAL_DELAY, MAX_DELAY).
+    """
+    return (retries + 1) * timeout + sum(min(0.5 * 2**n, 5.0) for n in range(retries))
+
 
 class ConfigError(ValueError):
     """The environment describes a service that cannot run; the message says which variable."""
@@ -98,7 +110,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if price_id is not None and not price_id.startswith("price_"):
         raise ConfigError("STRIPE_PRICE_ID must be a Stripe price id (price_...)")
 
-    return Settings(
+    settings = Settings(
         on_cloud_run=on_cloud_run,
         frontend_url=frontend_url,
         allowed_origins=frozenset(o for o in origins if o != "*"),
@@ -123,6 +135,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         status_open_ttl_ms=_int(get, "STATUS_OPEN_TTL_MS", 0, minimum=0, maximum=60_000),
         webhook_dedupe_size=_int(get, "WEBHOOK_DEDUPE_SIZE", 10_000, minimum=1),
     )
+    budget = stripe_budget_seconds(settings.stripe_timeout_seconds, settings.stripe_max_retries)
+    if budget > MAX_STRIPE_BUDGET_SECONDS:
+        raise ConfigError(
+            f"STRIPE_TIMEOUT_SECONDS and STRIPE_MAX_RETRIES let one Stripe call take {budget:g} s; "
+            f"keep (retries + 1) x timeout + backoff within {MAX_STRIPE_BUDGET_SECONDS:g} s"
+        )
+    return settings
 
 
 def _origin_of(url: str, variable: str) -> str:

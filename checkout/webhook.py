@@ -106,7 +106,7 @@ def _verified_event(request: Request, secret: str) -> dict[str, Any]:
             payload,
             request.headers.get("Stripe-Signature"),
             secret,
-            tolerance=None,
+            tolerance=stripe.Webhook.DEFAULT_TOLERANCE,
         )
     except stripe.SignatureVerificationError as error:
         raise _invalid(str(error)) from None

@@ -1,0 +1,1 @@
+"""Benchmarks for the checkout function (not tests): `make bench`, see README "Performance"."""

@@ -1,0 +1,173 @@
+"""Stripe misbehaving (the emulator's fault modes): the contract's answer, within the time budget.
+
+The budget is the documented worst case of one Stripe call, `stripe_budget_seconds(timeout,
+retries)`: every attempt times out and every SDK backoff is the longest. Each test asserts the
+answer came within it (plus slack for a loaded CI machine): a bound, not a benchmark.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from checkout.config import (
+    MAX_STRIPE_BUDGET_SECONDS,
+    ConfigError,
+    load_settings,
+    stripe_budget_seconds,
+)
+from tests.conftest import free_port
+from tests.test_routes import STATUS, assert_error, create
+
+SLACK_SECONDS = 1.0
+
+
+class Timed:
+    """Measure one request: `with Timed(budget) as timer: ...`, then `timer.seconds`."""
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.seconds = 0.0
+
+    def __enter__(self) -> Timed:
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, error_type: object, *_: object) -> None:
+        self.seconds = time.monotonic() - self._started
+        if error_type is None:  # an assertion inside says more than the time it took
+            assert self.seconds < self.budget + SLACK_SECONDS, f"{self.seconds:.2f} s > budget"
+
+
+def budget_for(configure, timeout: float, retries: int) -> float:
+    configure(STRIPE_TIMEOUT_SECONDS=str(timeout), STRIPE_MAX_RETRIES=str(retries))
+    return stripe_budget_seconds(timeout, retries)
+
+
+def status_of(client, session_id: str = "cs_test_abc123"):
+    return client.get(STATUS, query_string={"session_id": session_id})
+
+
+# --- the budget itself ---------------------------------------------------------------------------
+
+
+def test_budget_counts_every_attempt_and_the_longest_backoffs():
+    assert stripe_budget_seconds(10, 0) == 10
+    assert stripe_budget_seconds(10, 2) == 3 * 10 + 0.5 + 1  # the defaults: 31.5 s
+    assert stripe_budget_seconds(1, 5) == 6 * 1 + 0.5 + 1 + 2 + 4 + 5  # backoff capped at 5 s
+
+
+def test_settings_whose_worst_case_nears_cloud_run_timeout_are_refused():
+    assert stripe_budget_seconds(60, 1) > MAX_STRIPE_BUDGET_SECONDS
+    with pytest.raises(ConfigError, match="STRIPE_TIMEOUT_SECONDS and STRIPE_MAX_RETRIES"):
+        load_settings({"STRIPE_TIMEOUT_SECONDS": "60", "STRIPE_MAX_RETRIES": "1"})
+    defaults = load_settings({})
+    assert stripe_budget_seconds(defaults.stripe_timeout_seconds, defaults.stripe_max_retries) < 60
+
+
+# --- one fault at a time -------------------------------------------------------------------------
+
+
+def test_stripe_500_after_every_retry_is_502_within_budget(client, configure, stripe_emulator):
+    budget = budget_for(configure, timeout=2, retries=2)
+    stripe_emulator.set_faults(mode="error_500")
+    with Timed(budget):
+        assert_error(create(client, {}), 502, "payment_provider_error")
+    assert stripe_emulator.calls()["create_session"] == 3  # the first try and two retries
+    with Timed(budget):
+        assert_error(status_of(client), 502, "payment_provider_error")
+    assert stripe_emulator.calls()["retrieve_session"] == 3
+
+
+def test_stripe_429_is_503_with_retry_after_without_retrying(client, configure, stripe_emulator):
+    budget = budget_for(configure, timeout=2, retries=2)
+    stripe_emulator.set_faults(mode="rate_limit_429")
+    for request in (lambda: create(client, {}), lambda: status_of(client)):
+        with Timed(budget):
+            response = request()
+        assert_error(response, 503, "payment_provider_busy")
+        assert int(response.headers["Retry-After"]) >= 1
+    # Stripe's 429 carries no Stripe-Should-Retry, so the SDK does not hammer a busy Stripe.
+    assert stripe_emulator.calls()["total"] == 2
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_stripe_hanging_past_the_timeout_is_504_within_budget(
+    client, configure, stripe_emulator, retries
+):
+    budget = budget_for(configure, timeout=0.5, retries=retries)
+    stripe_emulator.set_faults(mode="hang", hang_seconds=30)
+    with Timed(budget) as timer:
+        assert_error(create(client, {}), 504, "payment_provider_unreachable")
+    assert timer.seconds >= 0.5 * (retries + 1)  # it did wait out each attempt's timeout
+    assert stripe_emulator.calls()["create_session"] == retries + 1
+
+
+def test_closed_port_is_504_without_waiting_for_the_timeout(client, configure):
+    timeout = 5.0
+    configure(
+        STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}",
+        STRIPE_TIMEOUT_SECONDS=str(timeout),
+        STRIPE_MAX_RETRIES="1",
+    )
+    for request in (lambda: create(client, {}), lambda: status_of(client)):
+        with Timed(stripe_budget_seconds(0, 1)) as timer:  # refused at once: only the backoff
+            assert_error(request(), 504, "payment_provider_unreachable")
+        assert timer.seconds < timeout
+
+
+def test_stripe_recovering_means_the_next_request_succeeds(client, configure, stripe_emulator):
+    budget = budget_for(configure, timeout=2, retries=1)
+    stripe_emulator.set_faults(mode="error_500", remaining=2)  # both attempts of one request
+    with Timed(budget):
+        assert_error(create(client, {"imageId": "img_1"}), 502, "payment_provider_error")
+    with Timed(budget):
+        created = create(client, {"imageId": "img_1"})
+    assert created.status_code == 200
+    session_id = created.get_json()["session_id"]
+    assert stripe_emulator.get_session(session_id)["metadata"] == {"imageId": "img_1"}
+
+    stripe_emulator.set_faults(mode="hang", hang_seconds=30, remaining=2)
+    configure(STRIPE_TIMEOUT_SECONDS="0.5", STRIPE_MAX_RETRIES="1")
+    assert_error(status_of(client, session_id), 504, "payment_provider_unreachable")
+    assert status_of(client, session_id).get_json()["status"] == "open"
+
+
+def test_half_the_calls_failing_at_random_are_each_answered_cleanly(
+    client, configure, stripe_emulator
+):
+    budget = budget_for(configure, timeout=2, retries=0)
+    stripe_emulator.set_faults(mode="random_500", probability=0.5, seed=20261126)
+    created: dict[str, str] = {}
+    outcomes = {"create": [], "status": []}
+    for attempt in range(30):
+        with Timed(budget):
+            response = create(client, {"imageId": f"img_{attempt}"})
+        outcomes["create"].append(response.status_code)
+        if response.status_code == 200:
+            body = response.get_json()
+            assert set(body) == {"client_secret", "session_id"}
+            assert body["client_secret"].startswith(body["session_id"] + "_secret_")
+            session = stripe_emulator.get_session(body["session_id"])
+            assert session["metadata"] == {"imageId": f"img_{attempt}"}
+            created[body["session_id"]] = f"img_{attempt}"
+        else:
+            assert_error(response, 502, "payment_provider_error")
+    for session_id, image_id in created.items():
+        with Timed(budget):
+            response = status_of(client, session_id)
+        outcomes["status"].append(response.status_code)
+        if response.status_code == 200:
+            assert response.get_json() == {
+                "status": "open",
+                "payment_status": "unpaid",
+                "metadata": {"imageId": image_id},
+            }
+        else:
+            assert_error(response, 502, "payment_provider_error")
+
+    # Every answer was one of the two, both happened, and no failure left a session behind.
+    for statuses in outcomes.values():
+        assert set(statuses) == {200, 502}
+    assert stripe_emulator.calls()["sessions_created"] == len(created)
