@@ -38,10 +38,11 @@ class StatusCache:
             self._entries.move_to_end(session_id)
             return status
 
-    def put(self, status: SessionStatus) -> None:
+    def put(self, status: SessionStatus, *, final: bool = False) -> None:
+        """Keep `status` if it can no longer change (`final` says so when only the caller knows)."""
         if self._max_size == 0:
             return
-        if status.terminal:
+        if final or status.terminal:
             expires = None
         elif self._open_ttl > 0:
             expires = self._clock() + self._open_ttl
@@ -49,7 +50,7 @@ class StatusCache:
             return
         with self._lock:
             current = self._entries.get(status.session_id)
-            if current is not None and current[0].terminal and not status.terminal:
+            if current is not None and current[1] is None and expires is not None:
                 # Stripe's reads can race: never let an older `open` replace a terminal status.
                 return
             self._entries[status.session_id] = (_public_only(status), expires)

@@ -40,7 +40,14 @@ class SessionStatus:
 
     @property
     def terminal(self) -> bool:
-        return self.status in ("complete", "expired")
+        """Nothing about it can change again, so it may be cached forever.
+
+        `complete` + `unpaid` is not final: a delayed payment method (bank debit) later turns
+        it `paid` (checkout.session.async_payment_succeeded) or fails it.
+        """
+        if self.status == "complete":
+            return self.payment_status != "unpaid"
+        return self.status == "expired"
 
     def public(self) -> dict[str, Any]:
         return {

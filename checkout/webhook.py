@@ -69,7 +69,7 @@ def _handle(event: dict[str, Any], service: Service) -> None:
                 detail=f"{error}: {type(error.__cause__).__name__}",
             ) from None
     elif kind == PAYMENT_FAILED:
-        service.status_cache.put(session)  # complete/unpaid is final once payment has failed
+        service.status_cache.put(session, final=True)  # unpaid is final once payment failed
         log.warning("checkout_payment_failed", extra={"fields": record_of(session, event["id"])})
     else:
         service.status_cache.put(session)

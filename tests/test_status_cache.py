@@ -36,6 +36,14 @@ def test_terminal_statuses_are_kept_and_open_is_not_by_default():
     assert cache.get("cs_test_c") is None
 
 
+def test_complete_but_unpaid_is_not_final_and_not_cached():
+    cache = StatusCache(max_size=10)
+    cache.put(status("cs_test_async", "complete", "unpaid"))
+    assert cache.get("cs_test_async") is None
+    cache.put(status("cs_test_free", "complete", "no_payment_required"))
+    assert cache.get("cs_test_free") is not None
+
+
 def test_cached_entries_hold_only_public_fields():
     cache = StatusCache(max_size=10)
     cache.put(status("cs_test_a", "complete", "paid"))
@@ -68,9 +76,9 @@ def test_an_open_read_never_replaces_a_terminal_status():
 def test_the_bound_is_honoured_least_recently_used_first():
     cache = StatusCache(max_size=3)
     for name in "abc":
-        cache.put(status(f"cs_test_{name}", "complete"))
+        cache.put(status(f"cs_test_{name}", "complete", "paid"))
     assert cache.get("cs_test_a") is not None  # a is now most recently used
-    cache.put(status("cs_test_d", "complete"))
+    cache.put(status("cs_test_d", "complete", "paid"))
     assert len(cache) == 3
     assert cache.get("cs_test_b") is None
     assert cache.get("cs_test_a") is not None
@@ -79,7 +87,7 @@ def test_the_bound_is_honoured_least_recently_used_first():
 
 def test_size_zero_disables_the_cache():
     cache = StatusCache(max_size=0)
-    cache.put(status("cs_test_a", "complete"))
+    cache.put(status("cs_test_a", "complete", "paid"))
     assert cache.get("cs_test_a") is None
 
 
