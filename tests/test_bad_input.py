@@ -149,7 +149,9 @@ def test_rejected_create_bodies(server, no_stripe_call, body, content_type, stat
 
 
 def test_body_over_64_kib_without_content_length_is_413(server, no_stripe_call):
-    answer = send(server, "POST", CREATE, [("Content-Type", JSON)], b" " * (LIMIT + 1), chunked=True)
+    answer = send(
+        server, "POST", CREATE, [("Content-Type", JSON)], b" " * (LIMIT + 1), chunked=True
+    )
     assert_error(answer, 413, "payload_too_large")
 
 

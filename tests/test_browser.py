@@ -132,7 +132,11 @@ def test_page_on_allowed_origin_creates_then_reads_status(
     session_id = result["create"]["body"]["session_id"]
     assert result["status"] == {
         "status": 200,
-        "body": {"status": "open", "payment_status": "unpaid", "metadata": {"imageId": "img_browser"}},
+        "body": {
+            "status": "open",
+            "payment_status": "unpaid",
+            "metadata": {"imageId": "img_browser"},
+        },
     }
     assert stripe_emulator.get_session(session_id)["metadata"] == {"imageId": "img_browser"}
     # The Idempotency-Key made the browser ask first; the plain GET needed no preflight.

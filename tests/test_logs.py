@@ -96,7 +96,13 @@ def script(server: LiveServer, emulator: StripeEmulator, run: Run) -> None:
     emulator.complete_session(session_id)
     status("status complete", session_id)
     payload, signature = signed_event(emulator.get_session(session_id))
-    do("webhook", "POST", WEBHOOK, [("Content-Type", JSON), ("Stripe-Signature", signature)], payload)
+    do(
+        "webhook",
+        "POST",
+        WEBHOOK,
+        [("Content-Type", JSON), ("Stripe-Signature", signature)],
+        payload,
+    )
 
     # Every error the client can cause.
     create("invalid_json", body=b"{nope")
@@ -205,7 +211,9 @@ def test_one_request_line_per_request_with_http_request_fields(run: Run):
         assert http["requestUrl"].startswith("/")
         assert "?" not in http["requestUrl"]
         assert re.fullmatch(r"\d+\.\d{6}s", http["latency"])
-        expected = "ERROR" if answer.status >= 500 else "WARNING" if answer.status >= 400 else "INFO"
+        expected = (
+            "ERROR" if answer.status >= 500 else "WARNING" if answer.status >= 400 else "INFO"
+        )
         assert line["severity"] == expected, what
         if answer.status >= 400:
             assert line["code"] == answer.json()["code"]
@@ -274,4 +282,3 @@ def test_log_lines_are_written_as_the_request_finishes(run: Run):
     # The request line precedes the next request's: each is flushed, none is buffered.
     order = [line["request_id"] for line in run.lines() if line.get("logger") == "checkout.request"]
     assert order[1:] == [answer.headers["X-Request-Id"] for _, answer in run.answers]
-
