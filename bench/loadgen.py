@@ -55,14 +55,19 @@ def find_wrk(install: bool) -> str | None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return None
     print("wrk is not installed: trying `apt-get install -y wrk` ...", flush=True)
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+
+    def apt_get(*arguments: str) -> bool:
+        quiet = subprocess.DEVNULL
+        done = subprocess.run(
+            ["apt-get", *arguments], env=env, timeout=300, stdout=quiet, stderr=quiet, check=False
+        )
+        return done.returncode == 0
+
     try:
-        if subprocess.run(
-            ["apt-get", "install", "-y", "-q", "wrk"], env=env, timeout=180, **quiet
-        ).returncode:
-            subprocess.run(["apt-get", "update", "-q"], env=env, timeout=180, **quiet)
-            subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, timeout=180, **quiet)
+        # A fresh machine may have no package lists yet: update once, then retry.
+        if not apt_get("install", "-y", "-q", "wrk") and apt_get("update", "-q"):
+            apt_get("install", "-y", "-q", "wrk")
     except (OSError, subprocess.TimeoutExpired):
         return None
     return shutil.which("wrk")
@@ -204,7 +209,7 @@ async def _drive(spec: dict) -> dict:
                 ) as response:
                     await response.read()
                     failed = response.status >= 400
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 failed = True
             latencies.append(time.perf_counter() - began)
             errors += failed

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 
 from flask import Request, Response
@@ -96,7 +96,7 @@ def reset_service() -> None:
 def handle(request: Request) -> Response:
     """Serve one request: route, check CORS, run the handler, log one line."""
     started = time.perf_counter()
-    context: dict = {"request_id": uuid.uuid4().hex}
+    context: dict = {"request_id": _new_request_id()}
     token = current_request.set(context)
     origin = request.headers.get("Origin")
     endpoint: Endpoint | None = None
@@ -124,6 +124,12 @@ def handle(request: Request) -> Response:
     finally:
         current_request.reset(token)
     return response
+
+
+def _new_request_id() -> str:
+    # Unique, not secret. uuid4() reads os.urandom, a system call that gives up the GIL, and at
+    # 64 threads each hand-off of the GIL costs a context switch (measured: about one per request).
+    return f"{random.getrandbits(128):032x}"
 
 
 def _finish(response: Response, request_id: str, endpoint: Endpoint | None, origin: str | None):

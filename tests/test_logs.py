@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from devtools.stripe_emulator import StripeEmulator, sign_payload
-from tests.conftest import FRONTEND, TEST_KEY, LiveServer
+from tests.conftest import FRONTEND, ROOT, TEST_KEY, LiveServer
 from tests.test_bad_input import CREATE, JSON, STATUS, WEBHOOK, Answer, send
 
 WEBHOOK_SECRET = "whsec_testLogsOnlyFake"
@@ -282,3 +284,35 @@ def test_log_lines_are_written_as_the_request_finishes(run: Run):
     # The request line precedes the next request's: each is flushed, none is buffered.
     order = [line["request_id"] for line in run.lines() if line.get("logger") == "checkout.request"]
     assert order[1:] == [answer.headers["X-Request-Id"] for _, answer in run.answers]
+
+
+# Many threads logging at once, with stdout a pipe as on Cloud Run: the handler writes each line
+# with one unlocked write(2), so a line split or interleaved with another would show up here.
+MANY_THREADS_LOGGING = """
+import logging, threading
+from checkout.logs import setup_logging
+setup_logging()
+log = logging.getLogger("checkout.test")
+def write(thread):
+    for n in range(200):
+        log.info("thread %d line %d %s", thread, n, "x" * 1000)
+threads = [threading.Thread(target=write, args=(t,)) for t in range(32)]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
+
+
+def test_lines_stay_whole_when_many_threads_log_at_once():
+    result = subprocess.run(
+        [sys.executable, "-c", MANY_THREADS_LOGGING],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 32 * 200
+    messages = {json.loads(line)["message"].rsplit(" ", 1)[0] for line in lines}
+    assert messages == {f"thread {t} line {n}" for t in range(32) for n in range(200)}
+    assert result.stderr == ""

@@ -61,3 +61,29 @@ def test_stripe_request_id_and_error_detail_are_logged_not_sent(client, stripe_e
     out = capsys.readouterr().out
     assert "payment_provider_error" in out
     assert "req_" in out
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def point_proxy_at_nothing(monkeypatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+
+
+def test_proxy_variables_apply_to_stripe_calls(client, configure, monkeypatch, stripe_emulator):
+    point_proxy_at_nothing(monkeypatch)
+    configure(STRIPE_MAX_RETRIES="0")  # the client is built after the variables are set
+    assert_error(create(client, {}), 504, "payment_provider_unreachable")
+    assert stripe_emulator.calls()["create_session"] == 0
+
+
+def test_proxy_variables_are_read_when_the_client_is_built_not_per_call(
+    client, monkeypatch, stripe_emulator
+):
+    assert create(client, {}).status_code == 200
+    point_proxy_at_nothing(monkeypatch)
+    assert create(client, {}).status_code == 200
+    assert stripe_emulator.calls()["create_session"] == 2
