@@ -85,10 +85,14 @@ class Stack:
         self.emulator = StripeEmulator(STRIPE_LATENCY_MS)
         self.env = {"STRIPE_SECRET_KEY": BENCH_KEY, "STRIPE_API_BASE": self.emulator.url}
         self.server = FunctionServer(self.env, threads, self._log)
-        self.server.wait_ready("/")
-        self.worker = self.server.worker_pid()
-        print(f"Creating {2 * SESSIONS_PER_KIND} sessions through the function ...", flush=True)
-        self.open_ids, self.complete_ids = self._seed()
+        try:
+            self.server.wait_ready("/")
+            self.worker = self.server.worker_pid()
+            print(f"Creating {2 * SESSIONS_PER_KIND} sessions through the function ...", flush=True)
+            self.open_ids, self.complete_ids = self._seed()
+        except BaseException:
+            self.__exit__()  # no `with` body runs, so nothing else would stop the processes
+            raise
         self.served = 3 * SESSIONS_PER_KIND  # requests the function has answered so far
 
     def __enter__(self) -> Stack:

@@ -122,6 +122,14 @@ class Service:
                 time.sleep(0.02)
         raise RuntimeError(f"{self.process.args[:3]} did not answer within {seconds} s")
 
+    def _ready(self, path: str) -> None:
+        """wait_ready() for a constructor: stop the process if it never answers."""
+        try:
+            self.wait_ready(path)
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -152,7 +160,7 @@ class StripeEmulator(Service):
         command = [sys.executable, "-m", "devtools.stripe_emulator", "--port", "{port}"]
         super().__init__([*command, "--latency-ms", str(latency_ms)], clean_env(), log)
         self.latency_ms = latency_ms
-        self.wait_ready("/_emulator/health")
+        self._ready("/_emulator/health")
 
     def calls(self) -> int:
         """Requests that reached the emulator's /v1 API so far."""
@@ -172,7 +180,7 @@ class SecretManagerFake(Service):
         command = [sys.executable, "-m", "devtools.secret_manager_emulator", "--port", "{port}"]
         secret = f"{secret_name}={value}"
         super().__init__([*command, "--secret", secret], clean_env(), subprocess.DEVNULL)
-        self.wait_ready("/_emulator/calls")
+        self._ready("/_emulator/calls")
 
 
 class FunctionServer(Service):
