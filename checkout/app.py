@@ -16,7 +16,7 @@ from checkout.http import BASE_HEADERS, ApiError, CorsPolicy, error_response
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
 from checkout.logs import current_request, setup_logging, trace_of
 from checkout.once import OncePerKey
-from checkout.routes import Endpoint, match
+from checkout.routes import Endpoint, endpoint_at, match
 from checkout.status_cache import StatusCache
 from checkout.stripe_gateway import StripeGateway
 
@@ -119,6 +119,8 @@ def handle(request: Request) -> Response:
         error = ApiError(500, "internal_error", "Something went wrong on our side. Please retry.")
         response = error_response(error, context["request_id"])
     try:
+        # A 405 still knows its endpoint: whether CORS applies depends on the path alone.
+        endpoint = endpoint or endpoint_at(request.path)
         _finish(response, context["request_id"], endpoint, origin)
         _log_request(request, response, error, context, time.perf_counter() - started)
     finally:
@@ -139,9 +141,15 @@ def _finish(response: Response, request_id: str, endpoint: Endpoint | None, orig
     headers["X-Request-Id"] = request_id
     if endpoint is not None and not endpoint.browser:
         return
-    service = _service
-    allowed = origin is not None and service is not None and service.cors.allows(origin)
-    CorsPolicy.decorate(response, origin if allowed else None)
+    CorsPolicy.decorate(response, origin if origin is not None and _allows(origin) else None)
+
+
+def _allows(origin: str) -> bool:
+    # A 404/405 is answered before the service is needed; CORS still wants the allowlist.
+    try:
+        return get_service().cors.allows(origin)
+    except ApiError:
+        return False  # misconfigured: the error response says so, without CORS
 
 
 def _log_request(

@@ -124,10 +124,17 @@ URL_MAP = Map(
 _ROUTER = URL_MAP.bind("")
 
 
+_BY_PATH = {e.path: e for e in ENDPOINTS.values()}
+
+
+def endpoint_at(path: str) -> Endpoint | None:
+    """The endpoint at a path whatever the method (one trailing slash optional), if any."""
+    return _BY_PATH.get(_without_trailing_slash(path))
+
+
 def match(path: str, method: str) -> Endpoint:
     """The endpoint for a path (one trailing slash optional), or ApiError 404/405."""
-    if len(path) > 1 and path.endswith("/"):
-        path = path[:-1]
+    path = _without_trailing_slash(path)
     try:
         name, _ = _ROUTER.match(path, method)
     except NotFound:
@@ -141,3 +148,7 @@ def match(path: str, method: str) -> Endpoint:
             headers={"Allow": allowed},
         ) from None
     return ENDPOINTS[name]
+
+
+def _without_trailing_slash(path: str) -> str:
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path

@@ -15,6 +15,7 @@ import functions_framework
 import pytest
 
 from checkout.app import reset_service
+from devtools.secret_manager_emulator import SecretManagerEmulator
 from devtools.stripe_emulator import StripeEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +67,20 @@ def stripe_emulator(stripe_emulator_server: StripeEmulator) -> Iterator[StripeEm
     stripe_emulator_server.reset()
     yield stripe_emulator_server
     stripe_emulator_server.reset()
+
+
+@pytest.fixture(scope="session")
+def secret_manager_server() -> Iterator[SecretManagerEmulator]:
+    with SecretManagerEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def sm(secret_manager_server: SecretManagerEmulator) -> Iterator[SecretManagerEmulator]:
+    """The session's Secret Manager fake, empty and healthy for each test."""
+    secret_manager_server.reset()
+    yield secret_manager_server
+    secret_manager_server.reset()
 
 
 @pytest.fixture

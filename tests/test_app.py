@@ -46,6 +46,12 @@ def test_wrong_method_is_405_with_allow(client, stripe_emulator, method, path, a
     assert stripe_emulator.calls()["total"] == 0
 
 
+def test_a_405_from_an_allowed_origin_is_readable_by_the_browser(client):
+    response = client.get(CREATE, headers={"Origin": FRONTEND})
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["Access-Control-Allow-Origin"] == FRONTEND
+
+
 def test_every_response_has_hygiene_headers(client):
     for response in (
         client.post(CREATE, json={}),

@@ -35,20 +35,6 @@ KEY_V2 = "sk_test_51KeyVersionTwo0123456789abcdefABCDEF"
 CROWD = 20
 
 
-@pytest.fixture(scope="module")
-def sm_server() -> Iterator[SecretManagerEmulator]:
-    with SecretManagerEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def sm(sm_server: SecretManagerEmulator) -> Iterator[SecretManagerEmulator]:
-    """The module's Secret Manager emulator, empty and healthy for each test."""
-    sm_server.reset()
-    yield sm_server
-    sm_server.reset()
-
-
 @pytest.fixture
 def slow_sm() -> Iterator[SecretManagerEmulator]:
     """An emulator whose every access takes 300 ms, so that concurrent callers overlap."""

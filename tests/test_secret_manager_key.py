@@ -17,10 +17,10 @@ SECRET = "projects/demo-project/secrets/stripe-key"
 
 
 @pytest.fixture
-def secret_manager():
-    with SecretManagerEmulator() as emulator:
-        emulator.add_version("demo-project", "stripe-key", OLD_KEY)
-        yield emulator
+def secret_manager(sm):
+    """The Secret Manager fake holding version 1 of the Stripe key."""
+    sm.add_version("demo-project", "stripe-key", OLD_KEY)
+    return sm
 
 
 @pytest.fixture
