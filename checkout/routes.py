@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,11 +43,15 @@ def session_status(request: Request, service: Service) -> Response:
     status = service.status_cache.get(session_id)
     if status is None:
         status = service.gateway.retrieve_session(session_id)
-        service.status_cache.put(status)
         # The return page can beat the webhook (or none is set up), so fulfil here too. A failure
-        # is logged inside and retried by Stripe's webhook; the customer still gets the status.
-        with contextlib.suppress(FulfilmentFailed):
+        # is logged inside; the customer still gets the status, and it stays uncached so that the
+        # next status call (or Stripe's webhook retry) fulfils again.
+        try:
             service.fulfilment.fulfil(status)
+        except FulfilmentFailed:
+            pass
+        else:
+            service.status_cache.put(status)
     return json_response(200, status.public())
 
 

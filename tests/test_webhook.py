@@ -558,6 +558,24 @@ def test_status_endpoint_answers_even_if_fulfilment_fails(
     assert len(logs("checkout_fulfilled")) == 1  # the webhook still fulfils it
 
 
+def test_a_failed_fulfilment_is_retried_by_the_next_status_call(
+    webhook_client, stripe_emulator, logs, monkeypatch
+):
+    def broken(session):
+        raise RuntimeError("the print shop is down")
+
+    monkeypatch.setattr(fulfilment, "deliver_order", broken)
+    session = completed_session(webhook_client, stripe_emulator)
+    assert status_of(webhook_client, session["id"])["status"] == "complete"
+    monkeypatch.setattr(fulfilment, "deliver_order", lambda session: None)
+    retrieves = stripe_emulator.calls()["retrieve_session"]
+    assert status_of(webhook_client, session["id"])["status"] == "complete"
+    assert stripe_emulator.calls()["retrieve_session"] == retrieves + 1  # not served from cache
+    assert len(logs("checkout_fulfilled")) == 1
+    status_of(webhook_client, session["id"])
+    assert stripe_emulator.calls()["retrieve_session"] == retrieves + 1  # now it is
+
+
 def test_status_of_an_open_or_expired_session_fulfils_nothing(
     webhook_client, stripe_emulator, delivered
 ):
