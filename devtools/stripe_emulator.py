@@ -696,6 +696,7 @@ class StripeEmulator:
             ("total", "create_session", "retrieve_session", "expire_session", "other"), 0
         )
         self._sessions_created = 0
+        self._connections_opened = 0
         self._faults = {**DEFAULT_FAULTS, "latency_ms": self._base_latency_ms}
         self._rng = random.Random()
         self._valid_keys: frozenset[str] | None = None
@@ -757,6 +758,15 @@ class StripeEmulator:
         """Requests that reached /v1 by endpoint, plus `sessions_created` (replays excluded)."""
         with self._lock:
             return {**self._calls, "sessions_created": self._sessions_created}
+
+    def connections_opened(self) -> int:
+        """TCP connections accepted since the last reset: shows whether clients keep them alive."""
+        with self._lock:
+            return self._connections_opened
+
+    def _count_connection(self) -> None:
+        with self._lock:
+            self._connections_opened += 1
 
     def faults(self) -> dict[str, Any]:
         with self._lock:
@@ -1374,6 +1384,7 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             self._connections.add(request)
+        self.emulator._count_connection()
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.conftest import free_port
 from tests.test_routes import CREATE, STATUS, assert_error, create
@@ -87,3 +88,22 @@ def test_proxy_variables_are_read_when_the_client_is_built_not_per_call(
     point_proxy_at_nothing(monkeypatch)
     assert create(client, {}).status_code == 200
     assert stripe_emulator.calls()["create_session"] == 2
+
+
+def test_stripe_connections_are_kept_alive_across_requests(client, stripe_emulator):
+    session_id = create(client, {}).get_json()["session_id"]
+    opened = stripe_emulator.connections_opened()
+    for _ in range(5):
+        assert create(client, {}).status_code == 200
+        assert status_of(client, session_id).status_code == 200
+    assert stripe_emulator.connections_opened() == opened  # ten calls, no new connection
+
+
+def test_each_thread_keeps_its_own_connection(function_app, configure, stripe_emulator):
+    def one_create(_: int) -> int:
+        return create(function_app.test_client(), {}).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(one_create, range(40)))
+    assert statuses == [200] * 40
+    assert stripe_emulator.connections_opened() <= 4  # one per thread, not one per call
