@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,9 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+from checkout.config import ENVIRONMENT_VARIABLES
+from devtools.loopback import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BENCH_KEY = "sk_test_bench0000000000000000000000000000"
@@ -25,30 +27,8 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Loopback only: an http_proxy in the environment must not see benchmark traffic.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-# Variables the service reads: the benchmark sets the ones it needs and inherits none of them.
-SERVICE_VARS = (
-    "K_SERVICE",
-    "FRONTEND_URL",
-    "ALLOWED_ORIGINS",
-    "STRIPE_SECRET_KEY",
-    "STRIPE_SECRET_NAME",
-    "GOOGLE_CLOUD_PROJECT",
-    "SECRET_MANAGER_ENDPOINT",
-    "STRIPE_API_BASE",
-    "STRIPE_PRICE_ID",
-    "STRIPE_WEBHOOK_SECRET",
-    "STRIPE_WEBHOOK_SECRET_NAME",
-    "STATUS_CACHE_SIZE",
-    "STATUS_OPEN_TTL_MS",
-    "THREADS",
-    "WORKERS",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Variables the service reads, and gunicorn's: the benchmark sets the ones it needs.
+SERVICE_VARS = (*ENVIRONMENT_VARIABLES, "THREADS", "WORKERS")
 
 
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:

@@ -29,6 +29,33 @@ def stripe_budget_seconds(timeout: float, retries: int) -> float:
     return (retries + 1) * timeout + sum(min(0.5 * 2**n, 5.0) for n in range(retries))
 
 
+# Every variable load_settings reads: tools that start the service from a clean slate use this.
+ENVIRONMENT_VARIABLES = (
+    "K_SERVICE",
+    "FRONTEND_URL",
+    "ALLOWED_ORIGINS",
+    "RETURN_PATH",
+    "REDIRECT_ON_COMPLETION",
+    "PRODUCT_NAME",
+    "PRODUCT_DESCRIPTION",
+    "PRICE_AMOUNT",
+    "PRICE_CURRENCY",
+    "STRIPE_PRICE_ID",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_SECRET_NAME",
+    "GOOGLE_CLOUD_PROJECT",
+    "SECRET_MANAGER_ENDPOINT",
+    "STRIPE_API_BASE",
+    "STRIPE_TIMEOUT_SECONDS",
+    "STRIPE_MAX_RETRIES",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_WEBHOOK_SECRET_NAME",
+    "STATUS_CACHE_SIZE",
+    "STATUS_OPEN_TTL_MS",
+    "WEBHOOK_DEDUPE_SIZE",
+)
+
+
 class ConfigError(ValueError):
     """The environment describes a service that cannot run; the message says which variable."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import functions_framework
 import pytest
 
 from checkout.app import reset_service
+from checkout.config import ENVIRONMENT_VARIABLES
+from devtools.loopback import free_port  # re-exported for the tests
 from devtools.secret_manager_emulator import SecretManagerEmulator
 from devtools.stripe_emulator import StripeEmulator
 
@@ -23,36 +24,7 @@ TEST_KEY = "sk_test_51TestOnlyKeyForTheEmulator0123456789abcdef"
 FRONTEND = "http://localhost:5173"
 
 # Variables the service reads; each test starts from none of them set, then the base env.
-SERVICE_VARS = (
-    "K_SERVICE",
-    "FRONTEND_URL",
-    "ALLOWED_ORIGINS",
-    "RETURN_PATH",
-    "REDIRECT_ON_COMPLETION",
-    "PRODUCT_NAME",
-    "PRODUCT_DESCRIPTION",
-    "PRICE_AMOUNT",
-    "PRICE_CURRENCY",
-    "STRIPE_PRICE_ID",
-    "STRIPE_SECRET_KEY",
-    "STRIPE_SECRET_NAME",
-    "GOOGLE_CLOUD_PROJECT",
-    "SECRET_MANAGER_ENDPOINT",
-    "STRIPE_API_BASE",
-    "STRIPE_TIMEOUT_SECONDS",
-    "STRIPE_MAX_RETRIES",
-    "STRIPE_WEBHOOK_SECRET",
-    "STRIPE_WEBHOOK_SECRET_NAME",
-    "STATUS_CACHE_SIZE",
-    "STATUS_OPEN_TTL_MS",
-    "WEBHOOK_DEDUPE_SIZE",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+SERVICE_VARS = ENVIRONMENT_VARIABLES
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 
+from checkout import config
 from checkout.config import ConfigError, load_settings
 
 
@@ -66,3 +69,11 @@ def test_key_precedence_fields():
     settings = load_settings({"STRIPE_SECRET_KEY": "sk_test_x", "STRIPE_SECRET_NAME": "s"})
     assert settings.stripe_secret_key == "sk_test_x"
     assert settings.stripe_key_configured
+
+
+def test_every_variable_read_is_listed_in_environment_variables():
+    # Tests, benchmarks and the launcher start the service from a clean slate with that list.
+    source = Path(config.__file__).read_text()
+    read = set(re.findall(r'get(?:\("|, ")([A-Z][A-Z_]+)"', source))
+    assert read, "no variable found: the pattern no longer matches load_settings"
+    assert read == set(config.ENVIRONMENT_VARIABLES)
