@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,9 @@ RECORDER = """#!{python}
 import json, os, shutil, subprocess, sys
 log = os.environ["GCLOUD_RECORD_DIR"]
 n = len([name for name in os.listdir(log) if name.endswith(".json")])
-call = {{"argv": sys.argv[1:], "cwd": os.getcwd()}}
+settings = {{k: v for k, v in os.environ.items() if k.startswith("CLOUDSDK_")}}
+settings.pop("CLOUDSDK_CONFIG")
+call = {{"argv": sys.argv[1:], "cwd": os.getcwd(), "settings": settings}}
 config = os.environ["CLOUDSDK_CONFIG"]
 if sys.argv[1:2] == ["config"]:
     done = subprocess.run(
@@ -75,6 +77,7 @@ class Call:
     argv: list[str]
     cwd: str
     config: str
+    settings: dict[str, str] = field(default_factory=dict)  # CLOUDSDK_* the caller had set
     returncode: int | None = None
     output: str = ""
 
@@ -142,7 +145,7 @@ def run_for_real(calls: list[Call], gcloud: str) -> list[Call]:
         done = subprocess.run(
             [gcloud, *call.argv],
             cwd=call.cwd,
-            env={**clean_environ(), "CLOUDSDK_CONFIG": call.config},
+            env={**clean_environ(), **call.settings, "CLOUDSDK_CONFIG": call.config},
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

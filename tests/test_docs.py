@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from checkout.config import ENVIRONMENT_VARIABLES
 from tests.conftest import ROOT, SERVICE_VARS, free_port
 from tests.gcloud_cli import Call, Recorder, require_gcloud, require_tools, run_for_real
 
@@ -217,3 +218,17 @@ def test_the_curl_walkthrough_gets_the_documented_answers(
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
     assert log.read_text().count('"message":"checkout_fulfilled"') == 1
+
+
+# --- the configuration reference ---
+
+
+def test_every_environment_variable_the_service_reads_is_documented() -> None:
+    documented = {
+        name
+        for page in DOCS
+        for row in re.findall(r"^\|.*$", page.read_text(), re.MULTILINE)
+        for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1])
+    }
+    missing = set(ENVIRONMENT_VARIABLES) - documented
+    assert not missing, f"not in any docs table's first column: {sorted(missing)}"
