@@ -20,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=0, help="delay every /v1 answer")
     parser.add_argument("--webhook-url", help="deliver checkout.session.* events here")
     parser.add_argument("--webhook-secret", help="sign events with this whsec_ secret")
+    parser.add_argument(
+        "--checkout-api",
+        default="http://127.0.0.1:8080",
+        help="the checkout_api function the /demo page calls",
+    )
     args = parser.parse_args(argv)
 
     emulator = StripeEmulator(
@@ -28,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_ms=args.latency_ms,
         webhook_url=args.webhook_url,
         webhook_secret=args.webhook_secret,
+        checkout_api=args.checkout_api,
     )
     try:
         emulator.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import random
 import threading
@@ -13,6 +14,7 @@ from email.message import Message
 from typing import Any
 from urllib.parse import unquote
 
+from devtools.stripe_emulator import browser
 from devtools.stripe_emulator.server import _Server
 from devtools.stripe_emulator.state import (
     DEFAULT_FAULTS,
@@ -53,8 +55,10 @@ class StripeEmulator:
         latency_ms: float = 0,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
+        checkout_api: str = "http://127.0.0.1:8080",
     ) -> None:
         self.host = host
+        self.checkout_api = checkout_api  # where the /demo page sends its API calls
         self.port = port
         self._base_latency_ms = float(latency_ms)
         self._lock = threading.Lock()
@@ -222,7 +226,9 @@ class StripeEmulator:
             session = self._sessions.get(session_id)
             return None if session is None else json.loads(session.render())
 
-    def complete_session(self, session_id: str, payment_status: str = "paid") -> dict[str, Any]:
+    def complete_session(
+        self, session_id: str, payment_status: str = "paid", *, email: str | None = None
+    ) -> dict[str, Any]:
         """Pay an open session, as a customer would; deliver checkout.session.completed."""
         if payment_status not in PAYMENT_STATUSES:
             raise _invalid(
@@ -230,10 +236,26 @@ class StripeEmulator:
             )
         with self._lock:
             session = self._open_session(session_id, "completed")
-            session.update(**_completed_fields(session.data, payment_status))
+            fields = _completed_fields(session.data, payment_status)
+            if email:
+                fields["customer_details"]["email"] = email
+            session.update(**fields)
             data, event = session.data, self._auto_event(session, "checkout.session.completed")
         self._deliver_auto_event(event)
         return json.loads(_to_json(data))
+
+    def find_by_client_secret(self, client_secret: str) -> dict[str, Any] | None:
+        """The session a client_secret opens (what Stripe.js looks up), with its line items."""
+        session_id = client_secret.partition("_secret_")[0]
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or not hmac.compare_digest(
+                (session.data["client_secret"] or "").encode(), client_secret.encode()
+            ):
+                return None
+            found = json.loads(session.render())
+            found["line_items"] = [dict(item) for item in session.line_items]
+            return found
 
     def expire_session(self, session_id: str) -> dict[str, Any]:
         """Expire an open session; deliver checkout.session.expired."""
@@ -341,6 +363,9 @@ class StripeEmulator:
                 return self._handle_api(method, path, query, headers, body, request_id)
             if path.startswith("/_emulator/"):
                 return self._handle_helper(method, path, body, request_id)
+            page = browser.route(method, path)
+            if page is not None:
+                return page(self, query, body)
             raise _unrecognized(method, path)
         except StripeEmulatorError as err:
             log_id = request_id if path.startswith("/v1/") else None

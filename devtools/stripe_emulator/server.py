@@ -50,12 +50,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write(self, response: _Response) -> None:
         status, body, headers = response
-        lines = [
-            f"HTTP/1.1 {status} {_REASONS.get(status, '')}",
-            "Content-Type: application/json",
-            f"Content-Length: {len(body)}",
-            *(f"{name}: {value}" for name, value in headers),
-        ]
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]
+        if not any(name == "Content-Type" for name, _ in headers):
+            lines.append("Content-Type: application/json")  # everything but the browser pages
+        lines.append(f"Content-Length: {len(body)}")
+        lines.extend(f"{name}: {value}" for name, value in headers)
         if self.close_connection:
             lines.append("Connection: close")
         # One write for head and body: two small writes per answer stall keep-alive clients.
