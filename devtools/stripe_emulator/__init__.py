@@ -11,7 +11,17 @@ injects faults (latency, 500, 429, hangs) for reliability tests and benchmarks.
     with StripeEmulator() as emulator:                   # in tests: port 0 picks a free port
         client = stripe.StripeClient("sk_test_x", base_addresses={"api": emulator.url})
 
-Test helpers live under /_emulator/ (JSON, no auth); see `StripeEmulator._helper_routes`.
+Test helpers live under /_emulator/ (JSON, no auth); see `StripeEmulator._helper_routes`. For
+browsers it serves a stand-in Stripe.js for embedded Checkout (/js/stripe.js), its payment form and
+a /demo page (docs/local-browser.md).
+
+    state.py      constants, errors, form decoding, validation of a new session
+    api.py        StripeEmulator: sessions in memory, /v1, /_emulator/, the Python helpers
+    webhooks.py   events signed and posted as Stripe sends them
+    browser.py    the stand-in Stripe.js, its payment form's endpoints (test cards), /demo
+    static/       the script and pages browser.py serves
+    server.py     the HTTP server; __main__.py the command line
+
 Standard library only: it is dev tooling, must start fast, and is never deployed.
 """
 
