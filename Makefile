@@ -25,7 +25,7 @@ format: $(VENV)/.installed
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-## Benchmarks (not tests): see README "Performance".
+## Benchmarks (not tests): see docs/performance.md.
 bench: $(VENV)/.installed
 	$(PY) -m bench.run
 
