@@ -18,6 +18,7 @@ from checkout.config import ENVIRONMENT_VARIABLES
 from devtools.loopback import free_port  # re-exported for the tests
 from devtools.secret_manager_emulator import SecretManagerEmulator
 from devtools.stripe_emulator import StripeEmulator
+from tests.asgi_client import AsgiApp
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk_test_51TestOnlyKeyForTheEmulator0123456789abcdef"
@@ -67,8 +68,14 @@ def base_env(stripe_emulator: StripeEmulator) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def function_app():
-    return functions_framework.create_app(target="checkout_api", source=str(ROOT / "main.py"))
+def function_app() -> Iterator[AsgiApp]:
+    """The app functions-framework builds for `checkout_api` (Starlette), on one event loop."""
+    app = AsgiApp(
+        functions_framework.create_app(target="checkout_api", source=str(ROOT / "main.py"))
+    )
+    yield app
+    reset_service()  # closes the Stripe connection pool on the app's loop before it stops
+    app.close()
 
 
 @pytest.fixture

@@ -288,10 +288,10 @@ def test_checkout_api_is_an_http_function_in_main_py() -> None:
     (function,) = [
         node
         for node in tree.body
-        if isinstance(node, ast.FunctionDef) and node.name == "checkout_api"
+        if isinstance(node, ast.AsyncFunctionDef) and node.name == "checkout_api"
     ]
     decorators = [ast.unparse(d) for d in function.decorator_list]
-    assert "functions_framework.http" in decorators
+    assert "functions_framework.aio.http" in decorators
 
 
 def test_deploy_is_a_cloud_run_functions_source_deploy_of_checkout_api(
