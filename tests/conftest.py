@@ -102,15 +102,15 @@ def client(function_app, configure):
 
 
 class LiveServer:
-    """functions-framework (gunicorn) in a subprocess; stdout and stderr captured to two files."""
+    """functions-framework (gunicorn, one uvicorn worker) in a subprocess; stdout and stderr
+    captured to two files."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, threads: int = 8) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
         full_env.update(env)
-        full_env["THREADS"] = str(threads)
         full_env["PYTHONUNBUFFERED"] = "1"
         self._log = log_path.open("wb")
         self.stderr_path = log_path.with_suffix(".stderr")
