@@ -214,10 +214,14 @@ class _PooledAIOHTTPClient(stripe.HTTPClient):
         super().__init__(proxy=_proxy_for(api_base))
         self._loop = asyncio.get_running_loop()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        connector = aiohttp.TCPConnector(
-            limit=_POOL_LIMIT,
-            ssl=ssl.create_default_context(cafile=stripe.ca_bundle_path),
+        # The CA bundle the SDK ships and trusts; loading it takes milliseconds, so only for TLS
+        # (not for the emulator or stripe-mock on plain http).
+        tls = (
+            ssl.create_default_context(cafile=stripe.ca_bundle_path)
+            if _is_https(api_base)
+            else True
         )
+        connector = aiohttp.TCPConnector(limit=_POOL_LIMIT, ssl=tls)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
 
     def on_running_loop(self) -> bool:
@@ -276,6 +280,10 @@ class _PooledAIOHTTPClient(stripe.HTTPClient):
 
     async def request_stream_async(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("this service makes no streaming calls to Stripe")
+
+
+def _is_https(url: str) -> bool:
+    return urlsplit(url).scheme == "https"
 
 
 def _proxy_for(url: str) -> str | None:
