@@ -21,10 +21,11 @@ from checkout.http import (
     error_response,
 )
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
+from checkout.limits import TokenBuckets, client_address
 from checkout.logs import current_request, setup_logging, trace_of
 from checkout.once import OncePerKey
 from checkout.routes import Endpoint, endpoint_at, match
-from checkout.status_cache import StatusCache
+from checkout.status_cache import NotFoundCache, StatusCache
 from checkout.stripe_gateway import StripeGateway
 
 log = logging.getLogger("checkout")
@@ -46,6 +47,14 @@ class Service:
     webhook_secret: SecretSource
     webhook_events: OncePerKey  # ids of the Stripe events already handled
     fulfilment: Fulfilment
+    unknown_sessions: NotFoundCache  # ids Stripe said it does not know
+    create_limit: TokenBuckets  # per client: creates
+    status_limit: TokenBuckets  # per client: status calls that reach Stripe
+
+    def client_of(self, request: Request) -> str:
+        """Who sent `request`, for per-client limits (docs/abuse.md)."""
+        peer = request.client.host if request.client is not None else None
+        return client_address(request.headers, peer, self.settings.trusted_proxy_hops)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -61,6 +70,9 @@ class Service:
             webhook_secret=webhook_secret_source(settings),
             webhook_events=OncePerKey(settings.webhook_dedupe_size),
             fulfilment=Fulfilment(status_cache, settings.webhook_dedupe_size),
+            unknown_sessions=NotFoundCache(settings.status_cache_size),
+            create_limit=TokenBuckets(settings.create_limit_per_minute),
+            status_limit=TokenBuckets(settings.status_limit_per_minute),
         )
 
 

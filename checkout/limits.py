@@ -7,9 +7,12 @@ able to spend it. These limits are per instance; docs/abuse.md covers the edge o
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+
+from checkout.http import ApiError
 
 
 def client_address(headers: Mapping[str, str], peer: str | None, trusted_hops: int) -> str:
@@ -70,6 +73,18 @@ class TokenBuckets:
         while len(self._buckets) > self._max_clients:
             self._buckets.popitem(last=False)
         return wait
+
+    def charge(self, client: str) -> None:
+        """Spend one of `client`'s tokens, or raise ApiError 429 with Retry-After."""
+        wait = self.take(client)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "Too many requests from this address. Please retry shortly.",
+                headers={"Retry-After": str(math.ceil(wait))},
+                detail=f"client={client}",
+            )
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -65,6 +65,9 @@ def base_env(stripe_emulator: StripeEmulator) -> dict[str, str]:
         "STRIPE_API_BASE": stripe_emulator.url,
         "STRIPE_TIMEOUT_SECONDS": "2",
         "STRIPE_MAX_RETRIES": "1",
+        # Every test client is 127.0.0.1: per-client limits are off except where a test sets them.
+        "CREATE_LIMIT_PER_MINUTE": "0",
+        "STATUS_LIMIT_PER_MINUTE": "0",
     }
 
 
