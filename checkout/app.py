@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -103,6 +104,22 @@ def get_service() -> Service:
     if _service_error is not None:
         raise _service_error
     return _service  # type: ignore[return-value]  # built above, or the error was raised
+
+
+def exit_if_misconfigured() -> None:
+    """On Cloud Run, check the settings before serving, and exit at once if they are wrong.
+
+    Called when main.py is imported, in the server's first process, before it listens: a revision
+    whose process exits never becomes ready, so traffic stays on the previous one. Locally the
+    error is answered per request instead (and `make run` refuses to start).
+    """
+    if not os.environ.get("K_SERVICE", "").strip():
+        return
+    try:
+        load_settings()
+    except ConfigError as error:
+        log.critical("configuration error, not starting: %s", error)
+        raise SystemExit(1) from None
 
 
 def reset_service() -> None:

@@ -177,8 +177,8 @@ def live_server(tmp_path: Path, base_env: dict[str, str]):
     """Start functions-framework with base env plus overrides: live_server(**env) -> LiveServer."""
     servers: list[LiveServer] = []
 
-    def start(**overrides: str) -> LiveServer:
-        env = {**base_env, **overrides}
+    def start(**overrides: str | None) -> LiveServer:
+        env = {k: v for k, v in {**base_env, **overrides}.items() if v is not None}
         server = LiveServer(env, tmp_path / f"server-{len(servers)}.log")
         servers.append(server)
         return server
