@@ -53,9 +53,10 @@ HELLO_WORLDS = {
     "async": ROOT / "bench" / "hello_world_async.py",
     "threaded": ROOT / "bench" / "hello_world.py",
 }
-# Cold start of the service over a bare async hello-world, spawn to first 200, in the same run.
-# Before the async change it was 1.52 over the bare threaded hello world (README "Performance").
-COLD_START_RATIO = 1.52
+# Cold start of the service over the bare async hello world, spawn to first 200, in the same run.
+# Before the async change (threaded service over the bare threaded hello world) it measured 1.65
+# and 1.77 in two interleaved runs on 2026-11-27: the target keeps the lower (README "Performance").
+COLD_START_RATIO = 1.65
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 # name -> (check, description): each check reads the measured numbers; "limit" is connections /

@@ -160,8 +160,10 @@ class StripeTransport(stripe.HTTPClient):
             try:
                 content, status, response_headers, reusable = await connection.exchange(request)
             except _StaleConnection:
+                # Stripe's idle timeout raced our send. Sending again is safe: the SDK puts an
+                # idempotency key on every POST, and GETs change nothing.
                 connection.close()
-                continue  # the request never reached Stripe: send it on a fresh connection
+                continue
             except BaseException:
                 connection.close()
                 raise
