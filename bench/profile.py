@@ -101,7 +101,7 @@ def _component(frame: str) -> str:
     for piece, component in COMPONENTS:
         if piece in frame:
             return component
-    return "other (stdlib: threading, socket, urllib.parse, typing ...)"
+    return "other stdlib (urllib.parse, re, typing, dataclasses ...)"
 
 
 if __name__ == "__main__":

@@ -331,7 +331,7 @@ def test_deploy_passes_every_knob_from_its_substitution(
     assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT
 
 
-@pytest.mark.parametrize("concurrency", [None, "250"])
+@pytest.mark.parametrize("concurrency", [None, "500"])
 def test_concurrency_is_cloud_runs_alone_with_no_thread_setting(
     build: dict[str, Any], tmp_path: Path, concurrency: str | None
 ) -> None:
