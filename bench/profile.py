@@ -24,22 +24,17 @@ from bench.run import RESULTS, Stack
 
 # The first match wins: (start of the file in a py-spy frame, component).
 COMPONENTS = (
+    ("(checkout/stripe_transport", "Stripe transport (checkout/stripe_transport.py)"),
     ("(checkout/", "checkout/ (this service)"),
     ("(main.py", "checkout/ (this service)"),
     ("(stripe/", "stripe SDK"),
-    ("(aiohttp/", "aiohttp (the Stripe transport)"),
-    ("(yarl/", "aiohttp (the Stripe transport)"),
-    ("(multidict/", "aiohttp (the Stripe transport)"),
     ("(uvicorn/", "uvicorn (HTTP server)"),
-    ("(httptools/", "uvicorn (HTTP server)"),
     ("(starlette/", "Starlette, functions-framework"),
     ("(functions_framework/", "Starlette, functions-framework"),
-    ("(anyio/", "Starlette, functions-framework"),
     ("(werkzeug/", "werkzeug (routing)"),
-    ("(asyncio/", "event loop (asyncio, uvloop)"),
-    ("(uvloop/", "event loop (asyncio, uvloop)"),
-    ("(selectors", "event loop (asyncio, uvloop)"),
-    ("(ssl", "event loop (asyncio, uvloop)"),
+    ("(asyncio/", "event loop, sockets, TLS (asyncio)"),
+    ("(selectors", "event loop, sockets, TLS (asyncio)"),
+    ("(ssl", "event loop, sockets, TLS (asyncio)"),
     ("(logging/", "logging and JSON"),
     ("(json/", "logging and JSON"),
 )
@@ -106,7 +101,7 @@ def _component(frame: str) -> str:
     for piece, component in COMPONENTS:
         if piece in frame:
             return component
-    return "other (stdlib: threading, socket, urllib.parse, typing ...)"
+    return "other stdlib (urllib.parse, re, typing, dataclasses ...)"
 
 
 if __name__ == "__main__":

@@ -53,9 +53,10 @@ HELLO_WORLDS = {
     "async": ROOT / "bench" / "hello_world_async.py",
     "threaded": ROOT / "bench" / "hello_world.py",
 }
-# Cold start of the service over a bare async hello-world, spawn to first 200, in the same run.
-# Before the async change it was 1.52 over the bare threaded hello world (README "Performance").
-COLD_START_RATIO = 1.52
+# Cold start of the service over the bare async hello world, spawn to first 200, in the same run.
+# Before the async change (threaded service over the bare threaded hello world) it measured 1.65
+# and 1.77 in two interleaved runs on 2026-11-27: the target keeps the lower (README "Performance").
+COLD_START_RATIO = 1.65
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 # name -> (check, description): each check reads the measured numbers; "limit" is connections /
@@ -235,11 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         emulator.set_latency(0)  # spawn -> first 200 should time the function, not the fake Stripe
         status_path = STATUS + stack.complete_ids[0]
         bin_dir = cold_bin or BIN
-        cold_key = _cold_starts(stack.env, args.spawns, status_path, bin_dir)
-        cold_hello = {
-            kind: _cold_starts({}, args.spawns, "/", bin_dir, source=source)
-            for kind, source in HELLO_WORLDS.items()
-        }
+        # Interleaved, spawn by spawn, so that a busy moment on the machine hits all three alike.
+        cold_hello: dict[str, list[float]] = {kind: [] for kind in HELLO_WORLDS}
+        cold_key = []
+        for _ in range(args.spawns):
+            cold_key += _cold_starts(stack.env, 1, status_path, bin_dir)
+            for kind, source in HELLO_WORLDS.items():
+                cold_hello[kind] += _cold_starts({}, 1, "/", bin_dir, source=source)
         with SecretManagerFake(SECRET_NAME, BENCH_KEY) as secrets:
             named = {
                 "STRIPE_SECRET_NAME": SECRET_NAME,
@@ -309,7 +312,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="uvicorn workers, one event loop each (default: $WORKERS, else 1)",
     )
     parser.add_argument("--client", choices=("auto", "wrk", "aiohttp"), default="auto")
-    parser.add_argument("--spawns", type=int, default=5, help="cold starts per key path")
+    parser.add_argument("--spawns", type=int, default=7, help="cold starts per key path")
     return parser.parse_args(argv)
 
 

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import ssl
-import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import stripe
 
@@ -20,17 +15,12 @@ from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
 from checkout.limits import InFlightCap
 from checkout.logs import current_request
 from checkout.once import SingleFlight
+from checkout.stripe_transport import StripeTransport
 
 log = logging.getLogger("checkout.stripe")
 
 # Metadata keys this service sets; status responses return these and nothing else.
 OUR_METADATA_KEYS = ("imageId",)
-
-# Connections to Stripe one worker may hold: above Cloud Run's --concurrency, so no request
-# waits for a free one (a wait would count against its timeout anyway).
-_POOL_LIMIT = 256
-
-_closing: set[asyncio.Task[None]] = set()
 
 BUSY_RETRY_AFTER = "2"
 KEY_RETRY_AFTER = "5"
@@ -105,7 +95,7 @@ class StripeGateway:
         self._settings = settings
         self._api_key = api_key
         self._client: stripe.StripeClient | None = None
-        self._transport: _PooledAIOHTTPClient | None = None
+        self._transport: StripeTransport | None = None
         self._session_template = _session_template(settings)
         self._in_flight = InFlightCap(settings.stripe_max_in_flight)
         self._retrieves: SingleFlight[SessionStatus] = SingleFlight()
@@ -215,7 +205,7 @@ class StripeGateway:
         settings = self._settings
         base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
         api = settings.stripe_api_base or stripe.DEFAULT_API_BASE
-        transport = _PooledAIOHTTPClient(api, settings.stripe_timeout_seconds)
+        transport = StripeTransport(api, settings.stripe_timeout_seconds)
         client = stripe.StripeClient(
             key,
             base_addresses=base,
@@ -230,106 +220,6 @@ class StripeGateway:
         response = getattr(result, "last_response", None)
         _note_stripe_request_id(getattr(response, "request_id", None))
         return result
-
-
-class _PooledAIOHTTPClient(stripe.HTTPClient):
-    """stripe's async HTTP transport on one aiohttp session: keep-alive connections to Stripe.
-
-    Measured (README "Performance"): aiohttp costs about a sixth of the CPU per call of httpx,
-    the SDK's other async transport. stripe.AIOHTTPClient is close to this, but lets a failure
-    while reading the body escape as a bare aiohttp error, takes a float timeout that aiohttp
-    deprecates, and reads no proxy settings; the SDK still does the rest (encoding, headers,
-    idempotency keys, retries with backoff, error classes).
-    """
-
-    name = "aiohttp"
-
-    def __init__(self, api_base: str, timeout: float) -> None:
-        import aiohttp  # noqa: PLC0415  # on first Stripe call, not at import: cold start
-
-        self._aiohttp = aiohttp
-        super().__init__(proxy=_proxy_for(api_base))
-        self._loop = asyncio.get_running_loop()
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        # The CA bundle the SDK ships and trusts; loading it takes milliseconds, so only for TLS
-        # (not for the emulator or stripe-mock on plain http).
-        tls = (
-            ssl.create_default_context(cafile=stripe.ca_bundle_path)
-            if _is_https(api_base)
-            else True
-        )
-        connector = aiohttp.TCPConnector(limit=_POOL_LIMIT, ssl=tls)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-
-    def on_running_loop(self) -> bool:
-        return asyncio.get_running_loop() is self._loop and not self._session.closed
-
-    async def request_async(
-        self, method: str, url: str, headers: Mapping[str, str] | None, post_data: Any = None
-    ) -> tuple[bytes, int, Mapping[str, str]]:
-        proxy = self._proxy["https"] if self._proxy else None
-        aiohttp = self._aiohttp
-        try:
-            async with self._session.request(
-                method,
-                url,
-                headers=dict(headers or {}),
-                data=post_data,
-                proxy=proxy,
-                allow_redirects=False,
-            ) as response:
-                return await response.read(), response.status, response.headers
-        except aiohttp.ClientSSLError as error:
-            raise stripe.APIConnectionError(
-                f"Could not verify Stripe's TLS certificate ({type(error).__name__})",
-                should_retry=False,
-            ) from error
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:  # refused, reset, timed out
-            raise stripe.APIConnectionError(
-                f"Unexpected error communicating with Stripe ({type(error).__name__})",
-                should_retry=True,
-            ) from error
-
-    def sleep_async(self, secs: float) -> Awaitable[None]:
-        return asyncio.sleep(secs)
-
-    async def close_async(self) -> None:
-        await self._session.close()
-
-    def close_soon(self) -> None:
-        """Close the session on its loop, from any thread; nothing to do if that loop is gone."""
-        if self._loop.is_closed():
-            return
-
-        def close() -> None:
-            task = self._loop.create_task(self.close_async())
-            _closing.add(task)  # the loop holds tasks weakly: keep it until it is done
-            task.add_done_callback(_closing.discard)
-
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            self._loop.call_soon_threadsafe(close)
-
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("this service calls Stripe with the SDK's async methods only")
-
-    def request_stream(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("this service makes no streaming calls to Stripe")
-
-    async def request_stream_async(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("this service makes no streaming calls to Stripe")
-
-
-def _is_https(url: str) -> bool:
-    return urlsplit(url).scheme == "https"
-
-
-def _proxy_for(url: str) -> str | None:
-    """The proxy the environment names for `url` (http(s)_proxy, all_proxy, no_proxy), if any."""
-    proxies = urllib.request.getproxies_environment()
-    parts = urlsplit(url)
-    if not proxies or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
-        return None
-    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 def _session_template(settings: Settings) -> dict[str, Any]:

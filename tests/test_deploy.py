@@ -372,7 +372,7 @@ def test_the_deployed_defaults_fit_the_deployed_request_timeout(
     assert settings.request_timeout_seconds == 60
 
 
-@pytest.mark.parametrize("concurrency", [None, "250"])
+@pytest.mark.parametrize("concurrency", [None, "500"])
 def test_concurrency_is_cloud_runs_alone_with_no_thread_setting(
     build: dict[str, Any], tmp_path: Path, concurrency: str | None
 ) -> None:

@@ -556,7 +556,7 @@ def test_concurrent_async_refreshes_of_one_stale_value_make_one_access(
 
 
 def test_an_async_waiter_gives_up_after_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    with SecretManagerEmulator(latency_ms=1500) as slow:
+    with SecretManagerEmulator(latency_ms=800) as slow:
         slow.add_version(PROJECT, "stripe-key", KEY_V1)
         source = key_source(slow, STRIPE_SECRET_NAME=SECRET)
         monkeypatch.setattr(keys, "_ASYNC_WAIT_S", 0.2)
