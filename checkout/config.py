@@ -53,7 +53,16 @@ ENVIRONMENT_VARIABLES = (
     "STATUS_CACHE_SIZE",
     "STATUS_OPEN_TTL_MS",
     "WEBHOOK_DEDUPE_SIZE",
+    "ORDER_LEDGER",
+    "FIRESTORE_DATABASE",
+    "FIRESTORE_EMULATOR_HOST",
+    "LEDGER_LEASE_SECONDS",
 )
+
+ORDER_LEDGERS = ("memory", "firestore")
+DEFAULT_FIRESTORE_DATABASE = "(default)"
+# A Firestore database id: 4-63 of a-z, 0-9 and '-', starting with a letter; or "(default)".
+_FIRESTORE_DATABASE = re.compile(r"^(\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9])$")
 
 
 class ConfigError(ValueError):
@@ -85,6 +94,10 @@ class Settings:
     status_cache_size: int
     status_open_ttl_ms: int
     webhook_dedupe_size: int
+    order_ledger: str  # "memory" (this process) or "firestore" (every instance)
+    firestore_database: str
+    firestore_emulator_host: str | None
+    ledger_lease_seconds: float  # how long a fulfilment claim holds before another may take over
 
     @property
     def stripe_key_configured(self) -> bool:
@@ -133,6 +146,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not _CURRENCY.match(currency):
         raise ConfigError("PRICE_CURRENCY must be a three-letter ISO currency code, e.g. usd")
 
+    order_ledger = (get("ORDER_LEDGER") or "memory").lower()
+    if order_ledger not in ORDER_LEDGERS:
+        raise ConfigError(
+            f"ORDER_LEDGER must be one of {', '.join(ORDER_LEDGERS)}, got {order_ledger!r}"
+        )
+    firestore_database = get("FIRESTORE_DATABASE") or DEFAULT_FIRESTORE_DATABASE
+    if not _FIRESTORE_DATABASE.match(firestore_database):
+        raise ConfigError(
+            "FIRESTORE_DATABASE must be a Firestore database id (lowercase letters, digits and "
+            f"'-', 4 to 63 characters) or (default), got {firestore_database!r}"
+        )
+
     price_id = get("STRIPE_PRICE_ID")
     if price_id is not None and not price_id.startswith("price_"):
         raise ConfigError("STRIPE_PRICE_ID must be a Stripe price id (price_...)")
@@ -161,6 +186,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         status_cache_size=_int(get, "STATUS_CACHE_SIZE", 10_000, minimum=0),
         status_open_ttl_ms=_int(get, "STATUS_OPEN_TTL_MS", 0, minimum=0, maximum=60_000),
         webhook_dedupe_size=_int(get, "WEBHOOK_DEDUPE_SIZE", 10_000, minimum=1),
+        order_ledger=order_ledger,
+        firestore_database=firestore_database,
+        firestore_emulator_host=get("FIRESTORE_EMULATOR_HOST"),
+        ledger_lease_seconds=_float(get, "LEDGER_LEASE_SECONDS", 60.0, minimum=1, maximum=600),
     )
     budget = stripe_budget_seconds(settings.stripe_timeout_seconds, settings.stripe_max_retries)
     if budget > MAX_STRIPE_BUDGET_SECONDS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from checkout.ledger import is_paid
 from checkout.once import OncePerKey
 from checkout.status_cache import StatusCache
 from checkout.stripe_gateway import SessionStatus
@@ -66,11 +67,6 @@ class Fulfilment:
         # After success only: until then a status call finds no cache entry and tries too.
         self._status_cache.put(session)
         log.info("checkout_fulfilled", extra={"fields": record_of(session, event_id)})
-
-
-def is_paid(session: SessionStatus) -> bool:
-    """Complete, and paid or free (`no_payment_required`): what Stripe says may be fulfilled."""
-    return session.status == "complete" and session.payment_status != "unpaid"
 
 
 def record_of(session: SessionStatus, event_id: str | None = None) -> dict[str, Any]:

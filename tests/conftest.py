@@ -19,6 +19,9 @@ from devtools.loopback import free_port  # re-exported for the tests
 from devtools.secret_manager_emulator import SecretManagerEmulator
 from devtools.stripe_emulator import StripeEmulator
 
+# The Firestore emulator's fixtures: `firestore` (a running emulator and a fresh project id).
+pytest_plugins = ["tests.firestore_emulator"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk_test_51TestOnlyKeyForTheEmulator0123456789abcdef"
 FRONTEND = "http://localhost:5173"

@@ -274,6 +274,17 @@ def test_test_step_installs_pinned_requirements_and_runs_pytest(build: dict[str,
     assert "|| true" not in script
 
 
+def test_test_step_deselects_what_its_image_cannot_run_and_ci_runs_it(
+    build: dict[str, Any],
+) -> None:
+    # python:3.12-slim has no Chromium, gcloud or Java; with CI=true such tests fail, not skip.
+    script = "\n".join(step(build, "test")["args"])
+    assert '-m "not browser and not firestore"' in script
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "for tool in gcloud java" in ci
+    assert re.search(r"^make test$", ci, re.MULTILINE)
+
+
 def test_test_step_python_matches_the_deployed_base_image(build: dict[str, Any]) -> None:
     version = re.fullmatch(r"python:(\d+)\.(\d+)(-.*)?", step(build, "test")["name"])
     assert version
@@ -329,6 +340,17 @@ def test_deploy_passes_every_knob_from_its_substitution(
     env = deploy_env(flags)
     assert env["FRONTEND_URL"] == FRONTEND_URL
     assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT
+
+
+@pytest.mark.parametrize("ledger", [None, "memory"])
+def test_the_order_ledger_is_firestore_unless_the_substitution_says_memory(
+    build: dict[str, Any], tmp_path: Path, ledger: str | None
+) -> None:
+    overrides = {"_ORDER_LEDGER": ledger} if ledger else {}
+    _, flags = DeployRun(build, tmp_path, **overrides).single_deploy()
+    env = deploy_env(flags)
+    assert env["ORDER_LEDGER"] == (ledger or "firestore")
+    assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT  # the Firestore client's project
 
 
 @pytest.mark.parametrize("concurrency", [None, "250"])
@@ -446,6 +468,7 @@ def test_source_build_service_account_is_passed_only_when_named(
     [
         ({"_FRONTEND_URL": ""}, "_FRONTEND_URL"),
         ({"_KEY_SOURCE": "env"}, "_KEY_SOURCE"),
+        ({"_ORDER_LEDGER": "redis"}, "_ORDER_LEDGER"),
     ],
 )
 def test_deploy_refuses_to_run_with_a_bad_configuration(
