@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint format bench clean
+.PHONY: run firestore-emulator test lint format bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 run: $(VENV)/.installed
 	$(PY) -m devtools.run_local
 
+## Google's Firestore emulator on :8086, for ORDER_LEDGER=firestore locally (docs/ledger.md).
+firestore-emulator: $(VENV)/.installed
+	$(PY) -m devtools.firestore_emulator --port 8086
+
 ## Lint, then run every test.
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
@@ -25,7 +29,7 @@ format: $(VENV)/.installed
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-## Benchmarks (not tests): see README "Performance".
+## Benchmarks (not tests): see docs/performance.md.
 bench: $(VENV)/.installed
 	$(PY) -m bench.run
 

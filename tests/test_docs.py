@@ -1,0 +1,234 @@
+"""The docs' commands, run: every `gcloud` command by the real CLI, the curl walk-through live.
+
+A page's shell blocks run in bash one after another, as a reader pastes them into one terminal,
+so each command sees the variables its page defines. bash finds only a recording `gcloud` on its
+PATH: curl, make and the rest are "not found", so nothing leaves the machine. Each recorded call
+then runs through the real `gcloud` on an empty config (tests/gcloud_cli.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from checkout.config import ENVIRONMENT_VARIABLES
+from tests.conftest import ROOT, SERVICE_VARS, free_port
+from tests.gcloud_cli import Call, Recorder, require_gcloud, require_tools, run_for_real
+
+BASH = shutil.which("bash") or "/bin/bash"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+_FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?:bash|sh|shell)[ \t]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
+    re.MULTILINE | re.DOTALL,
+)
+# A `gcloud` in command position: at a line's start, or after a pipe, `;`, `&&`, `$(` or `do`.
+_GCLOUD_COMMAND = re.compile(r"(?:^|[|;&(]|\bdo|\bthen)\s*gcloud\s", re.MULTILINE)
+
+
+def shell_blocks_of(text: str) -> list[str]:
+    """The fenced bash/sh/shell blocks of a Markdown text, in order, dedented."""
+    return [textwrap.dedent(m["indent"] + m["body"]) for m in _FENCE.finditer(text)]
+
+
+def shell_blocks(path: Path) -> list[str]:
+    return shell_blocks_of(path.read_text())
+
+
+def code_lines(block: str) -> list[str]:
+    """The block's logical lines: continuations joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", block)
+    lines = (re.sub(r"(^|\s)#.*$", "", line).strip() for line in joined.splitlines())
+    return [line for line in lines if line]
+
+
+def gcloud_commands(block: str) -> int:
+    return sum(len(_GCLOUD_COMMAND.findall(line)) for line in code_lines(block))
+
+
+def page_id(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+PAGES_WITH_GCLOUD = [p for p in DOCS if any(gcloud_commands(b) for b in shell_blocks(p))]
+
+
+def test_the_pages_that_document_google_cloud_are_found() -> None:
+    # The extraction itself: the deploy guide and the README's one-line deploy must be seen.
+    found = {page_id(p) for p in PAGES_WITH_GCLOUD}
+    assert {"README.md", "docs/deploy.md"} <= found
+
+
+# --- every gcloud command, by the real CLI ---
+
+
+class PageRun:
+    """One page's shell blocks run in one bash, with every gcloud call recorded."""
+
+    def __init__(self, page: Path, tmp: Path, gcloud: str) -> None:
+        self.page = page
+        blocks = shell_blocks(page)
+        self.expected_calls = sum(gcloud_commands(b) for b in blocks)
+        self.recorder = Recorder(tmp, gcloud)
+        script = "set -u\n" + "".join(
+            f"\n# --- {page_id(page)}, block {n}\n{block}" for n, block in enumerate(blocks, 1)
+        )
+        self.result = subprocess.run(
+            [BASH, "-c", script],
+            cwd=ROOT,
+            env=self.recorder.env(),
+            input="placeholder-value\n" * 50,  # whatever `read` asks for
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        self.calls: list[Call] = self.recorder.calls()
+
+
+@pytest.fixture(scope="module")
+def page_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PageRun]:
+    gcloud = require_gcloud()
+    runs = {
+        page_id(p): PageRun(p, tmp_path_factory.mktemp(p.stem), gcloud) for p in PAGES_WITH_GCLOUD
+    }
+    run_for_real([call for run in runs.values() for call in run.calls], gcloud)
+    return runs
+
+
+@pytest.mark.gcloud
+@pytest.mark.parametrize("page", [page_id(p) for p in PAGES_WITH_GCLOUD])
+def test_every_gcloud_command_in_the_page_passes_the_real_cli(
+    page_runs: dict[str, PageRun], page: str
+) -> None:
+    run = page_runs[page]
+    assert "unbound variable" not in run.result.stderr, (
+        f"{page} uses a variable it never defines:\n{run.result.stderr}"
+    )
+    assert "syntax error" not in run.result.stderr, run.result.stderr
+    # Every command written on the page ran (a loop may run one more than once).
+    assert len(run.calls) >= run.expected_calls, (
+        f"{page}: {run.expected_calls} gcloud commands written, {len(run.calls)} ran\n"
+        f"{run.result.stderr}"
+    )
+    problems = [p for call in run.calls if (p := call.problem())]
+    assert not problems, "gcloud refused:\n" + "\n\n".join(problems)
+
+
+# --- the README's curl walk-through, against a live `make run` ---
+
+
+def walkthrough() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Walk-through with curl", 1)[1].split("\n## ", 1)[0]
+    (block,) = shell_blocks_of(section)
+    return block
+
+
+def documented_answers(block: str) -> list[str]:
+    """The JSON answers the walk-through shows, as comment lines right after the commands."""
+    return [line[2:] for line in block.splitlines() if line.startswith("# {")]
+
+
+def answer_pattern(answers: list[str]) -> re.Pattern[str]:
+    """`…` stands for an id's characters; curl -s prints the bodies back to back."""
+    parts = [re.escape(a).replace("…", "[A-Za-z0-9_]+") for a in answers]
+    return re.compile(r"\s*".join(parts) + r"\s*")
+
+
+@pytest.fixture
+def make_run(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    """`make run` on free ports (its own process group); yields (function, emulator, log)."""
+    require_tools("make", "curl", "sed")
+    port, emulator_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    env.update(PORT=str(port), STRIPE_EMULATOR_PORT=str(emulator_port), PYTHONUNBUFFERED="1")
+    log = tmp_path / "make-run.log"
+    # The Makefile's own recipe, with this interpreter instead of rebuilding .venv.
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "-o", ".venv/.installed", "run", f"PY={sys.executable}"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    api, emulator = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{emulator_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"make run did not start: {log.read_text()}"
+            try:
+                urllib.request.urlopen(f"{api}/ready", timeout=1)
+            except urllib.error.HTTPError:
+                break  # our JSON 404: serving
+            except OSError:
+                time.sleep(0.1)
+        yield api, emulator, log
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.curl
+def test_the_curl_walkthrough_gets_the_documented_answers(
+    make_run: tuple[str, str, Path],
+) -> None:
+    api, emulator, log = make_run
+    block = walkthrough()
+    # The block names its two addresses first; only those change, to this run's free ports.
+    addresses = {"API": "http://127.0.0.1:8080", "EMULATOR": "http://127.0.0.1:12111"}
+    for name, default in addresses.items():
+        assert re.search(rf"^{name}={re.escape(default)}\b", block, re.MULTILINE), name
+    script = block.replace(addresses["API"], api).replace(addresses["EMULATOR"], emulator)
+
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answers = documented_answers(block)
+    assert len(answers) == 3
+    assert answer_pattern(answers).fullmatch(result.stdout), (
+        f"documented:\n{chr(10).join(answers)}\ngot:\n{result.stdout}"
+    )
+    # "the function's log shows one `checkout_fulfilled` record"
+    deadline = time.monotonic() + 10
+    while '"message":"checkout_fulfilled"' not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    assert log.read_text().count('"message":"checkout_fulfilled"') == 1
+
+
+# --- the configuration reference ---
+
+
+def test_every_environment_variable_the_service_reads_is_documented() -> None:
+    documented = {
+        name
+        for page in DOCS
+        for row in re.findall(r"^\|.*$", page.read_text(), re.MULTILINE)
+        for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1])
+    }
+    missing = set(ENVIRONMENT_VARIABLES) - documented
+    assert not missing, f"not in any docs table's first column: {sorted(missing)}"
