@@ -1,7 +1,8 @@
 """`make run`: start the function on :8080, with the bundled Stripe emulator when no key is set.
 
 Real Stripe is used when STRIPE_SECRET_KEY or STRIPE_SECRET_NAME is configured. On Cloud Run
-(K_SERVICE set) this never starts the emulator.
+(K_SERVICE set) this never starts the emulator. Offline, the emulator also serves a stand-in
+Stripe.js and a /demo page; its origin is then added to the CORS allowlist, and only then.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from urllib.parse import urlsplit
+
+from checkout.config import DEFAULT_FRONTEND_URL
 
 # Not real credentials: only the bundled emulator accepts them.
 EMULATOR_KEY = "sk_test_emulatorLocalOnlyNotARealKey"
@@ -46,6 +50,8 @@ def main() -> int:
                     webhook_url,
                     "--webhook-secret",
                     LOCAL_WEBHOOK_SECRET,
+                    "--checkout-api",
+                    f"http://{_browser_host(host)}:{port}",
                 ]
             )
         )
@@ -53,10 +59,16 @@ def main() -> int:
         env["STRIPE_API_BASE"] = base
         env["STRIPE_SECRET_KEY"] = EMULATOR_KEY
         env.setdefault("STRIPE_WEBHOOK_SECRET", LOCAL_WEBHOOK_SECRET)
+        env["ALLOWED_ORIGINS"] = _with_origin(env, base)
         print(
             f"*** OFFLINE MODE: no STRIPE_SECRET_KEY or STRIPE_SECRET_NAME is set, so payments go "
             f"to the bundled Stripe emulator at {base} (nothing is charged). Set "
             f"STRIPE_SECRET_KEY=sk_test_... to use real Stripe. ***",
+            flush=True,
+        )
+        print(
+            f"*** Demo: open {base}/demo and pay with 4242 4242 4242 4242 (the emulator's "
+            f"stand-in Stripe.js; a frontend can load it from {base}/js/stripe.js). ***",
             flush=True,
         )
 
@@ -86,6 +98,22 @@ def main() -> int:
         stop(signal.SIGTERM, None)
         for child in children:
             child.wait(timeout=10)
+
+
+def _with_origin(env: dict[str, str], origin: str) -> str:
+    """ALLOWED_ORIGINS with the emulator's origin added, so that its /demo page may call us."""
+    configured = env.get("ALLOWED_ORIGINS", "").strip()
+    if configured == "*":
+        return configured
+    if not configured:  # the service's default: the origin of FRONTEND_URL
+        frontend = urlsplit(env.get("FRONTEND_URL") or DEFAULT_FRONTEND_URL)
+        configured = f"{frontend.scheme}://{frontend.netloc}"
+    return f"{configured},{origin}"
+
+
+def _browser_host(host: str) -> str:
+    """The address a browser on this machine uses for a server bound to `host`."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
 
 def _wait_for(url: str, process: subprocess.Popen, seconds: float = 10.0) -> None:

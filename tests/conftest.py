@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -178,3 +179,66 @@ def live_server(tmp_path: Path, base_env: dict[str, str]):
     yield start
     for server in servers:
         server.stop()
+
+
+# --- Real browsers: Debian's chromium, driven by Playwright (never a browser download) ----------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-proxy-server",  # loopback only, whatever proxy the environment names
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def require(missing: str | None, what: str) -> None:
+    """Skip locally when something a browser test needs is missing; in CI (CI set) fail instead."""
+    if missing is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run {what}: {missing}")
+    pytest.skip(f"{missing} (CI runs {what})")
+
+
+def require_browser() -> None:
+    missing = None
+    if not Path(CHROMIUM).exists():
+        missing = f"Debian's chromium is not installed ({CHROMIUM}): apt-get install chromium"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "playwright is not installed: pip install -r requirements-dev.txt"
+    require(missing, "the real-browser tests")
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium per test module; each test opens its own context (fresh state).
+
+    Not per session: Playwright's sync API must not be live while other modules run asyncio.
+    """
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def browser_page(chromium):
+    """A fresh page in its own context; request it after `live_server`, so it closes first."""
+    context = chromium.new_context(viewport={"width": 960, "height": 760})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

@@ -3,35 +3,21 @@
 A page served from an allowed origin calls create (JSON and an Idempotency-Key, so the browser
 sends a preflight first), then status, with `fetch`. The same page from another origin is blocked
 by the browser itself, and Stripe is never called. No browser is downloaded: CI installs Debian's
-`chromium` (.ci/run), and there a missing browser fails this test instead of skipping it.
+`chromium` (.ci/run), and there a missing browser fails this test instead of skipping it
+(`browser_page` in conftest.py).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from tests.test_routes import CREATE, STATUS
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--no-proxy-server",  # loopback only, whatever proxy the environment names
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 PAGE = """<!doctype html>
 <meta charset="utf-8">
@@ -59,23 +45,6 @@ async function runCheckout(api) {
 """
 
 
-def _require_browser() -> None:
-    """Skip locally without Chromium or Playwright; in CI (CI set) fail instead."""
-    missing = None
-    if not Path(CHROMIUM).exists():
-        missing = f"Debian's chromium is not installed ({CHROMIUM}): apt-get install chromium"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            missing = "playwright is not installed: pip install -r requirements-dev.txt"
-    if missing is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the real-browser CORS test: {missing}")
-    pytest.skip(f"{missing} (CI runs this test)")
-
-
 class _PageHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = (PAGE % {"create": CREATE, "status": STATUS}).encode()
@@ -99,20 +68,6 @@ def page_origins() -> Iterator[tuple[str, str]]:
     for server in servers:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture
-def browser_page():
-    """A fresh headless Chromium page; request it after `live_server`, so it closes first."""
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
 
 
 def request_lines(server) -> list[str]:

@@ -67,7 +67,7 @@ def test_upload_is_main_requirements_and_the_checkout_package_only() -> None:
     "path",
     [
         "tests/conftest.py",
-        "devtools/stripe_emulator.py",
+        "devtools/stripe_emulator/api.py",
         "bench/run.py",
         ".venv/bin/python",
         "venv/lib/site.py",

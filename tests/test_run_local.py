@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SERVICE_VARS, free_port
+from tests.conftest import ROOT, SERVICE_VARS, TEST_KEY, free_port
 
 
 def request(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, dict]:
@@ -92,5 +92,43 @@ def test_on_cloud_run_it_never_falls_back_to_the_emulator(tmp_path):
         output = log_path.read_text()
         assert "OFFLINE MODE" not in output
         assert "no Stripe key configured on Cloud Run" in output
+    finally:
+        stop(process)
+
+
+def preflight(base: str, origin: str) -> int:
+    req = urllib.request.Request(
+        f"{base}/api/checkout/embedded-session",
+        method="OPTIONS",
+        headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_offline_it_prints_the_demo_and_lets_the_demo_call_the_function(tmp_path):
+    process, base, emulator_port, log_path = start_launcher(tmp_path)
+    emulator = f"http://127.0.0.1:{emulator_port}"
+    try:
+        assert f"open {emulator}/demo" in log_path.read_text()
+        with urllib.request.urlopen(f"{emulator}/demo", timeout=10) as response:
+            assert f'const CONFIG = {{"api": "{base}"}};' in response.read().decode()
+        assert preflight(base, emulator) == 204  # the demo page's origin
+        assert preflight(base, "http://localhost:5173") == 204  # FRONTEND_URL's default, still
+        assert preflight(base, "http://127.0.0.1:1") == 403
+    finally:
+        stop(process)
+
+
+def test_with_a_key_the_emulator_origin_is_not_allowed(tmp_path):
+    process, base, emulator_port, log_path = start_launcher(
+        tmp_path, STRIPE_SECRET_KEY=TEST_KEY, STRIPE_API_BASE="http://127.0.0.1:9"
+    )
+    try:
+        assert preflight(base, f"http://127.0.0.1:{emulator_port}") == 403
+        assert "/demo" not in log_path.read_text()
     finally:
         stop(process)

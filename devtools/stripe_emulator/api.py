@@ -1,0 +1,680 @@
+"""The emulator itself: sessions in memory, Stripe's /v1 API, and the /_emulator/ test helpers."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from email.message import Message
+from typing import Any
+from urllib.parse import unquote
+
+from devtools.stripe_emulator import browser
+from devtools.stripe_emulator.server import _Server
+from devtools.stripe_emulator.state import (
+    DEFAULT_FAULTS,
+    EVENT_TYPES,
+    FAULT_MODES,
+    IDEMPOTENCY_KEY_MAX_LENGTH,
+    LATEST_API_VERSION,
+    PAYMENT_STATUSES,
+    RENAMED_UI_MODES_SINCE,
+    SECRET_KEY_PREFIXES,
+    StripeEmulatorError,
+    _apply_event,
+    _build_session,
+    _completed_fields,
+    _invalid,
+    _no_such_session,
+    _parse_currency,
+    _parse_expand,
+    _random_id,
+    _reject_unknown,
+    _Response,
+    _Session,
+    _StoredResponse,
+    _to_json,
+    decode_form,
+)
+from devtools.stripe_emulator.webhooks import _NO_EVENT, _Event, _post_event, _StoredEvent
+
+
+class StripeEmulator:
+    """Stripe's Checkout Sessions API in memory, served over HTTP from a background thread."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency_ms: float = 0,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        checkout_api: str = "http://127.0.0.1:8080",
+    ) -> None:
+        self.host = host
+        self.checkout_api = checkout_api  # where the /demo page sends its API calls
+        self.port = port
+        self._base_latency_ms = float(latency_ms)
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._release_hangs = threading.Event()
+        self._prices: dict[str, dict[str, Any]] = {}
+        self._webhook_url = webhook_url
+        self._webhook_secret = webhook_secret
+        self._clear_state()
+
+    def _clear_state(self) -> None:
+        self._sessions: dict[str, _Session] = {}
+        self._idempotency: dict[tuple[bool, str], _StoredResponse] = {}
+        self._calls = dict.fromkeys(
+            ("total", "create_session", "retrieve_session", "expire_session", "other"), 0
+        )
+        self._sessions_created = 0
+        self._connections_opened = 0
+        self._faults = {**DEFAULT_FAULTS, "latency_ms": self._base_latency_ms}
+        self._rng = random.Random()
+        self._valid_keys: frozenset[str] | None = None
+        self._events: dict[str, _StoredEvent] = {}
+        self._deliveries: list[dict[str, Any]] = []
+
+    # --- lifecycle ---
+
+    def start(self) -> StripeEmulator:
+        self._server = _Server((self.host, self.port), self)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="stripe-emulator",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._release_hangs.set()
+        self._server.shutdown()
+        self._server.server_close()
+        # Idle keep-alive connections would otherwise keep being answered after stop().
+        self._server.close_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> StripeEmulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the emulator is not started")
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self.port}"
+
+    # --- Python helpers (the /_emulator/ endpoints call these) ---
+
+    def reset(self) -> None:
+        """Forget sessions, idempotency keys, counters, faults, events and the key allowlist.
+
+        Prices, the webhook target and the constructor's latency are configuration, and stay.
+        """
+        with self._lock:
+            self._clear_state()
+            self._release_hangs.set()  # requests hanging from the last test answer now
+            self._release_hangs = threading.Event()
+
+    def calls(self) -> dict[str, int]:
+        """Requests that reached /v1 by endpoint, plus `sessions_created` (replays excluded)."""
+        with self._lock:
+            return {**self._calls, "sessions_created": self._sessions_created}
+
+    def connections_opened(self) -> int:
+        """TCP connections accepted since the last reset: shows whether clients keep them alive."""
+        with self._lock:
+            return self._connections_opened
+
+    def _count_connection(self) -> None:
+        with self._lock:
+            self._connections_opened += 1
+
+    def faults(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._faults)
+
+    def set_faults(self, **fields: Any) -> dict[str, Any]:
+        """Update the given fault fields (the others keep their values); return the result."""
+        unknown = set(fields) - set(DEFAULT_FAULTS)
+        if unknown:
+            raise _invalid(f"Unknown fault fields: {', '.join(sorted(unknown))}")
+        faults = {**self.faults(), **fields}
+        if faults["mode"] not in FAULT_MODES:
+            raise _invalid(f"mode must be one of {', '.join(FAULT_MODES)}", "mode")
+        for name in ("latency_ms", "probability", "hang_seconds"):
+            value = faults[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise _invalid(f"{name} must be a number >= 0", name)
+            faults[name] = float(value)
+        if faults["probability"] > 1:
+            raise _invalid("probability must be between 0 and 1", "probability")
+        for name in ("remaining", "seed"):
+            value = faults[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise _invalid(f"{name} must be an integer or null", name)
+        if faults["remaining"] is not None and faults["remaining"] < 0:
+            raise _invalid("remaining must be >= 0", "remaining")
+        with self._lock:
+            self._faults = faults
+            if "seed" in fields and faults["seed"] is not None:
+                self._rng = random.Random(faults["seed"])
+            if faults["remaining"] == 0:
+                self._faults = {**DEFAULT_FAULTS, "latency_ms": self._base_latency_ms}
+            return dict(self._faults)
+
+    def set_valid_keys(self, keys: list[str] | None) -> None:
+        """Accept only these API keys from now on (None accepts any well-formed key)."""
+        if keys is not None and not all(isinstance(key, str) for key in keys):
+            raise _invalid("valid must be a list of strings or null", "valid")
+        with self._lock:
+            self._valid_keys = None if keys is None else frozenset(keys)
+
+    def add_price(
+        self,
+        price_id: str,
+        unit_amount: int,
+        currency: str = "usd",
+        product_name: str = "Emulator product",
+    ) -> dict[str, Any]:
+        """Register a Dashboard-style price that line items can refer to with `price`."""
+        if not isinstance(price_id, str) or not price_id:
+            raise _invalid("id must be a non-empty string", "id")
+        if isinstance(unit_amount, bool) or not isinstance(unit_amount, int) or unit_amount < 0:
+            raise _invalid("unit_amount must be an integer >= 0", "unit_amount")
+        _parse_currency(currency, "currency")
+        price = {
+            "id": price_id,
+            "object": "price",
+            "active": True,
+            "currency": currency,
+            "product": _random_id("prod_", 14),
+            "type": "one_time",
+            "unit_amount": unit_amount,
+            "product_name": product_name,
+        }
+        with self._lock:
+            self._prices[price_id] = price
+        return dict(price)
+
+    def set_webhook(self, url: str | None, secret: str | None = None) -> None:
+        """Deliver events for completions and expirations to `url` (None turns delivery off)."""
+        with self._lock:
+            self._webhook_url, self._webhook_secret = url, secret
+
+    def get_session(self, session_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            return None if session is None else json.loads(session.render())
+
+    def complete_session(
+        self, session_id: str, payment_status: str = "paid", *, email: str | None = None
+    ) -> dict[str, Any]:
+        """Pay an open session, as a customer would; deliver checkout.session.completed."""
+        if payment_status not in PAYMENT_STATUSES:
+            raise _invalid(
+                f"payment_status must be one of {', '.join(PAYMENT_STATUSES)}", "payment_status"
+            )
+        with self._lock:
+            session = self._open_session(session_id, "completed")
+            fields = _completed_fields(session.data, payment_status)
+            if email:
+                fields["customer_details"]["email"] = email
+            session.update(**fields)
+            data, event = session.data, self._auto_event(session, "checkout.session.completed")
+        self._deliver_auto_event(event)
+        return json.loads(_to_json(data))
+
+    def find_by_client_secret(self, client_secret: str) -> dict[str, Any] | None:
+        """The session a client_secret opens (what Stripe.js looks up), with its line items."""
+        session_id = client_secret.partition("_secret_")[0]
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or not hmac.compare_digest(
+                (session.data["client_secret"] or "").encode(), client_secret.encode()
+            ):
+                return None
+            found = json.loads(session.render())
+            found["line_items"] = [dict(item) for item in session.line_items]
+            return found
+
+    def expire_session(self, session_id: str) -> dict[str, Any]:
+        """Expire an open session; deliver checkout.session.expired."""
+        with self._lock:
+            session = self._open_session(session_id, "expired")
+            session.update(status="expired")
+            data, event = session.data, self._auto_event(session, "checkout.session.expired")
+        self._deliver_auto_event(event)
+        return json.loads(_to_json(data))
+
+    def deliver_event(
+        self,
+        session_id: str,
+        event_type: str,
+        *,
+        url: str | None = None,
+        secret: str | None = None,
+        event_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Send one signed event now; an `event_id` seen before redelivers that same event."""
+        if event_type not in EVENT_TYPES:
+            raise _invalid(f"type must be one of {', '.join(EVENT_TYPES)}", "type")
+        with self._lock:
+            url = url or self._webhook_url
+            secret = secret or self._webhook_secret
+            if not url:
+                raise _invalid("No webhook URL: pass `url` or configure one first.", "url")
+            stored = self._events.get(event_id) if event_id else None
+            if stored is not None:
+                if stored.type != event_type or session_id not in ("", None, stored.session_id):
+                    raise _invalid(f"Event {event_id} is for another session or type.", "event_id")
+                payload = stored.payload
+            else:
+                session = self._session_for(session_id)
+                _apply_event(session, event_type)
+                payload = self._new_event(session, event_type, event_id)
+        status, body = _post_event(url, secret, payload)
+        self._record_delivery(payload, url, status, body)
+        return {"event": json.loads(payload), "status": status, "body": body}
+
+    def deliveries(self) -> list[dict[str, Any]]:
+        """Every webhook delivery attempt since the last reset, oldest first."""
+        with self._lock:
+            return [dict(delivery) for delivery in self._deliveries]
+
+    # --- events ---
+
+    def _open_session(self, session_id: str, verb: str, livemode: bool | None = None) -> _Session:
+        session = self._session_for(session_id, livemode)
+        if session.data["status"] != "open":
+            raise _invalid(f'Only Checkout Sessions with a status in ["open"] can be {verb}.')
+        return session
+
+    def _new_event(self, session: _Session, event_type: str, event_id: str | None = None) -> bytes:
+        event_id = event_id or _random_id("evt_")
+        event = {
+            "id": event_id,
+            "object": "event",
+            "api_version": LATEST_API_VERSION,
+            "created": int(time.time()),
+            "data": {"object": session.data},
+            "livemode": session.data["livemode"],
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "type": event_type,
+        }
+        payload = _to_json(event)
+        self._events[event_id] = _StoredEvent(payload, session.data["id"], event_type)
+        return payload
+
+    def _auto_event(self, session: _Session, event_type: str) -> _Event:
+        """The event Stripe would send for this change, if a webhook target is configured."""
+        if not self._webhook_url:
+            return _NO_EVENT
+        payload = self._new_event(session, event_type)
+        return _Event(payload, self._webhook_url, self._webhook_secret)
+
+    def _deliver_auto_event(self, event: _Event) -> None:
+        if event.payload:
+            status, body = _post_event(event.url, event.secret, event.payload)
+            self._record_delivery(event.payload, event.url, status, body)
+
+    def _record_delivery(self, payload: bytes, url: str, status: int, body: str) -> None:
+        event = json.loads(payload)
+        with self._lock:
+            self._deliveries.append(
+                {
+                    "event_id": event["id"],
+                    "type": event["type"],
+                    "session_id": event["data"]["object"]["id"],
+                    "url": url,
+                    "status": status,
+                    "body": body[:1000],
+                }
+            )
+            del self._deliveries[:-1000]
+
+    # --- HTTP: /v1 ---
+
+    def _handle(self, method: str, target: str, headers: Message, body: bytes) -> _Response | None:
+        request_id = _random_id("req_", 14)
+        path, _, query = target.partition("?")
+        try:
+            if path.startswith("/v1/"):
+                return self._handle_api(method, path, query, headers, body, request_id)
+            if path.startswith("/_emulator/"):
+                return self._handle_helper(method, path, body, request_id)
+            page = browser.route(method, path)
+            if page is not None:
+                return page(self, query, body)
+            raise _unrecognized(method, path)
+        except StripeEmulatorError as err:
+            log_id = request_id if path.startswith("/v1/") else None
+            return err.status, _to_json(err.error(log_id)), _headers(request_id, err.headers)
+        except Exception:
+            # A bug in the emulator: say so loudly, and answer like Stripe's own 500s.
+            traceback.print_exc()
+            error = StripeEmulatorError(500, "An unknown error occurred", type="api_error")
+            return 500, _to_json(error.error(request_id)), _headers(request_id)
+
+    def _handle_api(
+        self, method: str, path: str, query: str, headers: Message, body: bytes, request_id: str
+    ) -> _Response | None:
+        endpoint, session_id = _route(method, path)
+        with self._lock:
+            self._calls["total"] += 1
+            self._calls[endpoint] += 1
+            latency_ms, fault, hang_seconds = self._take_fault()
+            release = self._release_hangs
+        if latency_ms:
+            time.sleep(latency_ms / 1000)
+        if fault == "hang":
+            release.wait(hang_seconds)
+            return None  # a hung upstream never answers: the client must time out
+        if fault == "error_500":
+            raise StripeEmulatorError(500, "An unknown error occurred", type="api_error")
+        if fault == "rate_limit_429":
+            raise StripeEmulatorError(
+                429,
+                "Too many requests hit the API too quickly. We recommend an exponential backoff "
+                "of your requests.",
+                code="rate_limit",
+            )
+
+        livemode = "_live_" in self._authenticate(headers.get("Authorization"))[:8]
+        version = headers.get("Stripe-Version") or LATEST_API_VERSION
+        version_date = _version_date(version)
+        old_names = version_date < RENAMED_UI_MODES_SINCE
+        response_headers = _headers(request_id, (("Stripe-Version", version),))
+        if endpoint == "other":
+            raise _unrecognized(method, path)
+        if endpoint == "retrieve_session":
+            expand = _parse_expand(_query_params(query).get("expand"))
+            with self._lock:
+                session = self._session_for(session_id, livemode)
+                return 200, session.render(old_names=old_names, expand=expand), response_headers
+
+        params = decode_form(body.decode("utf-8", "replace"))
+        idempotency_key = headers.get("Idempotency-Key") or ""
+        if len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+            raise _invalid(
+                f"Idempotency-Key must be no longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters."
+            )
+        # Stripe scopes keys to the account, and so does this: a rotated key still replays.
+        scope = (livemode, idempotency_key)
+        fingerprint = (path, body)
+        event: _Event = _NO_EVENT
+        # One lock over lookup, execution and storage, so a double submit creates one session.
+        with self._lock:
+            stored = self._idempotency.get(scope) if idempotency_key else None
+            if stored is not None:
+                return _replay(stored, fingerprint, idempotency_key, response_headers)
+            if endpoint == "create_session":
+                data, line_items = _build_session(
+                    params, version_date=version_date, livemode=livemode, prices=self._prices
+                )
+                session = self._sessions[data["id"]] = _Session(data, line_items)
+                self._sessions_created += 1
+            else:
+                _reject_unknown(params, frozenset({"expand"}), "")
+                _parse_expand(params.get("expand"))
+                session = self._open_session(session_id, "expired", livemode)
+                session.update(status="expired")
+                event = self._auto_event(session, "checkout.session.expired")
+            payload = session.render(old_names=old_names, expand=params.get("expand"))
+            # Only successes are stored: Stripe lets a request that failed validation, or hit a
+            # 500, be retried with the same key.
+            if idempotency_key:
+                self._idempotency[scope] = _StoredResponse(fingerprint, payload, request_id)
+        if event.payload:
+            # Stripe sends events asynchronously; the API answer must not wait on the endpoint.
+            threading.Thread(target=self._deliver_auto_event, args=(event,), daemon=True).start()
+        return 200, payload, response_headers
+
+    def _take_fault(self) -> tuple[float, str, float]:
+        """Decide this request's latency and fault; the caller holds the lock."""
+        faults = self._faults
+        mode = faults["mode"]
+        if mode == "random_500":
+            mode = "error_500" if self._rng.random() < faults["probability"] else "none"
+        decided = (faults["latency_ms"], mode, faults["hang_seconds"])
+        if faults["remaining"] is not None:
+            faults["remaining"] -= 1
+            if faults["remaining"] <= 0:
+                self._faults = {**DEFAULT_FAULTS, "latency_ms": self._base_latency_ms}
+        return decided
+
+    def _authenticate(self, authorization: str | None) -> str:
+        if not authorization:
+            raise StripeEmulatorError(
+                401,
+                "You did not provide an API key. You need to provide your API key in the "
+                "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
+                "YOUR_SECRET_KEY').",
+                headers=(("WWW-Authenticate", 'Basic realm="Stripe"'),),
+            )
+        scheme, _, credentials = authorization.partition(" ")
+        key = credentials.strip()
+        if scheme.lower() == "basic":  # curl -u sk_test_...:
+            try:
+                key = base64.b64decode(key).decode().partition(":")[0]
+            except ValueError:
+                key = ""
+        elif scheme.lower() != "bearer":
+            key = ""
+        if key.startswith("pk_"):
+            raise StripeEmulatorError(
+                401,
+                "This API call cannot be made with a publishable API key. Please use a secret API "
+                "key. You can find a list of your API keys at "
+                "https://dashboard.stripe.com/account/apikeys.",
+            )
+        valid_keys = self._valid_keys
+        if not _looks_like_secret_key(key) or (valid_keys is not None and key not in valid_keys):
+            raise StripeEmulatorError(
+                401,
+                f"Invalid API Key provided: {_redact(key)}",
+                headers=(("WWW-Authenticate", 'Basic realm="Stripe"'),),
+            )
+        return key
+
+    def _session_for(self, session_id: str, livemode: bool | None = None) -> _Session:
+        """The session, as a key of the given mode may see it (helpers pass no mode)."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise _no_such_session(session_id)
+        if livemode is not None and session.data["livemode"] != livemode:
+            used, other = ("live", "test") if livemode else ("test", "live")
+            raise StripeEmulatorError(
+                404,
+                f"No such checkout.session: '{session_id}'; a similar object exists in {other} "
+                f"mode, but a {used} mode key was used to make this request.",
+                code="resource_missing",
+                param="session",
+            )
+        return session
+
+    # --- HTTP: /_emulator/ test helpers ---
+
+    def _helper_routes(self) -> dict[tuple[str, str], Callable[[dict[str, Any]], Any]]:
+        """The /_emulator/<name> endpoints other than sessions/: each takes the JSON body."""
+
+        def reset(_: dict[str, Any]) -> dict[str, Any]:
+            self.reset()
+            return {"ok": True}
+
+        def set_keys(body: dict[str, Any]) -> dict[str, Any]:
+            self.set_valid_keys(body.get("valid"))
+            return {"valid": body.get("valid")}
+
+        def add_price(body: dict[str, Any]) -> dict[str, Any]:
+            return self.add_price(
+                body.get("id"),
+                body.get("unit_amount"),
+                body.get("currency", "usd"),
+                body.get("product_name", "Emulator product"),
+            )
+
+        def set_webhook(body: dict[str, Any]) -> dict[str, Any]:
+            self.set_webhook(body.get("url"), body.get("secret"))
+            return self._webhook_target()
+
+        def deliver(body: dict[str, Any]) -> dict[str, Any]:
+            return self.deliver_event(
+                body.get("session_id"),
+                body.get("type"),
+                url=body.get("url"),
+                secret=body.get("secret"),
+                event_id=body.get("event_id"),
+            )
+
+        return {
+            ("GET", "health"): lambda _: {"ok": True},
+            ("POST", "reset"): reset,
+            ("GET", "calls"): lambda _: self.calls(),
+            ("GET", "faults"): lambda _: self.faults(),
+            ("POST", "faults"): lambda body: self.set_faults(**body),
+            ("POST", "keys"): set_keys,
+            ("POST", "prices"): add_price,
+            ("GET", "webhooks"): lambda _: self._webhook_target(),
+            ("POST", "webhooks"): set_webhook,
+            ("POST", "events"): deliver,
+            ("GET", "events"): lambda _: {"deliveries": self.deliveries()},
+        }
+
+    def _webhook_target(self) -> dict[str, Any]:
+        with self._lock:
+            return {"url": self._webhook_url, "secret_set": bool(self._webhook_secret)}
+
+    def _handle_helper(self, method: str, path: str, body: bytes, request_id: str) -> _Response:
+        payload = _json_object(body) if method == "POST" else {}
+        parts = path[len("/_emulator/") :].strip("/").split("/")
+        if parts[0] == "sessions" and len(parts) in (2, 3):
+            session_id = unquote(parts[1])
+            action = parts[2] if len(parts) == 3 else ""
+            if method == "GET" and not action:
+                result = self.get_session(session_id)
+                if result is None:
+                    raise _no_such_session(session_id)
+            elif method == "POST" and action == "complete":
+                result = self.complete_session(session_id, payload.get("payment_status", "paid"))
+            elif method == "POST" and action == "expire":
+                result = self.expire_session(session_id)
+            else:
+                raise _unrecognized(method, path)
+        else:
+            handler = self._helper_routes().get((method, "/".join(parts)))
+            if handler is None:
+                raise _unrecognized(method, path)
+            try:
+                result = handler(payload)
+            except TypeError as err:  # wrong field types, e.g. a list where an id belongs
+                raise _invalid(f"Invalid request body: {err}") from err
+        return 200, _to_json(result), _headers(request_id)
+
+
+def _route(method: str, path: str) -> tuple[str, str]:
+    """The /v1 endpoint a request is for (a calls() counter name), and its session id if any."""
+    parts = path.split("/")  # "", "v1", "checkout", "sessions", id, "expire"
+    if parts[1:4] != ["v1", "checkout", "sessions"]:
+        return "other", ""
+    session_id = unquote(parts[4]) if len(parts) > 4 else ""
+    if len(parts) == 4 and method == "POST":
+        return "create_session", ""
+    if len(parts) == 5 and session_id and method == "GET":
+        return "retrieve_session", session_id
+    if len(parts) == 6 and session_id and parts[5] == "expire" and method == "POST":
+        return "expire_session", session_id
+    return "other", ""
+
+
+def _replay(
+    stored: _StoredResponse,
+    fingerprint: tuple[str, bytes],
+    key: str,
+    headers: list[tuple[str, str]],
+) -> _Response:
+    if stored.fingerprint != fingerprint:
+        raise StripeEmulatorError(
+            400,
+            "Keys for idempotent requests can only be used with the same parameters they were "
+            f"first used with. Try using a key other than '{key}' if you meant to execute a "
+            "different request.",
+            type="idempotency_error",
+        )
+    replayed = [("Idempotent-Replayed", "true"), ("Original-Request", stored.request_id)]
+    return 200, stored.body, headers + replayed
+
+
+def _headers(request_id: str, extra: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, str]]:
+    return [("Request-Id", request_id), *extra]
+
+
+def _unrecognized(method: str, path: str) -> StripeEmulatorError:
+    return StripeEmulatorError(
+        404,
+        f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs or we "
+        "can help at https://support.stripe.com/.",
+    )
+
+
+def _version_date(version: str) -> str:
+    date = version[:10]
+    if not (len(date) == 10 and date[4] == date[7] == "-" and date.replace("-", "").isdigit()):
+        raise _invalid(f"Invalid Stripe API version: {version}")
+    return date
+
+
+def _query_params(query: str) -> dict[str, Any]:
+    params = decode_form(query)
+    _reject_unknown(params, frozenset({"expand"}), "")
+    return params
+
+
+def _looks_like_secret_key(key: str) -> bool:
+    body = key[8:]
+    return (
+        key.startswith(SECRET_KEY_PREFIXES)
+        and bool(body)
+        and body.isascii()
+        and body.replace("_", "").isalnum()
+    )
+
+
+def _redact(key: str) -> str:
+    """Stripe's way of naming a bad key: keep its prefix and last four characters."""
+    prefix = next((p for p in (*SECRET_KEY_PREFIXES, "sk_", "rk_") if key.startswith(p)), "")
+    hidden = key[len(prefix) : -4] if len(key) - len(prefix) > 4 else key[len(prefix) :]
+    visible = key[len(prefix) + len(hidden) :]
+    return prefix + "*" * len(hidden) + visible
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except ValueError as err:
+        raise _invalid(f"Invalid JSON body: {err}") from err
+    if not isinstance(value, dict):
+        raise _invalid("The JSON body must be an object.")
+    return value
