@@ -1,20 +1,38 @@
-"""Cloud Run / functions-framework entry point: one HTTP function for the checkout API."""
+"""Cloud Run / functions-framework entry point: one async HTTP function for the checkout API."""
 
-import flask
-import functions_framework
-from flask import Request, Response
-from werkzeug.exceptions import NotFound
+from typing import Any
+
+import functions_framework.aio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 
 from checkout.app import handle
 
 
-@functions_framework.http
-def checkout_api(request: Request) -> Response:
+@functions_framework.aio.http
+async def checkout_api(request: Request) -> Response:
     """Dispatch to the checkout package (see checkout/routes.py for the endpoints)."""
-    return handle(request)
+    return await handle(request)
 
 
-@functions_framework.errorhandler(NotFound)
-def framework_not_found(_error: NotFound) -> Response:
-    """functions-framework answers /robots.txt and /favicon.ico itself: treat them as any path."""
-    return handle(flask.request)
+# functions-framework's ASGI app answers a few requests itself, in plain text: GET /robots.txt and
+# /favicon.ico (404), and methods outside its list, such as TRACE (405). Unlike its Flask app it
+# has no errorhandler hook, so wrap the private function that builds the app (after importing this
+# module) and send its HTTP errors to checkout_api too: they get the contract's JSON 404/405, as
+# any other path and method do. tests/test_bad_input.py checks each of them.
+_build_asgi_app = functions_framework.aio._create_asgi_app_with_function
+
+
+async def _answer_as_checkout_api(request: Request, _error: Exception) -> Response:
+    return await handle(request)
+
+
+def _asgi_app_answering_everything(*args: Any, **kwargs: Any) -> Starlette:
+    app = _build_asgi_app(*args, **kwargs)
+    app.add_exception_handler(HTTPException, _answer_as_checkout_api)
+    return app
+
+
+functions_framework.aio._create_asgi_app_with_function = _asgi_app_answering_everything

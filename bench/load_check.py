@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=64, help="gunicorn THREADS")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (event loops)")
     parser.add_argument("--latency-ms", type=float, default=50, help="the emulator's latency")
     args = parser.parse_args(argv)
     if not (0 < args.seconds <= 600 and 0 <= args.warmup <= 60 and 0 < args.connections <= 512):
@@ -133,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             "STRIPE_SECRET_KEY": BENCH_KEY,
             "STRIPE_API_BASE": emulator.url,
         }
-        with FunctionServer(env, args.threads, log) as server:
+        with FunctionServer(env, log, workers=args.workers) as server:
             server.wait_ready("/")
-            worker = server.worker_pid()
+            worker = server.worker_pids(args.workers)[0]
             print(
-                f"function {server.url} (THREADS={args.threads}, worker pid {worker}), "
+                f"function {server.url} (WORKERS={args.workers}, worker pid {worker}), "
                 f"emulator {emulator.url} ({args.latency_ms:g} ms)",
                 flush=True,
             )

@@ -40,6 +40,7 @@ class LoadResult:
     errors: int  # HTTP status >= 400, timeouts and socket errors
     p50_ms: float
     p99_ms: float
+    max_ms: float
     client_cpu_s: float
 
     @property
@@ -109,6 +110,7 @@ def run(
         errors=result["errors"],
         p50_ms=result["p50_ms"],
         p99_ms=result["p99_ms"],
+        max_ms=result["max_ms"],
         client_cpu_s=cpu,
     )
 
@@ -175,10 +177,11 @@ _LUA_DONE = """
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    '{"requests": %d, "seconds": %.6f, "errors": %d, "p50_ms": %.3f, "p99_ms": %.3f}\\n',
+    '{"requests": %d, "seconds": %.6f, "errors": %d, "p50_ms": %.3f, "p99_ms": %.3f, ' ..
+    '"max_ms": %.3f}\\n',
     summary.requests, summary.duration / 1e6,
     e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
 end
 """
 
@@ -231,6 +234,7 @@ async def _drive(spec: dict) -> dict:
         "errors": errors,
         "p50_ms": percentile(0.50),
         "p99_ms": percentile(0.99),
+        "max_ms": latencies[-1] * 1000 if latencies else 0.0,
     }
 
 

@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.profile create [--seconds 10]
 
 Starts the same stack as bench/run.py, drives the workload with 64 connections, and samples the
-gunicorn worker with `py-spy record --gil` (only the thread holding the GIL, so only CPU that
+uvicorn worker with `py-spy record --gil` (only the thread holding the GIL, so only CPU that
 counts against the one-core ceiling). Each sample goes to the component of its innermost frame.
 """
 
@@ -24,22 +24,17 @@ from bench.run import RESULTS, Stack
 
 # The first match wins: (start of the file in a py-spy frame, component).
 COMPONENTS = (
+    ("(checkout/stripe_transport", "Stripe transport (checkout/stripe_transport.py)"),
     ("(checkout/", "checkout/ (this service)"),
     ("(main.py", "checkout/ (this service)"),
     ("(stripe/", "stripe SDK"),
-    ("(requests/", "requests, urllib3, http.client"),
-    ("(urllib3/", "requests, urllib3, http.client"),
-    ("(http/client", "requests, urllib3, http.client"),
-    ("(email/utils", "gunicorn"),  # gunicorn's Date header
-    ("(email/", "requests, urllib3, http.client"),  # http.client parses headers with it
-    ("(http/cookiejar", "requests, urllib3, http.client"),
-    ("(gunicorn/", "gunicorn"),
-    ("(concurrent/", "gunicorn"),
-    ("(selectors", "gunicorn"),
-    ("(ipaddress", "gunicorn"),  # gunicorn's forwarded-allow-ips check, per request
-    ("(flask/", "Flask, werkzeug, functions-framework"),
-    ("(werkzeug/", "Flask, werkzeug, functions-framework"),
-    ("(functions_framework/", "Flask, werkzeug, functions-framework"),
+    ("(uvicorn/", "uvicorn (HTTP server)"),
+    ("(starlette/", "Starlette, functions-framework"),
+    ("(functions_framework/", "Starlette, functions-framework"),
+    ("(werkzeug/", "werkzeug (routing)"),
+    ("(asyncio/", "event loop, sockets, TLS (asyncio)"),
+    ("(selectors", "event loop, sockets, TLS (asyncio)"),
+    ("(ssl", "event loop, sockets, TLS (asyncio)"),
     ("(logging/", "logging and JSON"),
     ("(json/", "logging and JSON"),
 )
@@ -57,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     wrk = loadgen.find_wrk(install=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with Stack(64, RESULTS / "server.log") as stack, tempfile.TemporaryDirectory() as scratch:
+    with Stack(1, RESULTS / "server.log") as stack, tempfile.TemporaryDirectory() as scratch:
         workload = next(w for w in stack.workloads() if w.name == args.workload)
         loadgen.run(workload, 64, 2, wrk)  # warm-up
         raw = Path(scratch) / "samples.txt"
@@ -65,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             target=loadgen.run, args=(workload, 64, args.seconds + 2, wrk), daemon=True
         )
         load.start()
-        record = ["record", "--pid", str(stack.worker), "--gil", "--rate", str(args.rate)]
+        record = ["record", "--pid", str(stack.workers[0]), "--gil", "--rate", str(args.rate)]
         subprocess.run(
             [py_spy, *record, "--duration", str(args.seconds), "--format", "raw", "-o", str(raw)],
             check=True,
@@ -106,7 +101,7 @@ def _component(frame: str) -> str:
     for piece, component in COMPONENTS:
         if piece in frame:
             return component
-    return "other (stdlib: threading, socket, urllib.parse, typing ...)"
+    return "other stdlib (urllib.parse, re, typing, dataclasses ...)"
 
 
 if __name__ == "__main__":

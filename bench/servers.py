@@ -27,7 +27,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Loopback only: an http_proxy in the environment must not see benchmark traffic.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-# Variables the service reads, and gunicorn's: the benchmark sets the ones it needs.
+# Variables the service reads, and functions-framework's: the benchmark sets the ones it needs.
 SERVICE_VARS = (*ENVIRONMENT_VARIABLES, "THREADS", "WORKERS")
 
 
@@ -164,33 +164,41 @@ class SecretManagerFake(Service):
 
 
 class FunctionServer(Service):
-    """`functions-framework --target checkout_api`: gunicorn's production server, not --debug."""
+    """`functions-framework --target checkout_api`: the production server (gunicorn with uvicorn
+    workers, one event loop each), not --debug."""
 
     def __init__(
-        self, env: dict[str, str], threads: int, log: IO[bytes] | int, bin_dir: Path = BIN
+        self,
+        env: dict[str, str],
+        log: IO[bytes] | int,
+        bin_dir: Path = BIN,
+        *,
+        workers: int = 1,
+        target: str = "checkout_api",
+        source: Path = ROOT / "main.py",
     ) -> None:
         command = [
             str(bin_dir / "functions-framework"),
             "--target",
-            "checkout_api",
+            target,
             "--source",
-            str(ROOT / "main.py"),
+            str(source),
             "--host",
             "127.0.0.1",
             "--port",
             "{port}",
         ]
-        super().__init__(command, clean_env(THREADS=str(threads), **env), log)
+        super().__init__(command, clean_env(WORKERS=str(workers), **env), log)
 
-    def worker_pid(self) -> int:
-        """The gunicorn worker serving the requests (functions-framework runs one)."""
+    def worker_pids(self, count: int = 1) -> list[int]:
+        """The gunicorn workers serving the requests, once `count` of them have started."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             workers = children_of(self.pid)
-            if workers:
-                return workers[0]
+            if len(workers) >= count:
+                return workers
             time.sleep(0.02)
-        raise RuntimeError("gunicorn started no worker")
+        raise RuntimeError(f"gunicorn started fewer than {count} workers")
 
 
 def production_bin(log: IO[bytes] | int = subprocess.DEVNULL) -> Path | None:

@@ -8,6 +8,8 @@ return page loads, and from the return page too, since it may beat the webhook. 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 from typing import Any
 
@@ -19,8 +21,11 @@ from checkout.stripe_gateway import SessionStatus
 log = logging.getLogger("checkout.fulfilment")
 
 
-def deliver_order(session: SessionStatus) -> None:
+async def deliver_order(session: SessionStatus) -> None:
     """Add your own fulfilment here: it runs once per paid session per instance.
+
+    It may be an `async def` (awaited on the event loop: use async clients, never block) or a
+    plain function (run in a worker thread, so blocking I/O there does not stall other requests).
 
     `session` carries the session id, `metadata["imageId"]`, `amount_total` (minor units),
     `currency`, `payment_status` and `livemode`. Raise to report a failure: the webhook then
@@ -46,12 +51,12 @@ class Fulfilment:
         self._status_cache = status_cache
         self._fulfilled = OncePerKey(max_sessions)
 
-    def fulfil(self, session: SessionStatus, *, event_id: str | None = None) -> bool:
+    async def fulfil(self, session: SessionStatus, *, event_id: str | None = None) -> bool:
         """Fulfil a complete, paid session; True if this call did it, False if nothing to do."""
         if not is_paid(session):
             return False
         try:
-            return self._fulfilled.run(
+            return await self._fulfilled.run(
                 session.session_id, lambda: self._fulfil_now(session, event_id)
             )
         except Exception as error:
@@ -61,9 +66,13 @@ class Fulfilment:
             )
             raise FulfilmentFailed(f"fulfilment of {session.session_id} failed") from error
 
-    def _fulfil_now(self, session: SessionStatus, event_id: str | None) -> None:
+    async def _fulfil_now(self, session: SessionStatus, event_id: str | None) -> None:
         # Looked up at call time, so a test (or a team) can swap in its own.
-        deliver_order(session)
+        deliver = deliver_order
+        if inspect.iscoroutinefunction(deliver):
+            await deliver(session)
+        else:
+            await asyncio.to_thread(deliver, session)
         # After success only: until then a status call finds no cache entry and tries too.
         self._status_cache.put(session)
         log.info("checkout_fulfilled", extra={"fields": record_of(session, event_id)})

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from flask import Request, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from werkzeug.http import parse_options_header
 
 MAX_BODY_BYTES = 64 * 1024
+# gunicorn's limit for one header line, which uvicorn's parser does not enforce.
+MAX_HEADER_BYTES = 8190
 _JSON_DUMP = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 # Sent on every response: nothing here may be cached by a browser or proxy, and JSON is JSON.
@@ -42,7 +46,7 @@ class ApiError(Exception):
 
 
 def json_response(status: int, payload: Mapping[str, Any]) -> Response:
-    return Response(_JSON_DUMP(payload), status=status, mimetype="application/json")
+    return Response(_JSON_DUMP(payload).encode(), status_code=status, media_type="application/json")
 
 
 def error_response(error: ApiError, request_id: str) -> Response:
@@ -54,21 +58,19 @@ def error_response(error: ApiError, request_id: str) -> Response:
     return response
 
 
-def read_json_object(request: Request) -> dict[str, Any]:
+async def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object; an empty body is {}. Raises ApiError 413/415/400."""
-    length = request.content_length
+    length = content_length(request)
     if length is not None and length > MAX_BODY_BYTES:
         raise _too_large()
-    mimetype = request.mimetype
+    mimetype = mimetype_of(request)
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiError(
             415,
             "unsupported_media_type",
             "Send the request body as JSON with Content-Type: application/json.",
         )
-    raw = request.stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise _too_large()
+    raw = await read_body(request, MAX_BODY_BYTES, _too_large)
     if not raw:
         return {}
     try:
@@ -78,6 +80,54 @@ def read_json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "The request body must be a JSON object, e.g. {}.")
     return body
+
+
+async def read_body(request: Request, limit: int, too_large: Callable[[], ApiError]) -> bytes:
+    """The raw body, read as it arrives and never more than `limit` + 1 bytes of it.
+
+    A declared Content-Length over the limit is refused before a byte is read; a chunked body is
+    refused as soon as it passes the limit, so a client cannot make the server buffer more.
+    """
+    length = content_length(request)
+    if length is not None and length > limit:
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to read the answer; the log line still says what happened.
+        raise ApiError(400, "invalid_body", "The request body was cut short.") from None
+    return b"".join(chunks)
+
+
+def check_header_sizes(request: Request) -> None:
+    """Refuse any header line longer than MAX_HEADER_BYTES (431), before anything reads them."""
+    for name, value in request.scope["headers"]:
+        if len(name) + len(value) + 2 > MAX_HEADER_BYTES:
+            raise ApiError(
+                431,
+                "header_too_large",
+                f"Each request header must be at most {MAX_HEADER_BYTES} bytes.",
+                detail=f"header={name[:40].decode('latin-1')!r} bytes={len(value)}",
+            )
+
+
+def content_length(request: Request) -> int | None:
+    """The declared Content-Length, or None (absent, or not a number: the server frames it)."""
+    value = request.headers.get("content-length")
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+def mimetype_of(request: Request) -> str:
+    """The Content-Type without parameters, lower-cased ("" when absent)."""
+    return parse_options_header(request.headers.get("content-type"))[0].lower()
 
 
 def _too_large() -> ApiError:
@@ -113,7 +163,7 @@ class CorsPolicy:
 
     @staticmethod
     def preflight(methods: Iterable[str]) -> Response:
-        response = Response(status=204)
+        response = Response(status_code=204)
         response.headers["Access-Control-Allow-Methods"] = ", ".join(methods)
         response.headers["Access-Control-Allow-Headers"] = PREFLIGHT_ALLOW_HEADERS
         response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE

@@ -10,6 +10,7 @@ gunicorn forks.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -30,6 +31,9 @@ log = logging.getLogger("checkout.keys")
 # _ATTEMPT_TIMEOUT_S, so the worst case is about the sum of the two.
 _RETRY_BUDGET_S = 2.0
 _ATTEMPT_TIMEOUT_S = 1.5
+# How long a coroutine waits for a shared read before it answers "unavailable" itself: the read's
+# own worst case, plus room for the worker thread to be scheduled on a busy machine.
+_ASYNC_WAIT_S = _RETRY_BUDGET_S + _ATTEMPT_TIMEOUT_S + 1.0
 
 _STRIPE_KEY = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9]+$")
 _WEBHOOK_SECRET = re.compile(r"^whsec_[A-Za-z0-9+/=]+$")
@@ -149,6 +153,8 @@ class SecretSource:
         self._resource: str | None = None
         self._client: SecretManagerServiceClient | None = None
         self._client_pid: int | None = None
+        # One read in a worker thread per stale value, awaited by every coroutine that asks.
+        self._async_reads: dict[str | None, asyncio.Task[str]] = {}
 
     @property
     def configured(self) -> bool:
@@ -165,6 +171,17 @@ class SecretSource:
         """Re-read the secret if `stale` is still what we hold; return the current value."""
         return self._load(stale=stale)
 
+    async def get_async(self) -> str:
+        """get() for coroutines: a Secret Manager read runs in a worker thread, not on the loop."""
+        cached = self._cached
+        if cached is not None:
+            return cached
+        return await self._load_async(stale=None)
+
+    async def refresh_async(self, stale: str) -> str:
+        """refresh() for coroutines."""
+        return await self._load_async(stale=stale)
+
     def warm(self) -> None:
         """Read the secret now so the first request does not wait; a failure is retried later."""
         if not self.configured:
@@ -174,6 +191,39 @@ class SecretSource:
             self.get()
 
     # -- one read at a time ----------------------------------------------------------------
+
+    async def _load_async(self, stale: str | None) -> str:
+        if self._name is None or self._direct is not None:
+            return self._load(stale)  # the environment's value: validation only, no I/O
+        cached = self._cached
+        if cached is not None and cached != stale:
+            return cached
+        loop = asyncio.get_running_loop()
+        read = self._async_reads.get(stale)
+        if read is None or read.get_loop() is not loop:
+            read = loop.create_task(asyncio.to_thread(self._load, stale))
+            self._async_reads[stale] = read
+            read.add_done_callback(self._async_read_done(stale))
+        try:
+            # shield: a waiter that gives up (or is cancelled) leaves the read to the others.
+            return await asyncio.wait_for(asyncio.shield(read), _ASYNC_WAIT_S)
+        except TimeoutError:
+            raise SecretUnavailable(
+                f"the {self._label} was not read within {_ASYNC_WAIT_S:g} s; retry"
+            ) from None
+        except (SecretConfigError, SecretUnavailable) as error:
+            # A fresh exception per waiter: one instance raised in many tasks tangles tracebacks.
+            raise type(error)(*error.args) from None
+
+    def _async_read_done(self, stale: str | None) -> Callable[[asyncio.Task[str]], None]:
+        def forget(read: asyncio.Task[str]) -> None:
+            # Failures are never cached: the next caller starts a new read.
+            if self._async_reads.get(stale) is read:
+                del self._async_reads[stale]
+            if not read.cancelled():
+                read.exception()  # seen here, so a read every waiter gave up on is not reported
+
+        return forget
 
     def _load(self, stale: str | None) -> str:
         if not self.configured:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Request, Response
+from starlette.requests import Request
+from starlette.responses import Response
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
@@ -26,28 +27,28 @@ _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-def create_session(request: Request, service: Service) -> Response:
+async def create_session(request: Request, service: Service) -> Response:
     """POST /api/checkout/embedded-session → {client_secret, session_id}."""
-    body = read_json_object(request)
+    body = await read_json_object(request)
     image_id = _image_id_from(body)
     idempotency_key = _idempotency_key_from(request)
-    created = service.gateway.create_session(image_id, idempotency_key)
+    created = await service.gateway.create_session(image_id, idempotency_key)
     return json_response(
         200, {"client_secret": created.client_secret, "session_id": created.session_id}
     )
 
 
-def session_status(request: Request, service: Service) -> Response:
+async def session_status(request: Request, service: Service) -> Response:
     """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, metadata}."""
     session_id = _session_id_from(request)
     status = service.status_cache.get(session_id)
     if status is None:
-        status = service.gateway.retrieve_session(session_id)
+        status = await service.gateway.retrieve_session(session_id)
         # The return page can beat the webhook (or none is set up), so fulfil here too. A failure
         # is logged inside; the customer still gets the status, and it stays uncached so that the
         # next status call (or Stripe's webhook retry) fulfils again.
         try:
-            service.fulfilment.fulfil(status)
+            await service.fulfilment.fulfil(status)
         except FulfilmentFailed:
             pass
         else:
@@ -86,7 +87,7 @@ def _idempotency_key_from(request: Request) -> str | None:
 
 
 def _session_id_from(request: Request) -> str:
-    values = request.args.getlist("session_id")
+    values = request.query_params.getlist("session_id")
     if len(values) != 1 or not _SESSION_ID.fullmatch(values[0]):
         raise ApiError(
             400,
@@ -100,7 +101,7 @@ def _session_id_from(request: Request) -> str:
 @dataclass(frozen=True)
 class Endpoint:
     path: str
-    handler: Callable[[Request, Service], Response]
+    handler: Callable[[Request, Service], Awaitable[Response]]
     methods: tuple[str, ...]
     browser: bool  # called cross-origin by the frontend, so CORS and preflight apply
 

@@ -13,6 +13,9 @@ from checkout.stripe_gateway import SessionStatus
 class StatusCache:
     """Bounded LRU. `complete`/`expired` never change, so they stay until evicted.
 
+    Its methods never await and never block (a dict and a lock held for microseconds), so a
+    coroutine calls them directly, and so can a worker thread.
+
     `open` is kept only when `open_ttl_ms` > 0 (an operator's opt-in): a customer who has just
     paid could otherwise be told `open` for up to that long.
     """

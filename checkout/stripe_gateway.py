@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import logging
-import threading
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import stripe
-import urllib3
 
 from checkout.config import Settings
 from checkout.http import ApiError
 from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
 from checkout.logs import current_request
+from checkout.stripe_transport import StripeTransport
 
 log = logging.getLogger("checkout.stripe")
 
@@ -86,147 +83,106 @@ class CreatedSession:
 
 
 class StripeGateway:
-    """Checkout Sessions through one StripeClient, built lazily (after gunicorn forks)."""
+    """Checkout Sessions through one StripeClient, built on first use inside the event loop.
+
+    Never at import and never before gunicorn forks: its connection pool belongs to the loop of
+    the worker that uses it.
+    """
 
     def __init__(self, settings: Settings, api_key: SecretSource) -> None:
         self._settings = settings
         self._api_key = api_key
         self._client: stripe.StripeClient | None = None
-        self._client_lock = threading.Lock()
+        self._transport: StripeTransport | None = None
         self._session_template = _session_template(settings)
 
-    def create_session(self, image_id: str | None, idempotency_key: str | None) -> CreatedSession:
+    async def create_session(
+        self, image_id: str | None, idempotency_key: str | None
+    ) -> CreatedSession:
         params = dict(self._session_template)
         if image_id is not None:
             params["metadata"] = {"imageId": image_id}
 
-        def call(client: stripe.StripeClient, options: dict[str, Any]) -> Any:
+        def call(client: stripe.StripeClient, options: dict[str, Any]) -> Awaitable[Any]:
             if idempotency_key is not None:
                 options["idempotency_key"] = idempotency_key
-            return client.v1.checkout.sessions.create(params=params, options=options)
+            return client.v1.checkout.sessions.create_async(params=params, options=options)
 
-        session = self._call("create", call)
+        session = await self._call("create", call)
         return CreatedSession(session_id=session["id"], client_secret=session["client_secret"])
 
-    def retrieve_session(self, session_id: str) -> SessionStatus:
-        def call(client: stripe.StripeClient, options: dict[str, Any]) -> Any:
-            return client.v1.checkout.sessions.retrieve(session_id, options=options)
+    async def retrieve_session(self, session_id: str) -> SessionStatus:
+        def call(client: stripe.StripeClient, options: dict[str, Any]) -> Awaitable[Any]:
+            return client.v1.checkout.sessions.retrieve_async(session_id, options=options)
 
-        return SessionStatus.from_stripe(self._call("retrieve", call))
+        return SessionStatus.from_stripe(await self._call("retrieve", call))
 
-    def _call(self, operation: str, call: Callable[[stripe.StripeClient, dict[str, Any]], T]) -> T:
-        key = self._key()
-        client = self._client or self._build_client(key)
+    def close(self) -> None:
+        """Close the connection pool on its own loop (tests rebuild the service; nothing else)."""
+        transport, self._client, self._transport = self._transport, None, None
+        if transport is not None:
+            transport.close_soon()
+
+    async def _call(
+        self, operation: str, call: Callable[[stripe.StripeClient, dict[str, Any]], Awaitable[T]]
+    ) -> T:
+        key = await self._key()
+        client = self._client_for_this_loop(key)
         try:
             try:
-                return self._noted(call(client, {"api_key": key}))
+                return self._noted(await call(client, {"api_key": key}))
             except stripe.AuthenticationError:
                 # The key may have been rolled: re-read it once, and retry once if it changed.
-                fresh = self._refreshed_key(key)
+                fresh = await self._refreshed_key(key)
                 if fresh == key:
                     raise
                 log.warning("Stripe rejected the cached API key; retrying once with the new one")
-                return self._noted(call(client, {"api_key": fresh}))
+                return self._noted(await call(client, {"api_key": fresh}))
         except stripe.StripeError as error:
             raise _map_stripe_error(operation, error) from None
 
-    def _key(self) -> str:
+    async def _key(self) -> str:
         try:
-            return self._api_key.get()
+            return await self._api_key.get_async()
         except SecretUnavailable as error:
             raise _key_unavailable(error) from None
         except SecretConfigError as error:
             raise _misconfigured(str(error)) from None
 
-    def _refreshed_key(self, stale: str) -> str:
+    async def _refreshed_key(self, stale: str) -> str:
         log.warning("Stripe answered 401 for the API key; re-reading the key")
         try:
-            return self._api_key.refresh(stale)
+            return await self._api_key.refresh_async(stale)
         except SecretUnavailable as error:
             raise _key_unavailable(error) from None
         except SecretConfigError as error:
             raise _misconfigured(str(error)) from None
 
-    def _build_client(self, key: str) -> stripe.StripeClient:
-        with self._client_lock:
-            if self._client is None:
-                settings = self._settings
-                base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
-                api = settings.stripe_api_base or stripe.DEFAULT_API_BASE
-                self._client = stripe.StripeClient(
-                    key,
-                    base_addresses=base,
-                    max_network_retries=settings.stripe_max_retries,
-                    http_client=_PooledHTTPClient(api, settings.stripe_timeout_seconds),
-                )
-            return self._client
+    def _client_for_this_loop(self, key: str) -> stripe.StripeClient:
+        # One event loop per worker process, so this builds once; a pool cannot cross loops.
+        client, transport = self._client, self._transport
+        if client is not None and transport is not None and transport.on_running_loop():
+            return client
+        if transport is not None:
+            transport.close_soon()
+        settings = self._settings
+        base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+        api = settings.stripe_api_base or stripe.DEFAULT_API_BASE
+        transport = StripeTransport(api, settings.stripe_timeout_seconds)
+        client = stripe.StripeClient(
+            key,
+            base_addresses=base,
+            max_network_retries=settings.stripe_max_retries,
+            http_client=transport,
+        )
+        self._client, self._transport = client, transport
+        return client
 
     @staticmethod
     def _noted(result: T) -> T:
         response = getattr(result, "last_response", None)
         _note_stripe_request_id(getattr(response, "request_id", None))
         return result
-
-
-class _PooledHTTPClient(stripe.HTTPClient):
-    """stripe's HTTP transport on urllib3's thread-safe pool: keep-alive connections to Stripe.
-
-    The SDK's default RequestsClient spends about 0.3 ms of CPU per call in requests itself
-    (sessions, cookie jars, hooks, re-reading proxy variables and ~/.netrc): a fifth of a whole
-    create here, measured in bench/. urllib3 is what requests sends with anyway; the SDK keeps
-    doing the rest (encoding, headers, idempotency keys, retries with backoff, error classes).
-    """
-
-    name = "urllib3"
-
-    def __init__(self, api_base: str, timeout: float) -> None:
-        super().__init__()
-        options: dict[str, Any] = {
-            "maxsize": 256,  # >= gunicorn THREADS, so no thread opens a throwaway connection
-            "block": False,
-            "retries": False,  # the SDK retries, with Stripe's rules and backoff
-            "timeout": urllib3.Timeout(total=timeout),
-            "cert_reqs": "CERT_REQUIRED",
-            "ca_certs": stripe.ca_bundle_path,  # the CA bundle the SDK ships and trusts
-        }
-        proxy = _proxy_for(api_base)
-        self._pool = (
-            urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
-        )
-
-    def request(
-        self, method: str, url: str, headers: Mapping[str, str] | None, post_data: Any = None
-    ) -> tuple[bytes, int, Mapping[str, str]]:
-        try:
-            response = self._pool.request(
-                method, url, headers=dict(headers or {}), body=post_data, redirect=False
-            )
-        except urllib3.exceptions.SSLError as error:
-            raise stripe.APIConnectionError(
-                f"Could not verify Stripe's TLS certificate ({type(error).__name__})",
-                should_retry=False,
-            ) from error
-        except urllib3.exceptions.HTTPError as error:  # refused, reset, timed out, bad proxy
-            raise stripe.APIConnectionError(
-                f"Unexpected error communicating with Stripe ({type(error).__name__})",
-                should_retry=True,
-            ) from error
-        return response.data, response.status, response.headers
-
-    def request_stream(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("this service makes no streaming calls to Stripe")
-
-    def close(self) -> None:
-        self._pool.clear()
-
-
-def _proxy_for(url: str) -> str | None:
-    """The proxy the environment names for `url` (http(s)_proxy, all_proxy, no_proxy), if any."""
-    proxies = urllib.request.getproxies_environment()
-    parts = urlsplit(url)
-    if not proxies or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
-        return None
-    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 def _session_template(settings: Settings) -> dict[str, Any]:

@@ -12,10 +12,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import stripe
-from flask import Request, Response
+from starlette.requests import Request
+from starlette.responses import Response
 
 from checkout.fulfilment import FulfilmentFailed, record_of
-from checkout.http import ApiError, json_response
+from checkout.http import ApiError, json_response, read_body
 from checkout.keys import SecretConfigError, SecretUnavailable
 from checkout.stripe_gateway import SessionStatus
 
@@ -34,12 +35,13 @@ EXPIRED = "checkout.session.expired"
 HANDLED = FULFILLING | {PAYMENT_FAILED, EXPIRED}
 
 
-def stripe_webhook(request: Request, service: Service) -> Response:
+async def stripe_webhook(request: Request, service: Service) -> Response:
     """POST /api/checkout/webhook → {"received": true} once the event is handled (or ignored)."""
-    secret = _signing_secret(service)
-    event = _verified_event(request, secret)
+    secret = await _signing_secret(service)
+    # Read the bytes ourselves: Stripe signed exactly these, and any parsing would alter them.
+    event = _verified_event(await read_body(request, MAX_EVENT_BYTES, _too_large), request, secret)
     event_id, kind = event["id"], event["type"]
-    first_time = service.webhook_events.run(event_id, lambda: _handle(event, service))
+    first_time = await service.webhook_events.run(event_id, lambda: _handle(event, service))
     outcome = "duplicate" if not first_time else "handled" if kind in HANDLED else "ignored"
     log.info(
         "stripe_event",
@@ -48,7 +50,7 @@ def stripe_webhook(request: Request, service: Service) -> Response:
     return json_response(200, {"received": True})
 
 
-def _handle(event: dict[str, Any], service: Service) -> None:
+async def _handle(event: dict[str, Any], service: Service) -> None:
     kind = event["type"]
     if kind not in HANDLED:
         return
@@ -60,7 +62,7 @@ def _handle(event: dict[str, Any], service: Service) -> None:
             log.info("checkout_payment_pending", extra={"fields": record_of(session, event["id"])})
             return
         try:
-            service.fulfilment.fulfil(session, event_id=event["id"])
+            await service.fulfilment.fulfil(session, event_id=event["id"])
         except FulfilmentFailed as error:
             raise ApiError(
                 500,
@@ -76,14 +78,14 @@ def _handle(event: dict[str, Any], service: Service) -> None:
         log.info("checkout_expired", extra={"fields": record_of(session, event["id"])})
 
 
-def _signing_secret(service: Service) -> str:
+async def _signing_secret(service: Service) -> str:
     source = service.webhook_secret
     if not source.configured:
         raise _not_configured(
             "no webhook signing secret: set STRIPE_WEBHOOK_SECRET or STRIPE_WEBHOOK_SECRET_NAME"
         )
     try:
-        return source.get()
+        return await source.get_async()
     except SecretUnavailable as error:
         # Stripe retries a 503 later, by which time Secret Manager has likely recovered.
         raise ApiError(
@@ -97,9 +99,8 @@ def _signing_secret(service: Service) -> str:
         raise _not_configured(str(error)) from None
 
 
-def _verified_event(request: Request, secret: str) -> dict[str, Any]:
-    """The event, once its signature checks out over the raw bytes; ApiError 400/413 otherwise."""
-    payload = _raw_body(request)
+def _verified_event(payload: bytes, request: Request, secret: str) -> dict[str, Any]:
+    """The event, once its signature checks out over the raw bytes; ApiError 400 otherwise."""
     try:
         # An explicit tolerance: verify_header checks no timestamp at all without one.
         stripe.WebhookSignature.verify_header(
@@ -135,24 +136,6 @@ def _session_in(event: dict[str, Any]) -> SessionStatus:
         session = {**session, "metadata": {}}
     # from_stripe reads with `in` and [], which a plain dict supports as well.
     return SessionStatus.from_stripe(session)
-
-
-def _raw_body(request: Request) -> bytes:
-    # Read the bytes ourselves: Stripe signed exactly these, and any parsing would alter them.
-    length = request.content_length
-    if length is not None and length > MAX_EVENT_BYTES:
-        raise _too_large()
-    chunks: list[bytes] = []
-    size = 0
-    while size <= MAX_EVENT_BYTES:
-        chunk = request.stream.read(MAX_EVENT_BYTES + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > MAX_EVENT_BYTES:
-        raise _too_large()
-    return b"".join(chunks)
 
 
 def _invalid(detail: str) -> ApiError:

@@ -26,8 +26,9 @@ def main() -> int:
     env = dict(os.environ)
     port = env.get("PORT", "8080")
     host = env.get("HOST", "127.0.0.1")
-    # Cloud Run sends up to CONCURRENCY requests at once; gunicorn needs as many threads.
-    env.setdefault("THREADS", env.get("CONCURRENCY", "80"))
+    # One uvicorn worker, one event loop: it serves every concurrent request, as on Cloud Run
+    # (README "Performance"). WORKERS=N in the environment gives N, for a machine with N cores.
+    env.setdefault("WORKERS", "1")
     children: list[subprocess.Popen] = []
 
     use_emulator = not (env.get("STRIPE_SECRET_KEY") or env.get("STRIPE_SECRET_NAME"))
@@ -81,7 +82,11 @@ def main() -> int:
         "--port",
         port,
     ]
-    print(f"Serving checkout_api on http://{host}:{port} with {env['THREADS']} threads", flush=True)
+    workers = env["WORKERS"]
+    print(
+        f"Serving checkout_api on http://{host}:{port}: {workers} worker(s), one event loop each",
+        flush=True,
+    )
     function = subprocess.Popen(command, env=env)
     children.append(function)
 

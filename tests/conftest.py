@@ -19,6 +19,7 @@ from checkout.config import ENVIRONMENT_VARIABLES
 from devtools.loopback import free_port  # re-exported for the tests
 from devtools.secret_manager_emulator import SecretManagerEmulator
 from devtools.stripe_emulator import StripeEmulator
+from tests.asgi_client import AsgiApp
 
 # The Firestore emulator's fixtures: `firestore` (a running emulator and a fresh project id).
 pytest_plugins = ["tests.firestore_emulator"]
@@ -71,8 +72,14 @@ def base_env(stripe_emulator: StripeEmulator) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def function_app():
-    return functions_framework.create_app(target="checkout_api", source=str(ROOT / "main.py"))
+def function_app() -> Iterator[AsgiApp]:
+    """The app functions-framework builds for `checkout_api` (Starlette), on one event loop."""
+    app = AsgiApp(
+        functions_framework.create_app(target="checkout_api", source=str(ROOT / "main.py"))
+    )
+    yield app
+    reset_service()  # closes the Stripe connection pool on the app's loop before it stops
+    app.close()
 
 
 @pytest.fixture
@@ -99,15 +106,15 @@ def client(function_app, configure):
 
 
 class LiveServer:
-    """functions-framework (gunicorn) in a subprocess; stdout and stderr captured to two files."""
+    """functions-framework (gunicorn, one uvicorn worker) in a subprocess; stdout and stderr
+    captured to two files."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, threads: int = 8) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
         full_env.update(env)
-        full_env["THREADS"] = str(threads)
         full_env["PYTHONUNBUFFERED"] = "1"
         self._log = log_path.open("wb")
         self.stderr_path = log_path.with_suffix(".stderr")

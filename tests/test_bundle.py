@@ -171,7 +171,6 @@ def test_uploaded_bundle_installs_alone_and_serves_checkout(
         K_REVISION="checkout-api-00001-abc",
         K_CONFIGURATION="checkout-api",
         PORT=str(port),
-        THREADS="8",
         FRONTEND_URL=FRONTEND,
         STRIPE_SECRET_KEY=TEST_KEY,
         STRIPE_API_BASE=stripe_emulator.url,

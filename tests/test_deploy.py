@@ -317,10 +317,10 @@ def test_checkout_api_is_an_http_function_in_main_py() -> None:
     (function,) = [
         node
         for node in tree.body
-        if isinstance(node, ast.FunctionDef) and node.name == "checkout_api"
+        if isinstance(node, ast.AsyncFunctionDef) and node.name == "checkout_api"
     ]
     decorators = [ast.unparse(d) for d in function.decorator_list]
-    assert "functions_framework.http" in decorators
+    assert "functions_framework.aio.http" in decorators
 
 
 def test_deploy_is_a_cloud_run_functions_source_deploy_of_checkout_api(
@@ -371,15 +371,18 @@ def test_the_order_ledger_is_firestore_unless_the_substitution_says_memory(
     assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT  # the Firestore client's project
 
 
-@pytest.mark.parametrize("concurrency", [None, "250"])
-def test_threads_equal_the_concurrency(
+@pytest.mark.parametrize("concurrency", [None, "500"])
+def test_concurrency_is_cloud_runs_alone_with_no_thread_setting(
     build: dict[str, Any], tmp_path: Path, concurrency: str | None
 ) -> None:
+    # The function is async: one event loop takes every concurrent request, so THREADS (the
+    # gunicorn setting of the old threaded server) means nothing and is not deployed.
     overrides = {"_CONCURRENCY": concurrency} if concurrency else {}
     _, flags = DeployRun(build, tmp_path, **overrides).single_deploy()
     expected = concurrency or build["substitutions"]["_CONCURRENCY"]
     assert flags["--concurrency"] == expected
-    assert deploy_env(flags)["THREADS"] == expected
+    assert "THREADS" not in deploy_env(flags)
+    assert "WORKERS" not in deploy_env(flags)  # one worker, one event loop, per vCPU
 
 
 def test_set_secrets_mode_injects_the_pinned_key_version(

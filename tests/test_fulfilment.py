@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -52,16 +53,16 @@ def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 )
 def test_only_complete_and_paid_or_free_sessions_are_fulfilled(state, paid, expected, delivered):
     assert is_paid(session(state, paid)) is expected
-    assert Fulfilment(StatusCache(10), 10).fulfil(session(state, paid)) is expected
+    assert asyncio.run(Fulfilment(StatusCache(10), 10).fulfil(session(state, paid))) is expected
     assert delivered == (["cs_test_a"] if expected else [])
 
 
 def test_a_session_is_fulfilled_once_with_one_record(delivered, logs):
     cache = StatusCache(10)
     routine = Fulfilment(cache, 10)
-    assert routine.fulfil(session(), event_id="evt_1") is True
-    assert routine.fulfil(session(), event_id="evt_2") is False
-    assert routine.fulfil(session()) is False
+    assert asyncio.run(routine.fulfil(session(), event_id="evt_1")) is True
+    assert asyncio.run(routine.fulfil(session(), event_id="evt_2")) is False
+    assert asyncio.run(routine.fulfil(session())) is False
     assert delivered == ["cs_test_a"]
     [record] = logs("checkout_fulfilled")
     assert record["logger"] == "checkout.fulfilment"
@@ -81,7 +82,7 @@ def test_a_failure_raises_logs_and_leaves_the_session_unfulfilled(monkeypatch, l
     cache = StatusCache(10)
     routine = Fulfilment(cache, 10)
     with pytest.raises(FulfilmentFailed) as caught:
-        routine.fulfil(session(), event_id="evt_1")
+        asyncio.run(routine.fulfil(session(), event_id="evt_1"))
     assert isinstance(caught.value.__cause__, ValueError)
     assert cache.get("cs_test_a") is None
     assert logs("checkout_fulfilled") == []
@@ -89,37 +90,31 @@ def test_a_failure_raises_logs_and_leaves_the_session_unfulfilled(monkeypatch, l
     assert (failed["error_type"], failed["detail"]) == ("ValueError", "no printer")
 
     monkeypatch.setattr(fulfilment, "deliver_order", lambda _session: None)
-    assert routine.fulfil(session(), event_id="evt_1") is True
+    assert asyncio.run(routine.fulfil(session(), event_id="evt_1")) is True
     assert len(logs("checkout_fulfilled")) == 1
 
 
 def test_concurrent_calls_for_one_session_fulfil_once(monkeypatch, logs):
     calls: list[str] = []
 
-    def slow(s: SessionStatus) -> None:
+    async def slow(s: SessionStatus) -> None:
         calls.append(s.session_id)
-        time.sleep(0.1)
+        await asyncio.sleep(0.1)
 
     monkeypatch.setattr(fulfilment, "deliver_order", slow)
     routine = Fulfilment(StatusCache(10), 10)
-    barrier = threading.Barrier(CROWD)
-    results: list[bool] = []
 
-    def call() -> None:
-        barrier.wait()
-        results.append(routine.fulfil(session()))
+    async def crowd() -> list[bool]:
+        return await asyncio.gather(*(routine.fulfil(session()) for _ in range(CROWD)))
 
-    threads = [threading.Thread(target=call) for _ in range(CROWD)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
+    results = asyncio.run(crowd())
     assert calls == ["cs_test_a"]
     assert sorted(results) == [False] * (CROWD - 1) + [True]
     assert len(logs("checkout_fulfilled")) == 1
 
 
-def test_different_sessions_do_not_wait_for_each_other(monkeypatch):
+def test_a_blocking_delivery_runs_off_the_event_loop(monkeypatch):
+    # A plain function may block (a synchronous client, say): other requests must not wait.
     release = threading.Event()
 
     def blocking_for_a(s: SessionStatus) -> None:
@@ -128,17 +123,45 @@ def test_different_sessions_do_not_wait_for_each_other(monkeypatch):
 
     monkeypatch.setattr(fulfilment, "deliver_order", blocking_for_a)
     routine = Fulfilment(StatusCache(10), 10)
-    thread = threading.Thread(target=routine.fulfil, args=(session(),))
-    thread.start()
-    started = time.monotonic()
-    assert routine.fulfil(session(session_id="cs_test_b")) is True
-    assert time.monotonic() - started < 1
-    release.set()
-    thread.join(timeout=5)
+
+    async def both() -> float:
+        blocked = asyncio.create_task(routine.fulfil(session()))
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        assert await routine.fulfil(session(session_id="cs_test_b")) is True
+        waited = time.monotonic() - started
+        release.set()
+        assert await blocked is True
+        return waited
+
+    assert asyncio.run(both()) < 1
+
+
+def test_different_sessions_do_not_wait_for_each_other(monkeypatch):
+    release = asyncio.Event()
+
+    async def waiting_for_a(s: SessionStatus) -> None:
+        if s.session_id == "cs_test_a":
+            await asyncio.wait_for(release.wait(), 5)
+
+    monkeypatch.setattr(fulfilment, "deliver_order", waiting_for_a)
+    routine = Fulfilment(StatusCache(10), 10)
+
+    async def both() -> float:
+        waiting = asyncio.create_task(routine.fulfil(session()))
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        assert await routine.fulfil(session(session_id="cs_test_b")) is True
+        waited = time.monotonic() - started
+        release.set()
+        assert await waiting is True
+        return waited
+
+    assert asyncio.run(both()) < 1
 
 
 def test_the_record_holds_no_secret_or_customer_detail(delivered, logs):
-    Fulfilment(StatusCache(10), 10).fulfil(session())
+    asyncio.run(Fulfilment(StatusCache(10), 10).fulfil(session()))
     [record] = logs("checkout_fulfilled")
     assert set(record) == {
         "severity",

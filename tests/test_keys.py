@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -10,11 +11,12 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from checkout import keys
 from checkout.config import load_settings
 from checkout.keys import (
     SecretConfigError,
@@ -477,6 +479,101 @@ def test_a_failed_refresh_keeps_serving_the_cached_value(sm: SecretManagerEmulat
     with pytest.raises(SecretUnavailable):
         source.refresh(KEY_V1)
     assert source.get() == KEY_V1
+
+
+# -- the same from coroutines: the read in a worker thread, one per crowd -------------------
+
+
+def in_coroutine_crowd(call: Callable[[], Awaitable[str]]) -> list[str | BaseException]:
+    """Run `call` in CROWD coroutines on one event loop; return each result or exception."""
+
+    async def crowd() -> list[str | BaseException]:
+        return await asyncio.gather(*(call() for _ in range(CROWD)), return_exceptions=True)
+
+    return asyncio.run(crowd())
+
+
+def test_concurrent_first_async_gets_make_one_access(slow_sm: SecretManagerEmulator) -> None:
+    slow_sm.add_version(PROJECT, "stripe-key", KEY_V1)
+    source = key_source(slow_sm, STRIPE_SECRET_NAME=SECRET)
+
+    assert in_coroutine_crowd(source.get_async) == [KEY_V1] * CROWD
+    assert slow_sm.access_count == 1
+
+
+def test_concurrent_async_gets_share_one_failure_and_do_not_remember_it(
+    slow_sm: SecretManagerEmulator,
+) -> None:
+    slow_sm.add_version(PROJECT, "stripe-key", KEY_V1)
+    slow_sm.set_failure("permission_denied")
+    source = key_source(slow_sm, STRIPE_SECRET_NAME=SECRET)
+
+    results = in_coroutine_crowd(source.get_async)
+
+    assert all(isinstance(r, SecretUnavailable) for r in results), results
+    assert len({str(r) for r in results}) == 1
+    assert len({id(r) for r in results}) == CROWD  # each waiter raises its own exception
+    assert slow_sm.access_count == 1
+    slow_sm.set_failure(None)
+    assert in_coroutine_crowd(source.get_async) == [KEY_V1] * CROWD
+    assert slow_sm.access_count == 2
+
+
+def test_an_async_read_leaves_the_event_loop_free(slow_sm: SecretManagerEmulator) -> None:
+    slow_sm.add_version(PROJECT, "stripe-key", KEY_V1)
+    source = key_source(slow_sm, STRIPE_SECRET_NAME=SECRET)
+
+    async def read_while_ticking() -> tuple[str, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        value = await source.get_async()  # 300 ms in Secret Manager
+        ticker.cancel()
+        return value, ticks
+
+    value, ticks = asyncio.run(read_while_ticking())
+    assert value == KEY_V1
+    assert ticks >= 5  # the loop ran other work during the read (about 30 ticks)
+
+
+def test_concurrent_async_refreshes_of_one_stale_value_make_one_access(
+    slow_sm: SecretManagerEmulator,
+) -> None:
+    slow_sm.add_version(PROJECT, "stripe-key", KEY_V1)
+    source = key_source(slow_sm, STRIPE_SECRET_NAME=SECRET)
+    source.get()
+    slow_sm.add_version(PROJECT, "stripe-key", KEY_V2)
+
+    assert in_coroutine_crowd(lambda: source.refresh_async(KEY_V1)) == [KEY_V2] * CROWD
+    assert slow_sm.access_count == 2
+    assert asyncio.run(source.get_async()) == KEY_V2
+
+
+def test_an_async_waiter_gives_up_after_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    with SecretManagerEmulator(latency_ms=800) as slow:
+        slow.add_version(PROJECT, "stripe-key", KEY_V1)
+        source = key_source(slow, STRIPE_SECRET_NAME=SECRET)
+        monkeypatch.setattr(keys, "_ASYNC_WAIT_S", 0.2)
+
+        with pytest.raises(SecretUnavailable, match=r"not read within 0\.2 s"):
+            asyncio.run(source.get_async())
+        # The read itself was not abandoned: it finished and filled the cache.
+        assert source.get() == KEY_V1
+        assert slow.access_count == 1
+
+
+def test_an_env_value_is_served_to_coroutines_without_a_thread(sm: SecretManagerEmulator) -> None:
+    source = key_source(sm, STRIPE_SECRET_KEY=KEY_V1, STRIPE_SECRET_NAME=SECRET)
+
+    assert in_coroutine_crowd(source.get_async) == [KEY_V1] * CROWD
+    assert asyncio.run(source.refresh_async(KEY_V1)) == KEY_V1
+    assert sm.access_count == 0
 
 
 # -- cold start and the emulator's own interfaces ------------------------------------------

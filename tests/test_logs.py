@@ -274,9 +274,9 @@ def test_every_answer_has_hygiene_headers_and_a_request_id(run: Run):
 
 
 def test_server_banner_reveals_no_version(run: Run):
-    # gunicorn 27 sends `Server: gunicorn`, with no version; nothing else names the stack.
+    # uvicorn's workers send `Server: uvicorn`, with no version; nothing else names the stack.
     for _, answer in run.answers:
-        assert answer.headers.get_all("Server") == ["gunicorn"]
+        assert answer.headers.get_all("Server") == ["uvicorn"]
         assert "X-Powered-By" not in answer.headers
 
 

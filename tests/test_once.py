@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-import threading
-import time
+import asyncio
 
 import pytest
 
 from checkout.once import OncePerKey
 
 
+def appending(runs: list[str], value: str):
+    async def action() -> None:
+        runs.append(value)
+
+    return action
+
+
+async def nothing() -> None:
+    return None
+
+
 def test_an_action_runs_once_per_key():
     once = OncePerKey(10)
     runs: list[str] = []
-    assert once.run("a", lambda: runs.append("a")) is True
-    assert once.run("a", lambda: runs.append("a")) is False
-    assert once.run("b", lambda: runs.append("b")) is True
+    assert asyncio.run(once.run("a", appending(runs, "a"))) is True
+    assert asyncio.run(once.run("a", appending(runs, "a"))) is False
+    assert asyncio.run(once.run("b", appending(runs, "b"))) is True
     assert runs == ["a", "b"]
     assert "a" in once and "c" not in once
 
@@ -23,66 +33,81 @@ def test_an_action_runs_once_per_key():
 def test_a_failure_is_not_remembered():
     once = OncePerKey(10)
 
-    def fail() -> None:
+    async def fail() -> None:
         raise RuntimeError("down")
 
     with pytest.raises(RuntimeError):
-        once.run("a", fail)
+        asyncio.run(once.run("a", fail))
     assert "a" not in once
-    assert once.run("a", lambda: None) is True
+    assert asyncio.run(once.run("a", nothing)) is True
 
 
 def test_concurrent_callers_share_one_run():
     once = OncePerKey(10)
     runs: list[int] = []
-    barrier = threading.Barrier(20)
-    results: list[bool] = []
 
-    def slow() -> None:
+    async def slow() -> None:
         runs.append(1)
-        time.sleep(0.1)
+        await asyncio.sleep(0.1)
 
-    def call() -> None:
-        barrier.wait()
-        results.append(once.run("a", slow))
+    async def crowd() -> list[bool]:
+        return await asyncio.gather(*(once.run("a", slow) for _ in range(20)))
 
-    threads = [threading.Thread(target=call) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
+    results = asyncio.run(crowd())
     assert len(runs) == 1
     assert sorted(results) == [False] * 19 + [True]
 
 
 def test_a_waiting_caller_tries_itself_when_the_first_attempt_fails():
     once = OncePerKey(10)
-    started = threading.Event()
     attempts: list[str] = []
 
-    def failing_slowly() -> None:
+    async def failing_slowly() -> None:
         attempts.append("first")
-        started.set()
-        time.sleep(0.1)
+        await asyncio.sleep(0.1)
         raise RuntimeError("down")
 
-    def first() -> None:
-        with pytest.raises(RuntimeError):
-            once.run("a", failing_slowly)
+    async def second() -> None:
+        attempts.append("second")
 
-    thread = threading.Thread(target=first)
-    thread.start()
-    started.wait(5)
-    assert once.run("a", lambda: attempts.append("second")) is True
-    thread.join(timeout=5)
+    async def race() -> tuple[BaseException | bool, bool]:
+        first = asyncio.create_task(once.run("a", failing_slowly))
+        await asyncio.sleep(0.01)  # the first attempt is under way
+        retried = await once.run("a", second)
+        return (await asyncio.gather(first, return_exceptions=True))[0], retried
+
+    first, retried = asyncio.run(race())
+    assert isinstance(first, RuntimeError)
+    assert retried is True
     assert attempts == ["first", "second"]
+
+
+def test_a_cancelled_attempt_is_not_remembered_and_its_waiters_try_again():
+    once = OncePerKey(10)
+    attempts: list[str] = []
+
+    async def hanging() -> None:
+        attempts.append("first")
+        await asyncio.sleep(60)
+
+    async def race() -> bool:
+        first = asyncio.create_task(once.run("a", hanging))
+        await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(once.run("a", appending(attempts, "second")))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        return await asyncio.wait_for(waiter, 5)
+
+    assert asyncio.run(race()) is True
+    assert attempts == ["first", "second"]
+    assert "a" in once
 
 
 def test_memory_is_bounded_least_recently_seen_first():
     once = OncePerKey(2)
     for key in "abc":
-        once.run(key, lambda: None)
+        asyncio.run(once.run(key, nothing))
     assert "a" not in once and "b" in once and "c" in once
-    once.run("b", lambda: None)  # seen again: now the most recent
-    once.run("d", lambda: None)
+    asyncio.run(once.run("b", nothing))  # seen again: now the most recent
+    asyncio.run(once.run("d", nothing))
     assert "b" in once and "c" not in once

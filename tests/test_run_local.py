@@ -31,7 +31,7 @@ def request(url: str, method: str = "GET", body: bytes | None = None) -> tuple[i
 def start_launcher(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, str, int, Path]:
     port, emulator_port = free_port(), free_port()
     full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
-    full_env.update(PORT=str(port), STRIPE_EMULATOR_PORT=str(emulator_port), THREADS="4", **env)
+    full_env.update(PORT=str(port), STRIPE_EMULATOR_PORT=str(emulator_port), **env)
     log_path = tmp_path / "run.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "devtools.run_local"],

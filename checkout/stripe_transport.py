@@ -1,0 +1,280 @@
+"""The HTTP transport under the Stripe client: keep-alive HTTP/1.1 connections on asyncio streams.
+
+The SDK does everything above the wire (encoding, headers, idempotency keys, retries with backoff,
+error classes); this sends its request and reads the answer. Framing is parsed by httptools (the
+C parser uvicorn serves with), TLS is the ssl module's with the SDK's CA bundle, and connections
+are pooled per origin on the worker's event loop.
+
+Why not aiohttp or httpx (README "Performance"): stripe imports aiohttp at import time whenever it
+is installed, and aiohttp builds SSL contexts and dozens of classes as it loads, which made the
+cold start ~40 % slower; per call it also cost more CPU than this. httpx cost several times more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ssl
+import urllib.request
+from collections.abc import Awaitable, Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httptools
+import stripe
+
+# Idle connections kept per origin: above Cloud Run's --concurrency, so that a burst finds them.
+_MAX_IDLE = 256
+_READ_SIZE = 65536
+
+
+class ResponseHeaders(dict):
+    """Response headers, looked up in any case (the SDK asks for "Request-Id" and "request-id")."""
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+
+class _StaleConnection(Exception):
+    """A reused keep-alive connection was closed by the other end before it answered."""
+
+
+class _Answer:
+    """httptools' callbacks for one response."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers = ResponseHeaders()
+        self.chunks: list[bytes] = []
+        self.complete = False
+        self.keep_alive = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        # Asked here: once the message is complete, the parser resets and no longer knows.
+        self.keep_alive = self.parser.should_keep_alive()
+        self.complete = True
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.reused = False
+
+    def usable(self) -> bool:
+        # The other end closing an idle connection shows up as EOF: never send on those.
+        return not self.reader.at_eof() and not self.writer.is_closing()
+
+    async def exchange(self, request: bytes) -> tuple[bytes, int, ResponseHeaders, bool]:
+        """Send one request; the body, status, headers, and whether the connection may be reused."""
+        self.writer.write(request)
+        await self.writer.drain()
+        answer = _Answer()
+        received = False
+        while not answer.complete:
+            data = await self.reader.read(_READ_SIZE)
+            if not data:
+                if self.reused and not received:
+                    raise _StaleConnection
+                raise ConnectionResetError("the connection closed before the response ended")
+            received = True
+            answer.parser.feed_data(data)
+        reusable = answer.keep_alive and not self.reader.at_eof()
+        status = answer.parser.get_status_code()
+        return b"".join(answer.chunks), status, answer.headers, reusable
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class StripeTransport(stripe.HTTPClient):
+    """stripe.HTTPClient for the SDK's async methods, on pooled keep-alive connections."""
+
+    name = "asyncio-httptools"
+
+    def __init__(self, api_base: str, timeout: float) -> None:
+        super().__init__(proxy=proxy_for(api_base))
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._tls: ssl.SSLContext | None = None
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._closed = False
+
+    def on_running_loop(self) -> bool:
+        return not self._closed and asyncio.get_running_loop() is self._loop
+
+    async def request_async(
+        self, method: str, url: str, headers: Mapping[str, str] | None, post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._request(method, url, headers or {}, post_data)
+        except ssl.SSLCertVerificationError as error:
+            raise stripe.APIConnectionError(
+                f"Could not verify Stripe's TLS certificate ({type(error).__name__})",
+                should_retry=False,
+            ) from error
+        except (TimeoutError, OSError, httptools.HttpParserError, ValueError) as error:
+            # Refused, reset, timed out, or not HTTP: the SDK retries these.
+            raise stripe.APIConnectionError(
+                f"Unexpected error communicating with Stripe ({type(error).__name__})",
+                should_retry=True,
+            ) from error
+
+    async def _request(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        method = method.upper()  # the SDK passes "post", "get"
+        parts = urlsplit(url)
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        origin = (parts.scheme, parts.hostname or "", port)
+        proxy = self._proxy["https" if https else "http"] if self._proxy else None
+        body = post_data.encode() if isinstance(post_data, str) else (post_data or b"")
+        target = url if proxy and not https else (parts.path or "/") + _query(parts.query)
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if body or method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(body)}")
+        if proxy and not https:
+            lines += _proxy_authorization(proxy)
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+        while True:
+            connection = await self._connection(origin, proxy)
+            try:
+                content, status, response_headers, reusable = await connection.exchange(request)
+            except _StaleConnection:
+                # Stripe's idle timeout raced our send. Sending again is safe: the SDK puts an
+                # idempotency key on every POST, and GETs change nothing.
+                connection.close()
+                continue
+            except BaseException:
+                connection.close()
+                raise
+            self._release(origin, connection, reusable)
+            return content, status, response_headers
+
+    async def _connection(self, origin: tuple[str, str, int], proxy: str | None) -> _Connection:
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            if connection.usable():
+                connection.reused = True
+                return connection
+            connection.close()
+        scheme, host, port = origin
+        tls = self._tls_context() if scheme == "https" else None
+        if proxy is None:
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+            return _Connection(reader, writer)
+        proxy_parts = urlsplit(proxy)
+        reader, writer = await asyncio.open_connection(proxy_parts.hostname, proxy_parts.port or 80)
+        connection = _Connection(reader, writer)
+        if tls is not None:
+            try:
+                await _tunnel(connection, host, port, proxy, tls)
+            except BaseException:
+                connection.close()
+                raise
+        return connection
+
+    def _release(self, origin: tuple[str, str, int], connection: _Connection, reusable: bool):
+        idle = self._idle.setdefault(origin, [])
+        if reusable and not self._closed and len(idle) < _MAX_IDLE:
+            idle.append(connection)
+        else:
+            connection.close()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            # The CA bundle the SDK ships and trusts, loaded on the first TLS connection only.
+            self._tls = ssl.create_default_context(cafile=stripe.ca_bundle_path)
+        return self._tls
+
+    def sleep_async(self, secs: float) -> Awaitable[None]:
+        return asyncio.sleep(secs)
+
+    async def close_async(self) -> None:
+        self._closed = True
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
+
+    def close_soon(self) -> None:
+        """Close the pool on its loop, from any thread; nothing to do once that loop is gone."""
+        self._closed = True
+        if self._loop.is_closed():
+            return
+
+        def close() -> None:
+            task = self._loop.create_task(self.close_async())
+            _closing.add(task)  # the loop holds tasks weakly: keep it until it is done
+            task.add_done_callback(_closing.discard)
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self._loop.call_soon_threadsafe(close)
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("this service calls Stripe with the SDK's async methods only")
+
+    def request_stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("this service makes no streaming calls to Stripe")
+
+    async def request_stream_async(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("this service makes no streaming calls to Stripe")
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (http(s)_proxy, all_proxy, no_proxy), if any."""
+    proxies = urllib.request.getproxies_environment()
+    parts = urlsplit(url)
+    if not proxies or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+async def _tunnel(connection: _Connection, host: str, port: int, proxy: str, tls: ssl.SSLContext):
+    """CONNECT through an HTTP proxy, then TLS to Stripe inside the tunnel."""
+    lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}"]
+    lines += _proxy_authorization(proxy)
+    connection.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    await connection.writer.drain()
+    head = await connection.reader.readuntil(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1] if head.startswith(b"HTTP/1.") else b""
+    if status != b"200":
+        raise ConnectionRefusedError(
+            f"the proxy refused the tunnel ({status.decode(errors='replace')})"
+        )
+    await connection.writer.start_tls(tls, server_hostname=host)
+
+
+def _proxy_authorization(proxy: str) -> list[str]:
+    parts = urlsplit(proxy)
+    if parts.username is None:
+        return []
+    user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return [f"Proxy-Authorization: Basic {base64.b64encode(user.encode()).decode()}"]
+
+
+def _query(query: str) -> str:
+    return f"?{query}" if query else ""
