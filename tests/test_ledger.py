@@ -581,3 +581,35 @@ def test_an_unreachable_firestore_is_ledger_unavailable_within_the_deadline_then
         run(scenario())
     finally:
         emulator.start()
+
+
+# -- reporting an outage -------------------------------------------------------------------------
+
+
+def test_an_outage_is_logged_once_per_burst_and_its_end_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from checkout.ledger import OutageLog
+    from tests.test_webhook import CapturedLogs
+
+    logs, now = CapturedLogs(capsys), [0.0]
+    outages = OutageLog(quiet_seconds=60, clock=lambda: now[0])
+    down = LedgerUnavailable("Firestore did not answer")
+    assert not outages.ongoing
+    for now[0] in (0.0, 1.0, 30.0, 89.0):  # each within 60 s of the last: one burst
+        outages.failed(down, "answered from Stripe")
+    assert outages.ongoing
+    [degraded] = logs("checkout_ledger_degraded")
+    assert (degraded["detail"], degraded["fallback"]) == (str(down), "answered from Stripe")
+
+    outages.succeeded()
+    outages.succeeded()
+    assert not outages.ongoing
+    [recovered] = logs("checkout_ledger_recovered")
+    assert recovered["failed_requests"] == 4
+
+    now[0] = 95.0
+    outages.failed(down, "answered from Stripe")  # a new burst after a success
+    now[0] = 500.0
+    outages.failed(down, "answered from Stripe")  # and after a quiet spell
+    assert len(logs("checkout_ledger_degraded")) == 3

@@ -19,6 +19,8 @@ Each method is a coroutine: the ledger runs on the request's event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,8 @@ from checkout.stripe_gateway import SessionStatus
 
 if TYPE_CHECKING:
     from checkout.ledger.firestore import FirestoreLedger
+
+log = logging.getLogger("checkout.ledger")
 
 ORDERS = "checkout_orders"
 EVENTS = "checkout_events"
@@ -59,16 +63,21 @@ class Ledger(ABC):
         self._attempts: dict[str, asyncio.Event] = {}
 
     async def fulfil_once(
-        self, session: SessionStatus, deliver: Deliver, *, event_id: str | None = None
+        self,
+        session: SessionStatus,
+        deliver: Deliver,
+        *,
+        event_id: str | None = None,
+        wait: bool = True,
     ) -> bool:
         """Await `deliver()` for a paid session unless it succeeded before; True if this call did.
 
         Concurrent callers in this process share one attempt. A caller that cannot learn the
-        outcome within CLAIM_WAIT_SECONDS gets FulfilmentInProgress; LedgerUnavailable means the
-        ledger could not be asked or could not record. Whatever `deliver` raises propagates, and the
-        session stays unfulfilled, so that a retry runs it again.
+        outcome within CLAIM_WAIT_SECONDS (at once, with `wait=False`) gets FulfilmentInProgress;
+        LedgerUnavailable means the ledger could not be asked or could not record. Whatever
+        `deliver` raises propagates, and the session stays unfulfilled, so a retry runs it again.
         """
-        give_up = asyncio.get_running_loop().time() + self._claim_wait
+        give_up = asyncio.get_running_loop().time() + (self._claim_wait if wait else 0.0)
         key = session.session_id
         while (running := self._attempts.get(key)) is not None:
             try:
@@ -112,6 +121,42 @@ class Ledger(ABC):
     @abstractmethod
     async def mark_event_handled(self, event_id: str, kind: str, session_id: str | None) -> None:
         """Remember a handled event for EVENT_RETENTION_DAYS."""
+
+
+class OutageLog:
+    """Logs that the ledger is unreachable once per burst of failures, not once per request.
+
+    A burst ends with a success (`checkout_ledger_recovered`, with the count) or with
+    `quiet_seconds` without a failure; the next failure then logs again.
+    """
+
+    def __init__(
+        self, quiet_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._quiet = quiet_seconds
+        self._clock = clock
+        self._last_failure: float | None = None
+        self._failures = 0
+
+    def failed(self, error: LedgerUnavailable, fallback: str) -> None:
+        now = self._clock()
+        if self._last_failure is None or now - self._last_failure > self._quiet:
+            fields = {"detail": str(error)[:500], "fallback": fallback}
+            log.warning("checkout_ledger_degraded", extra={"fields": fields})
+            self._failures = 0
+        self._failures += 1
+        self._last_failure = now
+
+    @property
+    def ongoing(self) -> bool:
+        """The last ledger call failed, and none has succeeded since."""
+        return self._last_failure is not None
+
+    def succeeded(self) -> None:
+        if self._last_failure is not None:
+            fields = {"failed_requests": self._failures}
+            log.info("checkout_ledger_recovered", extra={"fields": fields})
+            self._last_failure, self._failures = None, 0
 
 
 def order_fields(session: SessionStatus, *, final: bool) -> dict[str, Any]:
