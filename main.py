@@ -8,7 +8,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from checkout.app import handle
+from checkout.app import exit_if_misconfigured, handle
+
+exit_if_misconfigured()
 
 
 @functions_framework.aio.http

@@ -188,7 +188,10 @@ class FunctionServer(Service):
             "--port",
             "{port}",
         ]
-        super().__init__(command, clean_env(WORKERS=str(workers), **env), log)
+        # The load generator is one client at 127.0.0.1: per-client limits (docs/abuse.md) would
+        # measure the limiter's refusals, not the service.
+        limits = {"CREATE_LIMIT_PER_MINUTE": "0", "STATUS_LIMIT_PER_MINUTE": "0"}
+        super().__init__(command, clean_env(**{"WORKERS": str(workers), **limits, **env}), log)
 
     def worker_pids(self, count: int = 1) -> list[int]:
         """The gunicorn workers serving the requests, once `count` of them have started."""

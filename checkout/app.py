@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -22,10 +23,11 @@ from checkout.http import (
 )
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
 from checkout.ledger import Ledger, OutageLog, ledger_from_settings
+from checkout.limits import TokenBuckets, client_address
 from checkout.logs import current_request, setup_logging, trace_of
 from checkout.once import OncePerKey
 from checkout.routes import Endpoint, endpoint_at, match
-from checkout.status_cache import StatusCache
+from checkout.status_cache import NotFoundCache, StatusCache
 from checkout.stripe_gateway import StripeGateway
 
 log = logging.getLogger("checkout")
@@ -49,6 +51,14 @@ class Service:
     ledger: Ledger  # fulfilment and handled events: this process, or every instance (Firestore)
     ledger_outages: OutageLog
     fulfilment: Fulfilment
+    unknown_sessions: NotFoundCache  # ids Stripe said it does not know
+    create_limit: TokenBuckets  # per client: creates
+    status_limit: TokenBuckets  # per client: status calls past the cache (ledger, then Stripe)
+
+    def client_of(self, request: Request) -> str:
+        """Who sent `request`, for per-client limits (docs/abuse.md)."""
+        peer = request.client.host if request.client is not None else None
+        return client_address(request.headers, peer, self.settings.trusted_proxy_hops)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -67,6 +77,9 @@ class Service:
             ledger=ledger,
             ledger_outages=OutageLog(),
             fulfilment=Fulfilment(status_cache, ledger),
+            unknown_sessions=NotFoundCache(settings.status_cache_size),
+            create_limit=TokenBuckets(settings.create_limit_per_minute),
+            status_limit=TokenBuckets(settings.status_limit_per_minute),
         )
 
 
@@ -97,6 +110,22 @@ def get_service() -> Service:
     if _service_error is not None:
         raise _service_error
     return _service  # type: ignore[return-value]  # built above, or the error was raised
+
+
+def exit_if_misconfigured() -> None:
+    """On Cloud Run, check the settings before serving, and exit at once if they are wrong.
+
+    Called when main.py is imported, in the server's first process, before it listens: a revision
+    whose process exits never becomes ready, so traffic stays on the previous one. Locally the
+    error is answered per request instead (and `make run` refuses to start).
+    """
+    if not os.environ.get("K_SERVICE", "").strip():
+        return
+    try:
+        load_settings()
+    except ConfigError as error:
+        log.critical("configuration error, not starting: %s", error)
+        raise SystemExit(1) from None
 
 
 def reset_service() -> None:

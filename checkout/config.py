@@ -16,8 +16,24 @@ DEFAULT_PRODUCT_DESCRIPTION = "AI-powered personalized feelings board with 24+ c
 _CURRENCY = re.compile(r"^[a-z]{3}$")
 _REDIRECT_MODES = ("always", "if_required")
 
-# A request must answer long before Cloud Run's 300 s timeout, however Stripe misbehaves.
-MAX_STRIPE_BUDGET_SECONDS = 120.0
+# Cloud Run's default request timeout; the deploy sets its own and passes it as
+# REQUEST_TIMEOUT_SECONDS, so that startup can check the budgets against what Cloud Run enforces.
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 300
+# Worst case of a Secret Manager read (checkout/keys.py: retry budget + one attempt's timeout).
+SECRET_MANAGER_BUDGET_SECONDS = 3.5
+# Room left for everything else a request does (reading the body, the ledger, answering).
+REQUEST_MARGIN_SECONDS = 5.0
+
+# Stripe's minimum charge per currency, in minor units (docs.stripe.com/currencies, "Minimum and
+# maximum charge amounts"). Stripe refuses a session below it; currencies not listed are checked
+# by Stripe against the settlement currency, which only the account knows.
+MINIMUM_CHARGE = {
+    "usd": 50, "aed": 200, "aud": 50, "bgn": 100, "brl": 50, "cad": 50, "chf": 50, "czk": 1500,
+    "dkk": 250, "eur": 50, "gbp": 30, "hkd": 400, "huf": 17500, "inr": 50, "jpy": 50, "mxn": 1000,
+    "myr": 200, "nok": 300, "nzd": 50, "pln": 200, "ron": 200, "sek": 300, "sgd": 50, "thb": 1000,
+}  # fmt: skip
+
+_DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 
 
 def stripe_budget_seconds(timeout: float, retries: int) -> float:
@@ -53,6 +69,12 @@ ENVIRONMENT_VARIABLES = (
     "STATUS_CACHE_SIZE",
     "STATUS_OPEN_TTL_MS",
     "WEBHOOK_DEDUPE_SIZE",
+    "REQUEST_TIMEOUT_SECONDS",
+    "DEPLOYMENT_ID",
+    "TRUSTED_PROXY_HOPS",
+    "CREATE_LIMIT_PER_MINUTE",
+    "STATUS_LIMIT_PER_MINUTE",
+    "STRIPE_MAX_IN_FLIGHT",
     "ORDER_LEDGER",
     "FIRESTORE_DATABASE",
     "FIRESTORE_EMULATOR_HOST",
@@ -94,6 +116,12 @@ class Settings:
     status_cache_size: int
     status_open_ttl_ms: int
     webhook_dedupe_size: int
+    request_timeout_seconds: float
+    deployment_id: str
+    trusted_proxy_hops: int
+    create_limit_per_minute: int
+    status_limit_per_minute: int
+    stripe_max_in_flight: int
     order_ledger: str  # "memory" (this process) or "firestore" (every instance)
     firestore_database: str
     firestore_emulator_host: str | None
@@ -146,21 +174,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not _CURRENCY.match(currency):
         raise ConfigError("PRICE_CURRENCY must be a three-letter ISO currency code, e.g. usd")
 
-    order_ledger = (get("ORDER_LEDGER") or "memory").lower()
-    if order_ledger not in ORDER_LEDGERS:
-        raise ConfigError(
-            f"ORDER_LEDGER must be one of {', '.join(ORDER_LEDGERS)}, got {order_ledger!r}"
-        )
-    firestore_database = get("FIRESTORE_DATABASE") or DEFAULT_FIRESTORE_DATABASE
-    if not _FIRESTORE_DATABASE.match(firestore_database):
-        raise ConfigError(
-            "FIRESTORE_DATABASE must be a Firestore database id (lowercase letters, digits and "
-            f"'-', 4 to 63 characters) or (default), got {firestore_database!r}"
-        )
-
     price_id = get("STRIPE_PRICE_ID")
     if price_id is not None and not price_id.startswith("price_"):
         raise ConfigError("STRIPE_PRICE_ID must be a Stripe price id (price_...)")
+    price_amount = _int(get, "PRICE_AMOUNT", 200, minimum=1)
+    minimum_charge = MINIMUM_CHARGE.get(currency, 1)
+    if price_id is None and price_amount < minimum_charge:
+        raise ConfigError(
+            f"PRICE_AMOUNT is {price_amount} but Stripe's minimum charge in {currency} is "
+            f"{minimum_charge} (minor units)"
+        )
+
+    secret_key = get("STRIPE_SECRET_KEY")
+    api_base = (get("STRIPE_API_BASE") or "").rstrip("/") or None
+    if api_base is not None:
+        _check_api_base(api_base, on_cloud_run, secret_key)
+
+    deployment_id = get("DEPLOYMENT_ID") or get("K_SERVICE") or "local"
+    if not _DEPLOYMENT_ID.match(deployment_id):
+        raise ConfigError(
+            "DEPLOYMENT_ID must be 1 to 40 letters, digits, '.', '_' or '-' (it names this "
+            "deployment in Stripe metadata and idempotency keys)"
+        )
 
     settings = Settings(
         on_cloud_run=on_cloud_run,
@@ -171,14 +206,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redirect_on_completion=redirect,
         product_name=get("PRODUCT_NAME") or DEFAULT_PRODUCT_NAME,
         product_description=get("PRODUCT_DESCRIPTION") or DEFAULT_PRODUCT_DESCRIPTION,
-        price_amount=_int(get, "PRICE_AMOUNT", 200, minimum=1),
+        price_amount=price_amount,
         price_currency=currency,
         stripe_price_id=price_id,
-        stripe_secret_key=get("STRIPE_SECRET_KEY"),
+        stripe_secret_key=secret_key,
         stripe_secret_name=get("STRIPE_SECRET_NAME"),
         google_cloud_project=get("GOOGLE_CLOUD_PROJECT"),
         secret_manager_endpoint=get("SECRET_MANAGER_ENDPOINT"),
-        stripe_api_base=(get("STRIPE_API_BASE") or "").rstrip("/") or None,
+        stripe_api_base=api_base,
         stripe_timeout_seconds=_float(get, "STRIPE_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=60),
         stripe_max_retries=_int(get, "STRIPE_MAX_RETRIES", 2, minimum=0, maximum=5),
         stripe_webhook_secret=get("STRIPE_WEBHOOK_SECRET"),
@@ -186,18 +221,87 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         status_cache_size=_int(get, "STATUS_CACHE_SIZE", 10_000, minimum=0),
         status_open_ttl_ms=_int(get, "STATUS_OPEN_TTL_MS", 0, minimum=0, maximum=60_000),
         webhook_dedupe_size=_int(get, "WEBHOOK_DEDUPE_SIZE", 10_000, minimum=1),
-        order_ledger=order_ledger,
-        firestore_database=firestore_database,
+        # The deploy passes its --timeout value as it is: "60s" reads as 60.
+        request_timeout_seconds=_float(
+            get,
+            "REQUEST_TIMEOUT_SECONDS",
+            DEFAULT_REQUEST_TIMEOUT_SECONDS,
+            minimum=1,
+            maximum=3600,
+            suffix="s",
+        ),
+        deployment_id=deployment_id,
+        # Locally the socket peer is the client; on Cloud Run, Google's front end is one hop.
+        trusted_proxy_hops=_int(
+            get, "TRUSTED_PROXY_HOPS", 1 if on_cloud_run else 0, minimum=0, maximum=5
+        ),
+        create_limit_per_minute=_int(get, "CREATE_LIMIT_PER_MINUTE", 30, minimum=0),
+        status_limit_per_minute=_int(get, "STATUS_LIMIT_PER_MINUTE", 120, minimum=0),
+        stripe_max_in_flight=_int(get, "STRIPE_MAX_IN_FLIGHT", 100, minimum=1, maximum=10_000),
+        order_ledger=_order_ledger(get),
+        firestore_database=_firestore_database(get),
         firestore_emulator_host=get("FIRESTORE_EMULATOR_HOST"),
         ledger_lease_seconds=_float(get, "LEDGER_LEASE_SECONDS", 60.0, minimum=1, maximum=600),
     )
-    budget = stripe_budget_seconds(settings.stripe_timeout_seconds, settings.stripe_max_retries)
-    if budget > MAX_STRIPE_BUDGET_SECONDS:
-        raise ConfigError(
-            f"STRIPE_TIMEOUT_SECONDS and STRIPE_MAX_RETRIES let one Stripe call take {budget:g} s; "
-            f"keep (retries + 1) x timeout + backoff within {MAX_STRIPE_BUDGET_SECONDS:g} s"
-        )
+    _check_budget(settings)
     return settings
+
+
+def request_budget_seconds(settings: Settings) -> float:
+    """Worst case of the slowest request: a Secret Manager read, then one Stripe call."""
+    stripe_budget = stripe_budget_seconds(
+        settings.stripe_timeout_seconds, settings.stripe_max_retries
+    )
+    secret_budget = SECRET_MANAGER_BUDGET_SECONDS if settings.stripe_secret_name else 0.0
+    return stripe_budget + secret_budget
+
+
+def _check_budget(settings: Settings) -> None:
+    # Past the request timeout Cloud Run answers for us: a bare 504, not JSON, without CORS.
+    budget = request_budget_seconds(settings)
+    room = settings.request_timeout_seconds - REQUEST_MARGIN_SECONDS
+    if budget > room:
+        raise ConfigError(
+            f"STRIPE_TIMEOUT_SECONDS and STRIPE_MAX_RETRIES let one request wait {budget:g} s for "
+            f"Stripe (and Secret Manager), more than REQUEST_TIMEOUT_SECONDS "
+            f"({settings.request_timeout_seconds:g} s) less {REQUEST_MARGIN_SECONDS:g} s: lower "
+            "them, or raise the request timeout (the deploy's _TIMEOUT)"
+        )
+
+
+def _check_api_base(api_base: str, on_cloud_run: bool, secret_key: str | None) -> None:
+    # One environment variable must never be able to send the secret key to another host.
+    scheme = urlsplit(api_base).scheme
+    if scheme not in ("http", "https") or not urlsplit(api_base).netloc:
+        raise ConfigError("STRIPE_API_BASE must be an absolute http(s) URL")
+    if on_cloud_run and scheme != "https":
+        raise ConfigError("STRIPE_API_BASE must use https on Cloud Run (K_SERVICE is set)")
+    if secret_key is not None and is_live_key(secret_key):
+        raise ConfigError(
+            "STRIPE_API_BASE is set, which is for emulators and test doubles, but the key is a "
+            "live key: unset STRIPE_API_BASE to use Stripe"
+        )
+
+
+def is_live_key(key: str) -> bool:
+    return key.strip().startswith(("sk_live_", "rk_live_"))
+
+
+def _order_ledger(get) -> str:
+    ledger = (get("ORDER_LEDGER") or "memory").lower()
+    if ledger not in ORDER_LEDGERS:
+        raise ConfigError(f"ORDER_LEDGER must be one of {', '.join(ORDER_LEDGERS)}, got {ledger!r}")
+    return ledger
+
+
+def _firestore_database(get) -> str:
+    database = get("FIRESTORE_DATABASE") or DEFAULT_FIRESTORE_DATABASE
+    if not _FIRESTORE_DATABASE.match(database):
+        raise ConfigError(
+            "FIRESTORE_DATABASE must be a Firestore database id (lowercase letters, digits and "
+            f"'-', 4 to 63 characters) or (default), got {database!r}"
+        )
+    return database
 
 
 def _origin_of(url: str, variable: str) -> str:
@@ -230,10 +334,13 @@ def _int(get, name: str, default: int, *, minimum: int, maximum: int | None = No
     return value
 
 
-def _float(get, name: str, default: float, *, minimum: float, maximum: float) -> float:
+def _float(
+    get, name: str, default: float, *, minimum: float, maximum: float, suffix: str = ""
+) -> float:
     raw = get(name)
     if raw is None:
         return default
+    raw = raw.removesuffix(suffix) if suffix else raw
     try:
         value = float(raw)
     except ValueError:

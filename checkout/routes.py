@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from werkzeug.routing import Map, Rule
 from checkout.fulfilment import FulfilmentFailed
 from checkout.http import ApiError, json_response, read_json_object
 from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
-from checkout.stripe_gateway import SessionStatus
+from checkout.stripe_gateway import SessionStatus, session_not_found
 from checkout.webhook import stripe_webhook
 
 if TYPE_CHECKING:
@@ -33,7 +34,10 @@ async def create_session(request: Request, service: Service) -> Response:
     """POST /api/checkout/embedded-session → {client_secret, session_id}."""
     body = await read_json_object(request)
     image_id = _image_id_from(body)
-    idempotency_key = _idempotency_key_from(request)
+    client_key = _idempotency_key_from(request)
+    client = service.client_of(request)
+    service.create_limit.charge(client)
+    idempotency_key = _stripe_idempotency_key(service.settings.deployment_id, client, client_key)
     created = await service.gateway.create_session(image_id, idempotency_key)
     return json_response(
         200, {"client_secret": created.client_secret, "session_id": created.session_id}
@@ -43,10 +47,20 @@ async def create_session(request: Request, service: Service) -> Response:
 async def session_status(request: Request, service: Service) -> Response:
     """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, metadata}."""
     session_id = _session_id_from(request)
-    # This instance's cache, then the ledger (what any instance settled), and only then Stripe.
-    status = service.status_cache.get(session_id) or await _settled_in_ledger(service, session_id)
+    status = service.status_cache.get(session_id)  # free: no limit, no Firestore, no Stripe
     if status is None:
-        status = await service.gateway.retrieve_session(session_id)
+        if session_id in service.unknown_sessions:
+            raise session_not_found(detail="remembered as unknown to Stripe")
+        service.status_limit.charge(service.client_of(request))
+        # What any instance settled, from the order ledger; only then Stripe.
+        status = await _settled_in_ledger(service, session_id)
+    if status is None:
+        try:
+            status = await service.gateway.retrieve_session(session_id)
+        except ApiError as error:
+            if error.code == "session_not_found":
+                service.unknown_sessions.add(session_id)
+            raise
         await _fulfil_if_possible(service, status)
     return json_response(200, status.public())
 
@@ -112,6 +126,19 @@ def _idempotency_key_from(request: Request) -> str | None:
     return key
 
 
+def _stripe_idempotency_key(deployment_id: str, client: str, key: str | None) -> str | None:
+    """The key sent to Stripe for a client's Idempotency-Key: same inputs, same key.
+
+    Stripe's key space is the whole account's. Hashing in this deployment's id keeps our keys
+    apart from other integrations' and other deployments'; hashing in the client's address keeps
+    two customers who send the same predictable key ("1", "checkout") from sharing a session.
+    """
+    if key is None:
+        return None
+    digest = hashlib.sha256(f"{deployment_id}\n{client}\n{key}".encode()).hexdigest()
+    return f"{deployment_id}-{digest}"
+
+
 def _session_id_from(request: Request) -> str:
     values = request.query_params.getlist("session_id")
     if len(values) != 1 or not _SESSION_ID.fullmatch(values[0]):
@@ -166,11 +193,12 @@ def match(path: str, method: str) -> Endpoint:
     """The endpoint for a path (one trailing slash optional), or ApiError 404/405."""
     path = _without_trailing_slash(path)
     try:
-        name, _ = _ROUTER.match(path, method)
+        # HEAD would run the GET handler, and so spend a Stripe call, to answer no body at all.
+        name, _ = _ROUTER.match(path, "HEAD-IS-NOT-SERVED" if method == "HEAD" else method)
     except NotFound:
         raise ApiError(404, "not_found", "There is no endpoint at this path.") from None
     except MethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.valid_methods or ()))
+        allowed = ", ".join(sorted(set(exc.valid_methods or ()) - {"HEAD"}))
         raise ApiError(
             405,
             "method_not_allowed",

@@ -73,3 +73,40 @@ def _public_only(status: SessionStatus) -> SessionStatus:
         payment_status=status.payment_status,
         metadata=dict(status.metadata),
     )
+
+
+class NotFoundCache:
+    """Session ids Stripe did not know, remembered for `ttl` seconds in bounded memory.
+
+    Create answers with an id only after Stripe has made the session, so an id Stripe does not
+    know is a guess or a typo, and asking again would only spend the account's rate limit. The
+    TTL bounds how long a mistake (an id of another account, read while misconfigured) lasts.
+    """
+
+    def __init__(
+        self, max_size: int, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._max_size = max_size
+        self._ttl = ttl
+        self._clock = clock
+        self._expiries: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, session_id: object) -> bool:
+        expires = self._expiries.get(session_id)  # type: ignore[call-overload]
+        if expires is None:
+            return False
+        if self._clock() >= expires:
+            del self._expiries[session_id]  # type: ignore[arg-type]
+            return False
+        return True
+
+    def add(self, session_id: str) -> None:
+        if self._max_size == 0:
+            return
+        self._expiries.pop(session_id, None)
+        self._expiries[session_id] = self._clock() + self._ttl
+        while len(self._expiries) > self._max_size:
+            self._expiries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._expiries)

@@ -9,10 +9,12 @@ from typing import Any, TypeVar
 
 import stripe
 
-from checkout.config import Settings
+from checkout.config import Settings, is_live_key
 from checkout.http import ApiError
 from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
+from checkout.limits import InFlightCap
 from checkout.logs import current_request
+from checkout.once import SingleFlight
 from checkout.stripe_transport import StripeTransport
 
 log = logging.getLogger("checkout.stripe")
@@ -95,6 +97,8 @@ class StripeGateway:
         self._client: stripe.StripeClient | None = None
         self._transport: StripeTransport | None = None
         self._session_template = _session_template(settings)
+        self._in_flight = InFlightCap(settings.stripe_max_in_flight)
+        self._retrieves: SingleFlight[SessionStatus] = SingleFlight()
 
     async def create_session(
         self, image_id: str | None, idempotency_key: str | None
@@ -112,10 +116,15 @@ class StripeGateway:
         return CreatedSession(session_id=session["id"], client_secret=session["client_secret"])
 
     async def retrieve_session(self, session_id: str) -> SessionStatus:
+        """The session as Stripe has it now; concurrent reads of one session share one call."""
+
         def call(client: stripe.StripeClient, options: dict[str, Any]) -> Awaitable[Any]:
             return client.v1.checkout.sessions.retrieve_async(session_id, options=options)
 
-        return SessionStatus.from_stripe(await self._call("retrieve", call))
+        async def retrieve() -> SessionStatus:
+            return SessionStatus.from_stripe(await self._call("retrieve", call))
+
+        return await self._retrieves.run(session_id, retrieve)
 
     def close(self) -> None:
         """Close the connection pool on its own loop (tests rebuild the service; nothing else)."""
@@ -124,6 +133,23 @@ class StripeGateway:
             transport.close_soon()
 
     async def _call(
+        self, operation: str, call: Callable[[stripe.StripeClient, dict[str, Any]], Awaitable[T]]
+    ) -> T:
+        if not self._in_flight.try_enter():
+            # Queueing behind a slow Stripe only makes every customer wait; the client retries.
+            raise ApiError(
+                503,
+                "payment_provider_busy",
+                "The payment provider is busy. Please retry shortly.",
+                headers={"Retry-After": BUSY_RETRY_AFTER},
+                detail=f"{self._settings.stripe_max_in_flight} Stripe calls already in flight",
+            )
+        try:
+            return await self._call_in_flight(operation, call)
+        finally:
+            self._in_flight.leave()
+
+    async def _call_in_flight(
         self, operation: str, call: Callable[[stripe.StripeClient, dict[str, Any]], Awaitable[T]]
     ) -> T:
         key = await self._key()
@@ -143,20 +169,31 @@ class StripeGateway:
 
     async def _key(self) -> str:
         try:
-            return await self._api_key.get_async()
+            key = await self._api_key.get_async()
         except SecretUnavailable as error:
             raise _key_unavailable(error) from None
         except SecretConfigError as error:
             raise _misconfigured(str(error)) from None
+        return self._sendable(key)
+
+    def _sendable(self, key: str) -> str:
+        if self._settings.stripe_api_base and is_live_key(key):
+            # Checked at startup for STRIPE_SECRET_KEY; a key from Secret Manager arrives here.
+            raise _misconfigured(
+                "the Stripe key is a live key but STRIPE_API_BASE is set: refusing to send it "
+                "anywhere but Stripe"
+            )
+        return key
 
     async def _refreshed_key(self, stale: str) -> str:
         log.warning("Stripe answered 401 for the API key; re-reading the key")
         try:
-            return await self._api_key.refresh_async(stale)
+            fresh = await self._api_key.refresh_async(stale)
         except SecretUnavailable as error:
             raise _key_unavailable(error) from None
         except SecretConfigError as error:
             raise _misconfigured(str(error)) from None
+        return self._sendable(fresh)
 
     def _client_for_this_loop(self, key: str) -> stripe.StripeClient:
         # One event loop per worker process, so this builds once; a pool cannot cross loops.
@@ -225,7 +262,7 @@ def _map_stripe_error(operation: str, error: stripe.StripeError) -> ApiError:
 
     missing = isinstance(error, stripe.InvalidRequestError) and code == "resource_missing"
     if missing and operation == "retrieve":
-        return ApiError(404, "session_not_found", "No checkout session has that id.", detail=detail)
+        return session_not_found(detail)
     if isinstance(error, stripe.IdempotencyError):
         return ApiError(
             409,
@@ -258,6 +295,10 @@ def _map_stripe_error(operation: str, error: stripe.StripeError) -> ApiError:
         "The payment provider returned an error. Please retry.",
         detail=detail,
     )
+
+
+def session_not_found(detail: str) -> ApiError:
+    return ApiError(404, "session_not_found", "No checkout session has that id.", detail=detail)
 
 
 def _misconfigured(detail: str) -> ApiError:

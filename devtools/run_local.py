@@ -15,7 +15,7 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
-from checkout.config import DEFAULT_FRONTEND_URL
+from checkout.config import DEFAULT_FRONTEND_URL, ConfigError, load_settings
 
 # Not real credentials: only the bundled emulator accepts them.
 EMULATOR_KEY = "sk_test_emulatorLocalOnlyNotARealKey"
@@ -30,6 +30,11 @@ def main() -> int:
     # (README "Performance"). WORKERS=N in the environment gives N, for a machine with N cores.
     env.setdefault("WORKERS", "1")
     children: list[subprocess.Popen] = []
+    try:
+        load_settings(env)  # the check Cloud Run makes at startup (checkout.app)
+    except ConfigError as error:
+        print(f"configuration error, not starting: {error}", file=sys.stderr, flush=True)
+        return 2
 
     use_emulator = not (env.get("STRIPE_SECRET_KEY") or env.get("STRIPE_SECRET_NAME"))
     if use_emulator and env.get("K_SERVICE"):

@@ -68,6 +68,9 @@ def base_env(stripe_emulator: StripeEmulator) -> dict[str, str]:
         "STRIPE_API_BASE": stripe_emulator.url,
         "STRIPE_TIMEOUT_SECONDS": "2",
         "STRIPE_MAX_RETRIES": "1",
+        # Every test client is 127.0.0.1: per-client limits are off except where a test sets them.
+        "CREATE_LIMIT_PER_MINUTE": "0",
+        "STATUS_LIMIT_PER_MINUTE": "0",
     }
 
 
@@ -180,8 +183,8 @@ def live_server(tmp_path: Path, base_env: dict[str, str]):
     """Start functions-framework with base env plus overrides: live_server(**env) -> LiveServer."""
     servers: list[LiveServer] = []
 
-    def start(**overrides: str) -> LiveServer:
-        env = {**base_env, **overrides}
+    def start(**overrides: str | None) -> LiveServer:
+        env = {k: v for k, v in {**base_env, **overrides}.items() if v is not None}
         server = LiveServer(env, tmp_path / f"server-{len(servers)}.log")
         servers.append(server)
         return server

@@ -166,8 +166,8 @@ def test_uploaded_bundle_installs_alone_and_serves_checkout(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env.update(
-        # What Cloud Run and cloudbuild.yaml set, with the emulator in place of Stripe.
-        K_SERVICE="checkout-api",
+        # What Cloud Run and cloudbuild.yaml set, with the emulator in place of Stripe. Not
+        # K_SERVICE: on Cloud Run STRIPE_API_BASE must be https, and the emulator is plain http.
         K_REVISION="checkout-api-00001-abc",
         K_CONFIGURATION="checkout-api",
         PORT=str(port),

@@ -94,6 +94,59 @@ def test_key_precedence_fields():
 def test_every_variable_read_is_listed_in_environment_variables():
     # Tests, benchmarks and the launcher start the service from a clean slate with that list.
     source = Path(config.__file__).read_text()
-    read = set(re.findall(r'get(?:\("|, ")([A-Z][A-Z_]+)"', source))
+    read = set(re.findall(r'get(?:\(|,)\s*"([A-Z][A-Z_]+)"', source))
     assert read, "no variable found: the pattern no longer matches load_settings"
     assert read == set(config.ENVIRONMENT_VARIABLES)
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount"), [("usd", "49"), ("usd", "1"), ("gbp", "29"), ("jpy", "49")]
+)
+def test_a_price_below_stripes_minimum_charge_is_refused(currency, amount):
+    with pytest.raises(ConfigError, match=r"PRICE_AMOUNT .* minimum charge"):
+        load_settings({"PRICE_CURRENCY": currency, "PRICE_AMOUNT": amount})
+
+
+@pytest.mark.parametrize(("currency", "amount"), [("usd", "50"), ("gbp", "30"), ("jpy", "50")])
+def test_the_minimum_charge_itself_is_accepted(currency, amount):
+    assert load_settings({"PRICE_CURRENCY": currency, "PRICE_AMOUNT": amount}).price_amount == int(
+        amount
+    )
+
+
+def test_a_dashboard_price_is_not_checked_against_price_amount():
+    settings = load_settings({"STRIPE_PRICE_ID": "price_123", "PRICE_AMOUNT": "1"})
+    assert settings.stripe_price_id == "price_123"
+
+
+def test_stripe_api_base_must_be_https_on_cloud_run():
+    cloud_run = {"K_SERVICE": "checkout", "FRONTEND_URL": "https://app.example.com"}
+    with pytest.raises(ConfigError, match="STRIPE_API_BASE must use https"):
+        load_settings({**cloud_run, "STRIPE_API_BASE": "http://stripe.example.com"})
+    https = load_settings({**cloud_run, "STRIPE_API_BASE": "https://stripe-mock.example.com"})
+    assert https.stripe_api_base == "https://stripe-mock.example.com"
+    # Locally the emulator on loopback is plain http.
+    assert load_settings({"STRIPE_API_BASE": "http://127.0.0.1:12111"}).stripe_api_base
+
+
+@pytest.mark.parametrize("key", ["sk_live_abc123", "rk_live_abc123"])
+def test_stripe_api_base_is_refused_with_a_live_key(key):
+    with pytest.raises(ConfigError, match="live key"):
+        load_settings({"STRIPE_SECRET_KEY": key, "STRIPE_API_BASE": "https://127.0.0.1:12111"})
+    assert load_settings({"STRIPE_SECRET_KEY": key}).stripe_api_base is None
+
+
+def test_deployment_id_defaults_to_the_service_name_and_is_checked():
+    assert load_settings({}).deployment_id == "local"
+    cloud_run = {"K_SERVICE": "checkout-api", "FRONTEND_URL": "https://app.example.com"}
+    assert load_settings(cloud_run).deployment_id == "checkout-api"
+    assert load_settings({**cloud_run, "DEPLOYMENT_ID": "shop-eu"}).deployment_id == "shop-eu"
+    with pytest.raises(ConfigError, match="DEPLOYMENT_ID"):
+        load_settings({"DEPLOYMENT_ID": "two words"})
+
+
+def test_trusted_proxy_hops_default_to_googles_front_end_on_cloud_run_only():
+    assert load_settings({}).trusted_proxy_hops == 0
+    cloud_run = {"K_SERVICE": "checkout-api", "FRONTEND_URL": "https://app.example.com"}
+    assert load_settings(cloud_run).trusted_proxy_hops == 1
+    assert load_settings({**cloud_run, "TRUSTED_PROXY_HOPS": "2"}).trusted_proxy_hops == 2

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from checkout.config import load_settings
 from tests.conftest import ROOT
 from tests.gcloud_cli import GCLOUD, Call, Recorder, require_gcloud, run_for_real
 
@@ -358,6 +359,18 @@ def test_deploy_passes_every_knob_from_its_substitution(
     env = deploy_env(flags)
     assert env["FRONTEND_URL"] == FRONTEND_URL
     assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT
+    # The service checks its Stripe budget against the timeout Cloud Run actually enforces.
+    assert env["REQUEST_TIMEOUT_SECONDS"] == "45s"
+    assert load_settings(env).request_timeout_seconds == 45
+
+
+def test_the_deployed_defaults_fit_the_deployed_request_timeout(
+    build: dict[str, Any], tmp_path: Path
+) -> None:
+    _, flags = DeployRun(build, tmp_path, _KEY_SOURCE="secret-manager").single_deploy()
+    env = {"K_SERVICE": "checkout-api", **deploy_env(flags)}
+    settings = load_settings(env)  # raises ConfigError if the budget did not fit
+    assert settings.request_timeout_seconds == 60
 
 
 @pytest.mark.parametrize("ledger", [None, "memory"])

@@ -12,9 +12,11 @@ import time
 import pytest
 
 from checkout.config import (
-    MAX_STRIPE_BUDGET_SECONDS,
+    REQUEST_MARGIN_SECONDS,
+    SECRET_MANAGER_BUDGET_SECONDS,
     ConfigError,
     load_settings,
+    request_budget_seconds,
     stripe_budget_seconds,
 )
 from tests.conftest import free_port
@@ -58,12 +60,29 @@ def test_budget_counts_every_attempt_and_the_longest_backoffs():
     assert stripe_budget_seconds(1, 5) == 6 * 1 + 0.5 + 1 + 2 + 4 + 5  # backoff capped at 5 s
 
 
-def test_settings_whose_worst_case_nears_cloud_run_timeout_are_refused():
-    assert stripe_budget_seconds(60, 1) > MAX_STRIPE_BUDGET_SECONDS
-    with pytest.raises(ConfigError, match="STRIPE_TIMEOUT_SECONDS and STRIPE_MAX_RETRIES"):
-        load_settings({"STRIPE_TIMEOUT_SECONDS": "60", "STRIPE_MAX_RETRIES": "1"})
-    defaults = load_settings({})
-    assert stripe_budget_seconds(defaults.stripe_timeout_seconds, defaults.stripe_max_retries) < 60
+def test_a_budget_that_does_not_fit_the_deployed_request_timeout_is_refused():
+    # The review's case: a 60 s deploy with timeout 30 s and 2 retries (worst case 91.5 s).
+    env = {
+        "REQUEST_TIMEOUT_SECONDS": "60s",
+        "STRIPE_TIMEOUT_SECONDS": "30",
+        "STRIPE_MAX_RETRIES": "2",
+    }
+    assert stripe_budget_seconds(30, 2) == 91.5
+    with pytest.raises(ConfigError, match="more than REQUEST_TIMEOUT_SECONDS"):
+        load_settings(env)
+    # The same Stripe settings fit Cloud Run's default 300 s.
+    assert load_settings({**env, "REQUEST_TIMEOUT_SECONDS": "300"}).stripe_timeout_seconds == 30
+
+
+def test_the_default_budget_fits_the_deploys_timeout_with_secret_manager():
+    settings = load_settings({"REQUEST_TIMEOUT_SECONDS": "60", "STRIPE_SECRET_NAME": "stripe-key"})
+    assert request_budget_seconds(settings) == 31.5 + SECRET_MANAGER_BUDGET_SECONDS
+    assert request_budget_seconds(settings) <= 60 - REQUEST_MARGIN_SECONDS
+    # Secret Manager's own worst case counts: 52.5 s of Stripe alone fits in 60 s, not with it.
+    tight = {"REQUEST_TIMEOUT_SECONDS": "60", "STRIPE_TIMEOUT_SECONDS": "17"}
+    assert load_settings(tight).stripe_timeout_seconds == 17
+    with pytest.raises(ConfigError, match="Secret Manager"):
+        load_settings({**tight, "STRIPE_SECRET_NAME": "stripe-key"})
 
 
 # --- one fault at a time -------------------------------------------------------------------------

@@ -143,6 +143,16 @@ def test_the_firestore_ledger_takes_project_database_and_lease_from_settings() -
     )
 
 
+def test_a_request_timeout_too_short_for_the_ledgers_worst_case_is_a_configuration_error() -> None:
+    from checkout.ledger.firestore import ledger_budget_seconds
+
+    env = {"ORDER_LEDGER": "firestore", "GOOGLE_CLOUD_PROJECT": "demo-checkout"}
+    too_short = ledger_budget_seconds() + 4  # the margin is 5 s
+    with pytest.raises(ConfigError, match="REQUEST_TIMEOUT_SECONDS"):
+        ledger_from_settings(load_settings({**env, "REQUEST_TIMEOUT_SECONDS": f"{too_short}"}))
+    ledger_from_settings(load_settings({**env, "REQUEST_TIMEOUT_SECONDS": "60s"}))  # the deploy's
+
+
 def test_firestore_on_the_emulator_without_a_project_is_a_configuration_error() -> None:
     settings = load_settings({"ORDER_LEDGER": "firestore", "FIRESTORE_EMULATOR_HOST": "x:1"})
     with pytest.raises(ConfigError, match="GOOGLE_CLOUD_PROJECT"):

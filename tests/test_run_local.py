@@ -132,3 +132,30 @@ def test_with_a_key_the_emulator_origin_is_not_allowed(tmp_path):
         assert "/demo" not in log_path.read_text()
     finally:
         stop(process)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PRICE_CURRENCY": "us-dollars"}, "PRICE_CURRENCY"),
+        ({"PRICE_AMOUNT": "49"}, "minimum charge"),
+        ({"STRIPE_TIMEOUT_SECONDS": "30", "REQUEST_TIMEOUT_SECONDS": "60"}, "REQUEST_TIMEOUT"),
+    ],
+)
+def test_a_bad_configuration_is_refused_before_anything_starts(tmp_path, env, message):
+    port, emulator_port = free_port(), free_port()
+    full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    full_env.update(PORT=str(port), STRIPE_EMULATOR_PORT=str(emulator_port), **env)
+    done = subprocess.run(
+        [sys.executable, "-m", "devtools.run_local"],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "configuration error, not starting: " in done.stderr
+    assert message in done.stderr
+    assert "OFFLINE MODE" not in done.stdout  # not even the emulator started

@@ -25,7 +25,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from checkout.config import ConfigError, Settings
+from checkout.config import (
+    REQUEST_MARGIN_SECONDS,
+    SECRET_MANAGER_BUDGET_SECONDS,
+    ConfigError,
+    Settings,
+)
 from checkout.stripe_gateway import SessionStatus
 
 if TYPE_CHECKING:
@@ -205,8 +210,20 @@ def ledger_from_settings(settings: Settings) -> Ledger:
 
 
 def firestore_ledger(settings: Settings) -> FirestoreLedger:
-    from checkout.ledger.firestore import FirestoreLedger
+    from checkout.ledger.firestore import FirestoreLedger, ledger_budget_seconds
 
+    # Past the request timeout Cloud Run answers the webhook itself, so the ledger's worst case
+    # (with the signing secret's read) must fit in it, leaving deliver_order the rest.
+    secret = SECRET_MANAGER_BUDGET_SECONDS if settings.stripe_webhook_secret_name else 0.0
+    budget = ledger_budget_seconds() + secret
+    room = settings.request_timeout_seconds - REQUEST_MARGIN_SECONDS
+    if budget > room:
+        raise ConfigError(
+            f"ORDER_LEDGER=firestore lets a webhook wait up to {budget:g} s for Firestore (and "
+            f"Secret Manager), more than REQUEST_TIMEOUT_SECONDS "
+            f"({settings.request_timeout_seconds:g} s) less {REQUEST_MARGIN_SECONDS:g} s: raise "
+            "the request timeout (the deploy's _TIMEOUT)"
+        )
     return FirestoreLedger(
         project=firestore_project(settings),
         database=settings.firestore_database,

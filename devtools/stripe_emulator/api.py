@@ -153,6 +153,11 @@ class StripeEmulator:
         with self._lock:
             return dict(self._faults)
 
+    def idempotency_keys(self) -> list[str]:
+        """The Idempotency-Key values Stripe has stored, in the order it first saw them."""
+        with self._lock:
+            return [key for (_livemode, key) in self._idempotency]
+
     def set_faults(self, **fields: Any) -> dict[str, Any]:
         """Update the given fault fields (the others keep their values); return the result."""
         unknown = set(fields) - set(DEFAULT_FAULTS)

@@ -1,0 +1,115 @@
+"""Rationing Stripe calls: who the client is, how often it may ask, and how many calls may be open.
+
+Our browser endpoints are public, and CORS restrains only browsers. Stripe's rate limit belongs
+to the whole account (about 25 requests/s per endpoint in test mode), so one script must not be
+able to spend it. These limits are per instance; docs/abuse.md covers the edge option for more.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+
+from checkout.http import ApiError
+
+
+def client_address(headers: Mapping[str, str], peer: str | None, trusted_hops: int) -> str:
+    """The client's address: the socket peer, or the entry `trusted_hops` from the right of
+    X-Forwarded-For.
+
+    Google's front end appends the address it saw to whatever X-Forwarded-For the client sent,
+    and an external HTTPS load balancer appends its own address after that. So only the
+    rightmost `trusted_hops` entries were written by our infrastructure; anything to their left
+    was written by the client, and never counts.
+    """
+    if trusted_hops <= 0:
+        return peer or "unknown"
+    entries = [e.strip() for e in headers.get("X-Forwarded-For", "").split(",") if e.strip()]
+    if len(entries) < trusted_hops:
+        # Not behind the proxies we were told of (a direct call, or a misconfigured hop count):
+        # the nearest address we can trust is the socket peer.
+        return peer or "unknown"
+    return entries[-trusted_hops][:64]
+
+
+class TokenBuckets:
+    """One token bucket per client, in bounded memory (least recently seen clients go first).
+
+    A client may make `per_minute` calls in a burst, and then one every 60/`per_minute` seconds.
+    A forgotten client starts again with a full bucket, which only ever errs towards serving.
+    """
+
+    def __init__(
+        self,
+        per_minute: int,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._capacity = float(per_minute)
+        self._per_second = per_minute / 60.0
+        self._max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+
+    @property
+    def enabled(self) -> bool:
+        return self._capacity > 0
+
+    def take(self, client: str) -> float:
+        """Spend one token: 0.0 if allowed, else the seconds until the next token is due."""
+        if not self.enabled:
+            return 0.0
+        now = self._clock()
+        tokens, at = self._buckets.pop(client, (self._capacity, now))
+        tokens = min(self._capacity, tokens + (now - at) * self._per_second)
+        if tokens >= 1.0:
+            tokens -= 1.0
+            wait = 0.0
+        else:
+            wait = (1.0 - tokens) / self._per_second
+        self._buckets[client] = (tokens, now)
+        while len(self._buckets) > self._max_clients:
+            self._buckets.popitem(last=False)
+        return wait
+
+    def charge(self, client: str) -> None:
+        """Spend one of `client`'s tokens, or raise ApiError 429 with Retry-After."""
+        wait = self.take(client)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "Too many requests from this address. Please retry shortly.",
+                headers={"Retry-After": str(math.ceil(wait))},
+                detail=f"client={client}",
+            )
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class InFlightCap:
+    """Counts Stripe calls in flight on this instance and refuses more than `limit` at once.
+
+    Refusing at once (503 + Retry-After) beats queueing: a queue of calls that Stripe answers
+    with 429 only makes every customer wait longer, and the client can retry elsewhere.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._in_flight = 0
+
+    def try_enter(self) -> bool:
+        if self._in_flight >= self._limit:
+            return False
+        self._in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self._in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight

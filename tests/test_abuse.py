@@ -1,0 +1,182 @@
+"""The review's attacks on the public endpoints, each against a live server and the emulator,
+counting the Stripe calls it caused (docs/abuse.md quotes these counts)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from email.message import Message
+
+from tests.conftest import TEST_KEY
+
+CREATE = "/api/checkout/embedded-session"
+STATUS = "/api/checkout/session-status?session_id="
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def call(
+    url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes | None = None
+) -> tuple[int, Message, dict]:
+    """(status, headers (case-insensitive), JSON body) of one request."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with _opener.open(request, timeout=30) as response:
+            raw = response.read()
+            return response.status, response.headers, json.loads(raw) if raw else {}
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        return error.code, error.headers, json.loads(raw) if raw else {}
+
+
+def create(server, headers: dict[str, str] | None = None) -> tuple[int, Message, dict]:
+    return call(
+        server.url + CREATE, "POST", {"Content-Type": "application/json", **(headers or {})}, b"{}"
+    )
+
+
+def in_parallel(count: int, action) -> list:
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(lambda _: action(), range(count)))
+
+
+def retrieves(stripe_emulator) -> int:
+    return stripe_emulator.calls()["retrieve_session"]
+
+
+def unknown_id(n: int) -> str:
+    return f"cs_test_unknown{n:06d}"
+
+
+def test_300_unknown_ids_cost_at_most_the_status_allowance(live_server, stripe_emulator):
+    server = live_server(STATUS_LIMIT_PER_MINUTE="120")
+    started = time.monotonic()
+    answers = [call(server.url + STATUS + unknown_id(n)) for n in range(300)]
+    codes = [status for status, _, _ in answers]
+    # The burst, plus what the bucket refilled (2/s) while the attack ran.
+    allowed = 120 + math.ceil((time.monotonic() - started) * 120 / 60)
+    assert 120 <= codes.count(404) <= allowed
+    assert codes.count(404) + codes.count(429) == 300
+    assert retrieves(stripe_emulator) == codes.count(404)
+    refused = next(a for a in answers if a[0] == 429)
+    assert refused[2]["code"] == "rate_limited"
+    assert int(refused[1]["Retry-After"]) >= 1
+
+
+def test_an_unknown_id_asked_again_costs_no_stripe_call(live_server, stripe_emulator):
+    server = live_server()
+    answers = [call(server.url + STATUS + unknown_id(1)) for _ in range(50)]
+    assert {(status, body["code"]) for status, _, body in answers} == {(404, "session_not_found")}
+    assert retrieves(stripe_emulator) == 1
+
+
+def test_100_concurrent_polls_of_one_open_session_share_one_stripe_call(
+    live_server, stripe_emulator
+):
+    server = live_server()
+    session_id = create(server)[2]["session_id"]
+    stripe_emulator.set_faults(latency_ms=1500)  # every poll arrives while the first is out
+    answers = in_parallel(100, lambda: call(server.url + STATUS + session_id))
+    assert {(status, body["status"]) for status, _, body in answers} == {(200, "open")}
+    assert retrieves(stripe_emulator) == 1
+
+
+def test_head_makes_no_stripe_call(live_server, stripe_emulator):
+    server = live_server()
+    session_id = create(server)[2]["session_id"]
+    status, headers, _ = call(server.url + STATUS + session_id, "HEAD")
+    assert status == 405
+    assert headers["Allow"] == "GET, OPTIONS"
+    assert retrieves(stripe_emulator) == 0
+
+
+def test_100_creates_from_one_client_create_only_its_allowance(live_server, stripe_emulator):
+    server = live_server(CREATE_LIMIT_PER_MINUTE="30")
+    started = time.monotonic()
+    codes = [create(server)[0] for _ in range(100)]
+    allowed = 30 + math.ceil((time.monotonic() - started) * 30 / 60)
+    assert 30 <= codes.count(200) <= allowed
+    assert codes.count(200) + codes.count(429) == 100
+    assert stripe_emulator.calls()["sessions_created"] == codes.count(200)
+
+
+def test_spoofed_forwarded_for_entries_do_not_evade_the_limit(live_server, stripe_emulator):
+    # Cloud Run's front end appends the address it saw; the client controls only what precedes.
+    server = live_server(CREATE_LIMIT_PER_MINUTE="30", TRUSTED_PROXY_HOPS="1")
+    started = time.monotonic()
+    codes = [
+        create(server, {"X-Forwarded-For": f"10.9.{n // 250}.{n % 250}, 203.0.113.5"})[0]
+        for n in range(100)
+    ]
+    allowed = 30 + math.ceil((time.monotonic() - started) * 30 / 60)
+    assert 30 <= codes.count(200) <= allowed
+    assert stripe_emulator.calls()["sessions_created"] == codes.count(200)
+    # Another real client, behind the same spoofing, still has its own allowance.
+    assert create(server, {"X-Forwarded-For": "10.9.0.1, 198.51.100.8"})[0] == 200
+
+
+def test_a_real_customer_reloading_and_double_clicking_is_never_limited(
+    live_server, stripe_emulator
+):
+    # Defaults: a checkout page loaded ten times, each with a double-click, polled twice.
+    server = live_server(CREATE_LIMIT_PER_MINUTE=None, STATUS_LIMIT_PER_MINUTE=None)
+    for attempt in range(10):
+        key = {"Idempotency-Key": f"order-{attempt}"}
+        first, second = create(server, key), create(server, key)
+        assert first[0] == second[0] == 200
+        assert first[2]["session_id"] == second[2]["session_id"]
+        for _ in range(2):
+            assert call(server.url + STATUS + first[2]["session_id"])[0] == 200
+
+
+def test_past_the_in_flight_cap_the_answer_is_503_at_once(live_server, stripe_emulator):
+    server = live_server(STRIPE_MAX_IN_FLIGHT="2")
+    stripe_emulator.set_faults(latency_ms=1500)
+    answers = in_parallel(10, lambda: create(server))
+    codes = sorted(status for status, _, _ in answers)
+    assert codes == [200, 200] + [503] * 8
+    busy = next(a for a in answers if a[0] == 503)
+    assert busy[2]["code"] == "payment_provider_busy"
+    assert busy[1]["Retry-After"] == "2"
+    assert stripe_emulator.calls()["sessions_created"] == 2
+
+
+def test_the_idempotency_key_sent_to_stripe_is_namespaced_and_stable(live_server, stripe_emulator):
+    server = live_server(DEPLOYMENT_ID="shop-eu", TRUSTED_PROXY_HOPS="1")
+    alice = {"Idempotency-Key": "1", "X-Forwarded-For": "203.0.113.5"}
+    first, again = create(server, alice), create(server, alice)
+    assert first[2]["session_id"] == again[2]["session_id"]
+    # Another customer with the same predictable key gets a session of their own.
+    bob = create(server, {"Idempotency-Key": "1", "X-Forwarded-For": "198.51.100.8"})
+    assert bob[2]["session_id"] != first[2]["session_id"]
+    keys = stripe_emulator.idempotency_keys()
+    assert len(keys) == 2
+    assert all(key.startswith("shop-eu-") and key != "1" for key in keys)
+    assert all(len(key) <= 255 for key in keys)
+
+
+def test_another_deployment_never_shares_a_key(live_server, stripe_emulator):
+    headers = {"Idempotency-Key": "order-7"}
+    one = create(live_server(DEPLOYMENT_ID="shop-eu"), headers)
+    two = create(live_server(DEPLOYMENT_ID="shop-us"), headers)
+    assert one[0] == two[0] == 200
+    assert one[2]["session_id"] != two[2]["session_id"]
+
+
+def test_a_live_key_from_secret_manager_is_never_sent_to_an_api_base_override(
+    live_server, stripe_emulator, sm
+):
+    live = "sk_live_" + TEST_KEY.removeprefix("sk_test_")
+    sm.add_version("demo-project", "stripe-key", live)
+    server = live_server(
+        STRIPE_SECRET_KEY="",
+        STRIPE_SECRET_NAME="projects/demo-project/secrets/stripe-key",
+        SECRET_MANAGER_ENDPOINT=sm.endpoint,
+    )
+    status, _, body = create(server)
+    assert (status, body["code"]) == (500, "payment_configuration_error")
+    assert stripe_emulator.calls()["total"] == 0
+    assert live not in server.logs()
