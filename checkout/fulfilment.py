@@ -2,7 +2,8 @@
 
 Stripe's advice is to fulfil from the webhook, since a customer may close the tab before the
 return page loads, and from the return page too, since it may beat the webhook. Both end up in
-`Fulfilment.fulfil`, which runs `deliver_order` once per session and then logs one
+`Fulfilment.fulfil`, which runs `deliver_order` once per session through the order ledger
+(checkout/ledger: every instance with Firestore, docs/ledger.md) and then logs one
 `checkout_fulfilled` record: the integration point for Cloud Logging sinks and log-based metrics.
 """
 
@@ -13,7 +14,7 @@ import inspect
 import logging
 from typing import Any
 
-from checkout.once import OncePerKey
+from checkout.ledger import FulfilmentInProgress, Ledger, LedgerUnavailable, is_paid
 from checkout.status_cache import StatusCache
 from checkout.stripe_gateway import SessionStatus
 
@@ -21,7 +22,7 @@ log = logging.getLogger("checkout.fulfilment")
 
 
 async def deliver_order(session: SessionStatus) -> None:
-    """Add your own fulfilment here: it runs once per paid session per instance.
+    """Add your own fulfilment here: it runs to success once per paid session.
 
     It may be an `async def` (awaited on the event loop: use async clients, never block) or a
     plain function (run in a worker thread, so blocking I/O there does not stall other requests).
@@ -31,9 +32,10 @@ async def deliver_order(session: SessionStatus) -> None:
     answers 500 and Stripe retries it (for up to 3 days), and the `checkout_fulfilled` record is
     not logged until a later attempt succeeds.
 
-    Instances do not share memory, so a webhook and a status call served by two instances can
-    both get here for one session: make what you do idempotent by session id (for example, a
-    Firestore document created only if absent). Keep it well under the request timeout.
+    With ORDER_LEDGER=firestore (the deploy's setting) that holds across every instance; with
+    `memory` (local), per process. Finish well within LEDGER_LEASE_SECONDS (60 s): past it another
+    instance may take the session over. docs/ledger.md names the one narrow case in which it can
+    run twice.
 
     The default does nothing: the `checkout_fulfilled` log record is the whole fulfilment.
     """
@@ -44,42 +46,52 @@ class FulfilmentFailed(Exception):
 
 
 class Fulfilment:
-    """Fulfils each paid session once per instance, however often and concurrently it is asked."""
+    """Fulfils each paid session once, however often, concurrently and widely it is asked.
 
-    def __init__(self, status_cache: StatusCache, max_sessions: int) -> None:
+    The ledger's LedgerUnavailable and FulfilmentInProgress pass through: the caller answers a
+    retryable error (the webhook) or the status alone (the status endpoint).
+    """
+
+    def __init__(self, status_cache: StatusCache, ledger: Ledger) -> None:
         self._status_cache = status_cache
-        self._fulfilled = OncePerKey(max_sessions)
+        self._ledger = ledger
 
-    async def fulfil(self, session: SessionStatus, *, event_id: str | None = None) -> bool:
-        """Fulfil a complete, paid session; True if this call did it, False if nothing to do."""
+    async def fulfil(
+        self, session: SessionStatus, *, event_id: str | None = None, wait: bool = True
+    ) -> bool:
+        """Fulfil a complete, paid session; True if this call did it, False if nothing to do.
+
+        `wait=False`: do not wait for an attempt held elsewhere (FulfilmentInProgress at once).
+        """
         if not is_paid(session):
             return False
         try:
-            return await self._fulfilled.run(
-                session.session_id, lambda: self._fulfil_now(session, event_id)
+            fulfilled = await self._ledger.fulfil_once(
+                session, lambda: _deliver(session), event_id=event_id, wait=wait
             )
+        except (LedgerUnavailable, FulfilmentInProgress):
+            raise
         except Exception as error:
             log.exception(
                 "checkout_fulfilment_failed",
                 extra={"fields": {**record_of(session, event_id), "detail": str(error)[:300]}},
             )
             raise FulfilmentFailed(f"fulfilment of {session.session_id} failed") from error
-
-    async def _fulfil_now(self, session: SessionStatus, event_id: str | None) -> None:
-        # Looked up at call time, so a test (or a team) can swap in its own.
-        deliver = deliver_order
-        if inspect.iscoroutinefunction(deliver):
-            await deliver(session)
-        else:
-            await asyncio.to_thread(deliver, session)
-        # After success only: until then a status call finds no cache entry and tries too.
+        # Fulfilled, now or before: until then a status call finds no cache entry and tries too.
         self._status_cache.put(session)
-        log.info("checkout_fulfilled", extra={"fields": record_of(session, event_id)})
+        if fulfilled:
+            # Only the attempt whose record of it became durable logs it: once per session.
+            log.info("checkout_fulfilled", extra={"fields": record_of(session, event_id)})
+        return fulfilled
 
 
-def is_paid(session: SessionStatus) -> bool:
-    """Complete, and paid or free (`no_payment_required`): what Stripe says may be fulfilled."""
-    return session.status == "complete" and session.payment_status != "unpaid"
+async def _deliver(session: SessionStatus) -> None:
+    # Looked up at call time, so a test (or a team) can swap in its own.
+    deliver = deliver_order
+    if inspect.iscoroutinefunction(deliver):
+        await deliver(session)
+    else:
+        await asyncio.to_thread(deliver, session)
 
 
 def record_of(session: SessionStatus, event_id: str | None = None) -> dict[str, Any]:

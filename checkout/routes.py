@@ -15,7 +15,8 @@ from werkzeug.routing import Map, Rule
 
 from checkout.fulfilment import FulfilmentFailed
 from checkout.http import ApiError, json_response, read_json_object
-from checkout.stripe_gateway import session_not_found
+from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
+from checkout.stripe_gateway import SessionStatus, session_not_found
 from checkout.webhook import stripe_webhook
 
 if TYPE_CHECKING:
@@ -46,27 +47,53 @@ async def create_session(request: Request, service: Service) -> Response:
 async def session_status(request: Request, service: Service) -> Response:
     """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, metadata}."""
     session_id = _session_id_from(request)
-    status = service.status_cache.get(session_id)
+    status = service.status_cache.get(session_id)  # free: no limit, no Firestore, no Stripe
     if status is None:
         if session_id in service.unknown_sessions:
             raise session_not_found(detail="remembered as unknown to Stripe")
         service.status_limit.charge(service.client_of(request))
+        # What any instance settled, from the order ledger; only then Stripe.
+        status = await _settled_in_ledger(service, session_id)
+    if status is None:
         try:
             status = await service.gateway.retrieve_session(session_id)
         except ApiError as error:
             if error.code == "session_not_found":
                 service.unknown_sessions.add(session_id)
             raise
-        # The return page can beat the webhook (or none is set up), so fulfil here too. A failure
-        # is logged inside; the customer still gets the status, and it stays uncached so that the
-        # next status call (or Stripe's webhook retry) fulfils again.
-        try:
-            await service.fulfilment.fulfil(status)
-        except FulfilmentFailed:
-            pass
-        else:
-            service.status_cache.put(status)
+        await _fulfil_if_possible(service, status)
     return json_response(200, status.public())
+
+
+async def _fulfil_if_possible(service: Service, status: SessionStatus) -> None:
+    """The return page can beat the webhook (or none is set up), so fulfil here too.
+
+    Whatever stops that (a failure, logged inside; another request at it; the ledger away), the
+    customer still gets the status, uncached, and the next call or Stripe's retry fulfils.
+    """
+    if service.ledger_outages.ongoing:
+        return  # the ledger failed just now: answer at once rather than wait for it again
+    try:
+        await service.fulfilment.fulfil(status, wait=False)
+    except (FulfilmentFailed, FulfilmentInProgress):
+        return
+    except LedgerUnavailable as error:
+        service.ledger_outages.failed(error, "answered from Stripe, not fulfilled")
+        return
+    service.status_cache.put(status)
+
+
+async def _settled_in_ledger(service: Service, session_id: str) -> SessionStatus | None:
+    """A final status the ledger holds, with nothing left to do; None if none, or unreachable."""
+    try:
+        status = await service.ledger.settled_status(session_id)
+    except LedgerUnavailable as error:
+        service.ledger_outages.failed(error, "answered from Stripe")
+        return None
+    service.ledger_outages.succeeded()
+    if status is not None:
+        service.status_cache.put(status, final=True)
+    return status
 
 
 def _image_id_from(body: dict[str, Any]) -> str | None:

@@ -1,8 +1,9 @@
 """POST /api/checkout/webhook: Stripe's signed events, verified over the raw body, handled once.
 
-Stripe delivers at least once and out of order, and retries any non-2xx answer for up to 3 days.
-So: verify before reading anything, answer 200 only once the event is handled, remember handled
-event ids (bounded), and let a failure answer 500 so that Stripe tries again.
+Stripe delivers at least once and out of order, to any instance, and retries any non-2xx answer
+for up to 3 days. So: verify before reading anything, answer 200 only once the event is handled
+and recorded in the order ledger (Firestore on Cloud Run: every instance sees it), remember handled
+event ids there, and let a failure answer 5xx so that Stripe tries again.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from checkout.fulfilment import FulfilmentFailed, record_of
 from checkout.http import ApiError, json_response, read_body
 from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
 from checkout.stripe_gateway import SessionStatus
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ log = logging.getLogger("checkout.webhook")
 # Checkout Session events are a few KB; anything near this is not from Stripe.
 MAX_EVENT_BYTES = 1024 * 1024
 SECRET_RETRY_AFTER = "5"  # noqa: S105  # seconds, not a secret
+LEDGER_RETRY_AFTER = "10"  # seconds: Stripe keeps its own schedule, other clients may use it
 
 FULFILLING = frozenset({"checkout.session.completed", "checkout.session.async_payment_succeeded"})
 PAYMENT_FAILED = "checkout.session.async_payment_failed"
@@ -41,8 +44,36 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
     # Read the bytes ourselves: Stripe signed exactly these, and any parsing would alter them.
     event = _verified_event(await read_body(request, MAX_EVENT_BYTES, _too_large), request, secret)
     event_id, kind = event["id"], event["type"]
-    first_time = await service.webhook_events.run(event_id, lambda: _handle(event, service))
-    outcome = "duplicate" if not first_time else "handled" if kind in HANDLED else "ignored"
+    seen_before = False
+
+    async def handle_once() -> None:
+        nonlocal seen_before
+        if kind not in HANDLED:
+            return
+        # Another instance (or this one, before a restart) may have handled it.
+        if await service.ledger.event_handled(event_id):
+            seen_before = True
+            return
+        session_id = await _handle(event, service)
+        await service.ledger.mark_event_handled(event_id, kind, session_id)
+
+    try:
+        # Concurrent duplicates on this instance share one attempt; the ledger covers the rest.
+        first_time = await service.webhook_events.run(event_id, handle_once)
+    except LedgerUnavailable as error:
+        raise _retry_later(
+            "ledger_unavailable",
+            "Orders cannot be recorded right now; retry the event later.",
+            str(error),
+        ) from None
+    except FulfilmentInProgress as error:
+        raise _retry_later(
+            "fulfilment_in_progress",
+            "This checkout is being fulfilled by another request; retry the event later.",
+            str(error),
+        ) from None
+    duplicate = not first_time or seen_before
+    outcome = "duplicate" if duplicate else "handled" if kind in HANDLED else "ignored"
     log.info(
         "stripe_event",
         extra={"fields": {"event_id": event_id, "event_type": kind, "outcome": outcome}},
@@ -50,19 +81,19 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
     return json_response(200, {"received": True})
 
 
-async def _handle(event: dict[str, Any], service: Service) -> None:
-    kind = event["type"]
-    if kind not in HANDLED:
-        return
+async def _handle(event: dict[str, Any], service: Service) -> str:
+    """Handle one Checkout Session event; the session's id."""
+    kind, event_id = event["type"], event["id"]
     session = _session_in(event)
     if kind in FULFILLING:
         if session.payment_status == "unpaid":
             # An async payment (e.g. a bank debit) is still settling; its own event follows. Not
             # cached: `complete/unpaid` would otherwise hide the `paid` that is coming.
-            log.info("checkout_payment_pending", extra={"fields": record_of(session, event["id"])})
-            return
+            await service.ledger.record(session, event_id=event_id)
+            log.info("checkout_payment_pending", extra={"fields": record_of(session, event_id)})
+            return session.session_id
         try:
-            await service.fulfilment.fulfil(session, event_id=event["id"])
+            await service.fulfilment.fulfil(session, event_id=event_id)
         except FulfilmentFailed as error:
             raise ApiError(
                 500,
@@ -71,11 +102,14 @@ async def _handle(event: dict[str, Any], service: Service) -> None:
                 detail=f"{error}: {type(error.__cause__).__name__}",
             ) from None
     elif kind == PAYMENT_FAILED:
+        await service.ledger.record(session, event_id=event_id, final=True)
         service.status_cache.put(session, final=True)  # unpaid is final once payment failed
-        log.warning("checkout_payment_failed", extra={"fields": record_of(session, event["id"])})
+        log.warning("checkout_payment_failed", extra={"fields": record_of(session, event_id)})
     else:
+        await service.ledger.record(session, event_id=event_id)
         service.status_cache.put(session)
-        log.info("checkout_expired", extra={"fields": record_of(session, event["id"])})
+        log.info("checkout_expired", extra={"fields": record_of(session, event_id)})
+    return session.session_id
 
 
 async def _signing_secret(service: Service) -> str:
@@ -136,6 +170,11 @@ def _session_in(event: dict[str, Any]) -> SessionStatus:
         session = {**session, "metadata": {}}
     # from_stripe reads with `in` and [], which a plain dict supports as well.
     return SessionStatus.from_stripe(session)
+
+
+def _retry_later(code: str, message: str, detail: str) -> ApiError:
+    # Nothing was marked handled: Stripe's retry (or another instance) does the work again.
+    return ApiError(503, code, message, headers={"Retry-After": LEDGER_RETRY_AFTER}, detail=detail)
 
 
 def _invalid(detail: str) -> ApiError:

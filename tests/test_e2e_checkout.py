@@ -155,7 +155,7 @@ def shops(chromium, stripe_emulator_server, tmp_path_factory) -> Iterator[dict[s
                 "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
                 "REDIRECT_ON_COMPLETION": redirect,
             }
-            shops[redirect] = Shop(site, LiveServer(env, logs / "function.log", threads=4))
+            shops[redirect] = Shop(site, LiveServer(env, logs / "function.log"))
             workdir = tmp_path_factory.mktemp(f"app-{redirect}")
             dist = build(workdir, shops[redirect].function.url, f"{emulator.url}/js/stripe.js")
             site.roots = [dist, workdir]  # workdir: the plain-JS page and the README's checkout.js
