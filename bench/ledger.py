@@ -43,7 +43,7 @@ def import_seconds(statement: str, runs: int) -> float:
 async def latencies(host: str, rounds: int) -> dict[str, list[float]]:
     os.environ["FIRESTORE_EMULATOR_HOST"] = host
     from checkout.ledger.firestore import FirestoreLedger
-    from checkout.stripe_gateway import SessionStatus
+    from checkout.session import SessionStatus
 
     ledger = FirestoreLedger(project=f"bench-{os.getpid()}", database="(default)", lease_seconds=60)
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any
 
-from checkout.ledger import FulfilmentInProgress, Ledger, LedgerUnavailable, is_paid
+from checkout.ledger import FulfilmentInProgress, Ledger, LedgerUnavailable
+from checkout.session import SessionStatus
 from checkout.status_cache import StatusCache
-from checkout.stripe_gateway import SessionStatus
 
 log = logging.getLogger("checkout.fulfilment")
 
@@ -63,7 +62,7 @@ class Fulfilment:
 
         `wait=False`: do not wait for an attempt held elsewhere (FulfilmentInProgress at once).
         """
-        if not is_paid(session):
+        if not session.paid:
             return False
         try:
             fulfilled = await self._ledger.fulfil_once(
@@ -74,14 +73,14 @@ class Fulfilment:
         except Exception as error:
             log.exception(
                 "checkout_fulfilment_failed",
-                extra={"fields": {**record_of(session, event_id), "detail": str(error)[:300]}},
+                extra={"fields": {**session.log_record(event_id), "detail": str(error)[:300]}},
             )
             raise FulfilmentFailed(f"fulfilment of {session.session_id} failed") from error
         # Fulfilled, now or before: until then a status call finds no cache entry and tries too.
         self._status_cache.put(session)
         if fulfilled:
             # Only the attempt whose record of it became durable logs it: once per session.
-            log.info("checkout_fulfilled", extra={"fields": record_of(session, event_id)})
+            log.info("checkout_fulfilled", extra={"fields": session.log_record(event_id)})
         return fulfilled
 
 
@@ -92,16 +91,3 @@ async def _deliver(session: SessionStatus) -> None:
         await deliver(session)
     else:
         await asyncio.to_thread(deliver, session)
-
-
-def record_of(session: SessionStatus, event_id: str | None = None) -> dict[str, Any]:
-    """The fields of a checkout log record: ids and amounts, never secrets or customer details."""
-    return {
-        "session_id": session.session_id,
-        "imageId": session.metadata.get("imageId"),
-        "amount_total": session.amount_total,
-        "currency": session.currency,
-        "payment_status": session.payment_status,
-        "livemode": session.livemode,
-        "event_id": event_id,
-    }

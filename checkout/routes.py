@@ -16,7 +16,8 @@ from werkzeug.routing import Map, Rule
 from checkout.fulfilment import FulfilmentFailed
 from checkout.http import ApiError, json_response, read_json_object
 from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
-from checkout.stripe_gateway import SessionStatus, session_not_found
+from checkout.session import SessionStatus
+from checkout.stripe_gateway import session_not_found
 from checkout.webhook import stripe_webhook
 
 if TYPE_CHECKING:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import stripe
@@ -15,73 +14,15 @@ from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
 from checkout.limits import InFlightCap
 from checkout.logs import current_request
 from checkout.once import SingleFlight
+from checkout.session import CreatedSession, SessionStatus
 from checkout.stripe_transport import StripeTransport
 
 log = logging.getLogger("checkout.stripe")
-
-# Metadata keys this service sets; status responses return these and nothing else.
-OUR_METADATA_KEYS = ("imageId",)
 
 BUSY_RETRY_AFTER = "2"
 KEY_RETRY_AFTER = "5"
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SessionStatus:
-    """What the status endpoint may reveal, plus the order facts fulfilment needs."""
-
-    session_id: str
-    status: str
-    payment_status: str
-    metadata: dict[str, str]
-    amount_total: int | None = field(default=None, compare=False)
-    currency: str | None = field(default=None, compare=False)
-    livemode: bool = field(default=False, compare=False)
-
-    @property
-    def terminal(self) -> bool:
-        """Nothing about it can change again, so it may be cached forever.
-
-        `complete` + `unpaid` is not final: a delayed payment method (bank debit) later turns
-        it `paid` (checkout.session.async_payment_succeeded) or fails it.
-        """
-        if self.status == "complete":
-            return self.payment_status != "unpaid"
-        return self.status == "expired"
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "payment_status": self.payment_status,
-            "metadata": dict(self.metadata),
-        }
-
-    @classmethod
-    def from_stripe(cls, session: Any) -> SessionStatus:
-        """From a stripe Session object (attribute access: it is not a dict)."""
-        metadata = _field(session, "metadata")
-        return cls(
-            session_id=session["id"],
-            status=_field(session, "status") or "open",
-            payment_status=_field(session, "payment_status") or "unpaid",
-            metadata={k: str(metadata[k]) for k in OUR_METADATA_KEYS if metadata and k in metadata},
-            amount_total=_field(session, "amount_total"),
-            currency=_field(session, "currency"),
-            livemode=bool(_field(session, "livemode")),
-        )
-
-
-def _field(obj: Any, name: str) -> Any:
-    # StripeObject supports `in` and [] but not .get(): it is not a dict.
-    return obj[name] if name in obj else None  # noqa: SIM401
-
-
-@dataclass(frozen=True)
-class CreatedSession:
-    session_id: str
-    client_secret: str
 
 
 class StripeGateway:

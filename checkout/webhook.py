@@ -16,11 +16,11 @@ import stripe
 from starlette.requests import Request
 from starlette.responses import Response
 
-from checkout.fulfilment import FulfilmentFailed, record_of
+from checkout.fulfilment import FulfilmentFailed
 from checkout.http import ApiError, json_response, read_body
 from checkout.keys import SecretConfigError, SecretUnavailable
 from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
-from checkout.stripe_gateway import SessionStatus
+from checkout.session import SessionStatus
 
 if TYPE_CHECKING:
     from checkout.app import Service
@@ -90,7 +90,7 @@ async def _handle(event: dict[str, Any], service: Service) -> str:
             # An async payment (e.g. a bank debit) is still settling; its own event follows. Not
             # cached: `complete/unpaid` would otherwise hide the `paid` that is coming.
             await service.ledger.record(session, event_id=event_id)
-            log.info("checkout_payment_pending", extra={"fields": record_of(session, event_id)})
+            log.info("checkout_payment_pending", extra={"fields": session.log_record(event_id)})
             return session.session_id
         try:
             await service.fulfilment.fulfil(session, event_id=event_id)
@@ -104,11 +104,11 @@ async def _handle(event: dict[str, Any], service: Service) -> str:
     elif kind == PAYMENT_FAILED:
         await service.ledger.record(session, event_id=event_id, final=True)
         service.status_cache.put(session, final=True)  # unpaid is final once payment failed
-        log.warning("checkout_payment_failed", extra={"fields": record_of(session, event_id)})
+        log.warning("checkout_payment_failed", extra={"fields": session.log_record(event_id)})
     else:
         await service.ledger.record(session, event_id=event_id)
         service.status_cache.put(session)
-        log.info("checkout_expired", extra={"fields": record_of(session, event_id)})
+        log.info("checkout_expired", extra={"fields": session.log_record(event_id)})
     return session.session_id
 
 

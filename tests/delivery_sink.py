@@ -14,7 +14,7 @@ import os
 import time
 
 import checkout.fulfilment
-from checkout.stripe_gateway import SessionStatus
+from checkout.session import SessionStatus
 from main import checkout_api
 
 __all__ = ["checkout_api"]

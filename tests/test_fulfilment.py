@@ -9,10 +9,10 @@ import time
 import pytest
 
 from checkout import fulfilment
-from checkout.fulfilment import Fulfilment, FulfilmentFailed, is_paid
+from checkout.fulfilment import Fulfilment, FulfilmentFailed
 from checkout.ledger.memory import MemoryLedger
+from checkout.session import SessionStatus
 from checkout.status_cache import StatusCache
-from checkout.stripe_gateway import SessionStatus
 from tests.test_webhook import CapturedLogs
 
 CROWD = 20
@@ -53,7 +53,7 @@ def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ],
 )
 def test_only_complete_and_paid_or_free_sessions_are_fulfilled(state, paid, expected, delivered):
-    assert is_paid(session(state, paid)) is expected
+    assert session(state, paid).paid is expected
     routine = Fulfilment(StatusCache(10), MemoryLedger(10))
     assert asyncio.run(routine.fulfil(session(state, paid))) is expected
     assert delivered == (["cs_test_a"] if expected else [])

@@ -29,7 +29,7 @@ from checkout.ledger import (
     ledger_from_settings,
 )
 from checkout.ledger.memory import MemoryLedger
-from checkout.stripe_gateway import SessionStatus
+from checkout.session import SessionStatus
 from tests.conftest import ROOT
 from tests.firestore_emulator import Firestore
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from checkout.session import SessionStatus
 from checkout.status_cache import StatusCache
-from checkout.stripe_gateway import SessionStatus
 from tests.test_routes import STATUS, create
 
 

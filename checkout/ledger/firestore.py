@@ -38,10 +38,8 @@ from checkout.ledger import (
     FulfilmentInProgress,
     Ledger,
     LedgerUnavailable,
-    order_fields,
-    settled,
 )
-from checkout.stripe_gateway import SessionStatus
+from checkout.session import SessionStatus, settled
 
 log = logging.getLogger("checkout.ledger")
 
@@ -170,7 +168,7 @@ class FirestoreLedger(Ledger):
         exists, without the lock waits that racing transactions on one new document cost.
         """
         ref = self._orders().document(_doc_id(session.session_id))
-        order = _new_order({**order_fields(session, final=True), "claim": self._claim_for(token)})
+        order = _new_order({**session.order_fields(final=True), "claim": self._claim_for(token)})
         if event_id is not None:
             order["event_ids"] = [event_id]
 
@@ -216,7 +214,7 @@ class FirestoreLedger(Ledger):
             held = (order or {}).get("claim")
             if held and held["expires_at"] > datetime.now(UTC):
                 return _HELD, held
-            fields = {**order_fields(session, final=True), "claim": mine}
+            fields = {**session.order_fields(final=True), "claim": mine}
             _write(transaction, ref, order, fields, event_id)
             return _CLAIMED, held
 
@@ -237,7 +235,7 @@ class FirestoreLedger(Ledger):
             if order is not None and order.get("fulfilled_at") is not None:
                 return False, held
             fields = {
-                **order_fields(session, final=True),
+                **session.order_fields(final=True),
                 "claim": None,
                 "fulfilled_at": firestore.SERVER_TIMESTAMP,
             }
@@ -277,7 +275,7 @@ class FirestoreLedger(Ledger):
         self, session: SessionStatus, *, event_id: str | None = None, final: bool = False
     ) -> None:
         ref = self._orders().document(_doc_id(session.session_id))
-        fields = order_fields(session, final=final)
+        fields = session.order_fields(final=final)
 
         @firestore.async_transactional
         async def write_record(transaction: firestore.AsyncTransaction) -> None:

@@ -10,8 +10,8 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
-from checkout.ledger import CLAIM_WAIT_SECONDS, Deliver, Ledger, order_fields, settled
-from checkout.stripe_gateway import SessionStatus
+from checkout.ledger import CLAIM_WAIT_SECONDS, Deliver, Ledger
+from checkout.session import SessionStatus, settled
 
 
 class MemoryLedger(Ledger):
@@ -67,7 +67,7 @@ class MemoryLedger(Ledger):
         if order is None:
             order = {"created_at": now, "fulfilled_at": None, "event_ids": []}
             self._orders[session.session_id] = order
-        order.update(order_fields(session, final=final), updated_at=now)
+        order.update(session.order_fields(final=final), updated_at=now)
         self._touch(session.session_id, event_id)
         return order
 
