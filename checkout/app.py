@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
+from checkout import errors
 from checkout.config import ConfigError, Settings, load_settings
+from checkout.errors import ApiError
 from checkout.fulfilment import Fulfilment
 from checkout.http import (
     BASE_HEADERS,
-    ApiError,
     CorsPolicy,
     check_header_sizes,
     error_response,
@@ -101,12 +102,7 @@ def get_service() -> Service:
             except ConfigError as error:
                 # The environment cannot change under a running process: remember the verdict.
                 log.error("configuration error: %s", error)
-                _service_error = ApiError(
-                    500,
-                    "payment_configuration_error",
-                    "Payments are not configured correctly on the server.",
-                    detail=str(error),
-                )
+                _service_error = errors.payment_configuration_error(str(error))
     if _service_error is not None:
         raise _service_error
     return _service  # type: ignore[return-value]  # built above, or the error was raised
@@ -162,7 +158,7 @@ async def handle(request: Request) -> Response:
         response = error_response(caught, context["request_id"])
     except Exception:
         log.exception("unhandled error while serving %s %s", method[:20], path[:200])
-        error = ApiError(500, "internal_error", "Something went wrong on our side. Please retry.")
+        error = errors.internal_error()
         response = error_response(error, context["request_id"])
     try:
         # A 405 still knows its endpoint: whether CORS applies depends on the path alone.

@@ -8,8 +8,9 @@ from typing import Any, TypeVar
 
 import stripe
 
+from checkout import errors
 from checkout.config import Settings, is_live_key
-from checkout.http import ApiError
+from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
 from checkout.limits import InFlightCap
 from checkout.logs import current_request
@@ -18,9 +19,6 @@ from checkout.session import CreatedSession, SessionStatus
 from checkout.stripe_transport import StripeTransport
 
 log = logging.getLogger("checkout.stripe")
-
-BUSY_RETRY_AFTER = "2"
-KEY_RETRY_AFTER = "5"
 
 T = TypeVar("T")
 
@@ -78,13 +76,8 @@ class StripeGateway:
     ) -> T:
         if not self._in_flight.try_enter():
             # Queueing behind a slow Stripe only makes every customer wait; the client retries.
-            raise ApiError(
-                503,
-                "payment_provider_busy",
-                "The payment provider is busy. Please retry shortly.",
-                headers={"Retry-After": BUSY_RETRY_AFTER},
-                detail=f"{self._settings.stripe_max_in_flight} Stripe calls already in flight",
-            )
+            in_flight = self._settings.stripe_max_in_flight
+            raise errors.payment_provider_busy(f"{in_flight} Stripe calls already in flight")
         try:
             return await self._call_in_flight(operation, call)
         finally:
@@ -112,15 +105,15 @@ class StripeGateway:
         try:
             key = await self._api_key.get_async()
         except SecretUnavailable as error:
-            raise _key_unavailable(error) from None
+            raise errors.payment_provider_unavailable(f"Stripe key unavailable: {error}") from None
         except SecretConfigError as error:
-            raise _misconfigured(str(error)) from None
+            raise errors.payment_configuration_error(str(error)) from None
         return self._sendable(key)
 
     def _sendable(self, key: str) -> str:
         if self._settings.stripe_api_base and is_live_key(key):
             # Checked at startup for STRIPE_SECRET_KEY; a key from Secret Manager arrives here.
-            raise _misconfigured(
+            raise errors.payment_configuration_error(
                 "the Stripe key is a live key but STRIPE_API_BASE is set: refusing to send it "
                 "anywhere but Stripe"
             )
@@ -131,9 +124,9 @@ class StripeGateway:
         try:
             fresh = await self._api_key.refresh_async(stale)
         except SecretUnavailable as error:
-            raise _key_unavailable(error) from None
+            raise errors.payment_provider_unavailable(f"Stripe key unavailable: {error}") from None
         except SecretConfigError as error:
-            raise _misconfigured(str(error)) from None
+            raise errors.payment_configuration_error(str(error)) from None
         return self._sendable(fresh)
 
     def _client_for_this_loop(self, key: str) -> stripe.StripeClient:
@@ -203,59 +196,15 @@ def _map_stripe_error(operation: str, error: stripe.StripeError) -> ApiError:
 
     missing = isinstance(error, stripe.InvalidRequestError) and code == "resource_missing"
     if missing and operation == "retrieve":
-        return session_not_found(detail)
+        return errors.session_not_found(detail)
     if isinstance(error, stripe.IdempotencyError):
-        return ApiError(
-            409,
-            "idempotency_conflict",
-            "This Idempotency-Key was already used with a different request body.",
-            detail=detail,
-        )
+        return errors.idempotency_conflict(detail)
     if isinstance(error, stripe.RateLimitError):
-        return ApiError(
-            503,
-            "payment_provider_busy",
-            "The payment provider is busy. Please retry shortly.",
-            headers={"Retry-After": BUSY_RETRY_AFTER},
-            detail=detail,
-        )
+        return errors.payment_provider_busy(detail)
     if isinstance(error, stripe.APIConnectionError):
-        return ApiError(
-            504,
-            "payment_provider_unreachable",
-            "The payment provider did not answer in time. Please retry.",
-            detail=detail,
-        )
+        return errors.payment_provider_unreachable(detail)
     if isinstance(
         error, (stripe.AuthenticationError, stripe.PermissionError, stripe.InvalidRequestError)
     ):
-        return _misconfigured(detail)
-    return ApiError(
-        502,
-        "payment_provider_error",
-        "The payment provider returned an error. Please retry.",
-        detail=detail,
-    )
-
-
-def session_not_found(detail: str) -> ApiError:
-    return ApiError(404, "session_not_found", "No checkout session has that id.", detail=detail)
-
-
-def _misconfigured(detail: str) -> ApiError:
-    return ApiError(
-        500,
-        "payment_configuration_error",
-        "Payments are not configured correctly on the server.",
-        detail=detail,
-    )
-
-
-def _key_unavailable(error: Exception) -> ApiError:
-    return ApiError(
-        503,
-        "payment_provider_unavailable",
-        "Payments are temporarily unavailable. Please retry shortly.",
-        headers={"Retry-After": KEY_RETRY_AFTER},
-        detail=f"Stripe key unavailable: {error}",
-    )
+        return errors.payment_configuration_error(detail)
+    return errors.payment_provider_error(detail)

@@ -16,8 +16,10 @@ import stripe
 from starlette.requests import Request
 from starlette.responses import Response
 
+from checkout import errors
+from checkout.errors import ApiError
 from checkout.fulfilment import FulfilmentFailed
-from checkout.http import ApiError, json_response, read_body
+from checkout.http import json_response, read_body
 from checkout.keys import SecretConfigError, SecretUnavailable
 from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
 from checkout.session import SessionStatus
@@ -29,8 +31,6 @@ log = logging.getLogger("checkout.webhook")
 
 # Checkout Session events are a few KB; anything near this is not from Stripe.
 MAX_EVENT_BYTES = 1024 * 1024
-SECRET_RETRY_AFTER = "5"  # noqa: S105  # seconds, not a secret
-LEDGER_RETRY_AFTER = "10"  # seconds: Stripe keeps its own schedule, other clients may use it
 
 FULFILLING = frozenset({"checkout.session.completed", "checkout.session.async_payment_succeeded"})
 PAYMENT_FAILED = "checkout.session.async_payment_failed"
@@ -61,17 +61,9 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
         # Concurrent duplicates on this instance share one attempt; the ledger covers the rest.
         first_time = await service.webhook_events.run(event_id, handle_once)
     except LedgerUnavailable as error:
-        raise _retry_later(
-            "ledger_unavailable",
-            "Orders cannot be recorded right now; retry the event later.",
-            str(error),
-        ) from None
+        raise errors.ledger_unavailable(str(error)) from None
     except FulfilmentInProgress as error:
-        raise _retry_later(
-            "fulfilment_in_progress",
-            "This checkout is being fulfilled by another request; retry the event later.",
-            str(error),
-        ) from None
+        raise errors.fulfilment_in_progress(str(error)) from None
     duplicate = not first_time or seen_before
     outcome = "duplicate" if duplicate else "handled" if kind in HANDLED else "ignored"
     log.info(
@@ -95,12 +87,8 @@ async def _handle(event: dict[str, Any], service: Service) -> str:
         try:
             await service.fulfilment.fulfil(session, event_id=event_id)
         except FulfilmentFailed as error:
-            raise ApiError(
-                500,
-                "fulfilment_failed",
-                "Fulfilling this checkout failed; retry the event.",
-                detail=f"{error}: {type(error.__cause__).__name__}",
-            ) from None
+            detail = f"{error}: {type(error.__cause__).__name__}"
+            raise errors.fulfilment_failed(detail) from None
     elif kind == PAYMENT_FAILED:
         await service.ledger.record(session, event_id=event_id, final=True)
         service.status_cache.put(session, final=True)  # unpaid is final once payment failed
@@ -115,22 +103,16 @@ async def _handle(event: dict[str, Any], service: Service) -> str:
 async def _signing_secret(service: Service) -> str:
     source = service.webhook_secret
     if not source.configured:
-        raise _not_configured(
+        raise errors.webhook_not_configured(
             "no webhook signing secret: set STRIPE_WEBHOOK_SECRET or STRIPE_WEBHOOK_SECRET_NAME"
         )
     try:
         return await source.get_async()
     except SecretUnavailable as error:
         # Stripe retries a 503 later, by which time Secret Manager has likely recovered.
-        raise ApiError(
-            503,
-            "webhook_secret_unavailable",
-            "The webhook signing secret is temporarily unavailable. Retry later.",
-            headers={"Retry-After": SECRET_RETRY_AFTER},
-            detail=str(error),
-        ) from None
+        raise errors.webhook_secret_unavailable(str(error)) from None
     except SecretConfigError as error:
-        raise _not_configured(str(error)) from None
+        raise errors.webhook_not_configured(str(error)) from None
 
 
 def _verified_event(payload: bytes, request: Request, secret: str) -> dict[str, Any]:
@@ -144,19 +126,19 @@ def _verified_event(payload: bytes, request: Request, secret: str) -> dict[str, 
             tolerance=stripe.Webhook.DEFAULT_TOLERANCE,
         )
     except stripe.SignatureVerificationError as error:
-        raise _invalid(str(error)) from None
+        raise errors.invalid_signature(str(error)) from None
     except UnicodeDecodeError:
-        raise _invalid("the body is not UTF-8") from None
+        raise errors.invalid_signature("the body is not UTF-8") from None
     try:
         event = json.loads(payload)
     except (ValueError, RecursionError):
-        raise _invalid("the signed body is not JSON") from None
+        raise errors.invalid_signature("the signed body is not JSON") from None
     if not (
         isinstance(event, dict)
         and isinstance(event.get("id"), str)
         and isinstance(event.get("type"), str)
     ):
-        raise _invalid("the signed body is not a Stripe event")
+        raise errors.invalid_signature("the signed body is not a Stripe event")
     return event
 
 
@@ -164,7 +146,9 @@ def _session_in(event: dict[str, Any]) -> SessionStatus:
     data = event.get("data")
     session = data.get("object") if isinstance(data, dict) else None
     if not (isinstance(session, dict) and str(session.get("id", "")).startswith("cs_")):
-        raise _invalid(f"{event['type']} event {event['id']} holds no Checkout Session")
+        raise errors.invalid_signature(
+            f"{event['type']} event {event['id']} holds no Checkout Session"
+        )
     metadata = session.get("metadata")
     if not isinstance(metadata, dict):
         session = {**session, "metadata": {}}
@@ -172,30 +156,5 @@ def _session_in(event: dict[str, Any]) -> SessionStatus:
     return SessionStatus.from_stripe(session)
 
 
-def _retry_later(code: str, message: str, detail: str) -> ApiError:
-    # Nothing was marked handled: Stripe's retry (or another instance) does the work again.
-    return ApiError(503, code, message, headers={"Retry-After": LEDGER_RETRY_AFTER}, detail=detail)
-
-
-def _invalid(detail: str) -> ApiError:
-    return ApiError(
-        400,
-        "invalid_signature",
-        "The request is not a correctly signed Stripe event.",
-        detail=detail,
-    )
-
-
-def _not_configured(detail: str) -> ApiError:
-    return ApiError(
-        500,
-        "webhook_not_configured",
-        "Webhooks are not configured on this server.",
-        detail=detail,
-    )
-
-
 def _too_large() -> ApiError:
-    return ApiError(
-        413, "payload_too_large", f"A webhook event must be at most {MAX_EVENT_BYTES} bytes."
-    )
+    return errors.payload_too_large(MAX_EVENT_BYTES, "A webhook event")

@@ -49,3 +49,28 @@ def test_session_users_depend_on_the_session_module_not_the_gateway(module):
     imported = imports_of(module_file(module))
     assert not {name for name in imported if name.startswith("checkout.stripe_gateway")}
     assert not {name for name in imported if name.startswith("checkout.stripe_transport")}
+
+
+def test_only_the_errors_module_builds_api_errors():
+    builders = []
+    for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]:
+        if path == PACKAGE / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name == "ApiError":
+                builders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert builders == []
+
+
+def test_every_error_code_has_one_constructor():
+    from checkout import errors
+
+    constructors = {
+        name
+        for name, value in vars(errors).items()
+        if callable(value) and not name.startswith("_") and name.islower()
+    }
+    assert set(errors.CODES) <= constructors
