@@ -2,7 +2,8 @@
 
 Stripe's advice is to fulfil from the webhook, since a customer may close the tab before the
 return page loads, and from the return page too, since it may beat the webhook. Both end up in
-`Fulfilment.fulfil`, which runs `deliver_order` once per session through the order ledger
+`Fulfilment.fulfil`, which runs the deliver function (`deliver_order` below, or the one
+DELIVER_ORDER names) once per session through the order ledger
 (checkout/ledger: every instance with Firestore, docs/ledger.md) and then logs one
 `checkout_fulfilled` record: the integration point for Cloud Logging sinks and log-based metrics.
 """
@@ -10,14 +11,20 @@ return page loads, and from the return page too, since it may beat the webhook. 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
+from collections.abc import Callable
 
+from checkout.config import ConfigError, Settings
 from checkout.ledger import FulfilmentInProgress, Ledger, LedgerUnavailable
 from checkout.session import SessionStatus
 from checkout.status_cache import StatusCache
 
 log = logging.getLogger("checkout.fulfilment")
+
+# A fulfilment function: `async def` (awaited on the loop) or plain (run in a worker thread).
+DeliverOrder = Callable[[SessionStatus], object]
 
 
 async def deliver_order(session: SessionStatus) -> None:
@@ -51,9 +58,12 @@ class Fulfilment:
     retryable error (the webhook) or the status alone (the status endpoint).
     """
 
-    def __init__(self, status_cache: StatusCache, ledger: Ledger) -> None:
+    def __init__(
+        self, status_cache: StatusCache, ledger: Ledger, deliver: DeliverOrder = deliver_order
+    ) -> None:
         self._status_cache = status_cache
         self._ledger = ledger
+        self._deliver = deliver
 
     async def fulfil(
         self, session: SessionStatus, *, event_id: str | None = None, wait: bool = True
@@ -66,7 +76,7 @@ class Fulfilment:
             return False
         try:
             fulfilled = await self._ledger.fulfil_once(
-                session, lambda: _deliver(session), event_id=event_id, wait=wait
+                session, lambda: _run(self._deliver, session), event_id=event_id, wait=wait
             )
         except (LedgerUnavailable, FulfilmentInProgress):
             raise
@@ -84,10 +94,25 @@ class Fulfilment:
         return fulfilled
 
 
-async def _deliver(session: SessionStatus) -> None:
-    # Looked up at call time, so a test (or a team) can swap in its own.
-    deliver = deliver_order
+async def _run(deliver: DeliverOrder, session: SessionStatus) -> None:
     if inspect.iscoroutinefunction(deliver):
         await deliver(session)
     else:
         await asyncio.to_thread(deliver, session)
+
+
+def deliver_order_from_settings(settings: Settings) -> DeliverOrder:
+    """The function DELIVER_ORDER names (`package.module:function`), else `deliver_order`."""
+    path = settings.deliver_order
+    if path is None:
+        return deliver_order
+    module_name, _, name = path.partition(":")
+    try:
+        deliver: object = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(
+            f"DELIVER_ORDER names {path!r}, which cannot be imported: {error}"
+        ) from None
+    if not callable(deliver):
+        raise ConfigError(f"DELIVER_ORDER names {path!r}, which is not a function")
+    return deliver

@@ -22,7 +22,7 @@ from checkout.session import SessionStatus
 from checkout.webhook import stripe_webhook
 
 if TYPE_CHECKING:
-    from checkout.app import Service
+    from checkout.service import Service
 
 MAX_IMAGE_ID_CHARS = 500
 MAX_IDEMPOTENCY_KEY_CHARS = 255

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import stripe
 
@@ -17,6 +17,11 @@ from checkout.logs import current_request
 from checkout.once import SingleFlight
 from checkout.session import CreatedSession, SessionStatus
 from checkout.stripe_transport import StripeTransport
+
+if TYPE_CHECKING:  # the SDK's typed parameters: for the checker, never loaded at run time
+    from stripe import RequestOptions
+    from stripe.checkout import Session
+    from stripe.params.checkout import SessionCreateParams, SessionCreateParamsLineItem
 
 log = logging.getLogger("checkout.stripe")
 
@@ -42,11 +47,11 @@ class StripeGateway:
     async def create_session(
         self, image_id: str | None, idempotency_key: str | None
     ) -> CreatedSession:
-        params = dict(self._session_template)
+        params = self._session_template.copy()
         if image_id is not None:
             params["metadata"] = {"imageId": image_id}
 
-        def call(client: stripe.StripeClient, options: dict[str, Any]) -> Awaitable[Any]:
+        def call(client: stripe.StripeClient, options: RequestOptions) -> Awaitable[Session]:
             if idempotency_key is not None:
                 options["idempotency_key"] = idempotency_key
             return client.v1.checkout.sessions.create_async(params=params, options=options)
@@ -57,7 +62,7 @@ class StripeGateway:
     async def retrieve_session(self, session_id: str) -> SessionStatus:
         """The session as Stripe has it now; concurrent reads of one session share one call."""
 
-        def call(client: stripe.StripeClient, options: dict[str, Any]) -> Awaitable[Any]:
+        def call(client: stripe.StripeClient, options: RequestOptions) -> Awaitable[Session]:
             return client.v1.checkout.sessions.retrieve_async(session_id, options=options)
 
         async def retrieve() -> SessionStatus:
@@ -72,7 +77,7 @@ class StripeGateway:
             transport.close_soon()
 
     async def _call(
-        self, operation: str, call: Callable[[stripe.StripeClient, dict[str, Any]], Awaitable[T]]
+        self, operation: str, call: Callable[[stripe.StripeClient, RequestOptions], Awaitable[T]]
     ) -> T:
         if not self._in_flight.try_enter():
             # Queueing behind a slow Stripe only makes every customer wait; the client retries.
@@ -84,7 +89,7 @@ class StripeGateway:
             self._in_flight.leave()
 
     async def _call_in_flight(
-        self, operation: str, call: Callable[[stripe.StripeClient, dict[str, Any]], Awaitable[T]]
+        self, operation: str, call: Callable[[stripe.StripeClient, RequestOptions], Awaitable[T]]
     ) -> T:
         key = await self._key()
         client = self._client_for_this_loop(key)
@@ -137,12 +142,11 @@ class StripeGateway:
         if transport is not None:
             transport.close_soon()
         settings = self._settings
-        base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
         api = settings.stripe_api_base or stripe.DEFAULT_API_BASE
         transport = StripeTransport(api, settings.stripe_timeout_seconds)
         client = stripe.StripeClient(
             key,
-            base_addresses=base,
+            base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
             max_network_retries=settings.stripe_max_retries,
             http_client=transport,
         )
@@ -156,9 +160,10 @@ class StripeGateway:
         return result
 
 
-def _session_template(settings: Settings) -> dict[str, Any]:
+def _session_template(settings: Settings) -> SessionCreateParams:
+    line_item: SessionCreateParamsLineItem
     if settings.stripe_price_id:
-        line_item: dict[str, Any] = {"price": settings.stripe_price_id, "quantity": 1}
+        line_item = {"price": settings.stripe_price_id, "quantity": 1}
     else:
         line_item = {
             "price_data": {

@@ -25,7 +25,7 @@ from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
 from checkout.session import SessionStatus
 
 if TYPE_CHECKING:
-    from checkout.app import Service
+    from checkout.service import Service
 
 log = logging.getLogger("checkout.webhook")
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import FRONTEND, ROOT, TEST_KEY
-from tests.test_routes import CREATE, STATUS, assert_error
+from tests.support import CREATE, FRONTEND, ROOT, STATUS, TEST_KEY, assert_error
 
 FOREIGN = "https://evil.example"
 
@@ -188,9 +187,20 @@ def test_import_main_creates_no_client_and_skips_secret_manager(tmp_path):
 
     code = (
         "import sys, main\n"
-        "from checkout import app\n"
+        "import checkout.app\n"
         "assert 'google.cloud.secretmanager' not in sys.modules\n"
-        "assert app._service is None\n"
+        "assert not main.api.built\n"
     )
     env = {"STRIPE_SECRET_KEY": TEST_KEY, "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=str(ROOT))
+
+
+def test_a_deliver_order_that_does_not_import_is_a_configuration_error(configure):
+    from checkout.app import CheckoutApi
+    from checkout.errors import ApiError
+
+    configure(DELIVER_ORDER="tests.no_such_module:deliver")
+    with pytest.raises(ApiError) as caught:
+        CheckoutApi().service()  # as main.py builds it: DELIVER_ORDER names the function
+    assert (caught.value.status, caught.value.code) == (500, "payment_configuration_error")
+    assert "DELIVER_ORDER" in (caught.value.detail or "")

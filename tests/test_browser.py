@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.test_routes import CREATE, STATUS
+from tests.support import CREATE, STATUS
 
 pytestmark = pytest.mark.browser
 

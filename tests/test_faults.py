@@ -19,8 +19,7 @@ from checkout.config import (
     request_budget_seconds,
     stripe_budget_seconds,
 )
-from tests.conftest import free_port
-from tests.test_routes import STATUS, assert_error, create
+from tests.support import STATUS, assert_error, create, free_port
 
 SLACK_SECONDS = 1.0
 

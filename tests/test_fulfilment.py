@@ -8,12 +8,10 @@ import time
 
 import pytest
 
-from checkout import fulfilment
 from checkout.fulfilment import Fulfilment, FulfilmentFailed
 from checkout.ledger.memory import MemoryLedger
 from checkout.session import SessionStatus
 from checkout.status_cache import StatusCache
-from tests.test_webhook import CapturedLogs
 
 CROWD = 20
 
@@ -30,18 +28,6 @@ def session(state: str = "complete", paid: str = "paid", session_id: str = "cs_t
     )
 
 
-@pytest.fixture
-def logs(capsys: pytest.CaptureFixture[str]) -> CapturedLogs:
-    return CapturedLogs(capsys)
-
-
-@pytest.fixture
-def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    monkeypatch.setattr(fulfilment, "deliver_order", lambda s: calls.append(s.session_id))
-    return calls
-
-
 @pytest.mark.parametrize(
     ("state", "paid", "expected"),
     [
@@ -52,16 +38,18 @@ def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         ("expired", "unpaid", False),
     ],
 )
-def test_only_complete_and_paid_or_free_sessions_are_fulfilled(state, paid, expected, delivered):
+def test_only_complete_and_paid_or_free_sessions_are_fulfilled(
+    state, paid, expected, deliveries, delivered
+):
     assert session(state, paid).paid is expected
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10))
+    routine = Fulfilment(StatusCache(10), MemoryLedger(10), deliveries)
     assert asyncio.run(routine.fulfil(session(state, paid))) is expected
     assert delivered == (["cs_test_a"] if expected else [])
 
 
-def test_a_session_is_fulfilled_once_with_one_record(delivered, logs):
+def test_a_session_is_fulfilled_once_with_one_record(deliveries, delivered, logs):
     cache = StatusCache(10)
-    routine = Fulfilment(cache, MemoryLedger(10))
+    routine = Fulfilment(cache, MemoryLedger(10), deliveries)
     assert asyncio.run(routine.fulfil(session(), event_id="evt_1")) is True
     assert asyncio.run(routine.fulfil(session(), event_id="evt_2")) is False
     assert asyncio.run(routine.fulfil(session())) is False
@@ -76,13 +64,13 @@ def test_a_session_is_fulfilled_once_with_one_record(delivered, logs):
     assert cache.get("cs_test_a").payment_status == "paid"  # warmed for the status endpoint
 
 
-def test_a_failure_raises_logs_and_leaves_the_session_unfulfilled(monkeypatch, logs):
+def test_a_failure_raises_logs_and_leaves_the_session_unfulfilled(deliveries, logs):
     def broken(_session: SessionStatus) -> None:
         raise ValueError("no printer")
 
-    monkeypatch.setattr(fulfilment, "deliver_order", broken)
+    deliveries.then = broken
     cache = StatusCache(10)
-    routine = Fulfilment(cache, MemoryLedger(10))
+    routine = Fulfilment(cache, MemoryLedger(10), deliveries)
     with pytest.raises(FulfilmentFailed) as caught:
         asyncio.run(routine.fulfil(session(), event_id="evt_1"))
     assert isinstance(caught.value.__cause__, ValueError)
@@ -91,20 +79,19 @@ def test_a_failure_raises_logs_and_leaves_the_session_unfulfilled(monkeypatch, l
     [failed] = logs("checkout_fulfilment_failed")
     assert (failed["error_type"], failed["detail"]) == ("ValueError", "no printer")
 
-    monkeypatch.setattr(fulfilment, "deliver_order", lambda _session: None)
+    deliveries.then = None
     assert asyncio.run(routine.fulfil(session(), event_id="evt_1")) is True
     assert len(logs("checkout_fulfilled")) == 1
 
 
-def test_concurrent_calls_for_one_session_fulfil_once(monkeypatch, logs):
+def test_concurrent_calls_for_one_session_fulfil_once(logs):
     calls: list[str] = []
 
     async def slow(s: SessionStatus) -> None:
         calls.append(s.session_id)
         await asyncio.sleep(0.1)
 
-    monkeypatch.setattr(fulfilment, "deliver_order", slow)
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10))
+    routine = Fulfilment(StatusCache(10), MemoryLedger(10), slow)
 
     async def crowd() -> list[bool]:
         return await asyncio.gather(*(routine.fulfil(session()) for _ in range(CROWD)))
@@ -115,7 +102,7 @@ def test_concurrent_calls_for_one_session_fulfil_once(monkeypatch, logs):
     assert len(logs("checkout_fulfilled")) == 1
 
 
-def test_a_blocking_delivery_runs_off_the_event_loop(monkeypatch):
+def test_a_blocking_delivery_runs_off_the_event_loop():
     # A plain function may block (a synchronous client, say): other requests must not wait.
     release = threading.Event()
 
@@ -123,8 +110,7 @@ def test_a_blocking_delivery_runs_off_the_event_loop(monkeypatch):
         if s.session_id == "cs_test_a":
             release.wait(5)
 
-    monkeypatch.setattr(fulfilment, "deliver_order", blocking_for_a)
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10))
+    routine = Fulfilment(StatusCache(10), MemoryLedger(10), blocking_for_a)
 
     async def both() -> float:
         blocked = asyncio.create_task(routine.fulfil(session()))
@@ -139,15 +125,14 @@ def test_a_blocking_delivery_runs_off_the_event_loop(monkeypatch):
     assert asyncio.run(both()) < 1
 
 
-def test_different_sessions_do_not_wait_for_each_other(monkeypatch):
+def test_different_sessions_do_not_wait_for_each_other():
     release = asyncio.Event()
 
     async def waiting_for_a(s: SessionStatus) -> None:
         if s.session_id == "cs_test_a":
             await asyncio.wait_for(release.wait(), 5)
 
-    monkeypatch.setattr(fulfilment, "deliver_order", waiting_for_a)
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10))
+    routine = Fulfilment(StatusCache(10), MemoryLedger(10), waiting_for_a)
 
     async def both() -> float:
         waiting = asyncio.create_task(routine.fulfil(session()))
@@ -162,8 +147,8 @@ def test_different_sessions_do_not_wait_for_each_other(monkeypatch):
     assert asyncio.run(both()) < 1
 
 
-def test_the_record_holds_no_secret_or_customer_detail(delivered, logs):
-    asyncio.run(Fulfilment(StatusCache(10), MemoryLedger(10)).fulfil(session()))
+def test_the_record_holds_no_secret_or_customer_detail(deliveries, logs):
+    asyncio.run(Fulfilment(StatusCache(10), MemoryLedger(10), deliveries).fulfil(session()))
     [record] = logs("checkout_fulfilled")
     assert set(record) == {
         "severity",
@@ -177,3 +162,32 @@ def test_the_record_holds_no_secret_or_customer_detail(delivered, logs):
         "livemode",
         "event_id",
     }
+
+
+def test_deliver_order_names_the_function_to_fulfil_with():
+    from checkout.config import load_settings
+    from checkout.fulfilment import deliver_order, deliver_order_from_settings
+    from tests.delivery_sink import deliver_to_sink
+
+    assert deliver_order_from_settings(load_settings({})) is deliver_order
+    named = load_settings({"DELIVER_ORDER": "tests.delivery_sink:deliver_to_sink"})
+    assert deliver_order_from_settings(named) is deliver_to_sink
+
+
+@pytest.mark.parametrize(
+    "path", ["tests.no_such_module:deliver", "tests.delivery_sink:no_such_function"]
+)
+def test_a_deliver_order_that_does_not_import_is_a_configuration_error(path):
+    from checkout.config import ConfigError, load_settings
+    from checkout.fulfilment import deliver_order_from_settings
+
+    with pytest.raises(ConfigError, match="DELIVER_ORDER"):
+        deliver_order_from_settings(load_settings({"DELIVER_ORDER": path}))
+
+
+@pytest.mark.parametrize("path", ["deliver", "tests.delivery_sink:", "a b:c", ":f"])
+def test_deliver_order_must_read_module_colon_function(path):
+    from checkout.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="DELIVER_ORDER must name a function"):
+        load_settings({"DELIVER_ORDER": path})

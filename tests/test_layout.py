@@ -74,3 +74,86 @@ def test_every_error_code_has_one_constructor():
         if callable(value) and not name.startswith("_") and name.islower()
     }
     assert set(errors.CODES) <= constructors
+
+
+# --- Dependencies passed in, imports pointing one way (main → app → handlers → services) ----
+
+
+HANDLERS = ("checkout.routes", "checkout.webhook")
+SERVICES = (
+    "checkout.service",
+    "checkout.fulfilment",
+    "checkout.stripe_gateway",
+    "checkout.status_cache",
+    "checkout.ledger",
+    "checkout.session",
+    "checkout.errors",
+)
+
+
+def test_the_service_has_its_own_module():
+    from checkout.service import Service
+
+    assert Service.__module__ == "checkout.service"
+
+
+@pytest.mark.parametrize("module", [*HANDLERS, *SERVICES])
+def test_handlers_and_services_never_import_the_app(module):
+    imported = imports_of(module_file(module))
+    assert "checkout.app" not in imported
+    assert not {name for name in imported if name.startswith("main")}
+
+
+@pytest.mark.parametrize("module", SERVICES)
+def test_services_never_import_the_handlers(module):
+    imported = imports_of(module_file(module))
+    assert not {name for name in imported if name.startswith(HANDLERS)}
+
+
+def test_the_app_keeps_no_service_in_module_globals():
+    tree = ast.parse((PACKAGE / "app.py").read_text())
+    assigned = {
+        target.id
+        for node in tree.body
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    }
+    assert not {name for name in assigned if "service" in name.lower()}
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.Global)]
+
+
+def test_no_test_patches_attributes_of_our_modules():
+    patched = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("setattr", "delattr")
+        and getattr(node.func.value, "id", None) == "monkeypatch"
+    ]
+    assert patched == []
+
+
+# --- Test helpers in one place ------------------------------------------------------------------
+
+
+def test_no_test_module_imports_another_test_module_or_conftest():
+    offending = [
+        f"{path.name}: {name}"
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        for name in imports_of(path)
+        if name.startswith(("tests.test_", "tests.conftest", "conftest", "test_"))
+    ]
+    assert offending == []
+
+
+def test_one_assert_error():
+    defined = [
+        path.name
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name == "assert_error"
+    ]
+    assert defined == ["support.py"]

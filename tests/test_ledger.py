@@ -30,8 +30,8 @@ from checkout.ledger import (
 )
 from checkout.ledger.memory import MemoryLedger
 from checkout.session import SessionStatus
-from tests.conftest import ROOT
 from tests.firestore_emulator import Firestore
+from tests.support import ROOT, CapturedLogs, read_document
 
 COMPLETED = "checkout.session.completed"
 ORDER_FIELDS = {
@@ -371,17 +371,6 @@ def test_handled_events_are_remembered(make_ledger: MakeLedger) -> None:
 # -- Firestore only: documents, processes, outages -----------------------------------------------
 
 
-def read_document(firestore: Firestore, collection: str, doc_id: str) -> dict | None:
-    from google.cloud import firestore as gcf
-
-    async def read() -> dict | None:
-        client = gcf.AsyncClient(project=firestore.project)
-        snapshot = await client.collection(collection).document(doc_id).get()
-        return snapshot.to_dict() if snapshot.exists else None
-
-    return run(read())
-
-
 @pytest.mark.firestore
 def test_event_records_carry_expire_at_for_the_ttl_policy(firestore: Firestore) -> None:
     before = datetime.now(UTC)
@@ -596,13 +585,10 @@ def test_an_unreachable_firestore_is_ledger_unavailable_within_the_deadline_then
 # -- reporting an outage -------------------------------------------------------------------------
 
 
-def test_an_outage_is_logged_once_per_burst_and_its_end_once(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_an_outage_is_logged_once_per_burst_and_its_end_once(logs: CapturedLogs) -> None:
     from checkout.ledger import OutageLog
-    from tests.test_webhook import CapturedLogs
 
-    logs, now = CapturedLogs(capsys), [0.0]
+    now = [0.0]
     outages = OutageLog(quiet_seconds=60, clock=lambda: now[0])
     down = LedgerUnavailable("Firestore did not answer")
     assert not outages.ongoing

@@ -20,8 +20,18 @@ from pathlib import Path
 import pytest
 
 from devtools.stripe_emulator import StripeEmulator, sign_payload
-from tests.conftest import FRONTEND, ROOT, TEST_KEY, LiveServer
-from tests.test_bad_input import CREATE, JSON, STATUS, WEBHOOK, Answer, send
+from tests.support import (
+    CREATE,
+    FRONTEND,
+    JSON,
+    ROOT,
+    STATUS,
+    TEST_KEY,
+    WEBHOOK,
+    Answer,
+    LiveServer,
+    send,
+)
 
 WEBHOOK_SECRET = "whsec_testLogsOnlyFake"
 PROJECT = "demo-project"

@@ -20,7 +20,7 @@ from openapi_spec_validator import validate
 
 from checkout.errors import CODES
 from checkout.routes import ENDPOINTS
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 SPEC_PATH = ROOT / "openapi.yaml"
 MAX_EXAMPLES = 50

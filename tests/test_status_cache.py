@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from checkout.session import SessionStatus
 from checkout.status_cache import StatusCache
-from tests.test_routes import STATUS, create
+from tests.support import STATUS, create
 
 
 def status(session_id: str, state: str, paid: str = "unpaid") -> SessionStatus:

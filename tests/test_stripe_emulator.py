@@ -17,7 +17,7 @@ import requests
 import stripe
 
 from devtools.stripe_emulator import UI_MODE_NEW_TO_OLD, StripeEmulator
-from tests.conftest import ROOT, free_port
+from tests.support import ROOT, free_port
 
 KEY = "sk_test_emulator"
 WEBHOOK_SECRET = "whsec_emulator_tests"

@@ -206,7 +206,9 @@ class FirestoreLedger(Ledger):
         mine = self._claim_for(token)
 
         @firestore.async_transactional
-        async def claim(transaction: firestore.AsyncTransaction):
+        async def claim(
+            transaction: firestore.AsyncTransaction,
+        ) -> tuple[str, dict[str, Any] | None]:
             snapshot = await ref.get(transaction=transaction, **_CALL)
             order = snapshot.to_dict() if snapshot.exists else None
             if order is not None and order.get("fulfilled_at") is not None:
@@ -228,7 +230,9 @@ class FirestoreLedger(Ledger):
         ref = self._orders().document(_doc_id(session.session_id))
 
         @firestore.async_transactional
-        async def complete(transaction: firestore.AsyncTransaction):
+        async def complete(
+            transaction: firestore.AsyncTransaction,
+        ) -> tuple[bool, dict[str, Any] | None]:
             snapshot = await ref.get(transaction=transaction, **_CALL)
             order = snapshot.to_dict() if snapshot.exists else None
             held = (order or {}).get("claim")
@@ -460,7 +464,7 @@ def _claim_fields(session: SessionStatus, claim: dict[str, Any], owner: str) -> 
     }
 
 
-async def _abandon(task: asyncio.Task) -> None:
+async def _abandon(task: asyncio.Task[Any]) -> None:
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
     if not done:
@@ -469,7 +473,7 @@ async def _abandon(task: asyncio.Task) -> None:
     task.add_done_callback(_retrieve)
 
 
-def _retrieve(task: asyncio.Task) -> None:
+def _retrieve(task: asyncio.Task[Any]) -> None:
     # Read the outcome of an abandoned operation, so asyncio does not report it as never retrieved.
     if not task.cancelled():
         task.exception()

@@ -61,7 +61,9 @@ class MemoryLedger(Ledger):
         order = self._orders.get(session_id)
         return None if order is None else {**order, "event_ids": list(order["event_ids"])}
 
-    def _order(self, session: SessionStatus, *, final: bool, event_id: str | None) -> dict:
+    def _order(
+        self, session: SessionStatus, *, final: bool, event_id: str | None
+    ) -> dict[str, Any]:
         now = _now()
         order = self._orders.get(session.session_id)
         if order is None:
@@ -80,7 +82,7 @@ class MemoryLedger(Ledger):
         _trim(self._orders, self._max_entries)
 
 
-def _trim(entries: OrderedDict, limit: int) -> None:
+def _trim(entries: OrderedDict[str, Any], limit: int) -> None:
     while len(entries) > limit:
         entries.popitem(last=False)
 
