@@ -28,7 +28,7 @@ async def checkout_api(request: Request) -> Response:
 # has no errorhandler hook, so wrap the private function that builds the app (after importing this
 # module) and send its HTTP errors to the function it serves too: they get the contract's JSON
 # 404/405, as any other path and method do. tests/test_bad_input.py checks each of them.
-_build_asgi_app = functions_framework.aio._create_asgi_app_with_function
+_build_asgi_app: Callable[..., Starlette] = functions_framework.aio._create_asgi_app_with_function
 
 
 def _asgi_app_answering_everything(
@@ -37,7 +37,7 @@ def _asgi_app_answering_everything(
     async def answer_as_the_function(request: Request, _error: Exception) -> Response:
         return await function(request)
 
-    app: Starlette = _build_asgi_app(function, *args, **kwargs)
+    app = _build_asgi_app(function, *args, **kwargs)
     app.add_exception_handler(HTTPException, answer_as_the_function)
     return app
 

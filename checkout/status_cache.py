@@ -82,11 +82,13 @@ class NotFoundCache:
         self._expiries: OrderedDict[str, float] = OrderedDict()
 
     def __contains__(self, session_id: object) -> bool:
-        expires = self._expiries.get(session_id)  # type: ignore[call-overload]
+        if not isinstance(session_id, str):
+            return False
+        expires = self._expiries.get(session_id)
         if expires is None:
             return False
         if self._clock() >= expires:
-            del self._expiries[session_id]  # type: ignore[arg-type]
+            del self._expiries[session_id]
             return False
         return True
 

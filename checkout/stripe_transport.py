@@ -270,7 +270,9 @@ def proxy_for(url: str) -> str | None:
     """The proxy the environment names for `url` (http(s)_proxy, all_proxy, no_proxy), if any."""
     proxies = urllib.request.getproxies_environment()
     parts = urlsplit(url)
-    if not proxies or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+    # proxy_bypass_environment is CPython's (urllib.request), but typeshed does not declare it.
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if not proxies or bypass(parts.hostname or "", proxies):
         return None
     return proxies.get(parts.scheme) or proxies.get("all")
 

@@ -80,7 +80,7 @@ class Answer:
     body: bytes
 
     def json(self) -> dict[str, Any]:
-        return json.loads(self.body)  # type: ignore[no-any-return]
+        return json.loads(self.body)
 
     @property
     def status_code(self) -> int:

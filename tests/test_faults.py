@@ -158,7 +158,7 @@ def test_half_the_calls_failing_at_random_are_each_answered_cleanly(
     budget = budget_for(configure, timeout=2, retries=0)
     stripe_emulator.set_faults(mode="random_500", probability=0.5, seed=20261126)
     created: dict[str, str] = {}
-    outcomes = {"create": [], "status": []}
+    outcomes: dict[str, list[int]] = {"create": [], "status": []}
     for attempt in range(30):
         with Timed(budget):
             response = create(client, {"imageId": f"img_{attempt}"})

@@ -157,3 +157,29 @@ def test_one_assert_error():
         if isinstance(node, ast.FunctionDef) and node.name == "assert_error"
     ]
     assert defined == ["support.py"]
+
+
+# --- Types checked --------------------------------------------------------------------------------
+
+
+def test_make_test_type_checks_the_service_strictly():
+    import tomllib
+
+    recipe = (ROOT / "Makefile").read_text().split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "-m mypy" in recipe
+    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert mypy["strict"] is True
+    assert {"main.py", "checkout", "tests", "devtools", "bench"} <= set(mypy["files"])
+    lenient = {module for override in mypy["overrides"] for module in override["module"]} & {
+        "checkout",
+        "checkout.*",
+        "main",
+    }
+    assert not lenient  # no override relaxes the service
+
+
+def test_every_type_ignore_in_the_service_names_its_code():
+    for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "type: ignore" in line:
+                assert "type: ignore[" in line, f"{path.relative_to(ROOT)}:{number}"

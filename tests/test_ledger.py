@@ -136,6 +136,9 @@ def test_the_firestore_ledger_takes_project_database_and_lease_from_settings() -
             }
         )
     )
+    from checkout.ledger.firestore import FirestoreLedger
+
+    assert isinstance(ledger, FirestoreLedger)
     assert (ledger.name, ledger.project, ledger.database) == (
         "firestore",
         "demo-checkout",
@@ -199,6 +202,9 @@ def test_firestore_takes_the_project_of_the_default_credentials(
     )
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
     ledger = ledger_from_settings(load_settings({"ORDER_LEDGER": "firestore"}))
+    from checkout.ledger.firestore import FirestoreLedger
+
+    assert isinstance(ledger, FirestoreLedger)
     assert ledger.project == "adc-project"
 
 
@@ -231,6 +237,7 @@ def test_the_order_record_holds_no_customer_details_or_secrets(make_ledger: Make
         ledger = make_ledger()
         await ledger.fulfil_once(session(), Deliveries(), event_id="evt_1")
         order = await ledger.order("cs_test_a1")
+        assert order is not None
         # `claim` exists only in Firestore, where it is the lease (owner, token, expiry) or null.
         assert set(order) - {"claim"} == ORDER_FIELDS
         assert order.get("claim") is None
@@ -376,6 +383,7 @@ def test_event_records_carry_expire_at_for_the_ttl_policy(firestore: Firestore) 
     before = datetime.now(UTC)
     run(firestore_ledger(firestore).mark_event_handled("evt_ttl", COMPLETED, "cs_test_a1"))
     record = read_document(firestore, "checkout_events", "evt_ttl")
+    assert record is not None
     assert record["type"] == COMPLETED
     assert record["session_id"] == "cs_test_a1"
     retention = timedelta(days=EVENT_RETENTION_DAYS)

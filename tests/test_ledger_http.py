@@ -9,6 +9,7 @@ are signed here, as Stripe signs them, and posted to the instances over real HTT
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -165,10 +166,10 @@ def test_duplicate_deliveries_across_three_instances_fulfil_once(
     session = paid_session(servers[0], stripe_emulator)
     payload = event_for(session, COMPLETED)
     webhooks: list[Callable[[], Any]] = [
-        (lambda s=servers[n % 3]: post_event(s, payload)) for n in range(12)
+        functools.partial(post_event, servers[n % 3], payload) for n in range(12)
     ]
     statuses: list[Callable[[], Any]] = [
-        (lambda s=servers[n % 3]: status_on(s, session["id"])) for n in range(6)
+        functools.partial(status_on, servers[n % 3], session["id"]) for n in range(6)
     ]
     answers = in_crowd(webhooks + statuses)
 

@@ -23,7 +23,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from checkout.config import (
     REQUEST_MARGIN_SECONDS,
@@ -118,6 +118,10 @@ class Ledger(ABC):
     @abstractmethod
     async def settled_status(self, session_id: str) -> SessionStatus | None:
         """The session's status if it can no longer change and needs nothing more from us."""
+
+    @abstractmethod
+    async def order(self, session_id: str) -> dict[str, Any] | None:
+        """The stored record of a session (fields as in docs/ledger.md), for tests and operators."""
 
     @abstractmethod
     async def event_handled(self, event_id: str) -> bool:
