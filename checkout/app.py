@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
+from checkout.catalogue import Catalogue
 from checkout.config import ConfigError, Settings, load_settings
 from checkout.fulfilment import Fulfilment
 from checkout.http import (
@@ -47,6 +48,7 @@ class Service:
     trace_project: str | None
     webhook_secret: SecretSource
     webhook_events: OncePerKey  # ids of the Stripe events already handled
+    catalogue: Catalogue  # what this deployment sells, and how its sessions are marked
     fulfilment: Fulfilment
     unknown_sessions: NotFoundCache  # ids Stripe said it does not know
     create_limit: TokenBuckets  # per client: creates
@@ -61,6 +63,7 @@ class Service:
     def from_settings(cls, settings: Settings) -> Service:
         api_key = stripe_api_key_source(settings)
         status_cache = StatusCache(settings.status_cache_size, settings.status_open_ttl_ms)
+        catalogue = Catalogue.from_settings(settings)
         return cls(
             settings=settings,
             cors=CorsPolicy(settings.allowed_origins, settings.allow_any_origin),
@@ -70,7 +73,8 @@ class Service:
             trace_project=settings.google_cloud_project or _project_in(settings.stripe_secret_name),
             webhook_secret=webhook_secret_source(settings),
             webhook_events=OncePerKey(settings.webhook_dedupe_size),
-            fulfilment=Fulfilment(status_cache, settings.webhook_dedupe_size),
+            catalogue=catalogue,
+            fulfilment=Fulfilment(status_cache, settings.webhook_dedupe_size, catalogue),
             unknown_sessions=NotFoundCache(settings.status_cache_size),
             create_limit=TokenBuckets(settings.create_limit_per_minute),
             status_limit=TokenBuckets(settings.status_limit_per_minute),

@@ -13,6 +13,7 @@ import inspect
 import logging
 from typing import Any
 
+from checkout.catalogue import Catalogue, Refusal
 from checkout.once import OncePerKey
 from checkout.status_cache import StatusCache
 from checkout.stripe_gateway import SessionStatus
@@ -46,13 +47,18 @@ class FulfilmentFailed(Exception):
 class Fulfilment:
     """Fulfils each paid session once per instance, however often and concurrently it is asked."""
 
-    def __init__(self, status_cache: StatusCache, max_sessions: int) -> None:
+    def __init__(self, status_cache: StatusCache, max_sessions: int, catalogue: Catalogue) -> None:
         self._status_cache = status_cache
         self._fulfilled = OncePerKey(max_sessions)
+        self._catalogue = catalogue
 
     async def fulfil(self, session: SessionStatus, *, event_id: str | None = None) -> bool:
-        """Fulfil a complete, paid session; True if this call did it, False if nothing to do."""
-        if not is_paid(session):
+        """Fulfil a complete, paid session that sold what we sell; True if this call did it.
+
+        False if there is nothing to do: not paid (yet), fulfilled before, or not ours to fulfil
+        (checkout/catalogue.py; a session of ours that sold something else is logged at ERROR).
+        """
+        if not is_paid(session) or self.refusal(session, event_id) is not None:
             return False
         try:
             return await self._fulfilled.run(
@@ -64,6 +70,19 @@ class Fulfilment:
                 extra={"fields": {**record_of(session, event_id), "detail": str(error)[:300]}},
             )
             raise FulfilmentFailed(f"fulfilment of {session.session_id} failed") from error
+
+    def refusal(self, session: SessionStatus, event_id: str | None = None) -> Refusal | None:
+        """Why `session` is not ours to fulfil (logged), or None if it sold what we sell."""
+        refusal = self._catalogue.refusal(session)
+        if refusal is None:
+            return None
+        fields = {**record_of(session, event_id), "reason": refusal.reason}
+        fields["detail"] = refusal.detail
+        # Ours but not what we sell (the price changed while it was open?): a paying customer
+        # is waiting, and only an operator can decide. Another integration's: nothing to do.
+        level = logging.ERROR if refusal.ours else logging.INFO
+        log.log(level, "checkout_not_fulfilled", extra={"fields": fields})
+        return refusal
 
     async def _fulfil_now(self, session: SessionStatus, event_id: str | None) -> None:
         # Looked up at call time, so a test (or a team) can swap in its own.

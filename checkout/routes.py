@@ -44,7 +44,7 @@ async def create_session(request: Request, service: Service) -> Response:
 
 
 async def session_status(request: Request, service: Service) -> Response:
-    """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, metadata}."""
+    """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, outcome, …}."""
     session_id = _session_id_from(request)
     status = service.status_cache.get(session_id)
     if status is None:
@@ -53,6 +53,10 @@ async def session_status(request: Request, service: Service) -> Response:
         service.status_limit.charge(service.client_of(request))
         try:
             status = await service.gateway.retrieve_session(session_id)
+            if not service.catalogue.is_ours(status):
+                # Another integration's session on the same account: answered exactly as an
+                # unknown id, so that not even its existence leaks (checkout/catalogue.py).
+                raise session_not_found(detail="the session exists but is not this deployment's")
         except ApiError as error:
             if error.code == "session_not_found":
                 service.unknown_sessions.add(session_id)
