@@ -24,7 +24,7 @@ from checkout.http import (
 )
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
 from checkout.limits import TokenBuckets, client_address
-from checkout.logs import current_request, setup_logging, trace_of
+from checkout.logs import crash_fields, current_request, setup_logging, trace_of
 from checkout.once import OncePerKey
 from checkout.routes import Endpoint, endpoint_at, match
 from checkout.status_cache import NotFoundCache, StatusCache
@@ -158,8 +158,10 @@ async def handle(request: Request) -> Response:
     except ApiError as caught:
         error = caught
         response = error_response(caught, context["request_id"])
-    except Exception:
-        log.exception("unhandled error while serving %s %s", method[:20], path[:200])
+    except Exception as crash:
+        # A bug: its type, message and traceback go into this request's one log line (below),
+        # with anything shaped like a secret blanked; the client gets a sentence and the id.
+        context["crash"] = crash
         error = ApiError(500, "internal_error", "Something went wrong on our side. Please retry.")
         response = error_response(error, context["request_id"])
     try:
@@ -220,6 +222,9 @@ def _log_request(
         fields["code"] = error.code
         if error.detail:
             fields["detail"] = error.detail
+    crash = context.get("crash")
+    if crash is not None:
+        fields.update(crash_fields(crash))
     level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
     request_log.log(level, "%s %s %s", method[:20], path, status, extra={"fields": fields})
 
