@@ -11,14 +11,22 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from checkout.catalogue import Catalogue, Refusal
-from checkout.once import OncePerKey
+from checkout.once import OncePerKey, StillRunning
 from checkout.status_cache import StatusCache
 from checkout.stripe_gateway import SessionStatus
 
 log = logging.getLogger("checkout.fulfilment")
+
+# An attempt at `deliver_order` that takes longer has failed, and a later call retries it.
+DELIVER_TIMEOUT_S = 45.0
+# How long a status call waits for the attempt it started itself before answering anyway.
+STATUS_WAIT_S = 1.0
+# Threads for plain-function `deliver_order`s, apart from the loop's default pool (secret reads).
+DELIVERY_THREADS = 4
 
 
 async def deliver_order(session: SessionStatus) -> None:
@@ -34,7 +42,8 @@ async def deliver_order(session: SessionStatus) -> None:
 
     Instances do not share memory, so a webhook and a status call served by two instances can
     both get here for one session: make what you do idempotent by session id (for example, a
-    Firestore document created only if absent). Keep it well under the request timeout.
+    Firestore document created only if absent). An attempt that runs past DELIVER_TIMEOUT_S
+    (45 s) counts as failed, and a later call tries again: keep it well under that.
 
     The default does nothing: the `checkout_fulfilled` log record is the whole fulfilment.
     """
@@ -44,32 +53,58 @@ class FulfilmentFailed(Exception):
     """`deliver_order` raised; the session is not marked fulfilled, so a retry runs it again."""
 
 
-class Fulfilment:
-    """Fulfils each paid session once per instance, however often and concurrently it is asked."""
+class FulfilmentInProgress(Exception):
+    """Another request's attempt at this session is still running; the caller did not wait."""
 
-    def __init__(self, status_cache: StatusCache, max_sessions: int, catalogue: Catalogue) -> None:
+
+class Fulfilment:
+    """Fulfils each paid session once per instance, however often and concurrently it is asked.
+
+    Every wait is bounded: an attempt that runs past DELIVER_TIMEOUT_S has failed (and is retried
+    later), a caller waits for an attempt at most its own `wait`, and a blocking `deliver_order`
+    runs on threads of its own, so a hung one cannot starve the threads that read secrets.
+    """
+
+    def __init__(
+        self,
+        status_cache: StatusCache,
+        max_sessions: int,
+        catalogue: Catalogue,
+        deliver_timeout: float = DELIVER_TIMEOUT_S,
+    ) -> None:
         self._status_cache = status_cache
         self._fulfilled = OncePerKey(max_sessions)
         self._catalogue = catalogue
+        self._deliver_timeout = deliver_timeout
+        self._threads = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="deliver_order")
 
-    async def fulfil(self, session: SessionStatus, *, event_id: str | None = None) -> bool:
+    async def fulfil(
+        self,
+        session: SessionStatus,
+        *,
+        event_id: str | None = None,
+        wait: float | None = None,
+        wait_for_others: float | None = None,
+    ) -> bool:
         """Fulfil a complete, paid session that sold what we sell; True if this call did it.
 
         False if there is nothing to do: not paid (yet), fulfilled before, or not ours to fulfil
         (checkout/catalogue.py; a session of ours that sold something else is logged at ERROR).
+        Waits at most `wait` s (default: the attempt's own bound) for the attempt, and at most
+        `wait_for_others` for one that another request started; FulfilmentInProgress past that,
+        while the attempt goes on. FulfilmentFailed if the attempt failed (logged already).
         """
         if not is_paid(session) or self.refusal(session, event_id) is not None:
             return False
         try:
             return await self._fulfilled.run(
-                session.session_id, lambda: self._fulfil_now(session, event_id)
+                session.session_id,
+                lambda: self._fulfil_now(session, event_id),
+                wait=self._deliver_timeout + 1.0 if wait is None else wait,
+                wait_for_others=wait_for_others,
             )
-        except Exception as error:
-            log.exception(
-                "checkout_fulfilment_failed",
-                extra={"fields": {**record_of(session, event_id), "detail": str(error)[:300]}},
-            )
-            raise FulfilmentFailed(f"fulfilment of {session.session_id} failed") from error
+        except StillRunning as running:
+            raise FulfilmentInProgress(str(running)) from None
 
     def refusal(self, session: SessionStatus, event_id: str | None = None) -> Refusal | None:
         """Why `session` is not ours to fulfil (logged), or None if it sold what we sell."""
@@ -85,15 +120,32 @@ class Fulfilment:
         return refusal
 
     async def _fulfil_now(self, session: SessionStatus, event_id: str | None) -> None:
+        try:
+            async with asyncio.timeout(self._deliver_timeout):
+                await self._deliver(session)
+        except Exception as error:
+            if isinstance(error, TimeoutError):
+                detail = f"deliver_order did not finish within {self._deliver_timeout:g} s"
+            else:
+                detail = str(error)[:300]
+            # Logged here, once per attempt, whether or not a caller is still waiting for it.
+            log.exception(
+                "checkout_fulfilment_failed",
+                extra={"fields": {**record_of(session, event_id), "detail": detail}},
+            )
+            raise FulfilmentFailed(f"fulfilment of {session.session_id} failed") from error
+        # After success only: until then a status call finds no cache entry and tries too.
+        self._status_cache.put(session)
+        log.info("checkout_fulfilled", extra={"fields": record_of(session, event_id)})
+
+    async def _deliver(self, session: SessionStatus) -> None:
         # Looked up at call time, so a test (or a team) can swap in its own.
         deliver = deliver_order
         if inspect.iscoroutinefunction(deliver):
             await deliver(session)
         else:
-            await asyncio.to_thread(deliver, session)
-        # After success only: until then a status call finds no cache entry and tries too.
-        self._status_cache.put(session)
-        log.info("checkout_fulfilled", extra={"fields": record_of(session, event_id)})
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._threads, deliver, session)
 
 
 def is_paid(session: SessionStatus) -> bool:

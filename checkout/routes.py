@@ -13,7 +13,7 @@ from starlette.responses import Response
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from checkout.fulfilment import FulfilmentFailed
+from checkout.fulfilment import STATUS_WAIT_S, FulfilmentFailed, FulfilmentInProgress
 from checkout.http import ApiError, json_response, read_json_object
 from checkout.stripe_gateway import session_not_found
 from checkout.webhook import stripe_webhook
@@ -61,12 +61,13 @@ async def session_status(request: Request, service: Service) -> Response:
             if error.code == "session_not_found":
                 service.unknown_sessions.add(session_id)
             raise
-        # The return page can beat the webhook (or none is set up), so fulfil here too. A failure
-        # is logged inside; the customer still gets the status, and it stays uncached so that the
-        # next status call (or Stripe's webhook retry) fulfils again.
+        # The return page can beat the webhook (or none is set up), so fulfil here too, but never
+        # wait on an attempt another request is running, and on our own only briefly: the
+        # customer asked for the payment's status, which we have. A failure is logged inside;
+        # the status stays uncached so that the next call (or Stripe's webhook retry) tries again.
         try:
-            await service.fulfilment.fulfil(status)
-        except FulfilmentFailed:
+            await service.fulfilment.fulfil(status, wait=STATUS_WAIT_S, wait_for_others=0)
+        except (FulfilmentFailed, FulfilmentInProgress):
             pass
         else:
             service.status_cache.put(status)

@@ -18,9 +18,10 @@ import stripe
 from starlette.requests import Request
 from starlette.responses import Response
 
-from checkout.fulfilment import FulfilmentFailed, record_of
+from checkout.fulfilment import FulfilmentFailed, FulfilmentInProgress, record_of
 from checkout.http import ApiError, json_response, read_body
 from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.once import StillRunning
 from checkout.stripe_gateway import SessionStatus
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ log = logging.getLogger("checkout.webhook")
 # Checkout Session events are a few KB; anything near this is not from Stripe.
 MAX_EVENT_BYTES = 1024 * 1024
 SECRET_RETRY_AFTER = "5"  # noqa: S105  # seconds, not a secret
+# How long a duplicate delivery waits for the first one before answering 503 (Stripe retries).
+DUPLICATE_WAIT_S = 30.0
+IN_PROGRESS_RETRY_AFTER = "10"
 # A signature that fails with the cached secret re-reads it from Secret Manager at most this often.
 SECRET_REREAD_INTERVAL_S = 30.0
 
@@ -53,7 +57,11 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
         if reason is not None:
             ignored.append(reason)
 
-    first_time = await service.webhook_events.run(event_id, handle)
+    try:
+        first_time = await service.webhook_events.run(event_id, handle, wait=DUPLICATE_WAIT_S)
+    except StillRunning as running:
+        # A duplicate of an event still being handled: Stripe retries it later.
+        raise _retry_later("event_in_progress", str(running)) from None
     fields = {"event_id": event_id, "event_type": kind}
     if not first_time:
         fields["outcome"] = "duplicate"
@@ -90,6 +98,8 @@ async def _handle(event: dict[str, Any], service: Service) -> str | None:
             return refusal.reason
         try:
             await service.fulfilment.fulfil(session, event_id=event["id"])
+        except FulfilmentInProgress as running:
+            raise _retry_later("fulfilment_in_progress", str(running)) from None
         except FulfilmentFailed as error:
             raise ApiError(
                 500,
@@ -206,6 +216,17 @@ def _session_in(event: dict[str, Any]) -> SessionStatus:
     # from_stripe reads with `in` and [], which a plain dict supports as well. The failed event
     # is what tells a failed delayed payment apart: the session itself still reads complete/unpaid.
     return SessionStatus.from_stripe(session, payment_failed=event["type"] == PAYMENT_FAILED)
+
+
+def _retry_later(code: str, detail: str) -> ApiError:
+    # Nothing was marked handled: Stripe's retry does the work (or finds it done).
+    return ApiError(
+        503,
+        code,
+        "This event is still being handled; retry it later.",
+        headers={"Retry-After": IN_PROGRESS_RETRY_AFTER},
+        detail=detail,
+    )
 
 
 def _invalid(detail: str) -> ApiError:
