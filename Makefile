@@ -15,8 +15,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 run: $(VENV)/.installed
 	$(PY) -m devtools.run_local
 
+# The end-to-end browser tests build the README's React component: npm installs its pinned
+# packages (tests/e2e/package-lock.json). Without npm those tests skip, saying why.
+E2E_DEPS := tests/e2e/node_modules/.package-lock.json
+$(E2E_DEPS): tests/e2e/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: the end-to-end browser tests will be skipped"; \
+	fi
+
 ## Lint, then run every test.
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(E2E_DEPS)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
