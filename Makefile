@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint format bench clean
+.PHONY: run firestore-emulator test lint format bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(E2E_DEPS): tests/e2e/package-lock.json
 	else \
 		echo "npm not found: the end-to-end browser tests will be skipped"; \
 	fi
+
+## Google's Firestore emulator on :8086, for ORDER_LEDGER=firestore locally (docs/ledger.md).
+firestore-emulator: $(VENV)/.installed
+	$(PY) -m devtools.firestore_emulator --port 8086
 
 ## Lint, then run every test.
 test: $(VENV)/.installed $(E2E_DEPS)

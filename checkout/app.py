@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from checkout.catalogue import Catalogue
 from checkout.config import ConfigError, Settings, load_settings
-from checkout.fulfilment import Fulfilment
+from checkout.fulfilment import DELIVER_TIMEOUT_S, Fulfilment
 from checkout.http import (
     BASE_HEADERS,
     ApiError,
@@ -23,6 +23,7 @@ from checkout.http import (
     error_response,
 )
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
+from checkout.ledger import Ledger, OutageLog, ledger_from_settings
 from checkout.limits import TokenBuckets, client_address
 from checkout.logs import crash_fields, current_request, setup_logging, trace_of
 from checkout.once import OncePerKey
@@ -47,12 +48,14 @@ class Service:
     status_cache: StatusCache
     trace_project: str | None
     webhook_secret: SecretSource
-    webhook_events: OncePerKey  # ids of the Stripe events already handled
+    webhook_events: OncePerKey  # ids of the Stripe events this process handled
+    ledger: Ledger  # fulfilment and handled events: this process, or every instance (Firestore)
+    ledger_outages: OutageLog
     catalogue: Catalogue  # what this deployment sells, and how its sessions are marked
     fulfilment: Fulfilment
     unknown_sessions: NotFoundCache  # ids Stripe said it does not know
     create_limit: TokenBuckets  # per client: creates
-    status_limit: TokenBuckets  # per client: status calls that reach Stripe
+    status_limit: TokenBuckets  # per client: status calls past the cache (ledger, then Stripe)
 
     def client_of(self, request: Request) -> str:
         """Who sent `request`, for per-client limits (docs/abuse.md)."""
@@ -63,6 +66,7 @@ class Service:
     def from_settings(cls, settings: Settings) -> Service:
         api_key = stripe_api_key_source(settings)
         status_cache = StatusCache(settings.status_cache_size, settings.status_open_ttl_ms)
+        ledger = ledger_from_settings(settings)
         catalogue = Catalogue.from_settings(settings)
         return cls(
             settings=settings,
@@ -73,8 +77,16 @@ class Service:
             trace_project=settings.google_cloud_project or _project_in(settings.stripe_secret_name),
             webhook_secret=webhook_secret_source(settings),
             webhook_events=OncePerKey(settings.webhook_dedupe_size),
+            ledger=ledger,
+            ledger_outages=OutageLog(),
             catalogue=catalogue,
-            fulfilment=Fulfilment(status_cache, settings.webhook_dedupe_size, catalogue),
+            fulfilment=Fulfilment(
+                status_cache,
+                ledger,
+                catalogue,
+                # Under the claim's lease: past it another instance may take the session over.
+                deliver_timeout=min(DELIVER_TIMEOUT_S, 0.75 * settings.ledger_lease_seconds),
+            ),
             unknown_sessions=NotFoundCache(settings.status_cache_size),
             create_limit=TokenBuckets(settings.create_limit_per_minute),
             status_limit=TokenBuckets(settings.status_limit_per_minute),
@@ -244,6 +256,12 @@ def _announce(settings: Settings) -> None:
             "no webhook signing secret configured: set STRIPE_WEBHOOK_SECRET or "
             "STRIPE_WEBHOOK_SECRET_NAME; Stripe's events will answer 500 webhook_not_configured "
             "and only status calls will fulfil orders"
+        )
+    if settings.order_ledger == "memory" and settings.on_cloud_run:
+        log.warning(
+            "ORDER_LEDGER=memory on Cloud Run: each instance remembers fulfilment and handled "
+            "events on its own, so a session can be fulfilled once per instance; set "
+            "ORDER_LEDGER=firestore (docs/ledger.md)"
         )
 
 

@@ -75,7 +75,16 @@ ENVIRONMENT_VARIABLES = (
     "CREATE_LIMIT_PER_MINUTE",
     "STATUS_LIMIT_PER_MINUTE",
     "STRIPE_MAX_IN_FLIGHT",
+    "ORDER_LEDGER",
+    "FIRESTORE_DATABASE",
+    "FIRESTORE_EMULATOR_HOST",
+    "LEDGER_LEASE_SECONDS",
 )
+
+ORDER_LEDGERS = ("memory", "firestore")
+DEFAULT_FIRESTORE_DATABASE = "(default)"
+# A Firestore database id: 4-63 of a-z, 0-9 and '-', starting with a letter; or "(default)".
+_FIRESTORE_DATABASE = re.compile(r"^(\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9])$")
 
 
 class ConfigError(ValueError):
@@ -113,6 +122,10 @@ class Settings:
     create_limit_per_minute: int
     status_limit_per_minute: int
     stripe_max_in_flight: int
+    order_ledger: str  # "memory" (this process) or "firestore" (every instance)
+    firestore_database: str
+    firestore_emulator_host: str | None
+    ledger_lease_seconds: float  # how long a fulfilment claim holds before another may take over
 
     @property
     def stripe_key_configured(self) -> bool:
@@ -225,6 +238,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         create_limit_per_minute=_int(get, "CREATE_LIMIT_PER_MINUTE", 30, minimum=0),
         status_limit_per_minute=_int(get, "STATUS_LIMIT_PER_MINUTE", 120, minimum=0),
         stripe_max_in_flight=_int(get, "STRIPE_MAX_IN_FLIGHT", 100, minimum=1, maximum=10_000),
+        order_ledger=_order_ledger(get),
+        firestore_database=_firestore_database(get),
+        firestore_emulator_host=get("FIRESTORE_EMULATOR_HOST"),
+        ledger_lease_seconds=_float(get, "LEDGER_LEASE_SECONDS", 60.0, minimum=1, maximum=600),
     )
     _check_budget(settings)
     return settings
@@ -268,6 +285,23 @@ def _check_api_base(api_base: str, on_cloud_run: bool, secret_key: str | None) -
 
 def is_live_key(key: str) -> bool:
     return key.strip().startswith(("sk_live_", "rk_live_"))
+
+
+def _order_ledger(get) -> str:
+    ledger = (get("ORDER_LEDGER") or "memory").lower()
+    if ledger not in ORDER_LEDGERS:
+        raise ConfigError(f"ORDER_LEDGER must be one of {', '.join(ORDER_LEDGERS)}, got {ledger!r}")
+    return ledger
+
+
+def _firestore_database(get) -> str:
+    database = get("FIRESTORE_DATABASE") or DEFAULT_FIRESTORE_DATABASE
+    if not _FIRESTORE_DATABASE.match(database):
+        raise ConfigError(
+            "FIRESTORE_DATABASE must be a Firestore database id (lowercase letters, digits and "
+            f"'-', 4 to 63 characters) or (default), got {database!r}"
+        )
+    return database
 
 
 def _origin_of(url: str, variable: str) -> str:

@@ -2,7 +2,8 @@
 
 Stripe's advice is to fulfil from the webhook, since a customer may close the tab before the
 return page loads, and from the return page too, since it may beat the webhook. Both end up in
-`Fulfilment.fulfil`, which runs `deliver_order` once per session and then logs one
+`Fulfilment.fulfil`, which runs `deliver_order` once per session through the order ledger
+(checkout/ledger: every instance with Firestore, docs/ledger.md) and then logs one
 `checkout_fulfilled` record: the integration point for Cloud Logging sinks and log-based metrics.
 """
 
@@ -15,13 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from checkout.catalogue import Catalogue, Refusal
-from checkout.once import OncePerKey, StillRunning
+from checkout.ledger import FulfilmentInProgress, Ledger, LedgerUnavailable, is_paid
 from checkout.status_cache import StatusCache
 from checkout.stripe_gateway import SessionStatus
 
 log = logging.getLogger("checkout.fulfilment")
 
-# An attempt at `deliver_order` that takes longer has failed, and a later call retries it.
+# An attempt at `deliver_order` that takes longer has failed, and a later call retries it. The
+# service lowers it to 3/4 of LEDGER_LEASE_SECONDS, so that it ends before the claim's lease does.
 DELIVER_TIMEOUT_S = 45.0
 # How long a status call waits for the attempt it started itself before answering anyway.
 STATUS_WAIT_S = 1.0
@@ -30,7 +32,7 @@ DELIVERY_THREADS = 4
 
 
 async def deliver_order(session: SessionStatus) -> None:
-    """Add your own fulfilment here: it runs once per paid session per instance.
+    """Add your own fulfilment here: it runs to success once per paid session.
 
     It may be an `async def` (awaited on the event loop: use async clients, never block) or a
     plain function (run in a worker thread, so blocking I/O there does not stall other requests).
@@ -40,10 +42,10 @@ async def deliver_order(session: SessionStatus) -> None:
     answers 500 and Stripe retries it (for up to 3 days), and the `checkout_fulfilled` record is
     not logged until a later attempt succeeds.
 
-    Instances do not share memory, so a webhook and a status call served by two instances can
-    both get here for one session: make what you do idempotent by session id (for example, a
-    Firestore document created only if absent). An attempt that runs past DELIVER_TIMEOUT_S
-    (45 s) counts as failed, and a later call tries again: keep it well under that.
+    With ORDER_LEDGER=firestore (the deploy's setting) that holds across every instance; with
+    `memory` (local), per process. An attempt that runs past DELIVER_TIMEOUT_S (45 s, and never
+    past 3/4 of LEDGER_LEASE_SECONDS) counts as failed, and a later call tries again: finish well
+    within that. docs/ledger.md names the one narrow case in which it can run twice.
 
     The default does nothing: the `checkout_fulfilled` log record is the whole fulfilment.
     """
@@ -53,27 +55,29 @@ class FulfilmentFailed(Exception):
     """`deliver_order` raised; the session is not marked fulfilled, so a retry runs it again."""
 
 
-class FulfilmentInProgress(Exception):
-    """Another request's attempt at this session is still running; the caller did not wait."""
+class DeliveryTimedOut(TimeoutError):
+    """`deliver_order` ran past its bound: the attempt has failed, and a later call retries it."""
 
 
 class Fulfilment:
-    """Fulfils each paid session once per instance, however often and concurrently it is asked.
+    """Fulfils each paid session once, however often, concurrently and widely it is asked.
 
-    Every wait is bounded: an attempt that runs past DELIVER_TIMEOUT_S has failed (and is retried
-    later), a caller waits for an attempt at most its own `wait`, and a blocking `deliver_order`
-    runs on threads of its own, so a hung one cannot starve the threads that read secrets.
+    The ledger's LedgerUnavailable and FulfilmentInProgress pass through: the caller answers a
+    retryable error (the webhook) or the status alone (the status endpoint). Every wait is
+    bounded: `deliver_order` by `deliver_timeout`, the ledger by its own deadlines, and a caller
+    by `within` if it gives one. A blocking `deliver_order` runs on threads of its own, so a hung
+    one cannot starve the threads that read secrets.
     """
 
     def __init__(
         self,
         status_cache: StatusCache,
-        max_sessions: int,
+        ledger: Ledger,
         catalogue: Catalogue,
         deliver_timeout: float = DELIVER_TIMEOUT_S,
     ) -> None:
         self._status_cache = status_cache
-        self._fulfilled = OncePerKey(max_sessions)
+        self._ledger = ledger
         self._catalogue = catalogue
         self._deliver_timeout = deliver_timeout
         self._threads = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="deliver_order")
@@ -83,28 +87,29 @@ class Fulfilment:
         session: SessionStatus,
         *,
         event_id: str | None = None,
-        wait: float | None = None,
-        wait_for_others: float | None = None,
+        wait: bool = True,
+        within: float | None = None,
     ) -> bool:
         """Fulfil a complete, paid session that sold what we sell; True if this call did it.
 
         False if there is nothing to do: not paid (yet), fulfilled before, or not ours to fulfil
         (checkout/catalogue.py; a session of ours that sold something else is logged at ERROR).
-        Waits at most `wait` s (default: the attempt's own bound) for the attempt, and at most
-        `wait_for_others` for one that another request started; FulfilmentInProgress past that,
-        while the attempt goes on. FulfilmentFailed if the attempt failed (logged already).
+        `wait=False`: do not wait for an attempt held elsewhere (FulfilmentInProgress at once).
+        `within`: give up waiting after that many seconds (FulfilmentInProgress), while this
+        call's attempt goes on and logs its own outcome. A caller that goes away does not cancel
+        the attempt either.
         """
         if not is_paid(session) or self.refusal(session, event_id) is not None:
             return False
+        attempt = asyncio.ensure_future(self._attempt(session, event_id, wait))
+        attempt.add_done_callback(_seen)
         try:
-            return await self._fulfilled.run(
-                session.session_id,
-                lambda: self._fulfil_now(session, event_id),
-                wait=self._deliver_timeout + 1.0 if wait is None else wait,
-                wait_for_others=wait_for_others,
-            )
-        except StillRunning as running:
-            raise FulfilmentInProgress(str(running)) from None
+            async with asyncio.timeout(within):
+                return await asyncio.shield(attempt)
+        except TimeoutError:  # only ours: the attempt raises FulfilmentFailed for its own
+            raise FulfilmentInProgress(
+                f"{session.session_id}: still being fulfilled after {within:g} s"
+            ) from None
 
     def refusal(self, session: SessionStatus, event_id: str | None = None) -> Refusal | None:
         """Why `session` is not ours to fulfil (logged), or None if it sold what we sell."""
@@ -119,38 +124,50 @@ class Fulfilment:
         log.log(level, "checkout_not_fulfilled", extra={"fields": fields})
         return refusal
 
-    async def _fulfil_now(self, session: SessionStatus, event_id: str | None) -> None:
+    async def _attempt(self, session: SessionStatus, event_id: str | None, wait: bool) -> bool:
         try:
-            async with asyncio.timeout(self._deliver_timeout):
-                await self._deliver(session)
+            fulfilled = await self._ledger.fulfil_once(
+                session, lambda: self._deliver_in_time(session), event_id=event_id, wait=wait
+            )
+        except (LedgerUnavailable, FulfilmentInProgress):
+            raise
         except Exception as error:
-            if isinstance(error, TimeoutError):
-                detail = f"deliver_order did not finish within {self._deliver_timeout:g} s"
-            else:
-                detail = str(error)[:300]
-            # Logged here, once per attempt, whether or not a caller is still waiting for it.
+            # Logged here, once per attempt, whether or not a caller still waits for it.
             log.exception(
                 "checkout_fulfilment_failed",
-                extra={"fields": {**record_of(session, event_id), "detail": detail}},
+                extra={"fields": {**record_of(session, event_id), "detail": str(error)[:300]}},
             )
             raise FulfilmentFailed(f"fulfilment of {session.session_id} failed") from error
-        # After success only: until then a status call finds no cache entry and tries too.
+        # Fulfilled, now or before: until then a status call finds no cache entry and tries too.
         self._status_cache.put(session)
-        log.info("checkout_fulfilled", extra={"fields": record_of(session, event_id)})
+        if fulfilled:
+            # Only the attempt whose record of it became durable logs it: once per session.
+            log.info("checkout_fulfilled", extra={"fields": record_of(session, event_id)})
+        return fulfilled
 
-    async def _deliver(self, session: SessionStatus) -> None:
-        # Looked up at call time, so a test (or a team) can swap in its own.
-        deliver = deliver_order
-        if inspect.iscoroutinefunction(deliver):
-            await deliver(session)
-        else:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._threads, deliver, session)
+    async def _deliver_in_time(self, session: SessionStatus) -> None:
+        try:
+            async with asyncio.timeout(self._deliver_timeout):
+                await _deliver(session, self._threads)
+        except TimeoutError:
+            raise DeliveryTimedOut(
+                f"deliver_order did not finish within {self._deliver_timeout:g} s"
+            ) from None
 
 
-def is_paid(session: SessionStatus) -> bool:
-    """Complete, and paid or free (`no_payment_required`): what Stripe says may be fulfilled."""
-    return session.status == "complete" and session.payment_status != "unpaid"
+def _seen(attempt: asyncio.Future[bool]) -> None:
+    # Every caller may have stopped waiting: the outcome was logged where it happened.
+    if not attempt.cancelled():
+        attempt.exception()
+
+
+async def _deliver(session: SessionStatus, threads: ThreadPoolExecutor) -> None:
+    # Looked up at call time, so a test (or a team) can swap in its own.
+    deliver = deliver_order
+    if inspect.iscoroutinefunction(deliver):
+        await deliver(session)
+    else:
+        await asyncio.get_running_loop().run_in_executor(threads, deliver, session)
 
 
 def record_of(session: SessionStatus, event_id: str | None = None) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from starlette.responses import Response
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from checkout.fulfilment import STATUS_WAIT_S, FulfilmentFailed, FulfilmentInProgress
+from checkout.fulfilment import STATUS_WAIT_S, FulfilmentFailed
 from checkout.http import ApiError, json_response, read_json_object
-from checkout.stripe_gateway import session_not_found
+from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
+from checkout.stripe_gateway import SessionStatus, session_not_found
 from checkout.webhook import stripe_webhook
 
 if TYPE_CHECKING:
@@ -46,11 +47,14 @@ async def create_session(request: Request, service: Service) -> Response:
 async def session_status(request: Request, service: Service) -> Response:
     """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, outcome, …}."""
     session_id = _session_id_from(request)
-    status = service.status_cache.get(session_id)
+    status = service.status_cache.get(session_id)  # free: no limit, no Firestore, no Stripe
     if status is None:
         if session_id in service.unknown_sessions:
             raise session_not_found(detail="remembered as unknown to Stripe")
         service.status_limit.charge(service.client_of(request))
+        # What any instance settled, from the order ledger; only then Stripe.
+        status = await _settled_in_ledger(service, session_id)
+    if status is None:
         try:
             status = await service.gateway.retrieve_session(session_id)
             if not service.catalogue.is_ours(status):
@@ -61,17 +65,41 @@ async def session_status(request: Request, service: Service) -> Response:
             if error.code == "session_not_found":
                 service.unknown_sessions.add(session_id)
             raise
-        # The return page can beat the webhook (or none is set up), so fulfil here too, but never
-        # wait on an attempt another request is running, and on our own only briefly: the
-        # customer asked for the payment's status, which we have. A failure is logged inside;
-        # the status stays uncached so that the next call (or Stripe's webhook retry) tries again.
-        try:
-            await service.fulfilment.fulfil(status, wait=STATUS_WAIT_S, wait_for_others=0)
-        except (FulfilmentFailed, FulfilmentInProgress):
-            pass
-        else:
-            service.status_cache.put(status)
+        await _fulfil_if_possible(service, status)
     return json_response(200, status.public())
+
+
+async def _fulfil_if_possible(service: Service, status: SessionStatus) -> None:
+    """The return page can beat the webhook (or none is set up), so fulfil here too.
+
+    Never waiting on an attempt another request is running, and on our own only STATUS_WAIT_S:
+    the customer asked for the payment's status, which we have, and our attempt goes on. Whatever
+    stops it (a failure, logged inside; another request at it; the ledger away), the customer
+    still gets the status, uncached, and the next call or Stripe's retry fulfils.
+    """
+    if service.ledger_outages.ongoing:
+        return  # the ledger failed just now: answer at once rather than wait for it again
+    try:
+        await service.fulfilment.fulfil(status, wait=False, within=STATUS_WAIT_S)
+    except (FulfilmentFailed, FulfilmentInProgress):
+        return
+    except LedgerUnavailable as error:
+        service.ledger_outages.failed(error, "answered from Stripe, not fulfilled")
+        return
+    service.status_cache.put(status)
+
+
+async def _settled_in_ledger(service: Service, session_id: str) -> SessionStatus | None:
+    """A final status the ledger holds, with nothing left to do; None if none, or unreachable."""
+    try:
+        status = await service.ledger.settled_status(session_id)
+    except LedgerUnavailable as error:
+        service.ledger_outages.failed(error, "answered from Stripe")
+        return None
+    service.ledger_outages.succeeded()
+    if status is not None:
+        service.status_cache.put(status, final=True)
+    return status
 
 
 def _image_id_from(body: dict[str, Any]) -> str | None:

@@ -1,8 +1,9 @@
 """POST /api/checkout/webhook: Stripe's signed events, verified over the raw body, handled once.
 
-Stripe delivers at least once and out of order, and retries any non-2xx answer for up to 3 days.
-So: verify before reading anything, answer 200 only once the event is handled, remember handled
-event ids (bounded), and let a failure answer 500 so that Stripe tries again.
+Stripe delivers at least once and out of order, to any instance, and retries any non-2xx answer
+for up to 3 days. So: verify before reading anything, answer 200 only once the event is handled
+and recorded in the order ledger (Firestore on Cloud Run: every instance sees it), remember handled
+event ids there, and let a failure answer 5xx so that Stripe tries again.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import stripe
 from starlette.requests import Request
 from starlette.responses import Response
 
-from checkout.fulfilment import FulfilmentFailed, FulfilmentInProgress, record_of
+from checkout.fulfilment import FulfilmentFailed, record_of
 from checkout.http import ApiError, json_response, read_body
 from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
 from checkout.once import StillRunning
 from checkout.stripe_gateway import SessionStatus
 
@@ -32,9 +34,9 @@ log = logging.getLogger("checkout.webhook")
 # Checkout Session events are a few KB; anything near this is not from Stripe.
 MAX_EVENT_BYTES = 1024 * 1024
 SECRET_RETRY_AFTER = "5"  # noqa: S105  # seconds, not a secret
+LEDGER_RETRY_AFTER = "10"  # seconds: Stripe keeps its own schedule, other clients may use it
 # How long a duplicate delivery waits for the first one before answering 503 (Stripe retries).
 DUPLICATE_WAIT_S = 30.0
-IN_PROGRESS_RETRY_AFTER = "10"
 # A signature that fails with the cached secret re-reads it from Secret Manager at most this often.
 SECRET_REREAD_INTERVAL_S = 30.0
 
@@ -50,20 +52,47 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
     payload = await read_body(request, MAX_EVENT_BYTES, _too_large)
     event = await _verified_event(payload, request, service)
     event_id, kind = event["id"], event["type"]
+    seen_before = False
     ignored: list[str] = []  # why this event was acknowledged without acting on it, if it was
 
-    async def handle() -> None:
-        reason = await _handle(event, service)
+    async def handle_once() -> None:
+        nonlocal seen_before
+        if kind not in HANDLED:
+            ignored.append("unhandled_type")
+            return
+        # Another instance (or this one, before a restart) may have handled it.
+        if await service.ledger.event_handled(event_id):
+            seen_before = True
+            return
+        session_id, reason = await _handle(event, service)
         if reason is not None:
             ignored.append(reason)
+        if session_id is not None:
+            await service.ledger.mark_event_handled(event_id, kind, session_id)
 
     try:
-        first_time = await service.webhook_events.run(event_id, handle, wait=DUPLICATE_WAIT_S)
+        # Concurrent duplicates on this instance share one attempt; the ledger covers the rest.
+        first_time = await service.webhook_events.run(event_id, handle_once, wait=DUPLICATE_WAIT_S)
     except StillRunning as running:
-        # A duplicate of an event still being handled: Stripe retries it later.
-        raise _retry_later("event_in_progress", str(running)) from None
+        raise _retry_later(
+            "event_in_progress",
+            "This event is still being handled by another delivery; retry it later.",
+            str(running),
+        ) from None
+    except LedgerUnavailable as error:
+        raise _retry_later(
+            "ledger_unavailable",
+            "Orders cannot be recorded right now; retry the event later.",
+            str(error),
+        ) from None
+    except FulfilmentInProgress as error:
+        raise _retry_later(
+            "fulfilment_in_progress",
+            "This checkout is being fulfilled by another request; retry the event later.",
+            str(error),
+        ) from None
     fields = {"event_id": event_id, "event_type": kind}
-    if not first_time:
+    if not first_time or seen_before:
         fields["outcome"] = "duplicate"
     elif ignored:
         fields.update(outcome="ignored", reason=ignored[0])
@@ -73,33 +102,34 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
     return json_response(200, {"received": True})
 
 
-async def _handle(event: dict[str, Any], service: Service) -> str | None:
-    """Act on one event; the reason it was ignored instead, if it was."""
-    kind = event["type"]
-    if kind not in HANDLED:
-        return "unhandled_type"
+async def _handle(event: dict[str, Any], service: Service) -> tuple[str | None, str | None]:
+    """Handle one Checkout Session event.
+
+    Returns the session id to record the event under (None: record nothing, it is not ours) and
+    the reason the event was ignored (None if it was acted on).
+    """
+    kind, event_id = event["type"], event["id"]
     session = _session_in(event)
     if not service.catalogue.is_ours(session):
         # Every Checkout Session of the account comes here; only those we created are ours.
         # Nothing is cached or recorded, so the status endpoint still answers 404 for it.
         refusal = service.catalogue.refusal(session)
-        return refusal.reason if refusal is not None else "not_ours"
+        return None, refusal.reason if refusal is not None else "not_ours"
     if kind in FULFILLING:
         if session.payment_status == "unpaid":
             # An async payment (e.g. a bank debit) is still settling; its own event follows. Not
             # cached: `complete/unpaid` would otherwise hide the `paid` that is coming.
-            log.info("checkout_payment_pending", extra={"fields": record_of(session, event["id"])})
-            return None
+            await service.ledger.record(session, event_id=event_id)
+            log.info("checkout_payment_pending", extra={"fields": record_of(session, event_id)})
+            return session.session_id, None
         if service.catalogue.needs_line_items:
             # The event holds no line items: ask Stripe what this session sold.
             session = await service.gateway.retrieve_session(session.session_id)
-        refusal = service.fulfilment.refusal(session, event["id"])
+        refusal = service.fulfilment.refusal(session, event_id)
         if refusal is not None:
-            return refusal.reason
+            return session.session_id, refusal.reason
         try:
-            await service.fulfilment.fulfil(session, event_id=event["id"])
-        except FulfilmentInProgress as running:
-            raise _retry_later("fulfilment_in_progress", str(running)) from None
+            await service.fulfilment.fulfil(session, event_id=event_id)
         except FulfilmentFailed as error:
             raise ApiError(
                 500,
@@ -108,12 +138,14 @@ async def _handle(event: dict[str, Any], service: Service) -> str | None:
                 detail=f"{error}: {type(error.__cause__).__name__}",
             ) from None
     elif kind == PAYMENT_FAILED:
+        await service.ledger.record(session, event_id=event_id, final=True)
         service.status_cache.put(session, final=True)  # unpaid is final once payment failed
-        log.warning("checkout_payment_failed", extra={"fields": record_of(session, event["id"])})
+        log.warning("checkout_payment_failed", extra={"fields": record_of(session, event_id)})
     else:
+        await service.ledger.record(session, event_id=event_id)
         service.status_cache.put(session)
-        log.info("checkout_expired", extra={"fields": record_of(session, event["id"])})
-    return None
+        log.info("checkout_expired", extra={"fields": record_of(session, event_id)})
+    return session.session_id, None
 
 
 async def _signing_secret(service: Service) -> str:
@@ -218,15 +250,9 @@ def _session_in(event: dict[str, Any]) -> SessionStatus:
     return SessionStatus.from_stripe(session, payment_failed=event["type"] == PAYMENT_FAILED)
 
 
-def _retry_later(code: str, detail: str) -> ApiError:
-    # Nothing was marked handled: Stripe's retry does the work (or finds it done).
-    return ApiError(
-        503,
-        code,
-        "This event is still being handled; retry it later.",
-        headers={"Retry-After": IN_PROGRESS_RETRY_AFTER},
-        detail=detail,
-    )
+def _retry_later(code: str, message: str, detail: str) -> ApiError:
+    # Nothing was marked handled: Stripe's retry (or another instance) does the work again.
+    return ApiError(503, code, message, headers={"Retry-After": LEDGER_RETRY_AFTER}, detail=detail)
 
 
 def _invalid(detail: str) -> ApiError:

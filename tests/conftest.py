@@ -21,6 +21,9 @@ from devtools.secret_manager_emulator import SecretManagerEmulator
 from devtools.stripe_emulator import StripeEmulator
 from tests.asgi_client import AsgiApp
 
+# The Firestore emulator's fixtures: `firestore` (a running emulator and a fresh project id).
+pytest_plugins = ["tests.firestore_emulator"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk_test_51TestOnlyKeyForTheEmulator0123456789abcdef"
 FRONTEND = "http://localhost:5173"
@@ -109,13 +112,16 @@ class LiveServer:
     """functions-framework (gunicorn, one uvicorn worker) in a subprocess; stdout and stderr
     captured to two files."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, source: Path = ROOT / "main.py"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
         full_env.update(env)
         full_env["PYTHONUNBUFFERED"] = "1"
+        full_env["PYTHONPATH"] = str(ROOT)  # a source outside the root still imports main.py
         self._log = log_path.open("wb")
         self.stderr_path = log_path.with_suffix(".stderr")
         self._stderr = self.stderr_path.open("wb")
@@ -125,7 +131,7 @@ class LiveServer:
                 "--target",
                 "checkout_api",
                 "--source",
-                str(ROOT / "main.py"),
+                str(source),
                 "--host",
                 "127.0.0.1",
                 "--port",

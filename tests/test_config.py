@@ -24,6 +24,23 @@ def test_defaults_match_the_contract():
     assert settings.stripe_price_id is None
     assert not settings.stripe_key_configured
     assert settings.status_open_ttl_ms == 0
+    assert settings.order_ledger == "memory"
+    assert settings.firestore_database == "(default)"
+
+
+def test_the_ledger_settings_are_read():
+    settings = load_settings(
+        {
+            "ORDER_LEDGER": "Firestore",
+            "FIRESTORE_DATABASE": "orders-eu",
+            "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8086",
+            "LEDGER_LEASE_SECONDS": "90",
+        }
+    )
+    assert settings.order_ledger == "firestore"
+    assert settings.firestore_database == "orders-eu"
+    assert settings.firestore_emulator_host == "127.0.0.1:8086"
+    assert settings.ledger_lease_seconds == 90
 
 
 def test_settings_are_frozen():
@@ -58,6 +75,9 @@ def test_allowed_origins_are_parsed_and_star_is_explicit():
         ({"STRIPE_MAX_RETRIES": "-1"}, "STRIPE_MAX_RETRIES"),
         ({"STATUS_OPEN_TTL_MS": "soon"}, "STATUS_OPEN_TTL_MS"),
         ({"REDIRECT_ON_COMPLETION": "never"}, "REDIRECT_ON_COMPLETION"),
+        ({"ORDER_LEDGER": "redis"}, "ORDER_LEDGER"),
+        ({"FIRESTORE_DATABASE": "Orders_DB"}, "FIRESTORE_DATABASE"),
+        ({"LEDGER_LEASE_SECONDS": "0"}, "LEDGER_LEASE_SECONDS"),
     ],
 )
 def test_bad_values_name_the_variable(env, variable):

@@ -297,10 +297,11 @@ def test_test_step_installs_pinned_requirements_and_runs_pytest(build: dict[str,
 
 
 def test_test_step_leaves_out_the_tests_its_image_cannot_run(build: dict[str, Any]) -> None:
-    # python:3.12-slim has no Chromium, no gcloud, no curl and no make; CI (.ci/run) runs these.
+    # python:3.12-slim has no Chromium, no gcloud (so no Firestore emulator), no Java, no curl
+    # and no make; CI (.ci/run) runs these.
     script = "\n".join(step(build, "test")["args"])
     (selection,) = re.findall(r'pytest -m "([^"]+)"', script)
-    assert set(re.findall(r"not (\w+)", selection)) == {"browser", "gcloud", "curl"}
+    assert set(re.findall(r"not (\w+)", selection)) == {"browser", "gcloud", "curl", "firestore"}
 
 
 def test_test_step_python_matches_the_deployed_base_image(build: dict[str, Any]) -> None:
@@ -370,6 +371,17 @@ def test_the_deployed_defaults_fit_the_deployed_request_timeout(
     env = {"K_SERVICE": "checkout-api", **deploy_env(flags)}
     settings = load_settings(env)  # raises ConfigError if the budget did not fit
     assert settings.request_timeout_seconds == 60
+
+
+@pytest.mark.parametrize("ledger", [None, "memory"])
+def test_the_order_ledger_is_firestore_unless_the_substitution_says_memory(
+    build: dict[str, Any], tmp_path: Path, ledger: str | None
+) -> None:
+    overrides = {"_ORDER_LEDGER": ledger} if ledger else {}
+    _, flags = DeployRun(build, tmp_path, **overrides).single_deploy()
+    env = deploy_env(flags)
+    assert env["ORDER_LEDGER"] == (ledger or "firestore")
+    assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT  # the Firestore client's project
 
 
 @pytest.mark.parametrize("concurrency", [None, "500"])
@@ -490,6 +502,7 @@ def test_source_build_service_account_is_passed_only_when_named(
     [
         ({"_FRONTEND_URL": ""}, "_FRONTEND_URL"),
         ({"_KEY_SOURCE": "env"}, "_KEY_SOURCE"),
+        ({"_ORDER_LEDGER": "redis"}, "_ORDER_LEDGER"),
     ],
 )
 def test_deploy_refuses_to_run_with_a_bad_configuration(

@@ -11,6 +11,7 @@ import pytest
 from checkout import fulfilment
 from checkout.catalogue import Catalogue
 from checkout.fulfilment import Fulfilment, FulfilmentFailed, is_paid
+from checkout.ledger.memory import MemoryLedger
 from checkout.status_cache import StatusCache
 from checkout.stripe_gateway import SessionStatus
 from tests.test_webhook import CapturedLogs
@@ -35,7 +36,7 @@ SELLS = Catalogue(deployment_id="local", amount=200, currency="usd", price_id=No
 
 
 def make_routine(cache: StatusCache | None = None) -> Fulfilment:
-    return Fulfilment(cache if cache is not None else StatusCache(10), 10, SELLS)
+    return Fulfilment(cache if cache is not None else StatusCache(10), MemoryLedger(10), SELLS)
 
 
 @pytest.fixture

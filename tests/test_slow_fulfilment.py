@@ -12,6 +12,7 @@ import pytest
 
 from checkout import fulfilment
 from checkout.fulfilment import Fulfilment, FulfilmentFailed
+from checkout.ledger.memory import MemoryLedger
 from checkout.status_cache import StatusCache
 from tests.test_fulfilment import SELLS, session
 from tests.test_routes import STATUS, create
@@ -156,7 +157,7 @@ def test_an_attempt_past_its_bound_has_failed_and_is_retried(monkeypatch, logs):
         await hang.wait()
 
     monkeypatch.setattr(fulfilment, "deliver_order", never)
-    routine = Fulfilment(StatusCache(10), 10, SELLS, deliver_timeout=0.2)
+    routine = Fulfilment(StatusCache(10), MemoryLedger(10), SELLS, deliver_timeout=0.2)
 
     async def scenario() -> float:
         started = asyncio.get_running_loop().time()
