@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             stack.served += drive(workload, args.warmup).requests
+            # wrk leaves its last requests in flight when it exits, and the service finishes them
+            # (their Stripe calls count against STRIPE_MAX_IN_FLIGHT): let them end first.
+            time.sleep(0.5)
             row = _measure(
                 workload.name, emulator, stack.workers, lambda w=workload: drive(w, args.seconds)
             )
