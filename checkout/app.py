@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
+from checkout.catalogue import Catalogue
 from checkout.config import ConfigError, Settings, load_settings
-from checkout.fulfilment import Fulfilment
+from checkout.fulfilment import DELIVER_TIMEOUT_S, Fulfilment
 from checkout.http import (
     BASE_HEADERS,
     ApiError,
@@ -24,7 +25,7 @@ from checkout.http import (
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
 from checkout.ledger import Ledger, OutageLog, ledger_from_settings
 from checkout.limits import TokenBuckets, client_address
-from checkout.logs import current_request, setup_logging, trace_of
+from checkout.logs import crash_fields, current_request, setup_logging, trace_of
 from checkout.once import OncePerKey
 from checkout.routes import Endpoint, endpoint_at, match
 from checkout.status_cache import NotFoundCache, StatusCache
@@ -50,6 +51,7 @@ class Service:
     webhook_events: OncePerKey  # ids of the Stripe events this process handled
     ledger: Ledger  # fulfilment and handled events: this process, or every instance (Firestore)
     ledger_outages: OutageLog
+    catalogue: Catalogue  # what this deployment sells, and how its sessions are marked
     fulfilment: Fulfilment
     unknown_sessions: NotFoundCache  # ids Stripe said it does not know
     create_limit: TokenBuckets  # per client: creates
@@ -65,6 +67,7 @@ class Service:
         api_key = stripe_api_key_source(settings)
         status_cache = StatusCache(settings.status_cache_size, settings.status_open_ttl_ms)
         ledger = ledger_from_settings(settings)
+        catalogue = Catalogue.from_settings(settings)
         return cls(
             settings=settings,
             cors=CorsPolicy(settings.allowed_origins, settings.allow_any_origin),
@@ -76,7 +79,14 @@ class Service:
             webhook_events=OncePerKey(settings.webhook_dedupe_size),
             ledger=ledger,
             ledger_outages=OutageLog(),
-            fulfilment=Fulfilment(status_cache, ledger),
+            catalogue=catalogue,
+            fulfilment=Fulfilment(
+                status_cache,
+                ledger,
+                catalogue,
+                # Under the claim's lease: past it another instance may take the session over.
+                deliver_timeout=min(DELIVER_TIMEOUT_S, 0.75 * settings.ledger_lease_seconds),
+            ),
             unknown_sessions=NotFoundCache(settings.status_cache_size),
             create_limit=TokenBuckets(settings.create_limit_per_minute),
             status_limit=TokenBuckets(settings.status_limit_per_minute),
@@ -160,8 +170,10 @@ async def handle(request: Request) -> Response:
     except ApiError as caught:
         error = caught
         response = error_response(caught, context["request_id"])
-    except Exception:
-        log.exception("unhandled error while serving %s %s", method[:20], path[:200])
+    except Exception as crash:
+        # A bug: its type, message and traceback go into this request's one log line (below),
+        # with anything shaped like a secret blanked; the client gets a sentence and the id.
+        context["crash"] = crash
         error = ApiError(500, "internal_error", "Something went wrong on our side. Please retry.")
         response = error_response(error, context["request_id"])
     try:
@@ -222,6 +234,9 @@ def _log_request(
         fields["code"] = error.code
         if error.detail:
             fields["detail"] = error.detail
+    crash = context.get("crash")
+    if crash is not None:
+        fields.update(crash_fields(crash))
     level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
     request_log.log(level, "%s %s %s", method[:20], path, status, extra={"fields": fields})
 

@@ -72,6 +72,7 @@ def _public_only(status: SessionStatus) -> SessionStatus:
         status=status.status,
         payment_status=status.payment_status,
         metadata=dict(status.metadata),
+        payment_failed=status.payment_failed,
     )
 
 

@@ -19,8 +19,16 @@ from checkout.stripe_transport import StripeTransport
 
 log = logging.getLogger("checkout.stripe")
 
-# Metadata keys this service sets; status responses return these and nothing else.
+# Metadata keys this service sets that status responses return; nothing else is returned.
 OUR_METADATA_KEYS = ("imageId",)
+# The metadata key that marks a session as this deployment's (its value: DEPLOYMENT_ID). Server
+# side only: the browser never sets it and the status response never shows it (docs/webhooks.md).
+MARKER_KEY = "checkout_deployment"
+# PaymentIntent statuses that mean a submitted payment failed (the intent went back to asking
+# for a payment method) or was abandoned: a complete but unpaid session will never be paid.
+FAILED_PAYMENT_INTENT = frozenset({"requires_payment_method", "canceled"})
+# The retrieve expands the PaymentIntent: its status tells a settling payment from a failed one.
+RETRIEVE_EXPAND = ("payment_intent",)
 
 BUSY_RETRY_AFTER = "2"
 KEY_RETRY_AFTER = "5"
@@ -36,46 +44,89 @@ class SessionStatus:
     status: str
     payment_status: str
     metadata: dict[str, str]
+    # A delayed payment (bank debit) failed: `complete` + `unpaid` for good.
+    payment_failed: bool = False
     amount_total: int | None = field(default=None, compare=False)
     currency: str | None = field(default=None, compare=False)
     livemode: bool = field(default=False, compare=False)
+    marker: str | None = field(default=None, compare=False)  # metadata[MARKER_KEY], never shown
+    # (price id, quantity) per line item, when Stripe sent them (expand[]=line_items); else None.
+    line_items: tuple[tuple[str | None, int], ...] | None = field(default=None, compare=False)
 
     @property
     def terminal(self) -> bool:
         """Nothing about it can change again, so it may be cached forever.
 
-        `complete` + `unpaid` is not final: a delayed payment method (bank debit) later turns
-        it `paid` (checkout.session.async_payment_succeeded) or fails it.
+        `complete` + `unpaid` is final only once the delayed payment failed: until then a
+        bank debit may still turn it `paid` (checkout.session.async_payment_succeeded).
         """
         if self.status == "complete":
-            return self.payment_status != "unpaid"
+            return self.payment_status != "unpaid" or self.payment_failed
         return self.status == "expired"
+
+    @property
+    def outcome(self) -> str:
+        """open, processing, paid, failed or expired: what the customer should be told."""
+        if self.status != "complete":
+            return "expired" if self.status == "expired" else "open"
+        if self.payment_status != "unpaid":
+            return "paid"
+        return "failed" if self.payment_failed else "processing"
 
     def public(self) -> dict[str, Any]:
         return {
             "status": self.status,
             "payment_status": self.payment_status,
+            "outcome": self.outcome,
             "metadata": dict(self.metadata),
         }
 
     @classmethod
-    def from_stripe(cls, session: Any) -> SessionStatus:
-        """From a stripe Session object (attribute access: it is not a dict)."""
+    def from_stripe(cls, session: Any, *, payment_failed: bool = False) -> SessionStatus:
+        """From a stripe Session object (attribute access: it is not a dict).
+
+        `payment_failed` is for callers who know it otherwise (the async_payment_failed event);
+        an expanded PaymentIntent tells it by itself.
+        """
         metadata = _field(session, "metadata")
+        status = _field(session, "status") or "open"
+        payment_status = _field(session, "payment_status") or "unpaid"
+        intent = _field(session, "payment_intent")
+        intent_status = _field(intent, "status") if intent and not isinstance(intent, str) else None
+        if status == "complete" and payment_status == "unpaid":
+            payment_failed = payment_failed or intent_status in FAILED_PAYMENT_INTENT
+        else:
+            payment_failed = False
+        marker = metadata[MARKER_KEY] if metadata and MARKER_KEY in metadata else None
         return cls(
             session_id=session["id"],
-            status=_field(session, "status") or "open",
-            payment_status=_field(session, "payment_status") or "unpaid",
+            status=status,
+            payment_status=payment_status,
             metadata={k: str(metadata[k]) for k in OUR_METADATA_KEYS if metadata and k in metadata},
+            payment_failed=payment_failed,
             amount_total=_field(session, "amount_total"),
             currency=_field(session, "currency"),
             livemode=bool(_field(session, "livemode")),
+            marker=None if marker is None else str(marker),
+            line_items=_line_items(_field(session, "line_items")),
         )
 
 
 def _field(obj: Any, name: str) -> Any:
     # StripeObject supports `in` and [] but not .get(): it is not a dict.
     return obj[name] if name in obj else None  # noqa: SIM401
+
+
+def _line_items(items: Any) -> tuple[tuple[str | None, int], ...] | None:
+    """(price id, quantity) of each expanded line item; None when they were not expanded."""
+    if not items or isinstance(items, str) or _field(items, "has_more"):
+        return None  # not sent, or not all of them: unknown, which never matches a price
+    rows = []
+    for item in _field(items, "data") or ():
+        price = _field(item, "price")
+        price_id = price if isinstance(price, str) or price is None else _field(price, "id")
+        rows.append((price_id, int(_field(item, "quantity") or 0)))
+    return tuple(rows)
 
 
 @dataclass(frozen=True)
@@ -97,6 +148,10 @@ class StripeGateway:
         self._client: stripe.StripeClient | None = None
         self._transport: StripeTransport | None = None
         self._session_template = _session_template(settings)
+        # The PaymentIntent tells a failed delayed payment from a settling one; with a Dashboard
+        # price, the line items tell whether the session sold it (checkout/catalogue.py).
+        expand = [*RETRIEVE_EXPAND, *(["line_items"] if settings.stripe_price_id else [])]
+        self._retrieve_params: dict[str, Any] = {"expand": expand}
         self._in_flight = InFlightCap(settings.stripe_max_in_flight)
         self._retrieves: SingleFlight[SessionStatus] = SingleFlight()
 
@@ -104,8 +159,10 @@ class StripeGateway:
         self, image_id: str | None, idempotency_key: str | None
     ) -> CreatedSession:
         params = dict(self._session_template)
+        # The marker is what makes the session ours: see checkout/catalogue.py.
+        params["metadata"] = {MARKER_KEY: self._settings.deployment_id}
         if image_id is not None:
-            params["metadata"] = {"imageId": image_id}
+            params["metadata"]["imageId"] = image_id
 
         def call(client: stripe.StripeClient, options: dict[str, Any]) -> Awaitable[Any]:
             if idempotency_key is not None:
@@ -119,7 +176,9 @@ class StripeGateway:
         """The session as Stripe has it now; concurrent reads of one session share one call."""
 
         def call(client: stripe.StripeClient, options: dict[str, Any]) -> Awaitable[Any]:
-            return client.v1.checkout.sessions.retrieve_async(session_id, options=options)
+            return client.v1.checkout.sessions.retrieve_async(
+                session_id, params=self._retrieve_params, options=options
+            )
 
         async def retrieve() -> SessionStatus:
             return SessionStatus.from_stripe(await self._call("retrieve", call))

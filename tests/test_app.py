@@ -194,3 +194,48 @@ def test_import_main_creates_no_client_and_skips_secret_manager(tmp_path):
     )
     env = {"STRIPE_SECRET_KEY": TEST_KEY, "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=str(ROOT))
+
+
+# -- an unhandled error: diagnosable from its log line, with no secret in it ---------------------
+
+
+def test_an_unhandled_error_is_logged_once_with_message_and_traceback_and_no_secret(
+    client, stripe_emulator, monkeypatch, capsys
+):
+    from checkout import routes
+    from tests.test_webhook import WHSEC, log_records
+
+    session = client.post(CREATE, json={}).get_json()
+    client_secret = session["client_secret"]
+    capsys.readouterr()
+
+    def buggy(body):
+        try:
+            {}["imageId"]
+        except KeyError as cause:
+            # A message quoting secrets, as a library's error might: the key, a signing
+            # secret, a client secret and a bearer token.
+            raise RuntimeError(
+                f"template broke near {TEST_KEY} / {WHSEC} / {client_secret} / "
+                "Authorization: Bearer sk_live_SuperSecretLiveKey99"
+            ) from cause
+
+    monkeypatch.setattr(routes, "_image_id_from", buggy)
+    response = client.post(CREATE, json={})
+
+    body = assert_error(response, 500, "internal_error")
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text and "template broke" not in text
+    out = capsys.readouterr().out
+    records = [r for r in log_records(out) if r.get("request_id") == body["request_id"]]
+    [line] = [r for r in records if r["severity"] == "ERROR"]  # logged once
+    assert len(records) == 1
+    assert line["logger"] == "checkout.request" and line["code"] == "internal_error"
+    assert line["error_type"] == "RuntimeError"
+    assert line["error_message"].startswith("template broke near sk_test_[redacted]")
+    trace = line["stack_trace"]
+    assert trace.startswith("Traceback (most recent call last):")
+    assert "in buggy" in trace and "KeyError: 'imageId'" in trace  # the frame and the cause
+    assert trace.rstrip().endswith("Bearer [redacted]")
+    for secret in (TEST_KEY, WHSEC, client_secret, "SuperSecretLiveKey99", "_secret_cs"):
+        assert secret not in out

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from checkout import fulfilment
+from checkout.catalogue import Catalogue
 from checkout.fulfilment import Fulfilment, FulfilmentFailed, is_paid
 from checkout.ledger.memory import MemoryLedger
 from checkout.status_cache import StatusCache
@@ -27,7 +28,15 @@ def session(state: str = "complete", paid: str = "paid", session_id: str = "cs_t
         amount_total=200,
         currency="usd",
         livemode=False,
+        marker="local",
     )
+
+
+SELLS = Catalogue(deployment_id="local", amount=200, currency="usd", price_id=None)
+
+
+def make_routine(cache: StatusCache | None = None) -> Fulfilment:
+    return Fulfilment(cache if cache is not None else StatusCache(10), MemoryLedger(10), SELLS)
 
 
 @pytest.fixture
@@ -54,14 +63,13 @@ def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 )
 def test_only_complete_and_paid_or_free_sessions_are_fulfilled(state, paid, expected, delivered):
     assert is_paid(session(state, paid)) is expected
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10))
-    assert asyncio.run(routine.fulfil(session(state, paid))) is expected
+    assert asyncio.run(make_routine().fulfil(session(state, paid))) is expected
     assert delivered == (["cs_test_a"] if expected else [])
 
 
 def test_a_session_is_fulfilled_once_with_one_record(delivered, logs):
     cache = StatusCache(10)
-    routine = Fulfilment(cache, MemoryLedger(10))
+    routine = make_routine(cache)
     assert asyncio.run(routine.fulfil(session(), event_id="evt_1")) is True
     assert asyncio.run(routine.fulfil(session(), event_id="evt_2")) is False
     assert asyncio.run(routine.fulfil(session())) is False
@@ -82,7 +90,7 @@ def test_a_failure_raises_logs_and_leaves_the_session_unfulfilled(monkeypatch, l
 
     monkeypatch.setattr(fulfilment, "deliver_order", broken)
     cache = StatusCache(10)
-    routine = Fulfilment(cache, MemoryLedger(10))
+    routine = make_routine(cache)
     with pytest.raises(FulfilmentFailed) as caught:
         asyncio.run(routine.fulfil(session(), event_id="evt_1"))
     assert isinstance(caught.value.__cause__, ValueError)
@@ -104,7 +112,7 @@ def test_concurrent_calls_for_one_session_fulfil_once(monkeypatch, logs):
         await asyncio.sleep(0.1)
 
     monkeypatch.setattr(fulfilment, "deliver_order", slow)
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10))
+    routine = make_routine()
 
     async def crowd() -> list[bool]:
         return await asyncio.gather(*(routine.fulfil(session()) for _ in range(CROWD)))
@@ -124,7 +132,7 @@ def test_a_blocking_delivery_runs_off_the_event_loop(monkeypatch):
             release.wait(5)
 
     monkeypatch.setattr(fulfilment, "deliver_order", blocking_for_a)
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10))
+    routine = make_routine()
 
     async def both() -> float:
         blocked = asyncio.create_task(routine.fulfil(session()))
@@ -147,7 +155,7 @@ def test_different_sessions_do_not_wait_for_each_other(monkeypatch):
             await asyncio.wait_for(release.wait(), 5)
 
     monkeypatch.setattr(fulfilment, "deliver_order", waiting_for_a)
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10))
+    routine = make_routine()
 
     async def both() -> float:
         waiting = asyncio.create_task(routine.fulfil(session()))
@@ -163,7 +171,7 @@ def test_different_sessions_do_not_wait_for_each_other(monkeypatch):
 
 
 def test_the_record_holds_no_secret_or_customer_detail(delivered, logs):
-    asyncio.run(Fulfilment(StatusCache(10), MemoryLedger(10)).fulfil(session()))
+    asyncio.run(make_routine().fulfil(session()))
     [record] = logs("checkout_fulfilled")
     assert set(record) == {
         "severity",

@@ -169,6 +169,7 @@ def order_fields(session: SessionStatus, *, final: bool) -> dict[str, Any]:
     return {
         "status": session.status,
         "payment_status": session.payment_status,
+        "payment_failed": session.payment_failed,  # `outcome` failed: a delayed payment failed
         "imageId": session.metadata.get("imageId"),
         "amount_total": session.amount_total,
         "currency": session.currency,
@@ -186,6 +187,7 @@ def settled(session_id: str, order: dict[str, Any] | None) -> SessionStatus | No
         status=order["status"],
         payment_status=order["payment_status"],
         metadata={"imageId": order["imageId"]} if order.get("imageId") is not None else {},
+        payment_failed=bool(order.get("payment_failed")),
         amount_total=order.get("amount_total"),
         currency=order.get("currency"),
         livemode=bool(order.get("livemode")),
