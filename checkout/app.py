@@ -23,9 +23,9 @@ from checkout.http import (
     check_header_sizes,
     error_response,
 )
-from checkout.logs import current_request, setup_logging, trace_of
+from checkout.logs import crash_fields, current_request, setup_logging, trace_of
 from checkout.routes import Endpoint, endpoint_at, match
-from checkout.service import Service
+from checkout.service import DUPLICATE_EVENT_WAIT_S, Service
 
 log = logging.getLogger("checkout")
 request_log = logging.getLogger("checkout.request")
@@ -37,7 +37,8 @@ class CheckoutApi:
     """The checkout API for one process: `handle` serves a request.
 
     The Service is built on first use, after gunicorn forks and never at import, from the
-    environment (or `load`); `deliver` replaces the fulfilment function that DELIVER_ORDER names.
+    environment (or `load`); `deliver` replaces the fulfilment function that DELIVER_ORDER names,
+    and `duplicate_event_wait` bounds how long a duplicate webhook delivery waits for the first.
     main.py owns the process's instance; a test builds its own.
     """
 
@@ -45,9 +46,11 @@ class CheckoutApi:
         self,
         deliver: DeliverOrder | None = None,
         load: Callable[[], Settings] = load_settings,
+        duplicate_event_wait: float = DUPLICATE_EVENT_WAIT_S,
     ) -> None:
         self._deliver = deliver
         self._load = load
+        self._duplicate_event_wait = duplicate_event_wait
         self._built: Service | ApiError | None = None  # the service, or why it cannot be
         self._lock = threading.Lock()
 
@@ -74,7 +77,7 @@ class CheckoutApi:
 
     def _build(self) -> Service | ApiError:
         try:
-            service = Service.from_settings(self._load(), self._deliver)
+            service = Service.from_settings(self._load(), self._deliver, self._duplicate_event_wait)
         except ConfigError as error:
             # The environment cannot change under a running process: keep the verdict.
             log.error("configuration error: %s", error)
@@ -105,8 +108,10 @@ class CheckoutApi:
         except ApiError as caught:
             error = caught
             response = error_response(caught, context["request_id"])
-        except Exception:
-            log.exception("unhandled error while serving %s %s", method[:20], path[:200])
+        except Exception as crash:
+            # A bug: its type, message and traceback go into this request's one log line (below),
+            # with anything shaped like a secret blanked; the client gets a sentence and the id.
+            context["crash"] = crash
             error = errors.internal_error()
             response = error_response(error, context["request_id"])
         try:
@@ -187,6 +192,9 @@ def _log_request(
         fields["code"] = error.code
         if error.detail:
             fields["detail"] = error.detail
+    crash = context.get("crash")
+    if crash is not None:
+        fields.update(crash_fields(crash))
     level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
     request_log.log(level, "%s %s %s", method[:20], path, status, extra={"fields": fields})
 

@@ -160,6 +160,12 @@ _FULFILMENT_IN_PROGRESS = _code(
     "This checkout is being fulfilled by another request; retry the event later.",
     LEDGER_RETRY_AFTER,
 )
+_EVENT_IN_PROGRESS = _code(
+    "event_in_progress",
+    503,
+    "This event is still being handled by another delivery; retry it later.",
+    LEDGER_RETRY_AFTER,
+)
 _FULFILMENT_FAILED = _code(
     "fulfilment_failed", 500, "Fulfilling this checkout failed; retry the event."
 )
@@ -269,6 +275,10 @@ def ledger_unavailable(detail: str) -> ApiError:
 
 def fulfilment_in_progress(detail: str) -> ApiError:
     return _FULFILMENT_IN_PROGRESS.error(detail=detail)
+
+
+def event_in_progress(detail: str) -> ApiError:
+    return _EVENT_IN_PROGRESS.error(detail=detail)
 
 
 def fulfilment_failed(detail: str) -> ApiError:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -158,6 +160,7 @@ class SecretSource:
         self._client_pid: int | None = None
         # One read in a worker thread per stale value, awaited by every coroutine that asks.
         self._async_reads: dict[str | None, asyncio.Task[str]] = {}
+        self._last_reread = -math.inf  # time.monotonic() of the last reread_async read
 
     @property
     def configured(self) -> bool:
@@ -184,6 +187,28 @@ class SecretSource:
     async def refresh_async(self, stale: str) -> str:
         """refresh() for coroutines."""
         return await self._load_async(stale=stale)
+
+    async def reread_async(self, rejected: str, min_interval: float) -> str | None:
+        """A new value when `rejected` failed (a rolled secret); None if there is none to be had.
+
+        Only a secret from Secret Manager can change under a running process, and it is re-read
+        at most once per `min_interval` seconds, whoever asks: a caller who cannot prove the
+        value wrong (a forged webhook) must not be able to make us read it on every request.
+        Callers who ask while a re-read is running share it.
+        """
+        if self._name is None or self._direct is not None:
+            return None
+        cached = self._cached
+        if cached is not None and cached != rejected:
+            return cached  # another request re-read it already
+        now = time.monotonic()
+        running = rejected in self._async_reads
+        if not running and now - self._last_reread < min_interval:
+            return None
+        if not running:
+            self._last_reread = now
+        fresh = await self._load_async(stale=rejected)
+        return fresh if fresh != rejected else None
 
     def warm(self) -> None:
         """Read the secret now so the first request does not wait; a failure is retried later."""

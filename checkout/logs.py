@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
+import traceback
 from contextvars import ContextVar
 from typing import Any
 
@@ -19,6 +21,37 @@ _configured = threading.Lock()
 _done = False
 # Built once: json.dumps(..., **options) would build a new encoder for every line.
 _ENCODE = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
+
+
+# Shapes of secrets that an exception's message or traceback might quote: Stripe keys, webhook
+# signing secrets, Checkout client secrets, bearer tokens and Google access tokens.
+_SECRETS = re.compile(
+    r"(?P<keep>(?:sk|rk|pk)_(?:test|live)_|whsec_|cs_(?:test|live)_[A-Za-z0-9]+_secret_"
+    r"|Bearer\s+|ya29\.)[A-Za-z0-9+/=._-]+"
+)
+MAX_STACK_TRACE_CHARS = 16_000
+
+
+def redact(text: str) -> str:
+    """`text` with every secret-shaped token blanked after its prefix."""
+    return _SECRETS.sub(lambda match: match["keep"] + "[redacted]", text)
+
+
+def crash_fields(error: BaseException) -> dict[str, str]:
+    """An unhandled exception's type, message and traceback, for a request's log line.
+
+    `stack_trace` is the field Cloud Error Reporting reads from a JSON log entry. Secret-shaped
+    text is blanked (the message of a library's exception can quote what it was given).
+    """
+    # Redacted before it is cut, so that no cut can split a secret from its recognisable prefix.
+    trace = redact("".join(traceback.format_exception(error)))
+    if len(trace) > MAX_STACK_TRACE_CHARS:  # keep the end: the frame that raised, and the message
+        trace = "…" + trace[-MAX_STACK_TRACE_CHARS:]
+    return {
+        "error_type": type(error).__name__,
+        "error_message": redact(str(error))[:1000],
+        "stack_trace": trace,
+    }
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,7 +15,7 @@ from werkzeug.routing import Map, Rule
 
 from checkout import errors
 from checkout.errors import ApiError
-from checkout.fulfilment import FulfilmentFailed
+from checkout.fulfilment import STATUS_WAIT_S, FulfilmentFailed
 from checkout.http import json_response, read_json_object
 from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
 from checkout.session import SessionStatus
@@ -47,7 +47,7 @@ async def create_session(request: Request, service: Service) -> Response:
 
 
 async def session_status(request: Request, service: Service) -> Response:
-    """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, metadata}."""
+    """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, outcome, …}."""
     session_id = _session_id_from(request)
     status = service.status_cache.get(session_id)  # free: no limit, no Firestore, no Stripe
     if status is None:
@@ -59,6 +59,10 @@ async def session_status(request: Request, service: Service) -> Response:
     if status is None:
         try:
             status = await service.gateway.retrieve_session(session_id)
+            if not service.catalogue.is_ours(status):
+                # Another integration's session on the same account: answered exactly as an
+                # unknown id, so that not even its existence leaks (checkout/catalogue.py).
+                raise errors.session_not_found("the session exists but is not this deployment's")
         except ApiError as error:
             if error.code == "session_not_found":
                 service.unknown_sessions.add(session_id)
@@ -70,13 +74,15 @@ async def session_status(request: Request, service: Service) -> Response:
 async def _fulfil_if_possible(service: Service, status: SessionStatus) -> None:
     """The return page can beat the webhook (or none is set up), so fulfil here too.
 
-    Whatever stops that (a failure, logged inside; another request at it; the ledger away), the
-    customer still gets the status, uncached, and the next call or Stripe's retry fulfils.
+    Never waiting on an attempt another request is running, and on our own only STATUS_WAIT_S:
+    the customer asked for the payment's status, which we have, and our attempt goes on. Whatever
+    stops it (a failure, logged inside; another request at it; the ledger away), the customer
+    still gets the status, uncached, and the next call or Stripe's retry fulfils.
     """
     if service.ledger_outages.ongoing:
         return  # the ledger failed just now: answer at once rather than wait for it again
     try:
-        await service.fulfilment.fulfil(status, wait=False)
+        await service.fulfilment.fulfil(status, wait=False, within=STATUS_WAIT_S)
     except (FulfilmentFailed, FulfilmentInProgress):
         return
     except LedgerUnavailable as error:

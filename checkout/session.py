@@ -12,8 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# Metadata keys this service sets; status responses return these and nothing else.
+# Metadata keys this service sets that status responses return; nothing else is returned.
 OUR_METADATA_KEYS = ("imageId",)
+# The metadata key that marks a session as this deployment's (its value: DEPLOYMENT_ID). Server
+# side only: the browser never sets it and the status response never shows it (docs/webhooks.md).
+MARKER_KEY = "checkout_deployment"
+# PaymentIntent statuses that mean a submitted payment failed (the intent went back to asking
+# for a payment method) or was abandoned: a complete but unpaid session will never be paid.
+FAILED_PAYMENT_INTENT = frozenset({"requires_payment_method", "canceled"})
 
 
 class SessionFields(Protocol):
@@ -37,20 +43,34 @@ class SessionStatus:
     status: str
     payment_status: str
     metadata: dict[str, str]
+    # A delayed payment (bank debit) failed: `complete` + `unpaid` for good.
+    payment_failed: bool = False
     amount_total: int | None = field(default=None, compare=False)
     currency: str | None = field(default=None, compare=False)
     livemode: bool = field(default=False, compare=False)
+    marker: str | None = field(default=None, compare=False)  # metadata[MARKER_KEY], never shown
+    # (price id, quantity) per line item, when Stripe sent them (expand[]=line_items); else None.
+    line_items: tuple[tuple[str | None, int], ...] | None = field(default=None, compare=False)
 
     @property
     def terminal(self) -> bool:
         """Nothing about it can change again, so it may be cached forever.
 
-        `complete` + `unpaid` is not final: a delayed payment method (bank debit) later turns
-        it `paid` (checkout.session.async_payment_succeeded) or fails it.
+        `complete` + `unpaid` is final only once the delayed payment failed: until then a
+        bank debit may still turn it `paid` (checkout.session.async_payment_succeeded).
         """
         if self.status == "complete":
-            return self.payment_status != "unpaid"
+            return self.payment_status != "unpaid" or self.payment_failed
         return self.status == "expired"
+
+    @property
+    def outcome(self) -> str:
+        """open, processing, paid, failed or expired: what the customer should be told."""
+        if self.status != "complete":
+            return "expired" if self.status == "expired" else "open"
+        if self.payment_status != "unpaid":
+            return "paid"
+        return "failed" if self.payment_failed else "processing"
 
     @property
     def paid(self) -> bool:
@@ -58,10 +78,11 @@ class SessionStatus:
         return self.status == "complete" and self.payment_status != "unpaid"
 
     def public(self) -> dict[str, Any]:
-        """The status endpoint's answer: status, payment status and our own metadata only."""
+        """The status endpoint's answer: status, payment status, outcome, our own metadata."""
         return {
             "status": self.status,
             "payment_status": self.payment_status,
+            "outcome": self.outcome,
             "metadata": dict(self.metadata),
         }
 
@@ -72,6 +93,7 @@ class SessionStatus:
             status=self.status,
             payment_status=self.payment_status,
             metadata=dict(self.metadata),
+            payment_failed=self.payment_failed,
         )
 
     def log_record(self, event_id: str | None = None) -> dict[str, Any]:
@@ -95,6 +117,7 @@ class SessionStatus:
         return {
             "status": self.status,
             "payment_status": self.payment_status,
+            "payment_failed": self.payment_failed,  # `outcome` failed: a delayed payment failed
             "imageId": self.metadata.get("imageId"),
             "amount_total": self.amount_total,
             "currency": self.currency,
@@ -103,17 +126,33 @@ class SessionStatus:
         }
 
     @classmethod
-    def from_stripe(cls, session: SessionFields) -> SessionStatus:
-        """From a Checkout Session as Stripe sends it (a StripeObject, or an event's dict)."""
+    def from_stripe(cls, session: SessionFields, *, payment_failed: bool = False) -> SessionStatus:
+        """From a Checkout Session as Stripe sends it (a StripeObject, or an event's dict).
+
+        `payment_failed` is for callers who know it otherwise (the async_payment_failed event);
+        an expanded PaymentIntent tells it by itself.
+        """
         metadata = _field(session, "metadata")
+        status = _field(session, "status") or "open"
+        payment_status = _field(session, "payment_status") or "unpaid"
+        intent = _field(session, "payment_intent")
+        intent_status = _field(intent, "status") if intent and not isinstance(intent, str) else None
+        if status == "complete" and payment_status == "unpaid":
+            payment_failed = payment_failed or intent_status in FAILED_PAYMENT_INTENT
+        else:
+            payment_failed = False
+        marker = metadata[MARKER_KEY] if metadata and MARKER_KEY in metadata else None
         return cls(
             session_id=session["id"],
-            status=_field(session, "status") or "open",
-            payment_status=_field(session, "payment_status") or "unpaid",
+            status=status,
+            payment_status=payment_status,
             metadata={k: str(metadata[k]) for k in OUR_METADATA_KEYS if metadata and k in metadata},
+            payment_failed=payment_failed,
             amount_total=_field(session, "amount_total"),
             currency=_field(session, "currency"),
             livemode=bool(_field(session, "livemode")),
+            marker=None if marker is None else str(marker),
+            line_items=_line_items(_field(session, "line_items")),
         )
 
 
@@ -126,6 +165,7 @@ def settled(session_id: str, order: Mapping[str, Any] | None) -> SessionStatus |
         status=order["status"],
         payment_status=order["payment_status"],
         metadata={"imageId": order["imageId"]} if order.get("imageId") is not None else {},
+        payment_failed=bool(order.get("payment_failed")),
         amount_total=order.get("amount_total"),
         currency=order.get("currency"),
         livemode=bool(order.get("livemode")),
@@ -133,6 +173,18 @@ def settled(session_id: str, order: Mapping[str, Any] | None) -> SessionStatus |
     if session.paid and not order.get("fulfilled_at"):
         return None  # paid but not yet fulfilled: the caller must still try
     return session
+
+
+def _line_items(items: Any) -> tuple[tuple[str | None, int], ...] | None:
+    """(price id, quantity) of each expanded line item; None when they were not expanded."""
+    if not items or isinstance(items, str) or _field(items, "has_more"):
+        return None  # not sent, or not all of them: unknown, which never matches a price
+    rows = []
+    for item in _field(items, "data") or ():
+        price = _field(item, "price")
+        price_id = price if isinstance(price, str) or price is None else _field(price, "id")
+        rows.append((price_id, int(_field(item, "quantity") or 0)))
+    return tuple(rows)
 
 
 def _field(obj: SessionFields, name: str) -> Any:

@@ -15,15 +15,22 @@ from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
 from checkout.limits import InFlightCap
 from checkout.logs import current_request
 from checkout.once import SingleFlight
-from checkout.session import CreatedSession, SessionStatus
+from checkout.session import MARKER_KEY, CreatedSession, SessionStatus
 from checkout.stripe_transport import StripeTransport
 
 if TYPE_CHECKING:  # the SDK's typed parameters: for the checker, never loaded at run time
     from stripe import RequestOptions
     from stripe.checkout import Session
-    from stripe.params.checkout import SessionCreateParams, SessionCreateParamsLineItem
+    from stripe.params.checkout import (
+        SessionCreateParams,
+        SessionCreateParamsLineItem,
+        SessionRetrieveParams,
+    )
 
 log = logging.getLogger("checkout.stripe")
+
+# The retrieve expands the PaymentIntent: its status tells a settling payment from a failed one.
+RETRIEVE_EXPAND = ("payment_intent",)
 
 T = TypeVar("T")
 
@@ -41,6 +48,10 @@ class StripeGateway:
         self._client: stripe.StripeClient | None = None
         self._transport: StripeTransport | None = None
         self._session_template = _session_template(settings)
+        # The PaymentIntent tells a failed delayed payment from a settling one; with a Dashboard
+        # price, the line items tell whether the session sold it (checkout/catalogue.py).
+        expand = [*RETRIEVE_EXPAND, *(["line_items"] if settings.stripe_price_id else [])]
+        self._retrieve_params: SessionRetrieveParams = {"expand": expand}
         self._in_flight = InFlightCap(settings.stripe_max_in_flight)
         self._retrieves: SingleFlight[SessionStatus] = SingleFlight()
 
@@ -48,8 +59,11 @@ class StripeGateway:
         self, image_id: str | None, idempotency_key: str | None
     ) -> CreatedSession:
         params = self._session_template.copy()
+        # The marker is what makes the session ours: see checkout/catalogue.py.
+        metadata = {MARKER_KEY: self._settings.deployment_id}
         if image_id is not None:
-            params["metadata"] = {"imageId": image_id}
+            metadata["imageId"] = image_id
+        params["metadata"] = metadata
 
         def call(client: stripe.StripeClient, options: RequestOptions) -> Awaitable[Session]:
             if idempotency_key is not None:
@@ -63,7 +77,9 @@ class StripeGateway:
         """The session as Stripe has it now; concurrent reads of one session share one call."""
 
         def call(client: stripe.StripeClient, options: RequestOptions) -> Awaitable[Session]:
-            return client.v1.checkout.sessions.retrieve_async(session_id, options=options)
+            return client.v1.checkout.sessions.retrieve_async(
+                session_id, params=self._retrieve_params, options=options
+            )
 
         async def retrieve() -> SessionStatus:
             return SessionStatus.from_stripe(await self._call("retrieve", call))

@@ -17,6 +17,7 @@ from tests.support import (
     FRONTEND,
     SERVICE_VARS,
     TEST_KEY,
+    WHSEC,
     CapturedLogs,
     Deliveries,
     LiveServer,
@@ -130,6 +131,13 @@ def configure(
 def client(function_app: AsgiApp, configure: Callable[..., None]) -> Client:
     """A test client for `checkout_api`, configured with the base env against the emulator."""
     return function_app.test_client()
+
+
+@pytest.fixture
+def webhook_client(client, configure):
+    """The test client, with the webhook signing secret configured."""
+    configure(STRIPE_WEBHOOK_SECRET=WHSEC)
+    return client
 
 
 @pytest.fixture

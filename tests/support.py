@@ -35,6 +35,7 @@ from starlette.responses import Response
 
 import main  # noqa: F401  # wraps functions-framework's app builder: JSON 404/405
 from checkout.app import CheckoutApi
+from checkout.catalogue import Catalogue
 from checkout.config import ENVIRONMENT_VARIABLES
 from checkout.session import SessionStatus
 from devtools.loopback import free_port
@@ -143,6 +144,9 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
 WHSEC = "whsec_TestOnlySigning01"
 
 
+OTHER_WHSEC = "whsec_SomeoneElses0123"
+
+
 def sign(payload: bytes, secret: str = WHSEC, timestamp: int | None = None) -> str:
     """Stripe's `Stripe-Signature`, computed here rather than trusted to any library."""
     timestamp = int(time.time()) if timestamp is None else timestamp
@@ -164,6 +168,35 @@ def event_for(session: dict[str, Any], kind: str, event_id: str | None = None) -
         "type": kind,
     }
     return json.dumps(event, indent=2).encode()
+
+
+def post_event(client, payload: bytes, signature: str | None = "sign", **headers: str):
+    if signature == "sign":
+        signature = sign(payload)
+    if signature is not None:
+        headers["Stripe-Signature"] = signature
+    return client.post(
+        WEBHOOK, data=payload, headers=headers, content_type="application/json; charset=utf-8"
+    )
+
+
+def status_of(client, session_id: str) -> dict[str, Any]:
+    response = client.get(STATUS, query_string={"session_id": session_id})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def http_json(
+    method: str, url: str, body: dict[str, Any] | None = None
+) -> tuple[int, dict[str, Any]]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
 
 
 def completed_session(client, stripe_emulator, payment_status: str = "paid") -> dict[str, Any]:
@@ -247,6 +280,26 @@ def function_app_for(api: CheckoutApi) -> Starlette:
         checkout_api, "http", False
     )
     return app
+
+
+# What the tests' deployment sells (the base env's defaults: DEPLOYMENT_ID `local`, 200 usd).
+SELLS = Catalogue(deployment_id="local", amount=200, currency="usd", price_id=None)
+
+
+def a_session(
+    state: str = "complete", paid: str = "paid", session_id: str = "cs_test_a"
+) -> SessionStatus:
+    """A session of ours that sold what SELLS sells."""
+    return SessionStatus(
+        session_id=session_id,
+        status=state,
+        payment_status=paid,
+        metadata={"imageId": "img_1"},
+        amount_total=200,
+        currency="usd",
+        livemode=False,
+        marker="local",
+    )
 
 
 # --- Servers ----------------------------------------------------------------------------------

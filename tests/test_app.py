@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import CREATE, FRONTEND, ROOT, STATUS, TEST_KEY, assert_error
+from tests.support import (
+    CREATE,
+    FRONTEND,
+    ROOT,
+    STATUS,
+    TEST_KEY,
+    WHSEC,
+    assert_error,
+    function_app_for,
+    log_records,
+)
 
 FOREIGN = "https://evil.example"
 
@@ -204,3 +214,50 @@ def test_a_deliver_order_that_does_not_import_is_a_configuration_error(configure
         CheckoutApi().service()  # as main.py builds it: DELIVER_ORDER names the function
     assert (caught.value.status, caught.value.code) == (500, "payment_configuration_error")
     assert "DELIVER_ORDER" in (caught.value.detail or "")
+
+
+# -- an unhandled error: diagnosable from its log line, with no secret in it ---------------------
+
+
+def test_an_unhandled_error_is_logged_once_with_message_and_traceback_and_no_secret(
+    function_app, client, stripe_emulator, capsys
+):
+    from checkout.app import CheckoutApi
+    from checkout.config import Settings
+
+    session = client.post(CREATE, json={}).get_json()
+    client_secret = session["client_secret"]
+    capsys.readouterr()
+
+    def buggy() -> Settings:  # a bug where the service is built: no test hook, a real crash
+        known: dict[str, Settings] = {}
+        try:
+            return known["imageId"]
+        except KeyError as cause:
+            # A message quoting secrets, as a library's error might: the key, a signing
+            # secret, a client secret and a bearer token.
+            raise RuntimeError(
+                f"template broke near {TEST_KEY} / {WHSEC} / {client_secret} / "
+                "Authorization: Bearer sk_live_SuperSecretLiveKey99"
+            ) from cause
+
+    broken = CheckoutApi(load=buggy)
+    function_app.serve(function_app_for(broken))
+    response = client.post(CREATE, json={})
+
+    body = assert_error(response, 500, "internal_error")
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text and "template broke" not in text
+    out = capsys.readouterr().out
+    records = [r for r in log_records(out) if r.get("request_id") == body["request_id"]]
+    [line] = [r for r in records if r["severity"] == "ERROR"]  # logged once
+    assert len(records) == 1
+    assert line["logger"] == "checkout.request" and line["code"] == "internal_error"
+    assert line["error_type"] == "RuntimeError"
+    assert line["error_message"].startswith("template broke near sk_test_[redacted]")
+    trace = line["stack_trace"]
+    assert trace.startswith("Traceback (most recent call last):")
+    assert "in buggy" in trace and "KeyError: 'imageId'" in trace  # the frame and the cause
+    assert trace.rstrip().endswith("Bearer [redacted]")
+    for secret in (TEST_KEY, WHSEC, client_secret, "SuperSecretLiveKey99", "_secret_cs"):
+        assert secret not in out

@@ -166,7 +166,7 @@ def test_unusual_but_valid_image_id_is_stored_verbatim(server, stripe_emulator, 
     answer = post_json(server, json.dumps({"imageId": image_id}).encode())
     assert answer.status == 200, answer.body
     session = stripe_emulator.get_session(answer.json()["session_id"])
-    assert session["metadata"] == {"imageId": image_id}
+    assert session["metadata"] == {"checkout_deployment": "local", "imageId": image_id}
 
 
 # --- session_id ---------------------------------------------------------------------------------

@@ -91,10 +91,12 @@ def test_page_on_allowed_origin_creates_then_reads_status(
         "body": {
             "status": "open",
             "payment_status": "unpaid",
+            "outcome": "open",
             "metadata": {"imageId": "img_browser"},
         },
     }
-    assert stripe_emulator.get_session(session_id)["metadata"] == {"imageId": "img_browser"}
+    metadata = stripe_emulator.get_session(session_id)["metadata"]
+    assert metadata == {"checkout_deployment": "local", "imageId": "img_browser"}
     # The Idempotency-Key made the browser ask first; the plain GET needed no preflight.
     lines = request_lines(server)
     assert any('"OPTIONS /api/checkout/embedded-session 204"' in line for line in lines)

@@ -205,12 +205,22 @@ def test_uploaded_bundle_installs_alone_and_serves_checkout(
             status_url = f"{url}/api/checkout/session-status?session_id={session_id}"
             assert call(status_url) == (
                 200,
-                {"status": "open", "payment_status": "unpaid", "metadata": {"imageId": "img_b1"}},
+                {
+                    "status": "open",
+                    "payment_status": "unpaid",
+                    "outcome": "open",
+                    "metadata": {"imageId": "img_b1"},
+                },
             )
             stripe_emulator.complete_session(session_id)
             assert call(status_url) == (
                 200,
-                {"status": "complete", "payment_status": "paid", "metadata": {"imageId": "img_b1"}},
+                {
+                    "status": "complete",
+                    "payment_status": "paid",
+                    "outcome": "paid",
+                    "metadata": {"imageId": "img_b1"},
+                },
             )
             assert stripe_emulator.calls()["sessions_created"] == 1
         finally:

@@ -244,7 +244,7 @@ def paid_on_the_same_page(watched: Watched, card: str, image_id: str) -> dict:
 def assert_paid_and_fulfilled(stripe_emulator, session_id: str, image_id: str) -> None:
     session = stripe_emulator.get_session(session_id)
     assert (session["status"], session["payment_status"]) == ("complete", "paid")
-    assert session["metadata"] == {"imageId": image_id}
+    assert session["metadata"] == {"checkout_deployment": "local", "imageId": image_id}
     assert session["customer_details"]["email"] == "jenny@example.com"
     deliveries = [d for d in stripe_emulator.deliveries() if d["session_id"] == session_id]
     assert [(d["type"], d["status"]) for d in deliveries] == [("checkout.session.completed", 200)]
@@ -319,6 +319,37 @@ def test_readme_react_component_with_always_lands_on_the_return_page(
     assert browser_page.evaluate("window.marker") is None  # a real navigation this time
     assert watched.errors == []
     assert_paid_and_fulfilled(stripe_emulator, session_id, "img_always")
+
+
+def test_readme_return_page_tells_a_settling_debit_and_offers_a_new_checkout_when_it_fails(
+    shops, stripe_emulator, browser_page
+):
+    shop = shops["always"]
+    request = urllib.request.Request(
+        f"{shop.function.url}{CREATE_PATH}",
+        data=b'{"imageId": "img_debit"}',
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        session_id = json.loads(response.read())["session_id"]
+    stripe_emulator.complete_session(session_id, "unpaid")  # a bank debit, still settling
+    return_page = f"{shop.site.url}/hero-me?session_id={session_id}"
+
+    watched = open_page(browser_page, return_page)
+    expect(browser_page.get_by_role("status")).to_contain_text("still confirming the payment")
+
+    stripe_emulator.settle_payment(session_id, "failed")  # days later, the debit bounces
+    browser_page.goto(return_page)
+    expect(browser_page.get_by_role("status")).to_contain_text("The payment failed.")
+    browser_page.get_by_role("button", name="Start a new checkout").click()
+
+    # The app's onNewCheckout took the customer back to the checkout page: a new session.
+    expect(watched.frame().get_by_role("button", name="Pay $2.00")).to_be_visible()
+    assert browser_page.url.startswith(f"{shop.site.url}/?imageId=")
+    [created] = watched.created
+    assert created["session_id"] != session_id
+    assert browser_page.evaluate("window.paid") == []
+    assert watched.errors == []
 
 
 def test_readme_plain_javascript_variant_pays_without_a_reload(

@@ -144,7 +144,8 @@ def test_stripe_recovering_means_the_next_request_succeeds(client, configure, st
         created = create(client, {"imageId": "img_1"})
     assert created.status_code == 200
     session_id = created.get_json()["session_id"]
-    assert stripe_emulator.get_session(session_id)["metadata"] == {"imageId": "img_1"}
+    metadata = stripe_emulator.get_session(session_id)["metadata"]
+    assert metadata == {"checkout_deployment": "local", "imageId": "img_1"}
 
     stripe_emulator.set_faults(mode="hang", hang_seconds=30, remaining=2)
     configure(STRIPE_TIMEOUT_SECONDS="0.5", STRIPE_MAX_RETRIES="1")
@@ -168,7 +169,10 @@ def test_half_the_calls_failing_at_random_are_each_answered_cleanly(
             assert set(body) == {"client_secret", "session_id"}
             assert body["client_secret"].startswith(body["session_id"] + "_secret_")
             session = stripe_emulator.get_session(body["session_id"])
-            assert session["metadata"] == {"imageId": f"img_{attempt}"}
+            assert session["metadata"] == {
+                "checkout_deployment": "local",
+                "imageId": f"img_{attempt}",
+            }
             created[body["session_id"]] = f"img_{attempt}"
         else:
             assert_error(response, 502, "payment_provider_error")
@@ -180,6 +184,7 @@ def test_half_the_calls_failing_at_random_are_each_answered_cleanly(
             assert response.get_json() == {
                 "status": "open",
                 "payment_status": "unpaid",
+                "outcome": "open",
                 "metadata": {"imageId": image_id},
             }
         else:

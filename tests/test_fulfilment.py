@@ -8,23 +8,19 @@ import time
 
 import pytest
 
-from checkout.fulfilment import Fulfilment, FulfilmentFailed
+from checkout.fulfilment import DeliverOrder, Fulfilment, FulfilmentFailed
 from checkout.ledger.memory import MemoryLedger
 from checkout.session import SessionStatus
 from checkout.status_cache import StatusCache
+from tests.support import SELLS
+from tests.support import a_session as session
 
 CROWD = 20
 
 
-def session(state: str = "complete", paid: str = "paid", session_id: str = "cs_test_a"):
-    return SessionStatus(
-        session_id=session_id,
-        status=state,
-        payment_status=paid,
-        metadata={"imageId": "img_1"},
-        amount_total=200,
-        currency="usd",
-        livemode=False,
+def make_routine(deliver: DeliverOrder, cache: StatusCache | None = None) -> Fulfilment:
+    return Fulfilment(
+        cache if cache is not None else StatusCache(10), MemoryLedger(10), SELLS, deliver
     )
 
 
@@ -42,14 +38,13 @@ def test_only_complete_and_paid_or_free_sessions_are_fulfilled(
     state, paid, expected, deliveries, delivered
 ):
     assert session(state, paid).paid is expected
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10), deliveries)
-    assert asyncio.run(routine.fulfil(session(state, paid))) is expected
+    assert asyncio.run(make_routine(deliveries).fulfil(session(state, paid))) is expected
     assert delivered == (["cs_test_a"] if expected else [])
 
 
 def test_a_session_is_fulfilled_once_with_one_record(deliveries, delivered, logs):
     cache = StatusCache(10)
-    routine = Fulfilment(cache, MemoryLedger(10), deliveries)
+    routine = make_routine(deliveries, cache)
     assert asyncio.run(routine.fulfil(session(), event_id="evt_1")) is True
     assert asyncio.run(routine.fulfil(session(), event_id="evt_2")) is False
     assert asyncio.run(routine.fulfil(session())) is False
@@ -70,7 +65,7 @@ def test_a_failure_raises_logs_and_leaves_the_session_unfulfilled(deliveries, lo
 
     deliveries.then = broken
     cache = StatusCache(10)
-    routine = Fulfilment(cache, MemoryLedger(10), deliveries)
+    routine = make_routine(deliveries, cache)
     with pytest.raises(FulfilmentFailed) as caught:
         asyncio.run(routine.fulfil(session(), event_id="evt_1"))
     assert isinstance(caught.value.__cause__, ValueError)
@@ -91,7 +86,7 @@ def test_concurrent_calls_for_one_session_fulfil_once(logs):
         calls.append(s.session_id)
         await asyncio.sleep(0.1)
 
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10), slow)
+    routine = make_routine(slow)
 
     async def crowd() -> list[bool]:
         return await asyncio.gather(*(routine.fulfil(session()) for _ in range(CROWD)))
@@ -110,7 +105,7 @@ def test_a_blocking_delivery_runs_off_the_event_loop():
         if s.session_id == "cs_test_a":
             release.wait(5)
 
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10), blocking_for_a)
+    routine = make_routine(blocking_for_a)
 
     async def both() -> float:
         blocked = asyncio.create_task(routine.fulfil(session()))
@@ -132,7 +127,7 @@ def test_different_sessions_do_not_wait_for_each_other():
         if s.session_id == "cs_test_a":
             await asyncio.wait_for(release.wait(), 5)
 
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10), waiting_for_a)
+    routine = make_routine(waiting_for_a)
 
     async def both() -> float:
         waiting = asyncio.create_task(routine.fulfil(session()))
@@ -148,7 +143,7 @@ def test_different_sessions_do_not_wait_for_each_other():
 
 
 def test_the_record_holds_no_secret_or_customer_detail(deliveries, logs):
-    asyncio.run(Fulfilment(StatusCache(10), MemoryLedger(10), deliveries).fulfil(session()))
+    asyncio.run(make_routine(deliveries).fulfil(session()))
     [record] = logs("checkout_fulfilled")
     assert set(record) == {
         "severity",

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ COMPLETED = "checkout.session.completed"
 ORDER_FIELDS = {
     "status",
     "payment_status",
+    "payment_failed",
     "imageId",
     "amount_total",
     "currency",
@@ -314,7 +316,7 @@ def test_expired_and_payment_failed_sessions_are_recorded_final(make_ledger: Mak
     async def scenario() -> None:
         ledger = make_ledger()
         expired = session("expired", "unpaid", "cs_test_expired")
-        failed = session("complete", "unpaid", "cs_test_failed")
+        failed = replace(session("complete", "unpaid", "cs_test_failed"), payment_failed=True)
         await ledger.record(expired, event_id="evt_expired")
         await ledger.record(failed, event_id="evt_failed", final=True)
         for record, event_id in ((expired, "evt_expired"), (failed, "evt_failed")):
@@ -323,6 +325,10 @@ def test_expired_and_payment_failed_sessions_are_recorded_final(make_ledger: Mak
             assert order["fulfilled_at"] is None
             assert order["event_ids"] == [event_id]
             assert await ledger.settled_status(record.session_id) == record
+        # A failed delayed payment stays failed for every instance that reads the ledger.
+        settled = await ledger.settled_status("cs_test_failed")
+        assert (settled.outcome, settled.public()["outcome"]) == ("failed", "failed")
+        assert (await ledger.settled_status("cs_test_expired")).outcome == "expired"
 
     run(scenario())
 
@@ -354,6 +360,7 @@ def test_settled_status_answers_only_final_sessions_with_nothing_left_to_do(
         assert settled.public() == {
             "status": "complete",
             "payment_status": "paid",
+            "outcome": "paid",
             "metadata": {"imageId": "img_1"},
         }
         assert (settled.amount_total, settled.currency) == (200, "usd")

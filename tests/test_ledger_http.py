@@ -184,7 +184,8 @@ def test_duplicate_deliveries_across_three_instances_fulfil_once(
         assert answer == {
             "status": "complete",
             "payment_status": "paid",
-            "metadata": session["metadata"],
+            "outcome": "paid",
+            "metadata": {"imageId": session["metadata"]["imageId"]},
         }
     for server in servers:  # Stripe's retries of any 503, to each instance
         deliver_until_handled(server, payload)
@@ -322,11 +323,13 @@ def test_status_on_another_instance_comes_from_the_ledger_without_stripe(
     assert status_on(other, paid["id"]) == {
         "status": "complete",
         "payment_status": "paid",
-        "metadata": paid["metadata"],
+        "outcome": "paid",
+        "metadata": {"imageId": paid["metadata"]["imageId"]},
     }
     assert status_on(other, expired["id"]) == {
         "status": "expired",
         "payment_status": "unpaid",
+        "outcome": "expired",
         "metadata": {"imageId": "img_expiring"},
     }
     assert retrieves(stripe_emulator) == before  # 0 retrieves: the ledger answered

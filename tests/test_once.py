@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from checkout.once import OncePerKey
+from checkout.once import OncePerKey, StillRunning
 
 
 def appending(runs: list[str], value: str):
@@ -82,25 +82,52 @@ def test_a_waiting_caller_tries_itself_when_the_first_attempt_fails():
     assert attempts == ["first", "second"]
 
 
-def test_a_cancelled_attempt_is_not_remembered_and_its_waiters_try_again():
+def test_a_caller_that_goes_away_leaves_the_attempt_to_the_others():
     once = OncePerKey(10)
     attempts: list[str] = []
+    release = asyncio.Event()
 
-    async def hanging() -> None:
+    async def slow() -> None:
         attempts.append("first")
-        await asyncio.sleep(60)
+        await release.wait()
 
     async def race() -> bool:
-        first = asyncio.create_task(once.run("a", hanging))
+        first = asyncio.create_task(once.run("a", slow))
         await asyncio.sleep(0.01)
         waiter = asyncio.create_task(once.run("a", appending(attempts, "second")))
         await asyncio.sleep(0.01)
-        first.cancel()
+        first.cancel()  # a client that hung up
+        release.set()
         return await asyncio.wait_for(waiter, 5)
 
-    assert asyncio.run(race()) is True
-    assert attempts == ["first", "second"]
+    assert asyncio.run(race()) is False  # the first attempt finished, for the waiter
+    assert attempts == ["first"]
     assert "a" in once
+
+
+def test_every_wait_is_bounded_and_a_hanging_attempt_fails_no_one_else():
+    once = OncePerKey(10)
+
+    async def hanging() -> None:
+        await asyncio.sleep(60)
+
+    async def scenario() -> tuple[float, float, bool]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StillRunning):
+            await once.run("a", hanging, wait=0.2)  # the starter gives up; the attempt goes on
+        starter = loop.time() - started
+        assert once.running("a")
+        started = loop.time()
+        with pytest.raises(StillRunning):
+            await once.run("a", nothing, wait=30, wait_for_others=0)  # does not wait at all
+        joiner = loop.time() - started
+        other_key = await once.run("b", nothing, wait=0.2)  # other keys are not held up
+        return starter, joiner, other_key
+
+    starter, joiner, other_key = asyncio.run(scenario())
+    assert starter < 5 and joiner < 1 and other_key is True
+    assert "a" not in once  # asyncio.run cancelled the hanging attempt: not a success
 
 
 def test_memory_is_bounded_least_recently_seen_first():

@@ -24,7 +24,8 @@ def test_create_sends_the_contract_session_to_stripe(client, stripe_emulator):
     assert session["mode"] == "payment"
     assert session["return_url"] == "http://localhost:5173/hero-me?session_id={CHECKOUT_SESSION_ID}"
     assert session["redirect_on_completion"] == "if_required"
-    assert session["metadata"] == {"imageId": "img_123"}
+    # Our marker (the deployment id, "local" here) plus the customer's imageId.
+    assert session["metadata"] == {"checkout_deployment": "local", "imageId": "img_123"}
     assert session["amount_total"] == 200
     assert session["currency"] == "usd"
 
@@ -187,6 +188,7 @@ def test_status_of_open_session(client):
     assert response.get_json() == {
         "status": "open",
         "payment_status": "unpaid",
+        "outcome": "open",
         "metadata": {"imageId": "img_9"},
     }
 
@@ -201,6 +203,7 @@ def test_session_goes_open_to_complete(client, stripe_emulator):
     assert body == {
         "status": "complete",
         "payment_status": "paid",
+        "outcome": "paid",
         "metadata": {"imageId": "img_9"},
     }
 
@@ -209,7 +212,12 @@ def test_session_goes_open_to_expired(client, stripe_emulator):
     session_id = create(client, {}).get_json()["session_id"]
     stripe_emulator.expire_session(session_id)
     body = client.get(STATUS, query_string={"session_id": session_id}).get_json()
-    assert body == {"status": "expired", "payment_status": "unpaid", "metadata": {}}
+    assert body == {
+        "status": "expired",
+        "payment_status": "unpaid",
+        "outcome": "expired",
+        "metadata": {},
+    }
 
 
 def test_status_reveals_only_our_fields(client, stripe_emulator):
@@ -217,8 +225,9 @@ def test_status_reveals_only_our_fields(client, stripe_emulator):
     stripe_emulator.complete_session(session_id)
     response = client.get(STATUS, query_string={"session_id": session_id})
     text = response.get_data(as_text=True)
-    assert set(response.get_json()) == {"status", "payment_status", "metadata"}
-    for leak in ("client_secret", "jenny", "Jenny", "pi_", "customer", "amount", TEST_KEY):
+    assert set(response.get_json()) == {"status", "payment_status", "outcome", "metadata"}
+    leaks = ("client_secret", "jenny", "Jenny", "pi_", "customer", "amount", "checkout_deployment")
+    for leak in (*leaks, TEST_KEY):
         assert leak not in text
 
 

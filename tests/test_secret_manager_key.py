@@ -44,6 +44,7 @@ def test_both_endpoints_work_with_only_the_secret_name(sm_client, secret_manager
     assert body == {
         "status": "complete",
         "payment_status": "paid",
+        "outcome": "paid",
         "metadata": {"imageId": "img_sm"},
     }
     assert secret_manager.access_count == 1  # fetched once, then served from memory

@@ -52,6 +52,7 @@ def test_cached_entries_hold_only_public_fields():
     assert cached.public() == {
         "status": "complete",
         "payment_status": "paid",
+        "outcome": "paid",
         "metadata": {"imageId": "i"},
     }
 

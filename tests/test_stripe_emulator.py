@@ -524,6 +524,7 @@ def test_session_helpers_answer_404_for_unknown_sessions(stripe_emulator):
         ("GET", "sessions/cs_test_nope"),
         ("POST", "sessions/cs_test_nope/complete"),
         ("POST", "sessions/cs_test_nope/expire"),
+        ("POST", "sessions/cs_test_nope/settle"),
     ]:
         response = helper(stripe_emulator, method, path)
         assert response.status_code == 404
@@ -676,6 +677,76 @@ def test_async_payment_events_settle_an_unpaid_session(client, stripe_emulator, 
     result = stripe_emulator.deliver_event(session.id, "checkout.session.async_payment_succeeded")
     assert result["event"]["data"]["object"]["payment_status"] == "paid"
     assert client.v1.checkout.sessions.retrieve(session.id).payment_status == "paid"
+
+
+def _payment_intent(client: stripe.StripeClient, session_id: str) -> Any:
+    params: Any = {"expand": ["payment_intent"]}
+    return client.v1.checkout.sessions.retrieve(session_id, params=params).payment_intent
+
+
+def test_a_delayed_payment_that_later_succeeds(client, stripe_emulator, webhooks):
+    session = create(client)
+    stripe_emulator.complete_session(session.id, payment_status="unpaid")
+    intent = _payment_intent(client, session.id)
+    assert (intent.object, intent.status, intent.amount) == ("payment_intent", "processing", 200)
+
+    settled = helper(stripe_emulator, "POST", f"sessions/{session.id}/settle", result="succeeded")
+    assert (settled.json()["status"], settled.json()["payment_status"]) == ("complete", "paid")
+    event = webhooks.verified_event()
+    assert event.type == "checkout.session.async_payment_succeeded"
+    assert event.data.object.payment_status == "paid"
+    assert _payment_intent(client, session.id).status == "succeeded"
+
+
+def test_a_delayed_payment_that_later_fails(client, stripe_emulator, webhooks):
+    session = create(client)
+    stripe_emulator.complete_session(session.id, payment_status="unpaid")
+    failed = stripe_emulator.settle_payment(session.id, "failed")
+    assert (failed["status"], failed["payment_status"]) == ("complete", "unpaid")
+    event = webhooks.verified_event()
+    assert event.type == "checkout.session.async_payment_failed"
+    assert (event.data.object.status, event.data.object.payment_status) == ("complete", "unpaid")
+    # Stripe's PaymentIntent goes back to asking for a payment method when a payment fails.
+    assert _payment_intent(client, session.id).status == "requires_payment_method"
+    retrieved = client.v1.checkout.sessions.retrieve(session.id)
+    assert (retrieved.status, retrieved.payment_status) == ("complete", "unpaid")
+
+
+def test_only_a_processing_payment_can_settle(client, stripe_emulator):
+    paid = create(client)
+    stripe_emulator.complete_session(paid.id)
+    open_session = create(client)
+    pending = create(client)
+    stripe_emulator.complete_session(pending.id, payment_status="unpaid")
+    stripe_emulator.settle_payment(pending.id, "failed")
+    for session_id in (paid.id, open_session.id, pending.id):
+        response = helper(stripe_emulator, "POST", f"sessions/{session_id}/settle")
+        assert response.status_code == 400, session_id
+    bad = helper(stripe_emulator, "POST", f"sessions/{paid.id}/settle", result="maybe")
+    assert bad.json()["error"]["param"] == "result"
+    assert helper(stripe_emulator, "POST", "sessions/cs_test_nope/settle").status_code == 404
+
+
+def test_an_async_payment_failed_event_fails_the_payment_intent(client, stripe_emulator, webhooks):
+    session = create(client)
+    stripe_emulator.deliver_event(session.id, "checkout.session.async_payment_failed")
+    assert _payment_intent(client, session.id).status == "requires_payment_method"
+
+
+def test_while_a_secret_is_rolled_events_carry_one_signature_per_secret(
+    client, stripe_emulator, receiver
+):
+    stripe_emulator.set_webhook(receiver.url, ["whsec_old", "whsec_new"])
+    try:
+        stripe_emulator.complete_session(create(client).id)
+    finally:
+        stripe_emulator.set_webhook(None)
+    header = receiver.received[0][0]["Stripe-Signature"]
+    assert header.count("v1=") == 2
+    for secret in ("whsec_old", "whsec_new"):
+        assert receiver.verified_event(secret=secret).type == "checkout.session.completed"
+    with pytest.raises(stripe.SignatureVerificationError):
+        receiver.verified_event(secret="whsec_other")
 
 
 def test_endpoint_failures_are_reported_not_raised(client, stripe_emulator, receiver):

@@ -40,6 +40,7 @@ from devtools.stripe_emulator.state import (
     _StoredResponse,
     _to_json,
     decode_form,
+    settle_delayed_payment,
 )
 from devtools.stripe_emulator.webhooks import _NO_EVENT, _Event, _post_event, _StoredEvent
 
@@ -67,7 +68,7 @@ class StripeEmulator:
         self._release_hangs = threading.Event()
         self._prices: dict[str, dict[str, Any]] = {}
         self._webhook_url = webhook_url
-        self._webhook_secret = webhook_secret
+        self._webhook_secret: str | list[str] | None = webhook_secret
         self._clear_state()
 
     def _clear_state(self) -> None:
@@ -221,8 +222,14 @@ class StripeEmulator:
             self._prices[price_id] = price
         return dict(price)
 
-    def set_webhook(self, url: str | None, secret: str | None = None) -> None:
-        """Deliver events for completions and expirations to `url` (None turns delivery off)."""
+    def set_webhook(self, url: str | None, secret: str | list[str] | None = None) -> None:
+        """Deliver events for completions and expirations to `url` (None turns delivery off).
+
+        A list of secrets signs each event with every one of them, as Stripe does while an
+        endpoint's secret is being rolled (old and new both valid until the old one expires).
+        """
+        if isinstance(secret, list) and not all(isinstance(item, str) for item in secret):
+            raise _invalid("secret must be a string or a list of strings", "secret")
         with self._lock:
             self._webhook_url, self._webhook_secret = url, secret
 
@@ -246,6 +253,22 @@ class StripeEmulator:
                 fields["customer_details"]["email"] = email
             session.update(**fields)
             data, event = session.data, self._auto_event(session, "checkout.session.completed")
+        self._deliver_auto_event(event)
+        return json.loads(_to_json(data))
+
+    def settle_payment(self, session_id: str, result: str = "succeeded") -> dict[str, Any]:
+        """Settle a delayed payment (a session completed `unpaid`), as a bank would, days later.
+
+        `succeeded` pays it and delivers checkout.session.async_payment_succeeded; `failed`
+        leaves it unpaid for good (its PaymentIntent back at `requires_payment_method`) and
+        delivers checkout.session.async_payment_failed.
+        """
+        if result not in ("succeeded", "failed"):
+            raise _invalid("result must be succeeded or failed", "result")
+        with self._lock:
+            session = self._session_for(session_id)
+            event_type = settle_delayed_payment(session, result == "succeeded")
+            data, event = session.data, self._auto_event(session, event_type)
         self._deliver_auto_event(event)
         return json.loads(_to_json(data))
 
@@ -277,7 +300,7 @@ class StripeEmulator:
         event_type: str,
         *,
         url: str | None = None,
-        secret: str | None = None,
+        secret: str | list[str] | None = None,
         event_id: str | None = None,
     ) -> dict[str, Any]:
         """Send one signed event now; an `event_id` seen before redelivers that same event."""
@@ -584,6 +607,8 @@ class StripeEmulator:
                 result = self.complete_session(session_id, payload.get("payment_status", "paid"))
             elif method == "POST" and action == "expire":
                 result = self.expire_session(session_id)
+            elif method == "POST" and action == "settle":
+                result = self.settle_payment(session_id, payload.get("result", "succeeded"))
             else:
                 raise _unrecognized(method, path)
         else:

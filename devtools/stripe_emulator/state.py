@@ -30,6 +30,8 @@ EVENT_TYPES = (
     "checkout.session.async_payment_failed",
     "checkout.session.expired",
 )
+# A PaymentIntent whose payment failed asks for another payment method.
+FAILED_INTENT_STATUS = "requires_payment_method"
 FAULT_MODES = ("none", "error_500", "rate_limit_429", "hang", "random_500")
 # Stripe's minimum charge, in minor units (docs.stripe.com/currencies#minimum-and-maximum).
 MINIMUM_AMOUNTS = {"usd": 50, "eur": 50, "cad": 50, "aud": 50, "chf": 50, "gbp": 30}
@@ -564,11 +566,15 @@ def _completed_fields(session: dict[str, Any], payment_status: str) -> dict[str,
 class _Session:
     """A session's public fields, its line items, and its JSON as the current API renders it."""
 
-    __slots__ = ("_json", "data", "line_items")
+    __slots__ = ("_json", "data", "intent_status", "line_items")
 
     def __init__(self, data: dict[str, Any], line_items: list[dict[str, Any]]) -> None:
         self.data = data
         self.line_items = line_items
+        # The PaymentIntent's status while payment_status is unpaid: a delayed payment method
+        # (bank debit) is `processing` until it settles; a failed one goes back to
+        # `requires_payment_method`, as Stripe's PaymentIntents do.
+        self.intent_status = "processing"
         self._json: bytes | None = None
 
     def update(self, **fields: Any) -> None:
@@ -599,7 +605,7 @@ class _Session:
                 "object": "payment_intent",
                 "amount": data["amount_total"],
                 "currency": data["currency"],
-                "status": "succeeded" if data["payment_status"] == "paid" else "processing",
+                "status": "succeeded" if data["payment_status"] == "paid" else self.intent_status,
             }
         return _to_json(data)
 
@@ -646,6 +652,29 @@ def _apply_event(session: _Session, event_type: str) -> None:
             session.update(**_completed_fields(data, "paid"))
         elif data["status"] == "complete":
             session.update(payment_status="paid")
-    elif data["status"] == "open":  # completed, or async_payment_failed: complete but unpaid
-        paid = "paid" if event_type == "checkout.session.completed" else "unpaid"
-        session.update(**_completed_fields(data, paid))
+    else:  # completed, or async_payment_failed: complete but unpaid
+        if data["status"] == "open":
+            paid = "paid" if event_type == "checkout.session.completed" else "unpaid"
+            session.update(**_completed_fields(data, paid))
+        if event_type == "checkout.session.async_payment_failed":
+            session.intent_status = FAILED_INTENT_STATUS
+
+
+def settle_delayed_payment(session: _Session, succeeded: bool) -> str:
+    """A delayed payment (complete, unpaid, processing) settles; the event type it causes."""
+    data = session.data
+    if not (
+        data["status"] == "complete"
+        and data["payment_status"] == "unpaid"
+        and session.intent_status == "processing"
+    ):
+        raise _invalid(
+            "Only a completed Checkout Session whose delayed payment is still processing can "
+            f"settle; this one is {data['status']}/{data['payment_status']}"
+            f" (payment {session.intent_status})."
+        )
+    if succeeded:
+        session.update(payment_status="paid")
+        return "checkout.session.async_payment_succeeded"
+    session.intent_status = FAILED_INTENT_STATUS
+    return "checkout.session.async_payment_failed"

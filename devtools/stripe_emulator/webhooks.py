@@ -7,6 +7,7 @@ import hmac
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from typing import NamedTuple
 
 _WEBHOOK_USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
@@ -19,7 +20,7 @@ class _Event(NamedTuple):
 
     payload: bytes
     url: str
-    secret: str | None
+    secret: str | Sequence[str] | None
 
 
 _NO_EVENT = _Event(b"", "", None)
@@ -33,7 +34,7 @@ class _StoredEvent(NamedTuple):
     type: str
 
 
-def _post_event(url: str, secret: str | None, payload: bytes) -> tuple[int, str]:
+def _post_event(url: str, secret: str | Sequence[str] | None, payload: bytes) -> tuple[int, str]:
     """POST a signed event as Stripe does; errors come back as (0, text), never raised."""
     headers = {
         "Content-Type": "application/json; charset=utf-8",
@@ -51,9 +52,14 @@ def _post_event(url: str, secret: str | None, payload: bytes) -> tuple[int, str]
         return 0, f"{type(err).__name__}: {err}"
 
 
-def sign_payload(payload: bytes, secret: str, timestamp: int | None = None) -> str:
-    """The `Stripe-Signature` header value for `payload`, exactly as Stripe computes it."""
+def sign_payload(payload: bytes, secret: str | Sequence[str], timestamp: int | None = None) -> str:
+    """The `Stripe-Signature` header value for `payload`, exactly as Stripe computes it.
+
+    While an endpoint's secret is being rolled, Stripe signs with every active secret: one
+    `v1=` per secret, in one header. Pass a list of secrets for that.
+    """
     timestamp = int(time.time()) if timestamp is None else timestamp
     signed = f"{timestamp}.".encode() + payload
-    signature = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={signature}"
+    secrets = [secret] if isinstance(secret, str) else list(secret)
+    signatures = [hmac.new(s.encode(), signed, hashlib.sha256).hexdigest() for s in secrets]
+    return ",".join([f"t={timestamp}", *(f"v1={signature}" for signature in signatures)])

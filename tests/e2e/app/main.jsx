@@ -23,12 +23,13 @@ function App() {
   }, []);
   const imageId = new URLSearchParams(window.location.search).get("imageId") ?? "img_e2e";
   const onReturnPage = window.location.pathname.startsWith("/hero-me");
+  const startAgain = () => window.location.assign(`/?imageId=${encodeURIComponent(imageId)}`);
   return (
     <>
       <EffectProbe />
       <h1>Hero Me</h1>
       {paidImage && <p data-testid="paid">Paid {paidImage}</p>}
-      {onReturnPage && <CheckoutReturn onPaid={onPaid} />}
+      {onReturnPage && <CheckoutReturn onPaid={onPaid} onNewCheckout={startAgain} />}
       {!onReturnPage && !paidImage && <Checkout key={imageId} imageId={imageId} onPaid={onPaid} />}
     </>
   );
