@@ -40,11 +40,13 @@ CREATE_PATH = "/api/checkout/embedded-session"
 
 
 def readme_files() -> dict[str, str]:
-    """The README frontend section's code blocks that open with a `// <file name>` line."""
+    """The code blocks that open with a `// <file name>` line, in the README's frontend section
+    and in docs/frontend.md (its plain-JavaScript variant and the offline Vite wiring)."""
     readme = (ROOT / "README.md").read_text()
     section = readme[
         readme.index("## Frontend") : readme.index("\n## ", readme.index("## Frontend") + 1)
     ]
+    section += (ROOT / "docs" / "frontend.md").read_text()
     files = {}
     for body in re.findall(r"```(?:jsx|js)\n(.*?)```", section, re.S):
         first = body.split("\n", 1)[0]
