@@ -37,6 +37,7 @@ def test_session_rules_import_no_stripe_http_or_google():
 @pytest.mark.parametrize(
     "module",
     [
+        "checkout.catalogue",
         "checkout.status_cache",
         "checkout.fulfilment",
         "checkout.webhook",
