@@ -29,10 +29,11 @@ $(E2E_DEPS): tests/e2e/package-lock.json
 firestore-emulator: $(VENV)/.installed
 	$(PY) -m devtools.firestore_emulator --port 8086
 
-## Lint, then run every test.
+## Lint and type-check, then run every test.
 test: $(VENV)/.installed $(E2E_DEPS)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 format: $(VENV)/.installed

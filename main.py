@@ -1,5 +1,6 @@
 """Cloud Run / functions-framework entry point: one async HTTP function for the checkout API."""
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import functions_framework.aio
@@ -8,32 +9,36 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from checkout.app import exit_if_misconfigured, handle
+from checkout.app import CheckoutApi, exit_if_misconfigured
 
 exit_if_misconfigured()
+
+# This process's API: it builds the service on the first request, never at import.
+api = CheckoutApi()
 
 
 @functions_framework.aio.http
 async def checkout_api(request: Request) -> Response:
     """Dispatch to the checkout package (see checkout/routes.py for the endpoints)."""
-    return await handle(request)
+    return await api.handle(request)
 
 
 # functions-framework's ASGI app answers a few requests itself, in plain text: GET /robots.txt and
 # /favicon.ico (404), and methods outside its list, such as TRACE (405). Unlike its Flask app it
 # has no errorhandler hook, so wrap the private function that builds the app (after importing this
-# module) and send its HTTP errors to checkout_api too: they get the contract's JSON 404/405, as
-# any other path and method do. tests/test_bad_input.py checks each of them.
-_build_asgi_app = functions_framework.aio._create_asgi_app_with_function
+# module) and send its HTTP errors to the function it serves too: they get the contract's JSON
+# 404/405, as any other path and method do. tests/test_bad_input.py checks each of them.
+_build_asgi_app: Callable[..., Starlette] = functions_framework.aio._create_asgi_app_with_function
 
 
-async def _answer_as_checkout_api(request: Request, _error: Exception) -> Response:
-    return await handle(request)
+def _asgi_app_answering_everything(
+    function: Callable[[Request], Awaitable[Response]], *args: Any, **kwargs: Any
+) -> Starlette:
+    async def answer_as_the_function(request: Request, _error: Exception) -> Response:
+        return await function(request)
 
-
-def _asgi_app_answering_everything(*args: Any, **kwargs: Any) -> Starlette:
-    app = _build_asgi_app(*args, **kwargs)
-    app.add_exception_handler(HTTPException, _answer_as_checkout_api)
+    app = _build_asgi_app(function, *args, **kwargs)
+    app.add_exception_handler(HTTPException, answer_as_the_function)
     return app
 
 

@@ -43,7 +43,7 @@ def import_seconds(statement: str, runs: int) -> float:
 async def latencies(host: str, rounds: int) -> dict[str, list[float]]:
     os.environ["FIRESTORE_EMULATOR_HOST"] = host
     from checkout.ledger.firestore import FirestoreLedger
-    from checkout.stripe_gateway import SessionStatus
+    from checkout.session import SessionStatus
 
     ledger = FirestoreLedger(project=f"bench-{os.getpid()}", database="(default)", lease_seconds=60)
 
@@ -52,7 +52,12 @@ async def latencies(host: str, rounds: int) -> dict[str, list[float]]:
 
     def session(n: int) -> SessionStatus:
         return SessionStatus(
-            f"cs_test_bench{n}", "complete", "paid", {"imageId": "img"}, 200, "usd"
+            session_id=f"cs_test_bench{n}",
+            status="complete",
+            payment_status="paid",
+            metadata={"imageId": "img"},
+            amount_total=200,
+            currency="usd",
         )
 
     results: dict[str, list[float]] = {

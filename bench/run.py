@@ -11,6 +11,7 @@ target in TARGETS is missed. See README "Performance".
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -26,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from bench import loadgen
 from bench.loadgen import LoadResult, Workload
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                     name,
                     emulator,
                     None,
-                    lambda w=workload, c=connections: drive(w, args.seconds, c),
+                    functools.partial(drive, workload, args.seconds, connections),
                 )
             )
         for workload in stack.workloads():
@@ -225,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             # (their Stripe calls count against STRIPE_MAX_IN_FLIGHT): let them end first.
             time.sleep(0.5)
             row = _measure(
-                workload.name, emulator, stack.workers, lambda w=workload: drive(w, args.seconds)
+                workload.name,
+                emulator,
+                stack.workers,
+                functools.partial(drive, workload, args.seconds),
             )
             stack.served += row.load.requests
             rows.append(row)
@@ -362,7 +367,7 @@ def _cold_starts(
     env: dict[str, str], spawns: int, path: str, bin_dir: Path, source: Path | None = None
 ) -> list[float]:
     """Milliseconds from spawning functions-framework to its first 200, one per spawn."""
-    where = {"target": "hello", "source": source} if source else {}
+    where: dict[str, Any] = {"target": "hello", "source": source} if source else {}
     times = []
     for _ in range(spawns):
         with FunctionServer(env, subprocess.DEVNULL, bin_dir, **where) as server:

@@ -75,8 +75,9 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.started = time.perf_counter()
+        self.command = [part.replace("{port}", str(self.port)) for part in command]
         self.process = subprocess.Popen(
-            [part.replace("{port}", str(self.port)) for part in command],
+            self.command,
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -92,7 +93,7 @@ class Service:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.process.args[:3]} exited with {self.process.returncode}")
+                raise RuntimeError(f"{self.command[:3]} exited with {self.process.returncode}")
             try:
                 _opener.open(self.url + path, timeout=2).close()
                 return
@@ -100,7 +101,7 @@ class Service:
                 return
             except OSError:
                 time.sleep(0.02)
-        raise RuntimeError(f"{self.process.args[:3]} did not answer within {seconds} s")
+        raise RuntimeError(f"{self.command[:3]} did not answer within {seconds} s")
 
     def _ready(self, path: str) -> None:
         """wait_ready() for a constructor: stop the process if it never answers."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from checkout.config import Settings
-from checkout.stripe_gateway import MARKER_KEY, SessionStatus
+from checkout.session import MARKER_KEY, SessionStatus
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -33,6 +33,10 @@ MINIMUM_CHARGE = {
     "myr": 200, "nok": 300, "nzd": 50, "pln": 200, "ron": 200, "sek": 300, "sgd": 50, "thb": 1000,
 }  # fmt: skip
 
+# Reads one variable: its value stripped, or None when unset or blank.
+Getter = Callable[[str], str | None]
+
+_FUNCTION_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
 _DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 
 
@@ -42,7 +46,7 @@ def stripe_budget_seconds(timeout: float, retries: int) -> float:
     stripe-python sleeps min(0.5 * 2**(n-1), 5) s before retry n, less a random jitter of up to
     half (stripe/_http_client.py: INITIAL_DELAY, MAX_DELAY).
     """
-    return (retries + 1) * timeout + sum(min(0.5 * 2**n, 5.0) for n in range(retries))
+    return (retries + 1) * timeout + sum(min(0.5 * 2.0**n, 5.0) for n in range(retries))
 
 
 # Every variable load_settings reads: tools that start the service from a clean slate use this.
@@ -79,6 +83,7 @@ ENVIRONMENT_VARIABLES = (
     "FIRESTORE_DATABASE",
     "FIRESTORE_EMULATOR_HOST",
     "LEDGER_LEASE_SECONDS",
+    "DELIVER_ORDER",
 )
 
 ORDER_LEDGERS = ("memory", "firestore")
@@ -126,6 +131,9 @@ class Settings:
     firestore_database: str
     firestore_emulator_host: str | None
     ledger_lease_seconds: float  # how long a fulfilment claim holds before another may take over
+    deliver_order: (
+        str | None
+    )  # `module:function` to fulfil with instead of fulfilment.deliver_order
 
     @property
     def stripe_key_configured(self) -> bool:
@@ -242,6 +250,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         firestore_database=_firestore_database(get),
         firestore_emulator_host=get("FIRESTORE_EMULATOR_HOST"),
         ledger_lease_seconds=_float(get, "LEDGER_LEASE_SECONDS", 60.0, minimum=1, maximum=600),
+        deliver_order=_function_path(get, "DELIVER_ORDER"),
     )
     _check_budget(settings)
     return settings
@@ -287,14 +296,21 @@ def is_live_key(key: str) -> bool:
     return key.strip().startswith(("sk_live_", "rk_live_"))
 
 
-def _order_ledger(get) -> str:
+def _order_ledger(get: Getter) -> str:
     ledger = (get("ORDER_LEDGER") or "memory").lower()
     if ledger not in ORDER_LEDGERS:
         raise ConfigError(f"ORDER_LEDGER must be one of {', '.join(ORDER_LEDGERS)}, got {ledger!r}")
     return ledger
 
 
-def _firestore_database(get) -> str:
+def _function_path(get: Getter, name: str) -> str | None:
+    path = get(name)
+    if path is not None and not _FUNCTION_PATH.match(path):
+        raise ConfigError(f"{name} must name a function as package.module:function, got {path!r}")
+    return path
+
+
+def _firestore_database(get: Getter) -> str:
     database = get("FIRESTORE_DATABASE") or DEFAULT_FIRESTORE_DATABASE
     if not _FIRESTORE_DATABASE.match(database):
         raise ConfigError(
@@ -320,7 +336,7 @@ def _exact_origin(entry: str) -> str:
     return _origin_of(entry, "ALLOWED_ORIGINS")
 
 
-def _int(get, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+def _int(get: Getter, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
     raw = get(name)
     if raw is None:
         return default
@@ -335,7 +351,7 @@ def _int(get, name: str, default: int, *, minimum: int, maximum: int | None = No
 
 
 def _float(
-    get, name: str, default: float, *, minimum: float, maximum: float, suffix: str = ""
+    get: Getter, name: str, default: float, *, minimum: float, maximum: float, suffix: str = ""
 ) -> float:
     raw = get(name)
     if raw is None:

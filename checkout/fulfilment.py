@@ -2,7 +2,8 @@
 
 Stripe's advice is to fulfil from the webhook, since a customer may close the tab before the
 return page loads, and from the return page too, since it may beat the webhook. Both end up in
-`Fulfilment.fulfil`, which runs `deliver_order` once per session through the order ledger
+`Fulfilment.fulfil`, which runs the deliver function (`deliver_order` below, or the one
+DELIVER_ORDER names) once per session through the order ledger
 (checkout/ledger: every instance with Firestore, docs/ledger.md) and then logs one
 `checkout_fulfilled` record: the integration point for Cloud Logging sinks and log-based metrics.
 """
@@ -10,17 +11,22 @@ return page loads, and from the return page too, since it may beat the webhook. 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from checkout.catalogue import Catalogue, Refusal
-from checkout.ledger import FulfilmentInProgress, Ledger, LedgerUnavailable, is_paid
+from checkout.config import ConfigError, Settings
+from checkout.ledger import FulfilmentInProgress, Ledger, LedgerUnavailable
+from checkout.session import SessionStatus
 from checkout.status_cache import StatusCache
-from checkout.stripe_gateway import SessionStatus
 
 log = logging.getLogger("checkout.fulfilment")
+
+# A fulfilment function: `async def` (awaited on the loop) or plain (run on a delivery thread).
+DeliverOrder = Callable[[SessionStatus], object]
 
 # An attempt at `deliver_order` that takes longer has failed, and a later call retries it. The
 # service lowers it to 3/4 of LEDGER_LEASE_SECONDS, so that it ends before the claim's lease does.
@@ -74,11 +80,13 @@ class Fulfilment:
         status_cache: StatusCache,
         ledger: Ledger,
         catalogue: Catalogue,
+        deliver: DeliverOrder = deliver_order,
         deliver_timeout: float = DELIVER_TIMEOUT_S,
     ) -> None:
         self._status_cache = status_cache
         self._ledger = ledger
         self._catalogue = catalogue
+        self._deliver = deliver
         self._deliver_timeout = deliver_timeout
         self._threads = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="deliver_order")
 
@@ -99,7 +107,7 @@ class Fulfilment:
         call's attempt goes on and logs its own outcome. A caller that goes away does not cancel
         the attempt either.
         """
-        if not is_paid(session) or self.refusal(session, event_id) is not None:
+        if not session.paid or self.refusal(session, event_id) is not None:
             return False
         attempt = asyncio.ensure_future(self._attempt(session, event_id, wait))
         attempt.add_done_callback(_seen)
@@ -116,7 +124,7 @@ class Fulfilment:
         refusal = self._catalogue.refusal(session)
         if refusal is None:
             return None
-        fields = {**record_of(session, event_id), "reason": refusal.reason}
+        fields = {**session.log_record(event_id), "reason": refusal.reason}
         fields["detail"] = refusal.detail
         # Ours but not what we sell (the price changed while it was open?): a paying customer
         # is waiting, and only an operator can decide. Another integration's: nothing to do.
@@ -135,20 +143,20 @@ class Fulfilment:
             # Logged here, once per attempt, whether or not a caller still waits for it.
             log.exception(
                 "checkout_fulfilment_failed",
-                extra={"fields": {**record_of(session, event_id), "detail": str(error)[:300]}},
+                extra={"fields": {**session.log_record(event_id), "detail": str(error)[:300]}},
             )
             raise FulfilmentFailed(f"fulfilment of {session.session_id} failed") from error
         # Fulfilled, now or before: until then a status call finds no cache entry and tries too.
         self._status_cache.put(session)
         if fulfilled:
             # Only the attempt whose record of it became durable logs it: once per session.
-            log.info("checkout_fulfilled", extra={"fields": record_of(session, event_id)})
+            log.info("checkout_fulfilled", extra={"fields": session.log_record(event_id)})
         return fulfilled
 
     async def _deliver_in_time(self, session: SessionStatus) -> None:
         try:
             async with asyncio.timeout(self._deliver_timeout):
-                await _deliver(session, self._threads)
+                await _run(self._deliver, session, self._threads)
         except TimeoutError:
             raise DeliveryTimedOut(
                 f"deliver_order did not finish within {self._deliver_timeout:g} s"
@@ -161,23 +169,25 @@ def _seen(attempt: asyncio.Future[bool]) -> None:
         attempt.exception()
 
 
-async def _deliver(session: SessionStatus, threads: ThreadPoolExecutor) -> None:
-    # Looked up at call time, so a test (or a team) can swap in its own.
-    deliver = deliver_order
+async def _run(deliver: DeliverOrder, session: SessionStatus, threads: ThreadPoolExecutor) -> None:
     if inspect.iscoroutinefunction(deliver):
         await deliver(session)
     else:
         await asyncio.get_running_loop().run_in_executor(threads, deliver, session)
 
 
-def record_of(session: SessionStatus, event_id: str | None = None) -> dict[str, Any]:
-    """The fields of a checkout log record: ids and amounts, never secrets or customer details."""
-    return {
-        "session_id": session.session_id,
-        "imageId": session.metadata.get("imageId"),
-        "amount_total": session.amount_total,
-        "currency": session.currency,
-        "payment_status": session.payment_status,
-        "livemode": session.livemode,
-        "event_id": event_id,
-    }
+def deliver_order_from_settings(settings: Settings) -> DeliverOrder:
+    """The function DELIVER_ORDER names (`package.module:function`), else `deliver_order`."""
+    path = settings.deliver_order
+    if path is None:
+        return deliver_order
+    module_name, _, name = path.partition(":")
+    try:
+        deliver: object = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(
+            f"DELIVER_ORDER names {path!r}, which cannot be imported: {error}"
+        ) from None
+    if not callable(deliver):
+        raise ConfigError(f"DELIVER_ORDER names {path!r}, which is not a function")
+    return deliver

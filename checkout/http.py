@@ -1,4 +1,4 @@
-"""HTTP plumbing in one place: the error type, JSON responses, request-body parsing and CORS."""
+"""HTTP plumbing in one place: JSON responses, error bodies, request-body parsing and CORS."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from werkzeug.http import parse_options_header
 
+from checkout import errors
+from checkout.errors import ApiError
+
 MAX_BODY_BYTES = 64 * 1024
 # gunicorn's limit for one header line, which uvicorn's parser does not enforce.
 MAX_HEADER_BYTES = 8190
@@ -20,29 +23,6 @@ BASE_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosni
 
 PREFLIGHT_ALLOW_HEADERS = "Content-Type, Idempotency-Key"
 PREFLIGHT_MAX_AGE = "3600"
-
-
-class ApiError(Exception):
-    """An answer for the client: HTTP status, machine code and a human sentence.
-
-    `detail` goes to the log only; it never reaches the response body.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        detail: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-        self.detail = detail
 
 
 def json_response(status: int, payload: Mapping[str, Any]) -> Response:
@@ -65,20 +45,16 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         raise _too_large()
     mimetype = mimetype_of(request)
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            "Send the request body as JSON with Content-Type: application/json.",
-        )
+        raise errors.unsupported_media_type()
     raw = await read_body(request, MAX_BODY_BYTES, _too_large)
     if not raw:
         return {}
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+        raise errors.invalid_json() from None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "The request body must be a JSON object, e.g. {}.")
+        raise errors.invalid_body("must be a JSON object, e.g. {}")
     return body
 
 
@@ -101,7 +77,7 @@ async def read_body(request: Request, limit: int, too_large: Callable[[], ApiErr
             chunks.append(chunk)
     except ClientDisconnect:
         # Nobody is left to read the answer; the log line still says what happened.
-        raise ApiError(400, "invalid_body", "The request body was cut short.") from None
+        raise errors.invalid_body("was cut short") from None
     return b"".join(chunks)
 
 
@@ -109,12 +85,8 @@ def check_header_sizes(request: Request) -> None:
     """Refuse any header line longer than MAX_HEADER_BYTES (431), before anything reads them."""
     for name, value in request.scope["headers"]:
         if len(name) + len(value) + 2 > MAX_HEADER_BYTES:
-            raise ApiError(
-                431,
-                "header_too_large",
-                f"Each request header must be at most {MAX_HEADER_BYTES} bytes.",
-                detail=f"header={name[:40].decode('latin-1')!r} bytes={len(value)}",
-            )
+            detail = f"header={name[:40].decode('latin-1')!r} bytes={len(value)}"
+            raise errors.header_too_large(MAX_HEADER_BYTES, detail)
 
 
 def content_length(request: Request) -> int | None:
@@ -131,9 +103,7 @@ def mimetype_of(request: Request) -> str:
 
 
 def _too_large() -> ApiError:
-    return ApiError(
-        413, "payload_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes."
-    )
+    return errors.payload_too_large(MAX_BODY_BYTES)
 
 
 class CorsPolicy:
@@ -147,12 +117,7 @@ class CorsPolicy:
         return self._allow_any or origin in self._allowed
 
     def refuse(self, origin: str) -> ApiError:
-        return ApiError(
-            403,
-            "origin_not_allowed",
-            "This origin is not allowed to call the checkout API.",
-            detail=f"origin={origin[:200]!r}",
-        )
+        return errors.origin_not_allowed(origin)
 
     @staticmethod
     def decorate(response: Response, origin: str | None) -> None:

@@ -140,9 +140,12 @@ class SecretSource:
         endpoint: str | None,
         validate: Callable[[str], str],
         variables: tuple[str, str] = ("the value", "the secret name"),
+        async_wait_seconds: float = _ASYNC_WAIT_S,
     ) -> None:
-        """`variables` names the settings holding `value` and `name`, for error messages."""
+        """`variables` names the settings holding `value` and `name`, for error messages;
+        a coroutine waits at most `async_wait_seconds` for a read."""
         self._label = label
+        self._async_wait = async_wait_seconds
         self._direct = value
         self._name = name
         self._project = project
@@ -231,10 +234,10 @@ class SecretSource:
             read.add_done_callback(self._async_read_done(stale))
         try:
             # shield: a waiter that gives up (or is cancelled) leaves the read to the others.
-            return await asyncio.wait_for(asyncio.shield(read), _ASYNC_WAIT_S)
+            return await asyncio.wait_for(asyncio.shield(read), self._async_wait)
         except TimeoutError:
             raise SecretUnavailable(
-                f"the {self._label} was not read within {_ASYNC_WAIT_S:g} s; retry"
+                f"the {self._label} was not read within {self._async_wait:g} s; retry"
             ) from None
         except (SecretConfigError, SecretUnavailable) as error:
             # A fresh exception per waiter: one instance raised in many tasks tangles tracebacks.
@@ -491,7 +494,9 @@ def _describe(error: BaseException | None) -> str:
     return type(error).__name__ if error is not None else "unknown"
 
 
-def stripe_api_key_source(settings: Settings) -> SecretSource:
+def stripe_api_key_source(
+    settings: Settings, async_wait_seconds: float = _ASYNC_WAIT_S
+) -> SecretSource:
     """The Stripe API key: STRIPE_SECRET_KEY, else the secret named by STRIPE_SECRET_NAME."""
     return SecretSource(
         label="Stripe key",
@@ -501,6 +506,7 @@ def stripe_api_key_source(settings: Settings) -> SecretSource:
         endpoint=settings.secret_manager_endpoint,
         validate=check_stripe_key_shape,
         variables=("STRIPE_SECRET_KEY", "STRIPE_SECRET_NAME"),
+        async_wait_seconds=async_wait_seconds,
     )
 
 

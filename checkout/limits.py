@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from checkout.http import ApiError
+from checkout import errors
 
 
 def client_address(headers: Mapping[str, str], peer: str | None, trusted_hops: int) -> str:
@@ -78,13 +78,7 @@ class TokenBuckets:
         """Spend one of `client`'s tokens, or raise ApiError 429 with Retry-After."""
         wait = self.take(client)
         if wait > 0:
-            raise ApiError(
-                429,
-                "rate_limited",
-                "Too many requests from this address. Please retry shortly.",
-                headers={"Retry-After": str(math.ceil(wait))},
-                detail=f"client={client}",
-            )
+            raise errors.rate_limited(math.ceil(wait), detail=f"client={client}")
 
     def __len__(self) -> int:
         return len(self._buckets)

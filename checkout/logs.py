@@ -95,7 +95,7 @@ class _StdoutHandler(logging.Handler):
         try:
             line = self.format(record) + "\n"
             stream = sys.stdout
-            if stream is not None and stream is sys.__stdout__:
+            if stream is sys.__stdout__ and stream is not None:
                 data = memoryview(line.encode("utf-8", "backslashreplace"))
                 descriptor = stream.fileno()
                 while data:  # a signal can cut a write short

@@ -13,14 +13,16 @@ from starlette.responses import Response
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
+from checkout import errors
+from checkout.errors import ApiError
 from checkout.fulfilment import STATUS_WAIT_S, FulfilmentFailed
-from checkout.http import ApiError, json_response, read_json_object
+from checkout.http import json_response, read_json_object
 from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
-from checkout.stripe_gateway import SessionStatus, session_not_found
+from checkout.session import SessionStatus
 from checkout.webhook import stripe_webhook
 
 if TYPE_CHECKING:
-    from checkout.app import Service
+    from checkout.service import Service
 
 MAX_IMAGE_ID_CHARS = 500
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -50,7 +52,7 @@ async def session_status(request: Request, service: Service) -> Response:
     status = service.status_cache.get(session_id)  # free: no limit, no Firestore, no Stripe
     if status is None:
         if session_id in service.unknown_sessions:
-            raise session_not_found(detail="remembered as unknown to Stripe")
+            raise errors.session_not_found("remembered as unknown to Stripe")
         service.status_limit.charge(service.client_of(request))
         # What any instance settled, from the order ledger; only then Stripe.
         status = await _settled_in_ledger(service, session_id)
@@ -60,7 +62,7 @@ async def session_status(request: Request, service: Service) -> Response:
             if not service.catalogue.is_ours(status):
                 # Another integration's session on the same account: answered exactly as an
                 # unknown id, so that not even its existence leaks (checkout/catalogue.py).
-                raise session_not_found(detail="the session exists but is not this deployment's")
+                raise errors.session_not_found("the session exists but is not this deployment's")
         except ApiError as error:
             if error.code == "session_not_found":
                 service.unknown_sessions.add(session_id)
@@ -107,15 +109,9 @@ def _image_id_from(body: dict[str, Any]) -> str | None:
         return None
     image_id = body["imageId"]
     if not isinstance(image_id, str) or not 1 <= len(image_id) <= MAX_IMAGE_ID_CHARS:
-        raise ApiError(
-            400,
-            "invalid_image_id",
-            f"imageId must be a string of 1 to {MAX_IMAGE_ID_CHARS} characters.",
-        )
+        raise errors.invalid_image_id(f"be a string of 1 to {MAX_IMAGE_ID_CHARS} characters")
     if _CONTROL_CHARS.search(image_id):
-        raise ApiError(
-            400, "invalid_image_id", "imageId must not contain control characters or broken text."
-        )
+        raise errors.invalid_image_id("not contain control characters or broken text")
     return image_id
 
 
@@ -124,11 +120,7 @@ def _idempotency_key_from(request: Request) -> str | None:
     if key is None:
         return None
     if len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not _PRINTABLE_ASCII.fullmatch(key):
-        raise ApiError(
-            400,
-            "invalid_idempotency_key",
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters.",
-        )
+        raise errors.invalid_idempotency_key(MAX_IDEMPOTENCY_KEY_CHARS)
     return key
 
 
@@ -148,12 +140,7 @@ def _stripe_idempotency_key(deployment_id: str, client: str, key: str | None) ->
 def _session_id_from(request: Request) -> str:
     values = request.query_params.getlist("session_id")
     if len(values) != 1 or not _SESSION_ID.fullmatch(values[0]):
-        raise ApiError(
-            400,
-            "invalid_session_id",
-            "Pass exactly one session_id query parameter, a Checkout Session id (cs_test_… or "
-            "cs_live_…).",
-        )
+        raise errors.invalid_session_id()
     return values[0]
 
 
@@ -202,15 +189,10 @@ def match(path: str, method: str) -> Endpoint:
         # HEAD would run the GET handler, and so spend a Stripe call, to answer no body at all.
         name, _ = _ROUTER.match(path, "HEAD-IS-NOT-SERVED" if method == "HEAD" else method)
     except NotFound:
-        raise ApiError(404, "not_found", "There is no endpoint at this path.") from None
+        raise errors.not_found() from None
     except MethodNotAllowed as exc:
         allowed = ", ".join(sorted(set(exc.valid_methods or ()) - {"HEAD"}))
-        raise ApiError(
-            405,
-            "method_not_allowed",
-            f"This path does not accept {method[:20]}; use {allowed}.",
-            headers={"Allow": allowed},
-        ) from None
+        raise errors.method_not_allowed(method, allowed) from None
     return ENDPOINTS[name]
 
 

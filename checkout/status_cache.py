@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from checkout.stripe_gateway import SessionStatus
+from checkout.session import SessionStatus
 
 
 class StatusCache:
@@ -56,24 +56,13 @@ class StatusCache:
             if current is not None and current[1] is None and expires is not None:
                 # Stripe's reads can race: never let an older `open` replace a terminal status.
                 return
-            self._entries[status.session_id] = (_public_only(status), expires)
+            self._entries[status.session_id] = (status.public_only(), expires)
             self._entries.move_to_end(status.session_id)
             while len(self._entries) > self._max_size:
                 self._entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def _public_only(status: SessionStatus) -> SessionStatus:
-    # Keep what the status endpoint returns and nothing more (no amounts, no livemode).
-    return SessionStatus(
-        session_id=status.session_id,
-        status=status.status,
-        payment_status=status.payment_status,
-        metadata=dict(status.metadata),
-        payment_failed=status.payment_failed,
-    )
 
 
 class NotFoundCache:
@@ -93,11 +82,13 @@ class NotFoundCache:
         self._expiries: OrderedDict[str, float] = OrderedDict()
 
     def __contains__(self, session_id: object) -> bool:
-        expires = self._expiries.get(session_id)  # type: ignore[call-overload]
+        if not isinstance(session_id, str):
+            return False
+        expires = self._expiries.get(session_id)
         if expires is None:
             return False
         if self._clock() >= expires:
-            del self._expiries[session_id]  # type: ignore[arg-type]
+            del self._expiries[session_id]
             return False
         return True
 

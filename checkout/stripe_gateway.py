@@ -4,135 +4,35 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import stripe
 
+from checkout import errors
 from checkout.config import Settings, is_live_key
-from checkout.http import ApiError
+from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
 from checkout.limits import InFlightCap
 from checkout.logs import current_request
 from checkout.once import SingleFlight
+from checkout.session import MARKER_KEY, CreatedSession, SessionStatus
 from checkout.stripe_transport import StripeTransport
+
+if TYPE_CHECKING:  # the SDK's typed parameters: for the checker, never loaded at run time
+    from stripe import RequestOptions
+    from stripe.checkout import Session
+    from stripe.params.checkout import (
+        SessionCreateParams,
+        SessionCreateParamsLineItem,
+        SessionRetrieveParams,
+    )
 
 log = logging.getLogger("checkout.stripe")
 
-# Metadata keys this service sets that status responses return; nothing else is returned.
-OUR_METADATA_KEYS = ("imageId",)
-# The metadata key that marks a session as this deployment's (its value: DEPLOYMENT_ID). Server
-# side only: the browser never sets it and the status response never shows it (docs/webhooks.md).
-MARKER_KEY = "checkout_deployment"
-# PaymentIntent statuses that mean a submitted payment failed (the intent went back to asking
-# for a payment method) or was abandoned: a complete but unpaid session will never be paid.
-FAILED_PAYMENT_INTENT = frozenset({"requires_payment_method", "canceled"})
 # The retrieve expands the PaymentIntent: its status tells a settling payment from a failed one.
 RETRIEVE_EXPAND = ("payment_intent",)
 
-BUSY_RETRY_AFTER = "2"
-KEY_RETRY_AFTER = "5"
-
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SessionStatus:
-    """What the status endpoint may reveal, plus the order facts fulfilment needs."""
-
-    session_id: str
-    status: str
-    payment_status: str
-    metadata: dict[str, str]
-    # A delayed payment (bank debit) failed: `complete` + `unpaid` for good.
-    payment_failed: bool = False
-    amount_total: int | None = field(default=None, compare=False)
-    currency: str | None = field(default=None, compare=False)
-    livemode: bool = field(default=False, compare=False)
-    marker: str | None = field(default=None, compare=False)  # metadata[MARKER_KEY], never shown
-    # (price id, quantity) per line item, when Stripe sent them (expand[]=line_items); else None.
-    line_items: tuple[tuple[str | None, int], ...] | None = field(default=None, compare=False)
-
-    @property
-    def terminal(self) -> bool:
-        """Nothing about it can change again, so it may be cached forever.
-
-        `complete` + `unpaid` is final only once the delayed payment failed: until then a
-        bank debit may still turn it `paid` (checkout.session.async_payment_succeeded).
-        """
-        if self.status == "complete":
-            return self.payment_status != "unpaid" or self.payment_failed
-        return self.status == "expired"
-
-    @property
-    def outcome(self) -> str:
-        """open, processing, paid, failed or expired: what the customer should be told."""
-        if self.status != "complete":
-            return "expired" if self.status == "expired" else "open"
-        if self.payment_status != "unpaid":
-            return "paid"
-        return "failed" if self.payment_failed else "processing"
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "payment_status": self.payment_status,
-            "outcome": self.outcome,
-            "metadata": dict(self.metadata),
-        }
-
-    @classmethod
-    def from_stripe(cls, session: Any, *, payment_failed: bool = False) -> SessionStatus:
-        """From a stripe Session object (attribute access: it is not a dict).
-
-        `payment_failed` is for callers who know it otherwise (the async_payment_failed event);
-        an expanded PaymentIntent tells it by itself.
-        """
-        metadata = _field(session, "metadata")
-        status = _field(session, "status") or "open"
-        payment_status = _field(session, "payment_status") or "unpaid"
-        intent = _field(session, "payment_intent")
-        intent_status = _field(intent, "status") if intent and not isinstance(intent, str) else None
-        if status == "complete" and payment_status == "unpaid":
-            payment_failed = payment_failed or intent_status in FAILED_PAYMENT_INTENT
-        else:
-            payment_failed = False
-        marker = metadata[MARKER_KEY] if metadata and MARKER_KEY in metadata else None
-        return cls(
-            session_id=session["id"],
-            status=status,
-            payment_status=payment_status,
-            metadata={k: str(metadata[k]) for k in OUR_METADATA_KEYS if metadata and k in metadata},
-            payment_failed=payment_failed,
-            amount_total=_field(session, "amount_total"),
-            currency=_field(session, "currency"),
-            livemode=bool(_field(session, "livemode")),
-            marker=None if marker is None else str(marker),
-            line_items=_line_items(_field(session, "line_items")),
-        )
-
-
-def _field(obj: Any, name: str) -> Any:
-    # StripeObject supports `in` and [] but not .get(): it is not a dict.
-    return obj[name] if name in obj else None  # noqa: SIM401
-
-
-def _line_items(items: Any) -> tuple[tuple[str | None, int], ...] | None:
-    """(price id, quantity) of each expanded line item; None when they were not expanded."""
-    if not items or isinstance(items, str) or _field(items, "has_more"):
-        return None  # not sent, or not all of them: unknown, which never matches a price
-    rows = []
-    for item in _field(items, "data") or ():
-        price = _field(item, "price")
-        price_id = price if isinstance(price, str) or price is None else _field(price, "id")
-        rows.append((price_id, int(_field(item, "quantity") or 0)))
-    return tuple(rows)
-
-
-@dataclass(frozen=True)
-class CreatedSession:
-    session_id: str
-    client_secret: str
 
 
 class StripeGateway:
@@ -151,20 +51,21 @@ class StripeGateway:
         # The PaymentIntent tells a failed delayed payment from a settling one; with a Dashboard
         # price, the line items tell whether the session sold it (checkout/catalogue.py).
         expand = [*RETRIEVE_EXPAND, *(["line_items"] if settings.stripe_price_id else [])]
-        self._retrieve_params: dict[str, Any] = {"expand": expand}
+        self._retrieve_params: SessionRetrieveParams = {"expand": expand}
         self._in_flight = InFlightCap(settings.stripe_max_in_flight)
         self._retrieves: SingleFlight[SessionStatus] = SingleFlight()
 
     async def create_session(
         self, image_id: str | None, idempotency_key: str | None
     ) -> CreatedSession:
-        params = dict(self._session_template)
+        params = self._session_template.copy()
         # The marker is what makes the session ours: see checkout/catalogue.py.
-        params["metadata"] = {MARKER_KEY: self._settings.deployment_id}
+        metadata = {MARKER_KEY: self._settings.deployment_id}
         if image_id is not None:
-            params["metadata"]["imageId"] = image_id
+            metadata["imageId"] = image_id
+        params["metadata"] = metadata
 
-        def call(client: stripe.StripeClient, options: dict[str, Any]) -> Awaitable[Any]:
+        def call(client: stripe.StripeClient, options: RequestOptions) -> Awaitable[Session]:
             if idempotency_key is not None:
                 options["idempotency_key"] = idempotency_key
             return client.v1.checkout.sessions.create_async(params=params, options=options)
@@ -175,7 +76,7 @@ class StripeGateway:
     async def retrieve_session(self, session_id: str) -> SessionStatus:
         """The session as Stripe has it now; concurrent reads of one session share one call."""
 
-        def call(client: stripe.StripeClient, options: dict[str, Any]) -> Awaitable[Any]:
+        def call(client: stripe.StripeClient, options: RequestOptions) -> Awaitable[Session]:
             return client.v1.checkout.sessions.retrieve_async(
                 session_id, params=self._retrieve_params, options=options
             )
@@ -192,24 +93,19 @@ class StripeGateway:
             transport.close_soon()
 
     async def _call(
-        self, operation: str, call: Callable[[stripe.StripeClient, dict[str, Any]], Awaitable[T]]
+        self, operation: str, call: Callable[[stripe.StripeClient, RequestOptions], Awaitable[T]]
     ) -> T:
         if not self._in_flight.try_enter():
             # Queueing behind a slow Stripe only makes every customer wait; the client retries.
-            raise ApiError(
-                503,
-                "payment_provider_busy",
-                "The payment provider is busy. Please retry shortly.",
-                headers={"Retry-After": BUSY_RETRY_AFTER},
-                detail=f"{self._settings.stripe_max_in_flight} Stripe calls already in flight",
-            )
+            in_flight = self._settings.stripe_max_in_flight
+            raise errors.payment_provider_busy(f"{in_flight} Stripe calls already in flight")
         try:
             return await self._call_in_flight(operation, call)
         finally:
             self._in_flight.leave()
 
     async def _call_in_flight(
-        self, operation: str, call: Callable[[stripe.StripeClient, dict[str, Any]], Awaitable[T]]
+        self, operation: str, call: Callable[[stripe.StripeClient, RequestOptions], Awaitable[T]]
     ) -> T:
         key = await self._key()
         client = self._client_for_this_loop(key)
@@ -230,15 +126,15 @@ class StripeGateway:
         try:
             key = await self._api_key.get_async()
         except SecretUnavailable as error:
-            raise _key_unavailable(error) from None
+            raise errors.payment_provider_unavailable(f"Stripe key unavailable: {error}") from None
         except SecretConfigError as error:
-            raise _misconfigured(str(error)) from None
+            raise errors.payment_configuration_error(str(error)) from None
         return self._sendable(key)
 
     def _sendable(self, key: str) -> str:
         if self._settings.stripe_api_base and is_live_key(key):
             # Checked at startup for STRIPE_SECRET_KEY; a key from Secret Manager arrives here.
-            raise _misconfigured(
+            raise errors.payment_configuration_error(
                 "the Stripe key is a live key but STRIPE_API_BASE is set: refusing to send it "
                 "anywhere but Stripe"
             )
@@ -249,9 +145,9 @@ class StripeGateway:
         try:
             fresh = await self._api_key.refresh_async(stale)
         except SecretUnavailable as error:
-            raise _key_unavailable(error) from None
+            raise errors.payment_provider_unavailable(f"Stripe key unavailable: {error}") from None
         except SecretConfigError as error:
-            raise _misconfigured(str(error)) from None
+            raise errors.payment_configuration_error(str(error)) from None
         return self._sendable(fresh)
 
     def _client_for_this_loop(self, key: str) -> stripe.StripeClient:
@@ -262,12 +158,11 @@ class StripeGateway:
         if transport is not None:
             transport.close_soon()
         settings = self._settings
-        base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
         api = settings.stripe_api_base or stripe.DEFAULT_API_BASE
         transport = StripeTransport(api, settings.stripe_timeout_seconds)
         client = stripe.StripeClient(
             key,
-            base_addresses=base,
+            base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
             max_network_retries=settings.stripe_max_retries,
             http_client=transport,
         )
@@ -281,9 +176,10 @@ class StripeGateway:
         return result
 
 
-def _session_template(settings: Settings) -> dict[str, Any]:
+def _session_template(settings: Settings) -> SessionCreateParams:
+    line_item: SessionCreateParamsLineItem
     if settings.stripe_price_id:
-        line_item: dict[str, Any] = {"price": settings.stripe_price_id, "quantity": 1}
+        line_item = {"price": settings.stripe_price_id, "quantity": 1}
     else:
         line_item = {
             "price_data": {
@@ -321,59 +217,15 @@ def _map_stripe_error(operation: str, error: stripe.StripeError) -> ApiError:
 
     missing = isinstance(error, stripe.InvalidRequestError) and code == "resource_missing"
     if missing and operation == "retrieve":
-        return session_not_found(detail)
+        return errors.session_not_found(detail)
     if isinstance(error, stripe.IdempotencyError):
-        return ApiError(
-            409,
-            "idempotency_conflict",
-            "This Idempotency-Key was already used with a different request body.",
-            detail=detail,
-        )
+        return errors.idempotency_conflict(detail)
     if isinstance(error, stripe.RateLimitError):
-        return ApiError(
-            503,
-            "payment_provider_busy",
-            "The payment provider is busy. Please retry shortly.",
-            headers={"Retry-After": BUSY_RETRY_AFTER},
-            detail=detail,
-        )
+        return errors.payment_provider_busy(detail)
     if isinstance(error, stripe.APIConnectionError):
-        return ApiError(
-            504,
-            "payment_provider_unreachable",
-            "The payment provider did not answer in time. Please retry.",
-            detail=detail,
-        )
+        return errors.payment_provider_unreachable(detail)
     if isinstance(
         error, (stripe.AuthenticationError, stripe.PermissionError, stripe.InvalidRequestError)
     ):
-        return _misconfigured(detail)
-    return ApiError(
-        502,
-        "payment_provider_error",
-        "The payment provider returned an error. Please retry.",
-        detail=detail,
-    )
-
-
-def session_not_found(detail: str) -> ApiError:
-    return ApiError(404, "session_not_found", "No checkout session has that id.", detail=detail)
-
-
-def _misconfigured(detail: str) -> ApiError:
-    return ApiError(
-        500,
-        "payment_configuration_error",
-        "Payments are not configured correctly on the server.",
-        detail=detail,
-    )
-
-
-def _key_unavailable(error: Exception) -> ApiError:
-    return ApiError(
-        503,
-        "payment_provider_unavailable",
-        "Payments are temporarily unavailable. Please retry shortly.",
-        headers={"Retry-After": KEY_RETRY_AFTER},
-        detail=f"Stripe key unavailable: {error}",
-    )
+        return errors.payment_configuration_error(detail)
+    return errors.payment_provider_error(detail)

@@ -17,7 +17,7 @@ import base64
 import contextlib
 import ssl
 import urllib.request
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -29,7 +29,7 @@ _MAX_IDLE = 256
 _READ_SIZE = 65536
 
 
-class ResponseHeaders(dict):
+class ResponseHeaders(dict[str, str]):
     """Response headers, looked up in any case (the SDK asks for "Request-Id" and "request-id")."""
 
     def __getitem__(self, name: str) -> str:
@@ -194,7 +194,9 @@ class StripeTransport(stripe.HTTPClient):
                 raise
         return connection
 
-    def _release(self, origin: tuple[str, str, int], connection: _Connection, reusable: bool):
+    def _release(
+        self, origin: tuple[str, str, int], connection: _Connection, reusable: bool
+    ) -> None:
         idle = self._idle.setdefault(origin, [])
         if reusable and not self._closed and len(idle) < _MAX_IDLE:
             idle.append(connection)
@@ -231,13 +233,33 @@ class StripeTransport(stripe.HTTPClient):
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             self._loop.call_soon_threadsafe(close)
 
-    def request(self, *args: Any, **kwargs: Any) -> Any:
+    # The SDK's synchronous and streaming entry points, with its signatures; none is used here.
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        post_data: Any = None,
+        *,
+        _usage: list[str] | None = None,
+    ) -> tuple[str, int, Mapping[str, str]]:
         raise NotImplementedError("this service calls Stripe with the SDK's async methods only")
 
-    def request_stream(self, *args: Any, **kwargs: Any) -> Any:
+    def request_stream(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        post_data: Any = None,
+        *,
+        _usage: list[str] | None = None,
+    ) -> tuple[Any, int, Mapping[str, str]]:
         raise NotImplementedError("this service makes no streaming calls to Stripe")
 
-    async def request_stream_async(self, *args: Any, **kwargs: Any) -> Any:
+    async def request_stream_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[AsyncIterable[bytes], int, Mapping[str, str]]:
         raise NotImplementedError("this service makes no streaming calls to Stripe")
 
 
@@ -248,12 +270,16 @@ def proxy_for(url: str) -> str | None:
     """The proxy the environment names for `url` (http(s)_proxy, all_proxy, no_proxy), if any."""
     proxies = urllib.request.getproxies_environment()
     parts = urlsplit(url)
-    if not proxies or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+    # proxy_bypass_environment is CPython's (urllib.request), but typeshed does not declare it.
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if not proxies or bypass(parts.hostname or "", proxies):
         return None
     return proxies.get(parts.scheme) or proxies.get("all")
 
 
-async def _tunnel(connection: _Connection, host: str, port: int, proxy: str, tls: ssl.SSLContext):
+async def _tunnel(
+    connection: _Connection, host: str, port: int, proxy: str, tls: ssl.SSLContext
+) -> None:
     """CONNECT through an HTTP proxy, then TLS to Stripe inside the tunnel."""
     lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}"]
     lines += _proxy_authorization(proxy)

@@ -19,24 +19,22 @@ import stripe
 from starlette.requests import Request
 from starlette.responses import Response
 
-from checkout.fulfilment import FulfilmentFailed, record_of
-from checkout.http import ApiError, json_response, read_body
+from checkout import errors
+from checkout.errors import ApiError
+from checkout.fulfilment import FulfilmentFailed
+from checkout.http import json_response, read_body
 from checkout.keys import SecretConfigError, SecretUnavailable
 from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
 from checkout.once import StillRunning
-from checkout.stripe_gateway import SessionStatus
+from checkout.session import SessionStatus
 
 if TYPE_CHECKING:
-    from checkout.app import Service
+    from checkout.service import Service
 
 log = logging.getLogger("checkout.webhook")
 
 # Checkout Session events are a few KB; anything near this is not from Stripe.
 MAX_EVENT_BYTES = 1024 * 1024
-SECRET_RETRY_AFTER = "5"  # noqa: S105  # seconds, not a secret
-LEDGER_RETRY_AFTER = "10"  # seconds: Stripe keeps its own schedule, other clients may use it
-# How long a duplicate delivery waits for the first one before answering 503 (Stripe retries).
-DUPLICATE_WAIT_S = 30.0
 # A signature that fails with the cached secret re-reads it from Secret Manager at most this often.
 SECRET_REREAD_INTERVAL_S = 30.0
 
@@ -72,25 +70,15 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
 
     try:
         # Concurrent duplicates on this instance share one attempt; the ledger covers the rest.
-        first_time = await service.webhook_events.run(event_id, handle_once, wait=DUPLICATE_WAIT_S)
+        first_time = await service.webhook_events.run(
+            event_id, handle_once, wait=service.duplicate_event_wait
+        )
     except StillRunning as running:
-        raise _retry_later(
-            "event_in_progress",
-            "This event is still being handled by another delivery; retry it later.",
-            str(running),
-        ) from None
+        raise errors.event_in_progress(str(running)) from None
     except LedgerUnavailable as error:
-        raise _retry_later(
-            "ledger_unavailable",
-            "Orders cannot be recorded right now; retry the event later.",
-            str(error),
-        ) from None
+        raise errors.ledger_unavailable(str(error)) from None
     except FulfilmentInProgress as error:
-        raise _retry_later(
-            "fulfilment_in_progress",
-            "This checkout is being fulfilled by another request; retry the event later.",
-            str(error),
-        ) from None
+        raise errors.fulfilment_in_progress(str(error)) from None
     fields = {"event_id": event_id, "event_type": kind}
     if not first_time or seen_before:
         fields["outcome"] = "duplicate"
@@ -120,7 +108,7 @@ async def _handle(event: dict[str, Any], service: Service) -> tuple[str | None, 
             # An async payment (e.g. a bank debit) is still settling; its own event follows. Not
             # cached: `complete/unpaid` would otherwise hide the `paid` that is coming.
             await service.ledger.record(session, event_id=event_id)
-            log.info("checkout_payment_pending", extra={"fields": record_of(session, event_id)})
+            log.info("checkout_payment_pending", extra={"fields": session.log_record(event_id)})
             return session.session_id, None
         if service.catalogue.needs_line_items:
             # The event holds no line items: ask Stripe what this session sold.
@@ -131,20 +119,16 @@ async def _handle(event: dict[str, Any], service: Service) -> tuple[str | None, 
         try:
             await service.fulfilment.fulfil(session, event_id=event_id)
         except FulfilmentFailed as error:
-            raise ApiError(
-                500,
-                "fulfilment_failed",
-                "Fulfilling this checkout failed; retry the event.",
-                detail=f"{error}: {type(error.__cause__).__name__}",
-            ) from None
+            detail = f"{error}: {type(error.__cause__).__name__}"
+            raise errors.fulfilment_failed(detail) from None
     elif kind == PAYMENT_FAILED:
         await service.ledger.record(session, event_id=event_id, final=True)
         service.status_cache.put(session, final=True)  # unpaid is final once payment failed
-        log.warning("checkout_payment_failed", extra={"fields": record_of(session, event_id)})
+        log.warning("checkout_payment_failed", extra={"fields": session.log_record(event_id)})
     else:
         await service.ledger.record(session, event_id=event_id)
         service.status_cache.put(session)
-        log.info("checkout_expired", extra={"fields": record_of(session, event_id)})
+        log.info("checkout_expired", extra={"fields": session.log_record(event_id)})
     return session.session_id, None
 
 
@@ -162,22 +146,16 @@ async def _reread_secret(service: Service, rejected: str) -> str | None:
 @contextmanager
 def _secret_errors(service: Service) -> Iterator[None]:
     if not service.webhook_secret.configured:
-        raise _not_configured(
+        raise errors.webhook_not_configured(
             "no webhook signing secret: set STRIPE_WEBHOOK_SECRET or STRIPE_WEBHOOK_SECRET_NAME"
         )
     try:
         yield
     except SecretUnavailable as error:
         # Stripe retries a 503 later, by which time Secret Manager has likely recovered.
-        raise ApiError(
-            503,
-            "webhook_secret_unavailable",
-            "The webhook signing secret is temporarily unavailable. Retry later.",
-            headers={"Retry-After": SECRET_RETRY_AFTER},
-            detail=str(error),
-        ) from None
+        raise errors.webhook_secret_unavailable(str(error)) from None
     except SecretConfigError as error:
-        raise _not_configured(str(error)) from None
+        raise errors.webhook_not_configured(str(error)) from None
 
 
 async def _verified_event(payload: bytes, request: Request, service: Service) -> dict[str, Any]:
@@ -195,11 +173,11 @@ async def _verified_event(payload: bytes, request: Request, service: Service) ->
     except stripe.SignatureVerificationError as error:
         fresh = await _reread_secret(service, secret) if _fresh_header(header) else None
         if fresh is None:
-            raise _invalid(str(error)) from None
+            raise errors.invalid_signature(str(error)) from None
         try:
             _check_signature(payload, header, fresh)
         except stripe.SignatureVerificationError as again:
-            raise _invalid(f"{again} (also with the re-read secret)") from None
+            raise errors.invalid_signature(f"{again} (also with the re-read secret)") from None
     return _event_in(payload)
 
 
@@ -210,7 +188,7 @@ def _check_signature(payload: bytes, header: str | None, secret: str) -> None:
             payload, header, secret, tolerance=stripe.Webhook.DEFAULT_TOLERANCE
         )
     except UnicodeDecodeError:
-        raise _invalid("the body is not UTF-8") from None
+        raise errors.invalid_signature("the body is not UTF-8") from None
 
 
 def _fresh_header(header: str | None) -> bool:
@@ -227,13 +205,13 @@ def _event_in(payload: bytes) -> dict[str, Any]:
     try:
         event = json.loads(payload)
     except (ValueError, RecursionError):
-        raise _invalid("the signed body is not JSON") from None
+        raise errors.invalid_signature("the signed body is not JSON") from None
     if not (
         isinstance(event, dict)
         and isinstance(event.get("id"), str)
         and isinstance(event.get("type"), str)
     ):
-        raise _invalid("the signed body is not a Stripe event")
+        raise errors.invalid_signature("the signed body is not a Stripe event")
     return event
 
 
@@ -241,7 +219,9 @@ def _session_in(event: dict[str, Any]) -> SessionStatus:
     data = event.get("data")
     session = data.get("object") if isinstance(data, dict) else None
     if not (isinstance(session, dict) and str(session.get("id", "")).startswith("cs_")):
-        raise _invalid(f"{event['type']} event {event['id']} holds no Checkout Session")
+        raise errors.invalid_signature(
+            f"{event['type']} event {event['id']} holds no Checkout Session"
+        )
     metadata = session.get("metadata")
     if not isinstance(metadata, dict):
         session = {**session, "metadata": {}}
@@ -250,30 +230,5 @@ def _session_in(event: dict[str, Any]) -> SessionStatus:
     return SessionStatus.from_stripe(session, payment_failed=event["type"] == PAYMENT_FAILED)
 
 
-def _retry_later(code: str, message: str, detail: str) -> ApiError:
-    # Nothing was marked handled: Stripe's retry (or another instance) does the work again.
-    return ApiError(503, code, message, headers={"Retry-After": LEDGER_RETRY_AFTER}, detail=detail)
-
-
-def _invalid(detail: str) -> ApiError:
-    return ApiError(
-        400,
-        "invalid_signature",
-        "The request is not a correctly signed Stripe event.",
-        detail=detail,
-    )
-
-
-def _not_configured(detail: str) -> ApiError:
-    return ApiError(
-        500,
-        "webhook_not_configured",
-        "Webhooks are not configured on this server.",
-        detail=detail,
-    )
-
-
 def _too_large() -> ApiError:
-    return ApiError(
-        413, "payload_too_large", f"A webhook event must be at most {MAX_EVENT_BYTES} bytes."
-    )
+    return errors.payload_too_large(MAX_EVENT_BYTES, "A webhook event")

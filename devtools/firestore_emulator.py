@@ -69,7 +69,7 @@ class FirestoreEmulator:
             )
         finally:
             if self._log_path:
-                output.close()  # type: ignore[union-attr]
+                output.close()
         self._wait_ready(seconds)
 
     def _wait_ready(self, seconds: float) -> None:

@@ -110,7 +110,7 @@ class SecretManagerEmulator:
         if self._server is None:
             raise RuntimeError("the emulator is not running; call start() first")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     # -- state -----------------------------------------------------------------------------
 
@@ -210,8 +210,12 @@ class SecretManagerEmulator:
         if (method, path) == ("POST", "/_emulator/secrets"):
             fields = body if isinstance(body, dict) else {}
             project, secret, value = (fields.get(k) for k in ("project", "secret", "value"))
-            if not all(isinstance(v, str) and v for v in (project, secret)) or not isinstance(
-                value, str
+            if not (
+                isinstance(project, str)
+                and project
+                and isinstance(secret, str)
+                and secret
+                and isinstance(value, str)
             ):
                 return 400, {"error": 'expected {"project": str, "secret": str, "value": str}'}
             version = self.add_version(project, secret, value)
@@ -341,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not match:
             # Never echo the argument: it may be the secret itself.
             parser.error("--secret expects projects/P/secrets/S=VALUE")
-        emulator.add_version(*match.groups(), value)
+        project, secret = match.groups()
+        emulator.add_version(project, secret, value)
     emulator.start()
     print(f"Secret Manager emulator listening on {emulator.endpoint}", flush=True)
     try:

@@ -70,13 +70,17 @@ class Answer:
 
 
 class AsgiApp:
-    """An ASGI app served on its own event loop thread; `test_client()` makes clients for it."""
+    """ASGI apps served on one event loop thread; `test_client()` makes clients for the app
+    `serve` was last given."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self) -> None:
+        self.app: Any = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="asgi-app", daemon=True)
         self._thread.start()
+
+    def serve(self, app: Any) -> None:
+        self.app = app
 
     def test_client(self) -> Client:
         return Client(self)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
 from checkout.ledger.firestore import FirestoreLedger
-from checkout.stripe_gateway import SessionStatus
+from checkout.session import SessionStatus
 
 
 async def run(args: argparse.Namespace) -> dict:

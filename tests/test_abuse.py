@@ -11,7 +11,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from email.message import Message
 
-from tests.conftest import TEST_KEY
+from tests.support import TEST_KEY
 
 CREATE = "/api/checkout/embedded-session"
 STATUS = "/api/checkout/session-status?session_id="

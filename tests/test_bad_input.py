@@ -9,75 +9,31 @@ was not called.
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from devtools.stripe_emulator import StripeEmulator
-from tests.conftest import FRONTEND, TEST_KEY, LiveServer
+from tests.support import (
+    CREATE,
+    FRONTEND,
+    JSON,
+    STATUS,
+    TEST_KEY,
+    WEBHOOK,
+    Answer,
+    LiveServer,
+    assert_error,
+    send,
+)
 
-CREATE = "/api/checkout/embedded-session"
-STATUS = "/api/checkout/session-status"
-WEBHOOK = "/api/checkout/webhook"
-JSON = "application/json"
 LIMIT = 64 * 1024
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-def send(
-    server: LiveServer,
-    method: str,
-    target: str,
-    headers: Sequence[tuple[str, str]] = (),
-    body: bytes = b"",
-    *,
-    chunked: bool = False,
-) -> Answer:
-    """One request written as raw bytes (no client-side checks), on a fresh connection."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{server.port}", "Connection: close"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    if chunked:
-        lines.append("Transfer-Encoding: chunked")
-        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
-    elif body or method in ("POST", "PUT", "PATCH"):
-        lines.append(f"Content-Length: {len(body)}")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(head + body)
-        response = http.client.HTTPResponse(sock, method=method)
-        response.begin()
-        return Answer(response.status, response.headers, response.read())
 
 
 def post_json(server: LiveServer, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> Answer:
     return send(server, "POST", CREATE, [("Content-Type", JSON), *headers], body)
-
-
-def assert_error(answer: Answer, status: int, code: str) -> dict:
-    """The contract's error shape, with the hygiene headers every answer carries."""
-    assert answer.status == status, answer.body[:300]
-    assert answer.headers["Content-Type"] == JSON
-    body = answer.json()
-    assert set(body) == {"error", "code", "request_id"}
-    assert body["code"] == code
-    assert body["request_id"] == answer.headers["X-Request-Id"]
-    assert answer.headers["Cache-Control"] == "no-store"
-    assert answer.headers["X-Content-Type-Options"] == "nosniff"
-    return body
 
 
 @pytest.fixture(scope="module")

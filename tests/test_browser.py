@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.test_routes import CREATE, STATUS
+from tests.support import CREATE, STATUS
 
 pytestmark = pytest.mark.browser
 
@@ -64,7 +64,8 @@ def page_origins() -> Iterator[tuple[str, str]]:
     servers = [ThreadingHTTPServer(("127.0.0.1", 0), _PageHandler) for _ in range(2)]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield tuple(f"http://127.0.0.1:{server.server_address[1]}" for server in servers)
+    allowed, foreign = (f"http://127.0.0.1:{server.server_address[1]}" for server in servers)
+    yield allowed, foreign
     for server in servers:
         server.shutdown()
         server.server_close()

@@ -22,7 +22,7 @@ import pathspec
 import pytest
 
 from devtools.stripe_emulator import StripeEmulator
-from tests.conftest import FRONTEND, ROOT, TEST_KEY, free_port
+from tests.support import FRONTEND, ROOT, TEST_KEY, free_port
 
 
 def ignore_spec(root: Path) -> pathspec.GitIgnoreSpec:

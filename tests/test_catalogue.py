@@ -8,29 +8,23 @@ from typing import Any
 import pytest
 import stripe
 
-from checkout import fulfilment
 from devtools.stripe_emulator import StripeEmulator
-from tests.conftest import TEST_KEY
-from tests.test_routes import STATUS, assert_error, create
-from tests.test_webhook import WHSEC, CapturedLogs, event_for, post_event, status_of
+from tests.support import (
+    STATUS,
+    TEST_KEY,
+    WHSEC,
+    assert_error,
+    create,
+    event_for,
+    post_event,
+    status_of,
+)
 
 OTHER_PRODUCT = {
     "currency": "eur",
     "unit_amount": 50,
     "product_data": {"name": "Other product"},
 }
-
-
-@pytest.fixture
-def logs(capsys: pytest.CaptureFixture[str]) -> CapturedLogs:
-    return CapturedLogs(capsys)
-
-
-@pytest.fixture
-def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    monkeypatch.setattr(fulfilment, "deliver_order", lambda s: calls.append(s.session_id))
-    return calls
 
 
 @pytest.fixture
@@ -45,15 +39,14 @@ def other_integration(
     """A session made on the same Stripe account by someone else's code (the real SDK)."""
     client = stripe.StripeClient(TEST_KEY, base_addresses={"api": emulator.url})
     line_item = {"quantity": 1, "price_data": OTHER_PRODUCT} if price is None else price
-    session = client.v1.checkout.sessions.create(
-        params={
-            "ui_mode": "embedded_page",
-            "mode": "payment",
-            "return_url": "https://other.example/done",
-            "line_items": [line_item],
-            **params,
-        }
-    )
+    sent: Any = {  # loose on purpose: whatever another integration sends
+        "ui_mode": "embedded_page",
+        "mode": "payment",
+        "return_url": "https://other.example/done",
+        "line_items": [line_item],
+        **params,
+    }
+    session = client.v1.checkout.sessions.create(params=sent)
     return session.id
 
 

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from checkout.config import load_settings
-from tests.conftest import ROOT
 from tests.gcloud_cli import GCLOUD, Call, Recorder, require_gcloud, run_for_real
+from tests.support import ROOT
 
 CLOUDBUILD = ROOT / "cloudbuild.yaml"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from checkout.config import ENVIRONMENT_VARIABLES
-from tests.conftest import ROOT, SERVICE_VARS, free_port
 from tests.gcloud_cli import Call, Recorder, require_gcloud, require_tools, run_for_real
+from tests.support import ROOT, SERVICE_VARS, free_port
 
 BASH = shutil.which("bash") or "/bin/bash"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import ROOT, TEST_KEY, LiveServer, require
+from tests.support import ROOT, TEST_KEY, LiveServer, require
 
 pytestmark = pytest.mark.browser
 

@@ -19,8 +19,7 @@ from checkout.config import (
     request_budget_seconds,
     stripe_budget_seconds,
 )
-from tests.conftest import free_port
-from tests.test_routes import STATUS, assert_error, create
+from tests.support import STATUS, assert_error, create, free_port
 
 SLACK_SECONDS = 1.0
 
@@ -160,7 +159,7 @@ def test_half_the_calls_failing_at_random_are_each_answered_cleanly(
     budget = budget_for(configure, timeout=2, retries=0)
     stripe_emulator.set_faults(mode="random_500", probability=0.5, seed=20261126)
     created: dict[str, str] = {}
-    outcomes = {"create": [], "status": []}
+    outcomes: dict[str, list[int]] = {"create": [], "status": []}
     for attempt in range(30):
         with Timed(budget):
             response = create(client, {"imageId": f"img_{attempt}"})

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from checkout import keys
 from checkout.config import load_settings
 from checkout.keys import (
     SecretConfigError,
@@ -54,10 +53,13 @@ def key_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixt
     logger.removeHandler(caplog.handler)
 
 
-def key_source(emulator: SecretManagerEmulator, **env: str) -> SecretSource:
-    return stripe_api_key_source(
-        load_settings({"SECRET_MANAGER_ENDPOINT": emulator.endpoint, **env})
-    )
+def key_source(
+    emulator: SecretManagerEmulator, async_wait_seconds: float | None = None, **env: str
+) -> SecretSource:
+    settings = load_settings({"SECRET_MANAGER_ENDPOINT": emulator.endpoint, **env})
+    if async_wait_seconds is None:
+        return stripe_api_key_source(settings)  # the production bound
+    return stripe_api_key_source(settings, async_wait_seconds)
 
 
 def in_crowd(call: Callable[[], str]) -> list[str | BaseException]:
@@ -555,11 +557,10 @@ def test_concurrent_async_refreshes_of_one_stale_value_make_one_access(
     assert asyncio.run(source.get_async()) == KEY_V2
 
 
-def test_an_async_waiter_gives_up_after_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_async_waiter_gives_up_after_its_bound() -> None:
     with SecretManagerEmulator(latency_ms=800) as slow:
         slow.add_version(PROJECT, "stripe-key", KEY_V1)
-        source = key_source(slow, STRIPE_SECRET_NAME=SECRET)
-        monkeypatch.setattr(keys, "_ASYNC_WAIT_S", 0.2)
+        source = key_source(slow, async_wait_seconds=0.2, STRIPE_SECRET_NAME=SECRET)
 
         with pytest.raises(SecretUnavailable, match=r"not read within 0\.2 s"):
             asyncio.run(source.get_async())

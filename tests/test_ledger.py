@@ -30,9 +30,9 @@ from checkout.ledger import (
     ledger_from_settings,
 )
 from checkout.ledger.memory import MemoryLedger
-from checkout.stripe_gateway import SessionStatus
-from tests.conftest import ROOT
+from checkout.session import SessionStatus
 from tests.firestore_emulator import Firestore
+from tests.support import ROOT, CapturedLogs, read_document
 
 COMPLETED = "checkout.session.completed"
 ORDER_FIELDS = {
@@ -138,6 +138,9 @@ def test_the_firestore_ledger_takes_project_database_and_lease_from_settings() -
             }
         )
     )
+    from checkout.ledger.firestore import FirestoreLedger
+
+    assert isinstance(ledger, FirestoreLedger)
     assert (ledger.name, ledger.project, ledger.database) == (
         "firestore",
         "demo-checkout",
@@ -201,6 +204,9 @@ def test_firestore_takes_the_project_of_the_default_credentials(
     )
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
     ledger = ledger_from_settings(load_settings({"ORDER_LEDGER": "firestore"}))
+    from checkout.ledger.firestore import FirestoreLedger
+
+    assert isinstance(ledger, FirestoreLedger)
     assert ledger.project == "adc-project"
 
 
@@ -233,6 +239,7 @@ def test_the_order_record_holds_no_customer_details_or_secrets(make_ledger: Make
         ledger = make_ledger()
         await ledger.fulfil_once(session(), Deliveries(), event_id="evt_1")
         order = await ledger.order("cs_test_a1")
+        assert order is not None
         # `claim` exists only in Firestore, where it is the lease (owner, token, expiry) or null.
         assert set(order) - {"claim"} == ORDER_FIELDS
         assert order.get("claim") is None
@@ -378,22 +385,12 @@ def test_handled_events_are_remembered(make_ledger: MakeLedger) -> None:
 # -- Firestore only: documents, processes, outages -----------------------------------------------
 
 
-def read_document(firestore: Firestore, collection: str, doc_id: str) -> dict | None:
-    from google.cloud import firestore as gcf
-
-    async def read() -> dict | None:
-        client = gcf.AsyncClient(project=firestore.project)
-        snapshot = await client.collection(collection).document(doc_id).get()
-        return snapshot.to_dict() if snapshot.exists else None
-
-    return run(read())
-
-
 @pytest.mark.firestore
 def test_event_records_carry_expire_at_for_the_ttl_policy(firestore: Firestore) -> None:
     before = datetime.now(UTC)
     run(firestore_ledger(firestore).mark_event_handled("evt_ttl", COMPLETED, "cs_test_a1"))
     record = read_document(firestore, "checkout_events", "evt_ttl")
+    assert record is not None
     assert record["type"] == COMPLETED
     assert record["session_id"] == "cs_test_a1"
     retention = timedelta(days=EVENT_RETENTION_DAYS)
@@ -603,13 +600,10 @@ def test_an_unreachable_firestore_is_ledger_unavailable_within_the_deadline_then
 # -- reporting an outage -------------------------------------------------------------------------
 
 
-def test_an_outage_is_logged_once_per_burst_and_its_end_once(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_an_outage_is_logged_once_per_burst_and_its_end_once(logs: CapturedLogs) -> None:
     from checkout.ledger import OutageLog
-    from tests.test_webhook import CapturedLogs
 
-    logs, now = CapturedLogs(capsys), [0.0]
+    now = [0.0]
     outages = OutageLog(quiet_seconds=60, clock=lambda: now[0])
     down = LedgerUnavailable("Firestore did not answer")
     assert not outages.ongoing

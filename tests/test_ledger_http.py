@@ -1,13 +1,15 @@
 """Exactly-once fulfilment over HTTP, across live function processes sharing Firestore's emulator.
 
-Each instance is functions-framework serving main.py's `checkout_api` from tests/delivery_sink.py,
-whose `deliver_order` appends one line per run to a file every process shares. Stripe's events
+Each instance is functions-framework serving main.py's `checkout_api`, with DELIVER_ORDER naming
+tests/delivery_sink.py's deliver function, which appends one line per run to a file every process
+shares. Stripe's events
 are signed here, as Stripe signs them, and posted to the instances over real HTTP.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -22,21 +24,21 @@ from typing import Any
 
 import pytest
 
-from checkout import fulfilment
 from devtools.loopback import free_port
 from devtools.stripe_emulator import StripeEmulator
-from tests.conftest import ROOT, LiveServer
 from tests.firestore_emulator import Firestore
-from tests.test_ledger import read_document
-from tests.test_routes import CREATE, STATUS, assert_error
-from tests.test_webhook import (
+from tests.support import (
+    CREATE,
+    STATUS,
     WEBHOOK,
     WHSEC,
-    CapturedLogs,
+    LiveServer,
+    assert_error,
     completed_session,
     event_for,
     in_crowd,
     log_records,
+    read_document,
     sign,
 )
 
@@ -103,14 +105,14 @@ class Instances:
             **firestore.env(LEDGER_LEASE_SECONDS=str(LEASE_SECONDS)),
             "STRIPE_WEBHOOK_SECRET": WHSEC,
             "DELIVERY_SINK": str(self.sink),
+            "DELIVER_ORDER": "tests.delivery_sink:deliver_to_sink",
         }
         self.servers: list[LiveServer] = []
 
     def start(self, count: int = 1, **env: str) -> list[LiveServer]:
         for _ in range(count):
             log = self._tmp / f"instance-{len(self.servers)}.log"
-            source = ROOT / "tests" / "delivery_sink.py"
-            self.servers.append(LiveServer({**self._env, **env}, log, source=source))
+            self.servers.append(LiveServer({**self._env, **env}, log))
         return self.servers[-count:]
 
     def deliveries(self) -> list[tuple[int, str, float]]:
@@ -164,10 +166,10 @@ def test_duplicate_deliveries_across_three_instances_fulfil_once(
     session = paid_session(servers[0], stripe_emulator)
     payload = event_for(session, COMPLETED)
     webhooks: list[Callable[[], Any]] = [
-        (lambda s=servers[n % 3]: post_event(s, payload)) for n in range(12)
+        functools.partial(post_event, servers[n % 3], payload) for n in range(12)
     ]
     statuses: list[Callable[[], Any]] = [
-        (lambda s=servers[n % 3]: status_on(s, session["id"])) for n in range(6)
+        functools.partial(status_on, servers[n % 3], session["id"]) for n in range(6)
     ]
     answers = in_crowd(webhooks + statuses)
 
@@ -335,18 +337,6 @@ def test_status_on_another_instance_comes_from_the_ledger_without_stripe(
 
 
 # -- Firestore unreachable, in process (no emulator needed) ------------------------------------
-
-
-@pytest.fixture
-def logs(capsys: pytest.CaptureFixture[str]) -> CapturedLogs:
-    return CapturedLogs(capsys)
-
-
-@pytest.fixture
-def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    monkeypatch.setattr(fulfilment, "deliver_order", lambda s: calls.append(s.session_id))
-    return calls
 
 
 @pytest.fixture

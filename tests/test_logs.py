@@ -16,12 +16,23 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from devtools.stripe_emulator import StripeEmulator, sign_payload
-from tests.conftest import FRONTEND, ROOT, TEST_KEY, LiveServer
-from tests.test_bad_input import CREATE, JSON, STATUS, WEBHOOK, Answer, send
+from tests.support import (
+    CREATE,
+    FRONTEND,
+    JSON,
+    ROOT,
+    STATUS,
+    TEST_KEY,
+    WEBHOOK,
+    Answer,
+    LiveServer,
+    send,
+)
 
 WEBHOOK_SECRET = "whsec_testLogsOnlyFake"
 PROJECT = "demo-project"
@@ -47,6 +58,12 @@ class Run:
         by_id = {line["request_id"]: line for line in lines}
         assert len(by_id) == len(lines), "two request lines share an id"
         return by_id
+
+
+def emulator_session(emulator: StripeEmulator, session_id: str) -> dict[str, Any]:
+    session = emulator.get_session(session_id)
+    assert session is not None
+    return session
 
 
 def signed_event(session: dict, secret: str = WEBHOOK_SECRET) -> tuple[bytes, str]:
@@ -97,7 +114,7 @@ def script(server: LiveServer, emulator: StripeEmulator, run: Run) -> None:
     do("preflight", "OPTIONS", CREATE, [*origin, ("Access-Control-Request-Method", "POST")])
     emulator.complete_session(session_id)
     status("status complete", session_id)
-    payload, signature = signed_event(emulator.get_session(session_id))
+    payload, signature = signed_event(emulator_session(emulator, session_id))
     do(
         "webhook",
         "POST",
@@ -119,7 +136,7 @@ def script(server: LiveServer, emulator: StripeEmulator, run: Run) -> None:
     create("idempotency_conflict", [("Idempotency-Key", "order-1")], b'{"imageId": "other"}')
     create("payload_too_large", body=b" " * (64 * 1024 + 1))
     do("unsupported_media_type", "POST", CREATE, [("Content-Type", "text/plain")], b"{}")
-    _, bad_signature = signed_event(emulator.get_session(session_id), "whsec_wrong")
+    _, bad_signature = signed_event(emulator_session(emulator, session_id), "whsec_wrong")
     do("invalid_signature", "POST", WEBHOOK, [("Stripe-Signature", bad_signature)], payload)
 
     # Every fault.

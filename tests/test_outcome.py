@@ -3,33 +3,17 @@ without one, and the two agree."""
 
 from __future__ import annotations
 
-import pytest
-
-from checkout import fulfilment
-from tests.test_routes import STATUS as STATUS_PATH
-from tests.test_routes import create
-from tests.test_webhook import (
+from tests.support import STATUS as STATUS_PATH
+from tests.support import (
     WHSEC,
-    CapturedLogs,
     completed_session,
+    create,
     event_for,
-    http,
+    http_json,
     log_records,
     post_event,
     status_of,
 )
-
-
-@pytest.fixture
-def logs(capsys: pytest.CaptureFixture[str]) -> CapturedLogs:
-    return CapturedLogs(capsys)
-
-
-@pytest.fixture
-def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    monkeypatch.setattr(fulfilment, "deliver_order", lambda s: calls.append(s.session_id))
-    return calls
 
 
 def test_open_then_paid(client, stripe_emulator):
@@ -128,11 +112,11 @@ def test_end_to_end_the_emulator_fails_a_debit_and_the_live_server_says_failed(
     live = live_server(STRIPE_WEBHOOK_SECRET=WHSEC)
     stripe_emulator.set_webhook(live.url + "/api/checkout/webhook", WHSEC)
     try:
-        _, created = http("POST", live.url + "/api/checkout/embedded-session", {})
+        _, created = http_json("POST", live.url + "/api/checkout/embedded-session", {})
         session_id = created["session_id"]
         stripe_emulator.complete_session(session_id, "unpaid")
         status = f"{live.url}{STATUS_PATH}?session_id={session_id}"
-        assert http("GET", status)[1]["outcome"] == "processing"
+        assert http_json("GET", status)[1]["outcome"] == "processing"
         stripe_emulator.settle_payment(session_id, "failed")
     finally:
         stripe_emulator.set_webhook(None)
@@ -142,7 +126,7 @@ def test_end_to_end_the_emulator_fails_a_debit_and_the_live_server_says_failed(
         ("checkout.session.completed", 200),
         ("checkout.session.async_payment_failed", 200),
     ]
-    assert http("GET", status)[1]["outcome"] == "failed"
+    assert http_json("GET", status)[1]["outcome"] == "failed"
     [record] = log_records(live.logs(), "checkout_payment_failed")
     assert record["session_id"] == session_id
     assert log_records(live.logs(), "checkout_fulfilled") == []

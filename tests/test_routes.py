@@ -2,30 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.conftest import TEST_KEY
-
-CREATE = "/api/checkout/embedded-session"
-STATUS = "/api/checkout/session-status"
-
-
-def create(client, body=None, **kwargs):
-    if body is None:
-        return client.post(CREATE, **kwargs)
-    return client.post(CREATE, data=json.dumps(body), content_type="application/json", **kwargs)
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert set(body) == {"error", "code", "request_id"}
-    assert body["code"] == code
-    assert body["request_id"] == response.headers["X-Request-Id"]
-    assert TEST_KEY not in response.get_data(as_text=True)
-    return body
+from tests.support import CREATE, STATUS, TEST_KEY, assert_error, create
 
 
 def test_create_returns_client_secret_and_session_id(client, stripe_emulator):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SERVICE_VARS, TEST_KEY, free_port
+from tests.support import ROOT, SERVICE_VARS, TEST_KEY, free_port
 
 
 def request(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, dict]:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from devtools.secret_manager_emulator import SecretManagerEmulator
-from tests.test_routes import STATUS, assert_error, create
+from tests.support import STATUS, assert_error, create
 
 OLD_KEY = "sk_test_51OldKeyBeforeRotation000000000000"
 NEW_KEY = "sk_test_51NewKeyAfterRotation1111111111111"

@@ -11,18 +11,24 @@ from collections.abc import Iterator
 import pytest
 
 from checkout import fulfilment
+from checkout.app import CheckoutApi
 from checkout.fulfilment import Fulfilment, FulfilmentFailed
 from checkout.ledger.memory import MemoryLedger
 from checkout.status_cache import StatusCache
-from tests.test_fulfilment import SELLS, session
-from tests.test_routes import STATUS, create
-from tests.test_webhook import (
+from tests.support import (
+    SELLS,
+    STATUS,
     WHSEC,
-    CapturedLogs,
+    Deliveries,
     completed_session,
+    create,
     event_for,
+    function_app_for,
     in_crowd,
     post_event,
+)
+from tests.support import (
+    a_session as session,
 )
 
 HANG_S = 20.0  # far longer than any answer below may take
@@ -31,22 +37,15 @@ POLLS = 10
 
 
 @pytest.fixture
-def logs(capsys: pytest.CaptureFixture[str]) -> CapturedLogs:
-    return CapturedLogs(capsys)
-
-
-@pytest.fixture
-def hanging(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[str], threading.Event]]:
-    """A blocking `deliver_order` that hangs until released (at the latest when the test ends)."""
-    calls: list[str] = []
+def hanging(deliveries: Deliveries) -> Iterator[tuple[list[str], threading.Event]]:
+    """A blocking deliver function that hangs until released (at the latest when the test ends)."""
     release = threading.Event()
 
-    def hang(s) -> None:
-        calls.append(s.session_id)
+    def hang(_session) -> None:
         release.wait(HANG_S)
 
-    monkeypatch.setattr(fulfilment, "deliver_order", hang)
-    yield calls, release
+    deliveries.then = hang
+    yield deliveries.calls, release
     release.set()
 
 
@@ -131,11 +130,12 @@ def test_without_a_webhook_the_first_poll_waits_briefly_and_the_rest_not_at_all(
 
 
 def test_a_webhook_duplicate_does_not_wait_forever_for_a_hanging_first_delivery(
-    function_app, client, configure, stripe_emulator, hanging, monkeypatch
+    function_app, client, configure, stripe_emulator, hanging, deliveries
 ):
     calls, release = hanging
-    monkeypatch.setattr("checkout.webhook.DUPLICATE_WAIT_S", 0.5)
     configure(STRIPE_WEBHOOK_SECRET=WHSEC)
+    api = CheckoutApi(deliver=deliveries, duplicate_event_wait=0.5)
+    function_app.serve(function_app_for(api))
     payload = event_for(completed_session(client, stripe_emulator), "checkout.session.completed")
     first = threading.Thread(target=lambda: post_event(function_app.test_client(), payload))
     first.start()
@@ -148,16 +148,22 @@ def test_a_webhook_duplicate_does_not_wait_forever_for_a_hanging_first_delivery(
     assert duplicate.headers["Retry-After"] == "10"
     release.set()
     first.join(timeout=30)
+    api.close()
 
 
-def test_an_attempt_past_its_bound_has_failed_and_is_retried(monkeypatch, logs):
+def test_an_attempt_past_its_bound_has_failed_and_is_retried(logs):
     hang = asyncio.Event()
 
-    async def never(_session) -> None:
-        await hang.wait()
+    attempts: list[str] = []
 
-    monkeypatch.setattr(fulfilment, "deliver_order", never)
-    routine = Fulfilment(StatusCache(10), MemoryLedger(10), SELLS, deliver_timeout=0.2)
+    async def hangs_the_first_time(session) -> None:
+        attempts.append(session.session_id)
+        if len(attempts) == 1:
+            await hang.wait()
+
+    routine = Fulfilment(
+        StatusCache(10), MemoryLedger(10), SELLS, hangs_the_first_time, deliver_timeout=0.2
+    )
 
     async def scenario() -> float:
         started = asyncio.get_running_loop().time()
@@ -170,5 +176,4 @@ def test_an_attempt_past_its_bound_has_failed_and_is_retried(monkeypatch, logs):
     [record] = logs("checkout_fulfilment_failed")
     assert record["detail"] == "deliver_order did not finish within 0.2 s"
 
-    monkeypatch.setattr(fulfilment, "deliver_order", lambda _session: None)
     assert asyncio.run(routine.fulfil(session())) is True

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SERVICE_VARS, TEST_KEY, free_port
+from tests.support import ROOT, SERVICE_VARS, TEST_KEY, free_port
 
 CLOUD_RUN = {
     "K_SERVICE": "checkout-api",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from checkout.session import SessionStatus
 from checkout.status_cache import StatusCache
-from checkout.stripe_gateway import SessionStatus
-from tests.test_routes import STATUS, create
+from tests.support import STATUS, create
 
 
 def status(session_id: str, state: str, paid: str = "unpaid") -> SessionStatus:

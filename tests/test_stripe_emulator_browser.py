@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.test_stripe_js import create_session
+from tests.support import create_session
 
 GOOD = {"email": "jenny@example.com", "card_number": "4242 4242 4242 4242", "expiry": "12 / 34"}
 

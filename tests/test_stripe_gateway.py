@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import free_port
-from tests.test_routes import CREATE, STATUS, assert_error, create
+from tests.support import CREATE, STATUS, assert_error, create, free_port
 
 
 def status_of(client, session_id="cs_test_abc123"):

@@ -10,36 +10,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests
 from playwright.sync_api import expect
 
-from tests.conftest import TEST_KEY
+from tests.support import create_session
 
 pytestmark = pytest.mark.browser
 
 FRAME = "iframe[name=embedded-checkout]"
-
-
-def create_session(emulator, **params: str) -> dict:
-    form = {
-        "ui_mode": "embedded_page",
-        "mode": "payment",
-        "line_items[0][price_data][currency]": "usd",
-        "line_items[0][price_data][unit_amount]": "200",
-        "line_items[0][price_data][product_data][name]": "Feelings board",
-        "line_items[0][quantity]": "1",
-        "return_url": "http://shop.test/done?session_id={CHECKOUT_SESSION_ID}",
-        "redirect_on_completion": "if_required",
-        **params,
-    }
-    response = requests.post(
-        f"{emulator.url}/v1/checkout/sessions",
-        data=form,
-        headers={"Authorization": f"Bearer {TEST_KEY}"},
-        timeout=10,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ against the Stripe emulator."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
 import stripe
@@ -68,7 +69,7 @@ def keep_answering(requests: list[bytes], body: bytes = b"{}") -> Handler:
     return handler
 
 
-def run(test: Callable[[], Awaitable[None]]) -> None:
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(test())
 
 

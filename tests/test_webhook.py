@@ -2,136 +2,40 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from checkout import fulfilment
 from devtools.stripe_emulator import StripeEmulator
-from tests.conftest import TEST_KEY
-from tests.test_routes import CREATE, STATUS, assert_error, create
+from tests.support import (
+    CREATE,
+    OTHER_WHSEC,
+    STATUS,
+    TEST_KEY,
+    WEBHOOK,
+    WHSEC,
+    assert_error,
+    completed_session,
+    create,
+    event_for,
+    http_json,
+    in_crowd,
+    log_records,
+    post_event,
+    sign,
+    status_of,
+)
 
-WEBHOOK = "/api/checkout/webhook"
-WHSEC = "whsec_TestOnlySigning01"
-OTHER_WHSEC = "whsec_SomeoneElses0123"
 PROJECT = "demo-project"
 CROWD = 10
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def sign(payload: bytes, secret: str = WHSEC, timestamp: int | None = None) -> str:
-    """Stripe's `Stripe-Signature`, computed here rather than trusted to any library."""
-    timestamp = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256)
-    return f"t={timestamp},v1={digest.hexdigest()}"
-
-
-def event_for(session: dict[str, Any], kind: str, event_id: str | None = None) -> bytes:
-    """A snapshot event as Stripe sends it, around the session the emulator holds."""
-    event = {
-        "id": event_id or f"evt_{uuid.uuid4().hex[:24]}",
-        "object": "event",
-        "api_version": "2026-10-28.endive",
-        "created": int(time.time()),
-        "data": {"object": session},
-        "livemode": False,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "type": kind,
-    }
-    return json.dumps(event, indent=2).encode()
-
-
-def post_event(client, payload: bytes, signature: str | None = "sign", **headers: str):
-    if signature == "sign":
-        signature = sign(payload)
-    if signature is not None:
-        headers["Stripe-Signature"] = signature
-    return client.post(
-        WEBHOOK, data=payload, headers=headers, content_type="application/json; charset=utf-8"
-    )
-
-
-def log_records(text: str, message: str | None = None) -> list[dict[str, Any]]:
-    """The JSON log lines in `text` (with the given message, if one is given)."""
-    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-    return [r for r in records if message is None or r.get("message") == message]
-
-
-class CapturedLogs:
-    """Everything the app has logged to stdout during the test, as parsed records."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self._capsys = capsys
-        self.text = ""
-
-    def __call__(self, message: str | None = None) -> list[dict[str, Any]]:
-        self.text += self._capsys.readouterr().out
-        return log_records(self.text, message)
-
-
-@pytest.fixture
-def logs(capsys: pytest.CaptureFixture[str]) -> CapturedLogs:
-    return CapturedLogs(capsys)
-
-
-@pytest.fixture
-def webhook_client(client, configure):
-    """The test client, with the webhook signing secret configured."""
-    configure(STRIPE_WEBHOOK_SECRET=WHSEC)
-    return client
-
-
-@pytest.fixture
-def delivered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The session ids our `deliver_order` extension point was called with, in order."""
-    calls: list[str] = []
-    monkeypatch.setattr(
-        fulfilment, "deliver_order", lambda session: calls.append(session.session_id)
-    )
-    return calls
-
-
-def completed_session(client, stripe_emulator, payment_status: str = "paid") -> dict[str, Any]:
-    session_id = create(client, {"imageId": "img_42"}).get_json()["session_id"]
-    return stripe_emulator.complete_session(session_id, payment_status)
-
-
-def status_of(client, session_id: str) -> dict[str, Any]:
-    response = client.get(STATUS, query_string={"session_id": session_id})
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return response.get_json()
-
-
-def in_crowd(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run the calls in threads released together; return each result (or exception)."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(index: int) -> None:
-        barrier.wait()
-        try:
-            results[index] = calls[index]()
-        except BaseException as error:
-            results[index] = error
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
 
 
 # -- refused requests ---------------------------------------------------------------------------
@@ -434,7 +338,7 @@ def test_a_second_event_for_a_fulfilled_session_does_not_fulfil_again(
 
 
 def test_concurrent_duplicate_deliveries_fulfil_exactly_once(
-    function_app, webhook_client, stripe_emulator, logs, monkeypatch
+    function_app, webhook_client, stripe_emulator, logs, deliveries
 ):
     calls: list[str] = []
 
@@ -442,7 +346,7 @@ def test_concurrent_duplicate_deliveries_fulfil_exactly_once(
         calls.append(session.session_id)
         time.sleep(0.2)  # long enough for every duplicate to arrive while it runs
 
-    monkeypatch.setattr(fulfilment, "deliver_order", slow_delivery)
+    deliveries.then = slow_delivery
     payload = event_for(
         completed_session(webhook_client, stripe_emulator), "checkout.session.completed"
     )
@@ -457,7 +361,7 @@ def test_concurrent_duplicate_deliveries_fulfil_exactly_once(
 
 
 def test_status_call_racing_the_webhook_fulfils_once(
-    function_app, webhook_client, stripe_emulator, logs, monkeypatch
+    function_app, webhook_client, stripe_emulator, logs, deliveries
 ):
     session = completed_session(webhook_client, stripe_emulator)
     retrieves = stripe_emulator.calls()["retrieve_session"]
@@ -471,7 +375,7 @@ def test_status_call_racing_the_webhook_fulfils_once(
             time.sleep(0.01)
         time.sleep(0.1)  # the status call is now inside fulfil, waiting on this one
 
-    monkeypatch.setattr(fulfilment, "deliver_order", delivery_that_waits_for_the_status_call)
+    deliveries.then = delivery_that_waits_for_the_status_call
     payload = event_for(session, "checkout.session.completed")
     webhook_done = threading.Event()
 
@@ -498,7 +402,7 @@ def test_status_call_racing_the_webhook_fulfils_once(
 
 
 def test_failed_fulfilment_is_500_and_stripes_retry_succeeds(
-    webhook_client, stripe_emulator, logs, monkeypatch
+    webhook_client, stripe_emulator, logs, deliveries
 ):
     attempts: list[str] = []
 
@@ -507,7 +411,7 @@ def test_failed_fulfilment_is_500_and_stripes_retry_succeeds(
         if len(attempts) == 1:
             raise RuntimeError("the print shop is down")
 
-    monkeypatch.setattr(fulfilment, "deliver_order", flaky)
+    deliveries.then = flaky
     session = completed_session(webhook_client, stripe_emulator)
     payload = event_for(session, "checkout.session.completed", "evt_retry1")
 
@@ -539,12 +443,12 @@ def test_status_endpoint_fulfils_a_paid_session_once(webhook_client, stripe_emul
 
 
 def test_status_endpoint_answers_even_if_fulfilment_fails(
-    webhook_client, stripe_emulator, logs, monkeypatch
+    webhook_client, stripe_emulator, logs, deliveries
 ):
     def broken(session):
         raise RuntimeError("the print shop is down")
 
-    monkeypatch.setattr(fulfilment, "deliver_order", broken)
+    deliveries.then = broken
     session = completed_session(webhook_client, stripe_emulator)
     assert status_of(webhook_client, session["id"]) == {
         "status": "complete",
@@ -554,21 +458,21 @@ def test_status_endpoint_answers_even_if_fulfilment_fails(
     }
     assert len(logs("checkout_fulfilment_failed")) == 1
 
-    monkeypatch.setattr(fulfilment, "deliver_order", lambda session: None)
+    deliveries.then = None
     post_event(webhook_client, event_for(session, "checkout.session.completed"))
     assert len(logs("checkout_fulfilled")) == 1  # the webhook still fulfils it
 
 
 def test_a_failed_fulfilment_is_retried_by_the_next_status_call(
-    webhook_client, stripe_emulator, logs, monkeypatch
+    webhook_client, stripe_emulator, logs, deliveries
 ):
     def broken(session):
         raise RuntimeError("the print shop is down")
 
-    monkeypatch.setattr(fulfilment, "deliver_order", broken)
+    deliveries.then = broken
     session = completed_session(webhook_client, stripe_emulator)
     assert status_of(webhook_client, session["id"])["status"] == "complete"
-    monkeypatch.setattr(fulfilment, "deliver_order", lambda session: None)
+    deliveries.then = None
     retrieves = stripe_emulator.calls()["retrieve_session"]
     assert status_of(webhook_client, session["id"])["status"] == "complete"
     assert stripe_emulator.calls()["retrieve_session"] == retrieves + 1  # not served from cache
@@ -603,17 +507,6 @@ def test_no_log_line_holds_a_secret(webhook_client, stripe_emulator, logs):
 # -- end to end: the emulator delivers to a live server ----------------------------------------
 
 
-def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
 @pytest.fixture
 def live_webhook(live_server, stripe_emulator: StripeEmulator):
     """A live function with the signing secret, and the emulator delivering events to it."""
@@ -627,12 +520,14 @@ def test_end_to_end_completion_is_delivered_signed_and_fulfilled_once(
     live_webhook, stripe_emulator
 ):
     live = live_webhook
-    status, created = http("POST", live.url + CREATE, {"imageId": "img_e2e"})
+    status, created = http_json("POST", live.url + CREATE, {"imageId": "img_e2e"})
     assert status == 200
     session_id = created["session_id"]
 
     # The customer pays; the emulator, as Stripe, signs and delivers checkout.session.completed.
-    status, _ = http("POST", f"{stripe_emulator.url}/_emulator/sessions/{session_id}/complete", {})
+    status, _ = http_json(
+        "POST", f"{stripe_emulator.url}/_emulator/sessions/{session_id}/complete", {}
+    )
     assert status == 200
     [delivery] = stripe_emulator.deliveries()
     assert (delivery["type"], delivery["status"]) == ("checkout.session.completed", 200)
@@ -658,7 +553,7 @@ def test_end_to_end_completion_is_delivered_signed_and_fulfilled_once(
 
     # The status after the webhook is served from the warmed cache: no Stripe retrieve.
     retrieves = stripe_emulator.calls()["retrieve_session"]
-    status, body = http("GET", f"{live.url}{STATUS}?session_id={session_id}")
+    status, body = http_json("GET", f"{live.url}{STATUS}?session_id={session_id}")
     assert (status, body["status"], body["payment_status"]) == (200, "complete", "paid")
     assert stripe_emulator.calls()["retrieve_session"] == retrieves
 
@@ -669,15 +564,17 @@ def test_end_to_end_completion_is_delivered_signed_and_fulfilled_once(
 
 def test_end_to_end_expiry_is_delivered_and_recorded(live_webhook, stripe_emulator):
     live = live_webhook
-    _, created = http("POST", live.url + CREATE, {})
+    _, created = http_json("POST", live.url + CREATE, {})
     session_id = created["session_id"]
-    status, _ = http("POST", f"{stripe_emulator.url}/_emulator/sessions/{session_id}/expire", {})
+    status, _ = http_json(
+        "POST", f"{stripe_emulator.url}/_emulator/sessions/{session_id}/expire", {}
+    )
     assert status == 200
     assert [d["status"] for d in stripe_emulator.deliveries()] == [200]
     [record] = log_records(live.logs(), "checkout_expired")
     assert record["session_id"] == session_id
     retrieves = stripe_emulator.calls()["retrieve_session"]
-    assert http("GET", f"{live.url}{STATUS}?session_id={session_id}")[1]["status"] == "expired"
+    assert http_json("GET", f"{live.url}{STATUS}?session_id={session_id}")[1]["status"] == "expired"
     assert stripe_emulator.calls()["retrieve_session"] == retrieves
 
 
@@ -685,7 +582,7 @@ def test_live_server_fulfils_once_under_concurrent_duplicates_and_status_calls(
     live_server, stripe_emulator
 ):
     live = live_server(STRIPE_WEBHOOK_SECRET=WHSEC)
-    _, created = http("POST", live.url + CREATE, {"imageId": "img_crowd"})
+    _, created = http_json("POST", live.url + CREATE, {"imageId": "img_crowd"})
     session_id = created["session_id"]
     session = stripe_emulator.complete_session(session_id)
     payload = event_for(session, "checkout.session.completed")
@@ -702,7 +599,7 @@ def test_live_server_fulfils_once_under_concurrent_duplicates_and_status_calls(
             return response.status
 
     def poll_status() -> int:
-        return http("GET", f"{live.url}{STATUS}?session_id={session_id}")[0]
+        return http_json("GET", f"{live.url}{STATUS}?session_id={session_id}")[0]
 
     results = in_crowd([deliver] * CROWD + [poll_status] * 4)
 

@@ -3,17 +3,19 @@ from Secret Manager rationed across requests."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 import pytest
 
-from tests.test_routes import CREATE, assert_error
-from tests.test_webhook import (
+from tests.support import (
+    CREATE,
     OTHER_WHSEC,
     WHSEC,
+    assert_error,
     completed_session,
     event_for,
-    http,
+    http_json,
     in_crowd,
     log_records,
     post_event,
@@ -26,6 +28,10 @@ NEW_WHSEC = "whsec_RolledInTheDashboard02"
 WEBHOOK = "/api/checkout/webhook"
 
 
+def post_signed(client, payload: bytes, secret: str) -> int:
+    return post_event(client, payload, sign(payload, secret)).status_code
+
+
 def test_stripes_rolling_window_works_end_to_end(live_server, stripe_emulator, sm):
     sm.add_version(PROJECT, SECRET, WHSEC)
     live = live_server(
@@ -36,7 +42,7 @@ def test_stripes_rolling_window_works_end_to_end(live_server, stripe_emulator, s
     target = live.url + WEBHOOK
 
     def pay() -> str:
-        _, created = http("POST", live.url + CREATE, {})
+        _, created = http_json("POST", live.url + CREATE, {})
         stripe_emulator.complete_session(created["session_id"])
         return created["session_id"]
 
@@ -113,10 +119,7 @@ def test_concurrent_events_after_a_roll_share_one_re_read(
     ]
 
     codes = in_crowd(
-        [
-            lambda p=p: post_event(function_app.test_client(), p, sign(p, NEW_WHSEC)).status_code
-            for p in payloads
-        ]
+        [functools.partial(post_signed, function_app.test_client(), p, NEW_WHSEC) for p in payloads]
     )
 
     assert codes == [200] * 6

@@ -31,7 +31,7 @@ from checkout.config import (
     ConfigError,
     Settings,
 )
-from checkout.stripe_gateway import SessionStatus
+from checkout.session import SessionStatus
 
 if TYPE_CHECKING:
     from checkout.ledger.firestore import FirestoreLedger
@@ -120,6 +120,10 @@ class Ledger(ABC):
         """The session's status if it can no longer change and needs nothing more from us."""
 
     @abstractmethod
+    async def order(self, session_id: str) -> dict[str, Any] | None:
+        """The stored record of a session (fields as in docs/ledger.md), for tests and operators."""
+
+    @abstractmethod
     async def event_handled(self, event_id: str) -> bool:
         """Whether a Stripe event was handled already (by any instance the ledger covers)."""
 
@@ -162,44 +166,6 @@ class OutageLog:
             fields = {"failed_requests": self._failures}
             log.info("checkout_ledger_recovered", extra={"fields": fields})
             self._last_failure, self._failures = None, 0
-
-
-def order_fields(session: SessionStatus, *, final: bool) -> dict[str, Any]:
-    """What an order record holds about its session: ids, amounts, status; no customer details."""
-    return {
-        "status": session.status,
-        "payment_status": session.payment_status,
-        "payment_failed": session.payment_failed,  # `outcome` failed: a delayed payment failed
-        "imageId": session.metadata.get("imageId"),
-        "amount_total": session.amount_total,
-        "currency": session.currency,
-        "livemode": session.livemode,
-        "final": final or session.terminal,
-    }
-
-
-def settled(session_id: str, order: dict[str, Any] | None) -> SessionStatus | None:
-    """The status an order record answers for, when it is final and nothing is left to do."""
-    if not order or not order.get("final"):
-        return None
-    session = SessionStatus(
-        session_id=session_id,
-        status=order["status"],
-        payment_status=order["payment_status"],
-        metadata={"imageId": order["imageId"]} if order.get("imageId") is not None else {},
-        payment_failed=bool(order.get("payment_failed")),
-        amount_total=order.get("amount_total"),
-        currency=order.get("currency"),
-        livemode=bool(order.get("livemode")),
-    )
-    if is_paid(session) and not order.get("fulfilled_at"):
-        return None  # paid but not yet fulfilled: the caller must still try
-    return session
-
-
-def is_paid(session: SessionStatus) -> bool:
-    """Complete, and paid or free (`no_payment_required`): what Stripe says may be fulfilled."""
-    return session.status == "complete" and session.payment_status != "unpaid"
 
 
 def ledger_from_settings(settings: Settings) -> Ledger:

@@ -38,10 +38,8 @@ from checkout.ledger import (
     FulfilmentInProgress,
     Ledger,
     LedgerUnavailable,
-    order_fields,
-    settled,
 )
-from checkout.stripe_gateway import SessionStatus
+from checkout.session import SessionStatus, settled
 
 log = logging.getLogger("checkout.ledger")
 
@@ -170,7 +168,7 @@ class FirestoreLedger(Ledger):
         exists, without the lock waits that racing transactions on one new document cost.
         """
         ref = self._orders().document(_doc_id(session.session_id))
-        order = _new_order({**order_fields(session, final=True), "claim": self._claim_for(token)})
+        order = _new_order({**session.order_fields(final=True), "claim": self._claim_for(token)})
         if event_id is not None:
             order["event_ids"] = [event_id]
 
@@ -208,7 +206,9 @@ class FirestoreLedger(Ledger):
         mine = self._claim_for(token)
 
         @firestore.async_transactional
-        async def claim(transaction: firestore.AsyncTransaction):
+        async def claim(
+            transaction: firestore.AsyncTransaction,
+        ) -> tuple[str, dict[str, Any] | None]:
             snapshot = await ref.get(transaction=transaction, **_CALL)
             order = snapshot.to_dict() if snapshot.exists else None
             if order is not None and order.get("fulfilled_at") is not None:
@@ -216,7 +216,7 @@ class FirestoreLedger(Ledger):
             held = (order or {}).get("claim")
             if held and held["expires_at"] > datetime.now(UTC):
                 return _HELD, held
-            fields = {**order_fields(session, final=True), "claim": mine}
+            fields = {**session.order_fields(final=True), "claim": mine}
             _write(transaction, ref, order, fields, event_id)
             return _CLAIMED, held
 
@@ -230,14 +230,16 @@ class FirestoreLedger(Ledger):
         ref = self._orders().document(_doc_id(session.session_id))
 
         @firestore.async_transactional
-        async def complete(transaction: firestore.AsyncTransaction):
+        async def complete(
+            transaction: firestore.AsyncTransaction,
+        ) -> tuple[bool, dict[str, Any] | None]:
             snapshot = await ref.get(transaction=transaction, **_CALL)
             order = snapshot.to_dict() if snapshot.exists else None
             held = (order or {}).get("claim")
             if order is not None and order.get("fulfilled_at") is not None:
                 return False, held
             fields = {
-                **order_fields(session, final=True),
+                **session.order_fields(final=True),
                 "claim": None,
                 "fulfilled_at": firestore.SERVER_TIMESTAMP,
             }
@@ -277,7 +279,7 @@ class FirestoreLedger(Ledger):
         self, session: SessionStatus, *, event_id: str | None = None, final: bool = False
     ) -> None:
         ref = self._orders().document(_doc_id(session.session_id))
-        fields = order_fields(session, final=final)
+        fields = session.order_fields(final=final)
 
         @firestore.async_transactional
         async def write_record(transaction: firestore.AsyncTransaction) -> None:
@@ -462,7 +464,7 @@ def _claim_fields(session: SessionStatus, claim: dict[str, Any], owner: str) -> 
     }
 
 
-async def _abandon(task: asyncio.Task) -> None:
+async def _abandon(task: asyncio.Task[Any]) -> None:
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
     if not done:
@@ -471,7 +473,7 @@ async def _abandon(task: asyncio.Task) -> None:
     task.add_done_callback(_retrieve)
 
 
-def _retrieve(task: asyncio.Task) -> None:
+def _retrieve(task: asyncio.Task[Any]) -> None:
     # Read the outcome of an abandoned operation, so asyncio does not report it as never retrieved.
     if not task.cancelled():
         task.exception()

@@ -10,8 +10,8 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
-from checkout.ledger import CLAIM_WAIT_SECONDS, Deliver, Ledger, order_fields, settled
-from checkout.stripe_gateway import SessionStatus
+from checkout.ledger import CLAIM_WAIT_SECONDS, Deliver, Ledger
+from checkout.session import SessionStatus, settled
 
 
 class MemoryLedger(Ledger):
@@ -61,13 +61,15 @@ class MemoryLedger(Ledger):
         order = self._orders.get(session_id)
         return None if order is None else {**order, "event_ids": list(order["event_ids"])}
 
-    def _order(self, session: SessionStatus, *, final: bool, event_id: str | None) -> dict:
+    def _order(
+        self, session: SessionStatus, *, final: bool, event_id: str | None
+    ) -> dict[str, Any]:
         now = _now()
         order = self._orders.get(session.session_id)
         if order is None:
             order = {"created_at": now, "fulfilled_at": None, "event_ids": []}
             self._orders[session.session_id] = order
-        order.update(order_fields(session, final=final), updated_at=now)
+        order.update(session.order_fields(final=final), updated_at=now)
         self._touch(session.session_id, event_id)
         return order
 
@@ -80,7 +82,7 @@ class MemoryLedger(Ledger):
         _trim(self._orders, self._max_entries)
 
 
-def _trim(entries: OrderedDict, limit: int) -> None:
+def _trim(entries: OrderedDict[str, Any], limit: int) -> None:
     while len(entries) > limit:
         entries.popitem(last=False)
 

@@ -68,7 +68,7 @@ class StripeEmulator:
         self._release_hangs = threading.Event()
         self._prices: dict[str, dict[str, Any]] = {}
         self._webhook_url = webhook_url
-        self._webhook_secret = webhook_secret
+        self._webhook_secret: str | list[str] | None = webhook_secret
         self._clear_state()
 
     def _clear_state(self) -> None:
@@ -300,7 +300,7 @@ class StripeEmulator:
         event_type: str,
         *,
         url: str | None = None,
-        secret: str | None = None,
+        secret: str | list[str] | None = None,
         event_id: str | None = None,
     ) -> dict[str, Any]:
         """Send one signed event now; an `event_id` seen before redelivers that same event."""

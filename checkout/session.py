@@ -1,0 +1,192 @@
+"""A Checkout Session as this service sees it, and every rule about its state.
+
+Which states are final, which may be fulfilled, what the status endpoint may reveal, and what an
+order record or a log record holds: each is decided here and nowhere else. No Stripe, HTTP or
+Google imports: the cache, the ledger, fulfilment and the webhook depend on this, not on the
+gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# Metadata keys this service sets that status responses return; nothing else is returned.
+OUR_METADATA_KEYS = ("imageId",)
+# The metadata key that marks a session as this deployment's (its value: DEPLOYMENT_ID). Server
+# side only: the browser never sets it and the status response never shows it (docs/webhooks.md).
+MARKER_KEY = "checkout_deployment"
+# PaymentIntent statuses that mean a submitted payment failed (the intent went back to asking
+# for a payment method) or was abandoned: a complete but unpaid session will never be paid.
+FAILED_PAYMENT_INTENT = frozenset({"requires_payment_method", "canceled"})
+
+
+class SessionFields(Protocol):
+    """What a session read from Stripe offers: `in` and [] (a StripeObject is not a dict)."""
+
+    def __contains__(self, name: object, /) -> bool: ...
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class CreatedSession:
+    session_id: str
+    client_secret: str
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    """What the status endpoint may reveal, plus the order facts fulfilment needs."""
+
+    session_id: str
+    status: str
+    payment_status: str
+    metadata: dict[str, str]
+    # A delayed payment (bank debit) failed: `complete` + `unpaid` for good.
+    payment_failed: bool = False
+    amount_total: int | None = field(default=None, compare=False)
+    currency: str | None = field(default=None, compare=False)
+    livemode: bool = field(default=False, compare=False)
+    marker: str | None = field(default=None, compare=False)  # metadata[MARKER_KEY], never shown
+    # (price id, quantity) per line item, when Stripe sent them (expand[]=line_items); else None.
+    line_items: tuple[tuple[str | None, int], ...] | None = field(default=None, compare=False)
+
+    @property
+    def terminal(self) -> bool:
+        """Nothing about it can change again, so it may be cached forever.
+
+        `complete` + `unpaid` is final only once the delayed payment failed: until then a
+        bank debit may still turn it `paid` (checkout.session.async_payment_succeeded).
+        """
+        if self.status == "complete":
+            return self.payment_status != "unpaid" or self.payment_failed
+        return self.status == "expired"
+
+    @property
+    def outcome(self) -> str:
+        """open, processing, paid, failed or expired: what the customer should be told."""
+        if self.status != "complete":
+            return "expired" if self.status == "expired" else "open"
+        if self.payment_status != "unpaid":
+            return "paid"
+        return "failed" if self.payment_failed else "processing"
+
+    @property
+    def paid(self) -> bool:
+        """Complete, and paid or free (`no_payment_required`): what Stripe says may be fulfilled."""
+        return self.status == "complete" and self.payment_status != "unpaid"
+
+    def public(self) -> dict[str, Any]:
+        """The status endpoint's answer: status, payment status, outcome, our own metadata."""
+        return {
+            "status": self.status,
+            "payment_status": self.payment_status,
+            "outcome": self.outcome,
+            "metadata": dict(self.metadata),
+        }
+
+    def public_only(self) -> SessionStatus:
+        """This status without what the endpoint never returns (amounts, livemode): for caching."""
+        return SessionStatus(
+            session_id=self.session_id,
+            status=self.status,
+            payment_status=self.payment_status,
+            metadata=dict(self.metadata),
+            payment_failed=self.payment_failed,
+        )
+
+    def log_record(self, event_id: str | None = None) -> dict[str, Any]:
+        """The fields of a checkout log record: ids and amounts, never secrets or customer data."""
+        return {
+            "session_id": self.session_id,
+            "imageId": self.metadata.get("imageId"),
+            "amount_total": self.amount_total,
+            "currency": self.currency,
+            "payment_status": self.payment_status,
+            "livemode": self.livemode,
+            "event_id": event_id,
+        }
+
+    def order_fields(self, *, final: bool) -> dict[str, Any]:
+        """What an order record holds about its session: ids, amounts, status; no customer data.
+
+        `final` says the status can no longer change when only the caller knows it (a failed
+        payment leaves `complete` + `unpaid`).
+        """
+        return {
+            "status": self.status,
+            "payment_status": self.payment_status,
+            "payment_failed": self.payment_failed,  # `outcome` failed: a delayed payment failed
+            "imageId": self.metadata.get("imageId"),
+            "amount_total": self.amount_total,
+            "currency": self.currency,
+            "livemode": self.livemode,
+            "final": final or self.terminal,
+        }
+
+    @classmethod
+    def from_stripe(cls, session: SessionFields, *, payment_failed: bool = False) -> SessionStatus:
+        """From a Checkout Session as Stripe sends it (a StripeObject, or an event's dict).
+
+        `payment_failed` is for callers who know it otherwise (the async_payment_failed event);
+        an expanded PaymentIntent tells it by itself.
+        """
+        metadata = _field(session, "metadata")
+        status = _field(session, "status") or "open"
+        payment_status = _field(session, "payment_status") or "unpaid"
+        intent = _field(session, "payment_intent")
+        intent_status = _field(intent, "status") if intent and not isinstance(intent, str) else None
+        if status == "complete" and payment_status == "unpaid":
+            payment_failed = payment_failed or intent_status in FAILED_PAYMENT_INTENT
+        else:
+            payment_failed = False
+        marker = metadata[MARKER_KEY] if metadata and MARKER_KEY in metadata else None
+        return cls(
+            session_id=session["id"],
+            status=status,
+            payment_status=payment_status,
+            metadata={k: str(metadata[k]) for k in OUR_METADATA_KEYS if metadata and k in metadata},
+            payment_failed=payment_failed,
+            amount_total=_field(session, "amount_total"),
+            currency=_field(session, "currency"),
+            livemode=bool(_field(session, "livemode")),
+            marker=None if marker is None else str(marker),
+            line_items=_line_items(_field(session, "line_items")),
+        )
+
+
+def settled(session_id: str, order: Mapping[str, Any] | None) -> SessionStatus | None:
+    """The status an order record answers for, when it is final and nothing is left to do."""
+    if not order or not order.get("final"):
+        return None
+    session = SessionStatus(
+        session_id=session_id,
+        status=order["status"],
+        payment_status=order["payment_status"],
+        metadata={"imageId": order["imageId"]} if order.get("imageId") is not None else {},
+        payment_failed=bool(order.get("payment_failed")),
+        amount_total=order.get("amount_total"),
+        currency=order.get("currency"),
+        livemode=bool(order.get("livemode")),
+    )
+    if session.paid and not order.get("fulfilled_at"):
+        return None  # paid but not yet fulfilled: the caller must still try
+    return session
+
+
+def _line_items(items: Any) -> tuple[tuple[str | None, int], ...] | None:
+    """(price id, quantity) of each expanded line item; None when they were not expanded."""
+    if not items or isinstance(items, str) or _field(items, "has_more"):
+        return None  # not sent, or not all of them: unknown, which never matches a price
+    rows = []
+    for item in _field(items, "data") or ():
+        price = _field(item, "price")
+        price_id = price if isinstance(price, str) or price is None else _field(price, "id")
+        rows.append((price_id, int(_field(item, "quantity") or 0)))
+    return tuple(rows)
+
+
+def _field(obj: SessionFields, name: str) -> Any:
+    # StripeObject supports `in` and [] but not .get(): it is not a dict.
+    return obj[name] if name in obj else None  # noqa: SIM401
