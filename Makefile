@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run firestore-emulator test lint format bench clean
+.PHONY: run firestore-emulator test lint format lock bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test: $(VENV)/.installed $(E2E_DEPS)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+## Re-pin requirements.txt and requirements-dev.txt, every transitive dependency with hashes, from
+## requirements.in and requirements-dev.in (pip-tools).
+lock: $(VENV)/.installed
+	$(VENV)/bin/pip-compile $(PIN) -o requirements.txt requirements.in
+	$(VENV)/bin/pip-compile $(PIN) -o requirements-dev.txt requirements-dev.in
+
+PIN := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
 
 format: $(VENV)/.installed
 	$(PY) -m ruff format .
