@@ -2,11 +2,11 @@
 
     .venv/bin/python -m bench.load_check [--seconds 30] [--connections 64] [--latency-ms 50]
 
-Starts the Stripe emulator (with latency) and `functions-framework` (one uvicorn worker) as subprocesses on
-loopback, seeds open and completed sessions, warms up, then drives create / status(open) /
-status(complete) in turn from every connection with aiohttp. Every answer must be a 200 with the
-expected body, the gunicorn worker's RSS after the run must be within 10% of its RSS after the
-warm-up, and the server's output must be JSON lines with no ERROR. Exits 1 when a check fails.
+Starts the Stripe emulator (with latency) and `functions-framework` (one uvicorn worker) as
+subprocesses on loopback, seeds open and completed sessions, warms up, then drives create /
+status(open) / status(complete) in turn from every connection with aiohttp. Every answer must be
+a 200 with the expected body, the worker's RSS after the run must be within 10% of its RSS after
+the warm-up, and the server's output must be JSON lines with no ERROR. Exits 1 when a check fails.
 """
 
 from __future__ import annotations
