@@ -18,9 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
 from bench.servers import BENCH_KEY, FunctionServer, StripeEmulator, http_json
+from checkout.session import MARKER_KEY
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 ATTACKER = "203.0.113.66"
+DEPLOYMENT = "checkout-api"
 CREATE = "/api/checkout/embedded-session"
 STATUS = "/api/checkout/session-status?session_id="
 
@@ -55,6 +57,7 @@ def main() -> None:
             {
                 # Cloud Run's default hops; K_SERVICE itself would refuse the emulator's http.
                 "TRUSTED_PROXY_HOPS": "1",
+                "DEPLOYMENT_ID": DEPLOYMENT,
                 "FRONTEND_URL": "https://shop.example.com",
                 "STRIPE_SECRET_KEY": BENCH_KEY,
                 "STRIPE_API_BASE": emulator.url,
@@ -111,7 +114,7 @@ def main() -> None:
 
 
 def _session(emulator: StripeEmulator) -> str:
-    """An open session, made straight at the emulator's API."""
+    """An open session of this deployment's, made straight at the emulator's API."""
     form = urllib.parse.urlencode(
         {
             "ui_mode": "embedded_page",
@@ -121,6 +124,8 @@ def _session(emulator: StripeEmulator) -> str:
             "line_items[0][price_data][unit_amount]": "200",
             "line_items[0][price_data][product_data][name]": "Attack target",
             "line_items[0][quantity]": "1",
+            # One of ours, as the function's own create would mark it.
+            f"metadata[{MARKER_KEY}]": DEPLOYMENT,
         }
     ).encode()
     request = urllib.request.Request(
