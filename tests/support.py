@@ -444,3 +444,35 @@ def require_browser() -> None:
         except ImportError:
             missing = "playwright is not installed: pip install -r requirements-dev.txt"
     require(missing, "the real-browser tests")
+
+
+def service_account_file(directory: Path, project: str) -> Path:
+    """A service-account key file naming `project`, as Application Default Credentials read it.
+
+    Its key is real (freshly made) and its token endpoint is a closed loopback port, so
+    `google.auth.default()` reads the project from it without any network.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    path = directory / "service-account.json"
+    account = {
+        "type": "service_account",
+        "project_id": project,
+        "private_key_id": "test",
+        "private_key": pem,
+        "client_email": f"runtime@{project}.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "http://127.0.0.1:9/token",
+    }
+    path.write_text(json.dumps(account))
+    return path

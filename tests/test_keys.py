@@ -27,6 +27,7 @@ from checkout.keys import (
     webhook_secret_source,
 )
 from devtools.secret_manager_emulator import SecretManagerEmulator
+from tests.support import service_account_file
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "demo-project"
@@ -120,29 +121,7 @@ def test_bare_name_takes_the_project_from_settings(sm: SecretManagerEmulator) ->
 def test_bare_name_takes_the_project_from_default_credentials(
     sm: SecretManagerEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    credentials = tmp_path / "service-account.json"
-    credentials.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "adc-project",
-                "private_key_id": "test",
-                "private_key": pem,
-                "client_email": "runtime@adc-project.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": "http://127.0.0.1:9/token",
-            }
-        )
-    )
+    credentials = service_account_file(tmp_path, "adc-project")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
     monkeypatch.delenv("GCLOUD_PROJECT", raising=False)

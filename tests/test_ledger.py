@@ -30,9 +30,14 @@ from checkout.ledger import (
     ledger_from_settings,
 )
 from checkout.ledger.memory import MemoryLedger
-from checkout.session import SessionStatus
 from tests.firestore_emulator import Firestore
-from tests.support import ROOT, CapturedLogs, read_document
+from tests.support import (
+    ROOT,
+    CapturedLogs,
+    a_session,
+    read_document,
+    service_account_file,
+)
 
 COMPLETED = "checkout.session.completed"
 ORDER_FIELDS = {
@@ -49,20 +54,6 @@ ORDER_FIELDS = {
     "fulfilled_at",
     "event_ids",
 }
-
-
-def session(
-    state: str = "complete", paid: str = "paid", session_id: str = "cs_test_a1"
-) -> SessionStatus:
-    return SessionStatus(
-        session_id=session_id,
-        status=state,
-        payment_status=paid,
-        metadata={"imageId": "img_1"},
-        amount_total=200,
-        currency="usd",
-        livemode=False,
-    )
 
 
 class Deliveries:
@@ -176,32 +167,7 @@ def test_firestore_without_any_project_is_a_configuration_error(
 def test_firestore_takes_the_project_of_the_default_credentials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    pem = (
-        rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        .private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        .decode()
-    )
-    credentials = tmp_path / "service-account.json"
-    credentials.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "adc-project",
-                "private_key_id": "test",
-                "private_key": pem,
-                "client_email": "runtime@adc-project.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": "http://127.0.0.1:9/token",
-            }
-        )
-    )
+    credentials = service_account_file(tmp_path, "adc-project")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
     ledger = ledger_from_settings(load_settings({"ORDER_LEDGER": "firestore"}))
     from checkout.ledger.firestore import FirestoreLedger
@@ -216,11 +182,11 @@ def test_firestore_takes_the_project_of_the_default_credentials(
 def test_a_paid_session_is_delivered_once_and_recorded(make_ledger: MakeLedger) -> None:
     async def scenario() -> None:
         ledger, deliver = make_ledger(), Deliveries()
-        assert await ledger.fulfil_once(session(), deliver, event_id="evt_1") is True
-        assert await ledger.fulfil_once(session(), deliver, event_id="evt_2") is False
-        assert await ledger.fulfil_once(session(), deliver) is False
+        assert await ledger.fulfil_once(a_session(), deliver, event_id="evt_1") is True
+        assert await ledger.fulfil_once(a_session(), deliver, event_id="evt_2") is False
+        assert await ledger.fulfil_once(a_session(), deliver) is False
         assert deliver.calls == 1
-        order = await ledger.order("cs_test_a1")
+        order = await ledger.order("cs_test_a")
         assert order["fulfilled_at"] is not None
         assert order["event_ids"] == ["evt_1", "evt_2"]
         assert (order["status"], order["payment_status"], order["imageId"]) == (
@@ -237,8 +203,8 @@ def test_a_paid_session_is_delivered_once_and_recorded(make_ledger: MakeLedger) 
 def test_the_order_record_holds_no_customer_details_or_secrets(make_ledger: MakeLedger) -> None:
     async def scenario() -> None:
         ledger = make_ledger()
-        await ledger.fulfil_once(session(), Deliveries(), event_id="evt_1")
-        order = await ledger.order("cs_test_a1")
+        await ledger.fulfil_once(a_session(), Deliveries(), event_id="evt_1")
+        order = await ledger.order("cs_test_a")
         assert order is not None
         # `claim` exists only in Firestore, where it is the lease (owner, token, expiry) or null.
         assert set(order) - {"claim"} == ORDER_FIELDS
@@ -252,13 +218,13 @@ def test_a_failed_delivery_is_not_recorded_and_a_retry_delivers(make_ledger: Mak
         ledger, deliver = make_ledger(), Deliveries()
         deliver.fail_with = ValueError("no printer")
         with pytest.raises(ValueError, match="no printer"):
-            await ledger.fulfil_once(session(), deliver, event_id="evt_1")
-        order = await ledger.order("cs_test_a1")
+            await ledger.fulfil_once(a_session(), deliver, event_id="evt_1")
+        order = await ledger.order("cs_test_a")
         assert order is None or order["fulfilled_at"] is None
-        assert await ledger.settled_status("cs_test_a1") is None
+        assert await ledger.settled_status("cs_test_a") is None
 
         deliver.fail_with = None
-        assert await ledger.fulfil_once(session(), deliver, event_id="evt_1") is True
+        assert await ledger.fulfil_once(a_session(), deliver, event_id="evt_1") is True
         assert deliver.calls == 2
 
     run(scenario())
@@ -268,7 +234,7 @@ def test_concurrent_attempts_in_one_process_deliver_once(make_ledger: MakeLedger
     async def scenario() -> None:
         ledger, deliver = make_ledger(), Deliveries()
         results = await asyncio.gather(
-            *(ledger.fulfil_once(session(), deliver, event_id=f"evt_{n}") for n in range(10))
+            *(ledger.fulfil_once(a_session(), deliver, event_id=f"evt_{n}") for n in range(10))
         )
         assert sorted(results) == [False] * 9 + [True]
         assert deliver.calls == 1
@@ -282,11 +248,11 @@ def test_a_duplicate_that_cannot_learn_the_outcome_is_told_to_retry(
     async def scenario() -> None:
         ledger, deliver = make_ledger(claim_wait_seconds=0.3), Deliveries()
         deliver.gate = asyncio.Event()
-        holder = asyncio.ensure_future(ledger.fulfil_once(session(), deliver))
+        holder = asyncio.ensure_future(ledger.fulfil_once(a_session(), deliver))
         while deliver.calls == 0:
             await asyncio.sleep(0.01)
         with pytest.raises(FulfilmentInProgress):
-            await ledger.fulfil_once(session(), deliver)
+            await ledger.fulfil_once(a_session(), deliver)
         deliver.gate.set()
         assert await holder is True
         assert deliver.calls == 1
@@ -298,14 +264,14 @@ def test_completed_then_async_payment_succeeded_fulfil_once(make_ledger: MakeLed
     async def scenario() -> None:
         ledger, deliver = make_ledger(), Deliveries()
         # A bank debit: `completed` arrives unpaid (recorded, not fulfilled), then it succeeds.
-        await ledger.record(session(paid="unpaid"), event_id="evt_completed")
-        assert await ledger.settled_status("cs_test_a1") is None  # not final yet
-        assert await ledger.fulfil_once(session(), deliver, event_id="evt_succeeded") is True
+        await ledger.record(a_session(paid="unpaid"), event_id="evt_completed")
+        assert await ledger.settled_status("cs_test_a") is None  # not final yet
+        assert await ledger.fulfil_once(a_session(), deliver, event_id="evt_succeeded") is True
         # A retried `completed` (showing paid, as a retrieve would) and the return page: no-ops.
-        assert await ledger.fulfil_once(session(), deliver, event_id="evt_completed") is False
-        assert await ledger.fulfil_once(session(), deliver) is False
+        assert await ledger.fulfil_once(a_session(), deliver, event_id="evt_completed") is False
+        assert await ledger.fulfil_once(a_session(), deliver) is False
         assert deliver.calls == 1
-        order = await ledger.order("cs_test_a1")
+        order = await ledger.order("cs_test_a")
         assert order["event_ids"] == ["evt_completed", "evt_succeeded"]
         assert order["payment_status"] == "paid"
 
@@ -315,8 +281,8 @@ def test_completed_then_async_payment_succeeded_fulfil_once(make_ledger: MakeLed
 def test_expired_and_payment_failed_sessions_are_recorded_final(make_ledger: MakeLedger) -> None:
     async def scenario() -> None:
         ledger = make_ledger()
-        expired = session("expired", "unpaid", "cs_test_expired")
-        failed = replace(session("complete", "unpaid", "cs_test_failed"), payment_failed=True)
+        expired = a_session("expired", "unpaid", "cs_test_expired")
+        failed = replace(a_session("complete", "unpaid", "cs_test_failed"), payment_failed=True)
         await ledger.record(expired, event_id="evt_expired")
         await ledger.record(failed, event_id="evt_failed", final=True)
         for record, event_id in ((expired, "evt_expired"), (failed, "evt_failed")):
@@ -336,10 +302,10 @@ def test_expired_and_payment_failed_sessions_are_recorded_final(make_ledger: Mak
 def test_a_late_non_final_status_never_replaces_a_final_one(make_ledger: MakeLedger) -> None:
     async def scenario() -> None:
         ledger = make_ledger()
-        failed = session("complete", "unpaid")
+        failed = a_session("complete", "unpaid")
         await ledger.record(failed, event_id="evt_failed", final=True)
-        await ledger.record(session("complete", "unpaid"), event_id="evt_completed")
-        order = await ledger.order("cs_test_a1")
+        await ledger.record(a_session("complete", "unpaid"), event_id="evt_completed")
+        order = await ledger.order("cs_test_a")
         assert order["final"] is True
         assert order["event_ids"] == ["evt_failed", "evt_completed"]
 
@@ -351,12 +317,12 @@ def test_settled_status_answers_only_final_sessions_with_nothing_left_to_do(
 ) -> None:
     async def scenario() -> None:
         ledger = make_ledger()
-        assert await ledger.settled_status("cs_test_a1") is None  # unknown
-        await ledger.record(session("open", "unpaid"))
-        assert await ledger.settled_status("cs_test_a1") is None  # may still change
-        await ledger.fulfil_once(session(), Deliveries())
-        settled = await ledger.settled_status("cs_test_a1")
-        assert settled == session()
+        assert await ledger.settled_status("cs_test_a") is None  # unknown
+        await ledger.record(a_session("open", "unpaid"))
+        assert await ledger.settled_status("cs_test_a") is None  # may still change
+        await ledger.fulfil_once(a_session(), Deliveries())
+        settled = await ledger.settled_status("cs_test_a")
+        assert settled == a_session()
         assert settled.public() == {
             "status": "complete",
             "payment_status": "paid",
@@ -372,7 +338,7 @@ def test_handled_events_are_remembered(make_ledger: MakeLedger) -> None:
     async def scenario() -> None:
         ledger = make_ledger()
         assert await ledger.event_handled("evt_1") is False
-        await ledger.mark_event_handled("evt_1", COMPLETED, "cs_test_a1")
+        await ledger.mark_event_handled("evt_1", COMPLETED, "cs_test_a")
         assert await ledger.event_handled("evt_1") is True
         assert await ledger.event_handled("evt_2") is False
         # Another ledger over the same store (another instance) sees it too, or, in memory, not.
@@ -388,11 +354,11 @@ def test_handled_events_are_remembered(make_ledger: MakeLedger) -> None:
 @pytest.mark.firestore
 def test_event_records_carry_expire_at_for_the_ttl_policy(firestore: Firestore) -> None:
     before = datetime.now(UTC)
-    run(firestore_ledger(firestore).mark_event_handled("evt_ttl", COMPLETED, "cs_test_a1"))
+    run(firestore_ledger(firestore).mark_event_handled("evt_ttl", COMPLETED, "cs_test_a"))
     record = read_document(firestore, "checkout_events", "evt_ttl")
     assert record is not None
     assert record["type"] == COMPLETED
-    assert record["session_id"] == "cs_test_a1"
+    assert record["session_id"] == "cs_test_a"
     retention = timedelta(days=EVENT_RETENTION_DAYS)
     assert before + retention <= record["expire_at"] <= datetime.now(UTC) + retention
     assert set(record) == {"type", "session_id", "handled_at", "expire_at"}
@@ -400,8 +366,8 @@ def test_event_records_carry_expire_at_for_the_ttl_policy(firestore: Firestore) 
 
 @pytest.mark.firestore
 def test_the_order_document_is_keyed_by_session_id(firestore: Firestore) -> None:
-    run(firestore_ledger(firestore).fulfil_once(session(), Deliveries(), event_id="evt_1"))
-    document = read_document(firestore, "checkout_orders", "cs_test_a1")
+    run(firestore_ledger(firestore).fulfil_once(a_session(), Deliveries(), event_id="evt_1"))
+    document = read_document(firestore, "checkout_orders", "cs_test_a")
     assert document["fulfilled_at"] is not None
     assert document["claim"] is None
 
@@ -426,11 +392,11 @@ def test_a_failed_delivery_releases_the_claim_for_another_instance_at_once(
         first, deliver = firestore_ledger(firestore, lease=300), Deliveries()
         deliver.fail_with = RuntimeError("warehouse down")
         with pytest.raises(RuntimeError):
-            await first.fulfil_once(session(), deliver)
+            await first.fulfil_once(a_session(), deliver)
         # No waiting for the 300 s lease: another instance, unwilling to wait at all, delivers.
         second = firestore_ledger(firestore, claim_wait_seconds=0)
         deliver.fail_with = None
-        assert await second.fulfil_once(session(), deliver) is True
+        assert await second.fulfil_once(a_session(), deliver) is True
         assert deliver.calls == 2
 
     run(scenario())
@@ -448,7 +414,7 @@ class Worker:
             "--project",
             firestore.project,
             "--session",
-            "cs_test_a1",
+            "cs_test_a",
             "--sink",
             str(tmp / "deliveries"),
             "--go",
@@ -502,7 +468,7 @@ def test_concurrent_claims_from_several_processes_deliver_once(
 
     assert outcomes == ["already"] * 4 + ["delivered"]
     assert len(deliveries(tmp_path)) == 1
-    document = read_document(firestore, "checkout_orders", "cs_test_a1")
+    document = read_document(firestore, "checkout_orders", "cs_test_a")
     assert document["fulfilled_at"] is not None
     assert sorted(document["event_ids"]) == [f"evt_w{n}" for n in range(5)]
 
@@ -524,7 +490,7 @@ def test_a_claim_left_by_a_killed_process_is_taken_over_after_its_lease(
     while not deliveries(tmp_path):
         time.sleep(0.01)
     holder.kill()  # SIGKILL mid-delivery: no release, no record
-    claim = read_document(firestore, "checkout_orders", "cs_test_a1")["claim"]
+    claim = read_document(firestore, "checkout_orders", "cs_test_a")["claim"]
     assert claim["owner"] == holder_owner
 
     impatient.start()  # the lease still runs: a duplicate is told to retry, and delivers nothing
@@ -536,7 +502,7 @@ def test_a_claim_left_by_a_killed_process_is_taken_over_after_its_lease(
     assert holder_pid == holder.process.pid
     assert patient_pid == patient.process.pid
     assert patient_at >= claim["expires_at"].timestamp()
-    document = read_document(firestore, "checkout_orders", "cs_test_a1")
+    document = read_document(firestore, "checkout_orders", "cs_test_a")
     assert document["fulfilled_at"] is not None
     assert document["claim"] is None
 
@@ -563,14 +529,14 @@ def test_an_unreachable_firestore_is_ledger_unavailable_within_the_deadline_then
 
         # Delivered, then the record cannot be written: the caller must not answer 200.
         with pytest.raises(LedgerUnavailable):
-            await ledger.fulfil_once(session(), deliver_then_lose_firestore, event_id="evt_1")
+            await ledger.fulfil_once(a_session(), deliver_then_lose_firestore, event_id="evt_1")
 
         for operation in (
-            ledger.fulfil_once(session(session_id="cs_test_b2"), deliver),
+            ledger.fulfil_once(a_session(session_id="cs_test_b2"), deliver),
             ledger.event_handled("evt_before"),
             ledger.mark_event_handled("evt_2", COMPLETED, None),
-            ledger.record(session("expired", "unpaid", "cs_test_c3")),
-            ledger.settled_status("cs_test_a1"),
+            ledger.record(a_session("expired", "unpaid", "cs_test_c3")),
+            ledger.settled_status("cs_test_a"),
         ):
             started = time.monotonic()
             with pytest.raises(LedgerUnavailable):
@@ -582,14 +548,14 @@ def test_an_unreachable_firestore_is_ledger_unavailable_within_the_deadline_then
         recovered = False
         for _ in range(40):  # gRPC reconnects with backoff: the first calls may still fail
             try:
-                recovered = await ledger.fulfil_once(session(), deliver, event_id="evt_1")
+                recovered = await ledger.fulfil_once(a_session(), deliver, event_id="evt_1")
                 break
             except LedgerUnavailable:
                 await asyncio.sleep(0.5)
         # This process remembered the delivery whose record failed: recorded now, not redelivered.
         assert recovered is True
         assert deliver.calls == 1
-        assert (await ledger.order("cs_test_a1"))["fulfilled_at"] is not None
+        assert (await ledger.order("cs_test_a"))["fulfilled_at"] is not None
 
     try:
         run(scenario())
