@@ -60,14 +60,34 @@ def firestore_emulator_server(
         yield emulator
 
 
+def require_marker(request: pytest.FixtureRequest, marker: str, what: str) -> None:
+    """Fail a test that reaches `what` without carrying `marker`, with or without the tool.
+
+    The static hook above marks every test whose fixtures name the emulator; a test that asks for
+    it at run time (`request.getfixturevalue`) escapes that hook, and would then fail, not be
+    deselected, in a step without the tool (cloudbuild.yaml's test step). Failing it here, where
+    the tools exist too (CI), means no such test can be left unmarked.
+    """
+    if request.node.get_closest_marker(marker) is None:
+        pytest.fail(
+            f"{request.node.nodeid} uses {what} but is not marked `{marker}`: mark it (for a "
+            f"parameter, pytest.param(..., marks=pytest.mark.{marker})) so that steps without "
+            "the tool deselect it",
+            pytrace=False,
+        )
+
+
 @pytest.fixture
 def firestore(
-    firestore_emulator_server: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    firestore_emulator_server: FirestoreEmulator,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Firestore:
     """The session's emulator (started again if a test stopped it), and a fresh project id.
 
     FIRESTORE_EMULATOR_HOST is set for this process too, for ledgers the test builds itself.
     """
+    require_marker(request, "firestore", "the Firestore emulator")
     firestore_emulator_server.start()
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator_server.host)
     return Firestore(firestore_emulator_server, f"test-{uuid.uuid4().hex[:16]}")

@@ -75,7 +75,7 @@ class Deliveries:
 MakeLedger = Callable[..., Ledger]
 
 
-@pytest.fixture(params=["memory", "firestore"])
+@pytest.fixture(params=["memory", pytest.param("firestore", marks=pytest.mark.firestore)])
 def make_ledger(request: pytest.FixtureRequest) -> MakeLedger:
     """Build a ledger of each kind; Firestore ones share this test's project on the emulator."""
     if request.param == "memory":
