@@ -1,26 +1,34 @@
-"""Cloud Run / functions-framework entry point: one async HTTP function for the checkout API."""
+"""Cloud Run / functions-framework entry points: the checkout API, and the order worker."""
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import functions_framework.aio
+from cloudevents.http import CloudEvent
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from checkout.app import CheckoutApi, exit_if_misconfigured
+from checkout.app import CheckoutApi, FulfilApi, exit_if_misconfigured
 
 exit_if_misconfigured()
 
-# This process's API: it builds the service on the first request, never at import.
+# This process's API and worker: each builds the service on first use, never at import.
 api = CheckoutApi()
+worker = FulfilApi()
 
 
 @functions_framework.aio.http
 async def checkout_api(request: Request) -> Response:
     """Dispatch to the checkout package (see checkout/routes.py for the endpoints)."""
     return await api.handle(request)
+
+
+@functions_framework.aio.cloud_event
+async def fulfil_order(cloud_event: CloudEvent) -> None:
+    """Deliver one order change from the order topic (Eventarc; see checkout/worker.py)."""
+    await worker.handle(cloud_event["id"], cloud_event.data)
 
 
 # functions-framework's ASGI app answers a few requests itself, in plain text: GET /robots.txt and
@@ -32,13 +40,17 @@ _build_asgi_app: Callable[..., Starlette] = functions_framework.aio._create_asgi
 
 
 def _asgi_app_answering_everything(
-    function: Callable[[Request], Awaitable[Response]], *args: Any, **kwargs: Any
+    function: Callable[[Request], Awaitable[Response]],
+    signature_type: str,
+    *args: Any,
+    **kwargs: Any,
 ) -> Starlette:
     async def answer_as_the_function(request: Request, _error: Exception) -> Response:
         return await function(request)
 
-    app = _build_asgi_app(function, *args, **kwargs)
-    app.add_exception_handler(HTTPException, answer_as_the_function)
+    app = _build_asgi_app(function, signature_type, *args, **kwargs)
+    if signature_type == "http":  # fulfil_order's (cloudevent) errors are its own statuses
+        app.add_exception_handler(HTTPException, answer_as_the_function)
     return app
 
 

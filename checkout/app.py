@@ -10,25 +10,36 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from checkout import errors
 from checkout.config import ConfigError, Settings, load_settings
 from checkout.errors import ApiError
-from checkout.fulfilment import DeliverOrder, deliver_order_from_settings
 from checkout.http import (
     BASE_HEADERS,
     CorsPolicy,
     check_header_sizes,
     error_response,
 )
+from checkout.ledger import LedgerUnavailable
 from checkout.logs import crash_fields, current_request, setup_logging, trace_of
 from checkout.routes import Endpoint, endpoint_at, match
-from checkout.service import DUPLICATE_EVENT_WAIT_S, Service
+from checkout.service import Service
+from checkout.worker import (
+    BadMessage,
+    DeliverOrder,
+    DeliveryFailed,
+    DeliveryInProgress,
+    change_in,
+    deliver_order_from_settings,
+)
 
 log = logging.getLogger("checkout")
 request_log = logging.getLogger("checkout.request")
+worker_log = logging.getLogger("checkout.worker")
 
 setup_logging()
 
@@ -37,20 +48,18 @@ class CheckoutApi:
     """The checkout API for one process: `handle` serves a request.
 
     The Service is built on first use, after gunicorn forks and never at import, from the
-    environment (or `load`); `deliver` replaces the fulfilment function that DELIVER_ORDER names,
-    and `duplicate_event_wait` bounds how long a duplicate webhook delivery waits for the first.
-    main.py owns the process's instance; a test builds its own.
+    environment (or `load`); `deliver` replaces the function that DELIVER_ORDER names (for the
+    in-process delivery, without a topic). main.py owns the process's instance; a test builds its
+    own.
     """
 
     def __init__(
         self,
         deliver: DeliverOrder | None = None,
         load: Callable[[], Settings] = load_settings,
-        duplicate_event_wait: float = DUPLICATE_EVENT_WAIT_S,
     ) -> None:
         self._deliver = deliver
         self._load = load
-        self._duplicate_event_wait = duplicate_event_wait
         self._built: Service | ApiError | None = None  # the service, or why it cannot be
         self._lock = threading.Lock()
 
@@ -74,10 +83,11 @@ class CheckoutApi:
         """Close the Stripe connection pool on its loop (when the process, or a test, is done)."""
         if isinstance(self._built, Service):
             self._built.gateway.close()
+            self._built.publisher.close()
 
     def _build(self) -> Service | ApiError:
         try:
-            service = Service.from_settings(self._load(), self._deliver, self._duplicate_event_wait)
+            service = Service.from_settings(self._load(), self._deliver)
         except ConfigError as error:
             # The environment cannot change under a running process: keep the verdict.
             log.error("configuration error: %s", error)
@@ -123,6 +133,11 @@ class CheckoutApi:
             )
         finally:
             current_request.reset(token)
+        after = context.get("after_response")
+        if after:
+            # Local in-process delivery only (no ORDER_EVENTS_TOPIC, never on Cloud Run): the
+            # worker runs once the answer is sent, as it would behind Pub/Sub.
+            response.background = BackgroundTask(_run_after_response, after)
         return response
 
     def _finish(
@@ -146,6 +161,56 @@ class CheckoutApi:
             return False  # misconfigured: the error response says so, without CORS
 
 
+class FulfilApi:
+    """`fulfil_order` for one process: the same Service as the API's, built on first use.
+
+    Each CloudEvent carries one Pub/Sub message of the order topic. The answer is what Pub/Sub
+    acts on: 2xx acknowledges it (delivered now, or before); anything else makes it redeliver
+    later, and after the subscription's maximum attempts send it to the dead-letter topic.
+    """
+
+    def __init__(
+        self, deliver: DeliverOrder | None = None, load: Callable[[], Settings] = load_settings
+    ) -> None:
+        self._api = CheckoutApi(deliver, load)
+
+    async def handle(self, event_id: str, data: object) -> None:
+        """Deliver one message's change; HTTPException (non-2xx) when Pub/Sub must retry."""
+        started = time.perf_counter()
+        fields: dict[str, Any] = {"ce_id": str(event_id)[:100]}
+        status, outcome = 200, "delivered"
+        try:
+            change = change_in(data)
+            fields.update(change_id=change.change_id, type=change.type)
+            service = self._api.service()
+            if not await service.worker.deliver(change):
+                outcome = "duplicate"
+        except BadMessage as error:
+            status, outcome = 400, "bad_message"
+            fields["detail"] = str(error)[:300]
+        except ApiError as error:  # the settings are wrong: logged when the service was built
+            status, outcome = 500, "misconfigured"
+            fields["detail"] = error.code
+        except DeliveryInProgress:
+            status, outcome = 409, "in_progress"
+        except DeliveryFailed as error:
+            status, outcome = 500, "failed"
+            fields["detail"] = str(error)[:300]
+        except LedgerUnavailable as error:
+            status, outcome = 503, "ledger_unavailable"
+            fields["detail"] = str(error)[:300]
+        fields.update(
+            outcome=outcome, status=status, latency=f"{time.perf_counter() - started:.6f}s"
+        )
+        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        worker_log.log(level, "fulfil_order %s", outcome, extra={"fields": fields})
+        if status >= 300:
+            raise HTTPException(status, outcome)
+
+    def close(self) -> None:
+        self._api.close()
+
+
 def exit_if_misconfigured() -> None:
     """On Cloud Run, check the settings before serving, and exit at once if they are wrong.
 
@@ -156,10 +221,38 @@ def exit_if_misconfigured() -> None:
     if not os.environ.get("K_SERVICE", "").strip():
         return
     try:
-        deliver_order_from_settings(load_settings())
+        settings = load_settings()
+        deliver_order_from_settings(settings)
+        if os.environ.get("FUNCTION_TARGET", "checkout_api") != "fulfil_order":
+            check_api_can_start(settings)
     except ConfigError as error:
         log.critical("configuration error, not starting: %s", error)
         raise SystemExit(1) from None
+
+
+def check_api_can_start(settings: Settings) -> None:
+    """What the API needs on Cloud Run beyond valid settings: a webhook, and a topic for it."""
+    if settings.webhook_required and not settings.webhook_secret_configured:
+        raise ConfigError(
+            "no webhook signing secret: set STRIPE_WEBHOOK_SECRET or STRIPE_WEBHOOK_SECRET_NAME "
+            "(python -m checkout register-webhook makes one, docs/deploy.md); without a webhook a "
+            "customer who pays and closes the tab is never recorded. WEBHOOK_REQUIRED=false "
+            "starts anyway, at that risk"
+        )
+    if settings.order_events_topic is None:
+        raise ConfigError(
+            "ORDER_EVENTS_TOPIC is required on Cloud Run: order changes go to Pub/Sub and the "
+            "fulfil_order worker delivers them (docs/pubsub.md); in-process delivery after a "
+            "response would stall once Cloud Run throttles the CPU"
+        )
+
+
+async def _run_after_response(tasks: list[Callable[[], Any]]) -> None:
+    for task in tasks:
+        try:
+            await task()
+        except Exception as error:  # logged by the worker; the next delivery retries it
+            log.warning("in-process delivery failed: %s", type(error).__name__)
 
 
 def _new_request_id() -> str:

@@ -84,6 +84,9 @@ ENVIRONMENT_VARIABLES = (
     "FIRESTORE_EMULATOR_HOST",
     "LEDGER_LEASE_SECONDS",
     "DELIVER_ORDER",
+    "ORDER_EVENTS_TOPIC",
+    "PUBSUB_EMULATOR_HOST",
+    "WEBHOOK_REQUIRED",
 )
 
 ORDER_LEDGERS = ("memory", "firestore")
@@ -131,9 +134,11 @@ class Settings:
     firestore_database: str
     firestore_emulator_host: str | None
     ledger_lease_seconds: float  # how long a fulfilment claim holds before another may take over
-    deliver_order: (
-        str | None
-    )  # `module:function` to fulfil with instead of fulfilment.deliver_order
+    deliver_order: str | None  # `module:function` that fulfil_order calls for each change
+    # `projects/P/topics/T` for order changes, or None: delivered in this process (local only)
+    order_events_topic: str | None
+    pubsub_emulator_host: str | None
+    webhook_required: bool  # on Cloud Run, refuse to start without a webhook signing secret
 
     @property
     def stripe_key_configured(self) -> bool:
@@ -251,6 +256,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         firestore_emulator_host=get("FIRESTORE_EMULATOR_HOST"),
         ledger_lease_seconds=_float(get, "LEDGER_LEASE_SECONDS", 60.0, minimum=1, maximum=600),
         deliver_order=_function_path(get, "DELIVER_ORDER"),
+        order_events_topic=_topic(get),
+        pubsub_emulator_host=get("PUBSUB_EMULATOR_HOST"),
+        webhook_required=_bool(get, "WEBHOOK_REQUIRED", on_cloud_run),
     )
     _check_budget(settings)
     return settings
@@ -301,6 +309,46 @@ def _order_ledger(get: Getter) -> str:
     if ledger not in ORDER_LEDGERS:
         raise ConfigError(f"ORDER_LEDGER must be one of {', '.join(ORDER_LEDGERS)}, got {ledger!r}")
     return ledger
+
+
+_TOPIC_ID = re.compile(r"^[A-Za-z][A-Za-z0-9._~%+-]{2,254}$")
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$|^[A-Za-z0-9._:-]{1,100}$")
+
+
+def _topic(get: Getter) -> str | None:
+    """ORDER_EVENTS_TOPIC as `projects/P/topics/T`: a bare id takes GOOGLE_CLOUD_PROJECT."""
+    raw = get("ORDER_EVENTS_TOPIC")
+    if raw is None:
+        return None
+    parts = raw.split("/")
+    if len(parts) == 4 and parts[0] == "projects" and parts[2] == "topics":
+        project, topic = parts[1], parts[3]
+    elif len(parts) == 1:
+        project = get("GOOGLE_CLOUD_PROJECT") or ""
+        topic = raw
+        if not project:
+            raise ConfigError(
+                f"ORDER_EVENTS_TOPIC is the topic id {raw!r}, which needs GOOGLE_CLOUD_PROJECT; "
+                "or give it as projects/PROJECT/topics/TOPIC"
+            )
+    else:
+        raise ConfigError(
+            f"ORDER_EVENTS_TOPIC must be a topic id or projects/PROJECT/topics/TOPIC, got {raw!r}"
+        )
+    if not _TOPIC_ID.match(topic) or topic.startswith("goog") or not _PROJECT_ID.match(project):
+        raise ConfigError(f"ORDER_EVENTS_TOPIC names no valid Pub/Sub topic: {raw!r}")
+    return f"projects/{project}/topics/{topic}"
+
+
+def _bool(get: Getter, name: str, default: bool) -> bool:
+    raw = get(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def _function_path(get: Getter, name: str) -> str | None:

@@ -154,10 +154,10 @@ _LEDGER_UNAVAILABLE = _code(
     "Orders cannot be recorded right now; retry the event later.",
     LEDGER_RETRY_AFTER,
 )
-_FULFILMENT_IN_PROGRESS = _code(
-    "fulfilment_in_progress",
+_ORDER_EVENTS_UNAVAILABLE = _code(
+    "order_events_unavailable",
     503,
-    "This checkout is being fulfilled by another request; retry the event later.",
+    "The order could not be handed on for delivery just now; retry the event later.",
     LEDGER_RETRY_AFTER,
 )
 _EVENT_IN_PROGRESS = _code(
@@ -165,9 +165,6 @@ _EVENT_IN_PROGRESS = _code(
     503,
     "This event is still being handled by another delivery; retry it later.",
     LEDGER_RETRY_AFTER,
-)
-_FULFILMENT_FAILED = _code(
-    "fulfilment_failed", 500, "Fulfilling this checkout failed; retry the event."
 )
 
 
@@ -273,13 +270,10 @@ def ledger_unavailable(detail: str) -> ApiError:
     return _LEDGER_UNAVAILABLE.error(detail=detail)
 
 
-def fulfilment_in_progress(detail: str) -> ApiError:
-    return _FULFILMENT_IN_PROGRESS.error(detail=detail)
+def order_events_unavailable(detail: str) -> ApiError:
+    # Recorded, not yet published: Stripe's retry (or the next status call) publishes it.
+    return _ORDER_EVENTS_UNAVAILABLE.error(detail=detail)
 
 
 def event_in_progress(detail: str) -> ApiError:
     return _EVENT_IN_PROGRESS.error(detail=detail)
-
-
-def fulfilment_failed(detail: str) -> ApiError:
-    return _FULFILMENT_FAILED.error(detail=detail)

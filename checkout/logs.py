@@ -8,7 +8,9 @@ import os
 import re
 import sys
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -140,3 +142,42 @@ def trace_of(headers: Any, project: str | None) -> str | None:
             if 0 < len(candidate) <= 64 and candidate.isalnum():
                 trace_id = candidate
     return f"projects/{project}/traces/{trace_id}" if trace_id else None
+
+
+class OutageLog:
+    """Logs that a dependency (the ledger) is unreachable once per burst of failures.
+
+    A burst ends with a success (`checkout_ledger_recovered`, with the count) or with
+    `quiet_seconds` without a failure; the next failure then logs again.
+    """
+
+    def __init__(
+        self, quiet_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._quiet = quiet_seconds
+        self._clock = clock
+        self._last_failure: float | None = None
+        self._failures = 0
+
+    def failed(self, error: Exception, fallback: str) -> None:
+        now = self._clock()
+        if self._last_failure is None or now - self._last_failure > self._quiet:
+            fields = {"detail": str(error)[:500], "fallback": fallback}
+            _ledger_log.warning("checkout_ledger_degraded", extra={"fields": fields})
+            self._failures = 0
+        self._failures += 1
+        self._last_failure = now
+
+    @property
+    def ongoing(self) -> bool:
+        """The last call failed, and none has succeeded since."""
+        return self._last_failure is not None
+
+    def succeeded(self) -> None:
+        if self._last_failure is not None:
+            fields = {"failed_requests": self._failures}
+            _ledger_log.info("checkout_ledger_recovered", extra={"fields": fields})
+            self._last_failure, self._failures = None, 0
+
+
+_ledger_log = logging.getLogger("checkout.ledger")

@@ -15,10 +15,11 @@ from werkzeug.routing import Map, Rule
 
 from checkout import errors
 from checkout.errors import ApiError
-from checkout.fulfilment import STATUS_WAIT_S, FulfilmentFailed
 from checkout.http import json_response, read_json_object
-from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
-from checkout.session import SessionStatus
+from checkout.ledger import LedgerUnavailable
+from checkout.orders import session_fact
+from checkout.publisher import PublishFailed
+from checkout.recorder import PublicationInProgress
 from checkout.webhook import stripe_webhook
 
 if TYPE_CHECKING:
@@ -49,59 +50,69 @@ async def create_session(request: Request, service: Service) -> Response:
 async def session_status(request: Request, service: Service) -> Response:
     """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, outcome, …}."""
     session_id = _session_id_from(request)
-    status = service.status_cache.get(session_id)  # free: no limit, no Firestore, no Stripe
-    if status is None:
+    answer = service.status_cache.get(session_id)  # free: no limit, no Firestore, no Stripe
+    if answer is None:
         if session_id in service.unknown_sessions:
             raise errors.session_not_found("remembered as unknown to Stripe")
         service.status_limit.charge(service.client_of(request))
-        # What any instance settled, from the order ledger; only then Stripe.
-        status = await _settled_in_ledger(service, session_id)
-    if status is None:
-        try:
-            status = await service.gateway.retrieve_session(session_id)
-            if not service.catalogue.is_ours(status):
-                # Another integration's session on the same account: answered exactly as an
-                # unknown id, so that not even its existence leaks (checkout/catalogue.py).
-                raise errors.session_not_found("the session exists but is not this deployment's")
-        except ApiError as error:
-            if error.code == "session_not_found":
-                service.unknown_sessions.add(session_id)
-            raise
-        await _fulfil_if_possible(service, status)
-    return json_response(200, status.public())
+        # What any instance recorded, from the order ledger; only then Stripe.
+        answer = await _answer_from_ledger(service, session_id)
+    if answer is None:
+        answer = await _answer_from_stripe(service, session_id)
+    return json_response(200, answer)
 
 
-async def _fulfil_if_possible(service: Service, status: SessionStatus) -> None:
-    """The return page can beat the webhook (or none is set up), so fulfil here too.
-
-    Never waiting on an attempt another request is running, and on our own only STATUS_WAIT_S:
-    the customer asked for the payment's status, which we have, and our attempt goes on. Whatever
-    stops it (a failure, logged inside; another request at it; the ledger away), the customer
-    still gets the status, uncached, and the next call or Stripe's retry fulfils.
-    """
-    if service.ledger_outages.ongoing:
-        return  # the ledger failed just now: answer at once rather than wait for it again
+async def _answer_from_ledger(service: Service, session_id: str) -> dict[str, Any] | None:
+    """The ledger's answer for an order whose session is settled; None if none, or unreachable."""
     try:
-        await service.fulfilment.fulfil(status, wait=False, within=STATUS_WAIT_S)
-    except (FulfilmentFailed, FulfilmentInProgress):
-        return
-    except LedgerUnavailable as error:
-        service.ledger_outages.failed(error, "answered from Stripe, not fulfilled")
-        return
-    service.status_cache.put(status)
-
-
-async def _settled_in_ledger(service: Service, session_id: str) -> SessionStatus | None:
-    """A final status the ledger holds, with nothing left to do; None if none, or unreachable."""
-    try:
-        status = await service.ledger.settled_status(session_id)
+        found = await service.ledger.order(session_id, quick=True)
+        if found is None or not found.settled:
+            return None
+        order = found
+        if order.unpublished():
+            await service.recorder.publish_pending(order)  # a change a failed publish left
     except LedgerUnavailable as error:
         service.ledger_outages.failed(error, "answered from Stripe")
         return None
+    except PublishFailed as error:
+        service.ledger_outages.failed(error, "answered from the ledger, not yet published")
+    else:
+        service.ledger_outages.succeeded()
+    answer = order.public()
+    service.status_cache.put(session_id, answer, final=order.final)
+    return answer
+
+
+async def _answer_from_stripe(service: Service, session_id: str) -> dict[str, Any]:
+    """Ask Stripe; a settled session is recorded (and its change published) before the answer.
+
+    The return page can beat the webhook (or none is set up): this is the same path the webhook
+    takes. If recording fails, the customer still gets Stripe's status, uncached, and the next
+    call or Stripe's retry records it.
+    """
+    try:
+        session = await service.gateway.retrieve_session(session_id)
+        if not service.catalogue.is_ours(session):
+            # Another integration's session on the same account: answered exactly as an
+            # unknown id, so that not even its existence leaks (checkout/catalogue.py).
+            raise errors.session_not_found("the session exists but is not this deployment's")
+    except ApiError as error:
+        if error.code == "session_not_found":
+            service.unknown_sessions.add(session_id)
+        raise
+    if not session.terminal or service.catalogue.refusal(session) is not None:
+        return session.public()
+    try:
+        applied = await service.recorder.apply(session_id, session_fact(session))
+    except (LedgerUnavailable, PublishFailed, PublicationInProgress) as error:
+        service.ledger_outages.failed(error, "answered from Stripe, not recorded")
+        return session.public()
     service.ledger_outages.succeeded()
-    if status is not None:
-        service.status_cache.put(status, final=True)
-    return status
+    if applied.order is None:  # advance always makes one: unreachable
+        return session.public()
+    answer = applied.order.public()
+    service.status_cache.put(session_id, answer, final=applied.order.final)
+    return answer
 
 
 def _image_id_from(body: dict[str, Any]) -> str | None:

@@ -8,23 +8,17 @@ from starlette.requests import Request
 
 from checkout.catalogue import Catalogue
 from checkout.config import Settings
-from checkout.fulfilment import (
-    DELIVER_TIMEOUT_S,
-    DeliverOrder,
-    Fulfilment,
-    deliver_order_from_settings,
-)
 from checkout.http import CorsPolicy
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
-from checkout.ledger import Ledger, OutageLog, ledger_from_settings
+from checkout.ledger import Ledger, ledger_from_settings
 from checkout.limits import TokenBuckets, client_address
-from checkout.once import OncePerKey
+from checkout.logs import OutageLog
+from checkout.once import SingleFlight
+from checkout.publisher import InProcessPublisher, Publisher, PubSubPublisher
+from checkout.recorder import Recorder
 from checkout.status_cache import NotFoundCache, StatusCache
 from checkout.stripe_gateway import StripeGateway
-
-# How long a duplicate webhook delivery waits for the first one before answering 503 (Stripe
-# retries it).
-DUPLICATE_EVENT_WAIT_S = 30.0
+from checkout.worker import DeliverOrder, Worker, deliver_order_from_settings
 
 
 @dataclass(frozen=True)
@@ -38,12 +32,15 @@ class Service:
     status_cache: StatusCache
     trace_project: str | None
     webhook_secret: SecretSource
-    webhook_events: OncePerKey  # ids of the Stripe events this process handled
-    duplicate_event_wait: float  # seconds a duplicate delivery waits for the first one
-    ledger: Ledger  # fulfilment and handled events: this process, or every instance (Firestore)
+    webhook_events: SingleFlight[
+        dict[str, str]
+    ]  # concurrent duplicates of one event share one attempt
+    ledger: Ledger  # orders, events, deliveries: this process, or every instance (Firestore)
     ledger_outages: OutageLog
     catalogue: Catalogue  # what this deployment sells, and how its sessions are marked
-    fulfilment: Fulfilment
+    publisher: Publisher  # the order topic, or this process's worker (local)
+    recorder: Recorder  # record a fact, then publish its changes: the one way orders change
+    worker: Worker  # fulfil_order's: delivers each change once
     unknown_sessions: NotFoundCache  # ids Stripe said it does not know
     create_limit: TokenBuckets  # per client: creates
     status_limit: TokenBuckets  # per client: status calls past the cache (ledger, then Stripe)
@@ -58,13 +55,20 @@ class Service:
         cls,
         settings: Settings,
         deliver: DeliverOrder | None = None,
-        duplicate_event_wait: float = DUPLICATE_EVENT_WAIT_S,
     ) -> Service:
         """Build every part once; `deliver` defaults to DELIVER_ORDER's function, or ours."""
         api_key = stripe_api_key_source(settings)
         status_cache = StatusCache(settings.status_cache_size, settings.status_open_ttl_ms)
         ledger = ledger_from_settings(settings)
         catalogue = Catalogue.from_settings(settings)
+        worker = Worker(
+            ledger, deliver or deliver_order_from_settings(settings), settings.ledger_lease_seconds
+        )
+        publisher: Publisher = (
+            PubSubPublisher(settings.order_events_topic)
+            if settings.order_events_topic
+            else InProcessPublisher(worker.deliver)
+        )
         return cls(
             settings=settings,
             cors=CorsPolicy(settings.allowed_origins, settings.allow_any_origin),
@@ -73,19 +77,13 @@ class Service:
             status_cache=status_cache,
             trace_project=settings.google_cloud_project or _project_in(settings.stripe_secret_name),
             webhook_secret=webhook_secret_source(settings),
-            webhook_events=OncePerKey(settings.webhook_dedupe_size),
-            duplicate_event_wait=duplicate_event_wait,
+            webhook_events=SingleFlight(),
             ledger=ledger,
             ledger_outages=OutageLog(),
             catalogue=catalogue,
-            fulfilment=Fulfilment(
-                status_cache,
-                ledger,
-                catalogue,
-                deliver or deliver_order_from_settings(settings),
-                # Under the claim's lease: past it another instance may take the session over.
-                deliver_timeout=min(DELIVER_TIMEOUT_S, 0.75 * settings.ledger_lease_seconds),
-            ),
+            publisher=publisher,
+            recorder=Recorder(ledger, publisher),
+            worker=worker,
             unknown_sessions=NotFoundCache(settings.status_cache_size),
             create_limit=TokenBuckets(settings.create_limit_per_minute),
             status_limit=TokenBuckets(settings.status_limit_per_minute),

@@ -8,7 +8,6 @@ gateway.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +50,7 @@ class SessionStatus:
     marker: str | None = field(default=None, compare=False)  # metadata[MARKER_KEY], never shown
     # (price id, quantity) per line item, when Stripe sent them (expand[]=line_items); else None.
     line_items: tuple[tuple[str | None, int], ...] | None = field(default=None, compare=False)
+    payment_intent: str | None = field(default=None, compare=False)  # its id, once there is one
 
     @property
     def terminal(self) -> bool:
@@ -83,6 +83,7 @@ class SessionStatus:
             "status": self.status,
             "payment_status": self.payment_status,
             "outcome": self.outcome,
+            "amount_refunded": 0,
             "metadata": dict(self.metadata),
         }
 
@@ -106,23 +107,6 @@ class SessionStatus:
             "payment_status": self.payment_status,
             "livemode": self.livemode,
             "event_id": event_id,
-        }
-
-    def order_fields(self, *, final: bool) -> dict[str, Any]:
-        """What an order record holds about its session: ids, amounts, status; no customer data.
-
-        `final` says the status can no longer change when only the caller knows it (a failed
-        payment leaves `complete` + `unpaid`).
-        """
-        return {
-            "status": self.status,
-            "payment_status": self.payment_status,
-            "payment_failed": self.payment_failed,  # `outcome` failed: a delayed payment failed
-            "imageId": self.metadata.get("imageId"),
-            "amount_total": self.amount_total,
-            "currency": self.currency,
-            "livemode": self.livemode,
-            "final": final or self.terminal,
         }
 
     @classmethod
@@ -153,26 +137,10 @@ class SessionStatus:
             livemode=bool(_field(session, "livemode")),
             marker=None if marker is None else str(marker),
             line_items=_line_items(_field(session, "line_items")),
+            payment_intent=(intent if isinstance(intent, str) else _field(intent, "id"))
+            if intent
+            else None,
         )
-
-
-def settled(session_id: str, order: Mapping[str, Any] | None) -> SessionStatus | None:
-    """The status an order record answers for, when it is final and nothing is left to do."""
-    if not order or not order.get("final"):
-        return None
-    session = SessionStatus(
-        session_id=session_id,
-        status=order["status"],
-        payment_status=order["payment_status"],
-        metadata={"imageId": order["imageId"]} if order.get("imageId") is not None else {},
-        payment_failed=bool(order.get("payment_failed")),
-        amount_total=order.get("amount_total"),
-        currency=order.get("currency"),
-        livemode=bool(order.get("livemode")),
-    )
-    if session.paid and not order.get("fulfilled_at"):
-        return None  # paid but not yet fulfilled: the caller must still try
-    return session
 
 
 def _line_items(items: Any) -> tuple[tuple[str | None, int], ...] | None:

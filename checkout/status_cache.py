@@ -6,60 +6,73 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
-from checkout.session import SessionStatus
+# A paid order is not final (a refund or a dispute may follow): its cached answer is re-read from
+# the ledger (never from Stripe) after this long, well within the 60 s every instance must meet.
+PAID_TTL_S = 20.0
 
 
 class StatusCache:
-    """Bounded LRU. `complete`/`expired` never change, so they stay until evicted.
+    """Bounded LRU of status answers, so polling frontends do not spend Stripe's rate limit.
 
-    Its methods never await and never block (a dict and a lock held for microseconds), so a
-    coroutine calls them directly, and so can a worker thread.
+    How long an answer may be kept is decided by the order's state: expired and failed orders
+    never change, so they stay until evicted; a paid one is kept PAID_TTL_S, then read again from
+    the ledger; `open` is kept only when `open_ttl_ms` > 0 (an operator's opt-in), since a
+    customer who has just paid could otherwise be told `open` for up to that long.
 
-    `open` is kept only when `open_ttl_ms` > 0 (an operator's opt-in): a customer who has just
-    paid could otherwise be told `open` for up to that long.
+    Its methods never await and never block (a dict and a lock held for microseconds).
     """
 
     def __init__(
-        self, max_size: int, open_ttl_ms: int = 0, clock: Callable[[], float] = time.monotonic
+        self,
+        max_size: int,
+        open_ttl_ms: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        paid_ttl: float = PAID_TTL_S,
     ) -> None:
         self._max_size = max_size
         self._open_ttl = open_ttl_ms / 1000.0
+        self._paid_ttl = paid_ttl
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[SessionStatus, float | None]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[dict[str, Any], float | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, session_id: str) -> SessionStatus | None:
+    def get(self, session_id: str) -> dict[str, Any] | None:
         with self._lock:
             entry = self._entries.get(session_id)
             if entry is None:
                 return None
-            status, expires = entry
+            answer, expires = entry
             if expires is not None and self._clock() >= expires:
                 del self._entries[session_id]
                 return None
             self._entries.move_to_end(session_id)
-            return status
+            return dict(answer)
 
-    def put(self, status: SessionStatus, *, final: bool = False) -> None:
-        """Keep `status` if it can no longer change (`final` says so when only the caller knows)."""
+    def put(self, session_id: str, answer: dict[str, Any], *, final: bool) -> None:
+        """Keep a status answer: for good if `final`, else as long as its outcome allows."""
         if self._max_size == 0:
             return
-        if final or status.terminal:
+        if final:
             expires = None
-        elif self._open_ttl > 0:
-            expires = self._clock() + self._open_ttl
-        else:
-            return
-        with self._lock:
-            current = self._entries.get(status.session_id)
-            if current is not None and current[1] is None and expires is not None:
-                # Stripe's reads can race: never let an older `open` replace a terminal status.
+        elif answer.get("outcome") == "open":
+            if self._open_ttl <= 0:
                 return
-            self._entries[status.session_id] = (status.public_only(), expires)
-            self._entries.move_to_end(status.session_id)
+            expires = self._clock() + self._open_ttl
+        elif answer.get("outcome") == "processing":
+            return  # a delayed payment settles by an event: ask the ledger or Stripe again
+        else:
+            expires = self._clock() + self._paid_ttl
+        with self._lock:
+            self._entries[session_id] = (dict(answer), expires)
+            self._entries.move_to_end(session_id)
             while len(self._entries) > self._max_size:
                 self._entries.popitem(last=False)
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._entries.pop(session_id, None)
 
     def __len__(self) -> int:
         return len(self._entries)

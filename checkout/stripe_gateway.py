@@ -19,11 +19,12 @@ from checkout.session import MARKER_KEY, CreatedSession, SessionStatus
 from checkout.stripe_transport import StripeTransport
 
 if TYPE_CHECKING:  # the SDK's typed parameters: for the checker, never loaded at run time
-    from stripe import RequestOptions
+    from stripe import ListObject, RequestOptions
     from stripe.checkout import Session
     from stripe.params.checkout import (
         SessionCreateParams,
         SessionCreateParamsLineItem,
+        SessionListParams,
         SessionRetrieveParams,
     )
 
@@ -85,6 +86,18 @@ class StripeGateway:
             return SessionStatus.from_stripe(await self._call("retrieve", call))
 
         return await self._retrieves.run(session_id, retrieve)
+
+    async def session_of_payment(self, payment_intent: str) -> SessionStatus | None:
+        """The Checkout Session paid with `payment_intent` (a refund's or dispute's), if any."""
+
+        def call(
+            client: stripe.StripeClient, options: RequestOptions
+        ) -> Awaitable[ListObject[Session]]:
+            params: SessionListParams = {"payment_intent": payment_intent, "limit": 1}
+            return client.v1.checkout.sessions.list_async(params=params, options=options)
+
+        found = await self._call("list", call)
+        return SessionStatus.from_stripe(found.data[0]) if found.data else None
 
     def close(self) -> None:
         """Close the connection pool on its own loop (tests rebuild the service; nothing else)."""

@@ -1,9 +1,11 @@
-"""POST /api/checkout/webhook: Stripe's signed events, verified over the raw body, handled once.
+"""POST /api/checkout/webhook: Stripe's signed events, verified over the raw body, recorded once.
 
 Stripe delivers at least once and out of order, to any instance, and retries any non-2xx answer
-for up to 3 days. So: verify before reading anything, answer 200 only once the event is handled
-and recorded in the order ledger (Firestore on Cloud Run: every instance sees it), remember handled
-event ids there, and let a failure answer 5xx so that Stripe tries again.
+for up to 3 days. So: verify before reading anything; turn the event into a fact about one of our
+orders (checkout/orders.py); record it in the order ledger and publish the changes it made
+(checkout/recorder.py); and only then answer 200. Fulfilment is not done here: the `fulfil_order`
+worker delivers each change (checkout/worker.py). A failure to record or publish answers 503, so
+that Stripe tries again.
 """
 
 from __future__ import annotations
@@ -21,12 +23,18 @@ from starlette.responses import Response
 
 from checkout import errors
 from checkout.errors import ApiError
-from checkout.fulfilment import FulfilmentFailed
 from checkout.http import json_response, read_body
 from checkout.keys import SecretConfigError, SecretUnavailable
-from checkout.ledger import FulfilmentInProgress, LedgerUnavailable
-from checkout.once import StillRunning
-from checkout.session import SessionStatus
+from checkout.ledger import LedgerUnavailable
+from checkout.orders import (
+    HANDLED_EVENTS,
+    Fact,
+    SessionFact,
+    fact_of_event,
+    session_fact,
+)
+from checkout.publisher import PublishFailed
+from checkout.recorder import PublicationInProgress
 
 if TYPE_CHECKING:
     from checkout.service import Service
@@ -38,98 +46,101 @@ MAX_EVENT_BYTES = 1024 * 1024
 # A signature that fails with the cached secret re-reads it from Secret Manager at most this often.
 SECRET_REREAD_INTERVAL_S = 30.0
 
-FULFILLING = frozenset({"checkout.session.completed", "checkout.session.async_payment_succeeded"})
-PAYMENT_FAILED = "checkout.session.async_payment_failed"
-EXPIRED = "checkout.session.expired"
-HANDLED = FULFILLING | {PAYMENT_FAILED, EXPIRED}
-
 
 async def stripe_webhook(request: Request, service: Service) -> Response:
-    """POST /api/checkout/webhook → {"received": true} once the event is handled (or ignored)."""
+    """POST /api/checkout/webhook → {"received": true} once the event is recorded (or ignored)."""
     # Read the bytes ourselves: Stripe signed exactly these, and any parsing would alter them.
     payload = await read_body(request, MAX_EVENT_BYTES, _too_large)
     event = await _verified_event(payload, request, service)
     event_id, kind = event["id"], event["type"]
-    seen_before = False
-    ignored: list[str] = []  # why this event was acknowledged without acting on it, if it was
-
-    async def handle_once() -> None:
-        nonlocal seen_before
-        if kind not in HANDLED:
-            ignored.append("unhandled_type")
-            return
-        # Another instance (or this one, before a restart) may have handled it.
-        if await service.ledger.event_handled(event_id):
-            seen_before = True
-            return
-        session_id, reason = await _handle(event, service)
-        if reason is not None:
-            ignored.append(reason)
-        if session_id is not None:
-            await service.ledger.mark_event_handled(event_id, kind, session_id)
-
     try:
         # Concurrent duplicates on this instance share one attempt; the ledger covers the rest.
-        first_time = await service.webhook_events.run(
-            event_id, handle_once, wait=service.duplicate_event_wait
+        outcome: dict[str, str] = await service.webhook_events.run(
+            event_id, lambda: _handle(event, service)
         )
-    except StillRunning as running:
-        raise errors.event_in_progress(str(running)) from None
     except LedgerUnavailable as error:
         raise errors.ledger_unavailable(str(error)) from None
-    except FulfilmentInProgress as error:
-        raise errors.fulfilment_in_progress(str(error)) from None
-    fields = {"event_id": event_id, "event_type": kind}
-    if not first_time or seen_before:
-        fields["outcome"] = "duplicate"
-    elif ignored:
-        fields.update(outcome="ignored", reason=ignored[0])
-    else:
-        fields["outcome"] = "handled"
+    except PublishFailed as error:
+        raise errors.order_events_unavailable(str(error)) from None
+    except PublicationInProgress as error:
+        raise errors.event_in_progress(str(error)) from None
+    fields = {"event_id": event_id, "event_type": kind, **outcome}
     log.info("stripe_event", extra={"fields": fields})
     return json_response(200, {"received": True})
 
 
-async def _handle(event: dict[str, Any], service: Service) -> tuple[str | None, str | None]:
-    """Handle one Checkout Session event.
-
-    Returns the session id to record the event under (None: record nothing, it is not ours) and
-    the reason the event was ignored (None if it was acted on).
-    """
+async def _handle(event: dict[str, Any], service: Service) -> dict[str, str]:
+    """Record one event's fact; the log fields saying what became of it."""
     kind, event_id = event["type"], event["id"]
-    session = _session_in(event)
-    if not service.catalogue.is_ours(session):
-        # Every Checkout Session of the account comes here; only those we created are ours.
+    if kind not in HANDLED_EVENTS:
+        return {"outcome": "ignored", "reason": "unhandled_type"}
+    try:
+        fact = fact_of_event(event)
+    except ValueError as error:
+        raise errors.invalid_signature(str(error)) from None
+    if fact is None:
+        return {"outcome": "ignored", "reason": "not_checkout"}
+    session_id, reason = await _our_session(fact, service)
+    if session_id is None:
+        # Every Checkout Session and Charge of the account comes here; only ours are acted on.
         # Nothing is cached or recorded, so the status endpoint still answers 404 for it.
-        refusal = service.catalogue.refusal(session)
-        return None, refusal.reason if refusal is not None else "not_ours"
-    if kind in FULFILLING:
-        if session.payment_status == "unpaid":
-            # An async payment (e.g. a bank debit) is still settling; its own event follows. Not
-            # cached: `complete/unpaid` would otherwise hide the `paid` that is coming.
-            await service.ledger.record(session, event_id=event_id)
-            log.info("checkout_payment_pending", extra={"fields": session.log_record(event_id)})
-            return session.session_id, None
-        if service.catalogue.needs_line_items:
-            # The event holds no line items: ask Stripe what this session sold.
-            session = await service.gateway.retrieve_session(session.session_id)
-        refusal = service.fulfilment.refusal(session, event_id)
+        return {"outcome": "ignored", "reason": reason or "not_ours"}
+    if isinstance(fact, SessionFact):
+        fact = await _with_line_items(fact, service)
+        refusal = _refusal(fact, service, event_id)
         if refusal is not None:
-            return session.session_id, refusal.reason
-        try:
-            await service.fulfilment.fulfil(session, event_id=event_id)
-        except FulfilmentFailed as error:
-            detail = f"{error}: {type(error.__cause__).__name__}"
-            raise errors.fulfilment_failed(detail) from None
-    elif kind == PAYMENT_FAILED:
-        await service.ledger.record(session, event_id=event_id, final=True)
-        service.status_cache.put(session, final=True)  # unpaid is final once payment failed
-        log.warning("checkout_payment_failed", extra={"fields": session.log_record(event_id)})
-    else:
-        await service.ledger.record(session, event_id=event_id)
-        service.status_cache.put(session)
-        log.info("checkout_expired", extra={"fields": session.log_record(event_id)})
+            return {"outcome": "ignored", "reason": refusal, "session_id": session_id}
+    applied = await service.recorder.apply(session_id, fact, event_id=event_id, event_type=kind)
+    if applied.order is not None:
+        service.status_cache.forget(session_id)  # this instance answers the new state at once
+    outcome = "duplicate" if applied.duplicate else "handled"
+    return {"outcome": outcome, "session_id": session_id, "changes": str(len(applied.new))}
+
+
+async def _our_session(fact: Fact, service: Service) -> tuple[str | None, str | None]:
+    """The session id of our order this fact is about, or (None, why it is not ours)."""
+    if isinstance(fact, SessionFact):
+        if service.catalogue.is_ours(fact.session):
+            return fact.session.session_id, None
+        foreign = service.catalogue.refusal(fact.session)
+        return None, foreign.reason if foreign is not None else "not_ours"
+    known = await service.ledger.session_of_payment(fact.payment_intent)
+    if known is not None:
+        return known, None
+    # A refund or dispute before (or without) the order's own record: ask Stripe whose it is.
+    session = await service.gateway.session_of_payment(fact.payment_intent)
+    if session is None or not service.catalogue.is_ours(session):
+        return None, "not_ours"
+    refused = _refusal(session_fact(session, fact.payment_intent), service, None)
+    if refused is not None:
+        return None, refused
+    # Record the order as Stripe has it first, so that the refund or dispute has its order.
+    await service.recorder.apply(session.session_id, session_fact(session, fact.payment_intent))
     return session.session_id, None
+
+
+async def _with_line_items(fact: SessionFact, service: Service) -> SessionFact:
+    if fact.session.paid and service.catalogue.needs_line_items:
+        # The event holds no line items: ask Stripe what this session sold.
+        session = await service.gateway.retrieve_session(fact.session.session_id)
+        return SessionFact(session, fact.payment_intent or session.payment_intent, fact.occurred_at)
+    return fact
+
+
+def _refusal(fact: SessionFact, service: Service, event_id: str | None) -> str | None:
+    """Why a paid session of ours is not an order of what we sell (logged), or None."""
+    if not fact.session.paid:
+        return None
+    refusal = service.catalogue.refusal(fact.session)
+    if refusal is None:
+        return None
+    fields = {**fact.session.log_record(event_id), "reason": refusal.reason}
+    fields["detail"] = refusal.detail
+    # Ours but not what we sell (the price changed while it was open?): a paying customer is
+    # waiting, and only an operator can decide. Another integration's: nothing to do.
+    level = logging.ERROR if refusal.ours else logging.INFO
+    log.log(level, "checkout_not_fulfilled", extra={"fields": fields})
+    return refusal.reason
 
 
 async def _signing_secret(service: Service) -> str:
@@ -213,21 +224,6 @@ def _event_in(payload: bytes) -> dict[str, Any]:
     ):
         raise errors.invalid_signature("the signed body is not a Stripe event")
     return event
-
-
-def _session_in(event: dict[str, Any]) -> SessionStatus:
-    data = event.get("data")
-    session = data.get("object") if isinstance(data, dict) else None
-    if not (isinstance(session, dict) and str(session.get("id", "")).startswith("cs_")):
-        raise errors.invalid_signature(
-            f"{event['type']} event {event['id']} holds no Checkout Session"
-        )
-    metadata = session.get("metadata")
-    if not isinstance(metadata, dict):
-        session = {**session, "metadata": {}}
-    # from_stripe reads with `in` and [], which a plain dict supports as well. The failed event
-    # is what tells a failed delayed payment apart: the session itself still reads complete/unpaid.
-    return SessionStatus.from_stripe(session, payment_failed=event["type"] == PAYMENT_FAILED)
 
 
 def _too_large() -> ApiError:

@@ -1,15 +1,15 @@
-"""The order ledger: which sessions were fulfilled, and which Stripe events were handled.
+"""The order ledger: orders and their changes, handled Stripe events, and each change's delivery.
 
-Stripe delivers each event at least once, to whichever instance the load balancer picks, and the
-return page asks for fulfilment too. The ledger is what makes `deliver_order` run to success at
-most once per session all the same. Two implementations share one interface:
+Stripe delivers each event at least once, to whichever instance the load balancer picks, the status
+path reads sessions too, and Pub/Sub delivers each message at least once to whichever worker. The
+ledger is what makes each order change recorded once, published once when nothing fails, and
+delivered to success at most once. Every operation is one transaction over a few documents,
+written once here on two primitives that each store implements:
 
-- `memory` (`ORDER_LEDGER=memory`, the local default): this process only, today's behaviour;
+- `memory` (`ORDER_LEDGER=memory`, the local default): this process only;
 - `firestore` (`ORDER_LEDGER=firestore`, the deploy's setting): every instance, through
-  Firestore's `checkout_orders` and `checkout_events` collections (`checkout/ledger/firestore.py`,
-  docs/ledger.md).
-
-Each method is a coroutine: the ledger runs on the request's event loop.
+  Firestore's `checkout_orders`, `checkout_events` and `checkout_deliveries` collections
+  (`checkout/ledger/firestore.py`, docs/ledger.md).
 """
 
 # Imports inside functions are deliberate: google.cloud.firestore costs cold-start time (see
@@ -18,154 +18,328 @@ Each method is a coroutine: the ledger runs on the request's event loop.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
+import copy
+import os
+import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from checkout.config import (
-    REQUEST_MARGIN_SECONDS,
-    SECRET_MANAGER_BUDGET_SECONDS,
-    ConfigError,
-    Settings,
-)
-from checkout.session import SessionStatus
+from checkout.config import ConfigError, Settings
+from checkout.orders import Change, Fact, Order, advance
 
 if TYPE_CHECKING:
     from checkout.ledger.firestore import FirestoreLedger
 
-log = logging.getLogger("checkout.ledger")
-
 ORDERS = "checkout_orders"
 EVENTS = "checkout_events"
+DELIVERIES = "checkout_deliveries"
 
-# How long a duplicate waits for the attempt that holds a session's claim before it gives up
-# with FulfilmentInProgress (the webhook then answers a retryable 503).
-CLAIM_WAIT_SECONDS = 5.0
 # Stripe retries an event for up to 3 days and lets you resend one for 30: remember it that long.
 EVENT_RETENTION_DAYS = 30
+# How long one request may hold the right to publish a change before another may take it over.
+PUBLISH_CLAIM_SECONDS = 10.0
 
-Deliver = Callable[[], Awaitable[None]]
+R = TypeVar("R")
+Document = dict[str, Any]
+# A transaction's step: the documents read (None: absent) -> what to write in their place (KEEP:
+# nothing) and the result.
+Step = Callable[[list[Document | None]], tuple[list[Any], R]]
+KEEP = object()
 
 
 class LedgerUnavailable(Exception):
-    """The ledger could not be read or written in time; nothing was marked, so retry later."""
+    """The ledger could not be read or written in time; nothing was changed, so retry later."""
 
 
-class FulfilmentInProgress(Exception):
-    """Another attempt (in this process or on another instance) holds the session; retry later."""
+@dataclass
+class Applied:
+    """What recording one fact did."""
+
+    order: Order | None
+    new: list[Change] = field(default_factory=list)  # changes this fact made
+    to_publish: list[Change] = field(default_factory=list)  # unpublished, and claimed by us
+    in_flight: list[str] = field(default_factory=list)  # unpublished, claimed by another request
+    duplicate: bool = False  # the event was handled before
 
 
 class Ledger(ABC):
-    """Fulfilment claims, order records and handled event ids."""
+    """Orders, handled events and deliveries, on one store."""
 
     name: str
 
-    def __init__(self, claim_wait_seconds: float) -> None:
-        self._claim_wait = claim_wait_seconds
-        self._attempts: dict[str, asyncio.Event] = {}
+    def __init__(self) -> None:
+        # Who holds a claim: this process; the token inside a claim tells attempts apart.
+        self.owner = f"pid{os.getpid()}-{secrets.token_hex(4)}"
 
-    async def fulfil_once(
+    # -- the store's primitives ---------------------------------------------------------------
+
+    @abstractmethod
+    async def _transact(self, refs: Sequence[tuple[str, str]], step: Step[R]) -> R:
+        """Read `refs` ((collection, key) pairs), run `step`, write what it returns, atomically."""
+
+    @abstractmethod
+    async def _get(self, collection: str, key: str, *, quick: bool = False) -> Document | None:
+        """One document; `quick`: one short attempt (the status path, which can ask Stripe)."""
+
+    @abstractmethod
+    async def _where(self, collection: str, name: str, value: object, limit: int) -> list[Document]:
+        """Documents whose field `name` equals `value`, at most `limit`."""
+
+    # -- orders -------------------------------------------------------------------------------
+
+    async def apply(
         self,
-        session: SessionStatus,
-        deliver: Deliver,
+        session_id: str,
+        fact: Fact,
         *,
         event_id: str | None = None,
-        wait: bool = True,
-    ) -> bool:
-        """Await `deliver()` for a paid session unless it succeeded before; True if this call did.
+        event_type: str | None = None,
+        token: str,
+    ) -> Applied:
+        """Fold `fact` into the order, record the event, and claim unpublished changes for `token`.
 
-        Concurrent callers in this process share one attempt. A caller that cannot learn the
-        outcome within CLAIM_WAIT_SECONDS (at once, with `wait=False`) gets FulfilmentInProgress;
-        LedgerUnavailable means the ledger could not be asked or could not record. Whatever
-        `deliver` raises propagates, and the session stays unfulfilled, so a retry runs it again.
+        One transaction: an event handled before changes nothing (`duplicate`), and a fact that
+        changes nothing writes nothing but still hands back the changes left unpublished.
         """
-        give_up = asyncio.get_running_loop().time() + (self._claim_wait if wait else 0.0)
-        key = session.session_id
-        while (running := self._attempts.get(key)) is not None:
-            try:
-                async with asyncio.timeout_at(give_up):
-                    await running.wait()
-            except TimeoutError:
-                raise FulfilmentInProgress(
-                    f"{key} is still being fulfilled by another request of this instance"
-                ) from None
-        finished = self._attempts[key] = asyncio.Event()
-        try:
-            return await self._fulfil(session, deliver, event_id, give_up)
-        finally:
-            del self._attempts[key]
-            finished.set()
+        refs = [(ORDERS, session_id)] + ([(EVENTS, event_id)] if event_id else [])
+        now = _now()
 
-    @abstractmethod
-    async def _fulfil(
-        self, session: SessionStatus, deliver: Deliver, event_id: str | None, give_up: float
-    ) -> bool:
-        """fulfil_once without this process's duplicates; `give_up` is a loop.time() deadline."""
+        def step(documents: list[Document | None]) -> tuple[list[Any], Applied]:
+            order_document = documents[0]
+            current = Order.from_document(order_document) if order_document else None
+            writes: list[Any] = [KEEP] * len(refs)
+            new: list[Change] = []
+            if event_id is not None and documents[1] is not None:
+                order = current
+                duplicate = True
+            else:
+                order, new = advance(copy.deepcopy(current), fact)
+                duplicate = False
+                if event_id is not None:
+                    writes[1] = {
+                        "type": event_type,
+                        "session_id": session_id,
+                        "handled_at": now,
+                        "expire_at": now + timedelta(days=EVENT_RETENTION_DAYS),
+                    }
+            applied = Applied(order, new, duplicate=duplicate)
+            if order is None:
+                return writes, applied
+            claimed = _claim_publication(order, token, now)
+            applied.to_publish = [Change.from_data(order.changes[k]["change"]) for k in claimed]
+            applied.in_flight = [
+                k
+                for k, entry in order.changes.items()
+                if not entry["published"] and k not in claimed
+            ]
+            if new or claimed or current is None or order != current:
+                writes[0] = _order_document(order, order_document, now)
+            return writes, applied
 
-    @abstractmethod
-    async def record(
-        self, session: SessionStatus, *, event_id: str | None = None, final: bool = False
-    ) -> None:
-        """Record a session's status without fulfilling it (pending, payment failed, expired).
+        return await self._transact(refs, step)
 
-        `final` says the status can no longer change when only the caller knows it (a failed
-        payment leaves `complete` + `unpaid`). A final status is never replaced by a non-final one.
-        """
+    async def mark_published(self, session_id: str, keys: Sequence[str], token: str) -> None:
+        """Note that the changes `keys` (claimed with `token`) reached the topic."""
+        now = _now()
 
-    @abstractmethod
-    async def settled_status(self, session_id: str) -> SessionStatus | None:
-        """The session's status if it can no longer change and needs nothing more from us."""
+        def step(documents: list[Document | None]) -> tuple[list[Any], None]:
+            document = documents[0]
+            if document is None:
+                return [KEEP], None
+            order = Order.from_document(document)
+            for key in keys:
+                entry = order.changes.get(key)
+                if entry is not None:
+                    entry["published"] = True
+                    entry["published_at"] = now
+                    entry.pop("publishing", None)
+            return [_order_document(order, document, now)], None
 
-    @abstractmethod
-    async def order(self, session_id: str) -> dict[str, Any] | None:
-        """The stored record of a session (fields as in docs/ledger.md), for tests and operators."""
+        await self._transact([(ORDERS, session_id)], step)
 
-    @abstractmethod
+    async def release_publication(self, session_id: str, keys: Sequence[str], token: str) -> None:
+        """Drop our claim on unpublished changes (the publish failed): a retry need not wait."""
+
+        def step(documents: list[Document | None]) -> tuple[list[Any], None]:
+            document = documents[0]
+            if document is None:
+                return [KEEP], None
+            order = Order.from_document(document)
+            for key in keys:
+                entry = order.changes.get(key)
+                if entry is not None and (entry.get("publishing") or {}).get("token") == token:
+                    entry.pop("publishing", None)
+            return [_order_document(order, document, _now())], None
+
+        await self._transact([(ORDERS, session_id)], step)
+
+    async def claim_unpublished(self, session_id: str, token: str) -> list[Change]:
+        """Claim the order's unpublished changes that no live claim holds, for `token`."""
+        now = _now()
+
+        def step(documents: list[Document | None]) -> tuple[list[Any], list[Change]]:
+            document = documents[0]
+            if document is None:
+                return [KEEP], []
+            order = Order.from_document(document)
+            claimed = _claim_publication(order, token, now)
+            if not claimed:
+                return [KEEP], []
+            changes = [Change.from_data(order.changes[k]["change"]) for k in claimed]
+            return [_order_document(order, document, now)], changes
+
+        return await self._transact([(ORDERS, session_id)], step)
+
+    async def order(self, session_id: str, *, quick: bool = False) -> Order | None:
+        document = await self._get(ORDERS, session_id, quick=quick)
+        return None if document is None else Order.from_document(document)
+
+    async def order_document(self, session_id: str) -> Document | None:
+        """The stored document of an order, as docs/ledger.md describes it: for tests, operators."""
+        return await self._get(ORDERS, session_id)
+
+    async def session_of_payment(self, payment_intent: str) -> str | None:
+        """The session id of the order paid with `payment_intent`, if the ledger has it."""
+        found = await self._where(ORDERS, "payment_intent", payment_intent, 1)
+        return str(found[0]["session_id"]) if found else None
+
+    async def unpublished_orders(self, limit: int = 500) -> list[Order]:
+        """Orders with changes recorded but not (yet) published."""
+        found = await self._where(ORDERS, "pending_publication", True, limit)
+        return [Order.from_document(document) for document in found]
+
     async def event_handled(self, event_id: str) -> bool:
-        """Whether a Stripe event was handled already (by any instance the ledger covers)."""
+        return await self._get(EVENTS, event_id) is not None
 
-    @abstractmethod
-    async def mark_event_handled(self, event_id: str, kind: str, session_id: str | None) -> None:
-        """Remember a handled event for EVENT_RETENTION_DAYS."""
+    # -- deliveries ---------------------------------------------------------------------------
+
+    async def claim_delivery(self, change: Change, token: str, lease: float) -> Claim:
+        """Take the right to deliver `change`: CLAIMED, DELIVERED (before) or HELD (running)."""
+        now = _now()
+
+        def step(documents: list[Document | None]) -> tuple[list[Any], Claim]:
+            document = documents[0] or {
+                "change_id": change.change_id,
+                "type": change.type,
+                "session_id": change.session_id,
+                "attempts": 0,
+                "delivered_at": None,
+                "claim": None,
+                "created_at": now,
+            }
+            if document.get("delivered_at") is not None:
+                return [KEEP], Claim(DELIVERED)
+            held = document.get("claim")
+            if held and held["expires_at"] > now and held["token"] != token:
+                return [KEEP], Claim(HELD, held)
+            claimed = {
+                **document,
+                "claim": self._claim(token, now, lease),
+                "attempts": int(document.get("attempts", 0)) + 1,
+                "updated_at": now,
+            }
+            return [claimed], Claim(CLAIMED, held if held and held["token"] != token else None)
+
+        return await self._transact([(DELIVERIES, change.change_id)], step)
+
+    async def renew_delivery(self, change_id: str, token: str, lease: float) -> bool:
+        """Extend our claim while the delivery runs; False if it is no longer ours."""
+        now = _now()
+
+        def step(documents: list[Document | None]) -> tuple[list[Any], bool]:
+            document = documents[0]
+            held = (document or {}).get("claim")
+            if document is None or not held or held["token"] != token:
+                return [KEEP], False
+            return [{**document, "claim": self._claim(token, now, lease), "updated_at": now}], True
+
+        return await self._transact([(DELIVERIES, change_id)], step)
+
+    async def complete_delivery(self, change_id: str, token: str) -> bool:
+        """Record that our delivery succeeded; False if another attempt had recorded one first.
+
+        True too when our own record went through before and only its answer was lost.
+        """
+        now = _now()
+
+        def step(documents: list[Document | None]) -> tuple[list[Any], bool]:
+            document = documents[0] or {"change_id": change_id, "attempts": 1, "created_at": now}
+            if document.get("delivered_at") is not None:
+                return [KEEP], document.get("delivered_by") == token
+            done = {
+                **document,
+                "claim": None,
+                "delivered_at": now,
+                "delivered_by": token,
+                "updated_at": now,
+            }
+            return [done], True
+
+        return await self._transact([(DELIVERIES, change_id)], step)
+
+    async def release_delivery(self, change_id: str, token: str, error: str) -> None:
+        """Drop our claim after a failed delivery, so Pub/Sub's redelivery may run it at once."""
+        now = _now()
+
+        def step(documents: list[Document | None]) -> tuple[list[Any], None]:
+            document = documents[0]
+            held = (document or {}).get("claim")
+            if document is None or not held or held["token"] != token:
+                return [KEEP], None
+            return [{**document, "claim": None, "last_error": error[:300], "updated_at": now}], None
+
+        await self._transact([(DELIVERIES, change_id)], step)
+
+    async def delivery(self, change_id: str) -> Document | None:
+        """The delivery record of a change: for tests and operators."""
+        return await self._get(DELIVERIES, change_id)
+
+    def _claim(self, token: str, now: datetime, lease: float) -> Document:
+        return {"owner": self.owner, "token": token, "expires_at": now + timedelta(seconds=lease)}
 
 
-class OutageLog:
-    """Logs that the ledger is unreachable once per burst of failures, not once per request.
+CLAIMED, DELIVERED, HELD = "claimed", "delivered", "held"
 
-    A burst ends with a success (`checkout_ledger_recovered`, with the count) or with
-    `quiet_seconds` without a failure; the next failure then logs again.
-    """
 
-    def __init__(
-        self, quiet_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._quiet = quiet_seconds
-        self._clock = clock
-        self._last_failure: float | None = None
-        self._failures = 0
+@dataclass(frozen=True)
+class Claim:
+    outcome: str  # CLAIMED, DELIVERED or HELD
+    other: Document | None = None  # HELD: the live claim; CLAIMED: an expired one taken over
 
-    def failed(self, error: LedgerUnavailable, fallback: str) -> None:
-        now = self._clock()
-        if self._last_failure is None or now - self._last_failure > self._quiet:
-            fields = {"detail": str(error)[:500], "fallback": fallback}
-            log.warning("checkout_ledger_degraded", extra={"fields": fields})
-            self._failures = 0
-        self._failures += 1
-        self._last_failure = now
 
-    @property
-    def ongoing(self) -> bool:
-        """The last ledger call failed, and none has succeeded since."""
-        return self._last_failure is not None
+def _claim_publication(order: Order, token: str, now: datetime) -> list[str]:
+    """Claim every unpublished change that no live claim holds; the keys now ours."""
+    mine = []
+    for key, entry in order.changes.items():
+        if entry["published"]:
+            continue
+        held = entry.get("publishing")
+        if held and held["token"] != token and held["expires_at"] > now:
+            continue
+        entry["publishing"] = {
+            "token": token,
+            "expires_at": now + timedelta(seconds=PUBLISH_CLAIM_SECONDS),
+        }
+        mine.append(key)
+    return mine
 
-    def succeeded(self) -> None:
-        if self._last_failure is not None:
-            fields = {"failed_requests": self._failures}
-            log.info("checkout_ledger_recovered", extra={"fields": fields})
-            self._last_failure, self._failures = None, 0
+
+def _order_document(order: Order, before: Document | None, now: datetime) -> Document:
+    document = order.to_document()
+    document["created_at"] = (before or {}).get("created_at", now)
+    document["updated_at"] = now
+    return document
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
 
 
 def ledger_from_settings(settings: Settings) -> Ledger:
@@ -178,24 +352,10 @@ def ledger_from_settings(settings: Settings) -> Ledger:
 
 
 def firestore_ledger(settings: Settings) -> FirestoreLedger:
-    from checkout.ledger.firestore import FirestoreLedger, ledger_budget_seconds
+    from checkout.ledger.firestore import FirestoreLedger
 
-    # Past the request timeout Cloud Run answers the webhook itself, so the ledger's worst case
-    # (with the signing secret's read) must fit in it, leaving deliver_order the rest.
-    secret = SECRET_MANAGER_BUDGET_SECONDS if settings.stripe_webhook_secret_name else 0.0
-    budget = ledger_budget_seconds() + secret
-    room = settings.request_timeout_seconds - REQUEST_MARGIN_SECONDS
-    if budget > room:
-        raise ConfigError(
-            f"ORDER_LEDGER=firestore lets a webhook wait up to {budget:g} s for Firestore (and "
-            f"Secret Manager), more than REQUEST_TIMEOUT_SECONDS "
-            f"({settings.request_timeout_seconds:g} s) less {REQUEST_MARGIN_SECONDS:g} s: raise "
-            "the request timeout (the deploy's _TIMEOUT)"
-        )
     return FirestoreLedger(
-        project=firestore_project(settings),
-        database=settings.firestore_database,
-        lease_seconds=settings.ledger_lease_seconds,
+        project=firestore_project(settings), database=settings.firestore_database
     )
 
 

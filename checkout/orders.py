@@ -1,0 +1,409 @@
+"""The order model: what an order is, which Stripe fact changes it how, and the changes it emits.
+
+One Checkout Session of ours is one order. Facts about it arrive from Stripe's events (the webhook,
+the reconciler) and from the status path's own read of the session; `advance` folds one fact into
+the order and returns the changes that fact made, each with a stable `change_id`, so that the same
+fact seen twice, on any instance, in any order, makes each change once. Nothing here does I/O:
+the ledger stores `Order`s, the publisher sends `Change`s, and the worker delivers them.
+
+    checkout.session.completed (paid), .async_payment_succeeded -> order.paid
+    checkout.session.async_payment_failed                        -> order.payment_failed
+    checkout.session.expired                                     -> (recorded, no change)
+    charge.refunded (full)                                       -> order.refunded
+    charge.refunded (partial: each new amount_refunded)          -> order.partially_refunded
+    charge.dispute.created                                       -> order.disputed
+    charge.dispute.closed (won, warning_closed)                  -> order.disputed, .dispute_won
+    charge.dispute.closed (lost)                                 -> order.disputed, .dispute_lost
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from checkout.session import OUR_METADATA_KEYS, SessionStatus
+
+PAID = "order.paid"
+PAYMENT_FAILED = "order.payment_failed"
+REFUNDED = "order.refunded"
+PARTIALLY_REFUNDED = "order.partially_refunded"
+DISPUTED = "order.disputed"
+DISPUTE_WON = "order.dispute_won"
+DISPUTE_LOST = "order.dispute_lost"
+CHANGE_TYPES = (
+    PAID,
+    PAYMENT_FAILED,
+    REFUNDED,
+    PARTIALLY_REFUNDED,
+    DISPUTED,
+    DISPUTE_WON,
+    DISPUTE_LOST,
+)
+
+# Stripe's event types, and what each one is a fact about.
+SESSION_EVENTS = frozenset(
+    {
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+        "checkout.session.async_payment_failed",
+        "checkout.session.expired",
+    }
+)
+CHARGE_EVENTS = frozenset({"charge.refunded"})
+DISPUTE_EVENTS = frozenset({"charge.dispute.created", "charge.dispute.closed"})
+HANDLED_EVENTS = SESSION_EVENTS | CHARGE_EVENTS | DISPUTE_EVENTS
+PAYMENT_FAILED_EVENT = "checkout.session.async_payment_failed"
+
+# A dispute's statuses that give the money (and so the access) back to the merchant.
+DISPUTE_WON_STATUSES = frozenset({"won", "warning_closed"})
+DISPUTE_CLOSED_STATUSES = DISPUTE_WON_STATUSES | {"lost"}
+
+
+class BadChange(ValueError):
+    """A message that is not an order change of this schema (checkout/order_change.schema.json)."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change of one order: the message published on the order topic, and what is delivered."""
+
+    type: str
+    change_id: str
+    session_id: str
+    occurred_at: str  # ISO 8601, UTC: when Stripe (or the status read) said so
+    amount_total: int | None
+    currency: str | None
+    livemode: bool
+    metadata: dict[str, str]
+    amount_refunded: int | None = None  # order.refunded, order.partially_refunded
+    dispute_id: str | None = None  # order.disputed, .dispute_won, .dispute_lost
+    dispute_amount: int | None = None
+    evidence_due_by: str | None = None  # order.disputed, when Stripe gives it
+
+    @property
+    def key(self) -> str:
+        """The change's name within its order (the part of `change_id` after the session id)."""
+        return self.change_id.partition(":")[2]
+
+    def data(self) -> dict[str, Any]:
+        """The message's JSON data: ids, amounts, our metadata; never customer data or secrets."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def attributes(self) -> dict[str, str]:
+        return {"type": self.type, "change_id": self.change_id, "session_id": self.session_id}
+
+    @classmethod
+    def from_data(cls, data: object) -> Change:
+        """A change from a message's data; BadChange when it is not one."""
+        if not isinstance(data, dict):
+            raise BadChange("the message data is not a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = ("type", "change_id", "session_id", "occurred_at", "livemode", "metadata")
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise BadChange(f"the change lacks {', '.join(missing)}")
+        if data["type"] not in CHANGE_TYPES:
+            raise BadChange(f"unknown change type {str(data['type'])[:60]!r}")
+        if not str(data["change_id"]).startswith(f"{data['session_id']}:"):
+            raise BadChange("change_id does not belong to session_id")
+        if not isinstance(data["metadata"], dict):
+            raise BadChange("metadata is not an object")
+        fields = {k: v for k, v in data.items() if k in names}
+        fields["metadata"] = {str(k): str(v) for k, v in data["metadata"].items()}
+        fields.setdefault("amount_total", None)
+        fields.setdefault("currency", None)
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class SessionFact:
+    """What Stripe said of the session itself: an event's Checkout Session, or a retrieve."""
+
+    session: SessionStatus
+    payment_intent: str | None
+    occurred_at: str
+
+
+@dataclass(frozen=True)
+class ChargeFact:
+    """A Charge after a refund (`charge.refunded`): how much of it is refunded now."""
+
+    payment_intent: str
+    amount_refunded: int
+    refunded: bool  # fully refunded
+    occurred_at: str
+
+
+@dataclass(frozen=True)
+class DisputeFact:
+    """A Dispute as Stripe sent it (`charge.dispute.created` / `.closed`)."""
+
+    dispute_id: str
+    payment_intent: str
+    amount: int | None
+    status: str
+    evidence_due_by: str | None
+    occurred_at: str
+
+
+Fact = SessionFact | ChargeFact | DisputeFact
+
+
+@dataclass
+class Order:
+    """One order as the ledger keeps it (`checkout_orders/{session id}`, docs/ledger.md)."""
+
+    session_id: str
+    status: str = "open"
+    payment_status: str = "unpaid"
+    payment_failed: bool = False
+    amount_total: int | None = None
+    currency: str | None = None
+    livemode: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+    payment_intent: str | None = None
+    amount_refunded: int = 0
+    refunded: bool = False
+    disputes: dict[str, str] = field(default_factory=dict)  # dispute id -> its latest status
+    # change key -> {"change": its data, "published": bool}; every change this order made
+    changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def paid(self) -> bool:
+        return self.status == "complete" and self.payment_status != "unpaid"
+
+    @property
+    def outcome(self) -> str:
+        """open, processing, paid, failed, expired, refunded or disputed: what the customer sees."""
+        if self.status != "complete":
+            return "expired" if self.status == "expired" else "open"
+        if self.payment_status == "unpaid":
+            return "failed" if self.payment_failed else "processing"
+        if any(status not in DISPUTE_WON_STATUSES for status in self.disputes.values()):
+            return "disputed"  # open, or lost
+        return "refunded" if self.refunded else "paid"
+
+    @property
+    def settled(self) -> bool:
+        """Stripe's session can no longer change: the ledger may answer for it instead of Stripe."""
+        if self.status == "complete":
+            return self.payment_status != "unpaid" or self.payment_failed
+        return self.status == "expired"
+
+    @property
+    def final(self) -> bool:
+        """Nothing can change any more: expired or failed (a paid one may still be refunded)."""
+        return self.settled and not self.paid
+
+    def public(self) -> dict[str, Any]:
+        """The status endpoint's answer."""
+        return {
+            "status": self.status,
+            "payment_status": self.payment_status,
+            "outcome": self.outcome,
+            "amount_refunded": self.amount_refunded,
+            "metadata": dict(self.metadata),
+        }
+
+    def unpublished(self) -> list[Change]:
+        return [
+            Change.from_data(entry["change"])
+            for entry in self.changes.values()
+            if not entry["published"]
+        ]
+
+    def to_document(self) -> dict[str, Any]:
+        document = dataclasses.asdict(self)
+        document["pending_publication"] = any(not c["published"] for c in self.changes.values())
+        return document
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> Order:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in document.items() if k in names})
+
+    @classmethod
+    def from_session(cls, session: SessionStatus) -> Order:
+        order = cls(session_id=session.session_id)
+        order._take_session(session)
+        return order
+
+    def _take_session(self, session: SessionStatus) -> None:
+        self.status = session.status
+        self.payment_status = session.payment_status
+        self.payment_failed = session.payment_failed
+        self.amount_total = session.amount_total
+        self.currency = session.currency
+        self.livemode = session.livemode
+        self.metadata = {k: v for k, v in session.metadata.items() if k in OUR_METADATA_KEYS}
+
+
+def advance(order: Order | None, fact: Fact) -> tuple[Order, list[Change]]:
+    """Fold `fact` into `order` (None: not seen before); the new order and the changes it made.
+
+    Idempotent and order-insensitive: a fact seen again changes nothing, an older session status
+    never replaces a more advanced one, refunds only grow, and a closed dispute stays closed.
+    """
+    if isinstance(fact, SessionFact):
+        order = _with_session(order, fact)
+    elif order is None:
+        raise ValueError(f"a {type(fact).__name__} needs the order's session first")
+    elif isinstance(fact, ChargeFact):
+        order = _with_charge(order, fact)
+    else:
+        order = _with_dispute(order, fact)
+    new = [change for change in _changes_of(order, fact) if change.key not in order.changes]
+    for change in new:
+        order.changes[change.key] = {"change": change.data(), "published": False}
+    return order, new
+
+
+def _with_session(order: Order | None, fact: SessionFact) -> Order:
+    session = fact.session
+    if order is None:
+        order = Order.from_session(session)
+    elif _progress(session) > _progress_of(order):
+        order._take_session(session)
+    order.payment_intent = order.payment_intent or fact.payment_intent
+    return order
+
+
+def _progress(session: SessionStatus) -> int:
+    """How far a session has gone: open, then complete but unpaid, then settled for good."""
+    if session.status == "complete" and session.payment_status == "unpaid":
+        return 2 if session.payment_failed else 1
+    return 0 if session.status == "open" else 2
+
+
+def _progress_of(order: Order) -> int:
+    if order.status == "complete" and order.payment_status == "unpaid":
+        return 2 if order.payment_failed else 1
+    return 0 if order.status == "open" else 2
+
+
+def _with_charge(order: Order, fact: ChargeFact) -> Order:
+    order.amount_refunded = max(order.amount_refunded, fact.amount_refunded)
+    order.refunded = order.refunded or fact.refunded
+    return order
+
+
+def _with_dispute(order: Order, fact: DisputeFact) -> Order:
+    if order.disputes.get(fact.dispute_id) not in DISPUTE_CLOSED_STATUSES:
+        order.disputes[fact.dispute_id] = fact.status
+    return order
+
+
+def _changes_of(order: Order, fact: Fact) -> list[Change]:  # noqa: PLR0911
+    def change(kind: str, key: str, **extra: Any) -> Change:
+        return Change(
+            type=kind,
+            change_id=f"{order.session_id}:{key}",
+            session_id=order.session_id,
+            occurred_at=fact.occurred_at,
+            amount_total=order.amount_total,
+            currency=order.currency,
+            livemode=order.livemode,
+            metadata=dict(order.metadata),
+            **extra,
+        )
+
+    if isinstance(fact, SessionFact):
+        if order.paid:
+            return [change(PAID, "paid")]
+        if order.payment_failed:
+            return [change(PAYMENT_FAILED, "payment_failed")]
+        return []
+    if isinstance(fact, ChargeFact):
+        if order.refunded:
+            return [change(REFUNDED, "refunded", amount_refunded=order.amount_refunded)]
+        if fact.amount_refunded > 0 and fact.amount_refunded == order.amount_refunded:
+            key = f"partially_refunded_{order.amount_refunded}"
+            return [change(PARTIALLY_REFUNDED, key, amount_refunded=order.amount_refunded)]
+        return []
+    dispute = {"dispute_id": fact.dispute_id, "dispute_amount": fact.amount}
+    changes = [
+        change(
+            DISPUTED,
+            f"disputed_{fact.dispute_id}",
+            evidence_due_by=fact.evidence_due_by,
+            **dispute,
+        )
+    ]
+    status = order.disputes[fact.dispute_id]
+    if status in DISPUTE_WON_STATUSES:
+        changes.append(change(DISPUTE_WON, f"dispute_won_{fact.dispute_id}", **dispute))
+    elif status == "lost":
+        changes.append(change(DISPUTE_LOST, f"dispute_lost_{fact.dispute_id}", **dispute))
+    return changes
+
+
+def fact_of_event(event: dict[str, Any]) -> Fact | None:
+    """The fact a handled Stripe event states, or None when it holds nothing we act on.
+
+    Raises ValueError when the event's object is not what its type promises.
+    """
+    kind = event["type"]
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{kind} event {event['id']} holds no object")
+    occurred_at = _iso(event.get("created"))
+    if kind in SESSION_EVENTS:
+        if not str(obj.get("id", "")).startswith("cs_"):
+            raise ValueError(f"{kind} event {event['id']} holds no Checkout Session")
+        if not isinstance(obj.get("metadata"), dict):
+            obj = {**obj, "metadata": {}}
+        session = SessionStatus.from_stripe(obj, payment_failed=kind == PAYMENT_FAILED_EVENT)
+        return SessionFact(session, _id_of(obj.get("payment_intent")), occurred_at)
+    intent = _id_of(obj.get("payment_intent"))
+    if kind in CHARGE_EVENTS:
+        if not str(obj.get("id", "")).startswith("ch_"):
+            raise ValueError(f"{kind} event {event['id']} holds no Charge")
+        if intent is None:
+            return None  # a charge outside Checkout: not an order of ours
+        return ChargeFact(
+            payment_intent=intent,
+            amount_refunded=int(obj.get("amount_refunded") or 0),
+            refunded=bool(obj.get("refunded")),
+            occurred_at=occurred_at,
+        )
+    if kind in DISPUTE_EVENTS:
+        if not str(obj.get("id", "")).startswith("dp_"):
+            raise ValueError(f"{kind} event {event['id']} holds no Dispute")
+        if intent is None:
+            return None
+        evidence = obj.get("evidence_details")
+        due = evidence.get("due_by") if isinstance(evidence, dict) else None
+        return DisputeFact(
+            dispute_id=str(obj["id"]),
+            payment_intent=intent,
+            amount=obj.get("amount") if isinstance(obj.get("amount"), int) else None,
+            status=str(obj.get("status") or "needs_response"),
+            evidence_due_by=_iso(due) if due else None,
+            occurred_at=occurred_at,
+        )
+    return None
+
+
+def session_fact(session: SessionStatus, payment_intent: str | None = None) -> SessionFact:
+    """A fact from the status path's own read of the session (now)."""
+    return SessionFact(session, payment_intent or session.payment_intent, _iso(None))
+
+
+def _id_of(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return str(value["id"])
+    return None
+
+
+def _iso(timestamp: Any) -> str:
+    moment = (
+        datetime.fromtimestamp(timestamp, UTC)
+        if isinstance(timestamp, int | float)
+        else datetime.now(UTC)
+    )
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
