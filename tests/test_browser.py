@@ -92,6 +92,7 @@ def test_page_on_allowed_origin_creates_then_reads_status(
             "status": "open",
             "payment_status": "unpaid",
             "outcome": "open",
+            "amount_refunded": 0,
             "metadata": {"imageId": "img_browser"},
         },
     }

@@ -209,6 +209,7 @@ def test_uploaded_bundle_installs_alone_and_serves_checkout(
                     "status": "open",
                     "payment_status": "unpaid",
                     "outcome": "open",
+                    "amount_refunded": 0,
                     "metadata": {"imageId": "img_b1"},
                 },
             )
@@ -219,6 +220,7 @@ def test_uploaded_bundle_installs_alone_and_serves_checkout(
                     "status": "complete",
                     "payment_status": "paid",
                     "outcome": "paid",
+                    "amount_refunded": 0,
                     "metadata": {"imageId": "img_b1"},
                 },
             )

@@ -185,6 +185,7 @@ def test_half_the_calls_failing_at_random_are_each_answered_cleanly(
                 "status": "open",
                 "payment_status": "unpaid",
                 "outcome": "open",
+                "amount_refunded": 0,
                 "metadata": {"imageId": image_id},
             }
         else:

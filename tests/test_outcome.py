@@ -43,6 +43,7 @@ def test_without_a_webhook_a_delayed_payment_is_processing_then_failed(client, s
             "status": "complete",
             "payment_status": "unpaid",
             "outcome": "processing",
+            "amount_refunded": 0,
             "metadata": {"imageId": "img_9"},
         }
 

@@ -189,6 +189,7 @@ def test_status_of_open_session(client):
         "status": "open",
         "payment_status": "unpaid",
         "outcome": "open",
+        "amount_refunded": 0,
         "metadata": {"imageId": "img_9"},
     }
 
@@ -204,6 +205,7 @@ def test_session_goes_open_to_complete(client, stripe_emulator):
         "status": "complete",
         "payment_status": "paid",
         "outcome": "paid",
+        "amount_refunded": 0,
         "metadata": {"imageId": "img_9"},
     }
 
@@ -216,6 +218,7 @@ def test_session_goes_open_to_expired(client, stripe_emulator):
         "status": "expired",
         "payment_status": "unpaid",
         "outcome": "expired",
+        "amount_refunded": 0,
         "metadata": {},
     }
 

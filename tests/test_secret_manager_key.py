@@ -45,6 +45,7 @@ def test_both_endpoints_work_with_only_the_secret_name(sm_client, secret_manager
         "status": "complete",
         "payment_status": "paid",
         "outcome": "paid",
+        "amount_refunded": 0,
         "metadata": {"imageId": "img_sm"},
     }
     assert secret_manager.access_count == 1  # fetched once, then served from memory

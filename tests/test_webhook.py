@@ -454,6 +454,7 @@ def test_status_endpoint_answers_even_if_fulfilment_fails(
         "status": "complete",
         "payment_status": "paid",
         "outcome": "paid",
+        "amount_refunded": 0,
         "metadata": {"imageId": "img_42"},
     }
     assert len(logs("checkout_fulfilment_failed")) == 1
