@@ -1,0 +1,282 @@
+"""The order model (checkout/orders.py): which fact makes which change, once, in any order."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from checkout.orders import (
+    DISPUTE_LOST,
+    DISPUTE_WON,
+    DISPUTED,
+    PAID,
+    PARTIALLY_REFUNDED,
+    PAYMENT_FAILED,
+    REFUNDED,
+    BadChange,
+    Change,
+    ChargeFact,
+    DisputeFact,
+    Fact,
+    Order,
+    SessionFact,
+    advance,
+    fact_of_event,
+)
+from checkout.session import SessionStatus
+
+SCHEMA = json.loads(
+    (Path(__file__).parent.parent / "checkout" / "order_change.schema.json").read_text()
+)
+SID = "cs_test_a1"
+PI = "pi_1"
+WHEN = "2026-12-02T10:00:00Z"
+
+
+def session(status: str = "complete", payment_status: str = "paid", **kw: Any) -> SessionStatus:
+    return SessionStatus(
+        session_id=SID,
+        status=status,
+        payment_status=payment_status,
+        metadata={"imageId": "img_1"},
+        amount_total=200,
+        currency="usd",
+        payment_intent=PI,
+        **kw,
+    )
+
+
+PAID_FACT = SessionFact(session(), PI, WHEN)
+PENDING_FACT = SessionFact(session(payment_status="unpaid"), PI, WHEN)
+FAILED_FACT = SessionFact(session(payment_status="unpaid", payment_failed=True), PI, WHEN)
+
+
+def refund(amount: int, full: bool = False) -> ChargeFact:
+    return ChargeFact(payment_intent=PI, amount_refunded=amount, refunded=full, occurred_at=WHEN)
+
+
+def dispute(status: str, dispute_id: str = "dp_1") -> DisputeFact:
+    return DisputeFact(
+        dispute_id=dispute_id,
+        payment_intent=PI,
+        amount=200,
+        status=status,
+        evidence_due_by="2026-12-09T10:00:00Z" if status == "needs_response" else None,
+        occurred_at=WHEN,
+    )
+
+
+def fold(facts: list[Fact]) -> tuple[Order, list[Change]]:
+    order: Order | None = None
+    made: list[Change] = []
+    for fact in facts:
+        order, new = advance(order, fact)
+        made += new
+    assert order is not None
+    return order, made
+
+
+def types(changes: list[Change]) -> list[str]:
+    return [c.type for c in changes]
+
+
+def test_a_paid_session_makes_one_paid_change_however_often_it_is_seen():
+    order, made = fold([PAID_FACT, PAID_FACT, PENDING_FACT, PAID_FACT])
+    assert types(made) == [PAID]
+    assert made[0].change_id == f"{SID}:paid"
+    assert order.outcome == "paid"
+    assert order.payment_intent == PI
+
+
+def test_a_pending_then_settled_payment_is_paid_and_an_older_status_never_wins():
+    order, made = fold([PENDING_FACT, PAID_FACT, PENDING_FACT])
+    assert types(made) == [PAID]
+    assert order.outcome == "paid"
+    pending, nothing = fold([PENDING_FACT])
+    assert nothing == []
+    assert pending.outcome == "processing"
+
+
+def test_a_failed_delayed_payment_is_one_payment_failed_change_and_final():
+    order, made = fold([PENDING_FACT, FAILED_FACT, PENDING_FACT])
+    assert types(made) == [PAYMENT_FAILED]
+    assert order.outcome == "failed"
+    assert order.final
+
+
+def test_an_expired_session_is_recorded_with_no_change():
+    order, made = fold([SessionFact(session("expired", "unpaid"), None, WHEN)])
+    assert made == []
+    assert order.outcome == "expired"
+    assert order.final
+
+
+def test_a_full_refund_makes_refunded_and_a_paid_order_is_not_final():
+    order, made = fold([PAID_FACT, refund(200, full=True), refund(200, full=True)])
+    assert types(made) == [PAID, REFUNDED]
+    assert made[1].amount_refunded == 200
+    assert order.outcome == "refunded"
+    assert order.public()["amount_refunded"] == 200
+    assert not order.final
+
+
+def test_partial_refunds_leave_paid_with_the_amount_and_one_change_per_amount():
+    order, made = fold([PAID_FACT, refund(50), refund(50), refund(120)])
+    assert types(made) == [PAID, PARTIALLY_REFUNDED, PARTIALLY_REFUNDED]
+    assert [c.amount_refunded for c in made[1:]] == [50, 120]
+    assert order.outcome == "paid"
+    assert order.amount_refunded == 120
+    # An older refund arriving late changes nothing.
+    later, none = advance(order, refund(50))
+    assert none == []
+    assert later.amount_refunded == 120
+
+
+def test_a_dispute_is_disputed_until_won_and_stays_disputed_when_lost():
+    opened, made = fold([PAID_FACT, dispute("needs_response")])
+    assert types(made) == [PAID, DISPUTED]
+    assert made[1].evidence_due_by == "2026-12-09T10:00:00Z"
+    assert opened.outcome == "disputed"
+    won, made = fold([PAID_FACT, dispute("needs_response"), dispute("won")])
+    assert types(made) == [PAID, DISPUTED, DISPUTE_WON]
+    assert won.outcome == "paid"
+    lost, made = fold([PAID_FACT, dispute("needs_response"), dispute("lost")])
+    assert types(made) == [PAID, DISPUTED, DISPUTE_LOST]
+    assert lost.outcome == "disputed"
+
+
+def test_a_closed_dispute_stays_closed_when_its_created_event_comes_late():
+    order, made = fold([PAID_FACT, dispute("won"), dispute("needs_response")])
+    assert types(made) == [PAID, DISPUTED, DISPUTE_WON]
+    assert order.outcome == "paid"
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [
+        [PAID_FACT, dispute("needs_response"), dispute("lost"), refund(60)],
+        [
+            PAID_FACT,
+            refund(200, full=True),
+            dispute("needs_response", "dp_2"),
+            dispute("won", "dp_2"),
+        ],
+    ],
+)
+def test_every_order_of_the_facts_ends_in_the_same_state_with_the_same_changes(facts):
+    first, first_made = fold(facts)
+    for permutation in itertools.permutations(facts):
+        if permutation[0] is not PAID_FACT:
+            continue  # a refund or dispute needs its order: the webhook records the session first
+        order, made = fold([*permutation, *permutation])  # and every fact twice
+        assert order.outcome == first.outcome
+        assert order.amount_refunded == first.amount_refunded
+        assert {c.change_id for c in made} == {c.change_id for c in first_made}
+        assert len(made) == len(first_made)
+
+
+def test_a_refund_or_dispute_before_the_order_is_refused_by_the_model():
+    with pytest.raises(ValueError, match="needs the order's session"):
+        advance(None, refund(10))
+
+
+def test_every_change_matches_the_published_json_schema_and_reads_back():
+    _, made = fold(
+        [PAID_FACT, refund(50), refund(200, full=True), dispute("needs_response"), dispute("lost")]
+    )
+    made += fold([PENDING_FACT, FAILED_FACT])[1]
+    assert {c.type for c in made} == {
+        PAID,
+        PARTIALLY_REFUNDED,
+        REFUNDED,
+        DISPUTED,
+        DISPUTE_LOST,
+        PAYMENT_FAILED,
+    }
+    for change in made:
+        jsonschema.validate(change.data(), SCHEMA, format_checker=jsonschema.FormatChecker())
+        assert Change.from_data(json.loads(json.dumps(change.data()))) == change
+        assert change.attributes() == {
+            "type": change.type,
+            "change_id": change.change_id,
+            "session_id": SID,
+        }
+
+
+def test_the_schema_refuses_customer_data_and_unknown_types():
+    _, (paid,) = fold([PAID_FACT])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**paid.data(), "customer_email": "a@example.com"}, SCHEMA)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**paid.data(), "type": "order.shipped"}, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ([], "not a JSON object"),
+        ({"type": "order.paid"}, "lacks"),
+        ({**fold([PAID_FACT])[1][0].data(), "type": "order.shipped"}, "unknown change type"),
+        ({**fold([PAID_FACT])[1][0].data(), "change_id": "cs_test_other:paid"}, "does not belong"),
+    ],
+)
+def test_a_message_that_is_not_a_change_is_refused(data, why):
+    with pytest.raises(BadChange, match=why):
+        Change.from_data(data)
+
+
+def event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "evt_1", "type": kind, "created": 1764669600, "data": {"object": obj}}
+
+
+def test_stripe_events_become_facts():
+    paid = fact_of_event(
+        event(
+            "checkout.session.completed",
+            {
+                "id": SID,
+                "status": "complete",
+                "payment_status": "paid",
+                "payment_intent": PI,
+                "metadata": {"imageId": "img_1", "email": "not ours"},
+            },
+        )
+    )
+    assert isinstance(paid, SessionFact)
+    assert paid.payment_intent == PI
+    assert paid.session.metadata == {"imageId": "img_1"}
+    assert paid.occurred_at == "2025-12-02T10:00:00Z"
+    charge = fact_of_event(
+        event(
+            "charge.refunded",
+            {"id": "ch_1", "payment_intent": PI, "amount_refunded": 200, "refunded": True},
+        )
+    )
+    assert charge == ChargeFact(PI, 200, True, "2025-12-02T10:00:00Z")
+    disputed = fact_of_event(
+        event(
+            "charge.dispute.created",
+            {
+                "id": "dp_9",
+                "payment_intent": PI,
+                "amount": 200,
+                "status": "needs_response",
+                "evidence_details": {"due_by": 1765274400},
+            },
+        )
+    )
+    assert isinstance(disputed, DisputeFact)
+    assert disputed.evidence_due_by == "2025-12-09T10:00:00Z"
+
+
+def test_a_charge_outside_checkout_is_no_fact_and_a_wrong_object_is_an_error():
+    assert fact_of_event(event("charge.refunded", {"id": "ch_1", "payment_intent": None})) is None
+    with pytest.raises(ValueError, match="holds no Charge"):
+        fact_of_event(event("charge.refunded", {"id": "cs_test_x"}))
+    with pytest.raises(ValueError, match="holds no Checkout Session"):
+        fact_of_event(event("checkout.session.completed", {"id": "ch_1"}))
