@@ -56,6 +56,10 @@ _STATUS_CALL: dict[str, Any] = {"retry": None, "timeout": STATUS_READ_DEADLINE_S
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
 
 
+class _StepFailed(Exception):
+    """A transaction's step raised: its cause is re-raised as it is."""
+
+
 class _Contended(LedgerUnavailable):
     """A transaction kept losing to concurrent ones: someone else is writing this order now."""
 
@@ -80,7 +84,10 @@ class FirestoreLedger(Ledger):
             for reference in references:
                 snapshot = await reference.get(transaction=transaction, **_CALL)
                 documents.append(snapshot.to_dict() if snapshot.exists else None)
-            writes, result = step(documents)
+            try:
+                writes, result = step(documents)
+            except Exception as error:  # our bug, not Firestore's outage: never a 503
+                raise _StepFailed() from error
             for reference, write in zip(references, writes, strict=True):
                 if write is not KEEP:
                     transaction.set(reference, write)
@@ -153,6 +160,8 @@ class FirestoreLedger(Ledger):
         error = task.exception()
         if error is None:
             return task.result()
+        if isinstance(error, _StepFailed) and error.__cause__ is not None:
+            raise error.__cause__
         raise self._unavailable(what, error) from error
 
     def _unavailable(self, what: str, error: BaseException) -> LedgerUnavailable:
