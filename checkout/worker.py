@@ -110,10 +110,15 @@ class Worker:
         return await self._record(change, token, fields)
 
     async def _run(self, change: Change) -> None:
-        if inspect.iscoroutinefunction(self._deliver):
-            await self._deliver(change)
-        else:
-            await asyncio.get_running_loop().run_in_executor(self._threads, self._deliver, change)
+        deliver = self._deliver
+        if inspect.iscoroutinefunction(deliver) or inspect.iscoroutinefunction(
+            getattr(deliver, "__call__", None)  # noqa: B004 (an object with async __call__)
+        ):
+            await deliver(change)  # type: ignore[misc]
+            return
+        result = await asyncio.get_running_loop().run_in_executor(self._threads, deliver, change)
+        if inspect.isawaitable(result):  # e.g. a partial of an async function: await it here
+            await result
 
     async def _renew(self, change_id: str, token: str) -> None:
         """Keep our claim alive while the function runs: it is never released under it."""

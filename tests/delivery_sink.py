@@ -1,11 +1,10 @@
-"""A `deliver_order` for multi-process tests that other processes can see.
+"""DELIVER_ORDER functions for multi-process tests, whose calls other processes can see.
 
-    DELIVER_ORDER=tests.delivery_sink:deliver_to_sink functions-framework --target checkout_api
+    DELIVER_ORDER=tests.delivery_sink:deliver_to_sink functions-framework --target fulfil_order
 
-The function is main.py's, unchanged; DELIVER_ORDER (README "Configuration") names this file's
-deliver function, as a team names its own. It appends `<pid> <session id> <unix time>` to the
-file named by DELIVERY_SINK, then sleeps DELIVERY_HOLD_SECONDS (default 0), long enough for a
-test to SIGKILL it mid-delivery.
+main.py is unchanged; DELIVER_ORDER names one of these, as a team names its own. Each appends
+`<pid> <change id> start|done <unix time>` lines to the file named by DELIVERY_SINK, so a test
+can tell how many deliveries ran and whether two ever overlapped.
 """
 
 from __future__ import annotations
@@ -13,11 +12,46 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
-from checkout.session import SessionStatus
+from checkout.orders import Change
 
 
-async def deliver_to_sink(session: SessionStatus) -> None:
+def _note(change: Change, what: str) -> None:
     with open(os.environ["DELIVERY_SINK"], "a") as sink:
-        sink.write(f"{os.getpid()} {session.session_id} {time.time()}\n")
+        sink.write(f"{os.getpid()} {change.change_id} {what} {time.time()}\n")
+
+
+async def deliver_to_sink(change: Change) -> None:
+    """Note the delivery, then hold it DELIVERY_HOLD_SECONDS (default 0)."""
+    _note(change, "start")
     await asyncio.sleep(float(os.environ.get("DELIVERY_HOLD_SECONDS", "0")))
+    _note(change, "done")
+
+
+def blocking_delivery(change: Change) -> None:
+    """A plain (blocking) function, as many teams write: it runs on a worker thread."""
+    _note(change, "start")
+    time.sleep(float(os.environ.get("DELIVERY_HOLD_SECONDS", "0")))
+    _note(change, "done")
+
+
+async def fails_the_first_time(change: Change) -> None:
+    """Fails once per change (the print shop is down), then succeeds."""
+    marker = Path(os.environ["DELIVERY_SINK"]).with_suffix(f".failed-{change.key}")
+    _note(change, "start")
+    if not marker.exists():
+        marker.touch()
+        raise RuntimeError("the print shop is down")
+    _note(change, "done")
+
+
+def deliveries(sink: Path) -> list[tuple[int, str, str, float]]:
+    """The sink's lines: (pid, change id, start|done, time)."""
+    if not sink.exists():
+        return []
+    rows = []
+    for line in sink.read_text().splitlines():
+        pid, change_id, what, at = line.split()
+        rows.append((int(pid), change_id, what, float(at)))
+    return rows

@@ -310,7 +310,11 @@ class LiveServer:
     captured to two files."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, source: Path = ROOT / "main.py"
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        source: Path = ROOT / "main.py",
+        target: str = "checkout_api",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -326,7 +330,8 @@ class LiveServer:
             [
                 str(Path(sys.executable).parent / "functions-framework"),
                 "--target",
-                "checkout_api",
+                target,
+                *(["--signature-type", "cloudevent"] if target == "fulfil_order" else []),
                 "--source",
                 str(source),
                 "--host",

@@ -1,0 +1,314 @@
+"""fulfil_order: each order change delivered to DELIVER_ORDER once, never twice at the same time.
+
+In-process tests drive `Worker` on the memory ledger; the live tests run two real
+`functions-framework --target fulfil_order` processes on one Firestore emulator and POST them the
+CloudEvents Eventarc would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from checkout.ledger import DELIVERIES, LedgerUnavailable
+from checkout.ledger.memory import MemoryLedger
+from checkout.orders import Change, advance, session_fact
+from checkout.worker import (
+    BadMessage,
+    DeliveryFailed,
+    DeliveryInProgress,
+    Worker,
+    change_in,
+    deliver_order,
+)
+from tests.delivery_sink import deliveries
+from tests.firestore_emulator import Firestore
+from tests.support import CapturedLogs, LiveServer, a_session
+
+TOPIC = "projects/demo-checkout/topics/checkout-orders"
+
+
+def a_change(session_id: str = "cs_test_a") -> Change:
+    _, (change,) = advance(None, session_fact(a_session(session_id=session_id), "pi_1"))
+    return change
+
+
+def run(coroutine: Awaitable[Any]) -> Any:
+    async def main() -> Any:
+        return await coroutine
+
+    return asyncio.run(main())
+
+
+class Gate:
+    """A deliver function that waits until the test opens it, and counts its runs."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.open = asyncio.Event()
+        self.runs = 0
+        self.fail_next = False
+
+    async def __call__(self, change: Change) -> None:
+        self.runs += 1
+        self.started.set()
+        await self.open.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("the print shop is down")
+
+
+def test_a_delivery_that_outlives_its_lease_is_renewed_and_never_runs_twice_at_once():
+    async def scenario() -> None:
+        ledger = MemoryLedger(100)
+        gate = Gate()
+        worker = Worker(ledger, gate, lease_seconds=0.3)
+        change = a_change()
+        first = asyncio.ensure_future(worker.deliver(change))
+        await gate.started.wait()
+        record = await ledger.delivery(change.change_id)
+        assert record is not None
+        first_expiry = record["claim"]["expires_at"]
+        # Wait (boundedly, generously) until the first lease is over, then look: the claim must
+        # have been renewed past it, so a redelivery is still held off.
+        for _ in range(400):
+            if datetime.now(UTC) > first_expiry:
+                break
+            await asyncio.sleep(0.02)
+        renewed = (await ledger.delivery(change.change_id))["claim"]["expires_at"]
+        assert renewed > datetime.now(UTC) > first_expiry
+        with pytest.raises(DeliveryInProgress):
+            await worker.deliver(change)  # Pub/Sub's redelivery, while the first still runs
+        gate.open.set()
+        assert await first is True
+        assert await worker.deliver(change) is False  # and any later redelivery
+        assert gate.runs == 1
+        done = await ledger.delivery(change.change_id)
+        assert done["delivered_at"] is not None and done["claim"] is None
+
+    run(scenario())
+
+
+def test_a_failed_delivery_is_released_and_the_redelivery_succeeds_once(logs: CapturedLogs):
+    async def scenario() -> None:
+        ledger = MemoryLedger(100)
+        gate = Gate()
+        gate.open.set()
+        gate.fail_next = True
+        worker = Worker(ledger, gate, lease_seconds=30)
+        change = a_change()
+        with pytest.raises(DeliveryFailed):
+            await worker.deliver(change)
+        record = await ledger.delivery(change.change_id)
+        assert record["claim"] is None and record["delivered_at"] is None
+        assert await worker.deliver(change) is True  # at once: no lease to wait out
+        assert await worker.deliver(change) is False
+        assert gate.runs == 2
+        assert (await ledger.delivery(change.change_id))["attempts"] == 2
+
+    run(scenario())
+    [failed] = logs("checkout_delivery_failed")
+    assert failed["detail"] == "RuntimeError: the print shop is down"
+
+
+class LosesOneAnswer(MemoryLedger):
+    """Writes the delivery record, then reports a timeout: the commit whose answer was lost."""
+
+    armed = False
+
+    async def _transact(self, refs: Any, step: Any) -> Any:
+        result = await super()._transact(refs, step)
+        if self.armed and refs[0][0] == DELIVERIES:
+            document = await self._get(DELIVERIES, refs[0][1])
+            if document and document.get("delivered_at") is not None:
+                self.armed = False
+                raise LedgerUnavailable("Firestore did not finish writing within 3 s")
+        return result
+
+
+def test_a_success_whose_record_answer_is_lost_is_still_recorded_once(logs: CapturedLogs):
+    async def scenario() -> None:
+        ledger = LosesOneAnswer(100)
+        ledger.armed = True
+        calls: list[str] = []
+
+        async def deliver(change: Change) -> None:
+            calls.append(change.change_id)
+
+        worker = Worker(ledger, deliver, lease_seconds=30)
+        assert await worker.deliver(a_change()) is True
+        assert not ledger.armed  # the lost answer did happen
+        assert calls == ["cs_test_a:paid"]
+
+    run(scenario())
+    assert logs("checkout_delivered_twice") == []
+    assert logs("checkout_delivery_unrecorded") == []
+
+
+def test_the_default_delivery_logs_one_record_per_change(logs: CapturedLogs):
+    async def scenario() -> None:
+        worker = Worker(MemoryLedger(100), deliver_order, lease_seconds=30)
+        change = a_change()
+        assert await worker.deliver(change) is True
+        assert await worker.deliver(change) is False
+
+    run(scenario())
+    [delivered] = logs("checkout_order_delivered")
+    assert (delivered["type"], delivered["change_id"]) == ("order.paid", "cs_test_a:paid")
+    assert delivered["metadata"] == {"imageId": "img_1"}
+
+
+def message_for(change: Change | None, data: bytes | None = None) -> dict[str, Any]:
+    raw = data if data is not None else json.dumps(change.data()).encode()
+    attributes = change.attributes() if change is not None else {}
+    return {
+        "message": {
+            "data": base64.b64encode(raw).decode(),
+            "attributes": attributes,
+            "messageId": "1234567",
+            "publishTime": "2026-12-02T10:00:00Z",
+            "orderingKey": change.session_id if change is not None else "",
+        },
+        "subscription": "projects/demo-checkout/subscriptions/eventarc-fulfil",
+    }
+
+
+def test_a_pubsub_cloudevent_carries_its_change():
+    change = a_change()
+    assert change_in(message_for(change)) == change
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ({}, "no Pub/Sub message"),
+        ({"message": {"data": "%%%"}}, "not base64 JSON"),
+        (message_for(None, b"not json"), "not base64 JSON"),
+        (message_for(None, b'{"type": "order.shipped"}'), "lacks"),
+    ],
+)
+def test_a_message_without_a_change_is_refused(data, why):
+    with pytest.raises(BadMessage, match=why):
+        change_in(data)
+
+
+def test_a_message_whose_attribute_disagrees_with_its_data_is_refused():
+    message = message_for(a_change())
+    message["message"]["attributes"]["change_id"] = "cs_test_b:paid"
+    with pytest.raises(BadMessage, match="disagree"):
+        change_in(message)
+
+
+# -- live: two fulfil_order processes on one Firestore ------------------------------------------
+
+
+def post_cloud_event(url: str, body: dict[str, Any], event_id: str = "1234567") -> int:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "ce-id": event_id,
+            "ce-source": f"//pubsub.googleapis.com/{TOPIC}",
+            "ce-specversion": "1.0",
+            "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "ce-time": "2026-12-02T10:00:00Z",
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def worker_servers(
+    firestore: Firestore, tmp_path: Path, count: int, **env: str
+) -> list[LiveServer]:
+    servers = []
+    for n in range(count):
+        full = {
+            **firestore.env(),
+            "DELIVERY_SINK": str(tmp_path / "sink"),
+            **env,
+        }
+        servers.append(LiveServer(full, tmp_path / f"worker-{n}.log", target="fulfil_order"))
+    return servers
+
+
+@pytest.mark.firestore
+def test_two_workers_given_one_message_run_it_once_though_it_outlives_the_lease(
+    firestore: Firestore, tmp_path: Path
+) -> None:
+    servers = worker_servers(
+        firestore,
+        tmp_path,
+        2,
+        DELIVER_ORDER="tests.delivery_sink:blocking_delivery",
+        DELIVERY_HOLD_SECONDS="5",
+        LEDGER_LEASE_SECONDS="1",
+    )
+    try:
+        change = a_change()
+        body = message_for(change)
+        statuses: dict[int, int] = {}
+
+        def deliver_to(n: int) -> None:
+            statuses[n] = post_cloud_event(servers[n].url, body)
+
+        first = threading.Thread(target=deliver_to, args=(0,))
+        first.start()
+        sink = tmp_path / "sink"
+        for _ in range(400):  # until the first delivery has started (bounded, generous)
+            if deliveries(sink):
+                break
+            threading.Event().wait(0.05)
+        # The second worker gets it while the first runs, well past the 1 s lease: held.
+        assert post_cloud_event(servers[1].url, body) == 409
+        first.join(timeout=60)
+        assert statuses[0] == 200
+        # Redeliveries later, to both: acknowledged, not run again.
+        assert [post_cloud_event(s.url, body) for s in servers] == [200, 200]
+        runs = deliveries(sink)
+        assert [what for _, _, what, _ in runs] == ["start", "done"]
+        outcomes = [
+            record["outcome"]
+            for server in servers
+            for record in map(json.loads, server.logs().splitlines())
+            if record.get("message", "").startswith("fulfil_order")
+        ]
+        assert sorted(outcomes) == ["delivered", "duplicate", "duplicate", "in_progress"]
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.mark.firestore
+def test_a_delivery_that_fails_once_answers_500_then_the_redelivery_succeeds_once(
+    firestore: Firestore, tmp_path: Path
+) -> None:
+    (server,) = worker_servers(
+        firestore, tmp_path, 1, DELIVER_ORDER="tests.delivery_sink:fails_the_first_time"
+    )
+    try:
+        body = message_for(a_change())
+        assert post_cloud_event(server.url, body) == 500
+        assert post_cloud_event(server.url, body) == 200
+        assert post_cloud_event(server.url, body) == 200
+        runs = deliveries(tmp_path / "sink")
+        assert [what for _, _, what, _ in runs] == ["start", "start", "done"]
+        assert post_cloud_event(server.url, {"message": {"data": "%%%"}}) == 400
+        assert "Traceback" not in server.logs()
+    finally:
+        server.stop()
