@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run firestore-emulator test lint format lock bench clean
+.PHONY: run firestore-emulator pubsub-emulator test lint format lock bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ $(E2E_DEPS): tests/e2e/package-lock.json
 ## Google's Firestore emulator on :8086, for ORDER_LEDGER=firestore locally (docs/ledger.md).
 firestore-emulator: $(VENV)/.installed
 	$(PY) -m devtools.firestore_emulator --port 8086
+
+## Google's Pub/Sub emulator on :8087, with the topic and the worker's subscription (docs/pubsub.md).
+pubsub-emulator: $(VENV)/.installed
+	$(PY) -m devtools.pubsub_emulator --port 8087
 
 ## Lint and type-check, then run every test.
 test: $(VENV)/.installed $(E2E_DEPS)

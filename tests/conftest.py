@@ -26,7 +26,7 @@ from tests.support import (
 )
 
 # The Firestore emulator's fixtures: `firestore` (a running emulator and a fresh project id).
-pytest_plugins = ["tests.firestore_emulator"]
+pytest_plugins = ["tests.firestore_emulator", "tests.pubsub_emulator"]
 
 
 # Variables the service reads; each test starts from none of them set, then the base env.
