@@ -63,6 +63,7 @@ class Applied:
     to_publish: list[Change] = field(default_factory=list)  # unpublished, and claimed by us
     in_flight: list[str] = field(default_factory=list)  # unpublished, claimed by another request
     duplicate: bool = False  # the event was handled before
+    writes: bool = False  # the order's document must be written
 
 
 class Ledger(ABC):
@@ -85,6 +86,14 @@ class Ledger(ABC):
         """One document; `quick`: one short attempt (the status path, which can ask Stripe)."""
 
     @abstractmethod
+    async def _create(self, collection: str, key: str, document: Document) -> bool:
+        """Create a document; False if it exists already (nothing written)."""
+
+    @abstractmethod
+    async def _set(self, collection: str, key: str, document: Document) -> None:
+        """Write a whole document, whatever was there."""
+
+    @abstractmethod
     async def _where(self, collection: str, name: str, value: object, limit: int) -> list[Document]:
         """Documents whose field `name` equals `value`, at most `limit`."""
 
@@ -99,47 +108,40 @@ class Ledger(ABC):
         event_type: str | None = None,
         token: str,
     ) -> Applied:
-        """Fold `fact` into the order, record the event, and claim unpublished changes for `token`.
+        """Fold `fact` into the order, remember the event, claim unpublished changes for `token`.
 
-        One transaction: an event handled before changes nothing (`duplicate`), and a fact that
-        changes nothing writes nothing but still hands back the changes left unpublished.
+        Idempotent by state (`advance`), so the order's own transaction is what makes a change
+        once; the event's record is for the log and the reconciler. Most calls are duplicates:
+        those read, find nothing to write, and write nothing, so that a burst of them does not
+        queue on one document's lock. A new order is created (of concurrent creates one wins at
+        once); only a real change of an existing order takes a transaction.
         """
-        refs = [(ORDERS, session_id)] + ([(EVENTS, event_id)] if event_id else [])
         now = _now()
-
-        def step(documents: list[Document | None]) -> tuple[list[Any], Applied]:
-            order_document = documents[0]
-            current = Order.from_document(order_document) if order_document else None
-            writes: list[Any] = [KEEP] * len(refs)
-            new: list[Change] = []
-            if event_id is not None and documents[1] is not None:
-                order = current
-                duplicate = True
-            else:
-                order, new = advance(copy.deepcopy(current), fact)
-                duplicate = False
-                if event_id is not None:
-                    writes[1] = {
-                        "type": event_type,
-                        "session_id": session_id,
-                        "handled_at": now,
-                        "expire_at": now + timedelta(days=EVENT_RETENTION_DAYS),
-                    }
-            applied = Applied(order, new, duplicate=duplicate)
-            if order is None:
-                return writes, applied
-            claimed = _claim_publication(order, token, now)
-            applied.to_publish = [Change.from_data(order.changes[k]["change"]) for k in claimed]
-            applied.in_flight = [
-                k
-                for k, entry in order.changes.items()
-                if not entry["published"] and k not in claimed
-            ]
-            if new or claimed or current is None or order != current:
-                writes[0] = _order_document(order, order_document, now)
-            return writes, applied
-
-        return await self._transact(refs, step)
+        current_document = await self._get(ORDERS, session_id)
+        seen = event_id is not None and await self._get(EVENTS, event_id) is not None
+        applied = _applied(current_document, fact, token, now)
+        if applied.order is not None and applied.writes:
+            created = current_document is None and await self._create(
+                ORDERS, session_id, _order_document(applied.order, None, now)
+            )
+            if not created:
+                applied = await self._transact(
+                    [(ORDERS, session_id)],
+                    lambda documents: _step(documents[0], fact, token, _now()),
+                )
+        if event_id is not None and not seen:
+            await self._set(
+                EVENTS,
+                event_id,
+                {
+                    "type": event_type,
+                    "session_id": session_id,
+                    "handled_at": now,
+                    "expire_at": now + timedelta(days=EVENT_RETENTION_DAYS),
+                },
+            )
+        applied.duplicate = seen
+        return applied
 
     async def mark_published(self, session_id: str, keys: Sequence[str], token: str) -> None:
         """Note that the changes `keys` (claimed with `token`) reached the topic."""
@@ -308,6 +310,36 @@ CLAIMED, DELIVERED, HELD = "claimed", "delivered", "held"
 class Claim:
     outcome: str  # CLAIMED, DELIVERED or HELD
     other: Document | None = None  # HELD: the live claim; CLAIMED: an expired one taken over
+
+
+def _applied(document: Document | None, fact: Fact, token: str, now: datetime) -> Applied:
+    """What folding `fact` into the order `document` makes, and whether anything must be written."""
+    current = Order.from_document(document) if document else None
+    order, new = advance(copy.deepcopy(current), fact)
+    claimed = _claim_publication(order, token, now)
+    applied = Applied(order, new)
+    applied.to_publish = [Change.from_data(order.changes[k]["change"]) for k in claimed]
+    applied.in_flight = [
+        k for k, entry in order.changes.items() if not entry["published"] and k not in claimed
+    ]
+    applied.writes = bool(new or claimed or current is None or _state(order) != _state(current))
+    return applied
+
+
+def _step(
+    document: Document | None, fact: Fact, token: str, now: datetime
+) -> tuple[list[Any], Applied]:
+    applied = _applied(document, fact, token, now)
+    if applied.order is None or not applied.writes:
+        return [KEEP], applied
+    return [_order_document(applied.order, document, now)], applied
+
+
+def _state(order: Order) -> dict[str, Any]:
+    """The order without its changes' claims: what a fact can change."""
+    document = order.to_document()
+    document["changes"] = {k: (v["change"], v["published"]) for k, v in order.changes.items()}
+    return document
 
 
 def _claim_publication(order: Order, token: str, now: datetime) -> list[str]:

@@ -105,6 +105,26 @@ class FirestoreLedger(Ledger):
         deadline = STATUS_READ_DEADLINE_S if quick else OPERATION_DEADLINE_S
         return await self._bounded(f"reading {collection}/{key}", read, deadline)
 
+    async def _create(self, collection: str, key: str, document: Document) -> bool:
+        reference = self._db().collection(collection).document(_doc_id(key))
+
+        async def create() -> bool:
+            try:
+                await reference.create(document, **_CALL)
+            except api.Conflict:  # AlreadyExists
+                return False
+            return True
+
+        return await self._bounded(f"creating {collection}/{key}", create)
+
+    async def _set(self, collection: str, key: str, document: Document) -> None:
+        reference = self._db().collection(collection).document(_doc_id(key))
+
+        async def write() -> None:
+            await reference.set(document, **_CALL)
+
+        await self._bounded(f"writing {collection}/{key}", write)
+
     async def _where(self, collection: str, name: str, value: object, limit: int) -> list[Document]:
         query = (
             self._db().collection(collection).where(filter=firestore.FieldFilter(name, "==", value))

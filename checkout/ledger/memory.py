@@ -34,6 +34,15 @@ class MemoryLedger(Ledger):
     async def _get(self, collection: str, key: str, *, quick: bool = False) -> Document | None:
         return copy.deepcopy(self._collection(collection).get(key))
 
+    async def _create(self, collection: str, key: str, document: Document) -> bool:
+        if key in self._collection(collection):
+            return False
+        self._put(collection, key, copy.deepcopy(document))
+        return True
+
+    async def _set(self, collection: str, key: str, document: Document) -> None:
+        self._put(collection, key, copy.deepcopy(document))
+
     async def _where(self, collection: str, name: str, value: object, limit: int) -> list[Document]:
         found = [d for d in self._collection(collection).values() if d.get(name) == value]
         return copy.deepcopy(found[:limit])
