@@ -9,16 +9,21 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.message import Message
 from typing import Any
 from urllib.parse import unquote
 
 from devtools.stripe_emulator import browser
+from devtools.stripe_emulator.endpoints import Target
+from devtools.stripe_emulator.events import EventBus, LoggedEvent, check_schedule, retry_schedule
+from devtools.stripe_emulator.listing import PAGINATION_PARAMS, page, parse_created
+from devtools.stripe_emulator.payments import Change, Payments
 from devtools.stripe_emulator.server import _Server
 from devtools.stripe_emulator.state import (
     DEFAULT_FAULTS,
     EVENT_TYPES,
+    EXPANDABLE,
     FAULT_MODES,
     IDEMPOTENCY_KEY_MAX_LENGTH,
     LATEST_API_VERSION,
@@ -42,7 +47,6 @@ from devtools.stripe_emulator.state import (
     decode_form,
     settle_delayed_payment,
 )
-from devtools.stripe_emulator.webhooks import _NO_EVENT, _Event, _post_event, _StoredEvent
 
 
 class StripeEmulator:
@@ -57,6 +61,7 @@ class StripeEmulator:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         checkout_api: str = "http://127.0.0.1:8080",
+        retry_schedule: Sequence[float] = (),
     ) -> None:
         self.host = host
         self.checkout_api = checkout_api  # where the /demo page sends its API calls
@@ -67,27 +72,28 @@ class StripeEmulator:
         self._thread: threading.Thread | None = None
         self._release_hangs = threading.Event()
         self._prices: dict[str, dict[str, Any]] = {}
-        self._webhook_url = webhook_url
-        self._webhook_secret: str | list[str] | None = webhook_secret
+        # Every event is kept and listed; failed deliveries are retried after these delays
+        # (seconds; none by default, so a test sees exactly the deliveries it caused).
+        self._bus = EventBus(retry_schedule)
+        self._bus.set_webhook(webhook_url, webhook_secret)
         self._clear_state()
 
     def _clear_state(self) -> None:
         self._sessions: dict[str, _Session] = {}
         self._idempotency: dict[tuple[bool, str], _StoredResponse] = {}
-        self._calls = dict.fromkeys(
-            ("total", "create_session", "retrieve_session", "expire_session", "other"), 0
-        )
+        self._calls = dict.fromkeys(("total", *_ENDPOINTS, "other"), 0)
         self._sessions_created = 0
         self._connections_opened = 0
         self._faults = {**DEFAULT_FAULTS, "latency_ms": self._base_latency_ms}
         self._rng = random.Random()
         self._valid_keys: frozenset[str] | None = None
-        self._events: dict[str, _StoredEvent] = {}
-        self._deliveries: list[dict[str, Any]] = []
+        self._payments = Payments()
+        self._bus.clear()
 
     # --- lifecycle ---
 
     def start(self) -> StripeEmulator:
+        self._bus.reopen()
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
@@ -100,6 +106,7 @@ class StripeEmulator:
         return self
 
     def stop(self) -> None:
+        self._bus.close()  # pending retries are dropped, as the process would drop them
         if self._server is None:
             return
         self._release_hangs.set()
@@ -127,9 +134,11 @@ class StripeEmulator:
     # --- Python helpers (the /_emulator/ endpoints call these) ---
 
     def reset(self) -> None:
-        """Forget sessions, idempotency keys, counters, faults, events and the key allowlist.
+        """Forget sessions and their payments, idempotency keys, counters, faults, events,
+        webhook endpoints, pending retries and the key allowlist.
 
-        Prices, the webhook target and the constructor's latency are configuration, and stay.
+        Prices, set_webhook()'s target and the constructor's latency and retry schedule are
+        configuration, and stay.
         """
         with self._lock:
             self._clear_state()
@@ -137,9 +146,18 @@ class StripeEmulator:
             self._release_hangs = threading.Event()
 
     def calls(self) -> dict[str, int]:
-        """Requests that reached /v1 by endpoint, plus `sessions_created` (replays excluded)."""
+        """Requests that reached /v1 by endpoint, plus `sessions_created` (replays excluded).
+
+        The session endpoints and `other` are always there; the others (`list_sessions`,
+        `create_refund`, `list_events`, … as named in _ROUTES) once they have been called.
+        """
         with self._lock:
-            return {**self._calls, "sessions_created": self._sessions_created}
+            calls = {
+                name: count
+                for name, count in self._calls.items()
+                if count or name in _ALWAYS_COUNTED
+            }
+            return {**calls, "sessions_created": self._sessions_created}
 
     def connections_opened(self) -> int:
         """TCP connections accepted since the last reset: shows whether clients keep them alive."""
@@ -230,8 +248,7 @@ class StripeEmulator:
         """
         if isinstance(secret, list) and not all(isinstance(item, str) for item in secret):
             raise _invalid("secret must be a string or a list of strings", "secret")
-        with self._lock:
-            self._webhook_url, self._webhook_secret = url, secret
+        self._bus.set_webhook(url, secret)
 
     def get_session(self, session_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -252,8 +269,9 @@ class StripeEmulator:
             if email:
                 fields["customer_details"]["email"] = email
             session.update(**fields)
+            self._sync_payment(session)
             data, event = session.data, self._auto_event(session, "checkout.session.completed")
-        self._deliver_auto_event(event)
+        self._bus.deliver(event)
         return json.loads(_to_json(data))
 
     def settle_payment(self, session_id: str, result: str = "succeeded") -> dict[str, Any]:
@@ -268,8 +286,9 @@ class StripeEmulator:
         with self._lock:
             session = self._session_for(session_id)
             event_type = settle_delayed_payment(session, result == "succeeded")
+            self._sync_payment(session)
             data, event = session.data, self._auto_event(session, event_type)
-        self._deliver_auto_event(event)
+        self._bus.deliver(event)
         return json.loads(_to_json(data))
 
     def find_by_client_secret(self, client_secret: str) -> dict[str, Any] | None:
@@ -291,7 +310,7 @@ class StripeEmulator:
             session = self._open_session(session_id, "expired")
             session.update(status="expired")
             data, event = session.data, self._auto_event(session, "checkout.session.expired")
-        self._deliver_auto_event(event)
+        self._bus.deliver(event)
         return json.loads(_to_json(data))
 
     def deliver_event(
@@ -303,31 +322,114 @@ class StripeEmulator:
         secret: str | list[str] | None = None,
         event_id: str | None = None,
     ) -> dict[str, Any]:
-        """Send one signed event now; an `event_id` seen before redelivers that same event."""
-        if event_type not in EVENT_TYPES:
+        """Send one signed event now; an `event_id` seen before redelivers that same event.
+
+        A new event is about a session (a checkout.session.* type) and goes to `url` only. A
+        redelivery may be of any event the emulator emitted (charge.refunded too); when `url`
+        is one of that event's endpoints, a 2xx answer counts as its delivery.
+        """
+        stored = self._bus.get(event_id) if event_id else None
+        if stored is None and event_type not in EVENT_TYPES:
             raise _invalid(f"type must be one of {', '.join(EVENT_TYPES)}", "type")
-        with self._lock:
-            url = url or self._webhook_url
-            secret = secret or self._webhook_secret
-            if not url:
-                raise _invalid("No webhook URL: pass `url` or configure one first.", "url")
-            stored = self._events.get(event_id) if event_id else None
-            if stored is not None:
-                if stored.type != event_type or session_id not in ("", None, stored.session_id):
-                    raise _invalid(f"Event {event_id} is for another session or type.", "event_id")
-                payload = stored.payload
-            else:
+        webhook = self._bus.webhook
+        url = url or (webhook.url if webhook else None)
+        secret = secret or (webhook.secret if webhook else None)
+        if not url:
+            raise _invalid("No webhook URL: pass `url` or configure one first.", "url")
+        if stored is not None:
+            if stored.type != event_type or session_id not in ("", None, stored.session_id):
+                raise _invalid(f"Event {event_id} is for another session or type.", "event_id")
+            event = stored
+        else:
+            with self._lock:
                 session = self._session_for(session_id)
                 _apply_event(session, event_type)
-                payload = self._new_event(session, event_type, event_id)
-        status, body = _post_event(url, secret, payload)
-        self._record_delivery(payload, url, status, body)
-        return {"event": json.loads(payload), "status": status, "body": body}
+                self._sync_payment(session)
+                target = Target(f"url:{url}", None, url, secret, None)
+                event = self._bus.emit(
+                    event_type,
+                    session.data,
+                    session_id=session_id,
+                    event_id=event_id,
+                    targets=[target],
+                )
+        status, body = self._bus.send_to(event, url, secret)
+        return {"event": json.loads(event.payload), "status": status, "body": body}
 
     def deliveries(self) -> list[dict[str, Any]]:
-        """Every webhook delivery attempt since the last reset, oldest first."""
+        """Every webhook delivery attempt since the last reset, oldest first.
+
+        Each: event_id, type, session_id (the session the object belongs to, if any),
+        object_id, endpoint (`we_…`, or None for set_webhook's target and one-off sends), url,
+        attempt (1 for the first, 0 for deliver_event's), status (0: no answer), body, at.
+        """
+        return self._bus.deliveries()
+
+    def event_deliveries(self, event_id: str) -> dict[str, Any]:
+        """One event's targets and attempts: delivered, succeeded, failed, pending, attempts."""
+        return self._bus.event_deliveries(event_id)
+
+    def set_retry_schedule(
+        self, schedule: Sequence[float] | None = None, *, factor: float | None = None
+    ) -> tuple[float, ...]:
+        """Retry failed deliveries after these delays (seconds), until the next reset.
+
+        `factor` instead takes Stripe's test-mode schedule (three retries over some hours)
+        divided by it: `factor=36000` retries after 0.1 s, 0.2 s and 0.4 s. An empty schedule
+        turns retries off.
+        """
+        if (schedule is None) == (factor is None):
+            raise _invalid("Give one of schedule or factor.", "schedule")
+        delays = retry_schedule(factor) if factor is not None else check_schedule(schedule)
+        return self._bus.set_retry_schedule(delays)
+
+    def set_session_created(self, session_id: str, created: int) -> dict[str, Any]:
+        """Move a session's `created` (and its expires_at with it), to place it in a time window."""
+        if isinstance(created, bool) or not isinstance(created, int) or created < 0:
+            raise _invalid("created must be a Unix timestamp", "created")
         with self._lock:
-            return [dict(delivery) for delivery in self._deliveries]
+            session = self._session_for(session_id)
+            shift = created - session.data["created"]
+            session.update(created=created, expires_at=session.data["expires_at"] + shift)
+            return json.loads(session.render())
+
+    def open_dispute(
+        self,
+        payment: str,
+        *,
+        amount: int | None = None,
+        reason: str = "fraudulent",
+        inquiry: bool = False,
+    ) -> dict[str, Any]:
+        """The cardholder disputes the charge of `payment` (a `pi_…` or `ch_…` id).
+
+        Delivers charge.dispute.created, then charge.dispute.funds_withdrawn (not for an
+        inquiry, which moves no money). The Dispute is `needs_response` (an inquiry:
+        `warning_needs_response`), due in 7 days; the Charge becomes `disputed`.
+        """
+        if not isinstance(inquiry, bool):
+            raise _invalid("inquiry must be true or false", "inquiry")
+        with self._lock:
+            dispute, changes = self._payments.open_dispute(
+                payment, amount=amount, reason=reason, inquiry=inquiry
+            )
+            events = self._emit_changes(changes)
+        for event in events:
+            self._bus.deliver(event)
+        return dispute
+
+    def close_dispute(self, dispute_id: str, status: str) -> dict[str, Any]:
+        """The bank decides a dispute: `won` or `lost` (`warning_closed` ends an inquiry).
+
+        Delivers charge.dispute.closed, after charge.dispute.funds_reinstated for a won
+        chargeback.
+        """
+        with self._lock:
+            dispute, changes = self._payments.close_dispute(dispute_id, status)
+            events = self._emit_changes(changes)
+        for event in events:
+            self._bus.deliver(event)
+        return dispute
 
     # --- events ---
 
@@ -337,49 +439,41 @@ class StripeEmulator:
             raise _invalid(f'Only Checkout Sessions with a status in ["open"] can be {verb}.')
         return session
 
-    def _new_event(self, session: _Session, event_type: str, event_id: str | None = None) -> bytes:
-        event_id = event_id or _random_id("evt_")
-        event = {
-            "id": event_id,
-            "object": "event",
-            "api_version": LATEST_API_VERSION,
-            "created": int(time.time()),
-            "data": {"object": session.data},
-            "livemode": session.data["livemode"],
-            "pending_webhooks": 1,
-            "request": {"id": None, "idempotency_key": None},
-            "type": event_type,
-        }
-        payload = _to_json(event)
-        self._events[event_id] = _StoredEvent(payload, session.data["id"], event_type)
-        return payload
+    def _sync_payment(self, session: _Session) -> None:
+        """The session's PaymentIntent and Charge follow its payment; the caller holds the lock."""
+        self._payments.sync(session.data, session.intent_status)
 
-    def _auto_event(self, session: _Session, event_type: str) -> _Event:
-        """The event Stripe would send for this change, if a webhook target is configured."""
-        if not self._webhook_url:
-            return _NO_EVENT
-        payload = self._new_event(session, event_type)
-        return _Event(payload, self._webhook_url, self._webhook_secret)
+    def _auto_event(self, session: _Session, event_type: str) -> LoggedEvent:
+        """Log the event Stripe would emit for this change; the caller delivers it."""
+        return self._bus.emit(event_type, session.data, session_id=session.data["id"])
 
-    def _deliver_auto_event(self, event: _Event) -> None:
-        if event.payload:
-            status, body = _post_event(event.url, event.secret, event.payload)
-            self._record_delivery(event.payload, event.url, status, body)
-
-    def _record_delivery(self, payload: bytes, url: str, status: int, body: str) -> None:
-        event = json.loads(payload)
-        with self._lock:
-            self._deliveries.append(
-                {
-                    "event_id": event["id"],
-                    "type": event["type"],
-                    "session_id": event["data"]["object"]["id"],
-                    "url": url,
-                    "status": status,
-                    "body": body[:1000],
-                }
+    def _emit_changes(
+        self, changes: list[Change], request: tuple[str | None, str | None] = (None, None)
+    ) -> list[LoggedEvent]:
+        return [
+            self._bus.emit(
+                change.type,
+                change.object,
+                session_id=self._payments.session_of_intent.get(
+                    change.object.get("payment_intent") or ""
+                ),
+                previous_attributes=change.previous_attributes,
+                request=request,
+                livemode=change.livemode,
             )
-            del self._deliveries[:-1000]
+            for change in changes
+        ]
+
+    def _render_session(
+        self, session: _Session, *, old_names: bool = False, expand: list[str] | None = None
+    ) -> bytes:
+        intent = None
+        if expand and any(item.split(".", 1)[0] == "payment_intent" for item in expand):
+            intent = self._payments.intents.get(session.data["payment_intent"] or "")
+            if intent is not None and "payment_intent.latest_charge" in expand:
+                charge = self._payments.charges.get(intent["latest_charge"] or "")
+                intent = {**intent, "latest_charge": charge}
+        return session.render(old_names=old_names, expand=expand, payment_intent=intent)
 
     # --- HTTP: /v1 ---
 
@@ -407,7 +501,7 @@ class StripeEmulator:
     def _handle_api(
         self, method: str, path: str, query: str, headers: Message, body: bytes, request_id: str
     ) -> _Response | None:
-        endpoint, session_id = _route(method, path)
+        endpoint, object_id = _route(method, path)
         with self._lock:
             self._calls["total"] += 1
             self._calls[endpoint] += 1
@@ -438,10 +532,15 @@ class StripeEmulator:
         if endpoint == "retrieve_session":
             expand = _parse_expand(_query_params(query).get("expand"))
             with self._lock:
-                session = self._session_for(session_id, livemode)
-                return 200, session.render(old_names=old_names, expand=expand), response_headers
+                session = self._session_for(object_id, livemode)
+                rendered = self._render_session(session, old_names=old_names, expand=expand)
+                return 200, rendered, response_headers
+        if method == "GET":
+            found = self._read(endpoint, object_id, decode_form(query), livemode, old_names)
+            return 200, _to_json(found), response_headers
 
-        params = decode_form(body.decode("utf-8", "replace"))
+        raw = query.encode() if method == "DELETE" else body  # the SDK sends DELETE's in the URL
+        params = decode_form(raw.decode("utf-8", "replace"))
         idempotency_key = headers.get("Idempotency-Key") or ""
         if len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
             raise _invalid(
@@ -449,8 +548,8 @@ class StripeEmulator:
             )
         # Stripe scopes keys to the account, and so does this: a rotated key still replays.
         scope = (livemode, idempotency_key)
-        fingerprint = (path, body)
-        event: _Event = _NO_EVENT
+        fingerprint = (path, raw)
+        events: list[LoggedEvent] = []
         # One lock over lookup, execution and storage, so a double submit creates one session.
         with self._lock:
             stored = self._idempotency.get(scope) if idempotency_key else None
@@ -462,21 +561,147 @@ class StripeEmulator:
                 )
                 session = self._sessions[data["id"]] = _Session(data, line_items)
                 self._sessions_created += 1
-            else:
+                payload = self._render_session(
+                    session, old_names=old_names, expand=params.get("expand")
+                )
+            elif endpoint == "expire_session":
                 _reject_unknown(params, frozenset({"expand"}), "")
                 _parse_expand(params.get("expand"))
-                session = self._open_session(session_id, "expired", livemode)
+                session = self._open_session(object_id, "expired", livemode)
                 session.update(status="expired")
-                event = self._auto_event(session, "checkout.session.expired")
-            payload = session.render(old_names=old_names, expand=params.get("expand"))
+                events = [self._auto_event(session, "checkout.session.expired")]
+                payload = self._render_session(
+                    session, old_names=old_names, expand=params.get("expand")
+                )
+            else:
+                request = (request_id, idempotency_key or None)
+                result, events = self._write(endpoint, object_id, params, livemode, request)
+                payload = _to_json(result)
             # Only successes are stored: Stripe lets a request that failed validation, or hit a
             # 500, be retried with the same key.
             if idempotency_key:
                 self._idempotency[scope] = _StoredResponse(fingerprint, payload, request_id)
-        if event.payload:
+        if events:
             # Stripe sends events asynchronously; the API answer must not wait on the endpoint.
-            threading.Thread(target=self._deliver_auto_event, args=(event,), daemon=True).start()
+            threading.Thread(target=self._deliver_all, args=(events,), daemon=True).start()
         return 200, payload, response_headers
+
+    def _deliver_all(self, events: list[LoggedEvent]) -> None:
+        for event in events:
+            self._bus.deliver(event)
+
+    def _read(
+        self, endpoint: str, object_id: str, params: dict[str, Any], livemode: bool, old_names: bool
+    ) -> dict[str, Any]:
+        """A GET on one of the objects beyond sessions, or on a list."""
+        if endpoint == "list_sessions":
+            return self._list_sessions(params, livemode, old_names)
+        if endpoint == "list_events":
+            return self._bus.list_page(params, livemode)
+        _reject_unknown(params, PAGINATION_PARAMS if endpoint.startswith("list_") else _EXPAND, "")
+        if endpoint == "list_webhook_endpoints":
+            items = self._bus.endpoints.newest_first(livemode)
+            return page(items, lambda _: True, params, "/v1/webhook_endpoints", "webhook_endpoint")
+        if endpoint == "retrieve_event":
+            return self._bus.retrieve(object_id, livemode)
+        if endpoint == "retrieve_webhook_endpoint":
+            return self._bus.endpoints.retrieve(object_id, livemode)
+        payments = self._payments
+        lookups: dict[str, Callable[[str, bool], dict[str, Any]]] = {
+            "retrieve_payment_intent": payments.intent,
+            "retrieve_charge": payments.charge,
+            "retrieve_refund": payments.refund,
+            "retrieve_dispute": payments.dispute,
+        }
+        with self._lock:
+            found = lookups[endpoint](object_id, livemode)
+            return self._expand(found, _expand_list(params.get("expand")))
+
+    def _expand(self, found: dict[str, Any], expand: list[str]) -> dict[str, Any]:
+        """Replace ids by their objects (`latest_charge`, `payment_intent`, `charge`)."""
+        stores = {
+            "latest_charge": self._payments.charges,
+            "charge": self._payments.charges,
+            "payment_intent": self._payments.intents,
+        }
+        shown = dict(found)
+        for item in expand:
+            field, _, rest = item.partition(".")
+            store = stores.get(field)
+            if store is None or field not in shown:
+                raise _invalid(f"This property cannot be expanded ({item}).", "expand")
+            target = store.get(shown[field] or "") if isinstance(shown[field], str) else None
+            if target is not None:
+                shown[field] = self._expand(target, [rest] if rest else [])
+        return shown
+
+    def _write(
+        self,
+        endpoint: str,
+        object_id: str,
+        params: dict[str, Any],
+        livemode: bool,
+        request: tuple[str | None, str | None],
+    ) -> tuple[dict[str, Any], list[LoggedEvent]]:
+        """A POST or DELETE beyond sessions; the caller holds the lock. Returns its events too."""
+        expand = _expand_list(params.pop("expand", None))
+        if endpoint == "create_refund":
+            refund, changes = self._payments.create_refund(params, livemode)
+            return self._expand(refund, expand), self._emit_changes(changes, request)
+        endpoints = self._bus.endpoints
+        if endpoint == "create_webhook_endpoint":
+            return endpoints.create(params, livemode), []
+        if endpoint == "update_webhook_endpoint":
+            return endpoints.update(object_id, params, livemode), []
+        return endpoints.delete(object_id, livemode), []
+
+    def _list_sessions(
+        self, params: dict[str, Any], livemode: bool, old_names: bool
+    ) -> dict[str, Any]:
+        """GET /v1/checkout/sessions: newest first, by status, created, payment_intent, customer."""
+        _reject_unknown(params, _SESSION_LIST_PARAMS, "")
+        created = parse_created(params.get("created"))
+        status = params.get("status")
+        if status is not None and status not in ("complete", "expired", "open"):
+            raise _invalid("Invalid status: must be one of complete, expired, or open", "status")
+        equal = {
+            name: params[name]
+            for name in ("payment_intent", "customer", "subscription", "payment_link")
+            if params.get(name) is not None
+        }
+        details = params.get("customer_details")
+        email = details.get("email") if isinstance(details, dict) else None
+        expand = [item.removeprefix("data.") for item in _expand_list(params.get("expand"))]
+        if any(item.split(".", 1)[0] not in EXPANDABLE for item in expand):
+            raise _invalid("Only data.<field> of a session can be expanded here.", "expand")
+
+        def keep(data: dict[str, Any]) -> bool:
+            return (
+                (status is None or data["status"] == status)
+                and created(data["created"])
+                and all(data.get(name) == value for name, value in equal.items())
+                and (email is None or (data["customer_details"] or {}).get("email") == email)
+            )
+
+        with self._lock:
+            newest = sorted(
+                (s for s in reversed(self._sessions.values()) if s.data["livemode"] == livemode),
+                key=lambda s: s.data["created"],
+                reverse=True,  # stable: among equal `created`, the later session comes first
+            )
+            listing = page(
+                [s.data for s in newest], keep, params, "/v1/checkout/sessions", "checkout.session"
+            )
+            if old_names or expand:
+                listing["data"] = [
+                    json.loads(
+                        self._render_session(
+                            self._sessions[d["id"]], old_names=old_names, expand=expand
+                        )
+                    )
+                    for d in listing["data"]
+                ]
+        return listing
 
     def _take_fault(self) -> tuple[float, str, float]:
         """Decide this request's latency and fault; the caller holds the lock."""
@@ -566,6 +791,18 @@ class StripeEmulator:
             self.set_webhook(body.get("url"), body.get("secret"))
             return self._webhook_target()
 
+        def open_dispute(body: dict[str, Any]) -> dict[str, Any]:
+            return self.open_dispute(
+                body.get("payment_intent") or body.get("charge"),
+                amount=body.get("amount"),
+                reason=body.get("reason", "fraudulent"),
+                inquiry=body.get("inquiry", False),
+            )
+
+        def set_retries(body: dict[str, Any]) -> dict[str, Any]:
+            delays = self.set_retry_schedule(body.get("schedule"), factor=body.get("factor"))
+            return {"schedule": list(delays)}
+
         def deliver(body: dict[str, Any]) -> dict[str, Any]:
             return self.deliver_event(
                 body.get("session_id"),
@@ -587,11 +824,27 @@ class StripeEmulator:
             ("POST", "webhooks"): set_webhook,
             ("POST", "events"): deliver,
             ("GET", "events"): lambda _: {"deliveries": self.deliveries()},
+            ("POST", "disputes"): open_dispute,
+            ("GET", "retries"): lambda _: {"schedule": list(self._bus.retry_delays)},
+            ("POST", "retries"): set_retries,
         }
+
+    def _object_helper(
+        self, method: str, parts: list[str], payload: dict[str, Any], path: str
+    ) -> dict[str, Any]:
+        """/_emulator/disputes/{id}/close and /_emulator/events/{id} (its deliveries)."""
+        object_id = unquote(parts[1])
+        action = parts[2] if len(parts) == 3 else ""
+        if parts[0] == "disputes" and method == "POST" and action == "close":
+            return self.close_dispute(object_id, payload.get("status"))
+        if parts[0] == "events" and method == "GET" and not action:
+            return self.event_deliveries(object_id)
+        raise _unrecognized(method, path)
 
     def _webhook_target(self) -> dict[str, Any]:
         with self._lock:
-            return {"url": self._webhook_url, "secret_set": bool(self._webhook_secret)}
+            webhook = self._bus.webhook
+            return {"url": webhook and webhook.url, "secret_set": bool(webhook and webhook.secret)}
 
     def _handle_helper(self, method: str, path: str, body: bytes, request_id: str) -> _Response:
         payload = _json_object(body) if method == "POST" else {}
@@ -609,8 +862,12 @@ class StripeEmulator:
                 result = self.expire_session(session_id)
             elif method == "POST" and action == "settle":
                 result = self.settle_payment(session_id, payload.get("result", "succeeded"))
+            elif method == "POST" and action == "created":
+                result = self.set_session_created(session_id, payload.get("created"))
             else:
                 raise _unrecognized(method, path)
+        elif parts[0] in ("disputes", "events") and len(parts) in (2, 3):
+            result = self._object_helper(method, parts, payload, path)
         else:
             handler = self._helper_routes().get((method, "/".join(parts)))
             if handler is None:
@@ -622,19 +879,56 @@ class StripeEmulator:
         return 200, _to_json(result), _headers(request_id)
 
 
+# /v1 endpoints by (method, path with `*` for an id), named as calls() counts them.
+_ROUTES = {
+    ("POST", "checkout/sessions"): "create_session",
+    ("GET", "checkout/sessions/*"): "retrieve_session",
+    ("POST", "checkout/sessions/*/expire"): "expire_session",
+    ("GET", "checkout/sessions"): "list_sessions",
+    ("GET", "payment_intents/*"): "retrieve_payment_intent",
+    ("GET", "charges/*"): "retrieve_charge",
+    ("POST", "refunds"): "create_refund",
+    ("GET", "refunds/*"): "retrieve_refund",
+    ("GET", "disputes/*"): "retrieve_dispute",
+    ("GET", "events"): "list_events",
+    ("GET", "events/*"): "retrieve_event",
+    ("POST", "webhook_endpoints"): "create_webhook_endpoint",
+    ("GET", "webhook_endpoints"): "list_webhook_endpoints",
+    ("GET", "webhook_endpoints/*"): "retrieve_webhook_endpoint",
+    ("POST", "webhook_endpoints/*"): "update_webhook_endpoint",
+    ("DELETE", "webhook_endpoints/*"): "delete_webhook_endpoint",
+}
+_ENDPOINTS = tuple(_ROUTES.values())
+_ALWAYS_COUNTED = frozenset(
+    {"total", "create_session", "retrieve_session", "expire_session", "other"}
+)
+_RESOURCE_WORDS = frozenset(
+    word for _, pattern in _ROUTES for word in pattern.split("/") if word != "*"
+)
+_EXPAND = frozenset({"expand"})
+_SESSION_LIST_PARAMS = PAGINATION_PARAMS | {
+    "created", "customer", "customer_account", "customer_details", "payment_intent",
+    "payment_link", "status", "subscription",
+}  # fmt: skip
+
+
 def _route(method: str, path: str) -> tuple[str, str]:
-    """The /v1 endpoint a request is for (a calls() counter name), and its session id if any."""
-    parts = path.split("/")  # "", "v1", "checkout", "sessions", id, "expire"
-    if parts[1:4] != ["v1", "checkout", "sessions"]:
+    """The /v1 endpoint a request is for (a calls() counter name), and its object id if any."""
+    parts = path.split("/")[2:]  # "", "v1", then e.g. "checkout", "sessions", id, "expire"
+    ids = [unquote(part) for part in parts if part not in _RESOURCE_WORDS]
+    pattern = "/".join(part if part in _RESOURCE_WORDS else "*" for part in parts)
+    endpoint = _ROUTES.get((method, pattern))
+    if endpoint is None or len(ids) > 1 or any(not i for i in ids):
         return "other", ""
-    session_id = unquote(parts[4]) if len(parts) > 4 else ""
-    if len(parts) == 4 and method == "POST":
-        return "create_session", ""
-    if len(parts) == 5 and session_id and method == "GET":
-        return "retrieve_session", session_id
-    if len(parts) == 6 and session_id and parts[5] == "expire" and method == "POST":
-        return "expire_session", session_id
-    return "other", ""
+    return endpoint, ids[0] if ids else ""
+
+
+def _expand_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _invalid("Invalid array", "expand")
+    return value
 
 
 def _replay(
