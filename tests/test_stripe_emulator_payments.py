@@ -49,7 +49,7 @@ def events_of(receiver: WebhookReceiver, count: int) -> list[stripe.Event]:
     return [receiver.verified_event(i) for i in range(len(receiver.received))]
 
 
-def error_of(call: Any) -> stripe.StripeError:
+def error_of(call: Any) -> Any:
     with pytest.raises(stripe.StripeError) as caught:
         call()
     return caught.value
