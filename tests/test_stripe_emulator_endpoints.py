@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,10 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests
 import stripe
 
 from devtools.stripe_emulator import StripeEmulator
-from tests.support import free_port
+from tests.support import ROOT, free_port
 from tests.test_stripe_emulator import OLD_API_VERSION, WEBHOOK_SECRET, create, helper, sdk
 
 # A bound on how long a delivery or retry may take to show up. Generous, because the machine is
@@ -405,3 +408,22 @@ def test_stop_ends_the_retry_thread():
     finally:
         endpoint.server.shutdown()
         endpoint.server.server_close()
+
+
+def test_the_command_line_sets_the_retry_schedule():
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devtools.stripe_emulator", "--port", str(port)]
+        + ["--retry-factor", "36000"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline().startswith("Stripe emulator listening on")
+        schedule = requests.get(f"http://127.0.0.1:{port}/_emulator/retries", timeout=10).json()
+        assert schedule == {"schedule": [0.1, 0.2, 0.4]}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()

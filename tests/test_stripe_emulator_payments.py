@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,9 @@ import requests
 import stripe
 
 from devtools.stripe_emulator import StripeEmulator
+from tests.gcloud_cli import require_tools
+from tests.support import ROOT
+from tests.test_docs import shell_blocks_of
 from tests.test_stripe_emulator import KEY, WEBHOOK_SECRET, WebhookReceiver, create, helper, sdk
 
 
@@ -362,3 +366,28 @@ def test_event_payload_of_a_refund_is_json_of_the_charge(client, stripe_emulator
         "livemode", "payment_intent", "paid", "status", "disputed", "created", "metadata",
     }  # fmt: skip
     assert expected <= set(charge)
+
+
+# --- docs/local-browser.md's refund walk-through, as written --------------------------------
+
+
+@pytest.mark.curl
+def test_the_refund_walkthrough_gets_the_documented_answers(stripe_emulator):
+    require_tools("bash", "curl", "jq")
+    text = (ROOT / "docs" / "local-browser.md").read_text()
+    section = text.split("\n### A refund, end to end", 1)[1].split("\n## ", 1)[0]
+    (block,) = shell_blocks_of(section)
+    default = "http://127.0.0.1:12111"
+    assert f"EMULATOR={default} " in block
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block.replace(default, stripe_emulator.url)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answers = ("# {", '# "', "# [")  # the JSON each command prints, as the page shows it
+    documented = [line[2:] for line in block.splitlines() if line.startswith(answers)]
+    assert len(documented) == 5
+    assert result.stdout.splitlines() == documented
