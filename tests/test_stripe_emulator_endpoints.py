@@ -284,9 +284,9 @@ def test_an_endpoint_gets_events_in_its_api_version(client, stripe_emulator, end
     )
     assert current_event["id"] == old_event.id
     attempts = stripe_emulator.event_deliveries(old_event.id)["attempts"]
-    assert sorted(a["endpoint"] for a in attempts) == sorted(
-        e.id for e in client.v1.webhook_endpoints.list().data
-    )
+    assert {a["endpoint"]: a["api_version"] for a in attempts} == {
+        e.id: e.api_version or "2026-10-28.endive" for e in client.v1.webhook_endpoints.list().data
+    }
 
 
 # --- retries -------------------------------------------------------------------------------
@@ -412,9 +412,9 @@ def test_stop_ends_the_retry_thread():
 
 def test_the_command_line_sets_the_retry_schedule():
     port = free_port()
+    command = ["-m", "devtools.stripe_emulator", "--port", str(port), "--retry-factor", "36000"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "devtools.stripe_emulator", "--port", str(port)]
-        + ["--retry-factor", "36000"],
+        [sys.executable, *command],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

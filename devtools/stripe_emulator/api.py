@@ -360,8 +360,9 @@ class StripeEmulator:
         """Every webhook delivery attempt since the last reset, oldest first.
 
         Each: event_id, type, session_id (the session the object belongs to, if any),
-        object_id, endpoint (`we_…`, or None for set_webhook's target and one-off sends), url,
-        attempt (1 for the first, 0 for deliver_event's), status (0: no answer), body, at.
+        object_id, endpoint (`we_…`, or None for set_webhook's target and one-off sends),
+        api_version (the payload's), url, attempt (1 for the first, 0 for deliver_event's),
+        status (0: no answer), body, at.
         """
         return self._bus.deliveries()
 
@@ -581,7 +582,7 @@ class StripeEmulator:
             # 500, be retried with the same key.
             if idempotency_key:
                 self._idempotency[scope] = _StoredResponse(fingerprint, payload, request_id)
-        if events:
+        if any(event.targets for event in events):
             # Stripe sends events asynchronously; the API answer must not wait on the endpoint.
             threading.Thread(target=self._deliver_all, args=(events,), daemon=True).start()
         return 200, payload, response_headers

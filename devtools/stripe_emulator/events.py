@@ -286,22 +286,19 @@ class EventBus:
             raise _invalid("Invalid array", "types")
         wanted = None if one_type is None and types is None else [one_type] if one_type else types
 
-        with self._lock:
-            events = [e for e in reversed(self._events.values()) if e.livemode == livemode]
-            rendered = {e.id: e for e in events}
-            items = [{"id": e.id} for e in events]
+        with self._lock:  # delivery threads update the events' states under this lock
+            events = {e.id: e for e in reversed(self._events.values()) if e.livemode == livemode}
 
-        def keep(item: dict[str, Any]) -> bool:
-            event = rendered[item["id"]]
-            return (
-                created(event.created)
-                and (delivered is None or event.delivered() == delivered)
-                and (wanted is None or any(_type_matches(event.type, w) for w in wanted))
-            )
+            def keep(item: dict[str, Any]) -> bool:
+                event = events[item["id"]]
+                return (
+                    created(event.created)
+                    and (delivered is None or event.delivered() == delivered)
+                    and (wanted is None or any(_type_matches(event.type, w) for w in wanted))
+                )
 
-        listing = page(items, keep, params, "/v1/events", "event")
-        with self._lock:
-            listing["data"] = [rendered[item["id"]].render() for item in listing["data"]]
+            listing = page([{"id": i} for i in events], keep, params, "/v1/events", "event")
+            listing["data"] = [events[item["id"]].render() for item in listing["data"]]
         return listing
 
     # --- delivery ---
@@ -362,6 +359,7 @@ class EventBus:
             "session_id": event.session_id,
             "object_id": event.object_id,
             "endpoint": target.endpoint,
+            "api_version": target.api_version or LATEST_API_VERSION,  # the payload's
             "url": target.url,
             "attempt": attempt,  # 0 for a one-off send through deliver_event()
             "status": status,
