@@ -82,16 +82,21 @@ def test_a_paid_session_has_a_succeeded_payment_intent_and_charge(client, stripe
     assert charge.billing_details.email == session.customer_details.email
 
 
-def test_the_session_expands_its_payment_intent_and_latest_charge(client, stripe_emulator):
+def test_the_payment_intent_expands_its_latest_charge(client, stripe_emulator):
     session = paid_session(client, stripe_emulator)
-    params: Any = {"expand": ["payment_intent.latest_charge"]}
+    params: Any = {"expand": ["payment_intent"]}
     expanded = client.v1.checkout.sessions.retrieve(session.id, params=params)
-    assert expanded.payment_intent.id == session.payment_intent
-    assert expanded.payment_intent.latest_charge.object == "charge"
-    assert expanded.payment_intent.latest_charge.amount == 200
+    assert (expanded.payment_intent.id, expanded.payment_intent.status) == (
+        session.payment_intent,
+        "succeeded",
+    )
     intent_params: Any = {"expand": ["latest_charge"]}
     intent = client.v1.payment_intents.retrieve(session.payment_intent, params=intent_params)
-    assert intent.latest_charge.payment_intent == intent.id
+    assert intent.latest_charge.object == "charge"
+    assert (intent.latest_charge.payment_intent, intent.latest_charge.amount) == (intent.id, 200)
+    refund_params: Any = {"payment_intent": intent.id, "expand": ["charge"]}
+    refund = client.v1.refunds.create(params=refund_params)
+    assert (refund.charge.id, refund.charge.refunded) == (intent.latest_charge.id, True)
 
 
 def test_a_delayed_payment_charges_when_it_settles(client, stripe_emulator):

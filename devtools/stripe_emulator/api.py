@@ -14,16 +14,14 @@ from email.message import Message
 from typing import Any
 from urllib.parse import unquote
 
-from devtools.stripe_emulator import browser
+from devtools.stripe_emulator import browser, resources
 from devtools.stripe_emulator.endpoints import Target
 from devtools.stripe_emulator.events import EventBus, LoggedEvent, check_schedule, retry_schedule
-from devtools.stripe_emulator.listing import PAGINATION_PARAMS, page, parse_created
 from devtools.stripe_emulator.payments import Change, Payments
 from devtools.stripe_emulator.server import _Server
 from devtools.stripe_emulator.state import (
     DEFAULT_FAULTS,
     EVENT_TYPES,
-    EXPANDABLE,
     FAULT_MODES,
     IDEMPOTENCY_KEY_MAX_LENGTH,
     LATEST_API_VERSION,
@@ -81,7 +79,10 @@ class StripeEmulator:
     def _clear_state(self) -> None:
         self._sessions: dict[str, _Session] = {}
         self._idempotency: dict[tuple[bool, str], _StoredResponse] = {}
-        self._calls = dict.fromkeys(("total", *_ENDPOINTS, "other"), 0)
+        self._calls = dict.fromkeys(
+            ("total", "create_session", "retrieve_session", "expire_session", "other"), 0
+        )
+        self._calls.update(dict.fromkeys(resources.ENDPOINTS, 0))
         self._sessions_created = 0
         self._connections_opened = 0
         self._faults = {**DEFAULT_FAULTS, "latency_ms": self._base_latency_ms}
@@ -149,13 +150,13 @@ class StripeEmulator:
         """Requests that reached /v1 by endpoint, plus `sessions_created` (replays excluded).
 
         The session endpoints and `other` are always there; the others (`list_sessions`,
-        `create_refund`, `list_events`, … as named in _ROUTES) once they have been called.
+        `create_refund`, `list_events`, … as resources.ROUTES names them) once called.
         """
         with self._lock:
             calls = {
                 name: count
                 for name, count in self._calls.items()
-                if count or name in _ALWAYS_COUNTED
+                if count or name not in resources.ENDPOINTS
             }
             return {**calls, "sessions_created": self._sessions_created}
 
@@ -271,7 +272,7 @@ class StripeEmulator:
             session.update(**fields)
             self._sync_payment(session)
             data, event = session.data, self._auto_event(session, "checkout.session.completed")
-        self._bus.deliver(event)
+        self._deliver_auto_event(event)
         return json.loads(_to_json(data))
 
     def settle_payment(self, session_id: str, result: str = "succeeded") -> dict[str, Any]:
@@ -288,7 +289,7 @@ class StripeEmulator:
             event_type = settle_delayed_payment(session, result == "succeeded")
             self._sync_payment(session)
             data, event = session.data, self._auto_event(session, event_type)
-        self._bus.deliver(event)
+        self._deliver_auto_event(event)
         return json.loads(_to_json(data))
 
     def find_by_client_secret(self, client_secret: str) -> dict[str, Any] | None:
@@ -310,7 +311,7 @@ class StripeEmulator:
             session = self._open_session(session_id, "expired")
             session.update(status="expired")
             data, event = session.data, self._auto_event(session, "checkout.session.expired")
-        self._bus.deliver(event)
+        self._deliver_auto_event(event)
         return json.loads(_to_json(data))
 
     def deliver_event(
@@ -415,8 +416,7 @@ class StripeEmulator:
                 payment, amount=amount, reason=reason, inquiry=inquiry
             )
             events = self._emit_changes(changes)
-        for event in events:
-            self._bus.deliver(event)
+        self._deliver_auto_event(*events)
         return dispute
 
     def close_dispute(self, dispute_id: str, status: str) -> dict[str, Any]:
@@ -428,8 +428,7 @@ class StripeEmulator:
         with self._lock:
             dispute, changes = self._payments.close_dispute(dispute_id, status)
             events = self._emit_changes(changes)
-        for event in events:
-            self._bus.deliver(event)
+        self._deliver_auto_event(*events)
         return dispute
 
     # --- events ---
@@ -448,9 +447,14 @@ class StripeEmulator:
         """Log the event Stripe would emit for this change; the caller delivers it."""
         return self._bus.emit(event_type, session.data, session_id=session.data["id"])
 
+    def _deliver_auto_event(self, *events: LoggedEvent) -> None:
+        for event in events:
+            self._bus.deliver(event)
+
     def _emit_changes(
         self, changes: list[Change], request: tuple[str | None, str | None] = (None, None)
     ) -> list[LoggedEvent]:
+        """Log the events of a payment's changes; the caller holds the lock, then delivers."""
         return [
             self._bus.emit(
                 change.type,
@@ -464,17 +468,6 @@ class StripeEmulator:
             )
             for change in changes
         ]
-
-    def _render_session(
-        self, session: _Session, *, old_names: bool = False, expand: list[str] | None = None
-    ) -> bytes:
-        intent = None
-        if expand and any(item.split(".", 1)[0] == "payment_intent" for item in expand):
-            intent = self._payments.intents.get(session.data["payment_intent"] or "")
-            if intent is not None and "payment_intent.latest_charge" in expand:
-                charge = self._payments.charges.get(intent["latest_charge"] or "")
-                intent = {**intent, "latest_charge": charge}
-        return session.render(old_names=old_names, expand=expand, payment_intent=intent)
 
     # --- HTTP: /v1 ---
 
@@ -502,7 +495,10 @@ class StripeEmulator:
     def _handle_api(
         self, method: str, path: str, query: str, headers: Message, body: bytes, request_id: str
     ) -> _Response | None:
-        endpoint, object_id = _route(method, path)
+        endpoint, session_id = _route(method, path)
+        other = resources.route(method, path) if endpoint == "other" else None
+        if other is not None:
+            endpoint, object_id = other
         with self._lock:
             self._calls["total"] += 1
             self._calls[endpoint] += 1
@@ -530,18 +526,15 @@ class StripeEmulator:
         response_headers = _headers(request_id, (("Stripe-Version", version),))
         if endpoint == "other":
             raise _unrecognized(method, path)
+        if other is not None:
+            return self._handle_resource(endpoint, object_id, query, headers, body, request_id)
         if endpoint == "retrieve_session":
             expand = _parse_expand(_query_params(query).get("expand"))
             with self._lock:
-                session = self._session_for(object_id, livemode)
-                rendered = self._render_session(session, old_names=old_names, expand=expand)
-                return 200, rendered, response_headers
-        if method == "GET":
-            found = self._read(endpoint, object_id, decode_form(query), livemode, old_names)
-            return 200, _to_json(found), response_headers
+                session = self._session_for(session_id, livemode)
+                return 200, session.render(old_names=old_names, expand=expand), response_headers
 
-        raw = query.encode() if method == "DELETE" else body  # the SDK sends DELETE's in the URL
-        params = decode_form(raw.decode("utf-8", "replace"))
+        params = decode_form(body.decode("utf-8", "replace"))
         idempotency_key = headers.get("Idempotency-Key") or ""
         if len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
             raise _invalid(
@@ -549,8 +542,8 @@ class StripeEmulator:
             )
         # Stripe scopes keys to the account, and so does this: a rotated key still replays.
         scope = (livemode, idempotency_key)
-        fingerprint = (path, raw)
-        events: list[LoggedEvent] = []
+        fingerprint = (path, body)
+        event: LoggedEvent | None = None
         # One lock over lookup, execution and storage, so a double submit creates one session.
         with self._lock:
             stored = self._idempotency.get(scope) if idempotency_key else None
@@ -562,147 +555,65 @@ class StripeEmulator:
                 )
                 session = self._sessions[data["id"]] = _Session(data, line_items)
                 self._sessions_created += 1
-                payload = self._render_session(
-                    session, old_names=old_names, expand=params.get("expand")
-                )
-            elif endpoint == "expire_session":
+            else:
                 _reject_unknown(params, frozenset({"expand"}), "")
                 _parse_expand(params.get("expand"))
-                session = self._open_session(object_id, "expired", livemode)
+                session = self._open_session(session_id, "expired", livemode)
                 session.update(status="expired")
-                events = [self._auto_event(session, "checkout.session.expired")]
-                payload = self._render_session(
-                    session, old_names=old_names, expand=params.get("expand")
-                )
-            else:
-                request = (request_id, idempotency_key or None)
-                result, events = self._write(endpoint, object_id, params, livemode, request)
-                payload = _to_json(result)
+                event = self._auto_event(session, "checkout.session.expired")
+            payload = session.render(old_names=old_names, expand=params.get("expand"))
             # Only successes are stored: Stripe lets a request that failed validation, or hit a
             # 500, be retried with the same key.
             if idempotency_key:
                 self._idempotency[scope] = _StoredResponse(fingerprint, payload, request_id)
-        if any(event.targets for event in events):
+        if event is not None and event.targets:
             # Stripe sends events asynchronously; the API answer must not wait on the endpoint.
-            threading.Thread(target=self._deliver_all, args=(events,), daemon=True).start()
+            threading.Thread(target=self._deliver_auto_event, args=(event,), daemon=True).start()
         return 200, payload, response_headers
 
-    def _deliver_all(self, events: list[LoggedEvent]) -> None:
-        for event in events:
-            self._bus.deliver(event)
-
-    def _read(
-        self, endpoint: str, object_id: str, params: dict[str, Any], livemode: bool, old_names: bool
-    ) -> dict[str, Any]:
-        """A GET on one of the objects beyond sessions, or on a list."""
-        if endpoint == "list_sessions":
-            return self._list_sessions(params, livemode, old_names)
-        if endpoint == "list_events":
-            return self._bus.list_page(params, livemode)
-        _reject_unknown(params, PAGINATION_PARAMS if endpoint.startswith("list_") else _EXPAND, "")
-        if endpoint == "list_webhook_endpoints":
-            items = self._bus.endpoints.newest_first(livemode)
-            return page(items, lambda _: True, params, "/v1/webhook_endpoints", "webhook_endpoint")
-        if endpoint == "retrieve_event":
-            return self._bus.retrieve(object_id, livemode)
-        if endpoint == "retrieve_webhook_endpoint":
-            return self._bus.endpoints.retrieve(object_id, livemode)
-        payments = self._payments
-        lookups: dict[str, Callable[[str, bool], dict[str, Any]]] = {
-            "retrieve_payment_intent": payments.intent,
-            "retrieve_charge": payments.charge,
-            "retrieve_refund": payments.refund,
-            "retrieve_dispute": payments.dispute,
-        }
-        with self._lock:
-            found = lookups[endpoint](object_id, livemode)
-            return self._expand(found, _expand_list(params.get("expand")))
-
-    def _expand(self, found: dict[str, Any], expand: list[str]) -> dict[str, Any]:
-        """Replace ids by their objects (`latest_charge`, `payment_intent`, `charge`)."""
-        stores = {
-            "latest_charge": self._payments.charges,
-            "charge": self._payments.charges,
-            "payment_intent": self._payments.intents,
-        }
-        shown = dict(found)
-        for item in expand:
-            field, _, rest = item.partition(".")
-            store = stores.get(field)
-            if store is None or field not in shown:
-                raise _invalid(f"This property cannot be expanded ({item}).", "expand")
-            target = store.get(shown[field] or "") if isinstance(shown[field], str) else None
-            if target is not None:
-                shown[field] = self._expand(target, [rest] if rest else [])
-        return shown
-
-    def _write(
+    def _handle_resource(
         self,
         endpoint: str,
         object_id: str,
-        params: dict[str, Any],
-        livemode: bool,
-        request: tuple[str | None, str | None],
-    ) -> tuple[dict[str, Any], list[LoggedEvent]]:
-        """A POST or DELETE beyond sessions; the caller holds the lock. Returns its events too."""
-        expand = _expand_list(params.pop("expand", None))
-        if endpoint == "create_refund":
-            refund, changes = self._payments.create_refund(params, livemode)
-            return self._expand(refund, expand), self._emit_changes(changes, request)
-        endpoints = self._bus.endpoints
-        if endpoint == "create_webhook_endpoint":
-            return endpoints.create(params, livemode), []
-        if endpoint == "update_webhook_endpoint":
-            return endpoints.update(object_id, params, livemode), []
-        return endpoints.delete(object_id, livemode), []
+        query: str,
+        headers: Message,
+        body: bytes,
+        request_id: str,
+    ) -> _Response:
+        """A /v1 request of resources.ROUTES, once authenticated; writes are idempotent."""
+        livemode = "_live_" in self._authenticate(headers.get("Authorization"))[:8]
+        version = headers.get("Stripe-Version") or LATEST_API_VERSION
+        old_names = _version_date(version) < RENAMED_UI_MODES_SINCE
+        response_headers = _headers(request_id, (("Stripe-Version", version),))
+        method = "GET" if endpoint.startswith(("list_", "retrieve_")) else "POST"
+        if method == "GET":
+            with self._lock:
+                found = resources.read(
+                    self, endpoint, object_id, decode_form(query), livemode, old_names
+                )
+            return 200, _to_json(found), response_headers
 
-    def _list_sessions(
-        self, params: dict[str, Any], livemode: bool, old_names: bool
-    ) -> dict[str, Any]:
-        """GET /v1/checkout/sessions: newest first, by status, created, payment_intent, customer."""
-        _reject_unknown(params, _SESSION_LIST_PARAMS, "")
-        created = parse_created(params.get("created"))
-        status = params.get("status")
-        if status is not None and status not in ("complete", "expired", "open"):
-            raise _invalid("Invalid status: must be one of complete, expired, or open", "status")
-        equal = {
-            name: params[name]
-            for name in ("payment_intent", "customer", "subscription", "payment_link")
-            if params.get(name) is not None
-        }
-        details = params.get("customer_details")
-        email = details.get("email") if isinstance(details, dict) else None
-        expand = [item.removeprefix("data.") for item in _expand_list(params.get("expand"))]
-        if any(item.split(".", 1)[0] not in EXPANDABLE for item in expand):
-            raise _invalid("Only data.<field> of a session can be expanded here.", "expand")
-
-        def keep(data: dict[str, Any]) -> bool:
-            return (
-                (status is None or data["status"] == status)
-                and created(data["created"])
-                and all(data.get(name) == value for name, value in equal.items())
-                and (email is None or (data["customer_details"] or {}).get("email") == email)
+        raw = body if endpoint != "delete_webhook_endpoint" else query.encode()  # DELETE: URL
+        params = decode_form(raw.decode("utf-8", "replace"))
+        key = headers.get("Idempotency-Key") or ""
+        if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+            raise _invalid(
+                f"Idempotency-Key must be no longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters."
             )
-
-        with self._lock:
-            newest = sorted(
-                (s for s in reversed(self._sessions.values()) if s.data["livemode"] == livemode),
-                key=lambda s: s.data["created"],
-                reverse=True,  # stable: among equal `created`, the later session comes first
+        scope, fingerprint = (livemode, key), (f"{endpoint}:{object_id}", raw)
+        with self._lock:  # as for sessions: a double submit refunds once
+            stored = self._idempotency.get(scope) if key else None
+            if stored is not None:
+                return _replay(stored, fingerprint, key, response_headers)
+            result, events = resources.write(
+                self, endpoint, object_id, params, livemode, (request_id, key or None)
             )
-            listing = page(
-                [s.data for s in newest], keep, params, "/v1/checkout/sessions", "checkout.session"
-            )
-            if old_names or expand:
-                listing["data"] = [
-                    json.loads(
-                        self._render_session(
-                            self._sessions[d["id"]], old_names=old_names, expand=expand
-                        )
-                    )
-                    for d in listing["data"]
-                ]
-        return listing
+            payload = _to_json(result)
+            if key:
+                self._idempotency[scope] = _StoredResponse(fingerprint, payload, request_id)
+        if any(event.targets for event in events):
+            threading.Thread(target=self._deliver_auto_event, args=events, daemon=True).start()
+        return 200, payload, response_headers
 
     def _take_fault(self) -> tuple[float, str, float]:
         """Decide this request's latency and fault; the caller holds the lock."""
@@ -880,56 +791,19 @@ class StripeEmulator:
         return 200, _to_json(result), _headers(request_id)
 
 
-# /v1 endpoints by (method, path with `*` for an id), named as calls() counts them.
-_ROUTES = {
-    ("POST", "checkout/sessions"): "create_session",
-    ("GET", "checkout/sessions/*"): "retrieve_session",
-    ("POST", "checkout/sessions/*/expire"): "expire_session",
-    ("GET", "checkout/sessions"): "list_sessions",
-    ("GET", "payment_intents/*"): "retrieve_payment_intent",
-    ("GET", "charges/*"): "retrieve_charge",
-    ("POST", "refunds"): "create_refund",
-    ("GET", "refunds/*"): "retrieve_refund",
-    ("GET", "disputes/*"): "retrieve_dispute",
-    ("GET", "events"): "list_events",
-    ("GET", "events/*"): "retrieve_event",
-    ("POST", "webhook_endpoints"): "create_webhook_endpoint",
-    ("GET", "webhook_endpoints"): "list_webhook_endpoints",
-    ("GET", "webhook_endpoints/*"): "retrieve_webhook_endpoint",
-    ("POST", "webhook_endpoints/*"): "update_webhook_endpoint",
-    ("DELETE", "webhook_endpoints/*"): "delete_webhook_endpoint",
-}
-_ENDPOINTS = tuple(_ROUTES.values())
-_ALWAYS_COUNTED = frozenset(
-    {"total", "create_session", "retrieve_session", "expire_session", "other"}
-)
-_RESOURCE_WORDS = frozenset(
-    word for _, pattern in _ROUTES for word in pattern.split("/") if word != "*"
-)
-_EXPAND = frozenset({"expand"})
-_SESSION_LIST_PARAMS = PAGINATION_PARAMS | {
-    "created", "customer", "customer_account", "customer_details", "payment_intent",
-    "payment_link", "status", "subscription",
-}  # fmt: skip
-
-
 def _route(method: str, path: str) -> tuple[str, str]:
-    """The /v1 endpoint a request is for (a calls() counter name), and its object id if any."""
-    parts = path.split("/")[2:]  # "", "v1", then e.g. "checkout", "sessions", id, "expire"
-    ids = [unquote(part) for part in parts if part not in _RESOURCE_WORDS]
-    pattern = "/".join(part if part in _RESOURCE_WORDS else "*" for part in parts)
-    endpoint = _ROUTES.get((method, pattern))
-    if endpoint is None or len(ids) > 1 or any(not i for i in ids):
+    """The /v1 endpoint a request is for (a calls() counter name), and its session id if any."""
+    parts = path.split("/")  # "", "v1", "checkout", "sessions", id, "expire"
+    if parts[1:4] != ["v1", "checkout", "sessions"]:
         return "other", ""
-    return endpoint, ids[0] if ids else ""
-
-
-def _expand_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _invalid("Invalid array", "expand")
-    return value
+    session_id = unquote(parts[4]) if len(parts) > 4 else ""
+    if len(parts) == 4 and method == "POST":
+        return "create_session", ""
+    if len(parts) == 5 and session_id and method == "GET":
+        return "retrieve_session", session_id
+    if len(parts) == 6 and session_id and parts[5] == "expire" and method == "POST":
+        return "expire_session", session_id
+    return "other", ""
 
 
 def _replay(

@@ -581,18 +581,8 @@ class _Session:
         self.data = {**self.data, **fields}  # a new dict: snapshots already handed out stay put
         self._json = None
 
-    def render(
-        self,
-        *,
-        old_names: bool = False,
-        expand: list[str] | None = None,
-        payment_intent: dict[str, Any] | None = None,
-    ) -> bytes:
-        """The session's JSON; `old_names` for API versions before the ui_mode rename.
-
-        `payment_intent` is the PaymentIntent object to show when it is expanded (the emulator's
-        payments keep it); without one, a minimal intent stands in.
-        """
+    def render(self, *, old_names: bool = False, expand: list[str] | None = None) -> bytes:
+        """The session's JSON; `old_names` for API versions before the ui_mode rename."""
         if not old_names and not expand:
             # Retrieves dominate under load, so the common rendering is cached.
             if self._json is None:
@@ -609,9 +599,7 @@ class _Session:
                 "has_more": False,
                 "url": f"/v1/checkout/sessions/{data['id']}/line_items",
             }
-        if "payment_intent" in roots and payment_intent is not None:
-            data["payment_intent"] = payment_intent
-        elif "payment_intent" in roots and data["payment_intent"]:
+        if "payment_intent" in roots and data["payment_intent"]:
             data["payment_intent"] = {
                 "id": data["payment_intent"],
                 "object": "payment_intent",
