@@ -45,6 +45,7 @@ from devtools.stripe_emulator.state import (
     decode_form,
     settle_delayed_payment,
 )
+from devtools.stripe_emulator.webhooks import _NO_EVENT, _Event
 
 
 class StripeEmulator:
@@ -443,13 +444,18 @@ class StripeEmulator:
         """The session's PaymentIntent and Charge follow its payment; the caller holds the lock."""
         self._payments.sync(session.data, session.intent_status)
 
-    def _auto_event(self, session: _Session, event_type: str) -> LoggedEvent:
-        """Log the event Stripe would emit for this change; the caller delivers it."""
-        return self._bus.emit(event_type, session.data, session_id=session.data["id"])
+    def _auto_event(self, session: _Session, event_type: str) -> _Event:
+        """Log the event Stripe would emit for this change; the caller then delivers it.
 
-    def _deliver_auto_event(self, *events: LoggedEvent) -> None:
+        Every event is kept (GET /v1/events); one that no endpoint takes is _NO_EVENT here.
+        """
+        event = self._bus.emit(event_type, session.data, session_id=session.data["id"])
+        return event if event.targets else _NO_EVENT
+
+    def _deliver_auto_event(self, *events: _Event) -> None:
         for event in events:
-            self._bus.deliver(event)
+            if isinstance(event, LoggedEvent):
+                self._bus.deliver(event)
 
     def _emit_changes(
         self, changes: list[Change], request: tuple[str | None, str | None] = (None, None)
@@ -543,7 +549,7 @@ class StripeEmulator:
         # Stripe scopes keys to the account, and so does this: a rotated key still replays.
         scope = (livemode, idempotency_key)
         fingerprint = (path, body)
-        event: LoggedEvent | None = None
+        event: _Event = _NO_EVENT
         # One lock over lookup, execution and storage, so a double submit creates one session.
         with self._lock:
             stored = self._idempotency.get(scope) if idempotency_key else None
@@ -566,7 +572,7 @@ class StripeEmulator:
             # 500, be retried with the same key.
             if idempotency_key:
                 self._idempotency[scope] = _StoredResponse(fingerprint, payload, request_id)
-        if event is not None and event.targets:
+        if event.payload:
             # Stripe sends events asynchronously; the API answer must not wait on the endpoint.
             threading.Thread(target=self._deliver_auto_event, args=(event,), daemon=True).start()
         return 200, payload, response_headers

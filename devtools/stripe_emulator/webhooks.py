@@ -8,10 +8,24 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from typing import Protocol
 
 _WEBHOOK_USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
 # Deliveries go to loopback; an http_proxy in the environment must not intercept them.
 _webhook_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class _Event(Protocol):
+    """An event to deliver (events.LoggedEvent); an empty payload means there is none."""
+
+    payload: bytes
+
+
+class _NoEvent:
+    payload = b""
+
+
+_NO_EVENT: _Event = _NoEvent()
 
 
 def _post_event(url: str, secret: str | Sequence[str] | None, payload: bytes) -> tuple[int, str]:
