@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -218,7 +219,7 @@ def test_partial_refunds_add_up_then_the_charge_is_refunded(client, stripe_emula
         ({"charge": "ch_nope"}, "resource_missing", "charge"),
         ({"amount": "0"}, None, "amount"),
         ({"reason": "changed_my_mind"}, None, "reason"),
-        ({"currency_code": "usd"}, None, "currency_code"),
+        ({"currency_code": "usd"}, "parameter_unknown", "currency_code"),
     ],
 )
 def test_invalid_refunds_are_refused_like_stripe(client, stripe_emulator, params, code, param):
@@ -243,6 +244,18 @@ def test_a_refund_with_an_idempotency_key_is_made_once(client, stripe_emulator):
     assert again.id == first.id
     charge = client.v1.charges.retrieve(first.charge)
     assert charge.amount_refunded == 100
+
+
+def test_a_double_submitted_refund_refunds_once(client, stripe_emulator):
+    session = paid_session(client, stripe_emulator, amount=500)
+    params: Any = {"payment_intent": session.payment_intent, "amount": 100}
+    options: Any = {"idempotency_key": "refund-twice"}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        refunds = list(
+            pool.map(lambda _: client.v1.refunds.create(params=params, options=options), range(8))
+        )
+    assert len({refund.id for refund in refunds}) == 1
+    assert client.v1.charges.retrieve(refunds[0].charge).amount_refunded == 100
 
 
 def test_a_refund_over_curl_style_form_with_the_test_key(stripe_emulator):

@@ -11,7 +11,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from email.message import Message
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from devtools.stripe_emulator import browser, resources
@@ -75,6 +75,7 @@ class StripeEmulator:
         # (seconds; none by default, so a test sees exactly the deliveries it caused).
         self._bus = EventBus(retry_schedule)
         self._bus.set_webhook(webhook_url, webhook_secret)
+        self._keyed_writes = threading.Lock()
         self._clear_state()
 
     def _clear_state(self) -> None:
@@ -533,7 +534,8 @@ class StripeEmulator:
         if endpoint == "other":
             raise _unrecognized(method, path)
         if other is not None:
-            return self._handle_resource(endpoint, object_id, query, headers, body, request_id)
+            request = _Request(endpoint, object_id, query, headers, body, request_id, livemode)
+            return self._handle_resource(request, old_names, response_headers)
         if endpoint == "retrieve_session":
             expand = _parse_expand(_query_params(query).get("expand"))
             with self._lock:
@@ -578,21 +580,11 @@ class StripeEmulator:
         return 200, payload, response_headers
 
     def _handle_resource(
-        self,
-        endpoint: str,
-        object_id: str,
-        query: str,
-        headers: Message,
-        body: bytes,
-        request_id: str,
+        self, request: _Request, old_names: bool, response_headers: list[tuple[str, str]]
     ) -> _Response:
         """A /v1 request of resources.ROUTES, once authenticated; writes are idempotent."""
-        livemode = "_live_" in self._authenticate(headers.get("Authorization"))[:8]
-        version = headers.get("Stripe-Version") or LATEST_API_VERSION
-        old_names = _version_date(version) < RENAMED_UI_MODES_SINCE
-        response_headers = _headers(request_id, (("Stripe-Version", version),))
-        method = "GET" if endpoint.startswith(("list_", "retrieve_")) else "POST"
-        if method == "GET":
+        endpoint, object_id, query, headers, body, request_id, livemode = request
+        if endpoint.startswith(("list_", "retrieve_")):
             with self._lock:
                 found = resources.read(
                     self, endpoint, object_id, decode_form(query), livemode, old_names
@@ -606,20 +598,41 @@ class StripeEmulator:
             raise _invalid(
                 f"Idempotency-Key must be no longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters."
             )
-        scope, fingerprint = (livemode, key), (f"{endpoint}:{object_id}", raw)
-        with self._lock:  # as for sessions: a double submit refunds once
-            stored = self._idempotency.get(scope) if key else None
+
+        def execute() -> _Response:
+            with self._lock:
+                result, events = resources.write(
+                    self, endpoint, object_id, params, livemode, (request_id, key or None)
+                )
+            if any(event.targets for event in events):
+                # As Stripe: events go out asynchronously, the answer does not wait for them.
+                threading.Thread(target=self._deliver_auto_event, args=events, daemon=True).start()
+            return 200, _to_json(result), response_headers
+
+        if not key:
+            return execute()
+        return self._keyed(
+            (livemode, key), (f"{endpoint}:{object_id}", raw), request_id, execute, response_headers
+        )
+
+    def _keyed(
+        self,
+        scope: tuple[bool, str],
+        fingerprint: tuple[str, bytes],
+        request_id: str,
+        execute: Callable[[], _Response],
+        response_headers: list[tuple[str, str]],
+    ) -> _Response:
+        """An Idempotency-Key'd write: replayed if its key was used, else executed and saved."""
+        with self._keyed_writes:  # one at a time, so a double submit refunds once
+            with self._lock:
+                stored = self._idempotency.get(scope)
             if stored is not None:
-                return _replay(stored, fingerprint, key, response_headers)
-            result, events = resources.write(
-                self, endpoint, object_id, params, livemode, (request_id, key or None)
-            )
-            payload = _to_json(result)
-            if key:
+                return _replay(stored, fingerprint, scope[1], response_headers)
+            status, payload, headers = execute()
+            with self._lock:  # only successes: execute() raises on errors, as create does
                 self._idempotency[scope] = _StoredResponse(fingerprint, payload, request_id)
-        if any(event.targets for event in events):
-            threading.Thread(target=self._deliver_auto_event, args=events, daemon=True).start()
-        return 200, payload, response_headers
+            return status, payload, headers
 
     def _take_fault(self) -> tuple[float, str, float]:
         """Decide this request's latency and fault; the caller holds the lock."""
@@ -810,6 +823,16 @@ def _route(method: str, path: str) -> tuple[str, str]:
     if len(parts) == 6 and session_id and parts[5] == "expire" and method == "POST":
         return "expire_session", session_id
     return "other", ""
+
+
+class _Request(NamedTuple):
+    endpoint: str
+    object_id: str
+    query: str
+    headers: Message
+    body: bytes
+    request_id: str
+    livemode: bool
 
 
 def _replay(

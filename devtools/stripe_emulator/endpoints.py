@@ -8,13 +8,8 @@ import time
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from devtools.stripe_emulator.state import (
-    StripeEmulatorError,
-    _invalid,
-    _missing,
-    _parse_metadata,
-    _random_id,
-)
+from devtools.stripe_emulator.form_params import parse_bool, parse_metadata, reject_unknown
+from devtools.stripe_emulator.state import StripeEmulatorError, _invalid, _missing, _random_id
 
 CREATE_PARAMS = frozenset(
     {"api_version", "connect", "description", "enabled_events", "expand", "metadata", "url"}
@@ -36,10 +31,6 @@ class Target(NamedTuple):
     url: str
     secret: str | list[str] | None
     api_version: str | None  # None: the account's default version
-
-
-def _unknown_parameter(name: str) -> StripeEmulatorError:
-    return _invalid(f"Received unknown parameter: {name}", name, code="parameter_unknown")
 
 
 def _no_such_endpoint(endpoint_id: str) -> StripeEmulatorError:
@@ -66,9 +57,7 @@ class WebhookEndpoints:
 
     def create(self, params: dict[str, Any], livemode: bool) -> dict[str, Any]:
         """POST /v1/webhook_endpoints; only this answer carries the `secret`."""
-        for name in params:
-            if name not in CREATE_PARAMS:
-                raise _unknown_parameter(name)
+        reject_unknown(params, CREATE_PARAMS)
         if params.get("url") is None:
             raise _missing("url")
         if params.get("enabled_events") is None:
@@ -87,7 +76,7 @@ class WebhookEndpoints:
             "description": _description(params.get("description")),
             "enabled_events": _enabled_events(params["enabled_events"]),
             "livemode": livemode,
-            "metadata": _parse_metadata(params.get("metadata")),
+            "metadata": parse_metadata(params.get("metadata")),
             "status": "enabled",
             "url": _url(params["url"], livemode),
         }
@@ -103,9 +92,7 @@ class WebhookEndpoints:
 
     def update(self, endpoint_id: str, params: dict[str, Any], livemode: bool) -> dict[str, Any]:
         """POST /v1/webhook_endpoints/{id}: url, enabled_events, description, metadata, disabled."""
-        for name in params:
-            if name not in UPDATE_PARAMS:
-                raise _unknown_parameter(name)
+        reject_unknown(params, UPDATE_PARAMS)
         changes: dict[str, Any] = {}
         if "url" in params:
             changes["url"] = _url(params["url"], livemode)
@@ -114,17 +101,15 @@ class WebhookEndpoints:
         if "description" in params:
             changes["description"] = _description(params["description"])
         if "disabled" in params:
-            disabled = params["disabled"]
-            if disabled not in ("true", "false"):
-                raise _invalid(f"Invalid boolean: {disabled}", "disabled")
-            changes["status"] = "disabled" if disabled == "true" else "enabled"
+            disabled = parse_bool(params["disabled"], "disabled")
+            changes["status"] = "disabled" if disabled else "enabled"
         with self._lock:
             endpoint = self._visible(endpoint_id, livemode)
             if "metadata" in params:
                 # Stripe merges metadata on update; an empty value removes its key.
                 raw = params["metadata"]
                 merged = {**endpoint["metadata"], **(raw if isinstance(raw, dict) else {})}
-                changes["metadata"] = _parse_metadata(merged if raw != "" else "")
+                changes["metadata"] = parse_metadata(merged if raw != "" else "")
             endpoint.update(changes)
             return dict(endpoint)
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from devtools.stripe_emulator.endpoints import Target, WebhookEndpoints
-from devtools.stripe_emulator.listing import PAGINATION_PARAMS, page, parse_bool, parse_created
+from devtools.stripe_emulator.form_params import parse_bool, reject_unknown
+from devtools.stripe_emulator.listing import PAGINATION_PARAMS, page, parse_created
 from devtools.stripe_emulator.state import (
     LATEST_API_VERSION,
     RENAMED_UI_MODES_SINCE,
@@ -24,7 +25,6 @@ from devtools.stripe_emulator.state import (
     StripeEmulatorError,
     _invalid,
     _random_id,
-    _reject_unknown,
     _to_json,
 )
 from devtools.stripe_emulator.webhooks import _post_event
@@ -274,7 +274,7 @@ class EventBus:
 
     def list_page(self, params: dict[str, Any], livemode: bool) -> dict[str, Any]:
         """GET /v1/events: newest first, by type or types[], created and delivery_success."""
-        _reject_unknown(params, LIST_PARAMS, "")
+        reject_unknown(params, LIST_PARAMS)
         created = parse_created(params.get("created"))
         delivered = parse_bool(params.get("delivery_success"), "delivery_success")
         one_type, types = params.get("type"), params.get("types")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from devtools.stripe_emulator.state import StripeEmulatorError, _invalid, _parse_int
+from devtools.stripe_emulator.form_params import parse_int
+from devtools.stripe_emulator.state import StripeEmulatorError, _invalid
 
 DEFAULT_LIMIT, MAX_LIMIT = 10, 100
 PAGINATION_PARAMS = frozenset({"limit", "starting_after", "ending_before", "expand"})
@@ -17,7 +18,7 @@ def parse_created(value: Any, param: str = "created") -> Callable[[int], bool]:
     if value is None:
         return lambda _: True
     if isinstance(value, str):
-        exact = _parse_int(value, param)
+        exact = parse_int(value, param)
         return lambda created: created == exact
     if not isinstance(value, dict):
         raise _invalid("Invalid hash", param)
@@ -25,7 +26,7 @@ def parse_created(value: Any, param: str = "created") -> Callable[[int], bool]:
     for name, bound in value.items():
         if name not in _RANGE_OPERATORS:
             raise _invalid(f"Received unknown parameter: {param}[{name}]", f"{param}[{name}]")
-        bounds[name] = _parse_int(bound, f"{param}[{name}]")
+        bounds[name] = parse_int(bound, f"{param}[{name}]")
 
     def matches(created: int) -> bool:
         return (
@@ -36,14 +37,6 @@ def parse_created(value: Any, param: str = "created") -> Callable[[int], bool]:
         )
 
     return matches
-
-
-def parse_bool(value: Any, param: str) -> bool | None:
-    if value is None:
-        return None
-    if value in ("true", "false"):
-        return value == "true"
-    raise _invalid(f"Invalid boolean: {value}", param)
 
 
 def page(
@@ -61,7 +54,7 @@ def page(
     """
     limit = DEFAULT_LIMIT
     if params.get("limit") is not None:
-        limit = _parse_int(params["limit"], "limit")
+        limit = parse_int(params["limit"], "limit")
         if not 1 <= limit <= MAX_LIMIT:
             raise _invalid(
                 f"This value must be between 1 and {MAX_LIMIT} (it was {limit}).", "limit"

@@ -10,15 +10,13 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
+from devtools.stripe_emulator.form_params import parse_int, parse_metadata, reject_unknown
 from devtools.stripe_emulator.state import (
     FAILED_INTENT_STATUS,
     StripeEmulatorError,
     _invalid,
     _missing,
-    _parse_int,
-    _parse_metadata,
     _random_id,
-    _reject_unknown,
 )
 
 REFUND_PARAMS = frozenset(
@@ -162,7 +160,7 @@ class Payments:
         self, params: dict[str, Any], livemode: bool
     ) -> tuple[dict[str, Any], list[Change]]:
         """POST /v1/refunds: validate as Stripe does, refund, and say what changed."""
-        _reject_unknown(params, REFUND_PARAMS, "")
+        reject_unknown(params, REFUND_PARAMS)
         charge = self._refundable_charge(params, livemode)
         remaining = charge["amount"] - charge["amount_refunded"]
         if charge["refunded"] or remaining <= 0:
@@ -177,7 +175,7 @@ class Payments:
             )
         amount = remaining
         if params.get("amount") is not None:
-            amount = _parse_int(params["amount"], "amount", minimum=1)
+            amount = parse_int(params["amount"], "amount", minimum=1)
             if amount > remaining:
                 raise _invalid(
                     f"Refund amount ({_money(amount, charge['currency'])}) is greater than "
@@ -191,7 +189,7 @@ class Payments:
                 "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer",
                 "reason",
             )
-        metadata = _parse_metadata(params.get("metadata"))
+        metadata = parse_metadata(params.get("metadata"))
         refund = {
             "id": _random_id("re_"),
             "object": "refund",
@@ -393,7 +391,7 @@ def _new_intent(session: dict[str, Any], now: int) -> dict[str, Any]:
         "metadata": {},
         "next_action": None,
         "payment_method": _random_id("pm_"),
-        "payment_method_types": list(session["payment_method_types"]),
+        "payment_method_types": list(session.get("payment_method_types") or ["card"]),
         "processing": None,
         "receipt_email": None,
         "setup_future_usage": None,

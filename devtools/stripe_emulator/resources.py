@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from devtools.stripe_emulator.events import LoggedEvent
+from devtools.stripe_emulator.form_params import reject_unknown
 from devtools.stripe_emulator.listing import PAGINATION_PARAMS, page, parse_created
-from devtools.stripe_emulator.state import EXPANDABLE, _invalid, _reject_unknown
+from devtools.stripe_emulator.state import _invalid
 
 if TYPE_CHECKING:
     from devtools.stripe_emulator.api import StripeEmulator
@@ -73,7 +74,7 @@ def read(
     bus = emulator._bus
     if endpoint == "list_events":
         return bus.list_page(params, livemode)
-    _reject_unknown(params, PAGINATION_PARAMS if endpoint.startswith("list_") else _EXPAND, "")
+    reject_unknown(params, PAGINATION_PARAMS if endpoint.startswith("list_") else _EXPAND)
     if endpoint == "list_webhook_endpoints":
         items = bus.endpoints.newest_first(livemode)
         return page(items, lambda _: True, params, "/v1/webhook_endpoints", "webhook_endpoint")
@@ -137,7 +138,7 @@ def _list_sessions(
     emulator: StripeEmulator, params: dict[str, Any], livemode: bool, old_names: bool
 ) -> dict[str, Any]:
     """GET /v1/checkout/sessions: newest first, by status, created, payment_intent, customer."""
-    _reject_unknown(params, _SESSION_LIST_PARAMS, "")
+    reject_unknown(params, _SESSION_LIST_PARAMS)
     created = parse_created(params.get("created"))
     status = params.get("status")
     if status is not None and status not in ("complete", "expired", "open"):
@@ -150,8 +151,8 @@ def _list_sessions(
     details = params.get("customer_details")
     email = details.get("email") if isinstance(details, dict) else None
     expand = [item.removeprefix("data.") for item in _expand_list(params.get("expand"))]
-    if any(item.split(".", 1)[0] not in EXPANDABLE for item in expand):
-        raise _invalid("Only data.<field> of a session can be expanded here.", "expand")
+    if any(item.split(".", 1)[0] not in ("line_items", "payment_intent") for item in expand):
+        raise _invalid("Only data.line_items and data.payment_intent expand here.", "expand")
 
     def keep(data: dict[str, Any]) -> bool:
         return (
