@@ -1,13 +1,10 @@
-"""A stateful emulator of Stripe's Checkout Sessions API and what a payment leads to.
+"""A stateful emulator of Stripe's Checkout Sessions API, for local development and tests.
 
 stripe-mock, Stripe's own mock, is stateless: it answers with fixtures, so a retrieved session never
 shows what happened to it. This emulator keeps sessions in memory, enforces the Stripe rules this
 project depends on, and answers with Stripe's status codes and error bodies, so that the real
-stripe-python SDK raises its real exception classes. A paid session has a PaymentIntent and a
-Charge, which can be refunded (POST /v1/refunds) and disputed (helpers). Every event is kept
-(GET /v1/events), signed and delivered to webhook endpoints (/v1/webhook_endpoints), and retried
-when delivery fails. It injects faults (latency, 500, 429, hangs) for reliability tests and
-benchmarks. docs/local-browser.md lists the endpoints and helpers beyond sessions.
+stripe-python SDK raises its real exception classes. It also signs and delivers webhook events, and
+injects faults (latency, 500, 429, hangs) for reliability tests and benchmarks.
 
     python -m devtools.stripe_emulator --port 12111      # then STRIPE_API_BASE=http://127.0.0.1:12111
 
@@ -18,12 +15,13 @@ Test helpers live under /_emulator/ (JSON, no auth); see `StripeEmulator._helper
 browsers it serves a stand-in Stripe.js for embedded Checkout (/js/stripe.js), its payment form and
 a /demo page (docs/local-browser.md).
 
+What a payment leads to, in modules of their own (docs/local-browser.md lists the endpoints and
+helpers): payments.py (PaymentIntents, Charges, Refunds, Disputes), events.py (every event kept,
+GET /v1/events, delivery to webhook endpoints, retries), endpoints.py (/v1/webhook_endpoints),
+listing.py (list filters and cursors), resources.py (their /v1 routes), form_params.py.
+
     state.py      constants, errors, form decoding, validation of a new session
     api.py        StripeEmulator: sessions in memory, /v1, /_emulator/, the Python helpers
-    payments.py   PaymentIntents, Charges, Refunds and Disputes
-    listing.py    list endpoints: created ranges, limit, cursors
-    events.py     the event log, GET /v1/events, delivery to targets, retries
-    endpoints.py  /v1/webhook_endpoints
     webhooks.py   events signed and posted as Stripe sends them
     browser.py    the stand-in Stripe.js, its payment form's endpoints (test cards), /demo
     static/       the script and pages browser.py serves

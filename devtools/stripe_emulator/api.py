@@ -11,7 +11,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from email.message import Message
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import unquote
 
 from devtools.stripe_emulator import browser, resources
@@ -534,7 +534,9 @@ class StripeEmulator:
         if endpoint == "other":
             raise _unrecognized(method, path)
         if other is not None:
-            request = _Request(endpoint, object_id, query, headers, body, request_id, livemode)
+            request = resources.Request(
+                endpoint, object_id, query, headers, body, request_id, livemode
+            )
             return self._handle_resource(request, old_names, response_headers)
         if endpoint == "retrieve_session":
             expand = _parse_expand(_query_params(query).get("expand"))
@@ -580,7 +582,7 @@ class StripeEmulator:
         return 200, payload, response_headers
 
     def _handle_resource(
-        self, request: _Request, old_names: bool, response_headers: list[tuple[str, str]]
+        self, request: resources.Request, old_names: bool, response_headers: list[tuple[str, str]]
     ) -> _Response:
         """A /v1 request of resources.ROUTES, once authenticated; writes are idempotent."""
         endpoint, object_id, query, headers, body, request_id, livemode = request
@@ -823,16 +825,6 @@ def _route(method: str, path: str) -> tuple[str, str]:
     if len(parts) == 6 and session_id and parts[5] == "expire" and method == "POST":
         return "expire_session", session_id
     return "other", ""
-
-
-class _Request(NamedTuple):
-    endpoint: str
-    object_id: str
-    query: str
-    headers: Message
-    body: bytes
-    request_id: str
-    livemode: bool
 
 
 def _replay(

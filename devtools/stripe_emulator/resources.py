@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from email.message import Message
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
 from devtools.stripe_emulator.events import LoggedEvent
@@ -47,6 +48,18 @@ _SESSION_LIST_PARAMS = PAGINATION_PARAMS | {
     "created", "customer", "customer_account", "customer_details", "payment_intent",
     "payment_link", "status", "subscription",
 }  # fmt: skip
+
+
+class Request(NamedTuple):
+    """One of these requests, once `api` has authenticated it."""
+
+    endpoint: str
+    object_id: str
+    query: str
+    headers: Message
+    body: bytes
+    request_id: str
+    livemode: bool
 
 
 def route(method: str, path: str) -> tuple[str, str] | None:
