@@ -11,14 +11,14 @@ injects faults (latency, 500, 429, hangs) for reliability tests and benchmarks.
     with StripeEmulator() as emulator:                   # in tests: port 0 picks a free port
         client = stripe.StripeClient("sk_test_x", base_addresses={"api": emulator.url})
 
-Test helpers live under /_emulator/ (JSON, no auth); see `StripeEmulator._helper_routes`. For
-browsers it serves a stand-in Stripe.js for embedded Checkout (/js/stripe.js), its payment form and
-a /demo page (docs/local-browser.md).
-
 What a payment leads to, in modules of their own (docs/local-browser.md lists the endpoints and
 helpers): payments.py (PaymentIntents, Charges, Refunds, Disputes), events.py (every event kept,
 GET /v1/events, delivery to webhook endpoints, retries), endpoints.py (/v1/webhook_endpoints),
 listing.py (list filters and cursors), resources.py (their /v1 routes), form_params.py.
+
+Test helpers live under /_emulator/ (JSON, no auth); see `StripeEmulator._helper_routes`. For
+browsers it serves a stand-in Stripe.js for embedded Checkout (/js/stripe.js), its payment form and
+a /demo page (docs/local-browser.md).
 
     state.py      constants, errors, form decoding, validation of a new session
     api.py        StripeEmulator: sessions in memory, /v1, /_emulator/, the Python helpers
