@@ -11,6 +11,11 @@ injects faults (latency, 500, 429, hangs) for reliability tests and benchmarks.
     with StripeEmulator() as emulator:                   # in tests: port 0 picks a free port
         client = stripe.StripeClient("sk_test_x", base_addresses={"api": emulator.url})
 
+What a payment leads to, in modules of their own (docs/local-browser.md lists the endpoints and
+helpers): payments.py (PaymentIntents, Charges, Refunds, Disputes), events.py (every event kept,
+GET /v1/events, delivery to webhook endpoints, retries), endpoints.py (/v1/webhook_endpoints),
+listing.py (list filters and cursors), resources.py (their /v1 routes), form_params.py.
+
 Test helpers live under /_emulator/ (JSON, no auth); see `StripeEmulator._helper_routes`. For
 browsers it serves a stand-in Stripe.js for embedded Checkout (/js/stripe.js), its payment form and
 a /demo page (docs/local-browser.md).
@@ -26,6 +31,7 @@ Standard library only: it is dev tooling, must start fast, and is never deployed
 """
 
 from devtools.stripe_emulator.api import StripeEmulator
+from devtools.stripe_emulator.events import retry_schedule
 from devtools.stripe_emulator.state import (
     LATEST_API_VERSION,
     UI_MODE_NEW_TO_OLD,
@@ -40,5 +46,6 @@ __all__ = [
     "StripeEmulator",
     "StripeEmulatorError",
     "decode_form",
+    "retry_schedule",
     "sign_payload",
 ]

@@ -8,6 +8,7 @@ import sys
 import threading
 
 from devtools.stripe_emulator.api import StripeEmulator
+from devtools.stripe_emulator.events import retry_schedule
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,8 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=12111, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=float, default=0, help="delay every /v1 answer")
-    parser.add_argument("--webhook-url", help="deliver checkout.session.* events here")
+    parser.add_argument("--webhook-url", help="deliver every event here")
     parser.add_argument("--webhook-secret", help="sign events with this whsec_ secret")
+    parser.add_argument(
+        "--retry-factor",
+        type=float,
+        help="retry failed deliveries on Stripe's test-mode schedule divided by this "
+        "(3600: hours become seconds); default: no retries",
+    )
     parser.add_argument(
         "--checkout-api",
         default="http://127.0.0.1:8080",
@@ -34,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         webhook_url=args.webhook_url,
         webhook_secret=args.webhook_secret,
         checkout_api=args.checkout_api,
+        retry_schedule=retry_schedule(args.retry_factor) if args.retry_factor else (),
     )
     try:
         emulator.start()

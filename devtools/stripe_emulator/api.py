@@ -9,12 +9,15 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.message import Message
 from typing import Any
 from urllib.parse import unquote
 
-from devtools.stripe_emulator import browser
+from devtools.stripe_emulator import browser, resources
+from devtools.stripe_emulator.endpoints import Target
+from devtools.stripe_emulator.events import EventBus, LoggedEvent, check_schedule, retry_schedule
+from devtools.stripe_emulator.payments import Change, Payments
 from devtools.stripe_emulator.server import _Server
 from devtools.stripe_emulator.state import (
     DEFAULT_FAULTS,
@@ -42,7 +45,7 @@ from devtools.stripe_emulator.state import (
     decode_form,
     settle_delayed_payment,
 )
-from devtools.stripe_emulator.webhooks import _NO_EVENT, _Event, _post_event, _StoredEvent
+from devtools.stripe_emulator.webhooks import _NO_EVENT, _Event
 
 
 class StripeEmulator:
@@ -57,6 +60,7 @@ class StripeEmulator:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         checkout_api: str = "http://127.0.0.1:8080",
+        retry_schedule: Sequence[float] = (),
     ) -> None:
         self.host = host
         self.checkout_api = checkout_api  # where the /demo page sends its API calls
@@ -67,8 +71,11 @@ class StripeEmulator:
         self._thread: threading.Thread | None = None
         self._release_hangs = threading.Event()
         self._prices: dict[str, dict[str, Any]] = {}
-        self._webhook_url = webhook_url
-        self._webhook_secret: str | list[str] | None = webhook_secret
+        # Every event is kept and listed; failed deliveries are retried after these delays
+        # (seconds; none by default, so a test sees exactly the deliveries it caused).
+        self._bus = EventBus(retry_schedule)
+        self._bus.set_webhook(webhook_url, webhook_secret)
+        self._keyed_writes = threading.Lock()
         self._clear_state()
 
     def _clear_state(self) -> None:
@@ -77,17 +84,19 @@ class StripeEmulator:
         self._calls = dict.fromkeys(
             ("total", "create_session", "retrieve_session", "expire_session", "other"), 0
         )
+        self._calls.update(dict.fromkeys(resources.ENDPOINTS, 0))
         self._sessions_created = 0
         self._connections_opened = 0
         self._faults = {**DEFAULT_FAULTS, "latency_ms": self._base_latency_ms}
         self._rng = random.Random()
         self._valid_keys: frozenset[str] | None = None
-        self._events: dict[str, _StoredEvent] = {}
-        self._deliveries: list[dict[str, Any]] = []
+        self._payments = Payments()
+        self._bus.clear()
 
     # --- lifecycle ---
 
     def start(self) -> StripeEmulator:
+        self._bus.reopen()
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
@@ -100,6 +109,7 @@ class StripeEmulator:
         return self
 
     def stop(self) -> None:
+        self._bus.close()  # pending retries are dropped, as the process would drop them
         if self._server is None:
             return
         self._release_hangs.set()
@@ -127,9 +137,11 @@ class StripeEmulator:
     # --- Python helpers (the /_emulator/ endpoints call these) ---
 
     def reset(self) -> None:
-        """Forget sessions, idempotency keys, counters, faults, events and the key allowlist.
+        """Forget sessions and their payments, idempotency keys, counters, faults, events,
+        webhook endpoints, pending retries and the key allowlist.
 
-        Prices, the webhook target and the constructor's latency are configuration, and stay.
+        Prices, set_webhook()'s target and the constructor's latency and retry schedule are
+        configuration, and stay.
         """
         with self._lock:
             self._clear_state()
@@ -137,9 +149,18 @@ class StripeEmulator:
             self._release_hangs = threading.Event()
 
     def calls(self) -> dict[str, int]:
-        """Requests that reached /v1 by endpoint, plus `sessions_created` (replays excluded)."""
+        """Requests that reached /v1 by endpoint, plus `sessions_created` (replays excluded).
+
+        The session endpoints and `other` are always there; the others (`list_sessions`,
+        `create_refund`, `list_events`, … as resources.ROUTES names them) once called.
+        """
         with self._lock:
-            return {**self._calls, "sessions_created": self._sessions_created}
+            calls = {
+                name: count
+                for name, count in self._calls.items()
+                if count or name not in resources.ENDPOINTS
+            }
+            return {**calls, "sessions_created": self._sessions_created}
 
     def connections_opened(self) -> int:
         """TCP connections accepted since the last reset: shows whether clients keep them alive."""
@@ -230,8 +251,7 @@ class StripeEmulator:
         """
         if isinstance(secret, list) and not all(isinstance(item, str) for item in secret):
             raise _invalid("secret must be a string or a list of strings", "secret")
-        with self._lock:
-            self._webhook_url, self._webhook_secret = url, secret
+        self._bus.set_webhook(url, secret)
 
     def get_session(self, session_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -252,6 +272,7 @@ class StripeEmulator:
             if email:
                 fields["customer_details"]["email"] = email
             session.update(**fields)
+            self._sync_payment(session)
             data, event = session.data, self._auto_event(session, "checkout.session.completed")
         self._deliver_auto_event(event)
         return json.loads(_to_json(data))
@@ -268,6 +289,7 @@ class StripeEmulator:
         with self._lock:
             session = self._session_for(session_id)
             event_type = settle_delayed_payment(session, result == "succeeded")
+            self._sync_payment(session)
             data, event = session.data, self._auto_event(session, event_type)
         self._deliver_auto_event(event)
         return json.loads(_to_json(data))
@@ -303,31 +325,113 @@ class StripeEmulator:
         secret: str | list[str] | None = None,
         event_id: str | None = None,
     ) -> dict[str, Any]:
-        """Send one signed event now; an `event_id` seen before redelivers that same event."""
-        if event_type not in EVENT_TYPES:
+        """Send one signed event now; an `event_id` seen before redelivers that same event.
+
+        A new event is about a session (a checkout.session.* type) and goes to `url` only. A
+        redelivery may be of any event the emulator emitted (charge.refunded too); when `url`
+        is one of that event's endpoints, a 2xx answer counts as its delivery.
+        """
+        stored = self._bus.get(event_id) if event_id else None
+        if stored is None and event_type not in EVENT_TYPES:
             raise _invalid(f"type must be one of {', '.join(EVENT_TYPES)}", "type")
-        with self._lock:
-            url = url or self._webhook_url
-            secret = secret or self._webhook_secret
-            if not url:
-                raise _invalid("No webhook URL: pass `url` or configure one first.", "url")
-            stored = self._events.get(event_id) if event_id else None
-            if stored is not None:
-                if stored.type != event_type or session_id not in ("", None, stored.session_id):
-                    raise _invalid(f"Event {event_id} is for another session or type.", "event_id")
-                payload = stored.payload
-            else:
+        webhook = self._bus.webhook
+        url = url or (webhook.url if webhook else None)
+        secret = secret or (webhook.secret if webhook else None)
+        if not url:
+            raise _invalid("No webhook URL: pass `url` or configure one first.", "url")
+        if stored is not None:
+            if stored.type != event_type or session_id not in ("", None, stored.session_id):
+                raise _invalid(f"Event {event_id} is for another session or type.", "event_id")
+            event = stored
+        else:
+            with self._lock:
                 session = self._session_for(session_id)
                 _apply_event(session, event_type)
-                payload = self._new_event(session, event_type, event_id)
-        status, body = _post_event(url, secret, payload)
-        self._record_delivery(payload, url, status, body)
-        return {"event": json.loads(payload), "status": status, "body": body}
+                self._sync_payment(session)
+                target = Target(f"url:{url}", None, url, secret, None)
+                event = self._bus.emit(
+                    event_type,
+                    session.data,
+                    session_id=session_id,
+                    event_id=event_id,
+                    targets=[target],
+                )
+        status, body = self._bus.send_to(event, url, secret)
+        return {"event": json.loads(event.payload), "status": status, "body": body}
 
     def deliveries(self) -> list[dict[str, Any]]:
-        """Every webhook delivery attempt since the last reset, oldest first."""
+        """Every webhook delivery attempt since the last reset, oldest first.
+
+        Each: event_id, type, session_id (the session the object belongs to, if any),
+        object_id, endpoint (`we_…`, or None for set_webhook's target and one-off sends),
+        api_version (the payload's), url, attempt (1 for the first, 0 for deliver_event's),
+        status (0: no answer), body, at.
+        """
+        return self._bus.deliveries()
+
+    def event_deliveries(self, event_id: str) -> dict[str, Any]:
+        """One event's targets and attempts: delivered, succeeded, failed, pending, attempts."""
+        return self._bus.event_deliveries(event_id)
+
+    def set_retry_schedule(
+        self, schedule: Sequence[float] | None = None, *, factor: float | None = None
+    ) -> tuple[float, ...]:
+        """Retry failed deliveries after these delays (seconds), until the next reset.
+
+        `factor` instead takes Stripe's test-mode schedule (three retries over some hours)
+        divided by it: `factor=36000` retries after 0.1 s, 0.2 s and 0.4 s. An empty schedule
+        turns retries off.
+        """
+        if (schedule is None) == (factor is None):
+            raise _invalid("Give one of schedule or factor.", "schedule")
+        delays = retry_schedule(factor) if factor is not None else check_schedule(schedule)
+        return self._bus.set_retry_schedule(delays)
+
+    def set_session_created(self, session_id: str, created: int) -> dict[str, Any]:
+        """Move a session's `created` (and its expires_at with it), to place it in a time window."""
+        if isinstance(created, bool) or not isinstance(created, int) or created < 0:
+            raise _invalid("created must be a Unix timestamp", "created")
         with self._lock:
-            return [dict(delivery) for delivery in self._deliveries]
+            session = self._session_for(session_id)
+            shift = created - session.data["created"]
+            session.update(created=created, expires_at=session.data["expires_at"] + shift)
+            return json.loads(session.render())
+
+    def open_dispute(
+        self,
+        payment: str,
+        *,
+        amount: int | None = None,
+        reason: str = "fraudulent",
+        inquiry: bool = False,
+    ) -> dict[str, Any]:
+        """The cardholder disputes the charge of `payment` (a `pi_…` or `ch_…` id).
+
+        Delivers charge.dispute.created, then charge.dispute.funds_withdrawn (not for an
+        inquiry, which moves no money). The Dispute is `needs_response` (an inquiry:
+        `warning_needs_response`), due in 7 days; the Charge becomes `disputed`.
+        """
+        if not isinstance(inquiry, bool):
+            raise _invalid("inquiry must be true or false", "inquiry")
+        with self._lock:
+            dispute, changes = self._payments.open_dispute(
+                payment, amount=amount, reason=reason, inquiry=inquiry
+            )
+            events = self._emit_changes(changes)
+        self._deliver_auto_event(*events)
+        return dispute
+
+    def close_dispute(self, dispute_id: str, status: str) -> dict[str, Any]:
+        """The bank decides a dispute: `won` or `lost` (`warning_closed` ends an inquiry).
+
+        Delivers charge.dispute.closed, after charge.dispute.funds_reinstated for a won
+        chargeback.
+        """
+        with self._lock:
+            dispute, changes = self._payments.close_dispute(dispute_id, status)
+            events = self._emit_changes(changes)
+        self._deliver_auto_event(*events)
+        return dispute
 
     # --- events ---
 
@@ -337,49 +441,40 @@ class StripeEmulator:
             raise _invalid(f'Only Checkout Sessions with a status in ["open"] can be {verb}.')
         return session
 
-    def _new_event(self, session: _Session, event_type: str, event_id: str | None = None) -> bytes:
-        event_id = event_id or _random_id("evt_")
-        event = {
-            "id": event_id,
-            "object": "event",
-            "api_version": LATEST_API_VERSION,
-            "created": int(time.time()),
-            "data": {"object": session.data},
-            "livemode": session.data["livemode"],
-            "pending_webhooks": 1,
-            "request": {"id": None, "idempotency_key": None},
-            "type": event_type,
-        }
-        payload = _to_json(event)
-        self._events[event_id] = _StoredEvent(payload, session.data["id"], event_type)
-        return payload
+    def _sync_payment(self, session: _Session) -> None:
+        """The session's PaymentIntent and Charge follow its payment; the caller holds the lock."""
+        self._payments.sync(session.data, session.intent_status)
 
     def _auto_event(self, session: _Session, event_type: str) -> _Event:
-        """The event Stripe would send for this change, if a webhook target is configured."""
-        if not self._webhook_url:
-            return _NO_EVENT
-        payload = self._new_event(session, event_type)
-        return _Event(payload, self._webhook_url, self._webhook_secret)
+        """Log the event Stripe would emit for this change; the caller then delivers it.
 
-    def _deliver_auto_event(self, event: _Event) -> None:
-        if event.payload:
-            status, body = _post_event(event.url, event.secret, event.payload)
-            self._record_delivery(event.payload, event.url, status, body)
+        Every event is kept (GET /v1/events); one that no endpoint takes is _NO_EVENT here.
+        """
+        event = self._bus.emit(event_type, session.data, session_id=session.data["id"])
+        return event if event.targets else _NO_EVENT
 
-    def _record_delivery(self, payload: bytes, url: str, status: int, body: str) -> None:
-        event = json.loads(payload)
-        with self._lock:
-            self._deliveries.append(
-                {
-                    "event_id": event["id"],
-                    "type": event["type"],
-                    "session_id": event["data"]["object"]["id"],
-                    "url": url,
-                    "status": status,
-                    "body": body[:1000],
-                }
+    def _deliver_auto_event(self, *events: _Event) -> None:
+        for event in events:
+            if isinstance(event, LoggedEvent):
+                self._bus.deliver(event)
+
+    def _emit_changes(
+        self, changes: list[Change], request: tuple[str | None, str | None] = (None, None)
+    ) -> list[LoggedEvent]:
+        """Log the events of a payment's changes; the caller holds the lock, then delivers."""
+        return [
+            self._bus.emit(
+                change.type,
+                change.object,
+                session_id=self._payments.session_of_intent.get(
+                    change.object.get("payment_intent") or ""
+                ),
+                previous_attributes=change.previous_attributes,
+                request=request,
+                livemode=change.livemode,
             )
-            del self._deliveries[:-1000]
+            for change in changes
+        ]
 
     # --- HTTP: /v1 ---
 
@@ -408,6 +503,9 @@ class StripeEmulator:
         self, method: str, path: str, query: str, headers: Message, body: bytes, request_id: str
     ) -> _Response | None:
         endpoint, session_id = _route(method, path)
+        other = resources.route(method, path) if endpoint == "other" else None
+        if other is not None:
+            endpoint, object_id = other
         with self._lock:
             self._calls["total"] += 1
             self._calls[endpoint] += 1
@@ -435,6 +533,11 @@ class StripeEmulator:
         response_headers = _headers(request_id, (("Stripe-Version", version),))
         if endpoint == "other":
             raise _unrecognized(method, path)
+        if other is not None:
+            request = resources.Request(
+                endpoint, object_id, query, headers, body, request_id, livemode
+            )
+            return self._handle_resource(request, old_names, response_headers)
         if endpoint == "retrieve_session":
             expand = _parse_expand(_query_params(query).get("expand"))
             with self._lock:
@@ -477,6 +580,61 @@ class StripeEmulator:
             # Stripe sends events asynchronously; the API answer must not wait on the endpoint.
             threading.Thread(target=self._deliver_auto_event, args=(event,), daemon=True).start()
         return 200, payload, response_headers
+
+    def _handle_resource(
+        self, request: resources.Request, old_names: bool, response_headers: list[tuple[str, str]]
+    ) -> _Response:
+        """A /v1 request of resources.ROUTES, once authenticated; writes are idempotent."""
+        endpoint, object_id, query, headers, body, request_id, livemode = request
+        if endpoint.startswith(("list_", "retrieve_")):
+            with self._lock:
+                found = resources.read(
+                    self, endpoint, object_id, decode_form(query), livemode, old_names
+                )
+            return 200, _to_json(found), response_headers
+
+        raw = body if endpoint != "delete_webhook_endpoint" else query.encode()  # DELETE: URL
+        params = decode_form(raw.decode("utf-8", "replace"))
+        key = headers.get("Idempotency-Key") or ""
+        if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+            raise _invalid(
+                f"Idempotency-Key must be no longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters."
+            )
+
+        def execute() -> _Response:
+            with self._lock:
+                result, events = resources.write(
+                    self, endpoint, object_id, params, livemode, (request_id, key or None)
+                )
+            if any(event.targets for event in events):
+                # As Stripe: events go out asynchronously, the answer does not wait for them.
+                threading.Thread(target=self._deliver_auto_event, args=events, daemon=True).start()
+            return 200, _to_json(result), response_headers
+
+        if not key:
+            return execute()
+        return self._keyed(
+            (livemode, key), (f"{endpoint}:{object_id}", raw), request_id, execute, response_headers
+        )
+
+    def _keyed(
+        self,
+        scope: tuple[bool, str],
+        fingerprint: tuple[str, bytes],
+        request_id: str,
+        execute: Callable[[], _Response],
+        response_headers: list[tuple[str, str]],
+    ) -> _Response:
+        """An Idempotency-Key'd write: replayed if its key was used, else executed and saved."""
+        with self._keyed_writes:  # one at a time, so a double submit refunds once
+            with self._lock:
+                stored = self._idempotency.get(scope)
+            if stored is not None:
+                return _replay(stored, fingerprint, scope[1], response_headers)
+            status, payload, headers = execute()
+            with self._lock:  # only successes: execute() raises on errors, as create does
+                self._idempotency[scope] = _StoredResponse(fingerprint, payload, request_id)
+            return status, payload, headers
 
     def _take_fault(self) -> tuple[float, str, float]:
         """Decide this request's latency and fault; the caller holds the lock."""
@@ -566,6 +724,18 @@ class StripeEmulator:
             self.set_webhook(body.get("url"), body.get("secret"))
             return self._webhook_target()
 
+        def open_dispute(body: dict[str, Any]) -> dict[str, Any]:
+            return self.open_dispute(
+                body.get("payment_intent") or body.get("charge"),
+                amount=body.get("amount"),
+                reason=body.get("reason", "fraudulent"),
+                inquiry=body.get("inquiry", False),
+            )
+
+        def set_retries(body: dict[str, Any]) -> dict[str, Any]:
+            delays = self.set_retry_schedule(body.get("schedule"), factor=body.get("factor"))
+            return {"schedule": list(delays)}
+
         def deliver(body: dict[str, Any]) -> dict[str, Any]:
             return self.deliver_event(
                 body.get("session_id"),
@@ -587,11 +757,27 @@ class StripeEmulator:
             ("POST", "webhooks"): set_webhook,
             ("POST", "events"): deliver,
             ("GET", "events"): lambda _: {"deliveries": self.deliveries()},
+            ("POST", "disputes"): open_dispute,
+            ("GET", "retries"): lambda _: {"schedule": list(self._bus.retry_delays)},
+            ("POST", "retries"): set_retries,
         }
+
+    def _object_helper(
+        self, method: str, parts: list[str], payload: dict[str, Any], path: str
+    ) -> dict[str, Any]:
+        """/_emulator/disputes/{id}/close and /_emulator/events/{id} (its deliveries)."""
+        object_id = unquote(parts[1])
+        action = parts[2] if len(parts) == 3 else ""
+        if parts[0] == "disputes" and method == "POST" and action == "close":
+            return self.close_dispute(object_id, payload.get("status"))
+        if parts[0] == "events" and method == "GET" and not action:
+            return self.event_deliveries(object_id)
+        raise _unrecognized(method, path)
 
     def _webhook_target(self) -> dict[str, Any]:
         with self._lock:
-            return {"url": self._webhook_url, "secret_set": bool(self._webhook_secret)}
+            webhook = self._bus.webhook
+            return {"url": webhook and webhook.url, "secret_set": bool(webhook and webhook.secret)}
 
     def _handle_helper(self, method: str, path: str, body: bytes, request_id: str) -> _Response:
         payload = _json_object(body) if method == "POST" else {}
@@ -609,8 +795,12 @@ class StripeEmulator:
                 result = self.expire_session(session_id)
             elif method == "POST" and action == "settle":
                 result = self.settle_payment(session_id, payload.get("result", "succeeded"))
+            elif method == "POST" and action == "created":
+                result = self.set_session_created(session_id, payload.get("created"))
             else:
                 raise _unrecognized(method, path)
+        elif parts[0] in ("disputes", "events") and len(parts) in (2, 3):
+            result = self._object_helper(method, parts, payload, path)
         else:
             handler = self._helper_routes().get((method, "/".join(parts)))
             if handler is None:

@@ -8,30 +8,24 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Protocol
 
 _WEBHOOK_USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
 # Deliveries go to loopback; an http_proxy in the environment must not intercept them.
 _webhook_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class _Event(NamedTuple):
-    """A signed-to-be event and where it goes; an empty payload means there is nothing to send."""
+class _Event(Protocol):
+    """An event to deliver (events.LoggedEvent); an empty payload means there is none."""
 
     payload: bytes
-    url: str
-    secret: str | Sequence[str] | None
 
 
-_NO_EVENT = _Event(b"", "", None)
+class _NoEvent:
+    payload = b""
 
 
-class _StoredEvent(NamedTuple):
-    """An event as first sent; redeliveries send these same bytes, as Stripe's retries do."""
-
-    payload: bytes
-    session_id: str
-    type: str
+_NO_EVENT: _Event = _NoEvent()
 
 
 def _post_event(url: str, secret: str | Sequence[str] | None, payload: bytes) -> tuple[int, str]:
