@@ -72,6 +72,7 @@ ENVIRONMENT_VARIABLES = (
     "STRIPE_WEBHOOK_SECRET_NAME",
     "STATUS_CACHE_SIZE",
     "STATUS_OPEN_TTL_MS",
+    "STATUS_PAID_TTL_SECONDS",
     "WEBHOOK_DEDUPE_SIZE",
     "REQUEST_TIMEOUT_SECONDS",
     "DEPLOYMENT_ID",
@@ -123,6 +124,7 @@ class Settings:
     stripe_webhook_secret_name: str | None
     status_cache_size: int
     status_open_ttl_ms: int
+    status_paid_ttl_seconds: float  # a paid answer is re-read from the ledger after this long
     webhook_dedupe_size: int
     request_timeout_seconds: float
     deployment_id: str
@@ -233,6 +235,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stripe_webhook_secret_name=get("STRIPE_WEBHOOK_SECRET_NAME"),
         status_cache_size=_int(get, "STATUS_CACHE_SIZE", 10_000, minimum=0),
         status_open_ttl_ms=_int(get, "STATUS_OPEN_TTL_MS", 0, minimum=0, maximum=60_000),
+        # Every instance must answer a refund or dispute within 60 s of its event.
+        status_paid_ttl_seconds=_float(
+            get, "STATUS_PAID_TTL_SECONDS", 20.0, minimum=0.1, maximum=50
+        ),
         webhook_dedupe_size=_int(get, "WEBHOOK_DEDUPE_SIZE", 10_000, minimum=1),
         # The deploy passes its --timeout value as it is: "60s" reads as 60.
         request_timeout_seconds=_float(

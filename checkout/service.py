@@ -58,7 +58,11 @@ class Service:
     ) -> Service:
         """Build every part once; `deliver` defaults to DELIVER_ORDER's function, or ours."""
         api_key = stripe_api_key_source(settings)
-        status_cache = StatusCache(settings.status_cache_size, settings.status_open_ttl_ms)
+        status_cache = StatusCache(
+            settings.status_cache_size,
+            settings.status_open_ttl_ms,
+            paid_ttl=settings.status_paid_ttl_seconds,
+        )
         ledger = ledger_from_settings(settings)
         catalogue = Catalogue.from_settings(settings)
         worker = Worker(

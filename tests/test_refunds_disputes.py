@@ -1,0 +1,231 @@
+"""An order's life after payment: refunds and disputes take access away, on every instance, once.
+
+The Stripe emulator refunds (POST /v1/refunds) and opens and closes disputes, and delivers the
+signed events to a live server, as Stripe does. Where the rule is about instances, two live
+servers share Google's Firestore emulator and publish to its Pub/Sub emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.firestore_emulator import Firestore
+from tests.pubsub_emulator import PubSub
+from tests.support import (
+    CREATE,
+    STATUS,
+    TEST_KEY,
+    WEBHOOK,
+    WHSEC,
+    LiveServer,
+    create_session,
+    http_json,
+    log_records,
+    sign,
+)
+
+
+def paid(server: LiveServer, stripe_emulator) -> dict[str, Any]:
+    status, created = http_json("POST", f"{server.url}{CREATE}", {"imageId": "img_9"})
+    assert status == 200, created
+    return stripe_emulator.complete_session(created["session_id"], "paid")
+
+
+def refund(stripe_emulator, payment_intent: str, amount: int | None = None) -> dict[str, Any]:
+    form = {"payment_intent": payment_intent, **({"amount": str(amount)} if amount else {})}
+    response = requests.post(
+        f"{stripe_emulator.url}/v1/refunds",
+        data=form,
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def answer(server: LiveServer, session_id: str) -> dict[str, Any]:
+    status, body = http_json("GET", f"{server.url}{STATUS}?session_id={session_id}")
+    assert status == 200, body
+    return body
+
+
+def eventually(server: LiveServer, session_id: str, outcome: str) -> dict[str, Any]:
+    """The answer once it says `outcome`: polled, with a generous bound (a hang, not a timing)."""
+    body: dict[str, Any] = {}
+    for _ in range(300):
+        body = answer(server, session_id)
+        if body["outcome"] == outcome:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"still {body} after 30 s")
+
+
+def deliveries_to(server: LiveServer) -> list[dict[str, Any]]:
+    return [r for r in log_records(server.logs(), "stripe_event") if r.get("outcome") != "ignored"]
+
+
+def changes(server: LiveServer) -> list[str]:
+    return [r["change_id"] for r in log_records(server.logs(), "checkout_order_change")]
+
+
+def test_a_full_refund_reaches_a_second_instance_within_its_bound_once(
+    live_server, stripe_emulator, firestore: Firestore, pubsub: PubSub
+) -> None:
+    env = {
+        **firestore.env(),
+        **pubsub.env(),
+        "STRIPE_WEBHOOK_SECRET": WHSEC,
+        "STATUS_PAID_TTL_SECONDS": "0.5",
+    }
+    first, second = live_server(**env), live_server(**env)
+    stripe_emulator.set_webhook(f"{first.url}{WEBHOOK}", WHSEC)
+    session = paid(first, stripe_emulator)
+    assert answer(second, session["id"])["outcome"] == "paid"  # cached on the second now
+    refund(stripe_emulator, session["payment_intent"])
+    body = eventually(second, session["id"], "refunded")
+    assert body["amount_refunded"] == 200
+    types = [m.attributes["type"] for m in pubsub.messages(timeout=1.0, count=2)]
+    assert sorted(types) == ["order.paid", "order.refunded"]
+    # Stripe's duplicate delivery of the refund changes nothing.
+    refunded = [e for e in stripe_emulator.deliveries() if e.get("type") == "charge.refunded"]
+    assert refunded
+
+
+def test_a_partial_refund_stays_paid_with_the_amount_and_one_change(
+    live_server, stripe_emulator
+) -> None:
+    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC)
+    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    session = paid(server, stripe_emulator)
+    refund(stripe_emulator, session["payment_intent"], amount=50)
+    for _ in range(300):
+        body = answer(server, session["id"])
+        if body["amount_refunded"] == 50:
+            break
+        time.sleep(0.1)
+    assert (body["outcome"], body["amount_refunded"]) == ("paid", 50)
+    assert changes(server) == [f"{session['id']}:paid", f"{session['id']}:partially_refunded_50"]
+
+
+def test_a_dispute_is_disputed_with_a_warning_then_won_is_paid_and_lost_is_disputed(
+    live_server, stripe_emulator
+) -> None:
+    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC, STATUS_PAID_TTL_SECONDS="0.1")
+    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    won, lost = paid(server, stripe_emulator), paid(server, stripe_emulator)
+    won_dispute = stripe_emulator.open_dispute(won["payment_intent"])
+    lost_dispute = stripe_emulator.open_dispute(lost["payment_intent"])
+    eventually(server, won["id"], "disputed")
+    eventually(server, lost["id"], "disputed")
+    warnings = log_records(server.logs(), "checkout_dispute_opened")
+    assert {w["session_id"] for w in warnings} == {won["id"], lost["id"]}
+    for warning in warnings:
+        assert warning["severity"] == "WARNING"
+        assert warning["dispute_amount"] == 200
+        assert warning["evidence_due_by"].endswith("Z")
+    stripe_emulator.close_dispute(won_dispute["id"], "won")
+    stripe_emulator.close_dispute(lost_dispute["id"], "lost")
+    eventually(server, won["id"], "paid")
+    eventually(server, lost["id"], "disputed")
+    assert sorted(c.split(":")[1] for c in changes(server) if c.startswith(won["id"])) == [
+        f"dispute_won_{won_dispute['id']}",
+        f"disputed_{won_dispute['id']}",
+        "paid",
+    ]
+    assert f"{lost['id']}:dispute_lost_{lost_dispute['id']}" in changes(server)
+
+
+def post(server: LiveServer, payload: bytes) -> int:
+    request = urllib.request.Request(
+        f"{server.url}{WEBHOOK}",
+        data=payload,
+        headers={"Stripe-Signature": sign(payload), "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def events_of(stripe_emulator, payment_intent: str, session_id: str) -> list[dict[str, Any]]:
+    """Every event the emulator emitted for this order, oldest first (GET /v1/events)."""
+    listed = requests.get(
+        f"{stripe_emulator.url}/v1/events",
+        params={"limit": "100"},
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+        timeout=10,
+    ).json()["data"]
+    ours = []
+    for event in reversed(listed):
+        obj = event["data"]["object"]
+        if obj.get("id") == session_id or obj.get("payment_intent") == payment_intent:
+            ours.append(event)
+    return ours
+
+
+def test_events_in_reverse_order_and_duplicated_end_in_the_same_state_and_changes(
+    live_server, stripe_emulator, tmp_path: Path
+) -> None:
+    # Made with no webhook, then delivered by hand: in order to one server, reversed to another.
+    maker = live_server()
+    session = paid(maker, stripe_emulator)
+    refund(stripe_emulator, session["payment_intent"], amount=80)
+    dispute = stripe_emulator.open_dispute(session["payment_intent"])
+    stripe_emulator.close_dispute(dispute["id"], "lost")
+    events = events_of(stripe_emulator, session["payment_intent"], session["id"])
+    kinds = [e["type"] for e in events]
+    assert "charge.refunded" in kinds and "charge.dispute.closed" in kinds
+    payloads = [json.dumps(e).encode() for e in events]
+    in_order = live_server(STRIPE_WEBHOOK_SECRET=WHSEC)
+    reversed_twice = live_server(STRIPE_WEBHOOK_SECRET=WHSEC)
+    assert {post(in_order, p) for p in payloads} == {200}
+    assert {post(reversed_twice, p) for p in [*payloads[::-1], *payloads[::-1]]} == {200}
+    one, other = answer(in_order, session["id"]), answer(reversed_twice, session["id"])
+    assert one == other
+    assert (one["outcome"], one["amount_refunded"]) == ("disputed", 80)
+    assert sorted(changes(in_order)) == sorted(changes(reversed_twice))
+    assert len(changes(reversed_twice)) == len(set(changes(reversed_twice))) == 4
+
+
+def test_a_refund_of_another_integrations_charge_is_acknowledged_and_changes_nothing(
+    live_server, stripe_emulator
+) -> None:
+    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC)
+    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    foreign = create_session(stripe_emulator)  # no marker of ours
+    completed = stripe_emulator.complete_session(foreign["id"], "paid")
+    refund(stripe_emulator, completed["payment_intent"])
+    for _ in range(100):
+        handled = [
+            r
+            for r in log_records(server.logs(), "stripe_event")
+            if r["event_type"] == "charge.refunded"
+        ]
+        if handled:
+            break
+        time.sleep(0.1)
+    assert [(r["outcome"], r["reason"]) for r in handled] == [("ignored", "not_ours")]
+    assert changes(server) == []
+    status, body = http_json("GET", f"{server.url}{STATUS}?session_id={foreign['id']}")
+    assert (status, body["code"]) == (404, "session_not_found")
+
+
+def test_a_refund_whose_order_the_ledger_never_saw_is_found_through_stripe(
+    live_server, stripe_emulator
+) -> None:
+    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC)
+    session = paid(server, stripe_emulator)  # no webhook yet: the ledger never hears of it
+    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    refund(stripe_emulator, session["payment_intent"])
+    body = eventually(server, session["id"], "refunded")
+    assert body["amount_refunded"] == 200
+    assert changes(server) == [f"{session['id']}:paid", f"{session['id']}:refunded"]
