@@ -2,10 +2,10 @@
 
 Stripe delivers at least once and out of order, to any instance, and retries any non-2xx answer
 for up to 3 days. So: verify before reading anything; turn the event into a fact about one of our
-orders (checkout/orders.py); record it in the order ledger and publish the changes it made
-(checkout/recorder.py); and only then answer 200. Fulfilment is not done here: the `fulfil_order`
-worker delivers each change (checkout/worker.py). A failure to record or publish answers 503, so
-that Stripe tries again.
+orders (checkout/stripe_events.py, checkout/orders.py); record it in the order ledger and publish
+the changes it made (checkout/recorder.py); and only then answer 200. Fulfilment is not done
+here: the `fulfil_order` worker delivers each change (checkout/worker.py). A failure to record or
+publish answers 503, so that Stripe tries again.
 """
 
 from __future__ import annotations
@@ -26,15 +26,9 @@ from checkout.errors import ApiError
 from checkout.http import json_response, read_body
 from checkout.keys import SecretConfigError, SecretUnavailable
 from checkout.ledger import LedgerUnavailable
-from checkout.orders import (
-    HANDLED_EVENTS,
-    Fact,
-    SessionFact,
-    fact_of_event,
-    session_fact,
-)
 from checkout.publisher import PublishFailed
 from checkout.recorder import PublicationInProgress
+from checkout.stripe_events import apply_event
 
 if TYPE_CHECKING:
     from checkout.service import Service
@@ -56,7 +50,7 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
     try:
         # Concurrent duplicates on this instance share one attempt; the ledger covers the rest.
         outcome: dict[str, str] = await service.webhook_events.run(
-            event_id, lambda: _handle(event, service)
+            event_id, lambda: apply_event(event, service)
         )
     except LedgerUnavailable as error:
         raise errors.ledger_unavailable(str(error)) from None
@@ -67,80 +61,6 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
     fields = {"event_id": event_id, "event_type": kind, **outcome}
     log.info("stripe_event", extra={"fields": fields})
     return json_response(200, {"received": True})
-
-
-async def _handle(event: dict[str, Any], service: Service) -> dict[str, str]:
-    """Record one event's fact; the log fields saying what became of it."""
-    kind, event_id = event["type"], event["id"]
-    if kind not in HANDLED_EVENTS:
-        return {"outcome": "ignored", "reason": "unhandled_type"}
-    try:
-        fact = fact_of_event(event)
-    except ValueError as error:
-        raise errors.invalid_signature(str(error)) from None
-    if fact is None:
-        return {"outcome": "ignored", "reason": "not_checkout"}
-    session_id, reason = await _our_session(fact, service)
-    if session_id is None:
-        # Every Checkout Session and Charge of the account comes here; only ours are acted on.
-        # Nothing is cached or recorded, so the status endpoint still answers 404 for it.
-        return {"outcome": "ignored", "reason": reason or "not_ours"}
-    if isinstance(fact, SessionFact):
-        fact = await _with_line_items(fact, service)
-        refusal = _refusal(fact, service, event_id)
-        if refusal is not None:
-            return {"outcome": "ignored", "reason": refusal, "session_id": session_id}
-    applied = await service.recorder.apply(session_id, fact, event_id=event_id, event_type=kind)
-    if applied.order is not None:
-        service.status_cache.forget(session_id)  # this instance answers the new state at once
-    outcome = "duplicate" if applied.duplicate else "handled"
-    return {"outcome": outcome, "session_id": session_id, "changes": str(len(applied.new))}
-
-
-async def _our_session(fact: Fact, service: Service) -> tuple[str | None, str | None]:
-    """The session id of our order this fact is about, or (None, why it is not ours)."""
-    if isinstance(fact, SessionFact):
-        if service.catalogue.is_ours(fact.session):
-            return fact.session.session_id, None
-        foreign = service.catalogue.refusal(fact.session)
-        return None, foreign.reason if foreign is not None else "not_ours"
-    known = await service.ledger.session_of_payment(fact.payment_intent)
-    if known is not None:
-        return known, None
-    # A refund or dispute before (or without) the order's own record: ask Stripe whose it is.
-    session = await service.gateway.session_of_payment(fact.payment_intent)
-    if session is None or not service.catalogue.is_ours(session):
-        return None, "not_ours"
-    refused = _refusal(session_fact(session, fact.payment_intent), service, None)
-    if refused is not None:
-        return None, refused
-    # Record the order as Stripe has it first, so that the refund or dispute has its order.
-    await service.recorder.apply(session.session_id, session_fact(session, fact.payment_intent))
-    return session.session_id, None
-
-
-async def _with_line_items(fact: SessionFact, service: Service) -> SessionFact:
-    if fact.session.paid and service.catalogue.needs_line_items:
-        # The event holds no line items: ask Stripe what this session sold.
-        session = await service.gateway.retrieve_session(fact.session.session_id)
-        return SessionFact(session, fact.payment_intent or session.payment_intent, fact.occurred_at)
-    return fact
-
-
-def _refusal(fact: SessionFact, service: Service, event_id: str | None) -> str | None:
-    """Why a paid session of ours is not an order of what we sell (logged), or None."""
-    if not fact.session.paid:
-        return None
-    refusal = service.catalogue.refusal(fact.session)
-    if refusal is None:
-        return None
-    fields = {**fact.session.log_record(event_id), "reason": refusal.reason}
-    fields["detail"] = refusal.detail
-    # Ours but not what we sell (the price changed while it was open?): a paying customer is
-    # waiting, and only an operator can decide. Another integration's: nothing to do.
-    level = logging.ERROR if refusal.ours else logging.INFO
-    log.log(level, "checkout_not_fulfilled", extra={"fields": fields})
-    return refusal.reason
 
 
 async def _signing_secret(service: Service) -> str:
