@@ -521,3 +521,36 @@ def webhook_secret_source(settings: Settings) -> SecretSource:
         validate=check_webhook_secret_shape,
         variables=("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_NAME"),
     )
+
+
+async def add_secret_version(settings: Settings, name: str, value: str) -> str:
+    """Store `value` as a new version of the secret `name` (S or projects/P/secrets/S); the
+    version's resource name. For `register-webhook`: never logged, never printed."""
+    if _BARE_NAME.match(name):
+        project = settings.google_cloud_project or _default_project("--secret")
+        parent = f"projects/{project}/secrets/{name}"
+    elif _SECRET_NAME.match(name):
+        parent = name
+    else:
+        raise SecretConfigError(
+            f"--secret must name a secret as S or projects/P/secrets/S, got {name[:80]!r}"
+        )
+    import google_crc32c
+
+    data = value.encode()
+
+    def add() -> str:
+        client = _new_client(settings.secret_manager_endpoint)
+        request = {
+            "parent": parent,
+            "payload": {"data": data, "data_crc32c": int(google_crc32c.value(data))},
+        }
+        try:
+            version = client.add_secret_version(request=request, timeout=10.0)
+        except Exception as error:
+            raise SecretUnavailable(
+                f"Secret Manager did not store a version of {parent}: {_describe(error)}"
+            ) from None
+        return str(version.name)
+
+    return await asyncio.to_thread(add)

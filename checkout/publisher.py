@@ -39,6 +39,9 @@ class Publisher(Protocol):
     async def publish(self, change: Change) -> None:
         """Send one change; PublishFailed if it did not arrive."""
 
+    async def check(self) -> None:
+        """PublishFailed unless changes can be published now."""
+
     def close(self) -> None: ...
 
 
@@ -92,6 +95,17 @@ class PubSubPublisher:
             topic=self.topic, messages=[message], timeout=self._deadline * 0.4, retry=budget
         )
 
+    async def check(self) -> None:
+        """Raise PublishFailed unless the topic exists and may be reached (the doctor's check)."""
+
+        def get_topic() -> None:
+            self._publisher_api().get_topic(topic=self.topic, timeout=self._deadline, retry=None)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._threads, get_topic)
+        except Exception as error:
+            raise PublishFailed(f"topic {self.topic}: {_describe(error)}") from error
+
     def close(self) -> None:
         self._threads.shutdown(wait=False)
 
@@ -117,6 +131,9 @@ class InProcessPublisher:
             await self._deliver(change)
             return
         request.setdefault("after_response", []).append(lambda: self._deliver(change))
+
+    async def check(self) -> None:
+        return None
 
     def close(self) -> None:
         return None

@@ -55,7 +55,12 @@ async def apply_event(event: dict[str, Any], service: Service) -> dict[str, str]
     if applied.order is not None:
         service.status_cache.forget(session_id)  # this instance answers the new state at once
     outcome = "duplicate" if applied.duplicate else "handled"
-    return {"outcome": outcome, "session_id": session_id, "changes": str(len(applied.new))}
+    return {
+        "outcome": outcome,
+        "session_id": session_id,
+        "changes": str(len(applied.new)),
+        "published": str(len(applied.to_publish)),
+    }
 
 
 async def _our_session(fact: Fact, service: Service) -> tuple[str | None, str | None]:

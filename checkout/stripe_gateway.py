@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import stripe
 
@@ -19,8 +19,13 @@ from checkout.session import MARKER_KEY, CreatedSession, SessionStatus
 from checkout.stripe_transport import StripeTransport
 
 if TYPE_CHECKING:  # the SDK's typed parameters: for the checker, never loaded at run time
-    from stripe import ListObject, RequestOptions
+    from stripe import Event, ListObject, RequestOptions, WebhookEndpoint
     from stripe.checkout import Session
+    from stripe.params import (
+        EventListParams,
+        WebhookEndpointCreateParams,
+        WebhookEndpointUpdateParams,
+    )
     from stripe.params.checkout import (
         SessionCreateParams,
         SessionCreateParamsLineItem,
@@ -30,6 +35,8 @@ if TYPE_CHECKING:  # the SDK's typed parameters: for the checker, never loaded a
 
 log = logging.getLogger("checkout.stripe")
 
+# Stripe's largest page: the reconciler lists whole windows.
+LIST_PAGE = 100
 # The retrieve expands the PaymentIntent: its status tells a settling payment from a failed one.
 RETRIEVE_EXPAND = ("payment_intent",)
 
@@ -98,6 +105,96 @@ class StripeGateway:
 
         found = await self._call("list", call)
         return SessionStatus.from_stripe(found.data[0]) if found.data else None
+
+    # -- for the operator commands (python -m checkout ...) -----------------------------------
+
+    async def sessions_since(self, created_gte: int, status: str) -> AsyncIterator[Any]:
+        """Every Checkout Session with `status` created since then, newest first, every page."""
+
+        def page(after: str | None) -> Call[ListObject[Session]]:
+            params: SessionListParams = {"status": status, "created": {"gte": created_gte}}
+            return _page(lambda c, o, p: c.v1.checkout.sessions.list_async(params=p, options=o),
+                         {**params, **_after(after)})  # fmt: skip
+
+        async for session in self._every_page("list", page):
+            yield session
+
+    async def undelivered_events_since(
+        self, created_gte: int, types: Sequence[str]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every event of `types` since then that Stripe failed to deliver, as plain dicts."""
+
+        def page(after: str | None) -> Call[ListObject[Event]]:
+            params: EventListParams = {
+                "created": {"gte": created_gte},
+                "types": list(types),
+                "delivery_success": False,
+            }
+            return _page(lambda c, o, p: c.v1.events.list_async(params=p, options=o),
+                         {**params, **_after(after)})  # fmt: skip
+
+        async for event in self._every_page("list", page):
+            yield event.to_dict()
+
+    async def webhook_endpoints(self) -> list[dict[str, Any]]:
+        """Every webhook endpoint of the account, as plain dicts."""
+
+        def page(after: str | None) -> Call[ListObject[WebhookEndpoint]]:
+            return _page(lambda c, o, p: c.v1.webhook_endpoints.list_async(params=p, options=o),
+                         _after(after))  # fmt: skip
+
+        return [endpoint.to_dict() async for endpoint in self._every_page("list", page)]
+
+    async def create_webhook_endpoint(
+        self, url: str, events: Sequence[str], api_version: str
+    ) -> dict[str, Any]:
+        """A new endpoint; its `secret` is in this answer and never again."""
+        params: WebhookEndpointCreateParams = {
+            "url": url,
+            "enabled_events": list(events),  # type: ignore[arg-type]
+            "api_version": api_version,  # type: ignore[typeddict-item]
+            "description": "checkout backend (python -m checkout register-webhook)",
+        }
+
+        def call(client: stripe.StripeClient, options: RequestOptions) -> Awaitable[Any]:
+            return client.v1.webhook_endpoints.create_async(params=params, options=options)
+
+        created: dict[str, Any] = (await self._call("create_webhook", call)).to_dict()
+        return created
+
+    async def update_webhook_endpoint(
+        self, endpoint_id: str, events: Sequence[str]
+    ) -> dict[str, Any]:
+        params: WebhookEndpointUpdateParams = {
+            "enabled_events": list(events),  # type: ignore[arg-type]
+            "disabled": False,
+        }
+
+        def call(client: stripe.StripeClient, options: RequestOptions) -> Awaitable[Any]:
+            return client.v1.webhook_endpoints.update_async(
+                endpoint_id, params=params, options=options
+            )
+
+        updated: dict[str, Any] = (await self._call("update_webhook", call)).to_dict()
+        return updated
+
+    async def delete_webhook_endpoint(self, endpoint_id: str) -> None:
+        def call(client: stripe.StripeClient, options: RequestOptions) -> Awaitable[Any]:
+            return client.v1.webhook_endpoints.delete_async(endpoint_id, options=options)
+
+        await self._call("delete_webhook", call)
+
+    async def _every_page(
+        self, operation: str, page: Callable[[str | None], Call[ListObject[Any]]]
+    ) -> AsyncIterator[Any]:
+        after: str | None = None
+        while True:
+            found = await self._call(operation, page(after))
+            for item in found.data:
+                yield item
+            if not found.has_more or not found.data:
+                return
+            after = found.data[-1]["id"]
 
     def close(self) -> None:
         """Close the connection pool on its own loop (tests rebuild the service; nothing else)."""
@@ -187,6 +284,21 @@ class StripeGateway:
         response = getattr(result, "last_response", None)
         _note_stripe_request_id(getattr(response, "request_id", None))
         return result
+
+
+Call = Callable[[stripe.StripeClient, "RequestOptions"], Awaitable[T]]
+
+
+def _page(list_call: Callable[[stripe.StripeClient, RequestOptions, Any], Awaitable[T]],
+          params: dict[str, Any]) -> Call[T]:  # fmt: skip
+    def call(client: stripe.StripeClient, options: RequestOptions) -> Awaitable[T]:
+        return list_call(client, options, {**params, "limit": LIST_PAGE})
+
+    return call
+
+
+def _after(after: str | None) -> dict[str, str]:
+    return {"starting_after": after} if after is not None else {}
 
 
 def _session_template(settings: Settings) -> SessionCreateParams:

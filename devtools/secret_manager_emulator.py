@@ -32,6 +32,7 @@ FAILURE_MODES = ("unavailable", "permission_denied", "crc_mismatch")
 
 # The REST transport keeps the project as written (id or number) and appends
 # `?$alt=json;enum-encoding=int`; the query string is ignored.
+_ADD_VERSION_PATH = re.compile(r"^/v1/projects/([^/]+)/secrets/([^/:]+):addVersion$")
 _ACCESS_PATH = re.compile(r"^/v1/projects/([^/]+)/secrets/([^/]+)/versions/([^/:]+):access$")
 _SECRET_NAME = re.compile(r"^projects/([^/]+)/secrets/([^/]+)$")
 _MAX_BODY = 1 << 20
@@ -193,6 +194,34 @@ class SecretManagerEmulator:
         }
         return 200, {"name": name, "payload": payload}
 
+    def add_version_call(
+        self, project: str, secret: str, body: Any
+    ) -> tuple[int, dict[str, Any]]:
+        """Answer one `:addVersion` call (the secret must exist: create it with add_version)."""
+        payload = body.get("payload") if isinstance(body, dict) else None
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), str):
+            return _google_error(400, "INVALID_ARGUMENT", "payload.data is required.")
+        data = base64.b64decode(payload["data"])
+        if "dataCrc32c" in payload and int(payload["dataCrc32c"]) != crc32c(data):
+            return _google_error(400, "INVALID_ARGUMENT", "Checksum mismatch.")
+        with self._lock:
+            if self._failure in ("unavailable", "permission_denied"):
+                return _google_error(503, "UNAVAILABLE", "The service is currently unavailable.")
+            versions = self._secrets.get((project, secret))
+            if versions is None:
+                return _google_error(
+                    404, "NOT_FOUND", f"Secret [projects/{project}/secrets/{secret}] not found."
+                )
+            versions.append(_Version(data))
+            number = len(versions)
+        name = f"projects/{project}/secrets/{secret}/versions/{number}"
+        return 200, {"name": name, "state": "ENABLED"}
+
+    def versions(self, project: str, secret: str) -> list[bytes]:
+        """Every version's data, oldest first (for tests)."""
+        with self._lock:
+            return [v.data for v in self._secrets.get((project, secret), ())]
+
     def control(self, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
         """Answer one `/_emulator/...` call as (HTTP status, JSON body)."""
         if (method, path) == ("GET", "/_emulator/calls"):
@@ -290,6 +319,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(400, {"error": "the body is not JSON"})
             else:
                 self._send(*self.server.emulator.control(method, path, body))
+            return
+        added = _ADD_VERSION_PATH.match(path)
+        if method == "POST" and added:
+            self._send(*self.server.emulator.add_version_call(*added.groups(), body))
             return
         match = _ACCESS_PATH.match(path)
         if method == "GET" and match:

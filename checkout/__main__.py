@@ -1,0 +1,99 @@
+"""The operator's commands: `python -m checkout reconcile | register-webhook | doctor`.
+
+Each reads the same settings as the service (the deployment's environment) and builds the same
+Service: the same gateway, ledger, recorder and publisher, nothing of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from checkout.config import ConfigError, load_settings
+from checkout.doctor import doctor
+from checkout.errors import ApiError
+from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.logs import setup_logging
+from checkout.reconcile import DEFAULT_DAYS, MAX_DAYS, reconcile
+from checkout.service import Service
+from checkout.webhook_setup import SetupError, register_webhook
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    setup_logging()
+    try:
+        service = Service.from_settings(load_settings())
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(arguments, service))
+    finally:
+        service.publisher.close()
+
+
+async def _run(arguments: argparse.Namespace, service: Service) -> int:
+    try:
+        if arguments.command == "reconcile":
+            summary = await reconcile(service, arguments.days)
+            print(json.dumps(summary.record()), flush=True)
+            return 0 if summary.ok else 1
+        if arguments.command == "register-webhook":
+            return await _register(service, arguments.url, arguments.secret)
+        return await _doctor(service, arguments.url)
+    finally:
+        service.gateway.close()
+        await asyncio.sleep(0)
+
+
+async def _register(service: Service, url: str, secret: str | None) -> int:
+    try:
+        done = await register_webhook(service, url, secret)
+    except SetupError as error:
+        print(f"register-webhook: {error}", file=sys.stderr)
+        return 2
+    except (ApiError, SecretConfigError, SecretUnavailable) as error:
+        detail = error.detail if isinstance(error, ApiError) else str(error)
+        print(f"register-webhook failed: {detail}", file=sys.stderr)
+        return 1
+    print(f"webhook endpoint {done.endpoint_id} {done.action} for {url}")
+    if done.secret_version:
+        print(f"signing secret stored as {done.secret_version}")
+    elif done.secret:
+        print(f"signing secret (shown once; set it as STRIPE_WEBHOOK_SECRET): {done.secret}")
+    return 0
+
+
+async def _doctor(service: Service, url: str) -> int:
+    checks = await doctor(service, url)
+    for check in checks:
+        print(check.line())
+    return 0 if all(check.ok for check in checks) else 1
+
+
+def _days(raw: str) -> int:
+    days = int(raw)
+    if not 1 <= days <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"--days must be 1 to {MAX_DAYS}")
+    return days
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m checkout", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    recon = commands.add_parser("reconcile", help="apply missed payments and events, once")
+    recon.add_argument("--days", type=_days, default=DEFAULT_DAYS, help="window (1-30, default 3)")
+    register = commands.add_parser("register-webhook", help="create or update the endpoint")
+    register.add_argument("--url", required=True, help="https://…/api/checkout/webhook")
+    register.add_argument("--secret", help="Secret Manager secret for the signing secret")
+    check = commands.add_parser("doctor", help="check the deployment's configuration")
+    check.add_argument("--url", required=True, help="the webhook URL Stripe should call")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""`python -m checkout register-webhook --url URL [--secret NAME]`: the one Stripe webhook
+endpoint for URL, with every event the service handles and the API version the SDK pins.
+
+An endpoint made in the Dashboard uses the account's default API version, so its payloads can
+differ from what this code was tested with; and an endpoint's version cannot be updated. So:
+an endpoint for URL with the pinned version is updated in place (events, enabled); one with
+another version is replaced (a new one is made, its secret stored, then the old one deleted);
+none is created. A new endpoint's signing secret (shown by Stripe once) goes to Secret Manager as
+a new version of `--secret`; it is printed only when no secret name is given (local use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import stripe
+
+from checkout.keys import add_secret_version
+from checkout.orders import HANDLED_EVENTS
+from checkout.service import Service
+
+PINNED_API_VERSION: str = stripe.api_version
+ENABLED_EVENTS = tuple(sorted(HANDLED_EVENTS))
+
+
+class SetupError(Exception):
+    """The command cannot do what it was asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    endpoint_id: str
+    action: str  # created, updated, replaced
+    secret_version: str | None  # where the new signing secret was stored
+    secret: str | None  # only when no --secret was given and a new endpoint was made
+
+
+def check_webhook_url(url: str, *, emulator: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SetupError(f"--url must be an absolute URL, got {url[:100]!r}")
+    if parts.scheme != "https" and not emulator:
+        raise SetupError("--url must be https: Stripe delivers live events only to https")
+    if not parts.path.rstrip("/").endswith("/api/checkout/webhook"):
+        raise SetupError("--url must end with /api/checkout/webhook (this service's webhook path)")
+
+
+async def register_webhook(service: Service, url: str, secret_name: str | None) -> Registered:
+    check_webhook_url(url, emulator=service.settings.stripe_api_base is not None)
+    existing = [e for e in await service.gateway.webhook_endpoints() if e.get("url") == url]
+    current = [e for e in existing if e.get("api_version") == PINNED_API_VERSION]
+    if current:
+        keep, *extra = current
+        await service.gateway.update_webhook_endpoint(keep["id"], ENABLED_EVENTS)
+        for endpoint in [*extra, *(e for e in existing if e not in current)]:
+            await service.gateway.delete_webhook_endpoint(endpoint["id"])
+        return Registered(keep["id"], "updated", None, None)
+    created = await service.gateway.create_webhook_endpoint(url, ENABLED_EVENTS, PINNED_API_VERSION)
+    secret = str(created["secret"])
+    stored = None
+    if secret_name is not None:
+        stored = await add_secret_version(service.settings, secret_name, secret)
+    for endpoint in existing:  # an older API version's: replaced, never a second endpoint
+        await service.gateway.delete_webhook_endpoint(endpoint["id"])
+    action = "replaced" if existing else "created"
+    return Registered(str(created["id"]), action, stored, secret if secret_name is None else None)
