@@ -5,9 +5,10 @@
 1. Import: `import checkout.app` alone, then with `checkout.ledger.firestore` (which brings
    google.cloud.firestore and its gRPC stack), each in a fresh interpreter, median of several runs.
    The difference is what ORDER_LEDGER=firestore adds to an instance's cold start.
-2. Latency against Google's Firestore emulator on loopback, one request at a time: a first
-   fulfilment (create with claim, then the completing transaction), a duplicate of a fulfilled
-   session, an event lookup and mark, and the status endpoint's read. Real Firestore adds the
+2. Latency against Google's Firestore emulator on loopback, one request at a time: recording a
+   paid session's first fact (the order's create, the event's mark), a duplicate of it (reads
+   only), marking its change published, a delivery's claim and its record, and the status
+   endpoint's read. Real Firestore adds the
    network round trip to its region to each call; the emulator shows the client's own cost.
 
 Prints a Markdown table (docs/ledger.md quotes it).
@@ -25,9 +26,12 @@ import sys
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from bench.servers import ROOT
 from devtools.firestore_emulator import FirestoreEmulator
+
+T = TypeVar("T")
 
 
 def import_seconds(statement: str, runs: int) -> float:
@@ -43,15 +47,13 @@ def import_seconds(statement: str, runs: int) -> float:
 async def latencies(host: str, rounds: int) -> dict[str, list[float]]:
     os.environ["FIRESTORE_EMULATOR_HOST"] = host
     from checkout.ledger.firestore import FirestoreLedger
+    from checkout.orders import SessionFact, session_fact
     from checkout.session import SessionStatus
 
-    ledger = FirestoreLedger(project=f"bench-{os.getpid()}", database="(default)", lease_seconds=60)
+    ledger = FirestoreLedger(project=f"bench-{os.getpid()}", database="(default)")
 
-    async def deliver() -> None:
-        return None
-
-    def session(n: int) -> SessionStatus:
-        return SessionStatus(
+    def paid(n: int) -> SessionFact:
+        session = SessionStatus(
             session_id=f"cs_test_bench{n}",
             status="complete",
             payment_status="paid",
@@ -59,29 +61,39 @@ async def latencies(host: str, rounds: int) -> dict[str, list[float]]:
             amount_total=200,
             currency="usd",
         )
+        return session_fact(session, f"pi_bench{n}")
 
     results: dict[str, list[float]] = {
-        "first fulfilment (claim + complete)": [],
-        "duplicate of a fulfilled session": [],
-        "event lookup": [],
-        "event mark": [],
+        "first fact (order create + event mark)": [],
+        "duplicate event (reads only)": [],
+        "change marked published": [],
+        "delivery claim": [],
+        "delivery record": [],
         "status read (settled order)": [],
     }
 
-    async def timed(name: str, operation: Awaitable[object]) -> None:
+    async def timed(name: str, operation: Awaitable[T]) -> T:
         started = time.perf_counter()
-        await operation
+        result = await operation
         results[name].append(time.perf_counter() - started)
+        return result
 
     for n in range(20):  # warm-up: connection, and the emulator's JIT
-        await ledger.fulfil_once(session(-1 - n), deliver)
+        await ledger.apply(f"cs_test_bench{-1 - n}", paid(-1 - n), token="warm")
     for n in range(rounds):
-        paid, event = session(n), f"evt_bench{n}"
-        await timed("first fulfilment (claim + complete)", ledger.fulfil_once(paid, deliver))
-        await timed("duplicate of a fulfilled session", ledger.fulfil_once(paid, deliver))
-        await timed("event lookup", ledger.event_handled(event))
-        await timed("event mark", ledger.mark_event_handled(event, "x", None))
-        await timed("status read (settled order)", ledger.settled_status(paid.session_id))
+        sid, event = f"cs_test_bench{n}", f"evt_bench{n}"
+        first = await timed(
+            "first fact (order create + event mark)",
+            ledger.apply(sid, paid(n), event_id=event, token="t"),
+        )
+        await timed(
+            "duplicate event (reads only)", ledger.apply(sid, paid(n), event_id=event, token="u")
+        )
+        await timed("change marked published", ledger.mark_published(sid, ["paid"], "t"))
+        (change,) = first.new
+        await timed("delivery claim", ledger.claim_delivery(change, "d", lease=60))
+        await timed("delivery record", ledger.complete_delivery(change.change_id, "d"))
+        await timed("status read (settled order)", ledger.order(sid, quick=True))
     return results
 
 

@@ -194,9 +194,7 @@ class SecretManagerEmulator:
         }
         return 200, {"name": name, "payload": payload}
 
-    def add_version_call(
-        self, project: str, secret: str, body: Any
-    ) -> tuple[int, dict[str, Any]]:
+    def add_version_call(self, project: str, secret: str, body: Any) -> tuple[int, dict[str, Any]]:
         """Answer one `:addVersion` call (the secret must exist: create it with add_version)."""
         payload = body.get("payload") if isinstance(body, dict) else None
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), str):
@@ -322,7 +320,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         added = _ADD_VERSION_PATH.match(path)
         if method == "POST" and added:
-            self._send(*self.server.emulator.add_version_call(*added.groups(), body))
+            project, secret = added.groups()
+            self._send(*self.server.emulator.add_version_call(project, secret, body))
             return
         match = _ACCESS_PATH.match(path)
         if method == "GET" and match:
