@@ -193,7 +193,7 @@ def patches_in(source: str) -> list[str]:
             targets = node.targets
         for target in targets:
             if isinstance(target, ast.Attribute) and _root(target) in imported:
-                found.append(f"{node.lineno}: {_root(target)}.….{target.attr} assigned")
+                found.append(f"{target.lineno}: {ast.unparse(target)} assigned")
     return sorted(found, key=lambda line: int(line.split(":")[0]))
 
 
