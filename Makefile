@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run firestore-emulator pubsub-emulator test lint format lock bench clean
+.PHONY: run firestore-emulator pubsub-emulator test lint format lock bench mutation clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -56,5 +56,25 @@ format: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench.run
 
+## Mutation testing with mutmut (not part of `make test`; docs/testing.md#mutation-testing). The
+## modules and their tests are [tool.mutmut] in pyproject.toml; MUTANTS selects the mutants to
+## run (mutmut's names, fnmatch patterns): whole modules, or only some functions of one.
+MUTANTS ?= \
+	'checkout.webhook.x__verified_event__mutmut_*' \
+	'checkout.webhook.x__check_signature__mutmut_*' \
+	'checkout.webhook.x__fresh_header__mutmut_*' \
+	'checkout.webhook.x__event_in__mutmut_*' \
+	'checkout.routes.x__image_id_from__mutmut_*' \
+	'checkout.routes.x__idempotency_key_from__mutmut_*' \
+	'checkout.routes.x__stripe_idempotency_key__mutmut_*' \
+	'checkout.routes.x__session_id_from__mutmut_*' \
+	'checkout.http.*' \
+	'checkout.limits.*' \
+	'checkout.catalogue.*'
+mutation: $(VENV)/.installed
+	rm -rf mutants && mkdir mutants
+	$(VENV)/bin/mutmut run $(MUTANTS) > mutants/run.log 2>&1 || (tail -c 4000 mutants/run.log; exit 1)
+	$(PY) -m devtools.mutation_report $(MUTANTS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache mutants

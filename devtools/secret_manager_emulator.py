@@ -21,6 +21,7 @@ import contextlib
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ _ADD_VERSION_PATH = re.compile(r"^/v1/projects/([^/]+)/secrets/([^/:]+):addVersi
 _ACCESS_PATH = re.compile(r"^/v1/projects/([^/]+)/secrets/([^/]+)/versions/([^/:]+):access$")
 _SECRET_NAME = re.compile(r"^projects/([^/]+)/secrets/([^/]+)$")
 _MAX_BODY = 1 << 20
+# A hold nobody released ends after this, so a failed test cannot leave a handler waiting forever.
+_HOLD_LIMIT_S = 60.0
 
 
 def _crc32c_table() -> list[int]:
@@ -65,6 +68,24 @@ class _Version:
     enabled: bool = True
 
 
+class Hold:
+    """Accesses that arrive while held wait (already counted) until `release()`.
+
+    Tests synchronise on `arrived` instead of guessing with a latency how long a read is in flight.
+    """
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()  # set when the first held access is waiting
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait(self) -> None:
+        self.arrived.set()
+        self._released.wait(_HOLD_LIMIT_S)
+
+
 class SecretManagerEmulator:
     """Secret Manager on loopback, in-process; thread-safe; start()/stop() or use as a context."""
 
@@ -75,6 +96,7 @@ class SecretManagerEmulator:
         self._secrets: dict[tuple[str, str], list[_Version]] = {}
         self._failure: str | None = None
         self._access_count = 0
+        self._hold: Hold | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -94,6 +116,7 @@ class SecretManagerEmulator:
         server, self._server = self._server, None
         if server is None:
             return
+        self.release()
         server.shutdown()
         server.close_connections()
         server.server_close()
@@ -140,8 +163,22 @@ class SecretManagerEmulator:
         with self._lock:
             return self._access_count
 
+    def hold(self) -> Hold:
+        """Hold every access from now on until the returned hold is released (or `release()`)."""
+        with self._lock:
+            self._hold = Hold()
+            return self._hold
+
+    def release(self) -> None:
+        """Answer the held accesses, and stop holding new ones."""
+        with self._lock:
+            hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.release()
+
     def reset(self) -> None:
-        """Forget every secret, heal any failure and zero the access count."""
+        """Forget every secret, heal any failure, release any hold and zero the access count."""
+        self.release()
         with self._lock:
             self._secrets.clear()
             self._failure = None
@@ -153,6 +190,10 @@ class SecretManagerEmulator:
         """Answer one `:access` call as (HTTP status, JSON body)."""
         with self._lock:
             self._access_count += 1
+            hold = self._hold
+        if hold is not None:
+            hold.wait()  # then answer from the state as it is when released
+        with self._lock:
             failure = self._failure
             versions = list(self._secrets.get((project, secret), ()))
         if self._latency_s:
@@ -288,6 +329,11 @@ class _Server(ThreadingHTTPServer):
                 with contextlib.suppress(OSError):
                     connection.shutdown(socket.SHUT_RDWR)
             self._connections.clear()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a client that gave up on a held or slow access went away: expected
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

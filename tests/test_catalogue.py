@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import stripe
 
+from checkout.catalogue import Catalogue, Refusal
+from checkout.session import SessionStatus
 from devtools.stripe_emulator import StripeEmulator
 from tests.support import (
     STATUS,
@@ -203,3 +205,57 @@ def test_with_a_price_id_the_status_endpoint_fulfils_in_one_retrieve(
     assert status_of(price_client, session_id)["outcome"] == "paid"
     assert delivered == [session_id]
     assert stripe_emulator.calls()["retrieve_session"] == retrieves + 1
+
+
+# --- Catalogue.refusal itself: which sessions are refused, why, and whether an operator must look
+
+
+def catalogue(price_id: str | None = None) -> Catalogue:
+    return Catalogue(deployment_id="shop-eu", amount=200, currency="usd", price_id=price_id)
+
+
+def paid(marker: str | None, **fields: Any) -> SessionStatus:
+    values: dict[str, Any] = {"amount_total": 200, "currency": "usd", **fields}
+    return SessionStatus("cs_test_a", "complete", "paid", {}, marker=marker, **values)
+
+
+def test_what_this_deployment_sells_is_not_refused():
+    assert catalogue().refusal(paid("shop-eu")) is None
+    line_items = (("price_123", 1),)
+    assert catalogue("price_123").refusal(paid("shop-eu", line_items=line_items)) is None
+
+
+@pytest.mark.parametrize(
+    ("session", "reason", "ours", "detail"),
+    [
+        (paid(None), "not_ours", False, "no checkout_deployment in its metadata"),
+        (
+            paid("shop-us"),
+            "other_deployment",
+            False,
+            "checkout_deployment is 'shop-us', this deployment is 'shop-eu'",
+        ),
+        (
+            paid("shop-eu", amount_total=50, currency="eur"),
+            "amount_mismatch",
+            True,
+            "it charged 50 eur, this deployment sells 200 usd",
+        ),
+    ],
+    ids=["unmarked", "another-deployment", "another-amount"],
+)
+def test_a_refusal_says_why_and_whether_a_customer_of_ours_paid(session, reason, ours, detail):
+    refusal = catalogue().refusal(session)
+    assert refusal == Refusal(reason, detail, ours=ours)
+
+
+@pytest.mark.parametrize(
+    ("line_items", "sold"),
+    [(None, "unknown"), ((("price_other", 1),), "[('price_other', 1)]")],
+    ids=["unread", "another-price"],
+)
+def test_with_a_price_id_other_line_items_are_ours_and_refused(line_items, sold):
+    refusal = catalogue("price_123").refusal(paid("shop-eu", line_items=line_items))
+    assert refusal == Refusal(
+        "price_mismatch", f"line items {sold} are not one of price_123", ours=True
+    )

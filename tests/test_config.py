@@ -10,6 +10,8 @@ import pytest
 
 from checkout import config
 from checkout.config import ConfigError, load_settings
+from checkout.keys import stripe_api_key_source
+from devtools.secret_manager_emulator import SecretManagerEmulator
 
 
 def test_defaults_match_the_contract():
@@ -85,10 +87,20 @@ def test_bad_values_name_the_variable(env, variable):
         load_settings(env)
 
 
-def test_key_precedence_fields():
-    settings = load_settings({"STRIPE_SECRET_KEY": "sk_test_x", "STRIPE_SECRET_NAME": "s"})
-    assert settings.stripe_secret_key == "sk_test_x"
+def test_stripe_secret_key_wins_over_stripe_secret_name(sm: SecretManagerEmulator):
+    # The contract's key precedence: with both set, Secret Manager (holding another key) is
+    # never asked, and the key the environment gave is the one used.
+    sm.add_version("demo-project", "stripe-key", "sk_test_fromSecretManager000000000000")
+    settings = load_settings(
+        {
+            "STRIPE_SECRET_KEY": "sk_test_fromTheEnvironment00000000000",
+            "STRIPE_SECRET_NAME": "projects/demo-project/secrets/stripe-key",
+            "SECRET_MANAGER_ENDPOINT": sm.endpoint,
+        }
+    )
     assert settings.stripe_key_configured
+    assert stripe_api_key_source(settings).get() == "sk_test_fromTheEnvironment00000000000"
+    assert sm.access_count == 0
 
 
 def test_every_variable_read_is_listed_in_environment_variables():

@@ -1,13 +1,14 @@
-"""Stripe misbehaving (the emulator's fault modes): the contract's answer, within the time budget.
+"""Stripe misbehaving (the emulator's fault modes): the contract's answer, reached the way the
+budget assumes.
 
 The budget is the documented worst case of one Stripe call, `stripe_budget_seconds(timeout,
-retries)`: every attempt times out and every SDK backoff is the longest. Each test asserts the
-answer came within it (plus slack for a loaded CI machine): a bound, not a benchmark.
+retries)`: every attempt times out and every SDK backoff is the longest. These tests check what the
+budget counts, never a clock (the machine is noisy): how many attempts reached Stripe, that a hung
+attempt was ended by our timeout (the log says TimeoutError) and that a refused one was not (it
+says ConnectionRefusedError). `python -m bench.faults` measures each against its budget.
 """
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -19,35 +20,19 @@ from checkout.config import (
     request_budget_seconds,
     stripe_budget_seconds,
 )
-from tests.support import STATUS, assert_error, create, free_port
+from tests.support import STATUS, CapturedLogs, assert_error, create, free_port
 
-SLACK_SECONDS = 1.0
-
-
-class Timed:
-    """Measure one request: `with Timed(budget) as timer: ...`, then `timer.seconds`."""
-
-    def __init__(self, budget: float) -> None:
-        self.budget = budget
-        self.seconds = 0.0
-
-    def __enter__(self) -> Timed:
-        self._started = time.monotonic()
-        return self
-
-    def __exit__(self, error_type: object, *_: object) -> None:
-        self.seconds = time.monotonic() - self._started
-        if error_type is None:  # an assertion inside says more than the time it took
-            assert self.seconds < self.budget + SLACK_SECONDS, f"{self.seconds:.2f} s > budget"
-
-
-def budget_for(configure, timeout: float, retries: int) -> float:
-    configure(STRIPE_TIMEOUT_SECONDS=str(timeout), STRIPE_MAX_RETRIES=str(retries))
-    return stripe_budget_seconds(timeout, retries)
+# Longer than any test here runs: a hang that ended on its own would not end by TimeoutError.
+HANG_SECONDS = 60
 
 
 def status_of(client, session_id: str = "cs_test_abc123"):
     return client.get(STATUS, query_string={"session_id": session_id})
+
+
+def stripe_failure(logs: CapturedLogs) -> str:
+    """The Stripe error of the last request logged, as the request log line names it."""
+    return [record for record in logs() if "httpRequest" in record][-1]["detail"]
 
 
 # --- the budget itself ---------------------------------------------------------------------------
@@ -87,23 +72,20 @@ def test_the_default_budget_fits_the_deploys_timeout_with_secret_manager():
 # --- one fault at a time -------------------------------------------------------------------------
 
 
-def test_stripe_500_after_every_retry_is_502_within_budget(client, configure, stripe_emulator):
-    budget = budget_for(configure, timeout=2, retries=2)
+def test_stripe_500_after_every_retry_is_502(client, configure, stripe_emulator):
+    configure(STRIPE_TIMEOUT_SECONDS="2", STRIPE_MAX_RETRIES="2")
     stripe_emulator.set_faults(mode="error_500")
-    with Timed(budget):
-        assert_error(create(client, {}), 502, "payment_provider_error")
+    assert_error(create(client, {}), 502, "payment_provider_error")
     assert stripe_emulator.calls()["create_session"] == 3  # the first try and two retries
-    with Timed(budget):
-        assert_error(status_of(client), 502, "payment_provider_error")
+    assert_error(status_of(client), 502, "payment_provider_error")
     assert stripe_emulator.calls()["retrieve_session"] == 3
 
 
 def test_stripe_429_is_503_with_retry_after_without_retrying(client, configure, stripe_emulator):
-    budget = budget_for(configure, timeout=2, retries=2)
+    configure(STRIPE_TIMEOUT_SECONDS="2", STRIPE_MAX_RETRIES="2")
     stripe_emulator.set_faults(mode="rate_limit_429")
     for request in (lambda: create(client, {}), lambda: status_of(client)):
-        with Timed(budget):
-            response = request()
+        response = request()
         assert_error(response, 503, "payment_provider_busy")
         assert int(response.headers["Retry-After"]) >= 1
     # Stripe's 429 carries no Stripe-Should-Retry, so the SDK does not hammer a busy Stripe.
@@ -111,43 +93,39 @@ def test_stripe_429_is_503_with_retry_after_without_retrying(client, configure, 
 
 
 @pytest.mark.parametrize("retries", [0, 1])
-def test_stripe_hanging_past_the_timeout_is_504_within_budget(
-    client, configure, stripe_emulator, retries
+def test_stripe_hanging_past_the_timeout_is_504_after_each_attempt_times_out(
+    client, configure, stripe_emulator, logs, retries
 ):
-    budget = budget_for(configure, timeout=0.5, retries=retries)
-    stripe_emulator.set_faults(mode="hang", hang_seconds=30)
-    with Timed(budget) as timer:
-        assert_error(create(client, {}), 504, "payment_provider_unreachable")
-    assert timer.seconds >= 0.5 * (retries + 1)  # it did wait out each attempt's timeout
+    configure(STRIPE_TIMEOUT_SECONDS="0.5", STRIPE_MAX_RETRIES=str(retries))
+    stripe_emulator.set_faults(mode="hang", hang_seconds=HANG_SECONDS)
+    assert_error(create(client, {}), 504, "payment_provider_unreachable")
     assert stripe_emulator.calls()["create_session"] == retries + 1
+    assert stripe_failure(logs).endswith("(TimeoutError)")  # our timeout ended the last attempt
 
 
-def test_closed_port_is_504_without_waiting_for_the_timeout(client, configure):
-    timeout = 5.0
+def test_closed_port_is_504_without_waiting_for_the_timeout(client, configure, logs):
     configure(
         STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}",
-        STRIPE_TIMEOUT_SECONDS=str(timeout),
+        STRIPE_TIMEOUT_SECONDS="5",
         STRIPE_MAX_RETRIES="1",
     )
     for request in (lambda: create(client, {}), lambda: status_of(client)):
-        with Timed(stripe_budget_seconds(0, 1)) as timer:  # refused at once: only the backoff
-            assert_error(request(), 504, "payment_provider_unreachable")
-        assert timer.seconds < timeout
+        assert_error(request(), 504, "payment_provider_unreachable")
+        # Refused, not timed out: the budget of a closed port is only the SDK's backoff.
+        assert stripe_failure(logs).endswith("(ConnectionRefusedError)")
 
 
 def test_stripe_recovering_means_the_next_request_succeeds(client, configure, stripe_emulator):
-    budget = budget_for(configure, timeout=2, retries=1)
+    configure(STRIPE_TIMEOUT_SECONDS="2", STRIPE_MAX_RETRIES="1")
     stripe_emulator.set_faults(mode="error_500", remaining=2)  # both attempts of one request
-    with Timed(budget):
-        assert_error(create(client, {"imageId": "img_1"}), 502, "payment_provider_error")
-    with Timed(budget):
-        created = create(client, {"imageId": "img_1"})
+    assert_error(create(client, {"imageId": "img_1"}), 502, "payment_provider_error")
+    created = create(client, {"imageId": "img_1"})
     assert created.status_code == 200
     session_id = created.get_json()["session_id"]
     metadata = stripe_emulator.get_session(session_id)["metadata"]
     assert metadata == {"checkout_deployment": "local", "imageId": "img_1"}
 
-    stripe_emulator.set_faults(mode="hang", hang_seconds=30, remaining=2)
+    stripe_emulator.set_faults(mode="hang", hang_seconds=HANG_SECONDS, remaining=2)
     configure(STRIPE_TIMEOUT_SECONDS="0.5", STRIPE_MAX_RETRIES="1")
     assert_error(status_of(client, session_id), 504, "payment_provider_unreachable")
     assert status_of(client, session_id).get_json()["status"] == "open"
@@ -156,13 +134,12 @@ def test_stripe_recovering_means_the_next_request_succeeds(client, configure, st
 def test_half_the_calls_failing_at_random_are_each_answered_cleanly(
     client, configure, stripe_emulator
 ):
-    budget = budget_for(configure, timeout=2, retries=0)
+    configure(STRIPE_TIMEOUT_SECONDS="2", STRIPE_MAX_RETRIES="0")
     stripe_emulator.set_faults(mode="random_500", probability=0.5, seed=20261126)
     created: dict[str, str] = {}
     outcomes: dict[str, list[int]] = {"create": [], "status": []}
     for attempt in range(30):
-        with Timed(budget):
-            response = create(client, {"imageId": f"img_{attempt}"})
+        response = create(client, {"imageId": f"img_{attempt}"})
         outcomes["create"].append(response.status_code)
         if response.status_code == 200:
             body = response.get_json()
@@ -177,8 +154,7 @@ def test_half_the_calls_failing_at_random_are_each_answered_cleanly(
         else:
             assert_error(response, 502, "payment_provider_error")
     for session_id, image_id in created.items():
-        with Timed(budget):
-            response = status_of(client, session_id)
+        response = status_of(client, session_id)
         outcomes["status"].append(response.status_code)
         if response.status_code == 200:
             assert response.get_json() == {

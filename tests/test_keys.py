@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -314,23 +313,30 @@ def test_unknown_version_is_a_config_error(sm: SecretManagerEmulator) -> None:
         key_source(sm, STRIPE_SECRET_NAME=f"{SECRET}/versions/7").get()
 
 
-def test_outage_fails_fast_then_recovers_without_a_new_source(sm: SecretManagerEmulator) -> None:
+# "Fast" below is the retry budget (2 s) and the attempt timeout (1.5 s), which config.py counts
+# as SECRET_MANAGER_BUDGET_SECONDS: each test shows which of the two ended the read (by its
+# message), never a clock. A read that ignored both would hang: pytest's timeout (120 s, set in
+# pyproject.toml) is the generous bound on that. `python -m bench.faults` measures the time.
+
+
+def test_outage_is_retried_within_the_budget_then_recovers_without_a_new_source(
+    sm: SecretManagerEmulator,
+) -> None:
     sm.add_version(PROJECT, "stripe-key", KEY_V1)
     source = key_source(sm, STRIPE_SECRET_NAME=SECRET)
     sm.set_failure("unavailable")
 
-    started = time.monotonic()
-    with pytest.raises(SecretUnavailable, match="503"):
+    with pytest.raises(SecretUnavailable, match=r"after retrying for up to 2 s .*503"):
         source.get()
-    elapsed = time.monotonic() - started
 
-    assert elapsed < 5, f"an outage took {elapsed:.1f} s to report"
-    assert sm.access_count > 1  # 503 is retried, within the time bound
+    assert sm.access_count > 1  # 503 is retried, until the budget runs out
     sm.set_failure(None)
     assert source.get() == KEY_V1
 
 
-def test_unreachable_secret_manager_fails_fast(sm: SecretManagerEmulator) -> None:
+def test_unreachable_secret_manager_is_retried_within_the_budget(
+    sm: SecretManagerEmulator,
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
@@ -343,19 +349,23 @@ def test_unreachable_secret_manager_fails_fast(sm: SecretManagerEmulator) -> Non
         )
     )
 
-    started = time.monotonic()
-    with pytest.raises(SecretUnavailable, match=f"{SECRET}/versions/latest"):
+    with pytest.raises(
+        SecretUnavailable, match=f"unavailable for {SECRET}/versions/latest: .* up to 2 s"
+    ):
         source.get()
-    assert time.monotonic() - started < 5
 
 
-def test_hung_secret_manager_fails_fast() -> None:
-    with SecretManagerEmulator(latency_ms=8000) as hung:
-        hung.add_version(PROJECT, "stripe-key", KEY_V1)
-        started = time.monotonic()
-        with pytest.raises(SecretUnavailable, match="did not answer"):
-            key_source(hung, STRIPE_SECRET_NAME=SECRET).get()
-        assert time.monotonic() - started < 5
+def test_hung_secret_manager_is_abandoned_after_the_attempt_timeout(
+    sm: SecretManagerEmulator,
+) -> None:
+    sm.add_version(PROJECT, "stripe-key", KEY_V1)
+    hold = sm.hold()  # never answers until released: only our timeout can end the read
+    try:
+        with pytest.raises(SecretUnavailable, match=r"did not answer .* within 1\.5 s"):
+            key_source(sm, STRIPE_SECRET_NAME=SECRET).get()
+        assert hold.arrived.is_set()
+    finally:
+        hold.release()
 
 
 def test_warm_swallows_a_failure_and_the_next_get_retries(sm: SecretManagerEmulator) -> None:
@@ -500,27 +510,26 @@ def test_concurrent_async_gets_share_one_failure_and_do_not_remember_it(
     assert slow_sm.access_count == 2
 
 
-def test_an_async_read_leaves_the_event_loop_free(slow_sm: SecretManagerEmulator) -> None:
-    slow_sm.add_version(PROJECT, "stripe-key", KEY_V1)
-    source = key_source(slow_sm, STRIPE_SECRET_NAME=SECRET)
+def test_an_async_read_leaves_the_event_loop_free(sm: SecretManagerEmulator) -> None:
+    sm.add_version(PROJECT, "stripe-key", KEY_V1)
+    source = key_source(sm, STRIPE_SECRET_NAME=SECRET)
+    hold = sm.hold()
 
-    async def read_while_ticking() -> tuple[str, int]:
-        ticks = 0
+    async def run_while_secret_manager_holds_the_read() -> tuple[bool, bool, str]:
+        read = asyncio.create_task(source.get_async())
+        # If the read blocked the loop, this coroutine could only resume once the read had
+        # ended (by its timeout, since the hold is released only below): `still_reading` False.
+        arrived = await asyncio.to_thread(hold.arrived.wait, 30)
+        still_reading = not read.done()
+        hold.release()
+        return arrived, still_reading, await read
 
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        value = await source.get_async()  # 300 ms in Secret Manager
-        ticker.cancel()
-        return value, ticks
-
-    value, ticks = asyncio.run(read_while_ticking())
+    try:
+        arrived, still_reading, value = asyncio.run(run_while_secret_manager_holds_the_read())
+    finally:
+        hold.release()
+    assert arrived and still_reading
     assert value == KEY_V1
-    assert ticks >= 5  # the loop ran other work during the read (about 30 ticks)
 
 
 def test_concurrent_async_refreshes_of_one_stale_value_make_one_access(

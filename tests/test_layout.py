@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import inspect
+import typing
 from pathlib import Path
 
 import pytest
@@ -66,15 +68,24 @@ def test_only_the_errors_module_builds_api_errors():
     assert builders == []
 
 
-def test_every_error_code_has_one_constructor():
+def test_every_error_code_has_exactly_one_constructor_and_it_builds_that_code():
     from checkout import errors
 
-    constructors = {
-        name
-        for name, value in vars(errors).items()
-        if callable(value) and not name.startswith("_") and name.islower()
-    }
-    assert set(errors.CODES) <= constructors
+    samples = {str: "x", int: 7}
+    built: dict[str, list[str]] = {}
+    for name, function in vars(errors).items():
+        if name.startswith("_") or not inspect.isfunction(function):
+            continue
+        hints = typing.get_type_hints(function)
+        if function.__module__ != errors.__name__ or hints.get("return") is not errors.ApiError:
+            continue
+        error = function(
+            **{arg: samples[hints[arg]] for arg in inspect.signature(function).parameters}
+        )
+        built.setdefault(error.code, []).append(name)
+        assert error.status == errors.CODES[error.code].status, name
+        assert "{" not in error.message, name  # every field of the sentence was filled
+    assert built == {code: [code] for code in errors.CODES}
 
 
 # --- Dependencies passed in, imports pointing one way (main → app → handlers → services) ----
@@ -124,17 +135,137 @@ def test_the_app_keeps_no_service_in_module_globals():
     assert not [node for node in ast.walk(tree) if isinstance(node, ast.Global)]
 
 
-def test_no_test_patches_attributes_of_our_modules():
+# Packages whose attributes a test must never replace: ours, and the SDK the tests run for real.
+UNPATCHABLE = ("checkout", "main", "devtools", "stripe")
+MOCK_MODULES = ("unittest.mock", "mock", "pytest_mock")
+
+
+def patches_in(source: str) -> list[str]:
+    """Every place `source` patches code instead of running it: "LINE: what".
+
+    Caught: importing a mock library; calling a `patch` (mock.patch, patch.object, mocker.patch);
+    monkeypatch.setattr/delattr (on anything: tests configure through the environment); setattr
+    or delattr on, and assignment to an attribute of, a name imported from UNPATCHABLE
+    (`stripe.api_key = ...`, `checkout.keys.X = ...`, `StatusCache.get = ...`).
+    """
+    tree = ast.parse(source)
+    imported: set[str] = set()  # names bound to something of ours or stripe's
+    mocks = {"mock", "mocker", "patch"}  # names bound to a mock library (mocker: pytest-mock)
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if _is_mock(alias.name):
+                    found.append(f"{node.lineno}: import {alias.name}")
+                    mocks.add(alias.asname or alias.name.split(".")[0])
+                if _ours(alias.name):
+                    imported.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                if _is_mock(node.module) or _is_mock(f"{node.module}.{alias.name}"):
+                    found.append(f"{node.lineno}: from {node.module} import {alias.name}")
+                    mocks.add(alias.asname or alias.name)
+            if _ours(node.module):
+                imported |= {alias.asname or alias.name for alias in node.names}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = getattr(func, "attr", None) or getattr(func, "id", None)
+            receiver = _root(func.value) if isinstance(func, ast.Attribute) else None
+            # mock.patch(...), patch(...), patch.object(...), mocker.patch(...); not client.patch
+            if _root(func) in mocks and "patch" in ast.unparse(func):
+                found.append(f"{node.lineno}: {ast.unparse(func)}()")
+            elif name in ("setattr", "delattr") and receiver == "monkeypatch":
+                found.append(f"{node.lineno}: monkeypatch.{name}")
+            elif (
+                name in ("setattr", "delattr")
+                and isinstance(func, ast.Name)
+                and node.args
+                and _root(node.args[0]) in imported
+            ):
+                found.append(f"{node.lineno}: {name}({_root(node.args[0])}, ...)")
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = node.targets
+        for target in targets:
+            if isinstance(target, ast.Attribute) and _root(target) in imported:
+                found.append(f"{target.lineno}: {ast.unparse(target)} assigned")
+    return sorted(found, key=lambda line: int(line.split(":")[0]))
+
+
+def _is_mock(module: str) -> bool:
+    return module in MOCK_MODULES or module.startswith(tuple(f"{m}." for m in MOCK_MODULES))
+
+
+def _ours(module: str) -> bool:
+    return module.split(".")[0] in UNPATCHABLE
+
+
+def _root(node: ast.expr) -> str | None:
+    """The name an attribute chain starts from: `stripe` for stripe.a.b, None for f().a."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def test_no_test_patches_our_code_or_the_sdk():
     patched = [
-        f"{path.name}:{node.lineno}"
-        for path in sorted((ROOT / "tests").glob("*.py"))
-        for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("setattr", "delattr")
-        and getattr(node.func.value, "id", None) == "monkeypatch"
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if "node_modules" not in path.parts
+        for line in patches_in(path.read_text())
     ]
     assert patched == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from unittest import mock",
+        "import unittest.mock",
+        "from unittest.mock import patch",
+        "import mock",
+        "def test():\n    with mock.patch.dict('os.environ', {}):\n        pass",
+        "@mock.patch('stripe.checkout.Session.create')\ndef test():\n    pass",
+        "def test():\n    with patch.object(Service, 'create'):\n        pass",
+        "def test(mocker):\n    mocker.patch('checkout.http.allowed')",
+        "def test(monkeypatch):\n    monkeypatch.setattr(stripe, 'api_key', 'sk_test_x')",
+        "def test(monkeypatch):\n    monkeypatch.setattr('checkout.keys._RETRY_BUDGET_S', 0)",
+        "def test(monkeypatch):\n    monkeypatch.delattr(keys, 'x')",
+        "import stripe\nstripe.api_key = 'sk_test_x'",
+        "import stripe\nstripe.checkout.Session.create = fake",
+        "import checkout.keys\ncheckout.keys._RETRY_BUDGET_S = 0",
+        "from checkout import keys as k\nk._ATTEMPT_TIMEOUT_S += 1",
+        "from checkout.status_cache import StatusCache\nStatusCache.get = lambda *a: None",
+        "import main\ndel main.checkout_api",
+        "import stripe\nsetattr(stripe, 'max_network_retries', 0)",
+        "from checkout import config\nconfig.REQUEST_MARGIN_SECONDS: float = 0",
+    ],
+)
+def test_the_patching_guard_catches(source):
+    assert patches_in(source), source
+
+
+def test_the_patching_guard_lets_ordinary_code_through():
+    source = """
+import threading
+from checkout.status_cache import StatusCache
+
+def test(monkeypatch, tmp_path):
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.delenv("CI")
+    cache = StatusCache(max_size=1)
+    cache.note = "an attribute of an instance the test made"
+    event = threading.Event()
+    event.flag = True
+    setattr(cache, "other", 1)
+    client.patch("/api/checkout/embedded-session")  # an HTTP PATCH, not a mock
+"""
+    assert patches_in(source) == []
 
 
 # --- Test helpers in one place ------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from checkout.errors import ApiError
 from checkout.limits import InFlightCap, TokenBuckets, client_address
 
 
@@ -44,6 +45,17 @@ def test_fewer_entries_than_trusted_hops_falls_back_to_the_peer():
     assert client_address(xff("198.51.100.7"), "10.1.1.1", trusted_hops=2) == "10.1.1.1"
 
 
+def test_without_a_peer_or_a_trusted_entry_the_client_is_unknown():
+    assert client_address(xff("203.0.113.9"), None, trusted_hops=0) == "unknown"
+    assert client_address({}, None, trusted_hops=1) == "unknown"
+
+
+def test_a_forwarded_address_is_cut_to_64_characters():
+    # A bucket is keyed by it: a client must not make the server hold kilobytes per bucket.
+    long = "2001:db8:" + "f" * 300
+    assert client_address(xff(long), "169.254.1.1", trusted_hops=1) == long[:64]
+
+
 def test_a_bucket_allows_a_burst_of_its_per_minute_allowance_then_refuses():
     clock = Clock()
     buckets = TokenBuckets(per_minute=30, clock=clock)
@@ -64,6 +76,30 @@ def test_a_bucket_refills_over_time():
     assert buckets.take("a") > 0
     clock.now += 3600
     assert [buckets.take("a") for _ in range(60)] == [0.0] * 60  # never more than the burst
+
+
+def test_a_bucket_refills_at_its_own_rate_not_one_token_a_second():
+    clock = Clock()
+    buckets = TokenBuckets(per_minute=30, clock=clock)  # one token every 2 s
+    for _ in range(30):
+        buckets.take("a")
+    clock.now += 1.0
+    assert buckets.take("a") == pytest.approx(1.0)  # half a token is there: 1 s to go
+    clock.now += 1.0
+    assert buckets.take("a") == 0.0
+
+
+def test_charge_refuses_with_retry_after_rounded_up_and_only_that_client():
+    clock = Clock()
+    buckets = TokenBuckets(per_minute=120, clock=clock)  # one token every 0.5 s
+    for _ in range(120):
+        buckets.charge("203.0.113.9")
+    with pytest.raises(ApiError) as caught:
+        buckets.charge("203.0.113.9")  # the next token is 0.5 s away: refused, not let through
+    assert (caught.value.status, caught.value.code) == (429, "rate_limited")
+    assert caught.value.headers["Retry-After"] == "1"
+    assert caught.value.detail == "client=203.0.113.9"
+    buckets.charge("198.51.100.7")  # another client's bucket is full
 
 
 def test_refused_calls_do_not_push_the_next_token_further_away():
@@ -100,4 +136,8 @@ def test_the_in_flight_cap_refuses_past_its_limit_and_frees_on_leave():
     assert not cap.try_enter()
     assert cap.in_flight == 2
     cap.leave()
+    assert cap.in_flight == 1
     assert cap.try_enter()
+    cap.leave()
+    cap.leave()
+    assert cap.in_flight == 0

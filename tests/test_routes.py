@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.support import CREATE, STATUS, TEST_KEY, assert_error, create
@@ -173,8 +175,28 @@ def test_idempotency_key_reused_with_another_body_is_409(client):
 )
 def test_invalid_idempotency_key_is_400_without_stripe_call(client, stripe_emulator, key):
     response = create(client, {}, headers={"Idempotency-Key": key})
-    assert_error(response, 400, "invalid_idempotency_key")
+    body = assert_error(response, 400, "invalid_idempotency_key")
+    assert body["error"] == "Idempotency-Key must be 1 to 255 printable ASCII characters."
     assert stripe_emulator.calls()["total"] == 0
+
+
+def test_the_key_sent_to_stripe_is_this_deployments_hash_of_the_client_and_its_key(
+    client, configure, stripe_emulator
+):
+    configure(DEPLOYMENT_ID="shop-eu", TRUSTED_PROXY_HOPS="1")
+
+    def session_for(address: str, key: str) -> str:
+        headers = {"Idempotency-Key": key, "X-Forwarded-For": address}
+        return create(client, {}, headers=headers).get_json()["session_id"]
+
+    alice = session_for("203.0.113.5", "1")
+    assert session_for("203.0.113.5", "1") == alice  # a double submit replays
+    # Another customer with the same predictable key, and another key, each get their own.
+    assert session_for("198.51.100.8", "1") != alice
+    assert session_for("203.0.113.5", "2") != alice
+    keys = stripe_emulator.idempotency_keys()
+    assert len(keys) == 3
+    assert all(re.fullmatch(r"shop-eu-[0-9a-f]{64}", key) for key in keys), keys
 
 
 def test_idempotency_key_of_255_chars_is_accepted(client):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from checkout.session import SessionStatus
-from checkout.status_cache import StatusCache
+from checkout.status_cache import NotFoundCache, StatusCache
 from tests.support import STATUS, create
 
 
@@ -118,3 +118,51 @@ def test_open_ttl_opt_in_serves_open_from_cache(client, configure, stripe_emulat
     for _ in range(3):
         client.get(STATUS, query_string={"session_id": session_id})
     assert stripe_emulator.calls()["retrieve_session"] == 1
+
+
+def test_an_unknown_id_is_remembered_until_its_ttl_passes():
+    clock = FakeClock()
+    unknown = NotFoundCache(max_size=10, ttl=60.0, clock=clock)
+    unknown.add("cs_test_typo")
+    clock.now += 59.999
+    assert "cs_test_typo" in unknown
+    clock.now += 0.001
+    assert "cs_test_typo" not in unknown
+    assert len(unknown) == 0  # an expired id is dropped, not kept until evicted
+
+
+def test_adding_an_id_again_restarts_its_ttl():
+    clock = FakeClock()
+    unknown = NotFoundCache(max_size=10, ttl=60.0, clock=clock)
+    unknown.add("cs_test_typo")
+    clock.now += 50
+    unknown.add("cs_test_typo")
+    clock.now += 50
+    assert "cs_test_typo" in unknown
+    clock.now += 10
+    assert "cs_test_typo" not in unknown
+
+
+def test_the_not_found_bound_drops_the_oldest_id_first():
+    clock = FakeClock()
+    unknown = NotFoundCache(max_size=3, ttl=60.0, clock=clock)
+    for name in "abcd":
+        unknown.add(f"cs_test_{name}")
+        clock.now += 1
+    assert len(unknown) == 3
+    assert "cs_test_a" not in unknown
+    assert all(f"cs_test_{name}" in unknown for name in "bcd")
+
+
+def test_a_not_found_cache_of_size_zero_remembers_nothing():
+    unknown = NotFoundCache(max_size=0)
+    unknown.add("cs_test_typo")
+    assert "cs_test_typo" not in unknown
+    assert len(unknown) == 0
+
+
+def test_only_string_ids_can_be_remembered():
+    unknown = NotFoundCache(max_size=10)
+    unknown.add("cs_test_typo")
+    assert None not in unknown
+    assert ["cs_test_typo"] not in unknown

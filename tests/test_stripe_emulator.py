@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -427,11 +427,15 @@ def test_random_500_is_reproducible_with_a_seed(client, stripe_emulator):
     assert True in first and False in first
 
 
-def test_latency_delays_answers(client, stripe_emulator):
-    stripe_emulator.set_faults(latency_ms=150)
-    started = time.monotonic()
-    create(client)
-    assert time.monotonic() - started >= 0.15
+def test_latency_delays_answers():
+    # Its own emulator: the delayed request still runs after the client gives up on it.
+    with StripeEmulator() as emulator:
+        emulator.set_faults(latency_ms=30_000)
+        impatient = sdk(emulator, http_client=stripe.RequestsClient(timeout=0.5))
+        with pytest.raises(stripe.APIConnectionError, match="timed out"):
+            create(impatient)  # no answer before the client's timeout: the latency held it
+        emulator.set_faults(latency_ms=0)
+        assert create(sdk(emulator)).status == "open"
 
 
 def test_faults_over_http(stripe_emulator):
@@ -442,22 +446,30 @@ def test_faults_over_http(stripe_emulator):
     assert helper(stripe_emulator, "POST", "faults", colour="red").status_code == 400
 
 
+# The hangs below last HANG_SECONDS unless released, and a "promptly" is a join bound of a
+# third of that: generous (a release takes milliseconds), and only a missed release exceeds it.
+HANG_SECONDS = 90
+PROMPTLY = HANG_SECONDS / 3
+
+
 def test_hang_times_the_client_out_and_stop_returns_promptly():
     emulator = StripeEmulator().start()
     try:
-        emulator.set_faults(mode="hang", hang_seconds=30)
+        emulator.set_faults(mode="hang", hang_seconds=HANG_SECONDS)
         client = sdk(emulator, http_client=stripe.RequestsClient(timeout=0.5))
-        with pytest.raises(stripe.APIConnectionError):
+        with pytest.raises(stripe.APIConnectionError, match="timed out"):
             create(client)
     finally:
-        started = time.monotonic()
-        emulator.stop()
-        assert time.monotonic() - started < 1
+        stopping = threading.Thread(target=emulator.stop)
+        stopping.start()
+        stopping.join(timeout=PROMPTLY)
+        assert not stopping.is_alive(), "stop() waited for the hanging request"
 
 
 def test_reset_releases_a_hanging_request(stripe_emulator):
-    stripe_emulator.set_faults(mode="hang", hang_seconds=30)
-    client = sdk(stripe_emulator, http_client=stripe.RequestsClient(timeout=5))
+    stripe_emulator.set_faults(mode="hang", hang_seconds=HANG_SECONDS)
+    # The client would wait longer than the join below: only the reset can end the call in time.
+    client = sdk(stripe_emulator, http_client=stripe.RequestsClient(timeout=HANG_SECONDS))
     errors: list[Exception] = []
 
     def call() -> None:
@@ -468,12 +480,23 @@ def test_reset_releases_a_hanging_request(stripe_emulator):
 
     thread = threading.Thread(target=call)
     thread.start()
-    time.sleep(0.2)
-    started = time.monotonic()
+    # The emulator counts a request before it starts to hang: once counted, a reset releases it.
+    arrived = wait_until(lambda: stripe_emulator.calls()["create_session"] == 1, PROMPTLY)
     stripe_emulator.reset()
-    thread.join(timeout=3)
-    assert time.monotonic() - started < 1
+    thread.join(timeout=PROMPTLY)
+    assert arrived
+    assert not thread.is_alive(), "reset() did not release the hanging request"
     assert isinstance(errors[0], stripe.APIConnectionError)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
+    """Poll `condition` until it holds (True) or `seconds` pass (False): an event, not a delay."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 # --- counters, reset and helper endpoints --------------------------------------------------------

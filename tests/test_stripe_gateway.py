@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.support import CREATE, STATUS, assert_error, create, free_port
@@ -26,12 +26,13 @@ def test_stripe_429_is_503_with_retry_after(client, stripe_emulator):
         assert int(response.headers["Retry-After"]) > 0
 
 
-def test_stripe_hanging_past_the_timeout_is_504(client, configure, stripe_emulator):
+def test_stripe_hanging_past_the_timeout_is_504(client, configure, stripe_emulator, logs):
     configure(STRIPE_TIMEOUT_SECONDS="0.3", STRIPE_MAX_RETRIES="0")
-    stripe_emulator.set_faults(mode="hang", hang_seconds=5)
-    started = time.monotonic()
+    stripe_emulator.set_faults(mode="hang", hang_seconds=60)  # released when the test ends
     assert_error(create(client, {}), 504, "payment_provider_unreachable")
-    assert time.monotonic() - started < 3
+    # Our timeout ended the call (a hang that ended on its own would be a ConnectionResetError).
+    [record] = [r for r in logs() if r.get("code") == "payment_provider_unreachable"]
+    assert record["detail"].endswith("(TimeoutError)")
 
 
 def test_closed_port_is_504(client, configure, stripe_emulator):
@@ -53,14 +54,23 @@ def test_sdk_retry_hides_a_single_500(client, stripe_emulator):
     assert stripe_emulator.calls()["create_session"] == 2
 
 
-def test_stripe_request_id_and_error_detail_are_logged_not_sent(client, stripe_emulator, capsys):
+def test_stripe_request_id_and_error_detail_are_logged_not_sent(client, stripe_emulator, logs):
     stripe_emulator.set_faults(mode="error_500")
     response = client.post(CREATE, json={})
+    assert_error(response, 502, "payment_provider_error")
+    # The log line of this very request (by its X-Request-Id), not any line that mentions req_.
+    [line] = [
+        r
+        for r in logs()
+        if "httpRequest" in r and r["request_id"] == response.headers["X-Request-Id"]
+    ]
+    assert line["code"] == "payment_provider_error"
+    assert re.fullmatch(r"req_[A-Za-z0-9]+", line["stripe_request_id"])
+    assert "APIError http=500" in line["detail"]
+    assert "An unknown error occurred" in line["detail"]
     body = response.get_data(as_text=True)
+    assert line["stripe_request_id"] not in body
     assert "unknown error" not in body.lower()
-    out = capsys.readouterr().out
-    assert "payment_provider_error" in out
-    assert "req_" in out
 
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -98,11 +108,15 @@ def test_stripe_connections_are_kept_alive_across_requests(client, stripe_emulat
     assert stripe_emulator.connections_opened() == opened  # ten calls, no new connection
 
 
-def test_each_thread_keeps_its_own_connection(function_app, configure, stripe_emulator):
+def test_concurrent_requests_share_the_loops_pool_one_connection_per_call_in_flight(
+    function_app, configure, stripe_emulator
+):
+    # Four senders, one event loop (as in a gunicorn worker), so one pool: never more
+    # connections than calls in flight at once, however many requests are made.
     def one_create(_: int) -> int:
         return create(function_app.test_client(), {}).status_code
 
     with ThreadPoolExecutor(4) as pool:
         statuses = list(pool.map(one_create, range(40)))
     assert statuses == [200] * 40
-    assert stripe_emulator.connections_opened() <= 4  # one per thread, not one per call
+    assert 1 <= stripe_emulator.connections_opened() <= 4  # not one per call

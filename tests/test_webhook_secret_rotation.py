@@ -88,9 +88,11 @@ def test_forged_signatures_cannot_make_us_read_the_secret_on_every_request(
     assert post_event(sm_client, payload).status_code == 200
     assert sm.access_count == 1
 
-    # Headers that cannot be a rolled secret's (garbage, stale) never cause a re-read.
-    stale = sign(payload, OTHER_WHSEC, timestamp=int(time.time()) - 3600)
-    for signature in ("garbage", stale):
+    # Headers that cannot be a rolled secret's (garbage, stale, no v1 signature) never cause a
+    # re-read.
+    now = int(time.time())
+    stale = sign(payload, OTHER_WHSEC, timestamp=now - 3600)
+    for signature in ("garbage", stale, f"t={now}", f"t={now},v0={'0' * 64}"):
         assert_error(post_event(sm_client, payload, signature), 400, "invalid_signature")
     assert sm.access_count == 1
 

@@ -1,4 +1,4 @@
-"""The emulator's browser-facing endpoints over plain HTTP: the script, the form's calls, /demo."""
+"""The emulator's browser-facing pages over plain HTTP, no browser: the script, the form, /demo."""
 
 from __future__ import annotations
 
