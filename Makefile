@@ -70,7 +70,8 @@ MUTANTS ?= \
 	'checkout.routes.x__session_id_from__mutmut_*' \
 	'checkout.http.*' \
 	'checkout.limits.*' \
-	'checkout.catalogue.*'
+	'checkout.catalogue.*' \
+	'checkout.orders.*'
 mutation: $(VENV)/.installed
 	rm -rf mutants && mkdir mutants
 	$(VENV)/bin/mutmut run $(MUTANTS) > mutants/run.log 2>&1 || (tail -c 4000 mutants/run.log; exit 1)
