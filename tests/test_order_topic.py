@@ -94,6 +94,17 @@ def test_the_status_path_alone_publishes_the_change_before_it_answers(
     for _ in range(3):
         assert status_of(server, session["id"])["outcome"] == "paid"
     assert pubsub.messages(timeout=1.0) == []  # polls publish nothing more
+    # Nothing of that status request ran after its answer: its request line is its last record.
+    records = log_records(server.logs())
+    (first_status,) = [
+        r for r in records if r.get("message", "").startswith("GET /api/checkout/session-status")
+    ][:1]
+    mine = [r for r in records if r.get("request_id") == first_status["request_id"]]
+    assert mine[-1] is first_status
+    assert [r["message"] for r in mine[:-1]] == [
+        "checkout_order_change",
+        "checkout_change_published",
+    ]
     assert "whsec_" not in json.dumps(message.data) and "sk_" not in json.dumps(message.data)
 
 
