@@ -25,8 +25,6 @@ log = logging.getLogger("checkout.publisher")
 # One publish, the library's own retries included: past it the webhook answers 503 (Stripe
 # retries) and the change stays unpublished for the next call, or the reconciler, to publish.
 PUBLISH_DEADLINE_S = 5.0
-# Local in-process delivery: a failed one is tried again after these pauses (Pub/Sub's backoff).
-LOCAL_RETRY_PAUSES_S = (1.0, 4.0, 16.0)
 # Publish calls in flight at once per process (each blocks one thread for its round trip).
 PUBLISH_THREADS = 8
 
@@ -125,10 +123,10 @@ class InProcessPublisher:
     def __init__(
         self,
         deliver: Callable[[Change], Awaitable[object]],
-        retry_pauses: tuple[float, ...] = LOCAL_RETRY_PAUSES_S,
+        undo: Callable[[Change], Awaitable[None]],
     ) -> None:
         self._deliver = deliver
-        self._retry_pauses = retry_pauses
+        self._undo = undo
 
     async def publish(self, change: Change) -> None:
         from checkout.logs import current_request
@@ -137,18 +135,16 @@ class InProcessPublisher:
         if request is None:
             await self._deliver(change)
             return
-        request.setdefault("after_response", []).append(lambda: self._with_retries(change))
+        request.setdefault("after_response", []).append(lambda: self._deliver_or_undo(change))
 
-    async def _with_retries(self, change: Change) -> None:
-        """As Pub/Sub would redeliver: a failed delivery is tried again, a few times."""
-        for pause in (*self._retry_pauses, None):
-            try:
-                await self._deliver(change)
-                return
-            except Exception:  # logged by the worker
-                if pause is None:
-                    raise
-                await asyncio.sleep(pause)
+    async def _deliver_or_undo(self, change: Change) -> None:
+        """A failed delivery makes the change unpublished again, as a nack would: the next
+        status call or webhook for the order (or `reconcile`) hands it over once more."""
+        try:
+            await self._deliver(change)
+        except Exception:  # logged by the worker
+            await self._undo(change)
+            raise
 
     async def check(self) -> None:
         return None

@@ -71,7 +71,7 @@ class Service:
         publisher: Publisher = (
             PubSubPublisher(settings.order_events_topic)
             if settings.order_events_topic
-            else InProcessPublisher(worker.deliver)
+            else InProcessPublisher(worker.deliver, ledger.mark_unpublished)
         )
         return cls(
             settings=settings,

@@ -228,3 +228,26 @@ def test_without_a_topic_locally_changes_are_delivered_in_process_after_the_answ
     assert [what for _, _, what, _ in deliveries(tmp_path / "sink")] == ["start", "done"]
     [published] = log_records(server.logs(), "checkout_change_published")
     assert published["via"] == "in-process"
+
+
+def test_without_a_topic_a_failed_local_delivery_is_handed_over_again_by_the_next_call(
+    live_server, stripe_emulator, tmp_path: Path
+) -> None:
+    server = live_server(
+        STRIPE_WEBHOOK_SECRET=WHSEC,
+        DELIVER_ORDER="tests.delivery_sink:fails_the_first_time",
+        DELIVERY_SINK=str(tmp_path / "sink"),
+    )
+    session = paid_session(server, stripe_emulator)
+    payload = event_for(session, "checkout.session.completed")
+    assert post_webhook(server.url, payload)[0] == 200
+    for _ in range(200):  # until the failed attempt is undone (bounded, generous)
+        if log_records(server.logs(), "checkout_delivery_failed"):
+            break
+        threading.Event().wait(0.05)
+    assert post_webhook(server.url, payload)[0] == 200  # Stripe's retry
+    for _ in range(200):
+        if len(deliveries(tmp_path / "sink")) == 3:
+            break
+        threading.Event().wait(0.05)
+    assert [what for _, _, what, _ in deliveries(tmp_path / "sink")] == ["start", "start", "done"]

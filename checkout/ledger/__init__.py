@@ -162,6 +162,22 @@ class Ledger(ABC):
 
         await self._transact([(ORDERS, session_id)], step)
 
+    async def mark_unpublished(self, change: Change) -> None:
+        """Make a change unpublished again (its in-process delivery failed: a local nack)."""
+
+        def step(documents: list[Document | None]) -> tuple[list[Any], None]:
+            document = documents[0]
+            if document is None or change.key not in (document.get("changes") or {}):
+                return [KEEP], None
+            order = Order.from_document(document)
+            entry = order.changes[change.key]
+            entry["published"] = False
+            entry.pop("publishing", None)
+            entry.pop("published_at", None)
+            return [_order_document(order, document, _now())], None
+
+        await self._transact([(ORDERS, change.session_id)], step)
+
     async def release_publication(self, session_id: str, keys: Sequence[str], token: str) -> None:
         """Drop our claim on unpublished changes (the publish failed): a retry need not wait."""
 
