@@ -16,8 +16,8 @@ import requests
 import stripe
 
 from devtools.stripe_emulator import StripeEmulator
+from tests.stripe_emulator_client import OLD_API_VERSION, WEBHOOK_SECRET, create, helper, sdk
 from tests.support import ROOT, free_port
-from tests.test_stripe_emulator import OLD_API_VERSION, WEBHOOK_SECRET, create, helper, sdk
 
 # A bound on how long a delivery or retry may take to show up. Generous, because the machine is
 # shared: it only says "does not hang", and every wait ends as soon as the awaited thing happens.

@@ -11,8 +11,7 @@ import requests
 import stripe
 
 from devtools.stripe_emulator import StripeEmulator
-from tests.support import free_port
-from tests.test_stripe_emulator import (
+from tests.stripe_emulator_client import (
     KEY,
     OLD_API_VERSION,
     WEBHOOK_SECRET,
@@ -21,6 +20,7 @@ from tests.test_stripe_emulator import (
     helper,
     sdk,
 )
+from tests.support import free_port
 
 
 @pytest.fixture
@@ -32,8 +32,7 @@ def client(stripe_emulator: StripeEmulator) -> stripe.StripeClient:
 def receiver() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
     yield receiver
-    receiver.server.shutdown()
-    receiver.server.server_close()
+    receiver.close()
 
 
 def ids(listing: Any) -> list[str]:

@@ -15,9 +15,17 @@ import stripe
 
 from devtools.stripe_emulator import StripeEmulator
 from tests.gcloud_cli import require_tools
+from tests.stripe_emulator_client import (
+    KEY,
+    WEBHOOK_SECRET,
+    WebhookReceiver,
+    create,
+    helper,
+    line_item,
+    sdk,
+    shell_block_of,
+)
 from tests.support import ROOT
-from tests.test_docs import shell_blocks_of
-from tests.test_stripe_emulator import KEY, WEBHOOK_SECRET, WebhookReceiver, create, helper, sdk
 
 
 @pytest.fixture
@@ -32,21 +40,13 @@ def receiver(stripe_emulator: StripeEmulator) -> Iterator[WebhookReceiver]:
     stripe_emulator.set_webhook(receiver.url, WEBHOOK_SECRET)
     yield receiver
     stripe_emulator.set_webhook(None)
-    receiver.server.shutdown()
-    receiver.server.server_close()
+    receiver.close()
 
 
 def paid_session(client: stripe.StripeClient, emulator: StripeEmulator, amount: int = 200) -> Any:
-    session = create(client, line_items=[_item(amount)])
+    session = create(client, line_items=[line_item(amount)])
     emulator.complete_session(session.id)
     return client.v1.checkout.sessions.retrieve(session.id)
-
-
-def _item(amount: int) -> dict[str, Any]:
-    return {
-        "quantity": 1,
-        "price_data": {"currency": "usd", "unit_amount": amount, "product_data": {"name": "B"}},
-    }
 
 
 def events_of(receiver: WebhookReceiver, count: int) -> list[stripe.Event]:
@@ -393,8 +393,7 @@ def test_event_payload_of_a_refund_is_json_of_the_charge(client, stripe_emulator
 def test_the_refund_walkthrough_gets_the_documented_answers(stripe_emulator):
     require_tools("bash", "curl", "jq")
     text = (ROOT / "docs" / "local-browser.md").read_text()
-    section = text.split("\n### A refund, end to end", 1)[1].split("\n## ", 1)[0]
-    (block,) = shell_blocks_of(section)
+    block = shell_block_of(text, "### A refund, end to end")
     default = "http://127.0.0.1:12111"
     assert f"EMULATOR={default} " in block
     result = subprocess.run(

@@ -367,6 +367,8 @@ class EventBus:
             "at": time.time(),
         }
         with self._lock:
+            if self._events.get(event.id) is not event:
+                return  # reset() meanwhile: an attempt from before must not show up after it
             event.attempts.append(record)
             if 200 <= status < 300 and target.key in event.targets:
                 event.succeeded.add(target.key)
