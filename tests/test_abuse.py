@@ -118,6 +118,25 @@ def test_spoofed_forwarded_for_entries_do_not_evade_the_limit(live_server, strip
     assert create(server, {"X-Forwarded-For": "10.9.0.1, 198.51.100.8"})[0] == 200
 
 
+def test_a_forwarded_for_header_from_a_local_client_is_not_the_client(live_server, stripe_emulator):
+    # Locally (TRUSTED_PROXY_HOPS=0) the socket peer is the client, whatever X-Forwarded-For says;
+    # the server must not rewrite it, even when told to trust every proxy.
+    for env in ({}, {"FORWARDED_ALLOW_IPS": "*"}):
+        server = live_server(CREATE_LIMIT_PER_MINUTE="2", TRUSTED_PROXY_HOPS="0", **env)
+        codes = [create(server, {"X-Forwarded-For": f"203.0.113.{n}"})[0] for n in range(6)]
+        assert codes.count(200) == 2 and codes.count(429) == 4, (env, codes)
+
+
+def test_behind_an_ingress_sidecar_two_hops_tell_customers_apart(live_server, stripe_emulator):
+    # A sidecar on loopback appends the address it saw (Google's front end) after the client's.
+    server = live_server(CREATE_LIMIT_PER_MINUTE="1", TRUSTED_PROXY_HOPS="2")
+    sidecar = "169.254.1.1"
+    alice = {"X-Forwarded-For": f"203.0.113.5, {sidecar}"}
+    bob = {"X-Forwarded-For": f"10.0.0.1, 198.51.100.8, {sidecar}"}
+    assert [create(server, alice)[0], create(server, bob)[0]] == [200, 200]
+    assert [create(server, alice)[0], create(server, bob)[0]] == [429, 429]
+
+
 def test_a_real_customer_reloading_and_double_clicking_is_never_limited(
     live_server, stripe_emulator
 ):
