@@ -44,6 +44,42 @@ def test_fewer_entries_than_trusted_hops_falls_back_to_the_peer():
     assert client_address(xff("198.51.100.7"), "10.1.1.1", trusted_hops=2) == "10.1.1.1"
 
 
+SIX_IN_ONE_64 = [
+    "2001:db8:1:2::1",
+    "2001:db8:1:2::dead:beef",
+    "2001:db8:1:2:ffff:ffff:ffff:ffff",
+    "2001:0db8:0001:0002:0000:0000:0000:0009",
+    "2001:DB8:1:2:a:b:c:d",
+    "2001:db8:1:2:1234::",
+]
+
+
+def test_ipv6_clients_are_keyed_by_their_64():
+    # One customer's /64 holds 2**64 addresses: one bucket for all of them.
+    by_header = {client_address(xff(a), "169.254.1.1", trusted_hops=1) for a in SIX_IN_ONE_64}
+    by_peer = {client_address({}, a, trusted_hops=0) for a in SIX_IN_ONE_64}
+    assert by_header == by_peer == {"2001:db8:1:2::/64"}
+    assert client_address(xff("2001:db8:1:3::1"), "10.0.0.1", trusted_hops=1) == "2001:db8:1:3::/64"
+
+
+def test_one_64_shares_one_bucket():
+    buckets = TokenBuckets(per_minute=2, clock=Clock())
+    waits = [buckets.take(client_address({}, a, trusted_hops=0)) for a in SIX_IN_ONE_64]
+    assert waits[:2] == [0.0, 0.0] and all(wait > 0 for wait in waits[2:])
+    assert len(buckets) == 1
+
+
+def test_ipv4_addresses_are_their_own_key_also_when_mapped_into_ipv6():
+    assert client_address({}, "203.0.113.7", trusted_hops=0) == "203.0.113.7"
+    assert client_address({}, "::ffff:203.0.113.7", trusted_hops=0) == "203.0.113.7"
+    assert client_address(xff("203.0.113.8"), None, trusted_hops=1) == "203.0.113.8"
+
+
+def test_an_entry_that_is_no_address_is_kept_as_written_and_bounded():
+    assert client_address(xff("not-an-ip"), None, trusted_hops=1) == "not-an-ip"
+    assert client_address(xff("x" * 500), None, trusted_hops=1) == "x" * 64
+
+
 def test_a_bucket_allows_a_burst_of_its_per_minute_allowance_then_refuses():
     clock = Clock()
     buckets = TokenBuckets(per_minute=30, clock=clock)
