@@ -144,12 +144,19 @@ class StripeTransport(stripe.HTTPClient):
     name = "asyncio-httptools"
 
     def __init__(
-        self, api_base: str, timeout: float, *, max_idle_seconds: float = MAX_IDLE_SECONDS
+        self,
+        api_base: str,
+        timeout: float,
+        *,
+        max_idle_seconds: float = MAX_IDLE_SECONDS,
+        ca_file: str | None = None,
     ) -> None:
+        """`ca_file`: the CAs to trust; by default the SDK's bundle (tests bring their own CA)."""
         super().__init__(proxy=proxy_for(api_base))
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
         self._max_idle = max_idle_seconds
+        self._ca_file = ca_file
         self._tls: ssl.SSLContext | None = None
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._closed = False
@@ -248,7 +255,7 @@ class StripeTransport(stripe.HTTPClient):
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
             # The CA bundle the SDK ships and trusts, loaded on the first TLS connection only.
-            self._tls = ssl.create_default_context(cafile=stripe.ca_bundle_path)
+            self._tls = ssl.create_default_context(cafile=self._ca_file or stripe.ca_bundle_path)
         return self._tls
 
     def sleep_async(self, secs: float) -> Awaitable[None]:
