@@ -99,18 +99,22 @@ class TokenBuckets:
 
 
 class InFlightCap:
-    """Counts Stripe calls in flight on this instance and refuses more than `limit` at once.
+    """Counts Stripe calls in flight on this instance and refuses more than `limit` at once, of
+    which public calls (the browser endpoints') may take all but `reserve`.
 
     Refusing at once (503 + Retry-After) beats queueing: a queue of calls that Stripe answers
-    with 429 only makes every customer wait longer, and the client can retry elsewhere.
+    with 429 only makes every customer wait longer, and the client can retry elsewhere. The
+    reserve is for the calls nobody else makes for us: Stripe's webhook deliveries and operator
+    commands, which a flood of status polls must not turn into 503s.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, reserve: int) -> None:
         self._limit = limit
+        self._public_limit = limit - reserve
         self._in_flight = 0
 
-    def try_enter(self) -> bool:
-        if self._in_flight >= self._limit:
+    def try_enter(self, *, public: bool) -> bool:
+        if self._in_flight >= (self._public_limit if public else self._limit):
             return False
         self._in_flight += 1
         return True

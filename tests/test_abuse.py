@@ -3,15 +3,16 @@ counting the Stripe calls it caused (docs/abuse.md quotes these counts)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from email.message import Message
 
-from tests.support import TEST_KEY
+from tests.support import TEST_KEY, WEBHOOK, WHSEC, event_for, sign
 
 CREATE = "/api/checkout/embedded-session"
 STATUS = "/api/checkout/session-status?session_id="
@@ -152,7 +153,7 @@ def test_a_real_customer_reloading_and_double_clicking_is_never_limited(
 
 
 def test_past_the_in_flight_cap_the_answer_is_503_at_once(live_server, stripe_emulator):
-    server = live_server(STRIPE_MAX_IN_FLIGHT="2")
+    server = live_server(STRIPE_MAX_IN_FLIGHT="3")  # one place is the webhook's reserve
     stripe_emulator.set_faults(latency_ms=1500)
     answers = in_parallel(10, lambda: create(server))
     codes = sorted(status for status, _, _ in answers)
@@ -161,6 +162,35 @@ def test_past_the_in_flight_cap_the_answer_is_503_at_once(live_server, stripe_em
     assert busy[2]["code"] == "payment_provider_busy"
     assert busy[1]["Retry-After"] == "2"
     assert stripe_emulator.calls()["sessions_created"] == 2
+
+
+def test_a_flood_of_status_polls_leaves_the_webhook_its_reserve(live_server, stripe_emulator):
+    # The webhook retrieves the session when it must check the line items (a Dashboard price).
+    stripe_emulator.add_price("price_board", 900, "usd", "Hero Me board")
+    server = live_server(
+        STRIPE_MAX_IN_FLIGHT="4",  # and a reserve of 1, by default
+        STRIPE_PRICE_ID="price_board",
+        STRIPE_WEBHOOK_SECRET=WHSEC,
+    )
+    session = stripe_emulator.complete_session(create(server)[2]["session_id"])
+    event = event_for(session, "checkout.session.completed")
+    stripe_emulator.set_faults(latency_ms=1500)  # every Stripe call from here takes 1.5 s
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        polls = [pool.submit(call, server.url + STATUS + unknown_id(n)) for n in range(10)]
+        # The polls past the cap are refused at once (at least 6 of 10, whatever the reserve):
+        # once they are answered, the others hold every place that public traffic may take.
+        first_answers = itertools.islice(as_completed(polls, timeout=60), 6)
+        assert [poll.result()[0] for poll in first_answers] == [503] * 6
+        delivered = call(
+            server.url + WEBHOOK,
+            "POST",
+            {"Content-Type": "application/json", "Stripe-Signature": sign(event)},
+            event,
+        )
+        answers = [poll.result()[0] for poll in polls]
+    assert delivered[0] == 200, delivered
+    assert sorted(answers) == [404] * 3 + [503] * 7
+    assert retrieves(stripe_emulator) == 3 + 1  # the three polls, and the webhook's check
 
 
 def test_the_idempotency_key_sent_to_stripe_is_namespaced_and_stable(live_server, stripe_emulator):

@@ -130,10 +130,20 @@ def test_zero_per_minute_disables_the_limit():
 
 
 def test_the_in_flight_cap_refuses_past_its_limit_and_frees_on_leave():
-    cap = InFlightCap(2)
-    assert cap.try_enter()
-    assert cap.try_enter()
-    assert not cap.try_enter()
+    cap = InFlightCap(2, reserve=0)
+    assert cap.try_enter(public=True)
+    assert cap.try_enter(public=False)
+    assert not cap.try_enter(public=True)
+    assert not cap.try_enter(public=False)
     assert cap.in_flight == 2
     cap.leave()
-    assert cap.try_enter()
+    assert cap.try_enter(public=True)
+
+
+def test_public_calls_cannot_take_the_reserve():
+    cap = InFlightCap(5, reserve=2)
+    assert [cap.try_enter(public=True) for _ in range(4)] == [True, True, True, False]
+    assert [cap.try_enter(public=False) for _ in range(3)] == [True, True, False]
+    cap.leave()
+    assert not cap.try_enter(public=True)  # 4 in flight: the free place is the reserve's
+    assert cap.try_enter(public=False)
