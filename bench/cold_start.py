@@ -116,23 +116,14 @@ def bundle(bin_dir: Path, revision: str | None = None) -> Path:
             archive.seek(0)
             with tarfile.open(fileobj=archive) as tar:
                 tar.extractall(where, filter="data")
-    if " ".join(COMPILE) in build:
+    if "compileall" in build:
         subprocess.run([str(bin_dir / "python"), *COMPILE], cwd=where, check=True)
     return where
 
 
 _BYTECODE = shutil.ignore_patterns("__pycache__", "*.pyc")
-# The deploy's bytecode step (cloudbuild.yaml), as arguments to python.
-COMPILE = (
-    "-m",
-    "compileall",
-    "-q",
-    "-f",
-    "--invalidation-mode",
-    "checked-hash",
-    "main.py",
-    "checkout",
-)
+# The deploy's bytecode step (cloudbuild.yaml, step `bytecode`), as arguments to python.
+COMPILE = ("-m", "compileall", "-q", "-f", "--invalidation-mode", "checked-hash", "checkout")
 BUNDLES = ROOT / "bench" / "results" / "bundles"
 
 

@@ -12,23 +12,9 @@ import pytest
 import stripe
 
 from checkout.stripe_transport import ResponseHeaders, StripeTransport
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nRequest-Id: req_1\r\n"
+from tests.support import OK, answer, read_request
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    """One request's head and body (Content-Length framed), or b"" if the client left."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return b""
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    return head + (await reader.readexactly(length) if length else b"")
 
 
 class Server:
@@ -53,10 +39,6 @@ class Server:
             await self.handler(reader, writer, self.connections)
         finally:
             writer.close()
-
-
-def answer(body: bytes, *extra: bytes) -> bytes:
-    return OK + b"".join(extra) + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
 def keep_answering(requests: list[bytes], body: bytes = b"{}") -> Handler:
