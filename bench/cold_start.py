@@ -20,6 +20,7 @@ figures are medians. `python -m bench.cold_start` runs this alone (about 20 s), 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -40,6 +41,7 @@ from bench.servers import (
     FunctionServer,
     Service,
     StripeEmulator,
+    children_of,
     clean_env,
     production_bin,
 )
@@ -58,9 +60,11 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 @dataclass(frozen=True)
 class ColdStarts:
-    """Milliseconds from spawn to first success, per contender, over the same rounds."""
+    """Per contender, over the same rounds: milliseconds from spawn to first success, and the CPU
+    milliseconds its processes used by then (steadier than the wall clock on a shared machine)."""
 
     times: dict[str, list[float]]
+    cpu: dict[str, list[float]]
     venv: str
 
     def median(self, name: str) -> float:
@@ -68,6 +72,9 @@ class ColdStarts:
 
     def ratio(self, over: str) -> float | None:
         return self.median("service") / self.median(over) if over in self.times else None
+
+    def cpu_ratio(self, over: str) -> float:
+        return statistics.median(self.cpu["service"]) / statistics.median(self.cpu[over])
 
     def lines(self) -> list[str]:
         labels = {
@@ -88,10 +95,13 @@ class ColdStarts:
         ]
         for name, times in self.times.items():
             spread = ", ".join(f"{t:.0f}" for t in times)
-            lines.append(f"- {labels[name]}: median {self.median(name):.0f} ms ({spread})")
+            cpu = statistics.median(self.cpu[name])
+            lines.append(
+                f"- {labels[name]}: median {self.median(name):.0f} ms ({spread}); CPU {cpu:.0f} ms"
+            )
         others = [name for name in self.times if name != "service"]
-        ratios = [f"{self.ratio(name):.2f} x {name}" for name in others]
-        lines.append(f"- ratio of the service: {', '.join(ratios)}")
+        ratios = [f"{self.ratio(n):.2f} x {n} ({self.cpu_ratio(n):.2f} in CPU)" for n in others]
+        lines.append(f"- ratio of the service, wall (CPU): {', '.join(ratios)}")
         return lines
 
 
@@ -140,12 +150,14 @@ def measure(
     sources.update({revision: bundle(bin_dir, revision) / "main.py" for revision in revisions})
     node = shutil.which("node")
     express = node is not None and (EXPRESS / "node_modules" / "express").is_dir()
-    times: dict[str, list[float]] = {name: [] for name in sources}
-    times["bare aio"] = []
-    if express:
-        times["express"] = []
-    if node:
-        times["bare node"] = []
+    names = [*sources, "bare aio"] + ["express"] * express + ["bare node"] * bool(node)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+
+    def record(name: str, server: Service, path: str, body: bytes | None = None) -> None:
+        times[name].append(_first_success(server, path, body))
+        cpu[name].append(tree_cpu_ms(server.pid))
+
     service_env = {
         "STRIPE_SECRET_KEY": BENCH_KEY,
         "STRIPE_API_BASE": emulator_url,
@@ -154,23 +166,23 @@ def measure(
     for _ in range(rounds):
         for name, source in sources.items():
             with FunctionServer(service_env, subprocess.DEVNULL, bin_dir, source=source) as server:
-                times[name].append(_first_success(server, CREATE, b"{}"))
+                record(name, server, CREATE, b"{}")
         hello = ROOT / "bench" / "hello_world_async.py"
         with FunctionServer({}, subprocess.DEVNULL, bin_dir, target="hello", source=hello) as bare:
-            times["bare aio"].append(_first_success(bare, "/"))
+            record("bare aio", bare, "/")
         env = clean_env(
             STRIPE_API_BASE=emulator_url, STRIPE_SECRET_KEY=BENCH_KEY, CREATE_FORM=CREATE_FORM
         )
         if express:
             command = [str(node), str(EXPRESS / "server.js"), "{port}"]
             with Service(command, env, subprocess.DEVNULL) as checkout:
-                times["express"].append(_first_success(checkout, CREATE, b"{}"))
+                record("express", checkout, CREATE, b"{}")
         if node:
             command = [node, str(ROOT / "bench" / "node_checkout.js"), "{port}"]
             with Service(command, env, subprocess.DEVNULL) as checkout:
-                times["bare node"].append(_first_success(checkout, CREATE, b"{}"))
+                record("bare node", checkout, CREATE, b"{}")
     venv = "production venv (requirements.txt only)" if bin_dir != BIN else "dev venv"
-    return ColdStarts(times, venv)
+    return ColdStarts(times, cpu, venv)
 
 
 def _first_success(server: Service, path: str, body: bytes | None = None) -> float:
@@ -191,6 +203,26 @@ def _first_success(server: Service, path: str, body: bytes | None = None) -> flo
                 raise RuntimeError(f"{server.command[:3]} did not start") from None
             time.sleep(0.002)
     return (time.perf_counter() - server.started) * 1000
+
+
+def tree_cpu_ms(pid: int) -> float:
+    """CPU milliseconds used so far by `pid` and its descendants, with the children they have
+    reaped (/proc/PID/stat: utime, stime, cutime, cstime; in clock ticks, 10 ms here)."""
+    ticks = 0
+    pending = [pid]
+    while pending:
+        process = pending.pop()
+        try:
+            with open(f"/proc/{process}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+            ticks += sum(int(value) for value in fields[11:15])
+            pending += children_of(process)
+        except (OSError, ValueError):
+            continue  # it exited meanwhile
+    return ticks * 1000 / _CLOCK_TICKS
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def import_breakdown(bin_dir: Path, runs: int = 5, top: int = 10) -> list[str]:
@@ -231,6 +263,49 @@ def import_breakdown(bin_dir: Path, runs: int = 5, top: int = 10) -> list[str]:
     ]
 
 
+def instruction_counts(
+    bin_dir: Path, emulator_url: str, revisions: tuple[str, ...] = ()
+) -> list[str]:
+    """Instructions (valgrind's callgrind) of `import main`, and of import plus a first create
+    served in one process (bench/first_create.py), per deployed copy, over the bare function's
+    import plus first GET. Deterministic where wall and CPU time are not: for each step's gain."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return ["Instructions: valgrind is not installed (apt-get install valgrind)."]
+    env = clean_env(
+        STRIPE_SECRET_KEY=BENCH_KEY,
+        STRIPE_API_BASE=emulator_url,
+        PYTHONDONTWRITEBYTECODE="1",
+        CREATE_LIMIT_PER_MINUTE="0",
+    )
+    script = str(ROOT / "bench" / "first_create.py")
+
+    def count(cwd: Path, *arguments: str) -> float:
+        command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        done = subprocess.run(
+            [*command, str(bin_dir / "python"), *arguments],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        (collected,) = re.findall(r"Collected : (\d+)", done.stderr)
+        return int(collected) / 1e6
+
+    bare = count(ROOT / "bench", script, "bare")
+    lines = [f"Instructions (millions, callgrind): bare function, import + first GET {bare:.0f}"]
+    for name in ("work-tree", *revisions):
+        where = BUNDLES / name
+        imported = count(where, "-c", "import main")
+        served = count(where, script, "service")
+        lines.append(
+            f"- the service at {name}: `import main` {imported:.0f}, import + first create "
+            f"{served:.0f}, {served - bare:+.0f} over the bare function ({served / bare:.2f} x)"
+        )
+    return lines
+
+
 def _node_version() -> str:
     node = shutil.which("node")
     if node is None:
@@ -244,13 +319,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dev-venv", action="store_true", help="skip the production venv")
     parser.add_argument(
+        "--instructions", action="store_true", help="also count instructions under valgrind"
+    )
+    parser.add_argument(
         "revisions", nargs="*", help="git revisions of the service to spawn alongside, as deployed"
     )
     args = parser.parse_args(argv)
     bin_dir = None if args.dev_venv else production_bin()
     with StripeEmulator(latency_ms=0) as emulator:
         result = measure(emulator.url, args.rounds, bin_dir, tuple(args.revisions))
-    print("\n".join(result.lines()))
+        print("\n".join(result.lines()), flush=True)
+        if args.instructions:
+            counts = instruction_counts(bin_dir or BIN, emulator.url, tuple(args.revisions))
+            print("\n".join(counts), flush=True)
     print("\n".join(import_breakdown(bin_dir or BIN)))
     return 0
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import ssl
-import urllib.request
 from collections.abc import AsyncIterable, Awaitable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -317,6 +317,10 @@ _closing: set[asyncio.Task[None]] = set()
 
 def proxy_for(url: str) -> str | None:
     """The proxy the environment names for `url` (http(s)_proxy, all_proxy, no_proxy), if any."""
+    if not any(name.lower().endswith("_proxy") for name in os.environ):
+        return None  # as on Cloud Run: no need to load urllib.request (a few ms of a cold start)
+    import urllib.request  # noqa: PLC0415
+
     proxies = urllib.request.getproxies_environment()
     parts = urlsplit(url)
     # proxy_bypass_environment is CPython's (urllib.request), but typeshed does not declare it.
