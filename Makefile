@@ -52,8 +52,18 @@ format: $(VENV)/.installed
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# The cold-start yardstick: Express and the Stripe Node SDK, pinned in bench/express/package-lock.json.
+# Without npm, make bench compares the cold start with the bare Python function instead.
+BENCH_NODE := bench/express/node_modules/.package-lock.json
+$(BENCH_NODE): bench/express/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd bench/express && npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: the cold start is compared with the bare Python function only"; \
+	fi
+
 ## Benchmarks (not tests): see docs/performance.md.
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(BENCH_NODE)
 	$(PY) -m bench.run
 
 ## Mutation testing with mutmut (not part of `make test`; docs/testing.md#mutation-testing). The

@@ -4,6 +4,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import functions_framework.aio
+import uvicorn_worker
 from cloudevents.http import CloudEvent
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -55,3 +56,13 @@ def _asgi_app_answering_everything(
 
 
 functions_framework.aio._create_asgi_app_with_function = _asgi_app_answering_everything
+
+# Who the client is stays our decision (TRUSTED_PROXY_HOPS, checkout/limits.py): uvicorn's proxy
+# headers handling would replace the socket peer with X-Forwarded-For whenever the peer is listed
+# in FORWARDED_ALLOW_IPS, loopback by default, which any local client or ingress sidecar is. It is
+# turned off in the worker class that functions-framework's gunicorn runs, whatever the
+# environment says; the worker reads this when gunicorn builds it, after this module is imported.
+uvicorn_worker.UvicornWorker.CONFIG_KWARGS = {
+    **uvicorn_worker.UvicornWorker.CONFIG_KWARGS,
+    "proxy_headers": False,
+}

@@ -107,6 +107,7 @@ class CheckoutApi:
         try:
             check_header_sizes(request)
             endpoint = match(path, method)
+            context["public"] = endpoint.browser  # its Stripe calls may not take the reserve
             service = self.service()
             context["trace"] = trace_of(request.headers, service.trace_project)
             if endpoint.browser and origin is not None and not service.cors.allows(origin):

@@ -80,6 +80,7 @@ ENVIRONMENT_VARIABLES = (
     "CREATE_LIMIT_PER_MINUTE",
     "STATUS_LIMIT_PER_MINUTE",
     "STRIPE_MAX_IN_FLIGHT",
+    "STRIPE_IN_FLIGHT_RESERVE",
     "ORDER_LEDGER",
     "FIRESTORE_DATABASE",
     "FIRESTORE_EMULATOR_HOST",
@@ -132,6 +133,7 @@ class Settings:
     create_limit_per_minute: int
     status_limit_per_minute: int
     stripe_max_in_flight: int
+    stripe_in_flight_reserve: int  # places of the cap that public traffic may not take
     order_ledger: str  # "memory" (this process) or "firestore" (every instance)
     firestore_database: str
     firestore_emulator_host: str | None
@@ -212,6 +214,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "deployment in Stripe metadata and idempotency keys)"
         )
 
+    max_in_flight = _int(get, "STRIPE_MAX_IN_FLIGHT", 100, minimum=1, maximum=10_000)
     settings = Settings(
         on_cloud_run=on_cloud_run,
         frontend_url=frontend_url,
@@ -256,7 +259,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         create_limit_per_minute=_int(get, "CREATE_LIMIT_PER_MINUTE", 30, minimum=0),
         status_limit_per_minute=_int(get, "STATUS_LIMIT_PER_MINUTE", 120, minimum=0),
-        stripe_max_in_flight=_int(get, "STRIPE_MAX_IN_FLIGHT", 100, minimum=1, maximum=10_000),
+        stripe_max_in_flight=max_in_flight,
+        stripe_in_flight_reserve=_in_flight_reserve(get, max_in_flight),
         order_ledger=_order_ledger(get),
         firestore_database=_firestore_database(get),
         firestore_emulator_host=get("FIRESTORE_EMULATOR_HOST"),
@@ -308,6 +312,18 @@ def _check_api_base(api_base: str, on_cloud_run: bool, secret_key: str | None) -
 
 def is_live_key(key: str) -> bool:
     return key.strip().startswith(("sk_live_", "rk_live_"))
+
+
+def _in_flight_reserve(get: Getter, max_in_flight: int) -> int:
+    # A tenth of the cap, at least one place, and always room for one public call.
+    default = min(max(1, max_in_flight // 10), max_in_flight - 1)
+    reserve = _int(get, "STRIPE_IN_FLIGHT_RESERVE", default, minimum=0)
+    if reserve >= max_in_flight:
+        raise ConfigError(
+            f"STRIPE_IN_FLIGHT_RESERVE must be below STRIPE_MAX_IN_FLIGHT ({max_in_flight}), got "
+            f"{reserve}: public traffic needs at least one place"
+        )
+    return reserve
 
 
 def _order_ledger(get: Getter) -> str:

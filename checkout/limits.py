@@ -7,6 +7,7 @@ able to spend it. These limits are per instance; docs/abuse.md covers the edge o
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -16,8 +17,8 @@ from checkout import errors
 
 
 def client_address(headers: Mapping[str, str], peer: str | None, trusted_hops: int) -> str:
-    """The client's address: the socket peer, or the entry `trusted_hops` from the right of
-    X-Forwarded-For.
+    """Who the client is: the socket peer, or the entry `trusted_hops` from the right of
+    X-Forwarded-For; an IPv6 address stands for its /64.
 
     Google's front end appends the address it saw to whatever X-Forwarded-For the client sent,
     and an external HTTPS load balancer appends its own address after that. So only the
@@ -25,13 +26,26 @@ def client_address(headers: Mapping[str, str], peer: str | None, trusted_hops: i
     was written by the client, and never counts.
     """
     if trusted_hops <= 0:
-        return peer or "unknown"
+        return _client_key(peer or "unknown")
     entries = [e.strip() for e in headers.get("X-Forwarded-For", "").split(",") if e.strip()]
     if len(entries) < trusted_hops:
         # Not behind the proxies we were told of (a direct call, or a misconfigured hop count):
         # the nearest address we can trust is the socket peer.
-        return peer or "unknown"
-    return entries[-trusted_hops][:64]
+        return _client_key(peer or "unknown")
+    return _client_key(entries[-trusted_hops][:64])
+
+
+def _client_key(address: str) -> str:
+    """One key per IPv4 address, and per /64 for IPv6: one subscriber holds a whole /64."""
+    if ":" not in address:
+        return address  # IPv4, or not an address at all: kept as written
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
 
 
 class TokenBuckets:
@@ -85,18 +99,22 @@ class TokenBuckets:
 
 
 class InFlightCap:
-    """Counts Stripe calls in flight on this instance and refuses more than `limit` at once.
+    """Counts Stripe calls in flight on this instance and refuses more than `limit` at once, of
+    which public calls (the browser endpoints') may take all but `reserve`.
 
     Refusing at once (503 + Retry-After) beats queueing: a queue of calls that Stripe answers
-    with 429 only makes every customer wait longer, and the client can retry elsewhere.
+    with 429 only makes every customer wait longer, and the client can retry elsewhere. The
+    reserve is for the calls nobody else makes for us: Stripe's webhook deliveries and operator
+    commands, which a flood of status polls must not turn into 503s.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, reserve: int) -> None:
         self._limit = limit
+        self._public_limit = limit - reserve
         self._in_flight = 0
 
-    def try_enter(self) -> bool:
-        if self._in_flight >= self._limit:
+    def try_enter(self, *, public: bool) -> bool:
+        if self._in_flight >= (self._public_limit if public else self._limit):
             return False
         self._in_flight += 1
         return True

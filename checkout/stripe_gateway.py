@@ -60,7 +60,9 @@ class StripeGateway:
         # price, the line items tell whether the session sold it (checkout/catalogue.py).
         expand = [*RETRIEVE_EXPAND, *(["line_items"] if settings.stripe_price_id else [])]
         self._retrieve_params: SessionRetrieveParams = {"expand": expand}
-        self._in_flight = InFlightCap(settings.stripe_max_in_flight)
+        self._in_flight = InFlightCap(
+            settings.stripe_max_in_flight, settings.stripe_in_flight_reserve
+        )
         self._retrieves: SingleFlight[SessionStatus] = SingleFlight()
 
     async def create_session(
@@ -92,7 +94,9 @@ class StripeGateway:
         async def retrieve() -> SessionStatus:
             return SessionStatus.from_stripe(await self._call("retrieve", call))
 
-        return await self._retrieves.run(session_id, retrieve)
+        # Apart: a webhook's read must not share a public one that the cap is refusing.
+        lane = "public" if _serves_public_traffic() else "reserved"
+        return await self._retrieves.run(f"{lane}:{session_id}", retrieve)
 
     async def session_of_payment(self, payment_intent: str) -> SessionStatus | None:
         """The Checkout Session paid with `payment_intent` (a refund's or dispute's), if any."""
@@ -205,10 +209,12 @@ class StripeGateway:
     async def _call(
         self, operation: str, call: Callable[[stripe.StripeClient, RequestOptions], Awaitable[T]]
     ) -> T:
-        if not self._in_flight.try_enter():
+        public = _serves_public_traffic()
+        if not self._in_flight.try_enter(public=public):
             # Queueing behind a slow Stripe only makes every customer wait; the client retries.
-            in_flight = self._settings.stripe_max_in_flight
-            raise errors.payment_provider_busy(f"{in_flight} Stripe calls already in flight")
+            busy = self._in_flight.in_flight
+            lane = "public" if public else "reserved"
+            raise errors.payment_provider_busy(f"{busy} Stripe calls in flight, {lane} cap reached")
         try:
             return await self._call_in_flight(operation, call)
         finally:
@@ -324,6 +330,13 @@ def _session_template(settings: Settings) -> SessionCreateParams:
         "return_url": settings.return_url,
         "redirect_on_completion": settings.redirect_on_completion,
     }
+
+
+def _serves_public_traffic() -> bool:
+    """Whether this call serves a browser endpoint (app.py marks those requests); a webhook
+    delivery, or anything outside a request (an operator command), may use the reserve."""
+    request = current_request.get()
+    return request is not None and request.get("public") is True
 
 
 def _note_stripe_request_id(request_id: str | None) -> None:

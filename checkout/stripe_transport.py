@@ -3,7 +3,9 @@
 The SDK does everything above the wire (encoding, headers, idempotency keys, retries with backoff,
 error classes); this sends its request and reads the answer. Framing is parsed by httptools (the
 C parser uvicorn serves with), TLS is the ssl module's with the SDK's CA bundle, and connections
-are pooled per origin on the worker's event loop.
+are pooled per origin on the worker's event loop. A pooled connection is reused only if it has been
+idle less than MAX_IDLE_SECONDS and the other end has sent nothing since its last answer: bytes
+nobody asked for (a 408 written on the server's idle timeout) are never the next answer.
 
 Why not aiohttp or httpx (README "Performance"): stripe imports aiohttp at import time whenever it
 is installed, and aiohttp builds SSL contexts and dozens of classes as it loads, which made the
@@ -15,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import ssl
-import urllib.request
 from collections.abc import AsyncIterable, Awaitable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -26,6 +28,9 @@ import stripe
 
 # Idle connections kept per origin: above Cloud Run's --concurrency, so that a burst finds them.
 _MAX_IDLE = 256
+# How long a connection may sit idle and still be reused (aiohttp's default): well inside the
+# keep-alive timeouts servers use, so that our request rarely meets the server closing it.
+MAX_IDLE_SECONDS = 15.0
 _READ_SIZE = 65536
 
 
@@ -43,7 +48,7 @@ class ResponseHeaders(dict[str, str]):
 
 
 class _StaleConnection(Exception):
-    """A reused keep-alive connection was closed by the other end before it answered."""
+    """A reused keep-alive connection was closed by the other end before it read our request."""
 
 
 class _Answer:
@@ -55,18 +60,38 @@ class _Answer:
         self.chunks: list[bytes] = []
         self.complete = False
         self.keep_alive = False
+        self.status = 0
+        self.extra = False  # bytes followed the answer: they answer nothing we asked
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if not self.complete:
+                raise
+            self.extra = True  # whatever followed our answer is not HTTP
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
 
     def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
+        if not self.complete:
+            self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self.complete:
+            return
         # Asked here: once the message is complete, the parser resets and no longer knows.
         self.keep_alive = self.parser.should_keep_alive()
+        self.status = self.parser.get_status_code()
         self.complete = True
 
 
@@ -75,10 +100,18 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.reused = False
+        self.idle_since = 0.0
 
-    def usable(self) -> bool:
-        # The other end closing an idle connection shows up as EOF: never send on those.
-        return not self.reader.at_eof() and not self.writer.is_closing()
+    def usable(self, now: float, max_idle: float) -> bool:
+        """Whether our next request may go out on this idle connection."""
+        # The other end closing it shows up as EOF; a server that writes a 408 on its idle
+        # timeout leaves bytes we never asked for. Past the idle bound, the close may be on its way.
+        return (
+            not self.reader.at_eof()
+            and not self.writer.is_closing()
+            and not self.reader._buffer  # type: ignore[attr-defined]  # CPython's unread bytes
+            and now - self.idle_since < max_idle
+        )
 
     async def exchange(self, request: bytes) -> tuple[bytes, int, ResponseHeaders, bool]:
         """Send one request; the body, status, headers, and whether the connection may be reused."""
@@ -93,10 +126,13 @@ class _Connection:
                     raise _StaleConnection
                 raise ConnectionResetError("the connection closed before the response ended")
             received = True
-            answer.parser.feed_data(data)
-        reusable = answer.keep_alive and not self.reader.at_eof()
-        status = answer.parser.get_status_code()
-        return b"".join(answer.chunks), status, answer.headers, reusable
+            answer.feed(data)
+        if self.reused and answer.status == 408:
+            # The server's idle timeout, not an answer: it gave up on the connection before it
+            # read our request (RFC 9110, 15.5.9).
+            raise _StaleConnection
+        reusable = answer.keep_alive and not answer.extra and not self.reader.at_eof()
+        return b"".join(answer.chunks), answer.status, answer.headers, reusable
 
     def close(self) -> None:
         self.writer.close()
@@ -107,10 +143,20 @@ class StripeTransport(stripe.HTTPClient):
 
     name = "asyncio-httptools"
 
-    def __init__(self, api_base: str, timeout: float) -> None:
+    def __init__(
+        self,
+        api_base: str,
+        timeout: float,
+        *,
+        max_idle_seconds: float = MAX_IDLE_SECONDS,
+        ca_file: str | None = None,
+    ) -> None:
+        """`ca_file`: the CAs to trust; by default the SDK's bundle (tests bring their own CA)."""
         super().__init__(proxy=proxy_for(api_base))
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
+        self._max_idle = max_idle_seconds
+        self._ca_file = ca_file
         self._tls: ssl.SSLContext | None = None
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._closed = False
@@ -160,8 +206,9 @@ class StripeTransport(stripe.HTTPClient):
             try:
                 content, status, response_headers, reusable = await connection.exchange(request)
             except _StaleConnection:
-                # Stripe's idle timeout raced our send. Sending again is safe: the SDK puts an
-                # idempotency key on every POST, and GETs change nothing.
+                # Stripe's idle timeout raced our send, and our request was not read. Sending
+                # again is safe anyway: the SDK puts an idempotency key on every POST, and GETs
+                # change nothing.
                 connection.close()
                 continue
             except BaseException:
@@ -172,9 +219,10 @@ class StripeTransport(stripe.HTTPClient):
 
     async def _connection(self, origin: tuple[str, str, int], proxy: str | None) -> _Connection:
         idle = self._idle.get(origin)
+        now = self._loop.time()
         while idle:
             connection = idle.pop()
-            if connection.usable():
+            if connection.usable(now, self._max_idle):
                 connection.reused = True
                 return connection
             connection.close()
@@ -199,6 +247,7 @@ class StripeTransport(stripe.HTTPClient):
     ) -> None:
         idle = self._idle.setdefault(origin, [])
         if reusable and not self._closed and len(idle) < _MAX_IDLE:
+            connection.idle_since = self._loop.time()
             idle.append(connection)
         else:
             connection.close()
@@ -206,7 +255,7 @@ class StripeTransport(stripe.HTTPClient):
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
             # The CA bundle the SDK ships and trusts, loaded on the first TLS connection only.
-            self._tls = ssl.create_default_context(cafile=stripe.ca_bundle_path)
+            self._tls = ssl.create_default_context(cafile=self._ca_file or stripe.ca_bundle_path)
         return self._tls
 
     def sleep_async(self, secs: float) -> Awaitable[None]:
@@ -268,6 +317,10 @@ _closing: set[asyncio.Task[None]] = set()
 
 def proxy_for(url: str) -> str | None:
     """The proxy the environment names for `url` (http(s)_proxy, all_proxy, no_proxy), if any."""
+    if not any(name.lower().endswith("_proxy") for name in os.environ):
+        return None  # as on Cloud Run: no need to load urllib.request (a few ms of a cold start)
+    import urllib.request  # noqa: PLC0415
+
     proxies = urllib.request.getproxies_environment()
     parts = urlsplit(url)
     # proxy_bypass_environment is CPython's (urllib.request), but typeshed does not declare it.

@@ -481,3 +481,26 @@ def service_account_file(directory: Path, project: str) -> Path:
     }
     path.write_text(json.dumps(account))
     return path
+
+
+# --- Small HTTP peers for the Stripe transport's tests ------------------------------------------
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nRequest-Id: req_1\r\n"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request's head and body (Content-Length framed), or b"" if the client left."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return b""
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + (await reader.readexactly(length) if length else b"")
+
+
+def answer(body: bytes, *extra: bytes) -> bytes:
+    return OK + b"".join(extra) + b"Content-Length: %d\r\n\r\n" % len(body) + body

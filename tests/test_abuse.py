@@ -3,15 +3,16 @@ counting the Stripe calls it caused (docs/abuse.md quotes these counts)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from email.message import Message
 
-from tests.support import TEST_KEY
+from tests.support import TEST_KEY, WEBHOOK, WHSEC, event_for, sign
 
 CREATE = "/api/checkout/embedded-session"
 STATUS = "/api/checkout/session-status?session_id="
@@ -118,6 +119,25 @@ def test_spoofed_forwarded_for_entries_do_not_evade_the_limit(live_server, strip
     assert create(server, {"X-Forwarded-For": "10.9.0.1, 198.51.100.8"})[0] == 200
 
 
+def test_a_forwarded_for_header_from_a_local_client_is_not_the_client(live_server, stripe_emulator):
+    # Locally (TRUSTED_PROXY_HOPS=0) the socket peer is the client, whatever X-Forwarded-For says;
+    # the server must not rewrite it, even when told to trust every proxy.
+    for env in ({}, {"FORWARDED_ALLOW_IPS": "*"}):
+        server = live_server(CREATE_LIMIT_PER_MINUTE="2", TRUSTED_PROXY_HOPS="0", **env)
+        codes = [create(server, {"X-Forwarded-For": f"203.0.113.{n}"})[0] for n in range(6)]
+        assert codes.count(200) == 2 and codes.count(429) == 4, (env, codes)
+
+
+def test_behind_an_ingress_sidecar_two_hops_tell_customers_apart(live_server, stripe_emulator):
+    # A sidecar on loopback appends the address it saw (Google's front end) after the client's.
+    server = live_server(CREATE_LIMIT_PER_MINUTE="1", TRUSTED_PROXY_HOPS="2")
+    sidecar = "169.254.1.1"
+    alice = {"X-Forwarded-For": f"203.0.113.5, {sidecar}"}
+    bob = {"X-Forwarded-For": f"10.0.0.1, 198.51.100.8, {sidecar}"}
+    assert [create(server, alice)[0], create(server, bob)[0]] == [200, 200]
+    assert [create(server, alice)[0], create(server, bob)[0]] == [429, 429]
+
+
 def test_a_real_customer_reloading_and_double_clicking_is_never_limited(
     live_server, stripe_emulator
 ):
@@ -133,7 +153,7 @@ def test_a_real_customer_reloading_and_double_clicking_is_never_limited(
 
 
 def test_past_the_in_flight_cap_the_answer_is_503_at_once(live_server, stripe_emulator):
-    server = live_server(STRIPE_MAX_IN_FLIGHT="2")
+    server = live_server(STRIPE_MAX_IN_FLIGHT="3")  # one place is the webhook's reserve
     stripe_emulator.set_faults(latency_ms=1500)
     answers = in_parallel(10, lambda: create(server))
     codes = sorted(status for status, _, _ in answers)
@@ -142,6 +162,35 @@ def test_past_the_in_flight_cap_the_answer_is_503_at_once(live_server, stripe_em
     assert busy[2]["code"] == "payment_provider_busy"
     assert busy[1]["Retry-After"] == "2"
     assert stripe_emulator.calls()["sessions_created"] == 2
+
+
+def test_a_flood_of_status_polls_leaves_the_webhook_its_reserve(live_server, stripe_emulator):
+    # The webhook retrieves the session when it must check the line items (a Dashboard price).
+    stripe_emulator.add_price("price_board", 900, "usd", "Hero Me board")
+    server = live_server(
+        STRIPE_MAX_IN_FLIGHT="4",  # and a reserve of 1, by default
+        STRIPE_PRICE_ID="price_board",
+        STRIPE_WEBHOOK_SECRET=WHSEC,
+    )
+    session = stripe_emulator.complete_session(create(server)[2]["session_id"])
+    event = event_for(session, "checkout.session.completed")
+    stripe_emulator.set_faults(latency_ms=1500)  # every Stripe call from here takes 1.5 s
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        polls = [pool.submit(call, server.url + STATUS + unknown_id(n)) for n in range(10)]
+        # The polls past the cap are refused at once (at least 6 of 10, whatever the reserve):
+        # once they are answered, the others hold every place that public traffic may take.
+        first_answers = itertools.islice(as_completed(polls, timeout=60), 6)
+        assert [poll.result()[0] for poll in first_answers] == [503] * 6
+        delivered = call(
+            server.url + WEBHOOK,
+            "POST",
+            {"Content-Type": "application/json", "Stripe-Signature": sign(event)},
+            event,
+        )
+        answers = [poll.result()[0] for poll in polls]
+    assert delivered[0] == 200, delivered
+    assert sorted(answers) == [404] * 3 + [503] * 7
+    assert retrieves(stripe_emulator) == 3 + 1  # the three polls, and the webhook's check
 
 
 def test_the_idempotency_key_sent_to_stripe_is_namespaced_and_stable(live_server, stripe_emulator):

@@ -195,11 +195,16 @@ def test_import_main_creates_no_client_and_skips_secret_manager(tmp_path):
     import subprocess
     import sys
 
+    # Nor the HTTP libraries stripe would pick default clients from: every call goes through our
+    # transport. (aiohttp is installed here, for the benchmarks; requests, for Secret Manager.)
     code = (
         "import sys, main\n"
         "import checkout.app\n"
         "assert 'google.cloud.secretmanager' not in sys.modules\n"
         "assert not main.api.built\n"
+        "loaded = [m for m in ('requests', 'urllib3', 'aiohttp', 'httpx') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "import requests, aiohttp  # still there for whoever needs them\n"
     )
     env = {"STRIPE_SECRET_KEY": TEST_KEY, "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=str(ROOT))

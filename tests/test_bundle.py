@@ -60,7 +60,15 @@ def test_upload_is_main_requirements_and_the_checkout_package_only() -> None:
         if "__pycache__" not in p.parts
     )
     assert package, "checkout/ has no modules"
-    assert upload_set(ROOT) == sorted(["main.py", "requirements.txt", *package])
+    uploaded = upload_set(ROOT)
+    # Bytecode, where the deploy compiled it (cloudbuild.yaml): each file an uploaded module's.
+    bytecode = [path for path in uploaded if path.endswith(".cpython-312.pyc")]
+    for path in bytecode:
+        module = path.replace("/__pycache__", "").removesuffix(".cpython-312.pyc") + ".py"
+        assert module in package, path
+    assert [p for p in uploaded if p not in bytecode] == sorted(
+        ["main.py", "requirements.txt", *package]
+    )
 
 
 @pytest.mark.parametrize(
@@ -82,7 +90,11 @@ def test_upload_is_main_requirements_and_the_checkout_package_only() -> None:
         "Makefile",
         ".env",
         ".pytest_cache/README.md",
-        "checkout/__pycache__/app.cpython-312.pyc",
+        "checkout/__pycache__/app.cpython-311.pyc",
+        "checkout/__pycache__/app.cpython-313.pyc",
+        "checkout/app.pyc",
+        "__pycache__/main.cpython-312.pyc",
+        "tests/__pycache__/conftest.cpython-312.pyc",
         "checkout/.env",
         "checkout/.app.py.swp",
     ],
@@ -92,7 +104,16 @@ def test_gcloudignore_leaves_out_everything_but_production_code(path: str) -> No
 
 
 @pytest.mark.parametrize(
-    "path", ["main.py", "requirements.txt", "checkout/app.py", "checkout/new_module.py"]
+    "path",
+    [
+        "main.py",
+        "requirements.txt",
+        "checkout/app.py",
+        "checkout/new_module.py",
+        # The bytecode the deploy compiles for the base image's Python (cloudbuild.yaml).
+        "checkout/__pycache__/app.cpython-312.pyc",
+        "checkout/ledger/__pycache__/memory.cpython-312.pyc",
+    ],
 )
 def test_gcloudignore_uploads_production_code(path: str) -> None:
     assert is_uploaded(ignore_spec(ROOT), path)

@@ -162,3 +162,12 @@ def test_trusted_proxy_hops_default_to_googles_front_end_on_cloud_run_only():
     cloud_run = {"K_SERVICE": "checkout-api", "FRONTEND_URL": "https://app.example.com"}
     assert load_settings(cloud_run).trusted_proxy_hops == 1
     assert load_settings({**cloud_run, "TRUSTED_PROXY_HOPS": "2"}).trusted_proxy_hops == 2
+
+
+def test_the_in_flight_reserve_defaults_to_a_tenth_of_the_cap_and_leaves_public_room():
+    assert load_settings({}).stripe_in_flight_reserve == 10
+    assert load_settings({"STRIPE_MAX_IN_FLIGHT": "2"}).stripe_in_flight_reserve == 1
+    assert load_settings({"STRIPE_MAX_IN_FLIGHT": "1"}).stripe_in_flight_reserve == 0
+    assert load_settings({"STRIPE_IN_FLIGHT_RESERVE": "0"}).stripe_in_flight_reserve == 0
+    with pytest.raises(ConfigError, match="STRIPE_IN_FLIGHT_RESERVE must be below"):
+        load_settings({"STRIPE_MAX_IN_FLIGHT": "4", "STRIPE_IN_FLIGHT_RESERVE": "4"})

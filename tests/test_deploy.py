@@ -320,7 +320,47 @@ def test_test_step_python_matches_the_deployed_base_image(build: dict[str, Any])
     assert build["substitutions"]["_BASE_IMAGE"] == f"python{version[1]}{version[2]}"
 
 
-# --- step 2: the deploy ---
+# --- step 2: the bytecode ---
+
+
+def test_the_bytecode_step_compiles_checkout_for_the_base_image_after_the_tests(
+    build: dict[str, Any],
+) -> None:
+    from bench.cold_start import COMPILE
+
+    bytecode = step(build, "bytecode")
+    assert bytecode["name"] == step(build, "test")["name"]  # the base image's Python (above)
+    # Hash-checked: the image keeps no file times, and a changed source is never run stale.
+    assert [bytecode["entrypoint"], *bytecode["args"]] == ["python", *COMPILE]
+    assert "checked-hash" in COMPILE and "checkout" in COMPILE
+    assert bytecode["waitFor"] == ["test"]
+    assert "bytecode" in step(build, "deploy")["waitFor"]
+
+
+def test_the_bytecode_the_step_writes_is_valid_without_file_times(tmp_path: Path) -> None:
+    import importlib.util
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from bench.cold_start import COMPILE
+
+    shutil.copytree(ROOT / "checkout", tmp_path / "checkout")
+    subprocess.run([sys.executable, *COMPILE], cwd=tmp_path, check=True)
+    source = tmp_path / "checkout" / "config.py"
+    os.utime(source, (0, 0))  # as a build may set them
+    cached = Path(importlib.util.cache_from_source(str(source)))
+    flags = int.from_bytes(cached.read_bytes()[4:8], "little")
+    assert flags == 0b11  # hash-based, checked (PEP 552)
+    probe = "import sys, checkout.config; assert not sys.dont_write_bytecode"
+    env = {"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": ""}
+    before = cached.read_bytes()
+    subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True)
+    assert cached.read_bytes() == before  # used as it is, not written again
+
+
+# --- step 3: the deploy ---
 
 
 def test_checkout_api_is_an_http_function_in_main_py() -> None:

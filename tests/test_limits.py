@@ -56,6 +56,42 @@ def test_a_forwarded_address_is_cut_to_64_characters():
     assert client_address(xff(long), "169.254.1.1", trusted_hops=1) == long[:64]
 
 
+SIX_IN_ONE_64 = [
+    "2001:db8:1:2::1",
+    "2001:db8:1:2::dead:beef",
+    "2001:db8:1:2:ffff:ffff:ffff:ffff",
+    "2001:0db8:0001:0002:0000:0000:0000:0009",
+    "2001:DB8:1:2:a:b:c:d",
+    "2001:db8:1:2:1234::",
+]
+
+
+def test_ipv6_clients_are_keyed_by_their_64():
+    # One customer's /64 holds 2**64 addresses: one bucket for all of them.
+    by_header = {client_address(xff(a), "169.254.1.1", trusted_hops=1) for a in SIX_IN_ONE_64}
+    by_peer = {client_address({}, a, trusted_hops=0) for a in SIX_IN_ONE_64}
+    assert by_header == by_peer == {"2001:db8:1:2::/64"}
+    assert client_address(xff("2001:db8:1:3::1"), "10.0.0.1", trusted_hops=1) == "2001:db8:1:3::/64"
+
+
+def test_one_64_shares_one_bucket():
+    buckets = TokenBuckets(per_minute=2, clock=Clock())
+    waits = [buckets.take(client_address({}, a, trusted_hops=0)) for a in SIX_IN_ONE_64]
+    assert waits[:2] == [0.0, 0.0] and all(wait > 0 for wait in waits[2:])
+    assert len(buckets) == 1
+
+
+def test_ipv4_addresses_are_their_own_key_also_when_mapped_into_ipv6():
+    assert client_address({}, "203.0.113.7", trusted_hops=0) == "203.0.113.7"
+    assert client_address({}, "::ffff:203.0.113.7", trusted_hops=0) == "203.0.113.7"
+    assert client_address(xff("203.0.113.8"), None, trusted_hops=1) == "203.0.113.8"
+
+
+def test_an_entry_that_is_no_address_is_kept_as_written_and_bounded():
+    assert client_address(xff("not-an-ip"), None, trusted_hops=1) == "not-an-ip"
+    assert client_address(xff("x" * 500), None, trusted_hops=1) == "x" * 64
+
+
 def test_a_bucket_allows_a_burst_of_its_per_minute_allowance_then_refuses():
     clock = Clock()
     buckets = TokenBuckets(per_minute=30, clock=clock)
@@ -130,14 +166,24 @@ def test_zero_per_minute_disables_the_limit():
 
 
 def test_the_in_flight_cap_refuses_past_its_limit_and_frees_on_leave():
-    cap = InFlightCap(2)
-    assert cap.try_enter()
-    assert cap.try_enter()
-    assert not cap.try_enter()
+    cap = InFlightCap(2, reserve=0)
+    assert cap.try_enter(public=True)
+    assert cap.try_enter(public=False)
+    assert not cap.try_enter(public=True)
+    assert not cap.try_enter(public=False)
     assert cap.in_flight == 2
     cap.leave()
     assert cap.in_flight == 1
-    assert cap.try_enter()
+    assert cap.try_enter(public=True)
     cap.leave()
     cap.leave()
     assert cap.in_flight == 0
+
+
+def test_public_calls_cannot_take_the_reserve():
+    cap = InFlightCap(5, reserve=2)
+    assert [cap.try_enter(public=True) for _ in range(4)] == [True, True, True, False]
+    assert [cap.try_enter(public=False) for _ in range(3)] == [True, True, False]
+    cap.leave()
+    assert not cap.try_enter(public=True)  # 4 in flight: the free place is the reserve's
+    assert cap.try_enter(public=False)

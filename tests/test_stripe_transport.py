@@ -12,23 +12,9 @@ import pytest
 import stripe
 
 from checkout.stripe_transport import ResponseHeaders, StripeTransport
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nRequest-Id: req_1\r\n"
+from tests.support import OK, answer, read_request
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    """One request's head and body (Content-Length framed), or b"" if the client left."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return b""
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    return head + (await reader.readexactly(length) if length else b"")
 
 
 class Server:
@@ -53,10 +39,6 @@ class Server:
             await self.handler(reader, writer, self.connections)
         finally:
             writer.close()
-
-
-def answer(body: bytes, *extra: bytes) -> bytes:
-    return OK + b"".join(extra) + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
 def keep_answering(requests: list[bytes], body: bytes = b"{}") -> Handler:
@@ -167,6 +149,138 @@ def test_a_pooled_connection_the_server_dropped_is_replaced_without_an_error():
                 assert (await transport.request_async("get", server.url + "/v1/x", {}))[1] == 200
             await transport.close_async()
             assert server.connections == 3
+
+    run(test)
+
+
+TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+async def settle() -> None:
+    """Let the loop read what a local server has already written (loopback delivers at once)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def test_a_408_written_on_the_servers_idle_timeout_is_never_the_next_answer():
+    # Like nginx or Stripe's edge when a keep-alive connection sits idle: it writes 408 and closes.
+    # That 408 answers no request of ours; the next request must reach a server that answers it.
+    timed_out = asyncio.Event()
+
+    async def handler(reader, writer, connection):
+        if connection == 1:
+            await read_request(reader)
+            writer.write(answer(b'{"n": 1}'))
+            writer.write(TIMED_OUT)
+            await writer.drain()
+            timed_out.set()
+            return
+        while await read_request(reader):
+            writer.write(answer(b'{"n": 2}'))
+            await writer.drain()
+
+    async def test() -> None:
+        async with Server(handler) as server:
+            transport = StripeTransport(server.url, 5)
+            first = await transport.request_async("get", server.url + "/v1/x", {})
+            await timed_out.wait()
+            second = await transport.request_async("get", server.url + "/v1/x", {})
+            await transport.close_async()
+            assert [first[:2], second[:2]] == [(b'{"n": 1}', 200), (b'{"n": 2}', 200)]
+            assert server.connections == 2
+
+    run(test)
+
+
+def test_a_408_that_races_the_next_request_is_answered_on_a_new_connection():
+    # The 408 is written only once our next request has arrived: that request was not read.
+    async def handler(reader, writer, connection):
+        await read_request(reader)
+        writer.write(answer(b"{}"))
+        await writer.drain()
+        if connection == 1:
+            await read_request(reader)
+            writer.write(TIMED_OUT)
+            await writer.drain()
+            return
+        while await read_request(reader):
+            writer.write(answer(b"{}"))
+            await writer.drain()
+
+    async def test() -> None:
+        async with Server(handler) as server:
+            transport = StripeTransport(server.url, 5)
+            for _ in range(2):
+                assert (await transport.request_async("get", server.url + "/v1/x", {}))[1] == 200
+            await transport.close_async()
+            assert server.connections == 2
+
+    run(test)
+
+
+def test_a_pooled_connection_with_unread_bytes_is_not_reused():
+    # Bytes that arrive while a connection is idle answer nothing we asked: it is not reused.
+    answered, sent = asyncio.Event(), asyncio.Event()
+
+    async def handler(reader, writer, connection):
+        await read_request(reader)
+        writer.write(answer(b'{"n": %d}' % connection))
+        await writer.drain()
+        if connection == 1:
+            await answered.wait()  # so that these bytes arrive after the answer was read
+            writer.write(answer(b'"stale"'))
+            await writer.drain()
+            sent.set()
+        await read_request(reader)
+
+    async def test() -> None:
+        async with Server(handler) as server:
+            transport = StripeTransport(server.url, 5)
+            first = await transport.request_async("get", server.url + "/v1/x", {})
+            answered.set()
+            await sent.wait()
+            await settle()
+            second = await transport.request_async("get", server.url + "/v1/x", {})
+            await transport.close_async()
+            assert [first[0], second[0]] == [b'{"n": 1}', b'{"n": 2}']
+
+    run(test)
+
+
+def test_bytes_that_follow_the_answer_in_one_read_make_the_connection_unusable():
+    # The server said more than we asked (here its 408, with the answer): it no longer serves
+    # this connection, and a request sent on it would wait for an answer that never comes.
+    async def handler(reader, writer, connection):
+        await read_request(reader)
+        writer.write(answer(b'{"n": %d}' % connection) + (TIMED_OUT if connection == 1 else b""))
+        await writer.drain()
+        await read_request(reader)
+        await reader.read()  # never answering, until we hang up
+
+    async def test() -> None:
+        async with Server(handler) as server:
+            transport = StripeTransport(server.url, 2)
+            first = await transport.request_async("get", server.url + "/v1/x", {})
+            second = await transport.request_async("get", server.url + "/v1/x", {})
+            await transport.close_async()
+            assert [first[0], second[0]] == [b'{"n": 1}', b'{"n": 2}']
+
+    run(test)
+
+
+def test_a_connection_idle_past_the_bound_is_not_reused():
+    requests: list[bytes] = []
+
+    async def test() -> None:
+        async with Server(keep_answering(requests)) as server:
+            transport = StripeTransport(server.url, 5, max_idle_seconds=0.05)
+            assert (await transport.request_async("get", server.url + "/v1/x", {}))[1] == 200
+            assert (await transport.request_async("get", server.url + "/v1/x", {}))[1] == 200
+            await asyncio.sleep(0.3)  # past the bound, whatever the machine's load
+            assert (await transport.request_async("get", server.url + "/v1/x", {}))[1] == 200
+            await transport.close_async()
+            assert server.connections == 2
+        assert len(requests) == 3
 
     run(test)
 
