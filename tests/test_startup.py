@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ CLOUD_RUN = {
 
 
 def serve(
-    env: dict[str, str | None], seconds: float = 20, target: str = "checkout_api"
+    env: Mapping[str, str | None], seconds: float = 20, target: str = "checkout_api"
 ) -> tuple[int | None, str, str]:
     """Start functions-framework as Cloud Run does; (exit code or None if serving, out, err).
 
