@@ -100,7 +100,11 @@ async def _answer_from_stripe(service: Service, session_id: str) -> dict[str, An
         if error.code == "session_not_found":
             service.unknown_sessions.add(session_id)
         raise
-    if not session.terminal or service.catalogue.refusal(session) is not None:
+    if not session.terminal:
+        answer = session.public()
+        service.status_cache.put(session_id, answer, final=False)  # open: STATUS_OPEN_TTL_MS only
+        return answer
+    if service.catalogue.refusal(session) is not None:
         return session.public()
     try:
         applied = await service.recorder.apply(session_id, session_fact(session))

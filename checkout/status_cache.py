@@ -65,6 +65,11 @@ class StatusCache:
         else:
             expires = self._clock() + self._paid_ttl
         with self._lock:
+            held = self._entries.get(session_id)
+            # A read of Stripe that started before the payment and ended after another request
+            # cached the settled answer: that older `open` must not replace it.
+            if answer.get("outcome") == "open" and held is not None and _settled(held, self._clock):
+                return
             self._entries[session_id] = (dict(answer), expires)
             self._entries.move_to_end(session_id)
             while len(self._entries) > self._max_size:
@@ -76,6 +81,12 @@ class StatusCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _settled(entry: tuple[dict[str, Any], float | None], clock: Callable[[], float]) -> bool:
+    """A cached answer past `open`, not yet expired."""
+    answer, expires = entry
+    return answer.get("outcome") != "open" and (expires is None or clock() < expires)
 
 
 class NotFoundCache:

@@ -37,6 +37,7 @@ import main  # noqa: F401  # wraps functions-framework's app builder: JSON 404/4
 from checkout.app import CheckoutApi
 from checkout.catalogue import Catalogue
 from checkout.config import ENVIRONMENT_VARIABLES
+from checkout.orders import Change
 from checkout.session import SessionStatus
 from devtools.loopback import free_port
 
@@ -233,6 +234,23 @@ def log_records(text: str, message: str | None = None) -> list[dict[str, Any]]:
     return [r for r in records if message is None or r.get("message") == message]
 
 
+def wait_for_records(
+    server: LiveServer, message: str, count: int = 1, seconds: float = 20.0
+) -> list[dict[str, Any]]:
+    """The server's log records with `message`, once there are `count` of them.
+
+    For what a server does after its answer (the in-process delivery): a generous bound, on a
+    noisy machine, not a timing assertion. A record past `count` is still returned, so a test
+    that wants exactly `count` sees any extra one that is already there.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        records = log_records(server.logs(), message)
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.05)
+
+
 class CapturedLogs:
     """Everything the app has logged to stdout during the test, as parsed records."""
 
@@ -249,20 +267,27 @@ class CapturedLogs:
 
 
 class Deliveries:
-    """A deliver function for tests: records each session id, then runs `then` (if set).
+    """A deliver function for tests: records each change it is given, then runs `then` (if set).
 
-    Passed to CheckoutApi or Fulfilment as `deliver`. A plain function, so it runs in a worker
+    Passed to CheckoutApi or FulfilApi as `deliver`. A plain function, so it runs in a worker
     thread as any blocking deliver_order would; `then` may raise, or block.
     """
 
     def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.then: Callable[[SessionStatus], None] | None = None
+        self.calls: list[str] = []  # each change's session id, in order
+        self.changes: list[Change] = []
+        self.then: Callable[[Change], None] | None = None
 
-    def __call__(self, session: SessionStatus) -> None:
-        self.calls.append(session.session_id)
+    def __call__(self, change: Change) -> None:
+        self.calls.append(change.session_id)
+        self.changes.append(change)
         if self.then is not None:
-            self.then(session)
+            self.then(change)
+
+    @property
+    def types(self) -> list[str]:
+        """Each change's type (order.paid, order.payment_failed, ...), in order."""
+        return [change.type for change in self.changes]
 
 
 def function_app_for(api: CheckoutApi) -> Starlette:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,12 @@ PACKAGE = ROOT / "checkout"
 
 def imports_of(path: Path) -> set[str]:
     """Every module `path` imports, at any depth (TYPE_CHECKING and function bodies included)."""
+    return imports_in(ast.walk(ast.parse(path.read_text())))
+
+
+def imports_in(nodes: Iterable[ast.AST]) -> set[str]:
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -41,7 +46,10 @@ def test_session_rules_import_no_stripe_http_or_google():
     [
         "checkout.catalogue",
         "checkout.status_cache",
-        "checkout.fulfilment",
+        "checkout.orders",
+        "checkout.recorder",
+        "checkout.publisher",
+        "checkout.worker",
         "checkout.webhook",
         "checkout.ledger",
         "checkout.ledger.memory",
@@ -52,6 +60,37 @@ def test_session_users_depend_on_the_session_module_not_the_gateway(module):
     imported = imports_of(module_file(module))
     assert not {name for name in imported if name.startswith("checkout.stripe_gateway")}
     assert not {name for name in imported if name.startswith("checkout.stripe_transport")}
+
+
+def test_the_order_model_does_no_io():
+    # orders.py is the rules alone: the ledger stores, the publisher sends, the worker delivers.
+    imported = imports_of(PACKAGE / "orders.py")
+    ours = {name.split(".")[1] for name in imported if name.startswith("checkout.")}
+    assert ours == {"session"}
+    banned = ("stripe", "starlette", "werkzeug", "google", "asyncio", "logging", "socket")
+    assert not {name for name in imported if name.startswith(banned)}
+
+
+@pytest.mark.parametrize(
+    "module", ["checkout.recorder", "checkout.webhook", "checkout.routes", "checkout.publisher"]
+)
+def test_the_request_path_never_imports_the_worker(module):
+    # No user code in the webhook or the status request: only the worker runs DELIVER_ORDER.
+    imported = imports_of(module_file(module))
+    assert not {name for name in imported if name.startswith("checkout.worker")}
+
+
+def test_pubsub_is_imported_only_inside_the_publisher_when_a_topic_is_used():
+    # google-cloud-pubsub costs cold start: no module imports it at its top level.
+    for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]:
+        top_level = imports_in(ast.parse(path.read_text()).body)  # not under TYPE_CHECKING
+        assert not {n for n in top_level if "pubsub" in n}, path.relative_to(ROOT)
+    everywhere = {
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if any("pubsub" in n for n in imports_of(path))
+    }
+    assert everywhere == {"publisher.py"}
 
 
 def test_only_the_errors_module_builds_api_errors():
@@ -94,7 +133,10 @@ def test_every_error_code_has_exactly_one_constructor_and_it_builds_that_code():
 HANDLERS = ("checkout.routes", "checkout.webhook")
 SERVICES = (
     "checkout.service",
-    "checkout.fulfilment",
+    "checkout.orders",
+    "checkout.recorder",
+    "checkout.publisher",
+    "checkout.worker",
     "checkout.stripe_gateway",
     "checkout.status_cache",
     "checkout.ledger",

@@ -19,8 +19,9 @@ import yaml
 from openapi_spec_validator import validate
 
 from checkout.errors import CODES
+from checkout.orders import Order
 from checkout.routes import ENDPOINTS
-from tests.support import ROOT
+from tests.support import ROOT, a_session
 
 SPEC_PATH = ROOT / "openapi.yaml"
 MAX_EXAMPLES = 50
@@ -75,6 +76,33 @@ def test_every_error_code_the_api_can_answer_is_documented():
     # (tests/test_layout.py checks that nothing else builds an ApiError).
     assert len(CODES) > 20
     assert set(CODES) <= documented, f"undocumented codes: {sorted(set(CODES) - documented)}"
+
+
+def test_the_status_schema_has_the_fields_the_code_answers(spec):
+    schema = spec["components"]["schemas"]["SessionStatus"]
+    answers = [Order(session_id="cs_test_a").public(), a_session().public()]
+    for answer in answers:
+        assert set(answer) == set(schema["properties"]) == set(schema["required"])
+    assert schema["properties"]["amount_refunded"]["type"] == "integer"
+    refunded = Order(
+        session_id="cs_test_a", status="complete", payment_status="paid", refunded=True
+    )
+    disputed = Order(
+        session_id="cs_test_a", status="complete", payment_status="paid", disputes={"dp_1": "lost"}
+    )
+    assert {refunded.outcome, disputed.outcome} == {"refunded", "disputed"}
+    assert {"refunded", "disputed"} <= set(schema["properties"]["outcome"]["enum"])
+
+
+def test_the_webhooks_retryable_codes_are_its_503_with_retry_after(spec):
+    responses = spec["paths"]["/api/checkout/webhook"]["post"]["responses"]
+    assert "Retry-After" in responses["503"]["headers"]
+    retry_later = spec["components"]["schemas"]["WebhookRetryLater"]["allOf"][1]
+    codes = set(retry_later["properties"]["code"]["enum"])
+    assert "order_events_unavailable" in codes
+    for code in codes:
+        assert CODES[code].status == 503, code
+        assert CODES[code].retry_after is not None, code
 
 
 def test_error_schema_is_closed(spec):

@@ -13,6 +13,7 @@ from tests.support import (
     log_records,
     post_event,
     status_of,
+    wait_for_records,
 )
 
 
@@ -74,7 +75,7 @@ def test_without_a_webhook_a_delayed_payment_that_succeeds_is_paid_and_fulfilled
 
 
 def test_the_webhooks_async_payment_failed_is_recorded_as_failed(
-    client, configure, stripe_emulator, delivered
+    client, configure, stripe_emulator, deliveries, delivered
 ):
     # The review's finding: after async_payment_failed the status still read complete/unpaid,
     # exactly as while the debit was settling.
@@ -92,7 +93,9 @@ def test_the_webhooks_async_payment_failed_is_recorded_as_failed(
     from_webhook = status_of(client, session["id"])
     assert from_webhook["outcome"] == "failed"
     assert stripe_emulator.calls()["retrieve_session"] == retrieves  # answered from the record
-    assert delivered == []
+    # The failure is an order change of its own, delivered once; nothing is ever paid.
+    assert deliveries.types == ["order.payment_failed"]
+    assert delivered == [session["id"]]
 
     configure(STRIPE_WEBHOOK_SECRET=WHSEC)  # a fresh instance, which never saw the webhook
     assert status_of(client, session["id"]) == from_webhook
@@ -128,6 +131,11 @@ def test_end_to_end_the_emulator_fails_a_debit_and_the_live_server_says_failed(
         ("checkout.session.async_payment_failed", 200),
     ]
     assert http_json("GET", status)[1]["outcome"] == "failed"
-    [record] = log_records(live.logs(), "checkout_payment_failed")
-    assert record["session_id"] == session_id
-    assert log_records(live.logs(), "checkout_fulfilled") == []
+    [change] = log_records(live.logs(), "checkout_order_change")
+    assert (change["type"], change["session_id"]) == ("order.payment_failed", session_id)
+    # Delivered in-process after the webhook's answer (no topic): wait for it, generously.
+    [delivered] = wait_for_records(live, "checkout_order_delivered")
+    assert (delivered["type"], delivered["change_id"]) == (
+        "order.payment_failed",
+        f"{session_id}:payment_failed",
+    )

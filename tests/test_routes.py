@@ -250,8 +250,20 @@ def test_status_reveals_only_our_fields(client, stripe_emulator):
     stripe_emulator.complete_session(session_id)
     response = client.get(STATUS, query_string={"session_id": session_id})
     text = response.get_data(as_text=True)
-    assert set(response.get_json()) == {"status", "payment_status", "outcome", "metadata"}
-    leaks = ("client_secret", "jenny", "Jenny", "pi_", "customer", "amount", "checkout_deployment")
+    body = response.get_json()
+    assert set(body) == {"status", "payment_status", "outcome", "amount_refunded", "metadata"}
+    assert body["amount_refunded"] == 0  # only refunds are told, never what was paid
+    leaks = (
+        "client_secret",
+        "jenny",
+        "Jenny",
+        "pi_",
+        "customer",
+        "amount_total",
+        "amount_subtotal",
+        "currency",
+        "checkout_deployment",
+    )
     for leak in (*leaks, TEST_KEY):
         assert leak not in text
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, SERVICE_VARS, TEST_KEY, free_port
+from tests.support import ROOT, SERVICE_VARS, TEST_KEY, WHSEC, free_port
 
 
 def request(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, dict]:
@@ -81,8 +81,13 @@ def test_without_a_key_it_runs_offline_against_the_emulator(tmp_path):
 
 
 def test_on_cloud_run_it_never_falls_back_to_the_emulator(tmp_path):
+    # Everything Cloud Run needs (tests/test_startup.py) except a Stripe key.
     process, base, emulator_port, log_path = start_launcher(
-        tmp_path, K_SERVICE="checkout", FRONTEND_URL="https://shop.example.com"
+        tmp_path,
+        K_SERVICE="checkout",
+        FRONTEND_URL="https://shop.example.com",
+        STRIPE_WEBHOOK_SECRET=WHSEC,
+        ORDER_EVENTS_TOPIC="projects/demo-checkout/topics/order-events",
     )
     try:
         status, body = request(f"{base}/api/checkout/embedded-session", "POST", b"{}")

@@ -9,30 +9,40 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, SERVICE_VARS, TEST_KEY, free_port
+from tests.support import ROOT, SERVICE_VARS, TEST_KEY, WHSEC, free_port
 
+# What a good configuration of the API on Cloud Run has (docs/deploy.md).
 CLOUD_RUN = {
     "K_SERVICE": "checkout-api",
     "K_REVISION": "checkout-api-00002-xyz",
     "FRONTEND_URL": "https://shop.example.com",
     "STRIPE_SECRET_KEY": TEST_KEY,
+    "STRIPE_WEBHOOK_SECRET": WHSEC,
+    "ORDER_EVENTS_TOPIC": "projects/demo-checkout/topics/order-events",
 }
 
 
-def serve(env: dict[str, str], seconds: float = 20) -> tuple[int | None, str, str]:
-    """Start functions-framework as Cloud Run does; (exit code or None if serving, out, err)."""
+def serve(
+    env: Mapping[str, str | None], seconds: float = 20, target: str = "checkout_api"
+) -> tuple[int | None, str, str]:
+    """Start functions-framework as Cloud Run does; (exit code or None if serving, out, err).
+
+    A variable given as None is left unset.
+    """
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
-    full_env.update(env, PORT=str(port), PYTHONUNBUFFERED="1")
+    full_env.update({k: v for k, v in env.items() if v is not None})
+    full_env.update(PORT=str(port), PYTHONUNBUFFERED="1", FUNCTION_TARGET=target)
     process = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "functions-framework"),
             "--target",
-            "checkout_api",
+            target,
             "--source",
             str(ROOT / "main.py"),
             "--host",
@@ -48,19 +58,23 @@ def serve(env: dict[str, str], seconds: float = 20) -> tuple[int | None, str, st
     )
     deadline = time.monotonic() + seconds
     code = None
-    while time.monotonic() < deadline:
+    served = False
+    while time.monotonic() < deadline and not served:
         code = process.poll()
         if code is not None:
             break
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1)
+            served = True
         except urllib.error.HTTPError:
-            break  # serving: any HTTP answer will do
+            served = True  # any HTTP answer will do
         except OSError:
             time.sleep(0.1)
     if code is None:
         process.terminate()
     out, err = process.communicate(timeout=15)
+    # A generous bound: a process that neither serves nor exits in it is a failure, not a start.
+    assert code is not None or served, f"neither served nor exited in {seconds} s: {out}"
     return code, out, err
 
 
@@ -84,6 +98,56 @@ def test_a_misconfigured_revision_exits_before_listening_with_one_clear_line(env
     assert TEST_KEY not in out + err
 
 
+def critical_lines(out: str) -> list[dict]:
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [line for line in lines if line["severity"] in ("ERROR", "CRITICAL")]
+
+
 def test_a_good_configuration_starts_and_serves():
     code, out, _ = serve(CLOUD_RUN)
     assert code is None, out
+    assert critical_lines(out) == []
+
+
+def test_without_a_webhook_secret_the_api_refuses_to_start():
+    # Without a webhook a customer who pays and closes the tab is never recorded.
+    code, out, err = serve({**CLOUD_RUN, "STRIPE_WEBHOOK_SECRET": None})
+    assert code not in (None, 0), "the process started serving"
+    [line] = critical_lines(out)
+    assert line["severity"] == "CRITICAL"
+    assert line["message"].startswith("configuration error, not starting: no webhook signing")
+    assert "STRIPE_WEBHOOK_SECRET" in line["message"]
+    assert "WEBHOOK_REQUIRED=false" in line["message"]  # the way out, said where it is needed
+    assert TEST_KEY not in out + err
+
+
+def test_webhook_required_false_starts_without_a_webhook_secret():
+    code, out, _ = serve({**CLOUD_RUN, "STRIPE_WEBHOOK_SECRET": None, "WEBHOOK_REQUIRED": "false"})
+    assert code is None, out
+    assert critical_lines(out) == []
+
+
+def test_without_an_order_events_topic_the_api_refuses_to_start():
+    # In-process delivery after a response is exactly what Cloud Run's CPU throttling stalls.
+    code, out, err = serve({**CLOUD_RUN, "ORDER_EVENTS_TOPIC": None})
+    assert code not in (None, 0), "the process started serving"
+    [line] = critical_lines(out)
+    assert line["severity"] == "CRITICAL"
+    assert line["message"].startswith("configuration error, not starting: ORDER_EVENTS_TOPIC")
+    assert TEST_KEY not in out + err
+
+
+def test_the_worker_needs_neither_a_webhook_secret_nor_a_topic():
+    # fulfil_order receives the topic's messages: the API's requirements are not its own.
+    worker = {**CLOUD_RUN, "K_SERVICE": "fulfil-order", "STRIPE_WEBHOOK_SECRET": None}
+    code, out, _ = serve({**worker, "ORDER_EVENTS_TOPIC": None}, target="fulfil_order")
+    assert code is None, out
+    assert critical_lines(out) == []
+
+
+def test_the_worker_refuses_to_start_when_deliver_order_cannot_be_imported():
+    worker = {**CLOUD_RUN, "K_SERVICE": "fulfil-order", "DELIVER_ORDER": "shop.nowhere:deliver"}
+    code, out, _ = serve(worker, target="fulfil_order")
+    assert code not in (None, 0), "the process started serving"
+    [line] = critical_lines(out)
+    assert "DELIVER_ORDER" in line["message"]

@@ -1,21 +1,32 @@
-"""The terminal-status cache: what it keeps, for how long, and how it is bounded."""
+"""The status cache: what it keeps, for how long (by the order's state), and how it is bounded."""
 
 from __future__ import annotations
 
-from checkout.session import SessionStatus
-from checkout.status_cache import NotFoundCache, StatusCache
-from tests.support import STATUS, create
+from typing import Any
+
+import pytest
+
+from checkout.orders import Order
+from checkout.status_cache import PAID_TTL_S, NotFoundCache, StatusCache
+from tests.support import STATUS, WHSEC, completed_session, create, event_for, post_event, status_of
 
 
-def status(session_id: str, state: str, paid: str = "unpaid") -> SessionStatus:
-    return SessionStatus(
-        session_id=session_id,
-        status=state,
-        payment_status=paid,
-        metadata={"imageId": "i"},
-        amount_total=200,
-        currency="usd",
-    )
+def answer(outcome: str, status: str = "complete", paid: str = "paid") -> dict:
+    """A status answer as the routes give the cache (Order.public())."""
+    return {
+        "status": status,
+        "payment_status": paid,
+        "outcome": outcome,
+        "amount_refunded": 0,
+        "metadata": {"imageId": "i"},
+    }
+
+
+OPEN = answer("open", "open", "unpaid")
+PROCESSING = answer("processing", "complete", "unpaid")
+PAID = answer("paid")
+FAILED = answer("failed", "complete", "unpaid")
+EXPIRED = answer("expired", "expired", "unpaid")
 
 
 class FakeClock:
@@ -26,60 +37,115 @@ class FakeClock:
         return self.now
 
 
-def test_terminal_statuses_are_kept_and_open_is_not_by_default():
+def test_final_answers_are_kept_until_evicted():
+    clock = FakeClock()
+    cache = StatusCache(max_size=10, clock=clock)
+    cache.put("cs_test_failed", FAILED, final=True)
+    cache.put("cs_test_expired", EXPIRED, final=True)
+    clock.now += 365 * 24 * 3600.0
+    assert cache.get("cs_test_failed") == FAILED
+    assert cache.get("cs_test_expired") == EXPIRED
+
+
+def test_the_orders_own_final_is_what_the_routes_pass():
+    # Expired and failed never change; a paid order may still be refunded or disputed.
+    def order(**fields: Any) -> Order:
+        return Order(session_id="cs_test_a", **fields)
+
+    assert order(status="expired").final
+    assert order(status="complete", payment_status="unpaid", payment_failed=True).final
+    assert not order(status="complete", payment_status="paid").final
+    assert not order(status="complete", payment_status="paid", refunded=True).final
+
+
+@pytest.mark.parametrize("outcome", ["paid", "refunded", "disputed"])
+def test_a_paid_answer_expires_after_the_paid_ttl(outcome):
+    clock = FakeClock()
+    cache = StatusCache(max_size=10, clock=clock)
+    cache.put("cs_test_a", answer(outcome), final=False)
+    clock.now += PAID_TTL_S - 0.001
+    assert cache.get("cs_test_a") == answer(outcome)
+    clock.now += 0.002
+    assert cache.get("cs_test_a") is None  # re-read from the ledger: a refund may have come
+    assert len(cache) == 0
+
+
+def test_the_paid_ttl_can_be_set():
+    clock = FakeClock()
+    cache = StatusCache(max_size=10, clock=clock, paid_ttl=2.0)
+    cache.put("cs_test_a", PAID, final=False)
+    clock.now += 1.999
+    assert cache.get("cs_test_a") == PAID
+    clock.now += 0.002
+    assert cache.get("cs_test_a") is None
+
+
+def test_open_is_not_kept_by_default_and_processing_never():
     cache = StatusCache(max_size=10)
-    cache.put(status("cs_test_a", "complete", "paid"))
-    cache.put(status("cs_test_b", "expired"))
-    cache.put(status("cs_test_c", "open"))
-    assert cache.get("cs_test_a").status == "complete"
-    assert cache.get("cs_test_b").status == "expired"
-    assert cache.get("cs_test_c") is None
-
-
-def test_complete_but_unpaid_is_not_final_and_not_cached():
-    cache = StatusCache(max_size=10)
-    cache.put(status("cs_test_async", "complete", "unpaid"))
-    assert cache.get("cs_test_async") is None
-    cache.put(status("cs_test_free", "complete", "no_payment_required"))
-    assert cache.get("cs_test_free") is not None
-
-
-def test_cached_entries_hold_only_public_fields():
-    cache = StatusCache(max_size=10)
-    cache.put(status("cs_test_a", "complete", "paid"))
-    cached = cache.get("cs_test_a")
-    assert cached.amount_total is None and cached.currency is None
-    assert cached.public() == {
-        "status": "complete",
-        "payment_status": "paid",
-        "outcome": "paid",
-        "metadata": {"imageId": "i"},
-    }
+    cache.put("cs_test_open", OPEN, final=False)
+    cache.put("cs_test_processing", PROCESSING, final=False)
+    assert cache.get("cs_test_open") is None
+    assert cache.get("cs_test_processing") is None
+    opted_in = StatusCache(max_size=10, open_ttl_ms=60_000)
+    opted_in.put("cs_test_processing", PROCESSING, final=False)
+    assert opted_in.get("cs_test_processing") is None  # a delayed payment settles by an event
+    assert len(cache) == len(opted_in) == 0
 
 
 def test_open_ttl_is_honoured_when_opted_in():
     clock = FakeClock()
     cache = StatusCache(max_size=10, open_ttl_ms=500, clock=clock)
-    cache.put(status("cs_test_o", "open"))
+    cache.put("cs_test_o", OPEN, final=False)
     clock.now += 0.499
-    assert cache.get("cs_test_o") is not None
+    assert cache.get("cs_test_o") == OPEN
     clock.now += 0.002
     assert cache.get("cs_test_o") is None
 
 
-def test_an_open_read_never_replaces_a_terminal_status():
-    cache = StatusCache(max_size=10, open_ttl_ms=1000)
-    cache.put(status("cs_test_a", "complete", "paid"))
-    cache.put(status("cs_test_a", "open"))
-    assert cache.get("cs_test_a").status == "complete"
+@pytest.mark.parametrize(("settled", "final"), [(PAID, False), (EXPIRED, True), (FAILED, True)])
+def test_an_open_read_never_replaces_a_settled_answer(settled, final):
+    clock = FakeClock()
+    cache = StatusCache(max_size=10, open_ttl_ms=1000, clock=clock)
+    cache.put("cs_test_a", settled, final=final)
+    cache.put("cs_test_a", OPEN, final=False)
+    assert cache.get("cs_test_a") == settled
+
+
+def test_an_expired_paid_answer_may_be_replaced():
+    clock = FakeClock()
+    cache = StatusCache(max_size=10, open_ttl_ms=60_000, clock=clock)
+    cache.put("cs_test_a", PAID, final=False)
+    clock.now += PAID_TTL_S
+    cache.put("cs_test_a", answer("refunded"), final=False)
+    assert cache.get("cs_test_a")["outcome"] == "refunded"
+
+
+def test_forget_drops_an_answer_so_the_next_call_reads_the_ledger():
+    cache = StatusCache(max_size=10)
+    cache.put("cs_test_a", PAID, final=False)
+    cache.put("cs_test_b", EXPIRED, final=True)
+    cache.forget("cs_test_a")
+    cache.forget("cs_test_unknown")  # nothing to forget: no error
+    assert cache.get("cs_test_a") is None
+    assert cache.get("cs_test_b") == EXPIRED
+
+
+def test_answers_are_copied_in_and_out():
+    cache = StatusCache(max_size=10)
+    given = dict(PAID)
+    cache.put("cs_test_a", given, final=False)
+    given["outcome"] = "changed by the caller"
+    got = cache.get("cs_test_a")
+    got["status"] = "changed by the reader"
+    assert cache.get("cs_test_a") == PAID
 
 
 def test_the_bound_is_honoured_least_recently_used_first():
     cache = StatusCache(max_size=3)
     for name in "abc":
-        cache.put(status(f"cs_test_{name}", "complete", "paid"))
+        cache.put(f"cs_test_{name}", EXPIRED, final=True)
     assert cache.get("cs_test_a") is not None  # a is now most recently used
-    cache.put(status("cs_test_d", "complete", "paid"))
+    cache.put("cs_test_d", PAID, final=False)
     assert len(cache) == 3
     assert cache.get("cs_test_b") is None
     assert cache.get("cs_test_a") is not None
@@ -88,8 +154,11 @@ def test_the_bound_is_honoured_least_recently_used_first():
 
 def test_size_zero_disables_the_cache():
     cache = StatusCache(max_size=0)
-    cache.put(status("cs_test_a", "complete", "paid"))
+    cache.put("cs_test_a", EXPIRED, final=True)
+    cache.put("cs_test_b", PAID, final=False)
     assert cache.get("cs_test_a") is None
+    assert cache.get("cs_test_b") is None
+    assert len(cache) == 0
 
 
 def test_complete_status_is_served_without_a_stripe_call(client, stripe_emulator):
@@ -166,3 +235,29 @@ def test_only_string_ids_can_be_remembered():
     unknown.add("cs_test_typo")
     assert None not in unknown
     assert ["cs_test_typo"] not in unknown
+
+
+def test_a_refund_replaces_the_cached_paid_answer_without_a_stripe_call(
+    client, configure, stripe_emulator
+):
+    configure(STRIPE_WEBHOOK_SECRET=WHSEC)
+    session = completed_session(client, stripe_emulator)
+    assert post_event(client, event_for(session, "checkout.session.completed")).status_code == 200
+    assert status_of(client, session["id"])["outcome"] == "paid"  # cached, for PAID_TTL_S
+    retrieves = stripe_emulator.calls()["retrieve_session"]
+
+    charge = {
+        "id": "ch_test_refunded1",
+        "object": "charge",
+        "payment_intent": session["payment_intent"],
+        "amount": 200,
+        "amount_refunded": 200,
+        "refunded": True,
+    }
+    assert post_event(client, event_for(charge, "charge.refunded")).status_code == 200
+
+    # The webhook forgot this instance's paid answer: the ledger's new one is told at once.
+    refunded = status_of(client, session["id"])
+    assert (refunded["outcome"], refunded["amount_refunded"]) == ("refunded", 200)
+    assert status_of(client, session["id"]) == refunded
+    assert stripe_emulator.calls()["retrieve_session"] == retrieves
