@@ -182,12 +182,18 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     print(f"pushing {args.subscription} ({pusher.topic}) to {args.url}", flush=True)
     seen = 0
+
+    def report() -> None:
+        nonlocal seen
+        for delivery in pusher.deliveries[seen:]:
+            outcome = "ack" if delivery.acked else "nack"
+            print(f"message {delivery.message_id}: {delivery.status} {outcome}", flush=True)
+            seen += 1
+
     with pusher, contextlib.suppress(KeyboardInterrupt):
         while not stopped.wait(0.2):
-            for delivery in pusher.deliveries[seen:]:
-                outcome = "ack" if delivery.acked else "nack"
-                print(f"message {delivery.message_id}: {delivery.status} {outcome}", flush=True)
-            seen = len(pusher.deliveries)
+            report()
+    report()  # the POST that was in flight when the signal came
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ from devtools.loopback import free_port
 READY_LINE = b"Server started, listening on"
 
 # What `make pubsub-emulator` creates, so that a local `fulfil_order` can be driven at once
-# (docs/pubsub.md): the topic, the worker's ordered subscription, and its dead-letter topic.
+# (docs/pubsub.md): the topic, the worker's subscription, and its dead-letter topic. Unordered, as
+# the subscription Eventarc creates is, and because the emulator cannot dead-letter from an ordered
+# one (tests/test_pubsub_emulator.py pins that).
 LOCAL_PROJECT = "local-project"
 LOCAL_TOPIC = "checkout-orders"
 LOCAL_SUBSCRIPTION = "checkout-orders-worker"
@@ -307,6 +309,7 @@ def create_local_topics(api: PubSubApi, project: str = LOCAL_PROJECT) -> None:
         project,
         LOCAL_SUBSCRIPTION,
         LOCAL_TOPIC,
+        ordering=False,
         dead_letter_topic=LOCAL_DEAD_LETTER_TOPIC,
         max_delivery_attempts=LOCAL_MAX_DELIVERY_ATTEMPTS,
     )

@@ -125,10 +125,19 @@ class DeployRun:
         self.recorded = self.recorder.calls()
         self.calls = [call.argv for call in self.recorded]
 
-    def single_deploy(self) -> tuple[str, dict[str, str | None]]:
+    def deploys(self) -> dict[str, tuple[str, dict[str, str | None]]]:
+        """{function: (service, flags)}: the step deploys the worker, then the API, nothing else."""
         assert self.result.returncode == 0, self.result.stderr
-        assert len(self.calls) == 1, self.calls
-        return parse_run_deploy(self.calls[0])
+        parsed = [parse_run_deploy(argv) for argv in self.calls]
+        functions = [str(flags["--function"]) for _, flags in parsed]
+        assert functions == ["fulfil_order", "checkout_api"], self.calls
+        return dict(zip(functions, parsed, strict=True))
+
+    def api_deploy(self) -> tuple[str, dict[str, str | None]]:
+        return self.deploys()["checkout_api"]
+
+    def worker_deploy(self) -> tuple[str, dict[str, str | None]]:
+        return self.deploys()["fulfil_order"]
 
 
 def parse_run_deploy(argv: list[str]) -> tuple[str, dict[str, str | None]]:
@@ -378,7 +387,7 @@ def test_deploy_is_a_cloud_run_functions_source_deploy_of_checkout_api(
     build: dict[str, Any], tmp_path: Path
 ) -> None:
     assert step(build, "deploy")["name"] == "gcr.io/google.com/cloudsdktool/cloud-sdk"
-    service, flags = DeployRun(build, tmp_path).single_deploy()
+    service, flags = DeployRun(build, tmp_path).api_deploy()
     assert service == build["substitutions"]["_SERVICE"]
     assert flags["--source"] == "."
     assert flags["--function"] == "checkout_api"
@@ -387,6 +396,88 @@ def test_deploy_is_a_cloud_run_functions_source_deploy_of_checkout_api(
     assert "--allow-unauthenticated" in flags  # a browser's preflight carries no credentials
     assert "--cpu-boost" in flags
     assert "--quiet" in flags  # nobody answers prompts in Cloud Build
+
+
+def test_the_worker_is_a_private_source_deploy_of_fulfil_order(
+    build: dict[str, Any], tmp_path: Path
+) -> None:
+    service, flags = DeployRun(build, tmp_path).worker_deploy()
+    substitutions = build["substitutions"]
+    assert service == substitutions["_WORKER_SERVICE"] != substitutions["_SERVICE"]
+    assert flags["--source"] == "."
+    assert flags["--function"] == "fulfil_order"
+    assert flags["--base-image"] == substitutions["_BASE_IMAGE"]
+    assert flags["--region"] == substitutions["_REGION"]
+    # Only the Eventarc trigger's service account may call it (run.invoker, docs/deploy.md).
+    assert "--no-allow-unauthenticated" in flags
+    assert "--allow-unauthenticated" not in flags
+    assert flags["--service-account"] == f"checkout-worker@{PROJECT}.iam.gserviceaccount.com"
+    assert "--quiet" in flags
+
+
+@pytest.mark.parametrize(("topic", "expected"), [(None, "checkout-orders"), ("orders-v2", None)])
+def test_the_api_and_the_worker_name_the_same_order_topic_in_this_project(
+    build: dict[str, Any], tmp_path: Path, topic: str | None, expected: str | None
+) -> None:
+    run = DeployRun(build, tmp_path, **({"_ORDER_TOPIC": topic} if topic else {}))
+    path = f"projects/{PROJECT}/topics/{expected or topic}"
+    assert deploy_env(run.api_deploy()[1])["ORDER_EVENTS_TOPIC"] == path
+    assert deploy_env(run.worker_deploy()[1])["ORDER_EVENTS_TOPIC"] == path
+
+
+def test_the_worker_shares_the_apis_ledger_project_and_delivery_function(
+    build: dict[str, Any], tmp_path: Path
+) -> None:
+    run = DeployRun(
+        build,
+        tmp_path,
+        _KEY_SOURCE="secret-manager",
+        _WEBHOOK_SECRET="stripe-webhook-secret",
+        _ALLOWED_ORIGINS="https://app.example.com,https://www.example.com",
+        _DELIVER_ORDER="shop.orders:deliver",
+        _EXTRA_ENV_VARS="FIRESTORE_DATABASE=orders|LEDGER_LEASE_SECONDS=30",
+    )
+    api, worker = deploy_env(run.api_deploy()[1]), deploy_env(run.worker_deploy()[1])
+    shared = {
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "ORDER_LEDGER": "firestore",
+        "ORDER_EVENTS_TOPIC": f"projects/{PROJECT}/topics/checkout-orders",
+        "DELIVER_ORDER": "shop.orders:deliver",
+        "FIRESTORE_DATABASE": "orders",
+        "LEDGER_LEASE_SECONDS": "30",
+        "FRONTEND_URL": FRONTEND_URL,  # the settings require it on Cloud Run
+    }
+    assert shared.items() <= api.items()
+    assert worker == shared  # no CORS, no Stripe secrets, no API request timeout
+    _, flags = run.worker_deploy()
+    assert not {"--set-secrets", "--clear-secrets"} & set(flags)
+
+
+def test_the_delivery_function_is_left_to_the_default_when_unnamed(
+    build: dict[str, Any], tmp_path: Path
+) -> None:
+    run = DeployRun(build, tmp_path)
+    assert "DELIVER_ORDER" not in deploy_env(run.api_deploy()[1])
+    assert "DELIVER_ORDER" not in deploy_env(run.worker_deploy()[1])
+
+
+@pytest.mark.parametrize(
+    ("worker_sa", "expected"),
+    [
+        ("fulfilment", f"fulfilment@{PROJECT}.iam.gserviceaccount.com"),
+        ("w@other.iam.gserviceaccount.com", "w@other.iam.gserviceaccount.com"),
+    ],
+)
+def test_the_worker_runs_as_its_own_service_account(
+    build: dict[str, Any], tmp_path: Path, worker_sa: str, expected: str
+) -> None:
+    run = DeployRun(build, tmp_path, _WORKER_RUNTIME_SA=worker_sa, _BUILD_SA="checkout-deployer")
+    _, worker = run.worker_deploy()
+    _, api = run.api_deploy()
+    assert worker["--service-account"] == expected
+    assert api["--service-account"] == f"checkout-runtime@{PROJECT}.iam.gserviceaccount.com"
+    # Both source builds run as the named build account.
+    assert worker["--build-service-account"] == api["--build-service-account"]
 
 
 @pytest.mark.parametrize("key_source", ["set-secrets", "secret-manager"])
@@ -401,7 +492,7 @@ def test_deploy_passes_every_knob_from_its_substitution(
         _MAX_INSTANCES="7",
         _TIMEOUT="45s",
         _MEMORY="1Gi",
-    ).single_deploy()
+    ).api_deploy()
     assert flags["--min-instances"] == "1"
     assert flags["--max-instances"] == "7"
     assert flags["--timeout"] == "45s"
@@ -417,7 +508,7 @@ def test_deploy_passes_every_knob_from_its_substitution(
 def test_the_deployed_defaults_fit_the_deployed_request_timeout(
     build: dict[str, Any], tmp_path: Path
 ) -> None:
-    _, flags = DeployRun(build, tmp_path, _KEY_SOURCE="secret-manager").single_deploy()
+    _, flags = DeployRun(build, tmp_path, _KEY_SOURCE="secret-manager").api_deploy()
     env = {"K_SERVICE": "checkout-api", **deploy_env(flags)}
     settings = load_settings(env)  # raises ConfigError if the budget did not fit
     assert settings.request_timeout_seconds == 60
@@ -428,7 +519,7 @@ def test_the_order_ledger_is_firestore_unless_the_substitution_says_memory(
     build: dict[str, Any], tmp_path: Path, ledger: str | None
 ) -> None:
     overrides = {"_ORDER_LEDGER": ledger} if ledger else {}
-    _, flags = DeployRun(build, tmp_path, **overrides).single_deploy()
+    _, flags = DeployRun(build, tmp_path, **overrides).api_deploy()
     env = deploy_env(flags)
     assert env["ORDER_LEDGER"] == (ledger or "firestore")
     assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT  # the Firestore client's project
@@ -441,7 +532,7 @@ def test_concurrency_is_cloud_runs_alone_with_no_thread_setting(
     # The function is async: one event loop takes every concurrent request, so THREADS (the
     # gunicorn setting of the old threaded server) means nothing and is not deployed.
     overrides = {"_CONCURRENCY": concurrency} if concurrency else {}
-    _, flags = DeployRun(build, tmp_path, **overrides).single_deploy()
+    _, flags = DeployRun(build, tmp_path, **overrides).api_deploy()
     expected = concurrency or build["substitutions"]["_CONCURRENCY"]
     assert flags["--concurrency"] == expected
     assert "THREADS" not in deploy_env(flags)
@@ -451,7 +542,7 @@ def test_concurrency_is_cloud_runs_alone_with_no_thread_setting(
 def test_set_secrets_mode_injects_the_pinned_key_version(
     build: dict[str, Any], tmp_path: Path
 ) -> None:
-    _, flags = DeployRun(build, tmp_path, _KEY_SOURCE="set-secrets").single_deploy()
+    _, flags = DeployRun(build, tmp_path, _KEY_SOURCE="set-secrets").api_deploy()
     assert gcloud_dict(flags["--set-secrets"] or "") == {
         "STRIPE_SECRET_KEY": "stripe-secret-key:1",
     }
@@ -469,7 +560,7 @@ def test_set_secrets_mode_adds_the_webhook_secret_when_named(
         _STRIPE_SECRET_VERSION="3",
         _WEBHOOK_SECRET="stripe-webhook-secret",
         _WEBHOOK_SECRET_VERSION="2",
-    ).single_deploy()
+    ).api_deploy()
     assert gcloud_dict(flags["--set-secrets"] or "") == {
         "STRIPE_SECRET_KEY": "stripe-secret-key:3",
         "STRIPE_WEBHOOK_SECRET": "stripe-webhook-secret:2",
@@ -484,7 +575,7 @@ def test_secret_manager_mode_names_the_secrets_and_clears_injected_ones(
         tmp_path,
         _KEY_SOURCE="secret-manager",
         _WEBHOOK_SECRET="stripe-webhook-secret",
-    ).single_deploy()
+    ).api_deploy()
     env = deploy_env(flags)
     assert env["STRIPE_SECRET_NAME"] == "stripe-secret-key"
     assert env["STRIPE_WEBHOOK_SECRET_NAME"] == "stripe-webhook-secret"
@@ -494,20 +585,20 @@ def test_secret_manager_mode_names_the_secrets_and_clears_injected_ones(
 
 
 def test_webhook_secret_is_not_wired_when_unnamed(build: dict[str, Any], tmp_path: Path) -> None:
-    _, flags = DeployRun(build, tmp_path, _KEY_SOURCE="secret-manager").single_deploy()
+    _, flags = DeployRun(build, tmp_path, _KEY_SOURCE="secret-manager").api_deploy()
     assert "STRIPE_WEBHOOK_SECRET_NAME" not in deploy_env(flags)
 
 
 def test_allowed_origins_keep_their_commas(build: dict[str, Any], tmp_path: Path) -> None:
     origins = "https://app.example.com,https://www.example.com"
-    _, flags = DeployRun(build, tmp_path, _ALLOWED_ORIGINS=origins).single_deploy()
+    _, flags = DeployRun(build, tmp_path, _ALLOWED_ORIGINS=origins).api_deploy()
     assert deploy_env(flags)["ALLOWED_ORIGINS"] == origins
 
 
 def test_allowed_origins_are_left_to_the_frontend_origin_when_empty(
     build: dict[str, Any], tmp_path: Path
 ) -> None:
-    _, flags = DeployRun(build, tmp_path).single_deploy()
+    _, flags = DeployRun(build, tmp_path).api_deploy()
     assert "ALLOWED_ORIGINS" not in deploy_env(flags)
 
 
@@ -516,7 +607,7 @@ def test_extra_env_vars_are_added(build: dict[str, Any], tmp_path: Path) -> None
         build,
         tmp_path,
         _EXTRA_ENV_VARS="PRICE_AMOUNT=500|RETURN_PATH=/done?s={CHECKOUT_SESSION_ID}",
-    ).single_deploy()
+    ).api_deploy()
     env = deploy_env(flags)
     assert env["PRICE_AMOUNT"] == "500"
     assert env["RETURN_PATH"] == "/done?s={CHECKOUT_SESSION_ID}"
@@ -532,16 +623,16 @@ def test_extra_env_vars_are_added(build: dict[str, Any], tmp_path: Path) -> None
 def test_runtime_service_account_is_an_email(
     build: dict[str, Any], tmp_path: Path, runtime_sa: str, expected: str
 ) -> None:
-    _, flags = DeployRun(build, tmp_path, _RUNTIME_SA=runtime_sa).single_deploy()
+    _, flags = DeployRun(build, tmp_path, _RUNTIME_SA=runtime_sa).api_deploy()
     assert flags["--service-account"] == expected
 
 
 def test_source_build_service_account_is_passed_only_when_named(
     build: dict[str, Any], tmp_path: Path
 ) -> None:
-    _, default = DeployRun(build, tmp_path / "default").single_deploy()
+    _, default = DeployRun(build, tmp_path / "default").api_deploy()
     assert "--build-service-account" not in default  # Cloud Build's default builds the source
-    _, named = DeployRun(build, tmp_path / "named", _BUILD_SA="checkout-deployer").single_deploy()
+    _, named = DeployRun(build, tmp_path / "named", _BUILD_SA="checkout-deployer").api_deploy()
     assert named["--build-service-account"] == (
         f"projects/{PROJECT}/serviceAccounts/checkout-deployer@{PROJECT}.iam.gserviceaccount.com"
     )
@@ -553,6 +644,8 @@ def test_source_build_service_account_is_passed_only_when_named(
         ({"_FRONTEND_URL": ""}, "_FRONTEND_URL"),
         ({"_KEY_SOURCE": "env"}, "_KEY_SOURCE"),
         ({"_ORDER_LEDGER": "redis"}, "_ORDER_LEDGER"),
+        ({"_ORDER_TOPIC": ""}, "_ORDER_TOPIC"),
+        ({"_ORDER_TOPIC": "projects/other/topics/orders"}, "_ORDER_TOPIC"),
     ],
 )
 def test_deploy_refuses_to_run_with_a_bad_configuration(
