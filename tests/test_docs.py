@@ -212,12 +212,14 @@ def test_the_curl_walkthrough_gets_the_documented_answers(
     assert answer_pattern(answers).fullmatch(result.stdout), (
         f"documented:\n{chr(10).join(answers)}\ngot:\n{result.stdout}"
     )
-    # "the function's log shows one `checkout_fulfilled` record"
+    # "the function's log shows one `checkout_order_change` record, then ... one
+    # `checkout_order_delivered`" (bounded, generous: a hang, not a time)
     deadline = time.monotonic() + 10
-    while '"message":"checkout_fulfilled"' not in log.read_text():
+    while '"message":"checkout_order_delivered"' not in log.read_text():
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
-    assert log.read_text().count('"message":"checkout_fulfilled"') == 1
+    for record in ("checkout_order_change", "checkout_order_delivered"):
+        assert log.read_text().count(f'"message":"{record}"') == 1, record
 
 
 # --- the configuration reference ---
