@@ -545,6 +545,8 @@ def test_set_secrets_mode_injects_the_pinned_key_version(
     _, flags = DeployRun(build, tmp_path, _KEY_SOURCE="set-secrets").api_deploy()
     assert gcloud_dict(flags["--set-secrets"] or "") == {
         "STRIPE_SECRET_KEY": "stripe-secret-key:1",
+        # The webhook is part of every deploy: its secret is wired by default (issue 22).
+        "STRIPE_WEBHOOK_SECRET": "stripe-webhook-secret:1",
     }
     assert "STRIPE_SECRET_NAME" not in deploy_env(flags)
     assert "--clear-secrets" not in flags
@@ -585,7 +587,9 @@ def test_secret_manager_mode_names_the_secrets_and_clears_injected_ones(
 
 
 def test_webhook_secret_is_not_wired_when_unnamed(build: dict[str, Any], tmp_path: Path) -> None:
-    _, flags = DeployRun(build, tmp_path, _KEY_SOURCE="secret-manager").api_deploy()
+    _, flags = DeployRun(
+        build, tmp_path, _KEY_SOURCE="secret-manager", _WEBHOOK_SECRET=""
+    ).api_deploy()
     assert "STRIPE_WEBHOOK_SECRET_NAME" not in deploy_env(flags)
 
 
