@@ -174,7 +174,9 @@ def test_current_api_version_rejects_old_ui_mode_names(client, old_name):
     with pytest.raises(stripe.InvalidRequestError) as caught:
         create(client, ui_mode=old_name)
     assert caught.value.param == "ui_mode"
-    assert "hosted_page, embedded_page, elements" in caught.value.user_message
+    assert caught.value.user_message == (
+        "Invalid ui_mode: must be one of elements, embedded_page, form, or hosted_page"
+    )
 
 
 def test_old_api_version_accepts_only_old_ui_mode_names(client):
@@ -198,7 +200,7 @@ PRICE_DATA = f"{ITEM}[price_data]"
 @pytest.mark.parametrize(
     ("overrides", "param", "code"),
     [
-        ({"mode": None}, "mode", None),
+        ({"mode": None}, "mode", "parameter_missing"),
         ({"mode": "donation"}, "mode", None),
         ({"return_url": None}, "return_url", None),
         ({"return_url": "/hero-me"}, "return_url", None),
@@ -207,22 +209,30 @@ PRICE_DATA = f"{ITEM}[price_data]"
         ({"redirect_on_completion": "sometimes"}, "redirect_on_completion", None),
         ({"success_url": "https://app.example/ok"}, "success_url", None),
         ({"cancel_url": "https://app.example/no"}, "cancel_url", None),
-        ({"line_items": None}, "line_items", None),
+        ({"line_items": None}, "line_items", "parameter_missing"),
         ({"line_items": [{**price_data()[0], "quantity": 0}]}, f"{ITEM}[quantity]", None),
         (
             {"line_items": [{"price_data": price_data()[0]["price_data"]}]},
             f"{ITEM}[quantity]",
-            None,
+            "parameter_missing",
         ),
         ({"line_items": [{"quantity": 1}]}, f"{ITEM}[price]", None),
-        ({"line_items": [{"quantity": 1, "colour": "red"}]}, f"{ITEM}[colour]", None),
+        (
+            {"line_items": [{"quantity": 1, "colour": "red"}]},
+            f"{ITEM}[colour]",
+            "parameter_unknown",
+        ),
         ({"line_items": price_data(currency="USD")}, f"{PRICE_DATA}[currency]", None),
         ({"line_items": price_data(unit_amount=-1)}, f"{PRICE_DATA}[unit_amount]", None),
-        ({"line_items": price_data(unit_amount="2.5")}, f"{PRICE_DATA}[unit_amount]", None),
+        (
+            {"line_items": price_data(unit_amount="2.5")},
+            f"{PRICE_DATA}[unit_amount]",
+            "parameter_invalid_integer",
+        ),
         (
             {"line_items": price_data(product_data={"name": ""})},
             f"{PRICE_DATA}[product_data][name]",
-            None,
+            "parameter_invalid_empty",
         ),
         (
             {"line_items": [{"price": "price_missing", "quantity": 1}]},
@@ -235,7 +245,7 @@ PRICE_DATA = f"{ITEM}[price_data]"
         ({"metadata": {"imageId": "v" * 501}}, "metadata[imageId]", None),
         ({"expires_at": int(time.time()) + 60}, "expires_at", None),
         ({"expand": ["nonsense"]}, "expand", None),
-        ({"foo": "bar"}, "foo", None),
+        ({"foo": "bar"}, "foo", "parameter_unknown"),
     ],
     ids=lambda value: str(value) if isinstance(value, str) else None,
 )

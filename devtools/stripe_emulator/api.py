@@ -14,7 +14,7 @@ from email.message import Message
 from typing import Any
 from urllib.parse import unquote
 
-from devtools.stripe_emulator import browser
+from devtools.stripe_emulator import browser, params, rules
 from devtools.stripe_emulator.server import _Server
 from devtools.stripe_emulator.state import (
     DEFAULT_FAULTS,
@@ -31,10 +31,8 @@ from devtools.stripe_emulator.state import (
     _completed_fields,
     _invalid,
     _no_such_session,
-    _parse_currency,
     _parse_expand,
     _random_id,
-    _reject_unknown,
     _Response,
     _Session,
     _StoredResponse,
@@ -207,7 +205,8 @@ class StripeEmulator:
             raise _invalid("id must be a non-empty string", "id")
         if isinstance(unit_amount, bool) or not isinstance(unit_amount, int) or unit_amount < 0:
             raise _invalid("unit_amount must be an integer >= 0", "unit_amount")
-        _parse_currency(currency, "currency")
+        if currency not in rules.CURRENCIES:
+            raise _invalid(f"Invalid currency: {currency}.", "currency")
         price = {
             "id": price_id,
             "object": "price",
@@ -436,12 +435,14 @@ class StripeEmulator:
         if endpoint == "other":
             raise _unrecognized(method, path)
         if endpoint == "retrieve_session":
-            expand = _parse_expand(_query_params(query).get("expand"))
+            query_params = self._validated(endpoint, decode_form(query), version_date)
+            expand = _parse_expand(query_params.get("expand"))
             with self._lock:
                 session = self._session_for(session_id, livemode)
                 return 200, session.render(old_names=old_names, expand=expand), response_headers
 
-        params = decode_form(body.decode("utf-8", "replace"))
+        form = decode_form(body.decode("utf-8", "replace"))
+        values = self._validated(endpoint, form, version_date)
         idempotency_key = headers.get("Idempotency-Key") or ""
         if len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
             raise _invalid(
@@ -457,18 +458,15 @@ class StripeEmulator:
             if stored is not None:
                 return _replay(stored, fingerprint, idempotency_key, response_headers)
             if endpoint == "create_session":
-                data, line_items = _build_session(
-                    params, version_date=version_date, livemode=livemode, prices=self._prices
-                )
+                data, line_items = _build_session(values, livemode=livemode, prices=self._prices)
                 session = self._sessions[data["id"]] = _Session(data, line_items)
                 self._sessions_created += 1
             else:
-                _reject_unknown(params, frozenset({"expand"}), "")
-                _parse_expand(params.get("expand"))
+                _parse_expand(values.get("expand"))
                 session = self._open_session(session_id, "expired", livemode)
                 session.update(status="expired")
                 event = self._auto_event(session, "checkout.session.expired")
-            payload = session.render(old_names=old_names, expand=params.get("expand"))
+            payload = session.render(old_names=old_names, expand=values.get("expand"))
             # Only successes are stored: Stripe lets a request that failed validation, or hit a
             # 500, be retried with the same key.
             if idempotency_key:
@@ -477,6 +475,17 @@ class StripeEmulator:
             # Stripe sends events asynchronously; the API answer must not wait on the endpoint.
             threading.Thread(target=self._deliver_auto_event, args=(event,), daemon=True).start()
         return 200, payload, response_headers
+
+    def _validated(
+        self, endpoint: str, values: dict[str, Any], version_date: str
+    ) -> dict[str, Any]:
+        """The parameters, once the SDK's types and the hand-written rules accept them."""
+        rules.names_of_this_api_version(endpoint, values, version_date)
+        params.validate(endpoint, values, version_date)
+        with self._lock:
+            prices = dict(self._prices)
+        rules.check(endpoint, values, rules.Context(version_date, prices, int(time.time())))
+        return values
 
     def _take_fault(self) -> tuple[float, str, float]:
         """Decide this request's latency and fault; the caller holds the lock."""
@@ -622,6 +631,16 @@ class StripeEmulator:
         return 200, _to_json(result), _headers(request_id)
 
 
+# Each endpoint's parameters, checked against the pinned SDK's TypedDict (params.py).
+params.register("create_session", "stripe.params.checkout.SessionCreateParams")
+params.register("retrieve_session", "stripe.params.checkout.SessionRetrieveParams")
+params.register("expire_session", "stripe.params.checkout.SessionExpireParams")
+# Removed from Checkout create in 2026-09-30.endive; older API versions still take it.
+params.register_removed(
+    "create_session", "payment_method_types", "2026-09-30", params.Array(params.Scalar("str"))
+)
+
+
 def _route(method: str, path: str) -> tuple[str, str]:
     """The /v1 endpoint a request is for (a calls() counter name), and its session id if any."""
     parts = path.split("/")  # "", "v1", "checkout", "sessions", id, "expire"
@@ -672,12 +691,6 @@ def _version_date(version: str) -> str:
     if not (len(date) == 10 and date[4] == date[7] == "-" and date.replace("-", "").isdigit()):
         raise _invalid(f"Invalid Stripe API version: {version}")
     return date
-
-
-def _query_params(query: str) -> dict[str, Any]:
-    params = decode_form(query)
-    _reject_unknown(params, frozenset({"expand"}), "")
-    return params
 
 
 def _looks_like_secret_key(key: str) -> bool:
