@@ -377,12 +377,66 @@ def test_rejected_request_does_not_consume_its_idempotency_key(client):
     assert create(client, {"idempotency_key": "order-3"}).status == "open"
 
 
-def test_faulted_request_can_be_retried_with_the_same_key(client, stripe_emulator):
+def test_a_500_is_saved_under_its_key_and_replayed(client, stripe_emulator):
     stripe_emulator.set_faults(mode="error_500", remaining=1)
-    with pytest.raises(stripe.APIError):
+    with pytest.raises(stripe.APIError) as first:
         create(client, {"idempotency_key": "order-4"})
-    assert create(client, {"idempotency_key": "order-4"}).status == "open"
+    assert first.value.http_status == 500
+    assert first.value.headers["Stripe-Should-Retry"] == "false"
+    # Stripe saved the failure: the same key replays it, even though Stripe has recovered.
+    with pytest.raises(stripe.APIError) as again:
+        create(client, {"idempotency_key": "order-4"})
+    assert again.value.headers["Idempotent-Replayed"] == "true"
+    assert again.value.json_body == first.value.json_body
+    assert stripe_emulator.calls()["sessions_created"] == 0
+    assert create(client, {"idempotency_key": "order-5"}).status == "open"
+
+
+def test_the_sdk_does_not_retry_a_500(stripe_emulator):
+    stripe_emulator.set_faults(mode="error_500")
+    retrying = stripe.StripeClient(KEY, base_addresses={"api": stripe_emulator.url})
+    with pytest.raises(stripe.APIError):
+        create(retrying, {"idempotency_key": "order-6"})
+    with pytest.raises(stripe.APIError):
+        retrying.v1.checkout.sessions.retrieve("cs_test_any")
+    assert stripe_emulator.calls()["total"] == 2  # Stripe-Should-Retry: false, so once each
+
+
+def test_a_concurrent_duplicate_is_a_409_and_is_not_saved(client, stripe_emulator):
+    stripe_emulator.hold_executions()
+    first: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: first.append(create(client, {"idempotency_key": "order-7"}))
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10  # generous: only bounds a broken emulator
+        while "order-7" not in stripe_emulator.executing_keys() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert stripe_emulator.executing_keys() == ["order-7"]
+        # stripe-python raises APIError for a 409 (it retries them when allowed to).
+        with pytest.raises(stripe.APIError) as caught:
+            create(client, {"idempotency_key": "order-7"})
+        assert caught.value.http_status == 409
+        assert caught.value.json_body["error"]["type"] == "idempotency_error"
+        assert "another in-progress request" in caught.value.user_message
+    finally:
+        stripe_emulator.release_executions()
+        thread.join(timeout=10)
+    replayed = create(client, {"idempotency_key": "order-7"})
+    assert replayed.id == first[0].id
+    assert replayed.last_response.headers["Idempotent-Replayed"] == "true"
     assert stripe_emulator.calls()["sessions_created"] == 1
+
+
+def test_a_failure_while_executing_is_saved(client, stripe_emulator):
+    session = create(client)
+    client.v1.checkout.sessions.expire(session.id, options={"idempotency_key": "expire-1"})
+    options: Any = {"idempotency_key": "expire-2"}
+    for replayed in ("", "true"):
+        with pytest.raises(stripe.InvalidRequestError) as caught:
+            client.v1.checkout.sessions.expire(session.id, options=options)
+        assert caught.value.headers.get("Idempotent-Replayed", "") == replayed
 
 
 # --- faults ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from devtools.stripe_emulator import browser, params, rules
+from devtools.stripe_emulator.idempotency import IdempotencyStore
 from devtools.stripe_emulator.server import _Server
 from devtools.stripe_emulator.state import (
     DEFAULT_FAULTS,
@@ -35,7 +36,6 @@ from devtools.stripe_emulator.state import (
     _random_id,
     _Response,
     _Session,
-    _StoredResponse,
     _to_json,
     decode_form,
     settle_delayed_payment,
@@ -71,7 +71,7 @@ class StripeEmulator:
 
     def _clear_state(self) -> None:
         self._sessions: dict[str, _Session] = {}
-        self._idempotency: dict[tuple[bool, str], _StoredResponse] = {}
+        self._idempotency = IdempotencyStore(self._lock)
         self._calls = dict.fromkeys(
             ("total", "create_session", "retrieve_session", "expire_session", "other"), 0
         )
@@ -129,6 +129,7 @@ class StripeEmulator:
 
         Prices, the webhook target and the constructor's latency are configuration, and stay.
         """
+        self._idempotency.release()  # held requests answer now
         with self._lock:
             self._clear_state()
             self._release_hangs.set()  # requests hanging from the last test answer now
@@ -154,8 +155,18 @@ class StripeEmulator:
 
     def idempotency_keys(self) -> list[str]:
         """The Idempotency-Key values Stripe has stored, in the order it first saw them."""
-        with self._lock:
-            return [key for (_livemode, key) in self._idempotency]
+        return self._idempotency.keys()
+
+    def executing_keys(self) -> list[str]:
+        """Keys whose first request is executing now (see `hold_executions`)."""
+        return self._idempotency.executing()
+
+    def hold_executions(self) -> None:
+        """Keyed POSTs stop mid-execution until `release_executions`: a duplicate then gets 409."""
+        self._idempotency.hold()
+
+    def release_executions(self) -> None:
+        self._idempotency.release()
 
     def set_faults(self, **fields: Any) -> dict[str, Any]:
         """Update the given fault fields (the others keep their values); return the result."""
@@ -395,13 +406,13 @@ class StripeEmulator:
                 return page(self, query, body)
             raise _unrecognized(method, path)
         except StripeEmulatorError as err:
-            log_id = request_id if path.startswith("/v1/") else None
-            return err.status, _to_json(err.error(log_id)), _headers(request_id, err.headers)
+            if path.startswith("/v1/"):
+                return _error_response(err, request_id)
+            return err.status, _to_json(err.error()), _headers(request_id, err.headers)
         except Exception:
             # A bug in the emulator: say so loudly, and answer like Stripe's own 500s.
             traceback.print_exc()
-            error = StripeEmulatorError(500, "An unknown error occurred", type="api_error")
-            return 500, _to_json(error.error(request_id)), _headers(request_id)
+            return _error_response(_server_error(), request_id)
 
     def _handle_api(
         self, method: str, path: str, query: str, headers: Message, body: bytes, request_id: str
@@ -417,9 +428,8 @@ class StripeEmulator:
         if fault == "hang":
             release.wait(hang_seconds)
             return None  # a hung upstream never answers: the client must time out
-        if fault == "error_500":
-            raise StripeEmulatorError(500, "An unknown error occurred", type="api_error")
         if fault == "rate_limit_429":
+            # Stripe's rate limiter answers before any endpoint runs: nothing is saved.
             raise StripeEmulatorError(
                 429,
                 "Too many requests hit the API too quickly. We recommend an exponential backoff "
@@ -437,6 +447,8 @@ class StripeEmulator:
         if endpoint == "retrieve_session":
             query_params = self._validated(endpoint, decode_form(query), version_date)
             expand = _parse_expand(query_params.get("expand"))
+            if fault == "error_500":
+                raise _server_error()
             with self._lock:
                 session = self._session_for(session_id, livemode)
                 return 200, session.render(old_names=old_names, expand=expand), response_headers
@@ -448,33 +460,39 @@ class StripeEmulator:
             raise _invalid(
                 f"Idempotency-Key must be no longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters."
             )
+
+        def execute() -> _Response:
+            if fault == "error_500":
+                raise _server_error()  # the endpoint failed while executing
+            event: _Event = _NO_EVENT
+            with self._lock:
+                if endpoint == "create_session":
+                    data, items = _build_session(values, livemode=livemode, prices=self._prices)
+                    session = self._sessions[data["id"]] = _Session(data, items)
+                    self._sessions_created += 1
+                else:
+                    _parse_expand(values.get("expand"))
+                    session = self._open_session(session_id, "expired", livemode)
+                    session.update(status="expired")
+                    event = self._auto_event(session, "checkout.session.expired")
+                payload = session.render(old_names=old_names, expand=values.get("expand"))
+            if event.payload:
+                # Stripe sends events asynchronously; the answer must not wait on the endpoint.
+                thread = threading.Thread(target=self._deliver_auto_event, args=(event,))
+                thread.daemon = True
+                thread.start()
+            return 200, payload, response_headers
+
+        if not idempotency_key:
+            return execute()
         # Stripe scopes keys to the account, and so does this: a rotated key still replays.
-        scope = (livemode, idempotency_key)
-        fingerprint = (path, body)
-        event: _Event = _NO_EVENT
-        # One lock over lookup, execution and storage, so a double submit creates one session.
-        with self._lock:
-            stored = self._idempotency.get(scope) if idempotency_key else None
-            if stored is not None:
-                return _replay(stored, fingerprint, idempotency_key, response_headers)
-            if endpoint == "create_session":
-                data, line_items = _build_session(values, livemode=livemode, prices=self._prices)
-                session = self._sessions[data["id"]] = _Session(data, line_items)
-                self._sessions_created += 1
-            else:
-                _parse_expand(values.get("expand"))
-                session = self._open_session(session_id, "expired", livemode)
-                session.update(status="expired")
-                event = self._auto_event(session, "checkout.session.expired")
-            payload = session.render(old_names=old_names, expand=values.get("expand"))
-            # Only successes are stored: Stripe lets a request that failed validation, or hit a
-            # 500, be retried with the same key.
-            if idempotency_key:
-                self._idempotency[scope] = _StoredResponse(fingerprint, payload, request_id)
-        if event.payload:
-            # Stripe sends events asynchronously; the API answer must not wait on the endpoint.
-            threading.Thread(target=self._deliver_auto_event, args=(event,), daemon=True).start()
-        return 200, payload, response_headers
+        return self._idempotency.run(
+            (livemode, idempotency_key),
+            (path, body),
+            request_id,
+            execute,
+            lambda err: _error_response(err, request_id, response_headers),
+        )
 
     def _validated(
         self, endpoint: str, values: dict[str, Any], version_date: str
@@ -656,22 +674,22 @@ def _route(method: str, path: str) -> tuple[str, str]:
     return "other", ""
 
 
-def _replay(
-    stored: _StoredResponse,
-    fingerprint: tuple[str, bytes],
-    key: str,
-    headers: list[tuple[str, str]],
+def _server_error() -> StripeEmulatorError:
+    # Stripe marks its 500s so that SDKs do not retry: the result is saved under the request's
+    # idempotency key, and a retry with that key would only replay it.
+    return StripeEmulatorError(
+        500,
+        "An unknown error occurred",
+        type="api_error",
+        headers=(("Stripe-Should-Retry", "false"),),
+    )
+
+
+def _error_response(
+    err: StripeEmulatorError, request_id: str, headers: list[tuple[str, str]] | None = None
 ) -> _Response:
-    if stored.fingerprint != fingerprint:
-        raise StripeEmulatorError(
-            400,
-            "Keys for idempotent requests can only be used with the same parameters they were "
-            f"first used with. Try using a key other than '{key}' if you meant to execute a "
-            "different request.",
-            type="idempotency_error",
-        )
-    replayed = [("Idempotent-Replayed", "true"), ("Original-Request", stored.request_id)]
-    return 200, stored.body, headers + replayed
+    sent = [*(headers or _headers(request_id)), *err.headers]
+    return err.status, _to_json(err.error(request_id)), sent
 
 
 def _headers(request_id: str, extra: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, str]]:

@@ -346,14 +346,6 @@ class _Session:
         return _to_json(data)
 
 
-class _StoredResponse(NamedTuple):
-    """The first answer to an idempotent request, replayed for later uses of its key."""
-
-    fingerprint: tuple[str, bytes]  # path and raw body: stripe-python encodes params stably
-    body: bytes
-    request_id: str
-
-
 class _Event(NamedTuple):
     """A signed-to-be event and where it goes; an empty payload means there is nothing to send."""
 
