@@ -191,6 +191,23 @@ def test_old_api_version_accepts_only_old_ui_mode_names(client):
     assert caught.value.param == "ui_mode"
 
 
+@pytest.mark.parametrize("version", ["2099-01-01.bogus", "2026-10-29.endive", "2019-2-19"])
+def test_an_api_version_stripe_never_released_is_refused(client, version):
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        create(client, {"stripe_version": version})
+    assert caught.value.http_status == 400
+    assert caught.value.user_message == f"Invalid Stripe API version: {version}"
+
+
+def test_payment_method_types_is_taken_only_before_endive(client):
+    old = {"stripe_version": OLD_API_VERSION}
+    session = create(client, old, ui_mode="embedded", payment_method_types=["card"])
+    assert session.payment_method_types == ["card"]
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        create(client, payment_method_types=["card"])
+    assert (caught.value.code, caught.value.param) == ("parameter_unknown", "payment_method_types")
+
+
 # --- validation --------------------------------------------------------------------------------
 
 ITEM = "line_items[0]"

@@ -705,10 +705,10 @@ def _unrecognized(method: str, path: str) -> StripeEmulatorError:
 
 
 def _version_date(version: str) -> str:
-    date = version[:10]
-    if not (len(date) == 10 and date[4] == date[7] == "-" and date.replace("-", "").isdigit()):
+    """The date of a version Stripe has released; any other is refused, as Stripe refuses it."""
+    if version not in params.api_versions():
         raise _invalid(f"Invalid Stripe API version: {version}")
-    return date
+    return version[:10]
 
 
 def _looks_like_secret_key(key: str) -> bool:

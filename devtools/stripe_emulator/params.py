@@ -191,6 +191,17 @@ def validate(endpoint: str, params: Mapping[str, Any], version_date: str) -> Non
     _check_obj(obj, params, "")
 
 
+@functools.cache
+def api_versions() -> frozenset[str]:
+    """Every API version the pinned SDK knows: the values a webhook endpoint may be pinned to."""
+    from stripe.params import WebhookEndpointCreateParams
+
+    node = compile_params(WebhookEndpointCreateParams).fields["api_version"]
+    if not (isinstance(node, Scalar) and node.kind == "enum"):
+        raise TypeError("WebhookEndpointCreateParams.api_version is no longer an enum")
+    return frozenset(node.values)
+
+
 # --- checking ---------------------------------------------------------------------------------
 
 
