@@ -111,6 +111,8 @@ def test_hosted_page_is_the_default_and_takes_success_url(client):
     assert session.ui_mode == "hosted_page"
     assert session.client_secret is None
     assert session.url.endswith(session.id)
+    # Embedded-page fields: Stripe leaves them out of hosted sessions, rather than null.
+    assert "return_url" not in session and "redirect_on_completion" not in session
 
 
 def test_live_key_makes_live_sessions_that_test_keys_cannot_see(stripe_emulator):
@@ -155,7 +157,7 @@ def test_redirect_modes_that_need_a_return_url(client, redirect):
 
 def test_redirect_never_needs_no_return_url(client):
     session = create(client, redirect_on_completion="never", return_url=None)
-    assert session.return_url is None
+    assert "return_url" not in session  # Stripe omits it rather than sending null
 
 
 def test_metadata_at_its_limits_is_accepted_and_empty_values_unset(client):
@@ -293,6 +295,41 @@ def test_unknown_price_message(client):
 def test_unknown_parameter_message(client):
     with pytest.raises(stripe.InvalidRequestError, match="Received unknown parameter: foo"):
         create(client, foo="bar")
+
+
+def test_nested_expansions_expand(client):
+    session = create(client, line_items=price_data(), expand=["line_items.data.price.product"])
+    product = session.line_items.data[0].price.product
+    assert (product.object, product.name) == ("product", "Board")
+    # A field that is null stays null when expanded, as at Stripe.
+    retrieved = client.v1.checkout.sessions.retrieve(
+        session.id, params={"expand": ["payment_link", "customer"]}
+    )
+    assert retrieved.payment_link is None and retrieved.customer is None
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("metadata", "This property cannot be expanded (metadata)."),
+        ("line_items.data.price.product.x", "You cannot expand more than 4 levels"),
+        ("payment_intent.nonsense", "This property cannot be expanded (payment_intent.nonsense)."),
+    ],
+)
+def test_an_expansion_the_sdk_does_not_allow_is_refused(client, path, message):
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        create(client, expand=[path])
+    assert caught.value.param == "expand"
+    assert caught.value.user_message.startswith(message)
+
+
+def test_expanding_an_object_the_emulator_does_not_model_is_an_error(client, stripe_emulator):
+    recurring = price_data(recurring={"interval": "month"})
+    session = create(client, mode="subscription", line_items=recurring)
+    stripe_emulator.complete_session(session.id)
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.checkout.sessions.retrieve(session.id, params={"expand": ["subscription"]})
+    assert "does not model `subscription`" in caught.value.user_message
 
 
 # --- errors and auth ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from email.message import Message
 from typing import Any
 from urllib.parse import unquote
 
-from devtools.stripe_emulator import browser, params, rules
+from devtools.stripe_emulator import browser, params, rules, shapes
 from devtools.stripe_emulator.idempotency import IdempotencyStore
 from devtools.stripe_emulator.server import _Server
 from devtools.stripe_emulator.state import (
@@ -32,7 +32,6 @@ from devtools.stripe_emulator.state import (
     _completed_fields,
     _invalid,
     _no_such_session,
-    _parse_expand,
     _random_id,
     _Response,
     _Session,
@@ -226,6 +225,7 @@ class StripeEmulator:
             "product": _random_id("prod_", 14),
             "type": "one_time",
             "unit_amount": unit_amount,
+            "unit_amount_decimal": str(unit_amount),
             "product_name": product_name,
         }
         with self._lock:
@@ -446,7 +446,7 @@ class StripeEmulator:
             raise _unrecognized(method, path)
         if endpoint == "retrieve_session":
             query_params = self._validated(endpoint, decode_form(query), version_date)
-            expand = _parse_expand(query_params.get("expand"))
+            expand = _expand(query_params)
             if fault == "error_500":
                 raise _server_error()
             with self._lock:
@@ -455,6 +455,7 @@ class StripeEmulator:
 
         form = decode_form(body.decode("utf-8", "replace"))
         values = self._validated(endpoint, form, version_date)
+        expand = _expand(values)
         idempotency_key = headers.get("Idempotency-Key") or ""
         if len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
             raise _invalid(
@@ -467,15 +468,16 @@ class StripeEmulator:
             event: _Event = _NO_EVENT
             with self._lock:
                 if endpoint == "create_session":
-                    data, items = _build_session(values, livemode=livemode, prices=self._prices)
-                    session = self._sessions[data["id"]] = _Session(data, items)
+                    data, items, products = _build_session(
+                        values, livemode=livemode, prices=self._prices
+                    )
+                    session = self._sessions[data["id"]] = _Session(data, items, products)
                     self._sessions_created += 1
                 else:
-                    _parse_expand(values.get("expand"))
                     session = self._open_session(session_id, "expired", livemode)
                     session.update(status="expired")
                     event = self._auto_event(session, "checkout.session.expired")
-                payload = session.render(old_names=old_names, expand=values.get("expand"))
+                payload = session.render(old_names=old_names, expand=expand)
             if event.payload:
                 # Stripe sends events asynchronously; the answer must not wait on the endpoint.
                 thread = threading.Thread(target=self._deliver_auto_event, args=(event,))
@@ -672,6 +674,16 @@ def _route(method: str, path: str) -> tuple[str, str]:
     if len(parts) == 6 and session_id and parts[5] == "expire" and method == "POST":
         return "expire_session", session_id
     return "other", ""
+
+
+def _expand(values: dict[str, Any]) -> list[str]:
+    """The request's expand[] paths, once the Session's SDK class allows each of them."""
+    paths: list[str] = values.get("expand") or []
+    try:
+        shapes.check_expand(shapes.session_class(), paths)
+    except ValueError as err:
+        raise _invalid(str(err), "expand") from None
+    return paths
 
 
 def _server_error() -> StripeEmulatorError:

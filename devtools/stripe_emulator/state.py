@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
+from devtools.stripe_emulator import shapes
+
 LATEST_API_VERSION = "2026-10-28.endive"
 # API version 2026-03-25.dahlia renamed the ui_mode values; older versions only know the old names.
 RENAMED_UI_MODES_SINCE = "2026-03-25"
@@ -36,9 +38,6 @@ MIN_EXPIRES_IN_SECONDS = 30 * 60
 METADATA_MAX_KEYS, METADATA_MAX_KEY_LENGTH, METADATA_MAX_VALUE_LENGTH = 50, 40, 500
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
-EXPANDABLE = frozenset(
-    {"line_items", "payment_intent", "customer", "subscription", "setup_intent", "invoice"}
-)
 
 DEFAULT_FAULTS: dict[str, Any] = {
     "latency_ms": 0.0,
@@ -151,31 +150,50 @@ def _listify(node: dict[str, Any], name: str = "") -> Any:
 
 # --- A new Checkout Session, from parameters params.py and rules.py have accepted -----------------
 
+# Create parameters the builder sets itself; any other that names a Session field is echoed.
+_BUILT_FROM = frozenset({"line_items", "metadata", "expand", "payment_method_types", "ui_mode"})
 
-def _line_item(item: dict[str, Any], prices: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """One line item as Stripe shows it when `line_items` is expanded."""
+
+def _line_item(
+    item: dict[str, Any], prices: Mapping[str, dict[str, Any]], livemode: bool, now: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One line item as Stripe shows it when `line_items` is expanded, and its product."""
     quantity = int(item["quantity"])
     if "price" in item:
         price = dict(prices[item["price"]])
-        description = price.pop("product_name")
+        product = {"id": price["product"], "name": price.pop("product_name")}
     else:
         data = item["price_data"]
-        product = data.get("product") or _random_id("prod_", 14)
-        description = data["product_data"]["name"] if "product_data" in data else product
-        decimal_amount = data.get("unit_amount_decimal")
+        product_id = data.get("product") or _random_id("prod_", 14)
+        product_data = data.get("product_data", {"name": product_id})
+        product = {
+            "id": product_id,
+            "name": product_data["name"],
+            "description": product_data.get("description"),
+            "images": list(product_data.get("images") or []),
+            "metadata": _metadata(product_data.get("metadata")),
+        }
         unit_amount = int(data["unit_amount"]) if "unit_amount" in data else None
+        recurring = data.get("recurring")
         price = {
             "id": _random_id("price_"),
             "object": "price",
             "active": False,  # an inline price_data price is never reusable
             "currency": data["currency"],
-            "product": product,
-            "type": "recurring" if "recurring" in data else "one_time",
+            "product": product_id,
+            "recurring": None if recurring is None else _recurring(recurring),
+            "tax_behavior": data.get("tax_behavior", "unspecified"),
+            "type": "recurring" if recurring is not None else "one_time",
             "unit_amount": unit_amount,
-            "unit_amount_decimal": decimal_amount or str(unit_amount),
+            "unit_amount_decimal": data.get("unit_amount_decimal", str(unit_amount)),
         }
+    price = shapes.build(
+        shapes.resource("stripe.Price"),
+        {"billing_scheme": "per_unit", "created": now, "livemode": livemode, "metadata": {}}
+        | price,
+    )
     amount = _amount(price) * quantity
-    return {
+    line_item = {
         "id": _random_id("li_"),
         "object": "item",
         "amount_discount": 0,
@@ -183,9 +201,27 @@ def _line_item(item: dict[str, Any], prices: Mapping[str, dict[str, Any]]) -> di
         "amount_tax": 0,
         "amount_total": amount,
         "currency": price["currency"],
-        "description": description,
+        "description": product["name"],
+        "metadata": _metadata(item.get("metadata")),
         "price": price,
         "quantity": quantity,
+    }
+    product = shapes.build(
+        shapes.resource("stripe.Product"),
+        {"active": True, "created": now, "livemode": livemode, "updated": now, "type": "service"}
+        | {"images": [], "marketing_features": [], "metadata": {}}
+        | {key: value for key, value in product.items() if value is not None},
+    )
+    return shapes.build(shapes.resource("stripe.LineItem"), line_item), product
+
+
+def _recurring(recurring: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "interval": recurring["interval"],
+        "interval_count": int(recurring.get("interval_count", 1)),
+        "meter": None,
+        "trial_period_days": None,
+        "usage_type": "licensed",
     }
 
 
@@ -202,15 +238,17 @@ def _metadata(value: Any) -> dict[str, str]:
     return {key: item for key, item in value.items() if item}
 
 
-def _parse_expand(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _invalid("Invalid array", "expand")
-    for item in value:
-        if item.split(".", 1)[0] not in EXPANDABLE:
-            raise _invalid(f"This property cannot be expanded ({item}).", "expand")
-    return value
+def _echoed(params: dict[str, Any]) -> dict[str, Any]:
+    """Create parameters that are also Session fields, as the Session holds them."""
+    hints = shapes.fields(shapes.session_class())
+    echoed = {}
+    for name, value in params.items():
+        if name in hints and name not in _BUILT_FROM:
+            try:
+                echoed[name] = shapes.from_params(hints[name], value)
+            except shapes.NotConvertible:
+                continue  # a parameter shaped unlike its field: the field keeps its default
+    return echoed
 
 
 def _build_session(
@@ -218,74 +256,75 @@ def _build_session(
     *,
     livemode: bool,
     prices: Mapping[str, dict[str, Any]],
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The new session and its line items; the parameters have passed params.py and rules.py."""
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The new session, its line items and their products; params.py and rules.py passed them."""
     ui_mode = params.get("ui_mode", "hosted_page")
     mode = params["mode"]
-    line_items = [_line_item(item, prices) for item in params.get("line_items") or ()]
+    now = int(time.time())
+    built = [_line_item(item, prices, livemode, now) for item in params.get("line_items") or ()]
+    line_items = [item for item, _ in built]
+    products = {product["id"]: product for _, product in built}
     currency = params.get("currency")
     amount_total = None
     if line_items:
         currency = line_items[0]["currency"]
         amount_total = sum(item["amount_total"] for item in line_items)
-    _parse_expand(params.get("expand"))
-    now = int(time.time())
-    expires_at = int(params.get("expires_at", now + SESSION_LIFETIME_SECONDS))
     session_id = _random_id("cs_live_" if livemode else "cs_test_", 58)
     embedded = ui_mode != "hosted_page"
-    session = {
+    values = {
+        **_echoed(params),
         "id": session_id,
         "object": "checkout.session",
         "amount_subtotal": amount_total,
         "amount_total": amount_total,
-        "cancel_url": params.get("cancel_url"),
-        "client_reference_id": params.get("client_reference_id"),
         "client_secret": _random_id(f"{session_id}_secret_") if embedded else None,
         "created": now,
         "currency": currency,
-        "customer": params.get("customer"),
-        "customer_details": None,
-        "customer_email": params.get("customer_email"),
-        "expires_at": expires_at,
+        "customer_creation": params.get("customer_creation", "if_required"),
+        "expires_at": int(params.get("expires_at", now + SESSION_LIFETIME_SECONDS)),
         "livemode": livemode,
-        "locale": params.get("locale"),
         "metadata": _metadata(params.get("metadata")),
         "mode": mode,
-        "payment_intent": None,
         "payment_method_types": params.get("payment_method_types", ["card"]),
         "payment_status": "no_payment_required" if mode == "setup" else "unpaid",
-        "setup_intent": None,
         "status": "open",
-        "subscription": None,
-        "success_url": params.get("success_url"),
         "ui_mode": ui_mode,
         "url": None if embedded else f"https://checkout.stripe.com/c/pay/{session_id}",
     }
+    if mode != "setup":
+        values["total_details"] = {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0}
     if embedded:
-        session["redirect_on_completion"] = params.get("redirect_on_completion", "always")
-        session["return_url"] = params.get("return_url")
-    return session, line_items
+        values["redirect_on_completion"] = params.get("redirect_on_completion", "always")
+        if "return_url" in params:
+            values["return_url"] = params["return_url"]
+    session = shapes.build(shapes.session_class(), values, shapes.OMITTED["checkout.session"])
+    return session, line_items, products
+
+
+def _session_class() -> Any:
+    return shapes.session_class()
 
 
 def _completed_fields(session: dict[str, Any], payment_status: str) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "address": {
+            "city": None,
+            "country": "US",
+            "line1": None,
+            "line2": None,
+            "postal_code": "94107",
+            "state": None,
+        },
+        "email": session["customer_email"] or "jenny.rosen@example.com",
+        "name": "Jenny Rosen",
+        "phone": None,
+        "tax_exempt": "none",
+        "tax_ids": [],
+    }
     fields: dict[str, Any] = {
         "status": "complete",
         "payment_status": payment_status,
-        "customer_details": {
-            "address": {
-                "city": None,
-                "country": "US",
-                "line1": None,
-                "line2": None,
-                "postal_code": "94107",
-                "state": None,
-            },
-            "email": session["customer_email"] or "jenny.rosen@example.com",
-            "name": "Jenny Rosen",
-            "phone": None,
-            "tax_exempt": "none",
-            "tax_ids": [],
-        },
+        "customer_details": shapes.build(_session_class().CustomerDetails, details),
     }
     intent_field = {
         "payment": ("payment_intent", "pi_"),
@@ -302,11 +341,17 @@ def _completed_fields(session: dict[str, Any], payment_status: str) -> dict[str,
 class _Session:
     """A session's public fields, its line items, and its JSON as the current API renders it."""
 
-    __slots__ = ("_json", "data", "intent_status", "line_items")
+    __slots__ = ("_json", "data", "intent_status", "line_items", "products")
 
-    def __init__(self, data: dict[str, Any], line_items: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        data: dict[str, Any],
+        line_items: list[dict[str, Any]],
+        products: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.data = data
         self.line_items = line_items
+        self.products = products or {}
         # The PaymentIntent's status while payment_status is unpaid: a delayed payment method
         # (bank debit) is `processing` until it settles; a failed one goes back to
         # `requires_payment_method`, as Stripe's PaymentIntents do.
@@ -324,26 +369,71 @@ class _Session:
             if self._json is None:
                 self._json = _to_json(self.data)
             return self._json
-        data = dict(self.data)
+        data = self.expanded(expand or [])
         if old_names:
-            data["ui_mode"] = UI_MODE_NEW_TO_OLD[data["ui_mode"]]
-        roots = {item.split(".", 1)[0] for item in expand or ()}
-        if "line_items" in roots:
-            data["line_items"] = {
-                "object": "list",
-                "data": self.line_items,
-                "has_more": False,
-                "url": f"/v1/checkout/sessions/{data['id']}/line_items",
-            }
-        if "payment_intent" in roots and data["payment_intent"]:
-            data["payment_intent"] = {
+            data["ui_mode"] = UI_MODE_NEW_TO_OLD.get(data["ui_mode"], data["ui_mode"])
+        return _to_json(data)
+
+    def expanded(self, expand: list[str]) -> dict[str, Any]:
+        """The session with these expansions (shapes.check_expand has accepted the paths)."""
+        data = dict(self.data)
+        expand_product = "line_items.data.price.product" in expand
+        for path in expand:
+            root, _, rest = path.partition(".")
+            if root == "line_items":
+                data["line_items"] = self._line_items(expand_product=expand_product)
+            elif root == "payment_intent" and data["payment_intent"]:
+                data["payment_intent"] = self._payment_intent()
+                _cannot_expand_below(data["payment_intent"], rest, path)
+            elif data.get(root) is not None:
+                raise _invalid(
+                    f"The Stripe emulator does not model `{root}` objects, so it cannot expand "
+                    f"{path} (docs/emulator.md).",
+                    "expand",
+                )
+        return data
+
+    def _line_items(self, *, expand_product: bool) -> dict[str, Any]:
+        items = self.line_items
+        if expand_product:
+            items = [
+                {
+                    **item,
+                    "price": {**item["price"], "product": self.products[item["price"]["product"]]},
+                }
+                for item in items
+            ]
+        return {
+            "object": "list",
+            "data": items,
+            "has_more": False,
+            "url": f"/v1/checkout/sessions/{self.data['id']}/line_items",
+        }
+
+    def _payment_intent(self) -> dict[str, Any]:
+        data = self.data
+        paid = data["payment_status"] == "paid"
+        return shapes.build(
+            shapes.resource("stripe.PaymentIntent"),
+            {
                 "id": data["payment_intent"],
                 "object": "payment_intent",
                 "amount": data["amount_total"],
+                "amount_received": data["amount_total"] if paid else 0,
+                "capture_method": "automatic_async",
+                "created": data["created"],
                 "currency": data["currency"],
-                "status": "succeeded" if data["payment_status"] == "paid" else self.intent_status,
-            }
-        return _to_json(data)
+                "livemode": data["livemode"],
+                "metadata": {},
+                "payment_method_types": data["payment_method_types"],
+                "status": "succeeded" if paid else self.intent_status,
+            },
+        )
+
+
+def _cannot_expand_below(found: dict[str, Any], rest: str, path: str) -> None:
+    if rest and found.get(rest.split(".", 1)[0]) is not None:
+        raise _invalid(f"The Stripe emulator cannot expand {path} (docs/emulator.md).", "expand")
 
 
 class _Event(NamedTuple):
