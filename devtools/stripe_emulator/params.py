@@ -306,7 +306,9 @@ def _check_enum(node: Scalar, value: str, param: str) -> None:
 
 
 def _one_of(values: tuple[str, ...]) -> str:
-    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])}, or {values[-1]}"
+    if len(values) < 3:
+        return " or ".join(values)
+    return f"{', '.join(values[:-1])}, or {values[-1]}"
 
 
 def _check_int(_: Scalar, value: str, param: str) -> None:

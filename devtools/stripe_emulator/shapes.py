@@ -13,6 +13,7 @@ source, for the objects the emulator serves.
 
 from __future__ import annotations
 
+import decimal
 import functools
 import importlib
 import json
@@ -28,8 +29,9 @@ from stripe._stripe_object import StripeObject, UntypedStripeObject
 
 # Fields stripe-node 22.5's types mark optional (`field?:`): Stripe omits them unless they apply.
 # allowed_payment_method_types is new in endive and, like excluded_…, sent only when set.
+# Keyed by the SDK class's qualified name.
 OMITTED: dict[str, frozenset[str]] = {
-    "checkout.session": frozenset(
+    "Session": frozenset(
         {
             "allowed_payment_method_types",
             "branding_settings",
@@ -44,6 +46,9 @@ OMITTED: dict[str, frozenset[str]] = {
             "tax_id_collection",
         }
     ),
+    "Session.TotalDetails": frozenset({"breakdown"}),  # only when expanded
+    "Event": frozenset({"account", "context"}),  # Connect events only
+    "Event.Data": frozenset({"previous_attributes"}),  # `*.updated` events only
 }
 # Stripe refuses deeper expansions (docs.stripe.com/expand: "up to four levels").
 MAX_EXPAND_DEPTH = 4
@@ -130,11 +135,10 @@ def default(hint: Any) -> Any:
     return {bool: False, int: 0, float: 0.0, str: ""}.get(inner)
 
 
-def build(
-    cls: type, values: dict[str, Any], omitted: frozenset[str] = frozenset()
-) -> dict[str, Any]:
+def build(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """An object of `cls`: `values`, then a default for every other field Stripe always sends."""
     hints = fields(cls)
+    omitted = omitted_fields(cls)
     unknown = set(values) - set(hints)
     if unknown:
         raise KeyError(f"{cls.__qualname__} has no fields {sorted(unknown)}")
@@ -143,6 +147,11 @@ def build(
     # Stripe's order: id and object first, then the rest alphabetically.
     first = [name for name in ("id", "object") if name in built]
     return {name: built[name] for name in [*first, *sorted(set(built) - set(first))]}
+
+
+def omitted_fields(cls: type) -> frozenset[str]:
+    """The class's fields that Stripe leaves out unless they apply (OMITTED)."""
+    return OMITTED.get(cls.__qualname__, frozenset())
 
 
 def _is_hash(hint: Any) -> bool:
@@ -185,7 +194,7 @@ def from_params(hint: Any, value: Any) -> Any:
             return int(value)
         elif inner is float:
             return float(value)
-        elif inner is str:
+        elif inner in (str, decimal.Decimal):
             return value
     raise NotConvertible(inner)
 
@@ -260,10 +269,9 @@ def _object_class(hint: Any) -> type | None:
 # --- checking objects against their classes ----------------------------------------------------
 
 
-def problems(
-    cls: type, value: Any, omitted: frozenset[str] = frozenset(), path: str = ""
-) -> list[str]:
+def problems(cls: type, value: Any, path: str = "") -> list[str]:
     """How a JSON object differs from what its SDK class declares (empty when it conforms)."""
+    omitted = omitted_fields(cls)
     if not isinstance(value, dict):
         return [f"{path or cls.__qualname__}: expected an object, got {json.dumps(value)[:60]}"]
     found: list[str] = []
@@ -303,12 +311,16 @@ def _type_problems(hint: Any, value: Any, where: str) -> Iterator[str]:
     elif origin is ListObject:
         yield from _list_problems(typing.get_args(inner)[0], value, where)
     elif _is_hash(inner):
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            yield f"{where}: expected a hash of strings"
+        strings = typing.get_args(inner) == (str,)
+        if not isinstance(value, dict) or (
+            strings and not all(isinstance(v, str) for v in value.values())
+        ):
+            yield f"{where}: expected a hash" + (" of strings" if strings else "")
     elif isinstance(inner, type) and issubclass(inner, StripeObject):
-        yield from problems(
-            inner, value, OMITTED.get(_object_name(inner), frozenset()), f"{where}."
-        )
+        yield from problems(inner, value, f"{where}.")
+    elif inner is decimal.Decimal:
+        if not (isinstance(value, str) and _is_decimal(value)):
+            yield f"{where}: expected a decimal string, got {json.dumps(value)[:60]}"
     elif inner is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             yield f"{where}: expected a number"
@@ -329,7 +341,8 @@ def _list_problems(item: Any, value: Any, where: str) -> Iterator[str]:
         yield from _type_problems(item, entry, f"{where}.data[{index}]")
 
 
-def _object_name(cls: type) -> str:
-    hint = fields(cls).get("object")
-    args = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
-    return str(args[0]) if args else ""
+def _is_decimal(text: str) -> bool:
+    try:
+        return decimal.Decimal(text).is_finite()
+    except decimal.InvalidOperation:
+        return False

@@ -297,7 +297,7 @@ def _build_session(
         values["redirect_on_completion"] = params.get("redirect_on_completion", "always")
         if "return_url" in params:
             values["return_url"] = params["return_url"]
-    session = shapes.build(shapes.session_class(), values, shapes.OMITTED["checkout.session"])
+    session = shapes.build(shapes.session_class(), values)
     return session, line_items, products
 
 
