@@ -7,8 +7,8 @@ expanded (`ExpandableField`), and checks an object against its class (`problems`
 conformance test runs over everything the emulator answers.
 
 What the classes cannot say is which optional fields Stripe leaves out of the JSON rather than
-sending as null: stripe-node's types mark those `field?:`, and `OMITTED` copies them, with that
-source, for the objects the emulator serves.
+sending as null: stripe-node's types mark those `field?:`, and omitted.py holds them, generated
+from stripe-node by omitted_from_node.py, for the objects the emulator serves.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import decimal
 import functools
 import importlib
 import json
+import re
 import sys
 import types
 import typing
@@ -27,28 +28,26 @@ import stripe
 from stripe._list_object import ListObject
 from stripe._stripe_object import StripeObject, UntypedStripeObject
 
-# Fields stripe-node 22.5's types mark optional (`field?:`): Stripe omits them unless they apply.
-# allowed_payment_method_types is new in endive and, like excluded_…, sent only when set.
-# Keyed by the SDK class's qualified name.
+from devtools.stripe_emulator import omitted
+
+
+def _parse_omitted(table: str) -> dict[str, frozenset[str]]:
+    entries = re.split(r"\n(?=\S)", table.strip())
+    return {
+        name: frozenset(fields.split())
+        for name, _, fields in (entry.partition(":") for entry in entries)
+    }
+
+
+# Fields the pinned stripe-python has that stripe-node STRIPE_NODE_VERSION does not know yet, and
+# that Stripe sends only when set (like the excluded_… list beside it).
+NEWER_THAN_NODE: dict[str, frozenset[str]] = {
+    "Session": frozenset({"allowed_payment_method_types"}),
+}
+# stripe-python class (qualified name) -> the fields Stripe omits unless they apply.
 OMITTED: dict[str, frozenset[str]] = {
-    "Session": frozenset(
-        {
-            "allowed_payment_method_types",
-            "branding_settings",
-            "excluded_payment_method_types",
-            "line_items",
-            "name_collection",
-            "optional_items",
-            "phone_number_collection",
-            "presentment_details",
-            "redirect_on_completion",
-            "return_url",
-            "tax_id_collection",
-        }
-    ),
-    "Session.TotalDetails": frozenset({"breakdown"}),  # only when expanded
-    "Event": frozenset({"account", "context"}),  # Connect events only
-    "Event.Data": frozenset({"previous_attributes"}),  # `*.updated` events only
+    name: fields | NEWER_THAN_NODE.get(name, frozenset())
+    for name, fields in _parse_omitted(omitted.TABLE).items()
 }
 # Stripe refuses deeper expansions (docs.stripe.com/expand: "up to four levels").
 MAX_EXPAND_DEPTH = 4
