@@ -85,6 +85,9 @@ class StripeEmulator:
     # --- lifecycle ---
 
     def start(self) -> StripeEmulator:
+        # Reading the SDK's types takes a moment: before listening, not in the first request.
+        params.warm()
+        shapes.warm()
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(

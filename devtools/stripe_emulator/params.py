@@ -176,6 +176,13 @@ def schema(endpoint: str) -> Obj:
     return _schema(endpoint)
 
 
+def warm() -> None:
+    """Compile every registered TypedDict now, so that no request waits for it."""
+    for endpoint in _ENDPOINTS:
+        _schema(endpoint)
+    api_versions()
+
+
 def validate(endpoint: str, params: Mapping[str, Any], version_date: str) -> None:
     """Raise Stripe's 400 for the first parameter that the endpoint's TypedDict refuses."""
     if endpoint not in _ENDPOINTS:

@@ -153,6 +153,24 @@ def omitted_fields(cls: type) -> frozenset[str]:
     return OMITTED.get(cls.__qualname__, frozenset())
 
 
+# The resource classes the emulator serves.
+SERVED = (
+    "stripe.checkout.Session",
+    "stripe.PaymentIntent",
+    "stripe.LineItem",
+    "stripe.Price",
+    "stripe.Product",
+    "stripe.Event",
+)
+
+
+def warm() -> None:
+    """Read the served classes' annotations now, so that no request waits for it."""
+    for path in SERVED:
+        fields(resource(path))
+    fields(session_class().CustomerDetails)  # type: ignore[attr-defined]
+
+
 def _is_hash(hint: Any) -> bool:
     """UntypedStripeObject[str]: metadata and the like, any keys."""
     klass = typing.get_origin(hint) or hint
