@@ -11,7 +11,7 @@ import time
 import traceback
 from collections.abc import Callable
 from email.message import Message
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from devtools.stripe_emulator import browser, params, rules, shapes
@@ -465,22 +465,14 @@ class StripeEmulator:
                 f"Idempotency-Key must be no longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters."
             )
 
+        call = _Call(values, session_id, livemode, old_names, expand)
+        run = self._post_handlers()[endpoint]
+
         def execute() -> _Response:
             if fault == "error_500":
                 raise _server_error()  # the endpoint failed while executing
-            event: _Event = _NO_EVENT
             with self._lock:
-                if endpoint == "create_session":
-                    data, items, products = _build_session(
-                        values, livemode=livemode, prices=self._prices
-                    )
-                    session = self._sessions[data["id"]] = _Session(data, items, products)
-                    self._sessions_created += 1
-                else:
-                    session = self._open_session(session_id, "expired", livemode)
-                    session.update(status="expired")
-                    event = self._auto_event(session, "checkout.session.expired")
-                payload = session.render(old_names=old_names, expand=expand)
+                payload, event = run(call)
             if event.payload:
                 # Stripe sends events asynchronously; the answer must not wait on the endpoint.
                 thread = threading.Thread(target=self._deliver_auto_event, args=(event,))
@@ -498,6 +490,24 @@ class StripeEmulator:
             execute,
             lambda err: _error_response(err, request_id, response_headers),
         )
+
+    def _post_handlers(self) -> dict[str, Callable[[_Call], tuple[bytes, _Event]]]:
+        """Each POST endpoint's work, run under the lock once its parameters are valid."""
+        return {"create_session": self._create_session, "expire_session": self._expire_session}
+
+    def _create_session(self, call: _Call) -> tuple[bytes, _Event]:
+        data, items, products = _build_session(
+            call.params, livemode=call.livemode, prices=self._prices
+        )
+        session = self._sessions[data["id"]] = _Session(data, items, products)
+        self._sessions_created += 1
+        return session.render(old_names=call.old_names, expand=call.expand), _NO_EVENT
+
+    def _expire_session(self, call: _Call) -> tuple[bytes, _Event]:
+        session = self._open_session(call.object_id, "expired", call.livemode)
+        session.update(status="expired")
+        event = self._auto_event(session, "checkout.session.expired")
+        return session.render(old_names=call.old_names, expand=call.expand), event
 
     def _validated(
         self, endpoint: str, values: dict[str, Any], version_date: str
@@ -652,6 +662,16 @@ class StripeEmulator:
             except TypeError as err:  # wrong field types, e.g. a list where an id belongs
                 raise _invalid(f"Invalid request body: {err}") from err
         return 200, _to_json(result), _headers(request_id)
+
+
+class _Call(NamedTuple):
+    """A /v1 POST that passed validation: what its handler needs."""
+
+    params: dict[str, Any]
+    object_id: str  # the id in the path, if any
+    livemode: bool
+    old_names: bool  # the API version predates the ui_mode rename
+    expand: list[str]
 
 
 # Each endpoint's parameters, checked against the pinned SDK's TypedDict (params.py).
