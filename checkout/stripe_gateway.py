@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,6 +43,38 @@ RETRIEVE_EXPAND = ("payment_intent",)
 
 T = TypeVar("T")
 
+# Client keys remembered after a Stripe 5xx (see RetryKeys); the oldest are forgotten first.
+MAX_REMEMBERED_FAILURES = 10_000
+
+
+class RetryKeys:
+    """The Stripe idempotency key to send for a caller's key: a fresh one after a Stripe 5xx.
+
+    Stripe saves a keyed request's first result once its endpoint starts executing, a 500
+    included, and replays it for that key for 24 hours. Without this, a client that retries a
+    502 with the same Idempotency-Key (as it should after any failure) would get the same
+    failure back all day. After a 5xx no session reached the client, so a new Stripe key cannot
+    give it a second one; at worst Stripe holds an unused open session, which expires.
+    Kept per instance: a retry that lands on another instance first gets the replayed failure
+    there (Stripe answers it at once, creating nothing), and the one after that succeeds.
+    """
+
+    def __init__(self, limit: int = MAX_REMEMBERED_FAILURES) -> None:
+        self._limit = limit
+        self._attempts: OrderedDict[str, int] = OrderedDict()
+
+    def current(self, key: str) -> tuple[str, int]:
+        """The key to send for this attempt, and its attempt number (0: the caller's own)."""
+        attempt = self._attempts.get(key, 0)
+        return (key if attempt == 0 else f"{key}-retry{attempt}"), attempt
+
+    def failed(self, key: str, attempt: int) -> None:
+        """Stripe answered this attempt with a 5xx: the next one gets a new key."""
+        self._attempts[key] = max(self._attempts.get(key, 0), attempt + 1)
+        self._attempts.move_to_end(key)
+        while len(self._attempts) > self._limit:
+            self._attempts.popitem(last=False)
+
 
 class StripeGateway:
     """Checkout Sessions through one StripeClient, built on first use inside the event loop.
@@ -64,6 +97,7 @@ class StripeGateway:
             settings.stripe_max_in_flight, settings.stripe_in_flight_reserve
         )
         self._retrieves: SingleFlight[SessionStatus] = SingleFlight()
+        self._retry_keys = RetryKeys()
 
     async def create_session(
         self, image_id: str | None, idempotency_key: str | None
@@ -75,12 +109,21 @@ class StripeGateway:
             metadata["imageId"] = image_id
         params["metadata"] = metadata
 
+        stripe_key, attempt = (None, 0)
+        if idempotency_key is not None:
+            stripe_key, attempt = self._retry_keys.current(idempotency_key)
+
         def call(client: stripe.StripeClient, options: RequestOptions) -> Awaitable[Session]:
-            if idempotency_key is not None:
-                options["idempotency_key"] = idempotency_key
+            if stripe_key is not None:
+                options["idempotency_key"] = stripe_key
             return client.v1.checkout.sessions.create_async(params=params, options=options)
 
-        session = await self._call("create", call)
+        try:
+            session = await self._call("create", call)
+        except ApiError as error:
+            if idempotency_key is not None and error.code == "payment_provider_error":
+                self._retry_keys.failed(idempotency_key, attempt)
+            raise
         return CreatedSession(session_id=session["id"], client_secret=session["client_secret"])
 
     async def retrieve_session(self, session_id: str) -> SessionStatus:
@@ -358,7 +401,8 @@ def _map_stripe_error(operation: str, error: stripe.StripeError) -> ApiError:
         return errors.session_not_found(detail)
     if isinstance(error, stripe.IdempotencyError):
         return errors.idempotency_conflict(detail)
-    if isinstance(error, stripe.RateLimitError):
+    # A 409: another request with this key is still executing at Stripe (the SDK retried it).
+    if isinstance(error, stripe.RateLimitError) or error.http_status == 409:
         return errors.payment_provider_busy(detail)
     if isinstance(error, stripe.APIConnectionError):
         return errors.payment_provider_unreachable(detail)

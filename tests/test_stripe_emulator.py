@@ -111,6 +111,8 @@ def test_hosted_page_is_the_default_and_takes_success_url(client):
     assert session.ui_mode == "hosted_page"
     assert session.client_secret is None
     assert session.url.endswith(session.id)
+    # Embedded-page fields: Stripe leaves them out of hosted sessions, rather than null.
+    assert "return_url" not in session and "redirect_on_completion" not in session
 
 
 def test_live_key_makes_live_sessions_that_test_keys_cannot_see(stripe_emulator):
@@ -155,7 +157,7 @@ def test_redirect_modes_that_need_a_return_url(client, redirect):
 
 def test_redirect_never_needs_no_return_url(client):
     session = create(client, redirect_on_completion="never", return_url=None)
-    assert session.return_url is None
+    assert "return_url" not in session  # Stripe omits it rather than sending null
 
 
 def test_metadata_at_its_limits_is_accepted_and_empty_values_unset(client):
@@ -174,7 +176,9 @@ def test_current_api_version_rejects_old_ui_mode_names(client, old_name):
     with pytest.raises(stripe.InvalidRequestError) as caught:
         create(client, ui_mode=old_name)
     assert caught.value.param == "ui_mode"
-    assert "hosted_page, embedded_page, elements" in caught.value.user_message
+    assert caught.value.user_message == (
+        "Invalid ui_mode: must be one of elements, embedded_page, form, or hosted_page"
+    )
 
 
 def test_old_api_version_accepts_only_old_ui_mode_names(client):
@@ -189,6 +193,23 @@ def test_old_api_version_accepts_only_old_ui_mode_names(client):
     assert caught.value.param == "ui_mode"
 
 
+@pytest.mark.parametrize("version", ["2099-01-01.bogus", "2026-10-29.endive", "2019-2-19"])
+def test_an_api_version_stripe_never_released_is_refused(client, version):
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        create(client, {"stripe_version": version})
+    assert caught.value.http_status == 400
+    assert caught.value.user_message == f"Invalid Stripe API version: {version}"
+
+
+def test_payment_method_types_is_taken_only_before_endive(client):
+    old = {"stripe_version": OLD_API_VERSION}
+    session = create(client, old, ui_mode="embedded", payment_method_types=["card"])
+    assert session.payment_method_types == ["card"]
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        create(client, payment_method_types=["card"])
+    assert (caught.value.code, caught.value.param) == ("parameter_unknown", "payment_method_types")
+
+
 # --- validation --------------------------------------------------------------------------------
 
 ITEM = "line_items[0]"
@@ -198,7 +219,7 @@ PRICE_DATA = f"{ITEM}[price_data]"
 @pytest.mark.parametrize(
     ("overrides", "param", "code"),
     [
-        ({"mode": None}, "mode", None),
+        ({"mode": None}, "mode", "parameter_missing"),
         ({"mode": "donation"}, "mode", None),
         ({"return_url": None}, "return_url", None),
         ({"return_url": "/hero-me"}, "return_url", None),
@@ -207,22 +228,30 @@ PRICE_DATA = f"{ITEM}[price_data]"
         ({"redirect_on_completion": "sometimes"}, "redirect_on_completion", None),
         ({"success_url": "https://app.example/ok"}, "success_url", None),
         ({"cancel_url": "https://app.example/no"}, "cancel_url", None),
-        ({"line_items": None}, "line_items", None),
+        ({"line_items": None}, "line_items", "parameter_missing"),
         ({"line_items": [{**price_data()[0], "quantity": 0}]}, f"{ITEM}[quantity]", None),
         (
             {"line_items": [{"price_data": price_data()[0]["price_data"]}]},
             f"{ITEM}[quantity]",
-            None,
+            "parameter_missing",
         ),
         ({"line_items": [{"quantity": 1}]}, f"{ITEM}[price]", None),
-        ({"line_items": [{"quantity": 1, "colour": "red"}]}, f"{ITEM}[colour]", None),
+        (
+            {"line_items": [{"quantity": 1, "colour": "red"}]},
+            f"{ITEM}[colour]",
+            "parameter_unknown",
+        ),
         ({"line_items": price_data(currency="USD")}, f"{PRICE_DATA}[currency]", None),
         ({"line_items": price_data(unit_amount=-1)}, f"{PRICE_DATA}[unit_amount]", None),
-        ({"line_items": price_data(unit_amount="2.5")}, f"{PRICE_DATA}[unit_amount]", None),
+        (
+            {"line_items": price_data(unit_amount="2.5")},
+            f"{PRICE_DATA}[unit_amount]",
+            "parameter_invalid_integer",
+        ),
         (
             {"line_items": price_data(product_data={"name": ""})},
             f"{PRICE_DATA}[product_data][name]",
-            None,
+            "parameter_invalid_empty",
         ),
         (
             {"line_items": [{"price": "price_missing", "quantity": 1}]},
@@ -235,7 +264,7 @@ PRICE_DATA = f"{ITEM}[price_data]"
         ({"metadata": {"imageId": "v" * 501}}, "metadata[imageId]", None),
         ({"expires_at": int(time.time()) + 60}, "expires_at", None),
         ({"expand": ["nonsense"]}, "expand", None),
-        ({"foo": "bar"}, "foo", None),
+        ({"foo": "bar"}, "foo", "parameter_unknown"),
     ],
     ids=lambda value: str(value) if isinstance(value, str) else None,
 )
@@ -266,6 +295,41 @@ def test_unknown_price_message(client):
 def test_unknown_parameter_message(client):
     with pytest.raises(stripe.InvalidRequestError, match="Received unknown parameter: foo"):
         create(client, foo="bar")
+
+
+def test_nested_expansions_expand(client):
+    session = create(client, line_items=price_data(), expand=["line_items.data.price.product"])
+    product = session.line_items.data[0].price.product
+    assert (product.object, product.name) == ("product", "Board")
+    # A field that is null stays null when expanded, as at Stripe.
+    retrieved = client.v1.checkout.sessions.retrieve(
+        session.id, params={"expand": ["payment_link", "customer"]}
+    )
+    assert retrieved.payment_link is None and retrieved.customer is None
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("metadata", "This property cannot be expanded (metadata)."),
+        ("line_items.data.price.product.x", "You cannot expand more than 4 levels"),
+        ("payment_intent.nonsense", "This property cannot be expanded (payment_intent.nonsense)."),
+    ],
+)
+def test_an_expansion_the_sdk_does_not_allow_is_refused(client, path, message):
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        create(client, expand=[path])
+    assert caught.value.param == "expand"
+    assert caught.value.user_message.startswith(message)
+
+
+def test_expanding_an_object_the_emulator_does_not_model_is_an_error(client, stripe_emulator):
+    recurring = price_data(recurring={"interval": "month"})
+    session = create(client, mode="subscription", line_items=recurring)
+    stripe_emulator.complete_session(session.id)
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.checkout.sessions.retrieve(session.id, params={"expand": ["subscription"]})
+    assert "does not model `subscription`" in caught.value.user_message
 
 
 # --- errors and auth ---------------------------------------------------------------------------
@@ -367,12 +431,66 @@ def test_rejected_request_does_not_consume_its_idempotency_key(client):
     assert create(client, {"idempotency_key": "order-3"}).status == "open"
 
 
-def test_faulted_request_can_be_retried_with_the_same_key(client, stripe_emulator):
+def test_a_500_is_saved_under_its_key_and_replayed(client, stripe_emulator):
     stripe_emulator.set_faults(mode="error_500", remaining=1)
-    with pytest.raises(stripe.APIError):
+    with pytest.raises(stripe.APIError) as first:
         create(client, {"idempotency_key": "order-4"})
-    assert create(client, {"idempotency_key": "order-4"}).status == "open"
+    assert first.value.http_status == 500
+    assert first.value.headers["Stripe-Should-Retry"] == "false"
+    # Stripe saved the failure: the same key replays it, even though Stripe has recovered.
+    with pytest.raises(stripe.APIError) as again:
+        create(client, {"idempotency_key": "order-4"})
+    assert again.value.headers["Idempotent-Replayed"] == "true"
+    assert again.value.json_body == first.value.json_body
+    assert stripe_emulator.calls()["sessions_created"] == 0
+    assert create(client, {"idempotency_key": "order-5"}).status == "open"
+
+
+def test_the_sdk_does_not_retry_a_500(stripe_emulator):
+    stripe_emulator.set_faults(mode="error_500")
+    retrying = stripe.StripeClient(KEY, base_addresses={"api": stripe_emulator.url})
+    with pytest.raises(stripe.APIError):
+        create(retrying, {"idempotency_key": "order-6"})
+    with pytest.raises(stripe.APIError):
+        retrying.v1.checkout.sessions.retrieve("cs_test_any")
+    assert stripe_emulator.calls()["total"] == 2  # Stripe-Should-Retry: false, so once each
+
+
+def test_a_concurrent_duplicate_is_a_409_and_is_not_saved(client, stripe_emulator):
+    stripe_emulator.hold_executions()
+    first: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: first.append(create(client, {"idempotency_key": "order-7"}))
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10  # generous: only bounds a broken emulator
+        while "order-7" not in stripe_emulator.executing_keys() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert stripe_emulator.executing_keys() == ["order-7"]
+        # stripe-python raises APIError for a 409 (it retries them when allowed to).
+        with pytest.raises(stripe.APIError) as caught:
+            create(client, {"idempotency_key": "order-7"})
+        assert caught.value.http_status == 409
+        assert caught.value.json_body["error"]["type"] == "idempotency_error"
+        assert "another in-progress request" in caught.value.user_message
+    finally:
+        stripe_emulator.release_executions()
+        thread.join(timeout=10)
+    replayed = create(client, {"idempotency_key": "order-7"})
+    assert replayed.id == first[0].id
+    assert replayed.last_response.headers["Idempotent-Replayed"] == "true"
     assert stripe_emulator.calls()["sessions_created"] == 1
+
+
+def test_a_failure_while_executing_is_saved(client, stripe_emulator):
+    session = create(client)
+    client.v1.checkout.sessions.expire(session.id, options={"idempotency_key": "expire-1"})
+    options: Any = {"idempotency_key": "expire-2"}
+    for replayed in ("", "true"):
+        with pytest.raises(stripe.InvalidRequestError) as caught:
+            client.v1.checkout.sessions.expire(session.id, options=options)
+        assert caught.value.headers.get("Idempotent-Replayed", "") == replayed
 
 
 # --- faults ------------------------------------------------------------------------------------

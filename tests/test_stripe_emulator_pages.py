@@ -103,6 +103,32 @@ def test_4242_completes_the_session_and_fills_the_return_url(stripe_emulator):
     assert "already complete" in again.json()["error"]["message"]
 
 
+def test_4242_on_a_session_that_never_redirects_has_no_return_url(stripe_emulator):
+    form = {
+        "ui_mode": "embedded_page",
+        "mode": "payment",
+        "redirect_on_completion": "never",
+        "line_items[0][price_data][currency]": "usd",
+        "line_items[0][price_data][unit_amount]": "200",
+        "line_items[0][price_data][product_data][name]": "Feelings board",
+        "line_items[0][quantity]": "1",
+    }
+    created = requests.post(
+        f"{stripe_emulator.url}/v1/checkout/sessions",
+        data=form,
+        headers={"Authorization": "Bearer sk_test_browser"},
+        timeout=10,
+    )
+    assert "return_url" not in created.json()  # Stripe omits it
+    response = confirm(stripe_emulator, created.json()["client_secret"])
+    assert response.json() == {
+        "status": "complete",
+        "payment_status": "paid",
+        "redirect_on_completion": "never",
+        "return_url": None,
+    }
+
+
 def test_a_wrong_client_secret_opens_nothing(stripe_emulator):
     session = create_session(stripe_emulator)
     for secret in (session["id"] + "_secret_guess", "cs_test_unknown_secret_x"):

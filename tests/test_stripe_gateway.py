@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.support import CREATE, STATUS, assert_error, create, free_port
@@ -12,11 +13,13 @@ def status_of(client, session_id="cs_test_abc123"):
     return client.get(STATUS, query_string={"session_id": session_id})
 
 
-def test_stripe_500_after_retries_is_502(client, stripe_emulator):
+def test_stripe_500_is_502_without_a_retry(client, stripe_emulator):
     stripe_emulator.set_faults(mode="error_500")
     assert_error(create(client, {}), 502, "payment_provider_error")
-    assert stripe_emulator.calls()["create_session"] == 2  # first try + STRIPE_MAX_RETRIES=1
+    # Stripe-Should-Retry: false, so STRIPE_MAX_RETRIES=1 does not apply: a retry would replay.
+    assert stripe_emulator.calls()["create_session"] == 1
     assert_error(status_of(client), 502, "payment_provider_error")
+    assert stripe_emulator.calls()["retrieve_session"] == 1
 
 
 def test_stripe_429_is_503_with_retry_after(client, stripe_emulator):
@@ -48,10 +51,44 @@ def test_stripe_recovering_means_the_next_request_succeeds(client, configure, st
     assert create(client, {}).status_code == 200
 
 
-def test_sdk_retry_hides_a_single_500(client, stripe_emulator):
-    stripe_emulator.set_faults(mode="error_500", remaining=1)
-    assert create(client, {}).status_code == 200
+def test_sdk_retry_hides_a_single_timeout_with_the_same_key(client, configure, stripe_emulator):
+    configure(STRIPE_TIMEOUT_SECONDS="0.5", STRIPE_MAX_RETRIES="1")
+    stripe_emulator.set_faults(mode="hang", hang_seconds=30, remaining=1)
+    assert create(client, {}, headers={"Idempotency-Key": "order-1"}).status_code == 200
     assert stripe_emulator.calls()["create_session"] == 2
+    assert len(stripe_emulator.idempotency_keys()) == 1  # the SDK's retry reused the key
+
+
+def test_a_retry_after_a_502_with_the_same_key_gets_a_session(client, stripe_emulator):
+    key = {"Idempotency-Key": "order-2"}
+    stripe_emulator.set_faults(mode="error_500", remaining=1)
+    assert_error(create(client, {}, headers=key), 502, "payment_provider_error")
+    # Stripe saved that 500 under the Stripe key; the retry is sent under a fresh one.
+    created = create(client, {}, headers=key)
+    assert created.status_code == 200
+    again = create(client, {}, headers=key)
+    assert again.get_json() == created.get_json()
+    first, fresh = stripe_emulator.idempotency_keys()
+    assert fresh == f"{first}-retry1"
+    assert stripe_emulator.calls()["sessions_created"] == 1
+
+
+def test_a_concurrent_duplicate_at_stripe_is_503_busy(client, configure, stripe_emulator):
+    configure(STRIPE_MAX_RETRIES="0")
+    key = {"Idempotency-Key": "order-3"}
+    stripe_emulator.hold_executions()
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(create, client, {}, headers=key)
+        try:
+            deadline = time.monotonic() + 10  # generous: only bounds a broken emulator
+            while not stripe_emulator.executing_keys() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            response = create(client, {}, headers=key)
+            assert_error(response, 503, "payment_provider_busy")
+            assert int(response.headers["Retry-After"]) > 0
+        finally:
+            stripe_emulator.release_executions()
+        assert first.result(timeout=10).status_code == 200
 
 
 def test_stripe_request_id_and_error_detail_are_logged_not_sent(client, stripe_emulator, logs):

@@ -11,12 +11,13 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from email.message import Message
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
-from devtools.stripe_emulator import browser, resources
+from devtools.stripe_emulator import browser, params, resources, rules, shapes
 from devtools.stripe_emulator.endpoints import Target
 from devtools.stripe_emulator.events import EventBus, LoggedEvent, check_schedule, retry_schedule
+from devtools.stripe_emulator.idempotency import IdempotencyStore
 from devtools.stripe_emulator.payments import Change, Payments
 from devtools.stripe_emulator.server import _Server
 from devtools.stripe_emulator.state import (
@@ -34,13 +35,9 @@ from devtools.stripe_emulator.state import (
     _completed_fields,
     _invalid,
     _no_such_session,
-    _parse_currency,
-    _parse_expand,
     _random_id,
-    _reject_unknown,
     _Response,
     _Session,
-    _StoredResponse,
     _to_json,
     decode_form,
     settle_delayed_payment,
@@ -75,12 +72,11 @@ class StripeEmulator:
         # (seconds; none by default, so a test sees exactly the deliveries it caused).
         self._bus = EventBus(retry_schedule)
         self._bus.set_webhook(webhook_url, webhook_secret)
-        self._keyed_writes = threading.Lock()
         self._clear_state()
 
     def _clear_state(self) -> None:
         self._sessions: dict[str, _Session] = {}
-        self._idempotency: dict[tuple[bool, str], _StoredResponse] = {}
+        self._idempotency = IdempotencyStore(self._lock)
         self._calls = dict.fromkeys(
             ("total", "create_session", "retrieve_session", "expire_session", "other"), 0
         )
@@ -97,6 +93,9 @@ class StripeEmulator:
 
     def start(self) -> StripeEmulator:
         self._bus.reopen()
+        # Reading the SDK's types takes a moment: before listening, not in the first request.
+        params.warm()
+        shapes.warm()
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
@@ -143,6 +142,7 @@ class StripeEmulator:
         Prices, set_webhook()'s target and the constructor's latency and retry schedule are
         configuration, and stay.
         """
+        self._idempotency.release()  # held requests answer now
         with self._lock:
             self._clear_state()
             self._release_hangs.set()  # requests hanging from the last test answer now
@@ -177,8 +177,18 @@ class StripeEmulator:
 
     def idempotency_keys(self) -> list[str]:
         """The Idempotency-Key values Stripe has stored, in the order it first saw them."""
-        with self._lock:
-            return [key for (_livemode, key) in self._idempotency]
+        return self._idempotency.keys()
+
+    def executing_keys(self) -> list[str]:
+        """Keys whose first request is executing now (see `hold_executions`)."""
+        return self._idempotency.executing()
+
+    def hold_executions(self) -> None:
+        """Keyed POSTs stop mid-execution until `release_executions`: a duplicate then gets 409."""
+        self._idempotency.hold()
+
+    def release_executions(self) -> None:
+        self._idempotency.release()
 
     def set_faults(self, **fields: Any) -> dict[str, Any]:
         """Update the given fault fields (the others keep their values); return the result."""
@@ -228,7 +238,8 @@ class StripeEmulator:
             raise _invalid("id must be a non-empty string", "id")
         if isinstance(unit_amount, bool) or not isinstance(unit_amount, int) or unit_amount < 0:
             raise _invalid("unit_amount must be an integer >= 0", "unit_amount")
-        _parse_currency(currency, "currency")
+        if currency not in rules.CURRENCIES:
+            raise _invalid(f"Invalid currency: {currency}.", "currency")
         price = {
             "id": price_id,
             "object": "price",
@@ -237,6 +248,7 @@ class StripeEmulator:
             "product": _random_id("prod_", 14),
             "type": "one_time",
             "unit_amount": unit_amount,
+            "unit_amount_decimal": str(unit_amount),
             "product_name": product_name,
         }
         with self._lock:
@@ -491,13 +503,13 @@ class StripeEmulator:
                 return page(self, query, body)
             raise _unrecognized(method, path)
         except StripeEmulatorError as err:
-            log_id = request_id if path.startswith("/v1/") else None
-            return err.status, _to_json(err.error(log_id)), _headers(request_id, err.headers)
+            if path.startswith("/v1/"):
+                return _error_response(err, request_id)
+            return err.status, _to_json(err.error()), _headers(request_id, err.headers)
         except Exception:
             # A bug in the emulator: say so loudly, and answer like Stripe's own 500s.
             traceback.print_exc()
-            error = StripeEmulatorError(500, "An unknown error occurred", type="api_error")
-            return 500, _to_json(error.error(request_id)), _headers(request_id)
+            return _error_response(_server_error(), request_id)
 
     def _handle_api(
         self, method: str, path: str, query: str, headers: Message, body: bytes, request_id: str
@@ -516,9 +528,8 @@ class StripeEmulator:
         if fault == "hang":
             release.wait(hang_seconds)
             return None  # a hung upstream never answers: the client must time out
-        if fault == "error_500":
-            raise StripeEmulatorError(500, "An unknown error occurred", type="api_error")
         if fault == "rate_limit_429":
+            # Stripe's rate limiter answers before any endpoint runs: nothing is saved.
             raise StripeEmulatorError(
                 429,
                 "Too many requests hit the API too quickly. We recommend an exponential backoff "
@@ -539,47 +550,77 @@ class StripeEmulator:
             )
             return self._handle_resource(request, old_names, response_headers)
         if endpoint == "retrieve_session":
-            expand = _parse_expand(_query_params(query).get("expand"))
+            query_params = self._validated(endpoint, decode_form(query), version_date)
+            expand = _expand(query_params)
+            if fault == "error_500":
+                raise _server_error()
             with self._lock:
                 session = self._session_for(session_id, livemode)
                 return 200, session.render(old_names=old_names, expand=expand), response_headers
 
-        params = decode_form(body.decode("utf-8", "replace"))
+        form = decode_form(body.decode("utf-8", "replace"))
+        values = self._validated(endpoint, form, version_date)
+        expand = _expand(values)
         idempotency_key = headers.get("Idempotency-Key") or ""
         if len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
             raise _invalid(
                 f"Idempotency-Key must be no longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters."
             )
+
+        call = _Call(values, session_id, livemode, old_names, expand)
+        run = self._post_handlers()[endpoint]
+
+        def execute() -> _Response:
+            if fault == "error_500":
+                raise _server_error()  # the endpoint failed while executing
+            with self._lock:
+                payload, event = run(call)
+            if event.payload:
+                # Stripe sends events asynchronously; the answer must not wait on the endpoint.
+                thread = threading.Thread(target=self._deliver_auto_event, args=(event,))
+                thread.daemon = True
+                thread.start()
+            return 200, payload, response_headers
+
+        if not idempotency_key:
+            return execute()
         # Stripe scopes keys to the account, and so does this: a rotated key still replays.
-        scope = (livemode, idempotency_key)
-        fingerprint = (path, body)
-        event: _Event = _NO_EVENT
-        # One lock over lookup, execution and storage, so a double submit creates one session.
+        return self._idempotency.run(
+            (livemode, idempotency_key),
+            (path, body),
+            request_id,
+            execute,
+            lambda err: _error_response(err, request_id, response_headers),
+        )
+
+    def _post_handlers(self) -> dict[str, Callable[[_Call], tuple[bytes, _Event]]]:
+        """Each POST endpoint's work, run under the lock once its parameters are valid."""
+        return {"create_session": self._create_session, "expire_session": self._expire_session}
+
+    def _create_session(self, call: _Call) -> tuple[bytes, _Event]:
+        data, items, products = _build_session(
+            call.params, livemode=call.livemode, prices=self._prices
+        )
+        session = self._sessions[data["id"]] = _Session(data, items, products)
+        self._sessions_created += 1
+        return session.render(old_names=call.old_names, expand=call.expand), _NO_EVENT
+
+    def _expire_session(self, call: _Call) -> tuple[bytes, _Event]:
+        session = self._open_session(call.object_id, "expired", call.livemode)
+        session.update(status="expired")
+        event = self._auto_event(session, "checkout.session.expired")
+        return session.render(old_names=call.old_names, expand=call.expand), event
+
+    def _validated(
+        self, endpoint: str, values: dict[str, Any], version_date: str
+    ) -> dict[str, Any]:
+        """The parameters, once the SDK's types and the hand-written rules accept them."""
+        rules.names_of_this_api_version(endpoint, values, version_date)
+        params.validate(endpoint, values, version_date)
         with self._lock:
-            stored = self._idempotency.get(scope) if idempotency_key else None
-            if stored is not None:
-                return _replay(stored, fingerprint, idempotency_key, response_headers)
-            if endpoint == "create_session":
-                data, line_items = _build_session(
-                    params, version_date=version_date, livemode=livemode, prices=self._prices
-                )
-                session = self._sessions[data["id"]] = _Session(data, line_items)
-                self._sessions_created += 1
-            else:
-                _reject_unknown(params, frozenset({"expand"}), "")
-                _parse_expand(params.get("expand"))
-                session = self._open_session(session_id, "expired", livemode)
-                session.update(status="expired")
-                event = self._auto_event(session, "checkout.session.expired")
-            payload = session.render(old_names=old_names, expand=params.get("expand"))
-            # Only successes are stored: Stripe lets a request that failed validation, or hit a
-            # 500, be retried with the same key.
-            if idempotency_key:
-                self._idempotency[scope] = _StoredResponse(fingerprint, payload, request_id)
-        if event.payload:
-            # Stripe sends events asynchronously; the API answer must not wait on the endpoint.
-            threading.Thread(target=self._deliver_auto_event, args=(event,), daemon=True).start()
-        return 200, payload, response_headers
+            prices = dict(self._prices)
+        rules.check(endpoint, values, rules.Context(version_date, prices, int(time.time())))
+        return values
 
     def _handle_resource(
         self, request: resources.Request, old_names: bool, response_headers: list[tuple[str, str]]
@@ -613,28 +654,13 @@ class StripeEmulator:
 
         if not key:
             return execute()
-        return self._keyed(
-            (livemode, key), (f"{endpoint}:{object_id}", raw), request_id, execute, response_headers
+        return self._idempotency.run(
+            (livemode, key),
+            (f"{endpoint}:{object_id}", raw),
+            request_id,
+            execute,
+            lambda err: _error_response(err, request_id, response_headers),
         )
-
-    def _keyed(
-        self,
-        scope: tuple[bool, str],
-        fingerprint: tuple[str, bytes],
-        request_id: str,
-        execute: Callable[[], _Response],
-        response_headers: list[tuple[str, str]],
-    ) -> _Response:
-        """An Idempotency-Key'd write: replayed if its key was used, else executed and saved."""
-        with self._keyed_writes:  # one at a time, so a double submit refunds once
-            with self._lock:
-                stored = self._idempotency.get(scope)
-            if stored is not None:
-                return _replay(stored, fingerprint, scope[1], response_headers)
-            status, payload, headers = execute()
-            with self._lock:  # only successes: execute() raises on errors, as create does
-                self._idempotency[scope] = _StoredResponse(fingerprint, payload, request_id)
-            return status, payload, headers
 
     def _take_fault(self) -> tuple[float, str, float]:
         """Decide this request's latency and fault; the caller holds the lock."""
@@ -812,6 +838,26 @@ class StripeEmulator:
         return 200, _to_json(result), _headers(request_id)
 
 
+class _Call(NamedTuple):
+    """A /v1 POST that passed validation: what its handler needs."""
+
+    params: dict[str, Any]
+    object_id: str  # the id in the path, if any
+    livemode: bool
+    old_names: bool  # the API version predates the ui_mode rename
+    expand: list[str]
+
+
+# Each endpoint's parameters, checked against the pinned SDK's TypedDict (params.py).
+params.register("create_session", "stripe.params.checkout.SessionCreateParams")
+params.register("retrieve_session", "stripe.params.checkout.SessionRetrieveParams")
+params.register("expire_session", "stripe.params.checkout.SessionExpireParams")
+# Removed from Checkout create in 2026-09-30.endive; older API versions still take it.
+params.register_removed(
+    "create_session", "payment_method_types", "2026-09-30", params.Array(params.Scalar("str"))
+)
+
+
 def _route(method: str, path: str) -> tuple[str, str]:
     """The /v1 endpoint a request is for (a calls() counter name), and its session id if any."""
     parts = path.split("/")  # "", "v1", "checkout", "sessions", id, "expire"
@@ -827,22 +873,32 @@ def _route(method: str, path: str) -> tuple[str, str]:
     return "other", ""
 
 
-def _replay(
-    stored: _StoredResponse,
-    fingerprint: tuple[str, bytes],
-    key: str,
-    headers: list[tuple[str, str]],
+def _expand(values: dict[str, Any]) -> list[str]:
+    """The request's expand[] paths, once the Session's SDK class allows each of them."""
+    paths: list[str] = values.get("expand") or []
+    try:
+        shapes.check_expand(shapes.session_class(), paths)
+    except ValueError as err:
+        raise _invalid(str(err), "expand") from None
+    return paths
+
+
+def _server_error() -> StripeEmulatorError:
+    # Stripe marks its 500s so that SDKs do not retry: the result is saved under the request's
+    # idempotency key, and a retry with that key would only replay it.
+    return StripeEmulatorError(
+        500,
+        "An unknown error occurred",
+        type="api_error",
+        headers=(("Stripe-Should-Retry", "false"),),
+    )
+
+
+def _error_response(
+    err: StripeEmulatorError, request_id: str, headers: list[tuple[str, str]] | None = None
 ) -> _Response:
-    if stored.fingerprint != fingerprint:
-        raise StripeEmulatorError(
-            400,
-            "Keys for idempotent requests can only be used with the same parameters they were "
-            f"first used with. Try using a key other than '{key}' if you meant to execute a "
-            "different request.",
-            type="idempotency_error",
-        )
-    replayed = [("Idempotent-Replayed", "true"), ("Original-Request", stored.request_id)]
-    return 200, stored.body, headers + replayed
+    sent = [*(headers or _headers(request_id)), *err.headers]
+    return err.status, _to_json(err.error(request_id)), sent
 
 
 def _headers(request_id: str, extra: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, str]]:
@@ -858,16 +914,10 @@ def _unrecognized(method: str, path: str) -> StripeEmulatorError:
 
 
 def _version_date(version: str) -> str:
-    date = version[:10]
-    if not (len(date) == 10 and date[4] == date[7] == "-" and date.replace("-", "").isdigit()):
+    """The date of a version Stripe has released; any other is refused, as Stripe refuses it."""
+    if version not in params.api_versions():
         raise _invalid(f"Invalid Stripe API version: {version}")
-    return date
-
-
-def _query_params(query: str) -> dict[str, Any]:
-    params = decode_form(query)
-    _reject_unknown(params, frozenset({"expand"}), "")
-    return params
+    return version[:10]
 
 
 def _looks_like_secret_key(key: str) -> bool:

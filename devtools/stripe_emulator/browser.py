@@ -120,8 +120,8 @@ def _confirm(emulator: StripeEmulator, query: str, body: bytes) -> _Response:
     except CardError as err:
         return 402, _to_json(err.body()), _page_headers("application/json")
     completed = emulator.complete_session(session["id"], "paid", email=email)
-    redirect = completed["redirect_on_completion"]
-    return_url = completed["return_url"]
+    redirect = completed.get("redirect_on_completion")
+    return_url = completed.get("return_url")  # absent with redirect_on_completion=never
     answer = {
         "status": completed["status"],
         "payment_status": completed["payment_status"],
