@@ -7,12 +7,13 @@ short, as a server does, and count how much of it was read.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import pytest
 from starlette.requests import Request
 
-from checkout.errors import ApiError
+from checkout.errors import ApiError, payload_too_large
 from checkout.http import (
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
@@ -69,6 +70,15 @@ def test_a_declared_length_over_the_limit_is_refused_before_a_byte_is_read():
     error = refused(read_json_object(request(body, headers)))
     assert (error.status, error.code) == (413, "payload_too_large")
     assert error.message == f"The request body must be at most {MAX_BODY_BYTES} bytes."
+    assert body.received == 0
+
+
+def test_any_body_read_with_a_declared_length_over_its_limit_is_refused_unread():
+    # The webhook reads its body with its own limit, without read_json_object's check first.
+    body = Body([b"{}"])
+    too_large = functools.partial(payload_too_large, 100, "An event")
+    error = refused(read_body(request(body, {"Content-Length": "101"}), 100, too_large))
+    assert error.message == "An event must be at most 100 bytes."
     assert body.received == 0
 
 

@@ -105,7 +105,12 @@ def test_valid_image_ids_are_stored_in_metadata(client, stripe_emulator, image_i
     ],
 )
 def test_invalid_image_id_is_400_without_stripe_call(client, stripe_emulator, image_id):
-    assert_error(create(client, {"imageId": image_id}), 400, "invalid_image_id")
+    body = assert_error(create(client, {"imageId": image_id}), 400, "invalid_image_id")
+    # The sentence says which rule the value broke.
+    if isinstance(image_id, str) and 1 <= len(image_id) <= 500:
+        assert body["error"] == "imageId must not contain control characters or broken text."
+    else:
+        assert body["error"] == "imageId must be a string of 1 to 500 characters."
     assert stripe_emulator.calls()["total"] == 0
 
 
