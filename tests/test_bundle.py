@@ -66,8 +66,9 @@ def test_upload_is_main_requirements_and_the_checkout_package_only() -> None:
     for path in bytecode:
         module = path.replace("/__pycache__", "").removesuffix(".cpython-312.pyc") + ".py"
         assert module in package, path
+    # The order change's JSON Schema travels with the package that publishes it.
     assert [p for p in uploaded if p not in bytecode] == sorted(
-        ["main.py", "requirements.txt", *package]
+        ["main.py", "requirements.txt", "checkout/order_change.schema.json", *package]
     )
 
 

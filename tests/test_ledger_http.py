@@ -9,10 +9,7 @@ are signed here, as Stripe signs them, and posted to the instances over real HTT
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import os
-import signal
 import threading
 import time
 import urllib.error
@@ -36,9 +33,7 @@ from tests.support import (
     assert_error,
     completed_session,
     event_for,
-    in_crowd,
     log_records,
-    read_document,
     sign,
 )
 
@@ -157,105 +152,7 @@ def retrieves(stripe_emulator: StripeEmulator) -> int:
 # -- several instances at once -----------------------------------------------------------------
 
 
-@pytest.mark.firestore
-@pytest.mark.slow
-def test_duplicate_deliveries_across_three_instances_fulfil_once(
-    instances: Instances, stripe_emulator: StripeEmulator
-) -> None:
-    servers = instances.start(3)
-    session = paid_session(servers[0], stripe_emulator)
-    payload = event_for(session, COMPLETED)
-    webhooks: list[Callable[[], Any]] = [
-        functools.partial(post_event, servers[n % 3], payload) for n in range(12)
-    ]
-    statuses: list[Callable[[], Any]] = [
-        functools.partial(status_on, servers[n % 3], session["id"]) for n in range(6)
-    ]
-    answers = in_crowd(webhooks + statuses)
-
-    for answer in answers[:12]:
-        assert not isinstance(answer, BaseException), answer
-        # A duplicate that cannot learn the outcome in time is told to retry, never told 200.
-        assert answer.status_code in (200, 503), answer.get_data(as_text=True)
-        if answer.status_code == 503:
-            assert_error(answer, 503, "fulfilment_in_progress")
-            assert answer.headers["Retry-After"]
-    for answer in answers[12:]:
-        assert answer == {
-            "status": "complete",
-            "payment_status": "paid",
-            "outcome": "paid",
-            "metadata": {"imageId": session["metadata"]["imageId"]},
-        }
-    for server in servers:  # Stripe's retries of any 503, to each instance
-        deliver_until_handled(server, payload)
-
-    assert [sid for _, sid, _ in instances.deliveries()] == [session["id"]]
-    [fulfilled] = instances.records("checkout_fulfilled")
-    assert fulfilled["session_id"] == session["id"]
-    assert instances.order_ids() == [session["id"]]
-    order = read_document(instances.firestore, "checkout_orders", session["id"])
-    assert order["fulfilled_at"] is not None
-    assert order["claim"] is None
-    handled = read_document(instances.firestore, "checkout_events", json.loads(payload)["id"])
-    assert handled["session_id"] == session["id"]
-
-
-@pytest.mark.firestore
-@pytest.mark.slow
-def test_completed_then_async_payment_succeeded_on_two_instances_fulfil_once(
-    instances: Instances, stripe_emulator: StripeEmulator
-) -> None:
-    first, second = instances.start(2)
-    session = paid_session(first, stripe_emulator)
-    completed, succeeded = event_for(session, COMPLETED), event_for(session, SUCCEEDED)
-
-    assert post_event(first, completed).status_code == 200
-    assert post_event(second, succeeded).status_code == 200
-    assert post_event(second, completed).status_code == 200  # Stripe's redelivery, elsewhere
-
-    assert len(instances.deliveries()) == 1
-    assert len(instances.records("checkout_fulfilled")) == 1
-    outcomes = [r["outcome"] for r in instances.records("stripe_event")]
-    assert outcomes == ["handled", "handled", "duplicate"]
-    order = read_document(instances.firestore, "checkout_orders", session["id"])
-    assert sorted(order["event_ids"]) == sorted(
-        json.loads(event)["id"] for event in (completed, succeeded)
-    )
-
-
 # -- faults ------------------------------------------------------------------------------------
-
-
-@pytest.mark.firestore
-@pytest.mark.slow
-def test_an_instance_killed_mid_delivery_is_taken_over_after_its_lease(
-    instances: Instances, stripe_emulator: StripeEmulator
-) -> None:
-    [doomed] = instances.start(1, DELIVERY_HOLD_SECONDS="120")
-    [survivor] = instances.start(1)
-    session = paid_session(survivor, stripe_emulator)
-    payload = event_for(session, COMPLETED)
-
-    pending = _post_in_background(doomed, payload, instances)
-    [(worker, _, _)] = instances.deliveries()
-    os.kill(worker, signal.SIGKILL)  # the instance dies holding the claim
-    pending.join(timeout=10)
-    claim = read_document(instances.firestore, "checkout_orders", session["id"])["claim"]
-    assert claim is not None
-
-    answer = deliver_until_handled(survivor, payload, seconds=LEASE_SECONDS + 30)
-    assert answer.get_json() == {"received": True}
-
-    (first, _, _), (_, _, delivered_at) = instances.deliveries()
-    assert first == worker
-    assert delivered_at >= claim["expires_at"].timestamp()  # not before the lease ran out
-    [taken_over] = instances.records("checkout_claim_taken_over")
-    assert taken_over["claim_owner"] == claim["owner"]
-    assert len(instances.records("checkout_fulfilled")) == 1
-    order = read_document(instances.firestore, "checkout_orders", session["id"])
-    assert order["fulfilled_at"] is not None
-    assert order["claim"] is None
 
 
 def _post_in_background(
@@ -276,64 +173,7 @@ def _ignore_errors(function: Callable[..., Any], *args: Any) -> None:
         function(*args)
 
 
-@pytest.mark.firestore
-@pytest.mark.slow
-def test_a_stopped_firestore_is_503_and_the_redelivery_after_restart_fulfils_once(
-    instances: Instances, stripe_emulator: StripeEmulator
-) -> None:
-    [server] = instances.start(1)
-    session = paid_session(server, stripe_emulator)
-    payload = event_for(session, COMPLETED)
-    emulator = instances.firestore.emulator
-
-    emulator.stop()
-    try:
-        answer = post_event(server, payload)
-        assert_error(answer, 503, "ledger_unavailable")
-        assert answer.headers["Retry-After"]
-        assert instances.deliveries() == []  # nothing delivered, nothing marked
-        # The status endpoint still answers, from Stripe.
-        assert status_on(server, session["id"])["status"] == "complete"
-    finally:
-        emulator.start()
-
-    deliver_until_handled(server, payload)
-    assert post_event(server, payload).status_code == 200  # and once more: a duplicate
-    assert len(instances.deliveries()) == 1
-    assert len(instances.records("checkout_fulfilled")) == 1
-
-
 # -- status on any instance --------------------------------------------------------------------
-
-
-@pytest.mark.firestore
-@pytest.mark.slow
-def test_status_on_another_instance_comes_from_the_ledger_without_stripe(
-    instances: Instances, stripe_emulator: StripeEmulator
-) -> None:
-    fulfiller, other = instances.start(2)
-    paid = paid_session(fulfiller, stripe_emulator)
-    body = json.dumps({"imageId": "img_expiring"}).encode()
-    opened = call(fulfiller.url + CREATE, body, {"Content-Type": "application/json"}).get_json()
-    expired = stripe_emulator.expire_session(opened["session_id"])
-    assert post_event(fulfiller, event_for(paid, COMPLETED)).status_code == 200
-    assert post_event(fulfiller, event_for(expired, EXPIRED)).status_code == 200
-
-    before = retrieves(stripe_emulator)
-    assert status_on(other, paid["id"]) == {
-        "status": "complete",
-        "payment_status": "paid",
-        "outcome": "paid",
-        "metadata": {"imageId": paid["metadata"]["imageId"]},
-    }
-    assert status_on(other, expired["id"]) == {
-        "status": "expired",
-        "payment_status": "unpaid",
-        "outcome": "expired",
-        "metadata": {"imageId": "img_expiring"},
-    }
-    assert retrieves(stripe_emulator) == before  # 0 retrieves: the ledger answered
-    assert len(instances.deliveries()) == 1  # and nothing was fulfilled again
 
 
 # -- Firestore unreachable, in process (no emulator needed) ------------------------------------
