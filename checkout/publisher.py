@@ -67,7 +67,7 @@ class PubSubPublisher:
     def _publisher_api(self) -> Any:
         with self._lock:
             if self._api is None:
-                from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+                from google.cloud import pubsub_v1
 
                 self._api = pubsub_v1.PublisherClient().api
             return self._api
@@ -83,7 +83,7 @@ class PubSubPublisher:
 
     def _publish(self, change: Change) -> None:
         from google.api_core import retry
-        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+        from google.cloud import pubsub_v1
 
         message = pubsub_v1.types.PubsubMessage(
             data=json.dumps(change.data(), separators=(",", ":")).encode(),
