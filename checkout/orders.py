@@ -88,8 +88,16 @@ class Change:
         return self.change_id.partition(":")[2]
 
     def data(self) -> dict[str, Any]:
-        """The message's JSON data: ids, amounts, our metadata; never customer data or secrets."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """The message's JSON data: ids, amounts, our metadata; never customer data or secrets.
+
+        Every field the schema requires is present (`amount_total` and `currency` too, null if
+        Stripe gave none); the per-type ones only where they apply.
+        """
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if v is not None or k in ("amount_total", "currency")
+        }
 
     def attributes(self) -> dict[str, str]:
         return {"type": self.type, "change_id": self.change_id, "session_id": self.session_id}

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -35,9 +36,11 @@ class PublishFailed(Exception):
 
 class Publisher(Protocol):
     name: str
+    deadline: float  # the longest one publish takes, its retries included
 
-    async def publish(self, change: Change) -> None:
-        """Send one change; PublishFailed if it did not arrive."""
+    async def publish(self, change: Change, start_by: float | None = None) -> None:
+        """Send one change; PublishFailed if it did not arrive, or could not start by `start_by`
+        (`time.monotonic()`): past it, the claim to publish might lapse before it lands."""
 
     async def check(self) -> None:
         """PublishFailed unless changes can be published now."""
@@ -59,7 +62,7 @@ class PubSubPublisher:
 
     def __init__(self, topic: str, deadline: float = PUBLISH_DEADLINE_S) -> None:
         self.topic = topic
-        self._deadline = deadline
+        self.deadline = deadline
         self._api: Any = None
         self._lock = threading.Lock()
         self._threads = ThreadPoolExecutor(PUBLISH_THREADS, thread_name_prefix="publish")
@@ -72,34 +75,39 @@ class PubSubPublisher:
                 self._api = pubsub_v1.PublisherClient().api
             return self._api
 
-    async def publish(self, change: Change) -> None:
+    async def publish(self, change: Change, start_by: float | None = None) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._threads, self._publish, change)
+            await loop.run_in_executor(self._threads, self._publish, change, start_by)
         except Exception as error:
             raise PublishFailed(
                 f"publishing {change.change_id} to {self.topic} failed: {_describe(error)}"
             ) from error
 
-    def _publish(self, change: Change) -> None:
+    def _publish(self, change: Change, start_by: float | None) -> None:
         from google.api_core import retry
         from google.cloud import pubsub_v1
+
+        # Checked here, on the publishing thread, after any wait for one: a publish that starts
+        # later could land after another request took the change over and published it too.
+        if start_by is not None and time.monotonic() > start_by:
+            raise TimeoutError("too late to publish within this request's claim")
 
         message = pubsub_v1.types.PubsubMessage(
             data=json.dumps(change.data(), separators=(",", ":")).encode(),
             attributes=change.attributes(),
             ordering_key=change.session_id,
         )
-        budget = retry.Retry(initial=0.1, maximum=1.0, timeout=self._deadline * 0.6)
+        budget = retry.Retry(initial=0.1, maximum=1.0, timeout=self.deadline * 0.6)
         self._publisher_api().publish(
-            topic=self.topic, messages=[message], timeout=self._deadline * 0.4, retry=budget
+            topic=self.topic, messages=[message], timeout=self.deadline * 0.4, retry=budget
         )
 
     async def check(self) -> None:
         """Raise PublishFailed unless the topic exists and may be reached (the doctor's check)."""
 
         def get_topic() -> None:
-            self._publisher_api().get_topic(topic=self.topic, timeout=self._deadline, retry=None)
+            self._publisher_api().get_topic(topic=self.topic, timeout=self.deadline, retry=None)
 
         try:
             await asyncio.get_running_loop().run_in_executor(self._threads, get_topic)
@@ -119,6 +127,7 @@ class InProcessPublisher:
     """
 
     name = "in-process"
+    deadline = 0.0
 
     def __init__(
         self,
@@ -128,7 +137,7 @@ class InProcessPublisher:
         self._deliver = deliver
         self._undo = undo
 
-    async def publish(self, change: Change) -> None:
+    async def publish(self, change: Change, start_by: float | None = None) -> None:
         from checkout.logs import current_request
 
         request = current_request.get(None)

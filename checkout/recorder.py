@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
-from checkout.ledger import Applied, Ledger, new_token
+from checkout.ledger import PUBLISH_CLAIM_SECONDS, Applied, Ledger, new_token
 from checkout.orders import DISPUTED, Change, Fact, Order
 from checkout.publisher import Publisher, PublishFailed
 
@@ -23,6 +24,9 @@ log = logging.getLogger("checkout.orders")
 # a retryable error (that request's own publish takes milliseconds, or fails within its deadline).
 IN_FLIGHT_WAIT_S = 1.5
 IN_FLIGHT_POLL_S = 0.1
+# Room kept between a publish's own deadline and the end of the claim it publishes under (clock
+# skew between instances, the claim's write).
+CLAIM_MARGIN_S = 2.0
 
 
 class PublicationInProgress(Exception):
@@ -48,12 +52,13 @@ class Recorder:
         """Record `fact` and publish what is unpublished; LedgerUnavailable, PublishFailed or
         PublicationInProgress when that could not be done (the caller answers retryably)."""
         token = new_token()
+        claimed_at = time.monotonic()  # no later than the claim's own start, in the ledger
         applied = await self.ledger.apply(
             session_id, fact, event_id=event_id, event_type=event_type, token=token
         )
         for change in applied.new:
             _log_change(change, event_id)
-        await self._publish(session_id, applied.to_publish, token)
+        await self._publish(session_id, applied.to_publish, token, claimed_at)
         if applied.in_flight:
             applied.order = await self._wait_for_others(session_id, applied.in_flight)
         return applied
@@ -61,15 +66,22 @@ class Recorder:
     async def publish_pending(self, order: Order) -> int:
         """Publish an order's unpublished changes that no other request is publishing: how many."""
         token = new_token()
+        claimed_at = time.monotonic()
         changes = await self.ledger.claim_unpublished(order.session_id, token)
-        await self._publish(order.session_id, changes, token)
+        await self._publish(order.session_id, changes, token, claimed_at)
         return len(changes)
 
-    async def _publish(self, session_id: str, changes: Sequence[Change], token: str) -> None:
+    async def _publish(
+        self, session_id: str, changes: Sequence[Change], token: str, claimed_at: float
+    ) -> None:
+        # Each publish must land while our claim holds (PUBLISH_CLAIM_SECONDS): one that could
+        # outlast it is not started, or another request could take the change over and publish
+        # it a second time. The caller answers 503 and the change waits for the next call.
+        start_by = claimed_at + PUBLISH_CLAIM_SECONDS - self.publisher.deadline - CLAIM_MARGIN_S
         published: list[str] = []
         try:
             for change in changes:
-                await self.publisher.publish(change)
+                await self.publisher.publish(change, start_by)
                 published.append(change.key)
         except PublishFailed:
             rest = [c.key for c in changes if c.key not in published]

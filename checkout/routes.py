@@ -76,8 +76,8 @@ async def _answer_from_ledger(service: Service, session_id: str) -> dict[str, An
         return None
     except PublishFailed as error:
         service.ledger_outages.failed(error, "answered from the ledger, not yet published")
-    else:
-        service.ledger_outages.succeeded()
+        return order.public()  # not kept: the next poll tries to publish the change again
+    service.ledger_outages.succeeded()
     answer = order.public()
     service.status_cache.put(session_id, answer, final=order.final)
     return answer

@@ -10,8 +10,10 @@ runs the user's function under a claim in the ledger (`checkout_deliveries/{chan
 - the claim is renewed while the function runs, however long it takes, and released when it
   fails, so the redelivery can run it at once; a success is recorded, even after any time limit.
 
-What remains at least once: a process that dies after the function returned and before the
-record was written leaves a claim that expires, and the redelivery runs the function again.
+A claim lost under a running delivery (taken over, or unrenewable for a whole lease) cancels an
+`async def` function. What remains at least once: a process that dies after the function returned
+and before the record was written leaves a claim that expires, and the redelivery runs the
+function again; and a plain function, on a thread nothing can stop, whose claim is lost.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import importlib
 import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from checkout.config import ConfigError, Settings
 from checkout.ledger import CLAIMED, DELIVERED, Ledger, LedgerUnavailable, new_token
@@ -61,6 +63,10 @@ class DeliveryFailed(Exception):
     """The user's function raised (or its success could not be recorded): Pub/Sub retries."""
 
 
+class ClaimLost(Exception):
+    """Our claim on a change lapsed or was taken over while its delivery ran."""
+
+
 class BadMessage(ValueError):
     """The CloudEvent does not carry an order change: it goes, retried, to the dead-letter topic."""
 
@@ -90,47 +96,77 @@ class Worker:
                 "checkout_delivery_taken_over",
                 extra={"fields": {**fields, "claim_owner": claim.other.get("owner")}},
             )
+        # The claim is renewed until the success is recorded, not only while the function runs.
         keep_alive = asyncio.ensure_future(self._renew(change.change_id, token))
         try:
-            await self._run(change)
-        except Exception as error:
-            detail = f"{type(error).__name__}: {error}"[:300]
-            log.error("checkout_delivery_failed", extra={"fields": {**fields, "detail": detail}})
-            keep_alive.cancel()
             try:
-                await self.ledger.release_delivery(change.change_id, token, detail)
-            except LedgerUnavailable as unreleased:
-                log.warning(
-                    "checkout_claim_not_released",
-                    extra={"fields": {**fields, "detail": str(unreleased)}},
-                )
-            raise DeliveryFailed(f"DELIVER_ORDER failed for {change.change_id}") from error
+                await self._run(change, keep_alive)
+            except Exception as error:
+                detail = f"{type(error).__name__}: {error}"[:300]
+                fields["detail"] = detail
+                log.error("checkout_delivery_failed", extra={"fields": fields})
+                keep_alive.cancel()
+                try:
+                    await self.ledger.release_delivery(change.change_id, token, detail)
+                except LedgerUnavailable as unreleased:
+                    log.warning(
+                        "checkout_claim_not_released",
+                        extra={"fields": {**fields, "detail": str(unreleased)}},
+                    )
+                raise DeliveryFailed(f"DELIVER_ORDER failed for {change.change_id}") from error
+            return await self._record(change, token, fields)
         finally:
             keep_alive.cancel()
-        return await self._record(change, token, fields)
 
-    async def _run(self, change: Change) -> None:
+    async def _run(self, change: Change, keep_alive: asyncio.Future[None]) -> None:
+        """Run the user's function; an `async def` one is cancelled if our claim is lost."""
         deliver = self._deliver
         if inspect.iscoroutinefunction(deliver) or inspect.iscoroutinefunction(
             getattr(deliver, "__call__", None)  # noqa: B004 (an object with async __call__)
         ):
-            await deliver(change)  # type: ignore[misc]
+            running: asyncio.Future[Any] = asyncio.ensure_future(
+                cast(Awaitable[Any], deliver(change))
+            )
+            either: set[asyncio.Future[Any]] = {running, keep_alive}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not running.done():
+                # The renewer returns only when the claim is no longer ours: another worker may
+                # take the change over, so this run must stop rather than run beside it.
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+                raise ClaimLost(f"the claim on {change.change_id} was lost; run cancelled")
+            running.result()
             return
+        # A plain function runs on a thread, which nothing can stop: if the claim is lost under
+        # it (checkout_claim_lost), a takeover may run beside it (docs/ledger.md).
         result = await asyncio.get_running_loop().run_in_executor(self._threads, deliver, change)
         if inspect.isawaitable(result):  # e.g. a partial of an async function: await it here
             await result
 
     async def _renew(self, change_id: str, token: str) -> None:
-        """Keep our claim alive while the function runs: it is never released under it."""
+        """Keep our claim alive; return only when it is no longer ours (or may not be).
+
+        A claim whose renewals all failed for a whole lease may have been taken over: that counts
+        as lost too.
+        """
+        loop = asyncio.get_running_loop()
+        held_until = loop.time() + self._lease
         while True:
             await asyncio.sleep(self._lease / 3)
+            asked_at = loop.time()
             try:
-                if not await self.ledger.renew_delivery(change_id, token, self._lease):
-                    log.error("checkout_claim_lost", extra={"fields": {"change_id": change_id}})
-                    return
+                renewed = await self.ledger.renew_delivery(change_id, token, self._lease)
             except LedgerUnavailable as error:
                 fields = {"change_id": change_id, "detail": str(error)[:300]}
                 log.warning("checkout_claim_not_renewed", extra={"fields": fields})
+                if loop.time() < held_until:
+                    continue
+                log.error("checkout_claim_lost", extra={"fields": fields})
+                return
+            if not renewed:
+                log.error("checkout_claim_lost", extra={"fields": {"change_id": change_id}})
+                return
+            held_until = asked_at + self._lease
 
     async def _record(self, change: Change, token: str, fields: dict[str, Any]) -> bool:
         """Record the success, retrying: a commit whose answer was lost is recognised as ours."""

@@ -413,6 +413,9 @@ def test_the_worker_is_a_private_source_deploy_of_fulfil_order(
     assert "--allow-unauthenticated" not in flags
     assert flags["--service-account"] == f"checkout-worker@{PROJECT}.iam.gserviceaccount.com"
     assert "--quiet" in flags
+    # A delivery past the request timeout goes on; with its CPU it keeps renewing its claim.
+    assert flags["--timeout"] == substitutions["_WORKER_TIMEOUT"] == "600s"
+    assert "--no-cpu-throttling" in flags
 
 
 @pytest.mark.parametrize(("topic", "expected"), [(None, "checkout-orders"), ("orders-v2", None)])

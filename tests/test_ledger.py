@@ -212,6 +212,9 @@ def test_a_delivery_is_claimed_once_and_recorded_once(make_ledger: MakeLedger) -
         # The same record again (its answer was lost): recognised as ours.
         assert await ledger.complete_delivery(change.change_id, "d1")
         assert not await ledger.complete_delivery(change.change_id, "d2")
+        # The renewer may outlive the record by a moment: ours is not "lost", another's is.
+        assert await ledger.renew_delivery(change.change_id, "d1", lease=30)
+        assert not await ledger.renew_delivery(change.change_id, "d2", lease=30)
         assert (await ledger.claim_delivery(change, "d3", lease=30)).outcome == DELIVERED
         record = await ledger.delivery(change.change_id)
         assert record is not None and record["attempts"] == 1 and record["claim"] is None

@@ -251,3 +251,30 @@ def test_without_a_topic_a_failed_local_delivery_is_handed_over_again_by_the_nex
             break
         threading.Event().wait(0.05)
     assert [what for _, _, what, _ in deliveries(tmp_path / "sink")] == ["start", "start", "done"]
+
+
+def test_a_status_answer_whose_change_was_not_published_is_not_kept_the_next_poll_publishes(
+    live_server, stripe_emulator, pubsub: PubSub
+) -> None:
+    server = live_server(**pubsub.env(), STRIPE_WEBHOOK_SECRET=WHSEC)
+    session = paid_session(server, stripe_emulator)
+    payload = event_for(session, "checkout.session.completed", "evt_unpublished")
+    emulator = pubsub.emulator
+    emulator.stop()
+    try:
+        assert post_webhook(server.url, payload)[0] == 503  # recorded, not published
+        # The return page polls: the order is settled, so the ledger answers it, and its
+        # unpublished change is tried again, and fails again.
+        assert status_of(server, session["id"])["outcome"] == "paid"
+    finally:
+        emulator.start()
+    pubsub.api.create_topic(pubsub.project, TOPIC)
+    pubsub.api.create_subscription(pubsub.project, SUBSCRIPTION, TOPIC, ordering=True)
+    # No webhook retry comes: the next polls must publish it, so that answer was not kept.
+    for _ in range(20):  # the client reconnects with backoff (bounded: a hang, not a time)
+        assert status_of(server, session["id"])["outcome"] == "paid"
+        if log_records(server.logs(), "checkout_change_published"):
+            break
+    (message,) = pubsub.messages(timeout=2.0, count=1)
+    assert message.attributes["change_id"] == f"{session['id']}:paid"
+    assert pubsub.messages(timeout=0.5) == []

@@ -155,6 +155,46 @@ def test_a_success_whose_record_answer_is_lost_is_still_recorded_once(logs: Capt
     assert logs("checkout_delivery_unrecorded") == []
 
 
+class TakenOverAtFirstRenewal(MemoryLedger):
+    """Another worker holds the claim when ours is renewed: our lease lapsed unseen."""
+
+    async def renew_delivery(self, change_id: str, token: str, lease: float) -> bool:
+        document = await self._get(DELIVERIES, change_id)
+        assert document is not None and document["claim"] is not None
+        theirs = {**document["claim"], "owner": "another-worker", "token": "theirs"}
+        await self._set(DELIVERIES, change_id, {**document, "claim": theirs})
+        return await super().renew_delivery(change_id, token, lease)
+
+
+def test_an_async_delivery_whose_claim_is_taken_over_is_cancelled_not_run_beside_it(
+    logs: CapturedLogs,
+):
+    async def scenario() -> None:
+        ledger = TakenOverAtFirstRenewal(100)
+        cancelled = asyncio.Event()
+
+        async def deliver(change: Change) -> None:
+            try:
+                await asyncio.Event().wait()  # runs until something stops it
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        worker = Worker(ledger, deliver, lease_seconds=0.3)
+        change = a_change()
+        with pytest.raises(DeliveryFailed):
+            await worker.deliver(change)
+        assert cancelled.is_set()
+        record = await ledger.delivery(change.change_id)
+        assert record is not None and record["delivered_at"] is None
+        assert record["claim"]["token"] == "theirs"  # the takeover's claim is left alone
+
+    run(scenario())
+    assert [r["change_id"] for r in logs("checkout_claim_lost")] == ["cs_test_a:paid"]
+    [failed] = logs("checkout_delivery_failed")
+    assert failed["detail"].startswith("ClaimLost: ")
+
+
 def test_the_default_delivery_logs_one_record_per_change(logs: CapturedLogs):
     async def scenario() -> None:
         worker = Worker(MemoryLedger(100), deliver_order, lease_seconds=30)

@@ -39,8 +39,10 @@ DELIVERIES = "checkout_deliveries"
 
 # Stripe retries an event for up to 3 days and lets you resend one for 30: remember it that long.
 EVENT_RETENTION_DAYS = 30
-# How long one request may hold the right to publish a change before another may take it over.
-PUBLISH_CLAIM_SECONDS = 10.0
+# How long one request may hold the right to publish a change before another may take it over
+# (a request that died mid-publish). The holder starts no publish that could outlast it
+# (checkout/recorder.py), so a change is never published by two requests at once.
+PUBLISH_CLAIM_SECONDS = 30.0
 
 R = TypeVar("R")
 Document = dict[str, Any]
@@ -264,11 +266,16 @@ class Ledger(ABC):
         return await self._transact([(DELIVERIES, change.change_id)], step)
 
     async def renew_delivery(self, change_id: str, token: str, lease: float) -> bool:
-        """Extend our claim while the delivery runs; False if it is no longer ours."""
+        """Extend our claim while the delivery runs; False if it is no longer ours.
+
+        True once our own success is recorded: the renewer may outlive the record by a moment.
+        """
         now = _now()
 
         def step(documents: list[Document | None]) -> tuple[list[Any], bool]:
             document = documents[0]
+            if document is not None and document.get("delivered_at") is not None:
+                return [KEEP], document.get("delivered_by") == token  # recorded: nothing to keep
             held = (document or {}).get("claim")
             if document is None or not held or held["token"] != token:
                 return [KEEP], False
