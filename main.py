@@ -1,5 +1,6 @@
 """Cloud Run / functions-framework entry points: the checkout API, and the order worker."""
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -66,3 +67,6 @@ uvicorn_worker.UvicornWorker.CONFIG_KWARGS = {
     **uvicorn_worker.UvicornWorker.CONFIG_KWARGS,
     "proxy_headers": False,
 }
+# functions-framework's --debug mode (or DEBUG set) serves with bare `uvicorn.run` instead, whose
+# settings read FORWARDED_ALLOW_IPS when it starts, after this import: there, trust no proxy.
+os.environ["FORWARDED_ALLOW_IPS"] = ""

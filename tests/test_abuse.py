@@ -121,8 +121,9 @@ def test_spoofed_forwarded_for_entries_do_not_evade_the_limit(live_server, strip
 
 def test_a_forwarded_for_header_from_a_local_client_is_not_the_client(live_server, stripe_emulator):
     # Locally (TRUSTED_PROXY_HOPS=0) the socket peer is the client, whatever X-Forwarded-For says;
-    # the server must not rewrite it, even when told to trust every proxy.
-    for env in ({}, {"FORWARDED_ALLOW_IPS": "*"}):
+    # the server must not rewrite it, even when told to trust every proxy, and in
+    # functions-framework's debug mode too (bare uvicorn rather than gunicorn's worker).
+    for env in ({}, {"FORWARDED_ALLOW_IPS": "*"}, {"FORWARDED_ALLOW_IPS": "*", "DEBUG": "1"}):
         server = live_server(CREATE_LIMIT_PER_MINUTE="2", TRUSTED_PROXY_HOPS="0", **env)
         codes = [create(server, {"X-Forwarded-For": f"203.0.113.{n}"})[0] for n in range(6)]
         assert codes.count(200) == 2 and codes.count(429) == 4, (env, codes)
