@@ -258,10 +258,12 @@ def advance(order: Order | None, fact: Fact) -> tuple[Order, list[Change]]:
         order = _with_session(order, fact)
     elif order is None:
         raise ValueError(f"a {type(fact).__name__} needs the order's session first")
-    elif isinstance(fact, ChargeFact):
-        order = _with_charge(order, fact)
     else:
-        order = _with_dispute(order, fact)
+        _settle_as_paid(order)
+        if isinstance(fact, ChargeFact):
+            order = _with_charge(order, fact)
+        else:
+            order = _with_dispute(order, fact)
     new = [change for change in _changes_of(order, fact) if change.key not in order.changes]
     for change in new:
         order.changes[change.key] = {"change": change.data(), "published": False}
@@ -289,6 +291,14 @@ def _progress_of(order: Order) -> int:
     if order.status == "complete" and order.payment_status == "unpaid":
         return 2 if order.payment_failed else 1
     return 0 if order.status == "open" else 2
+
+
+def _settle_as_paid(order: Order) -> None:
+    """A refund or dispute means the charge succeeded: a delayed payment whose success has not
+    been recorded yet (its event is late) is paid, so that `order.paid` comes before
+    `order.refunded` and the late event changes nothing (never revoke, then grant)."""
+    if order.status != "expired" and not order.payment_failed and not order.paid:
+        order.status, order.payment_status = "complete", "paid"
 
 
 def _with_charge(order: Order, fact: ChargeFact) -> Order:
@@ -323,21 +333,24 @@ def _changes_of(order: Order, fact: Fact) -> list[Change]:  # noqa: PLR0911
         if order.payment_failed:
             return [change(PAYMENT_FAILED, "payment_failed")]
         return []
+    # A refund or dispute of an order whose paid change is not recorded yet: paid comes first.
+    paid = [change(PAID, "paid")] if order.paid else []
     if isinstance(fact, ChargeFact):
         if order.refunded:
-            return [change(REFUNDED, "refunded", amount_refunded=order.amount_refunded)]
+            return [*paid, change(REFUNDED, "refunded", amount_refunded=order.amount_refunded)]
         if fact.amount_refunded > 0 and fact.amount_refunded == order.amount_refunded:
             key = f"partially_refunded_{order.amount_refunded}"
-            return [change(PARTIALLY_REFUNDED, key, amount_refunded=order.amount_refunded)]
-        return []
+            return [*paid, change(PARTIALLY_REFUNDED, key, amount_refunded=order.amount_refunded)]
+        return paid
     dispute = {"dispute_id": fact.dispute_id, "dispute_amount": fact.amount}
     changes = [
+        *paid,
         change(
             DISPUTED,
             f"disputed_{fact.dispute_id}",
             evidence_due_by=fact.evidence_due_by,
             **dispute,
-        )
+        ),
     ]
     status = order.disputes[fact.dispute_id]
     if status in DISPUTE_WON_STATUSES:

@@ -180,6 +180,22 @@ def test_every_order_of_the_facts_ends_in_the_same_state_with_the_same_changes(f
         assert len(made) == len(first_made)
 
 
+@pytest.mark.parametrize("later", [refund(200, full=True), dispute("needs_response")])
+def test_a_refund_or_dispute_of_a_settling_payment_is_paid_first_and_its_late_success_is_nothing(
+    later: Fact,
+):
+    # A bank debit's success event is late: the refund (or dispute) arrives first. The order was
+    # paid, or there would be nothing to refund: paid comes first, and the late event is nothing,
+    # so a user's function never revokes access and then grants it.
+    order, made = fold([PENDING_FACT, later, PAID_FACT])
+    assert types(made)[0] == PAID
+    assert types(made)[1:] == [REFUNDED if isinstance(later, ChargeFact) else DISPUTED]
+    assert order.outcome in ("refunded", "disputed")
+    in_order, in_order_made = fold([PENDING_FACT, PAID_FACT, later])
+    assert [c.change_id for c in made] == [c.change_id for c in in_order_made]
+    assert order.outcome == in_order.outcome
+
+
 def test_a_refund_or_dispute_before_the_order_is_refused_by_the_model():
     with pytest.raises(ValueError, match="needs the order's session"):
         advance(None, refund(10))
