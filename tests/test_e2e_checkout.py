@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -235,7 +236,8 @@ def paid_on_the_same_page(watched: Watched, card: str, image_id: str) -> dict:
     with page.expect_response(lambda r: STATUS_PATH in r.url) as status:
         pay(watched.frame(), card)
     expect(page.get_by_test_id("paid")).to_have_text(f"Paid {image_id}")
-    assert page.evaluate("window.paid") == [image_id]
+    # onPaid(imageId, sessionId): the app keeps the session for useStillPaid.
+    assert page.evaluate("window.paid") == [[image_id, watched.created[-1]["session_id"]]]
     # Neither a navigation nor a reload: the marker set before paying is still there.
     assert page.evaluate("window.marker") == "set before paying"
     assert len(watched.navigations) == 1, watched.navigations  # the page's own load only
@@ -323,6 +325,59 @@ def test_readme_react_component_with_always_lands_on_the_return_page(
     assert_paid_and_fulfilled(stripe_emulator, session_id, "img_always")
 
 
+def refund_in_full(stripe_emulator, session_id: str) -> None:
+    """Refund the session's payment through Stripe's API, as the Dashboard does, days later."""
+    payment_intent = stripe_emulator.get_session(session_id)["payment_intent"]
+    request = urllib.request.Request(
+        f"{stripe_emulator.url}/v1/refunds",
+        data=urllib.parse.urlencode({"payment_intent": payment_intent}).encode(),
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["status"] == "succeeded"
+
+
+def dispute(stripe_emulator, session_id: str) -> None:
+    """The cardholder disputes the payment at their bank: an emulator helper (Stripe has no API)."""
+    stripe_emulator.open_dispute(stripe_emulator.get_session(session_id)["payment_intent"])
+
+
+def board_is_taken_away(watched: Watched, shop: Shop, session_id: str, outcome: str) -> None:
+    """The emulator's signed event reached the function: the page's next check drops the board."""
+    page = watched.page
+    expect(page.get_by_test_id("revoked")).to_have_text(f"Access removed: {outcome}")
+    expect(page.get_by_test_id("paid")).to_have_count(0)
+    assert set(page.evaluate("window.revoked")) == {outcome}
+    assert function_status(shop, session_id)["outcome"] == outcome
+    assert len(watched.navigations) == 1, watched.navigations  # no reload did it
+    assert watched.errors == []
+
+
+def still_shows_the_board_after_a_check(watched: Watched, image_id: str) -> None:
+    page = watched.page
+    with page.expect_response(lambda r: STATUS_PATH in r.url) as check:
+        pass  # the board's component asks every 300 ms
+    assert check.value.json()["outcome"] == "paid"
+    expect(page.get_by_test_id("paid")).to_have_text(f"Paid {image_id}")
+    assert page.evaluate("window.revoked") == []
+
+
+@pytest.mark.parametrize("outcome", ["refunded", "disputed"])
+def test_readme_react_component_takes_the_board_away_on_a_refund_or_a_dispute(
+    shops, stripe_emulator, webhooks_to, browser_page, outcome
+):
+    shop = shops["if_required"]
+    webhooks_to(shop)
+    watched = open_page(browser_page, f"{shop.site.url}/?imageId=img_{outcome}")
+    paid_on_the_same_page(watched, "4242 4242 4242 4242", f"img_{outcome}")
+    [created] = watched.created
+    still_shows_the_board_after_a_check(watched, f"img_{outcome}")
+
+    (refund_in_full if outcome == "refunded" else dispute)(stripe_emulator, created["session_id"])
+
+    board_is_taken_away(watched, shop, created["session_id"], outcome)
+
+
 def test_readme_return_page_tells_a_settling_debit_and_offers_a_new_checkout_when_it_fails(
     shops, stripe_emulator, browser_page
 ):
@@ -367,6 +422,22 @@ def test_readme_plain_javascript_variant_pays_without_a_reload(
     assert (status["status"], status["payment_status"]) == ("complete", "paid")
     [created] = watched.created
     assert_paid_and_fulfilled(stripe_emulator, created["session_id"], "img_plain")
+
+
+def test_readme_plain_javascript_variant_takes_the_board_away_on_a_refund(
+    shops, stripe_emulator_server, stripe_emulator, webhooks_to, browser_page
+):
+    shop = shops["if_required"]
+    webhooks_to(shop)
+    query = f"stripe_js={stripe_emulator_server.url}/js/stripe.js&api={shop.function.url}"
+    watched = open_page(browser_page, f"{shop.site.url}/plain.html?{query}&imageId=img_plain_ref")
+    paid_on_the_same_page(watched, "4242 4242 4242 4242", "img_plain_ref")
+    [created] = watched.created
+    still_shows_the_board_after_a_check(watched, "img_plain_ref")
+
+    refund_in_full(stripe_emulator, created["session_id"])
+
+    board_is_taken_away(watched, shop, created["session_id"], "refunded")
 
 
 def test_demo_page_sells_the_board_without_a_reload_and_writes_the_readme_screenshot(

@@ -2,9 +2,10 @@
 // by the test) inside <StrictMode>, as a React app renders it in development.
 import { StrictMode, useCallback, useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
-import { Checkout, CheckoutReturn } from "./Checkout.jsx";
+import { Checkout, CheckoutReturn, useStillPaid } from "./Checkout.jsx";
 
 window.paid = []; // every onPaid call, for the tests
+window.revoked = []; // every onRevoked call
 window.effectRuns = 0;
 
 // StrictMode runs a new effect twice in a development build: the tests check that it did.
@@ -15,11 +16,24 @@ function EffectProbe() {
   return null;
 }
 
+// The paid board, as an app shows it: it asks every 300 ms (the README's default is a minute)
+// whether the payment still stands.
+function Board({ imageId, sessionId, onRevoked }) {
+  useStillPaid(sessionId, onRevoked, 300);
+  return <p data-testid="paid">Paid {imageId}</p>;
+}
+
 function App() {
-  const [paidImage, setPaidImage] = useState(null);
-  const onPaid = useCallback((imageId) => {
-    window.paid.push(imageId);
-    setPaidImage(imageId);
+  const [board, setBoard] = useState(null);
+  const [revoked, setRevoked] = useState(null);
+  const onPaid = useCallback((imageId, sessionId) => {
+    window.paid.push([imageId, sessionId]);
+    setBoard({ imageId, sessionId });
+  }, []);
+  const onRevoked = useCallback((outcome) => {
+    window.revoked.push(outcome);
+    setBoard(null);
+    setRevoked(outcome);
   }, []);
   const imageId = new URLSearchParams(window.location.search).get("imageId") ?? "img_e2e";
   const onReturnPage = window.location.pathname.startsWith("/hero-me");
@@ -28,9 +42,12 @@ function App() {
     <>
       <EffectProbe />
       <h1>Hero Me</h1>
-      {paidImage && <p data-testid="paid">Paid {paidImage}</p>}
+      {board && <Board {...board} onRevoked={onRevoked} />}
+      {revoked && <p data-testid="revoked">Access removed: {revoked}</p>}
       {onReturnPage && <CheckoutReturn onPaid={onPaid} onNewCheckout={startAgain} />}
-      {!onReturnPage && !paidImage && <Checkout key={imageId} imageId={imageId} onPaid={onPaid} />}
+      {!onReturnPage && !board && !revoked && (
+        <Checkout key={imageId} imageId={imageId} onPaid={onPaid} />
+      )}
     </>
   );
 }
