@@ -338,16 +338,20 @@ def stop_process(process: subprocess.Popen[Any], seconds: float = 10.0) -> tuple
 
     SIGTERM, up to `seconds` for it to exit and close its pipes (generous: a hang, not a time),
     then SIGKILL. A process that leads its own group (start_new_session=True) is signalled with
-    the whole group, so that the children it started go with it.
+    the whole group, and what is left of the group once it has gone is killed: the children it
+    started go with it.
     """
     group = process.returncode is None and _leads_its_group(process)
     if process.poll() is None:
         _send(process, signal.SIGTERM, group)
     try:
-        return process.communicate(timeout=seconds)
+        output = process.communicate(timeout=seconds)
     except subprocess.TimeoutExpired:
         _send(process, signal.SIGKILL, group)
-        return process.communicate(timeout=seconds)
+        output = process.communicate(timeout=seconds)
+    if group:
+        _send(process, signal.SIGKILL, group)
+    return output
 
 
 def _leads_its_group(process: subprocess.Popen[Any]) -> bool:

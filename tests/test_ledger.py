@@ -33,7 +33,14 @@ from checkout.ledger import (
 from checkout.ledger.memory import MemoryLedger
 from checkout.orders import ChargeFact, SessionFact, session_fact
 from tests.firestore_emulator import Firestore
-from tests.support import ROOT, CapturedLogs, a_session, read_document, service_account_file
+from tests.support import (
+    ROOT,
+    CapturedLogs,
+    a_session,
+    read_document,
+    service_account_file,
+    stop_process,
+)
 
 COMPLETED = "checkout.session.completed"
 MakeLedger = Callable[[], Ledger]
@@ -362,9 +369,7 @@ def test_processes_racing_to_take_over_one_expired_claim_leave_exactly_one_holde
             assert process.wait(timeout=300) == 0  # generous: a hang, not a timing
     finally:
         for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            stop_process(process)
     outcomes = [(tmp_path / f"out{n}").read_text() for n in range(4)]
     assert outcomes.count(CLAIMED) == 1, outcomes
     assert set(outcomes) <= {CLAIMED, HELD, "unavailable"}, outcomes
