@@ -19,7 +19,7 @@ import base64
 import contextlib
 import os
 import ssl
-from collections.abc import AsyncIterable, Awaitable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -150,10 +150,13 @@ class StripeTransport(stripe.HTTPClient):
         *,
         max_idle_seconds: float = MAX_IDLE_SECONDS,
         ca_file: str | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        """`ca_file`: the CAs to trust; by default the SDK's bundle (tests bring their own CA)."""
+        """`ca_file`: the CAs to trust; by default the SDK's bundle (tests bring their own CA).
+        `clock`: monotonic seconds that time idle connections; by default the loop's."""
         super().__init__(proxy=proxy_for(api_base))
         self._loop = asyncio.get_running_loop()
+        self._clock = clock or self._loop.time
         self._timeout = timeout
         self._max_idle = max_idle_seconds
         self._ca_file = ca_file
@@ -219,7 +222,7 @@ class StripeTransport(stripe.HTTPClient):
 
     async def _connection(self, origin: tuple[str, str, int], proxy: str | None) -> _Connection:
         idle = self._idle.get(origin)
-        now = self._loop.time()
+        now = self._clock()
         while idle:
             connection = idle.pop()
             if connection.usable(now, self._max_idle):
@@ -247,7 +250,7 @@ class StripeTransport(stripe.HTTPClient):
     ) -> None:
         idle = self._idle.setdefault(origin, [])
         if reusable and not self._closed and len(idle) < _MAX_IDLE:
-            connection.idle_since = self._loop.time()
+            connection.idle_since = self._clock()
             idle.append(connection)
         else:
             connection.close()

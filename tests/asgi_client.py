@@ -90,11 +90,14 @@ class AsgiApp:
         return future.result(timeout)
 
     def close(self) -> None:
-        # A moment for tasks already scheduled (closing the Stripe pool) before the loop stops.
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        # The tasks still on the loop (closing a Stripe pool, a delivery after its answer) end
+        # before it stops. Generous bound: a hang, not a time.
+        try:
+            asyncio.run_coroutine_threadsafe(_others_done(), self.loop).result(60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            self.loop.close()
 
     async def _serve(self, scope: dict[str, Any], body: bytes) -> Answer:
         pending = [{"type": "http.request", "body": body, "more_body": False}]
@@ -120,6 +123,15 @@ class AsgiApp:
         finished.set()
         body_out = b"" if scope["method"] == "HEAD" else b"".join(chunks)
         return Answer(start["status"], list(start.get("headers", [])), body_out)
+
+
+async def _others_done() -> None:
+    """Return once every other task on this loop is done, and any task those started."""
+    this = asyncio.current_task()
+    # A pool closed from another thread (close_soon) is closed by a callback queued before
+    # this task was: its task is in all_tasks() by the time this one runs.
+    while others := asyncio.all_tasks() - {this}:
+        await asyncio.wait(others)
 
 
 class Client:

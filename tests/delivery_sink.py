@@ -30,9 +30,16 @@ async def deliver_to_sink(change: Change) -> None:
 
 
 def blocking_delivery(change: Change) -> None:
-    """A plain (blocking) function, as many teams write: it runs on a worker thread."""
+    """A plain (blocking) function, as many teams write: it runs on a worker thread.
+
+    It holds until the file DELIVERY_RELEASE names exists (the test's signal), and for
+    DELIVERY_HOLD_SECONDS at most (without DELIVERY_RELEASE, for exactly that long).
+    """
     _note(change, "start")
-    time.sleep(float(os.environ.get("DELIVERY_HOLD_SECONDS", "0")))
+    release = os.environ.get("DELIVERY_RELEASE")
+    deadline = time.monotonic() + float(os.environ.get("DELIVERY_HOLD_SECONDS", "0"))
+    while time.monotonic() < deadline and not (release and Path(release).exists()):
+        time.sleep(0.01)
     _note(change, "done")
 
 

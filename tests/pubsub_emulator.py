@@ -80,6 +80,7 @@ class PubSub:
 
         With `count`, returns once that many have arrived, after one more pull that would catch
         any extra already there; without it (or if they never come), after `timeout` seconds.
+        So with `count`, `timeout` only bounds a hang: make it generous.
         """
         found: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout

@@ -7,12 +7,14 @@ another or from conftest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import functions_framework.aio
@@ -327,12 +330,51 @@ def a_session(
     )
 
 
-# --- Servers ----------------------------------------------------------------------------------
+# --- Processes and servers --------------------------------------------------------------------
+
+
+def stop_process(process: subprocess.Popen[Any], seconds: float = 10.0) -> tuple[Any, Any]:
+    """Stop a process a test started, however the test ends; what is left of its piped output.
+
+    SIGTERM, up to `seconds` for it to exit and close its pipes (generous: a hang, not a time),
+    then SIGKILL. A process that leads its own group (start_new_session=True) is signalled with
+    the whole group, and what is left of the group once it has gone is killed: the children it
+    started go with it.
+    """
+    group = process.returncode is None and _leads_its_group(process)
+    if process.poll() is None:
+        _send(process, signal.SIGTERM, group)
+    try:
+        output = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        _send(process, signal.SIGKILL, group)
+        output = process.communicate(timeout=seconds)
+    if group:
+        _send(process, signal.SIGKILL, group)
+    return output
+
+
+def _leads_its_group(process: subprocess.Popen[Any]) -> bool:
+    try:
+        return os.getpgid(process.pid) == process.pid
+    except ProcessLookupError:
+        return False
+
+
+def _send(process: subprocess.Popen[Any], sig: signal.Signals, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            os.killpg(process.pid, sig)
+        elif process.poll() is None:
+            process.send_signal(sig)
 
 
 class LiveServer:
     """functions-framework (gunicorn, one uvicorn worker) in a subprocess; stdout and stderr
-    captured to two files."""
+    captured to two files.
+
+    Stopped by `stop()`, or on leaving a `with` block; one that does not start stops itself.
+    """
 
     def __init__(
         self,
@@ -370,7 +412,22 @@ class LiveServer:
             # Apart: Cloud Logging reads stdout as JSON lines; gunicorn writes its own to stderr.
             stderr=self._stderr,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> LiveServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
 
     def _wait_ready(self, seconds: float = 20.0) -> None:
         deadline = time.monotonic() + seconds
@@ -383,7 +440,7 @@ class LiveServer:
                 return  # any HTTP answer (our JSON 404) means it is serving
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError("server did not start in time")
+        raise RuntimeError(f"server did not start in {seconds} s: {self.stderr()[-2000:]}")
 
     def logs(self) -> str:
         """Everything the server wrote to stdout: the JSON log lines."""
@@ -395,12 +452,7 @@ class LiveServer:
         return self.stderr_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
         self._log.close()
         self._stderr.close()
 

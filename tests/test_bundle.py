@@ -22,7 +22,7 @@ import pathspec
 import pytest
 
 from devtools.stripe_emulator import StripeEmulator
-from tests.support import FRONTEND, ROOT, TEST_KEY, free_port
+from tests.support import FRONTEND, ROOT, TEST_KEY, free_port, stop_process
 
 
 def ignore_spec(root: Path) -> pathspec.GitIgnoreSpec:
@@ -248,8 +248,4 @@ def test_uploaded_bundle_installs_alone_and_serves_checkout(
             )
             assert stripe_emulator.calls()["sessions_created"] == 1
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_process(server)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,7 +24,7 @@ import pytest
 
 from checkout.config import ENVIRONMENT_VARIABLES
 from tests.gcloud_cli import Call, Recorder, require_gcloud, require_tools, run_for_real
-from tests.support import ROOT, SERVICE_VARS, free_port
+from tests.support import ROOT, SERVICE_VARS, free_port, stop_process
 
 BASH = shutil.which("bash") or "/bin/bash"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -179,12 +178,7 @@ def make_run(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
                 time.sleep(0.1)
         yield api, emulator, log
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process(process, 15)  # its group: make, the launcher, the function, the emulator
 
 
 @pytest.mark.curl

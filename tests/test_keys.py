@@ -26,7 +26,7 @@ from checkout.keys import (
     webhook_secret_source,
 )
 from devtools.secret_manager_emulator import SecretManagerEmulator
-from tests.support import service_account_file
+from tests.support import service_account_file, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "demo-project"
@@ -620,19 +620,19 @@ def test_emulator_command_line_serves_the_secrets_it_is_given() -> None:
         "--secret",
         f"{SECRET}={KEY_V1}",
     ]
-    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
-        try:
-            assert process.stdout is not None
-            line = process.stdout.readline().strip()
-            assert line == f"Secret Manager emulator listening on http://127.0.0.1:{port}"
-            source = stripe_api_key_source(
-                load_settings(
-                    {
-                        "SECRET_MANAGER_ENDPOINT": f"http://127.0.0.1:{port}",
-                        "STRIPE_SECRET_NAME": SECRET,
-                    }
-                )
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line == f"Secret Manager emulator listening on http://127.0.0.1:{port}"
+        source = stripe_api_key_source(
+            load_settings(
+                {
+                    "SECRET_MANAGER_ENDPOINT": f"http://127.0.0.1:{port}",
+                    "STRIPE_SECRET_NAME": SECRET,
+                }
             )
-            assert source.get() == KEY_V1
-        finally:
-            process.terminate()
+        )
+        assert source.get() == KEY_V1
+    finally:
+        stop_process(process)

@@ -24,7 +24,7 @@ from google.cloud.pubsub_v1.types import PublisherOptions  # type: ignore[import
 from devtools.eventarc_push import EVENT_TYPE, EventarcPush, cloud_event_request
 from devtools.pubsub_emulator import PubSubApi, PubSubEmulator, PubSubError, decode_data
 from tests.pubsub_emulator import PubSub
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, stop_process
 
 # "Does not hang" bounds: generous, because the machine is shared; nothing here is timed.
 WAIT = 30.0
@@ -151,7 +151,7 @@ def test_the_emulator_cannot_dead_letter_from_an_ordered_subscription(pubsub: Pu
     # local worker subscription (`make pubsub-emulator`) is unordered.
     dead_letter_setup(pubsub, ordering=True)
     with pytest.raises(PubSubError) as broken:
-        wait_for_messages(pubsub.api, pubsub.project, "worker", seconds=2)
+        wait_for_messages(pubsub.api, pubsub.project, "worker")  # raises at the first 500
     assert broken.value.status == 500
     assert pubsub.api.pull(pubsub.project, "dead-letters-sub") == []
 
@@ -201,8 +201,9 @@ def test_the_emulator_command_creates_the_documented_topics_and_stops_on_sigterm
         api.publish("local-project", "checkout-orders", b"{}")
         assert wait_for_messages(api, "local-project", "checkout-orders-worker")
     finally:
-        emulator.terminate()  # the command's own handler stops gcloud and its Java child
-        emulator.communicate(timeout=WAIT * 2)
+        # SIGTERM: the command's own handler stops gcloud and its Java child (their own group,
+        # which a kill of the command, if it hangs, would not reach).
+        stop_process(emulator, WAIT * 2)
     assert emulator.returncode == 0
     with pytest.raises(PubSubError) as stopped:
         PubSubApi(f"127.0.0.1:{port}", timeout=5).get_subscription("local-project", "x-y-z")
@@ -398,8 +399,7 @@ def test_push_command_pushes_until_sigterm(pubsub: PubSub, sink: Sink) -> None:
         (request,) = sink.wait_for(1)
         assert request[1]["ce-id"] == message_id
     finally:
-        pusher.terminate()
-        output, _ = pusher.communicate(timeout=WAIT)
+        output, _ = stop_process(pusher, WAIT)
     assert pusher.returncode == 0, output
     assert f"message {message_id}: 200 ack" in output
 
@@ -435,6 +435,7 @@ class CloudEventServer:
         self.log = directory / "server.log"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/"
+        self._output = self.log.open("wb")
         self.process = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "functions-framework"),
@@ -455,18 +456,25 @@ class CloudEventServer:
                 "CLOUDEVENT_PROBE_FILE": str(self.events),
                 "PYTHONUNBUFFERED": "1",
             },
-            stdout=self.log.open("wb"),
+            stdout=self._output,
             stderr=subprocess.STDOUT,
         )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + WAIT
         while True:
             assert self.process.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, f"did not start: {self.log.read_text()}"
             try:
                 urllib.request.urlopen(self.url, timeout=1)
-                break
+                return
             except urllib.error.HTTPError:
-                break  # any HTTP answer (GET is not a CloudEvent) means it is serving
+                return  # any HTTP answer (GET is not a CloudEvent) means it is serving
             except OSError:
                 time.sleep(0.05)
 
@@ -474,12 +482,8 @@ class CloudEventServer:
         return [json.loads(line) for line in self.events.read_text().splitlines()]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, WAIT)
+        self._output.close()
 
 
 @pytest.fixture(params=["record_event", "record_event_async"])

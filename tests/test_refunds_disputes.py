@@ -91,7 +91,7 @@ def test_a_full_refund_reaches_a_second_instance_within_its_bound_once(
     refund(stripe_emulator, session["payment_intent"])
     body = eventually(second, session["id"], "refunded")
     assert body["amount_refunded"] == 200
-    types = [m.attributes["type"] for m in pubsub.messages(timeout=1.0, count=2)]
+    types = [m.attributes["type"] for m in pubsub.messages(timeout=30, count=2)]
     assert sorted(types) == ["order.paid", "order.refunded"]
     # Stripe's duplicate delivery of the refund changes nothing.
     refunded = [e for e in stripe_emulator.deliveries() if e.get("type") == "charge.refunded"]
@@ -105,7 +105,7 @@ def test_a_partial_refund_stays_paid_with_the_amount_and_one_change(
     stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
     session = paid(server, stripe_emulator)
     refund(stripe_emulator, session["payment_intent"], amount=50)
-    for _ in range(300):
+    for _ in range(300):  # until the refund's event is applied (bounded, generous: a hang)
         body = answer(server, session["id"])
         if body["amount_refunded"] == 50:
             break
@@ -204,7 +204,7 @@ def test_a_refund_of_another_integrations_charge_is_acknowledged_and_changes_not
     foreign = create_session(stripe_emulator)  # no marker of ours
     completed = stripe_emulator.complete_session(foreign["id"], "paid")
     refund(stripe_emulator, completed["payment_intent"])
-    for _ in range(100):
+    for _ in range(300):  # until the refund's event is handled (bounded, generous: a hang)
         handled = [
             r
             for r in log_records(server.logs(), "stripe_event")

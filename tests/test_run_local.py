@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, SERVICE_VARS, TEST_KEY, WHSEC, free_port
+from tests.support import ROOT, SERVICE_VARS, TEST_KEY, WHSEC, free_port, stop_process
 
 
 def request(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, dict]:
@@ -42,26 +41,30 @@ def start_launcher(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, str, i
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(process, base, log_path)
+    except BaseException:
+        stop(process)
+        raise
+    return process, base, emulator_port, log_path
+
+
+def wait_until_serving(process: subprocess.Popen, base: str, log_path: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert process.poll() is None, log_path.read_text()
         try:
             urllib.request.urlopen(f"{base}/ready", timeout=1)
         except urllib.error.HTTPError:
-            return process, base, emulator_port, log_path
+            return
         except OSError:
             time.sleep(0.1)
-    process.kill()
     pytest.fail(f"make run did not start: {log_path.read_text()}")
 
 
 def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    """The launcher and its group: the function and the emulator it started."""
+    stop_process(process, 15)
 
 
 def test_without_a_key_it_runs_offline_against_the_emulator(tmp_path):

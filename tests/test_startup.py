@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, SERVICE_VARS, TEST_KEY, WHSEC, free_port
+from tests.support import ROOT, SERVICE_VARS, TEST_KEY, WHSEC, free_port, stop_process
 
 # What a good configuration of the API on Cloud Run has (docs/deploy.md).
 CLOUD_RUN = {
@@ -59,20 +59,20 @@ def serve(
     deadline = time.monotonic() + seconds
     code = None
     served = False
-    while time.monotonic() < deadline and not served:
-        code = process.poll()
-        if code is not None:
-            break
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1)
-            served = True
-        except urllib.error.HTTPError:
-            served = True  # any HTTP answer will do
-        except OSError:
-            time.sleep(0.1)
-    if code is None:
-        process.terminate()
-    out, err = process.communicate(timeout=15)
+    try:
+        while time.monotonic() < deadline and not served:
+            code = process.poll()
+            if code is not None:
+                break
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1)
+                served = True
+            except urllib.error.HTTPError:
+                served = True  # any HTTP answer will do
+            except OSError:
+                time.sleep(0.1)
+    finally:
+        out, err = stop_process(process, 15)
     # A generous bound: a process that neither serves nor exits in it is a failure, not a start.
     assert code is not None or served, f"neither served nor exited in {seconds} s: {out}"
     return code, out, err

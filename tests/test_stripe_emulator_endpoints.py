@@ -17,7 +17,7 @@ import stripe
 
 from devtools.stripe_emulator import StripeEmulator
 from tests.stripe_emulator_client import OLD_API_VERSION, WEBHOOK_SECRET, create, helper, sdk
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, stop_process
 
 # A bound on how long a delivery or retry may take to show up. Generous, because the machine is
 # shared: it only says "does not hang", and every wait ends as soon as the awaited thing happens.
@@ -424,6 +424,4 @@ def test_the_command_line_sets_the_retry_schedule():
         schedule = requests.get(f"http://127.0.0.1:{port}/_emulator/retries", timeout=10).json()
         assert schedule == {"schedule": [0.1, 0.2, 0.4]}
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        process.stdout.close()
+        stop_process(process)

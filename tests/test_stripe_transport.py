@@ -156,10 +156,18 @@ def test_a_pooled_connection_the_server_dropped_is_replaced_without_an_error():
 TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
-async def settle() -> None:
-    """Let the loop read what a local server has already written (loopback delivers at once)."""
-    for _ in range(10):
-        await asyncio.sleep(0)
+async def until_an_idle_connection_holds_unread_bytes(transport: StripeTransport) -> None:
+    """Until the loop has read, on a pooled idle connection, bytes the server sent to it.
+
+    The condition the transport itself checks; polled with a generous bound (a hang, not a time).
+    """
+    async with asyncio.timeout(30):
+        while not any(
+            connection.reader._buffer  # type: ignore[attr-defined]  # CPython's unread bytes
+            for idle in transport._idle.values()
+            for connection in idle
+        ):
+            await asyncio.sleep(0.001)
 
 
 def test_a_408_written_on_the_servers_idle_timeout_is_never_the_next_answer():
@@ -239,7 +247,7 @@ def test_a_pooled_connection_with_unread_bytes_is_not_reused():
             first = await transport.request_async("get", server.url + "/v1/x", {})
             answered.set()
             await sent.wait()
-            await settle()
+            await until_an_idle_connection_holds_unread_bytes(transport)
             second = await transport.request_async("get", server.url + "/v1/x", {})
             await transport.close_async()
             assert [first[0], second[0]] == [b'{"n": 1}', b'{"n": 2}']
@@ -268,15 +276,28 @@ def test_bytes_that_follow_the_answer_in_one_read_make_the_connection_unusable()
     run(test)
 
 
-def test_a_connection_idle_past_the_bound_is_not_reused():
+class Clock:
+    """Monotonic seconds that move only when the test moves them."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_connection_is_reused_inside_the_idle_bound_and_not_past_it():
     requests: list[bytes] = []
+    clock = Clock()
 
     async def test() -> None:
         async with Server(keep_answering(requests)) as server:
-            transport = StripeTransport(server.url, 5, max_idle_seconds=0.05)
+            transport = StripeTransport(server.url, 5, max_idle_seconds=15, clock=clock)
             assert (await transport.request_async("get", server.url + "/v1/x", {}))[1] == 200
+            clock.now += 14  # idle 14 s of the 15 allowed: reused
             assert (await transport.request_async("get", server.url + "/v1/x", {}))[1] == 200
-            await asyncio.sleep(0.3)  # past the bound, whatever the machine's load
+            assert server.connections == 1
+            clock.now += 15  # idle the whole bound: a new connection
             assert (await transport.request_async("get", server.url + "/v1/x", {}))[1] == 200
             await transport.close_async()
             assert server.connections == 2
@@ -305,7 +326,7 @@ def test_an_answer_cut_short_is_a_retryable_connection_error():
 def test_a_silent_server_times_out_as_a_connection_error():
     async def handler(reader, writer, _connection):
         await read_request(reader)
-        await asyncio.sleep(5)
+        await reader.read()  # silent until the client hangs up
 
     async def test() -> None:
         async with Server(handler) as server:

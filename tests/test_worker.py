@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,26 @@ class Gate:
             raise RuntimeError("the print shop is down")
 
 
+class CountsRenewals(MemoryLedger):
+    """The memory ledger, which sets `renewed` once it has renewed claims `wanted` times."""
+
+    def __init__(self, wanted: int) -> None:
+        super().__init__(100)
+        self.wanted = wanted
+        self.renewals = 0
+        self.renewed = asyncio.Event()
+
+    async def renew_delivery(self, change_id: str, token: str, lease: float) -> bool:
+        renewed = await super().renew_delivery(change_id, token, lease)
+        self.renewals += renewed
+        if self.renewals >= self.wanted:
+            self.renewed.set()
+        return renewed
+
+
 def test_a_delivery_that_outlives_its_lease_is_renewed_and_never_runs_twice_at_once():
     async def scenario() -> None:
-        ledger = MemoryLedger(100)
+        ledger = CountsRenewals(wanted=4)
         gate = Gate()
         worker = Worker(ledger, gate, lease_seconds=0.3)
         change = a_change()
@@ -79,14 +97,12 @@ def test_a_delivery_that_outlives_its_lease_is_renewed_and_never_runs_twice_at_o
         record = await ledger.delivery(change.change_id)
         assert record is not None
         first_expiry = record["claim"]["expires_at"]
-        # Wait (boundedly, generously) until the first lease is over, then look: the claim must
-        # have been renewed past it, so a redelivery is still held off.
-        for _ in range(400):
-            if datetime.now(UTC) > first_expiry:
-                break
-            await asyncio.sleep(0.02)
+        # Four renewals, each a third of a lease after the one before (asyncio.sleep never wakes
+        # early), so the first lease is over. Bounded generously: a hang, not a time.
+        await asyncio.wait_for(ledger.renewed.wait(), 60)
+        assert datetime.now(UTC) > first_expiry
         renewed = (await ledger.delivery(change.change_id))["claim"]["expires_at"]
-        assert renewed > datetime.now(UTC) > first_expiry
+        assert renewed > first_expiry
         with pytest.raises(DeliveryInProgress):
             await worker.deliver(change)  # Pub/Sub's redelivery, while the first still runs
         gate.open.set()
@@ -273,33 +289,46 @@ def post_cloud_event(url: str, body: dict[str, Any], event_id: str = "1234567") 
         return int(error.code)
 
 
+def claim_expiry(firestore: Firestore, change: Change) -> datetime:
+    """When the claim on `change`'s delivery runs out, unless it is renewed."""
+    from checkout.ledger.firestore import FirestoreLedger
+
+    ledger = FirestoreLedger(project=firestore.project, database="(default)")
+    record = run(ledger.delivery(change.change_id))
+    assert record is not None and record["claim"] is not None, record
+    expires_at: datetime = record["claim"]["expires_at"]
+    return expires_at
+
+
+@contextlib.contextmanager
 def worker_servers(
     firestore: Firestore, tmp_path: Path, count: int, **env: str
-) -> list[LiveServer]:
-    servers = []
-    for n in range(count):
-        full = {
-            **firestore.env(),
-            "DELIVERY_SINK": str(tmp_path / "sink"),
-            **env,
-        }
-        servers.append(LiveServer(full, tmp_path / f"worker-{n}.log", target="fulfil_order"))
-    return servers
+) -> Iterator[list[LiveServer]]:
+    """`count` fulfil_order processes, all stopped on leaving, however the block ends."""
+    full = {**firestore.env(), "DELIVERY_SINK": str(tmp_path / "sink"), **env}
+    with contextlib.ExitStack() as servers:
+        yield [
+            servers.enter_context(
+                LiveServer(full, tmp_path / f"worker-{n}.log", target="fulfil_order")
+            )
+            for n in range(count)
+        ]
 
 
 @pytest.mark.firestore
 def test_two_workers_given_one_message_run_it_once_though_it_outlives_the_lease(
     firestore: Firestore, tmp_path: Path
 ) -> None:
-    servers = worker_servers(
+    release = tmp_path / "release"
+    with worker_servers(
         firestore,
         tmp_path,
         2,
         DELIVER_ORDER="tests.delivery_sink:blocking_delivery",
-        DELIVERY_HOLD_SECONDS="5",
+        DELIVERY_RELEASE=str(release),
+        DELIVERY_HOLD_SECONDS="60",  # until released; generous, it only bounds a broken test
         LEDGER_LEASE_SECONDS="1",
-    )
-    try:
+    ) as servers:
         change = a_change()
         body = message_for(change)
         statuses: dict[int, int] = {}
@@ -314,8 +343,14 @@ def test_two_workers_given_one_message_run_it_once_though_it_outlives_the_lease(
             if deliveries(sink):
                 break
             threading.Event().wait(0.05)
-        # The second worker gets it while the first runs, well past the 1 s lease: held.
+        expiry = claim_expiry(firestore, change)
+        for _ in range(400):  # until that lease is over: one-sided, and bounded generously
+            if datetime.now(UTC) > expiry:
+                break
+            threading.Event().wait(0.05)
+        # The second worker gets it while the first runs, past the lease it took: held.
         assert post_cloud_event(servers[1].url, body) == 409
+        release.touch()
         first.join(timeout=60)
         assert statuses[0] == 200
         # Redeliveries later, to both: acknowledged, not run again.
@@ -329,19 +364,15 @@ def test_two_workers_given_one_message_run_it_once_though_it_outlives_the_lease(
             if record.get("message", "").startswith("fulfil_order")
         ]
         assert sorted(outcomes) == ["delivered", "duplicate", "duplicate", "in_progress"]
-    finally:
-        for server in servers:
-            server.stop()
 
 
 @pytest.mark.firestore
 def test_a_delivery_that_fails_once_answers_500_then_the_redelivery_succeeds_once(
     firestore: Firestore, tmp_path: Path
 ) -> None:
-    (server,) = worker_servers(
+    with worker_servers(
         firestore, tmp_path, 1, DELIVER_ORDER="tests.delivery_sink:fails_the_first_time"
-    )
-    try:
+    ) as (server,):
         body = message_for(a_change())
         assert post_cloud_event(server.url, body) == 500
         assert post_cloud_event(server.url, body) == 200
@@ -350,5 +381,3 @@ def test_a_delivery_that_fails_once_answers_500_then_the_redelivery_succeeds_onc
         assert [what for _, _, what, _ in runs] == ["start", "start", "done"]
         assert post_cloud_event(server.url, {"message": {"data": "%%%"}}) == 400
         assert "Traceback" not in server.logs()
-    finally:
-        server.stop()
