@@ -468,6 +468,17 @@ def read_document(firestore: Firestore, collection: str, doc_id: str) -> dict | 
     return asyncio.run(read())
 
 
+def document_ids(firestore: Firestore, collection: str) -> list[str]:
+    """The ids of every document in a collection of this test's project."""
+    from google.cloud import firestore as gcf
+
+    async def ids() -> list[str]:
+        client = gcf.AsyncClient(project=firestore.project)
+        return [ref.id async for ref in client.collection(collection).list_documents()]
+
+    return asyncio.run(ids())
+
+
 def create_session(emulator, **params: str) -> dict:
     form = {
         "ui_mode": "embedded_page",
