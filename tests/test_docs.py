@@ -108,6 +108,9 @@ def page_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PageRun]:
 
 
 @pytest.mark.gcloud
+# The first test also pays for the module's fixture: every documented gcloud command through the
+# real CLI, a few seconds each. A generous bound (a hang, not a time) for a loaded machine.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("page", [page_id(p) for p in PAGES_WITH_GCLOUD])
 def test_every_gcloud_command_in_the_page_passes_the_real_cli(
     page_runs: dict[str, PageRun], page: str
