@@ -22,7 +22,14 @@ import requests
 import stripe
 from stripe._api_version import _ApiVersion
 
-from devtools.stripe_emulator import LATEST_API_VERSION, StripeEmulator, params, rules, shapes
+from devtools.stripe_emulator import (
+    LATEST_API_VERSION,
+    StripeEmulator,
+    params,
+    resources,
+    rules,
+    shapes,
+)
 from devtools.stripe_emulator.state import RENAMED_UI_MODES_SINCE
 from tests.support import free_port
 
@@ -326,9 +333,14 @@ def test_the_emulator_speaks_the_pinned_sdks_api_version():
     assert renames == ["2026-03-25.dahlia"], "the dahlia ui_mode rename's version moved"
 
 
-def test_every_registered_endpoint_names_a_typed_dict_of_the_pinned_sdk():
-    for endpoint in params.registered():
-        assert params.schema(endpoint).fields, f"{endpoint}: its TypedDict has no parameters"
+def test_every_endpoint_the_emulator_serves_is_checked_against_a_typed_dict_of_the_sdk():
+    served = {"create_session", "retrieve_session", "expire_session", *resources.ENDPOINTS}
+    assert served == set(params.registered())
+    for endpoint, typed_dict in params.registered().items():
+        # Compiling it fails if the pinned SDK no longer has it; only a DELETE takes nothing.
+        schema = params.schema(endpoint)
+        assert schema.name == typed_dict.rpartition(".")[2]
+        assert schema.fields or endpoint.startswith("delete_"), f"{typed_dict} has no parameters"
 
 
 def test_removed_parameters_are_still_absent_from_the_sdk():
