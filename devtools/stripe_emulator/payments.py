@@ -371,9 +371,7 @@ def _visible(
     return found
 
 
-def _new_intent(
-    session: dict[str, Any], intent_data: dict[str, Any], now: int
-) -> dict[str, Any]:
+def _new_intent(session: dict[str, Any], intent_data: dict[str, Any], now: int) -> dict[str, Any]:
     """The PaymentIntent Checkout makes for a session: its amount, and its payment_intent_data."""
     intent_id = session["payment_intent"]
     copied = {name: intent_data[name] for name in COPIED_INTENT_DATA if name in intent_data}

@@ -161,9 +161,7 @@ def read(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
     return expansions.expand(answers, found, request.expand, found_objects)
 
 
-def write(
-    emulator: StripeEmulator, request: Request
-) -> tuple[dict[str, Any], list[LoggedEvent]]:
+def write(emulator: StripeEmulator, request: Request) -> tuple[dict[str, Any], list[LoggedEvent]]:
     """A POST or DELETE, and the events it emits; the caller holds the emulator's lock."""
     endpoint, object_id, params, livemode = (
         request.endpoint, request.object_id, request.params, request.livemode,
@@ -230,9 +228,7 @@ def _old_names(session: dict[str, Any]) -> dict[str, Any]:
 
 def _list_webhook_endpoints(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
     items = emulator._bus.endpoints.newest_first(request.livemode)
-    return page(
-        items, lambda _: True, request.params, "/v1/webhook_endpoints", "webhook_endpoint"
-    )
+    return page(items, lambda _: True, request.params, "/v1/webhook_endpoints", "webhook_endpoint")
 
 
 def _list_events(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
