@@ -169,6 +169,16 @@ def test_listed_sessions_expand_their_payment_intent(client, stripe_emulator):
     assert listing.data[0].payment_intent.status == "succeeded"
 
 
+def test_a_list_expansion_names_the_items_with_data(client, stripe_emulator):
+    stripe_emulator.complete_session(create(client).id)
+    session = sessions_list(client, expand=["data.payment_intent.latest_charge"]).data[0]
+    assert session.payment_intent.latest_charge.object == "charge"
+    for path in ("payment_intent", "data.payment_intent.nonsense"):
+        with pytest.raises(stripe.InvalidRequestError) as caught:
+            sessions_list(client, expand=[path])
+        assert caught.value.user_message == f"This property cannot be expanded ({path})."
+
+
 # --- GET /v1/events ------------------------------------------------------------------------
 
 

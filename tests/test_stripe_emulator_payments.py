@@ -100,6 +100,60 @@ def test_the_payment_intent_expands_its_latest_charge(client, stripe_emulator):
     assert (refund.charge.id, refund.charge.refunded) == (intent.latest_charge.id, True)
 
 
+def raw_get(emulator: StripeEmulator, path: str, **params: Any) -> requests.Response:
+    return requests.get(
+        f"{emulator.url}{path}", params=params, headers={"Authorization": f"Bearer {KEY}"}
+    )
+
+
+@pytest.mark.parametrize("payment_status", ["paid", "unpaid"])
+def test_a_sessions_expanded_payment_intent_is_the_one_payment_intents_serves(
+    client, stripe_emulator, payment_status
+):
+    session = create(client)
+    stripe_emulator.complete_session(session.id, payment_status=payment_status)
+    expanded = raw_get(stripe_emulator, f"/v1/checkout/sessions/{session.id}",
+                       **{"expand[]": "payment_intent"}).json()["payment_intent"]  # fmt: skip
+    served = raw_get(stripe_emulator, f"/v1/payment_intents/{expanded['id']}").json()
+    assert expanded == served
+    assert expanded["latest_charge"].startswith("ch_")
+    assert expanded["client_secret"].startswith(f"{expanded['id']}_secret_")
+
+
+def test_a_session_expands_its_payment_intents_latest_charge(client, stripe_emulator):
+    session = paid_session(client, stripe_emulator)
+    params: Any = {"expand": ["payment_intent.latest_charge"]}
+    expanded = client.v1.checkout.sessions.retrieve(session.id, params=params)
+    charge = expanded.payment_intent.latest_charge
+    assert charge.object == "charge"
+    assert charge.to_dict() == client.v1.charges.retrieve(charge.id).to_dict()
+
+
+def test_expanding_an_object_the_emulator_does_not_model_below_a_payment_is_an_error(
+    client, stripe_emulator
+):
+    intent = paid_session(client, stripe_emulator).payment_intent
+    for path in ("latest_charge.balance_transaction", "payment_method"):
+        response = raw_get(stripe_emulator, f"/v1/payment_intents/{intent}", **{"expand[]": path})
+        error = response.json()["error"]
+        assert (response.status_code, error["param"]) == (400, "expand")
+        assert "does not model" in error["message"]
+
+
+def test_the_payment_intent_copies_payment_intent_data_not_the_session_metadata(
+    client, stripe_emulator
+):
+    data = {"metadata": {"order": "o-7"}, "description": "Feelings board", "receipt_email": "a@b.c"}
+    session = create(client, metadata={"session_only": "yes"}, payment_intent_data=data)
+    stripe_emulator.complete_session(session.id)
+    paid = client.v1.checkout.sessions.retrieve(session.id)
+    intent = client.v1.payment_intents.retrieve(paid.payment_intent)
+    assert intent.metadata.to_dict() == {"order": "o-7"}
+    assert (intent.description, intent.receipt_email) == ("Feelings board", "a@b.c")
+    charge = client.v1.charges.retrieve(intent.latest_charge)
+    assert (charge.metadata.to_dict(), charge.description) == ({"order": "o-7"}, "Feelings board")
+
+
 def test_a_delayed_payment_charges_when_it_settles(client, stripe_emulator):
     session = create(client)
     stripe_emulator.complete_session(session.id, payment_status="unpaid")

@@ -16,7 +16,8 @@ derived, and what it does not model: docs/emulator.md.
 What a payment leads to, in modules of their own (docs/local-browser.md lists the endpoints and
 helpers): payments.py (PaymentIntents, Charges, Refunds, Disputes), events.py (every event kept,
 GET /v1/events, delivery to webhook endpoints, retries), endpoints.py (/v1/webhook_endpoints),
-listing.py (list filters and cursors), resources.py (their /v1 routes), form_params.py.
+listing.py (list filters and cursors), resources.py (their /v1 routes, with the SDK's TypedDict
+and class of each), expansions.py (ids replaced by the objects the emulator keeps).
 
 Test helpers live under /_emulator/ (JSON, no auth); see `StripeEmulator._helper_routes`. For
 browsers it serves a stand-in Stripe.js for embedded Checkout (/js/stripe.js), its payment form and

@@ -14,7 +14,7 @@ from email.message import Message
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
-from devtools.stripe_emulator import browser, params, resources, rules, shapes
+from devtools.stripe_emulator import browser, expansions, params, resources, rules, shapes
 from devtools.stripe_emulator.endpoints import Target
 from devtools.stripe_emulator.events import EventBus, LoggedEvent, check_schedule, retry_schedule
 from devtools.stripe_emulator.idempotency import IdempotencyStore
@@ -76,6 +76,7 @@ class StripeEmulator:
 
     def _clear_state(self) -> None:
         self._sessions: dict[str, _Session] = {}
+        self._products: dict[str, dict[str, Any]] = {}  # the line items' products, by id
         self._idempotency = IdempotencyStore(self._lock)
         self._calls = dict.fromkeys(
             ("total", "create_session", "retrieve_session", "expire_session", "other"), 0
@@ -455,7 +456,7 @@ class StripeEmulator:
 
     def _sync_payment(self, session: _Session) -> None:
         """The session's PaymentIntent and Charge follow its payment; the caller holds the lock."""
-        self._payments.sync(session.data, session.intent_status)
+        self._payments.sync(session.data, session.intent_status, session.intent_data)
 
     def _auto_event(self, session: _Session, event_type: str) -> _Event:
         """Log the event Stripe would emit for this change; the caller then delivers it.
@@ -544,28 +545,44 @@ class StripeEmulator:
         response_headers = _headers(request_id, (("Stripe-Version", version),))
         if endpoint == "other":
             raise _unrecognized(method, path)
-        if other is not None:
-            request = resources.Request(
-                endpoint, object_id, query, headers, body, request_id, livemode
-            )
-            return self._handle_resource(request, old_names, response_headers)
-        if endpoint == "retrieve_session":
-            query_params = self._validated(endpoint, decode_form(query), version_date)
-            expand = _expand(query_params)
-            if fault == "error_500":
-                raise _server_error()
-            with self._lock:
-                session = self._session_for(session_id, livemode)
-                return 200, session.render(old_names=old_names, expand=expand), response_headers
-
-        form = decode_form(body.decode("utf-8", "replace"))
-        values = self._validated(endpoint, form, version_date)
-        expand = _expand(values)
+        # The parameters are checked before anything else: a request that fails validation is
+        # not an execution, and its Idempotency-Key saves nothing.
+        raw = body if method == "POST" else query.encode()
+        form = decode_form(raw.decode("utf-8", "replace"))
+        values = self._validated(endpoint, form, version_date, livemode)
         idempotency_key = headers.get("Idempotency-Key") or ""
         if len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
             raise _invalid(
                 f"Idempotency-Key must be no longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters."
             )
+        if other is not None:
+            expand = resources.expand_paths(endpoint, values)
+            request = resources.Request(
+                endpoint,
+                object_id,
+                values,
+                expand,
+                livemode,
+                old_names,
+                (request_id, idempotency_key or None),
+            )
+            run_resource = self._resource_handler(request, fault, response_headers)
+            if endpoint.startswith(("list_", "retrieve_")) or not idempotency_key:
+                return run_resource()
+            return self._idempotency.run(
+                (livemode, idempotency_key),
+                (f"{endpoint}:{object_id}", raw),
+                request_id,
+                run_resource,
+                lambda err: _error_response(err, request_id, response_headers),
+            )
+        expand = _expand(values)
+        if endpoint == "retrieve_session":
+            if fault == "error_500":
+                raise _server_error()
+            with self._lock:
+                session = self._session_for(session_id, livemode)
+                return 200, self._render(session, old_names, expand), response_headers
 
         call = _Call(values, session_id, livemode, old_names, expand)
         run = self._post_handlers()[endpoint]
@@ -601,66 +618,59 @@ class StripeEmulator:
         data, items, products = _build_session(
             call.params, livemode=call.livemode, prices=self._prices
         )
-        session = self._sessions[data["id"]] = _Session(data, items, products)
+        session = _Session(data, items, call.params.get("payment_intent_data"))
+        self._sessions[data["id"]] = session
+        self._products.update(products)
         self._sessions_created += 1
-        return session.render(old_names=call.old_names, expand=call.expand), _NO_EVENT
+        return self._render(session, call.old_names, call.expand), _NO_EVENT
 
     def _expire_session(self, call: _Call) -> tuple[bytes, _Event]:
         session = self._open_session(call.object_id, "expired", call.livemode)
         session.update(status="expired")
         event = self._auto_event(session, "checkout.session.expired")
-        return session.render(old_names=call.old_names, expand=call.expand), event
+        return self._render(session, call.old_names, call.expand), event
+
+    def _render(self, session: _Session, old_names: bool, expand: list[str]) -> bytes:
+        """The session's JSON with its expansions; the caller holds the lock."""
+        shown = None
+        if expand:
+            objects = resources.objects(self)
+            shown = expansions.expand(shapes.session_class(), session.data, expand, objects)
+        return session.render(old_names=old_names, shown=shown)
 
     def _validated(
-        self, endpoint: str, values: dict[str, Any], version_date: str
+        self, endpoint: str, values: dict[str, Any], version_date: str, livemode: bool
     ) -> dict[str, Any]:
         """The parameters, once the SDK's types and the hand-written rules accept them."""
         rules.names_of_this_api_version(endpoint, values, version_date)
         params.validate(endpoint, values, version_date)
         with self._lock:
             prices = dict(self._prices)
-        rules.check(endpoint, values, rules.Context(version_date, prices, int(time.time())))
+        context = rules.Context(version_date, prices, int(time.time()), livemode)
+        rules.check(endpoint, values, context)
         return values
 
-    def _handle_resource(
-        self, request: resources.Request, old_names: bool, response_headers: list[tuple[str, str]]
-    ) -> _Response:
-        """A /v1 request of resources.ROUTES, once authenticated; writes are idempotent."""
-        endpoint, object_id, query, headers, body, request_id, livemode = request
-        if endpoint.startswith(("list_", "retrieve_")):
-            with self._lock:
-                found = resources.read(
-                    self, endpoint, object_id, decode_form(query), livemode, old_names
-                )
-            return 200, _to_json(found), response_headers
-
-        raw = body if endpoint != "delete_webhook_endpoint" else query.encode()  # DELETE: URL
-        params = decode_form(raw.decode("utf-8", "replace"))
-        key = headers.get("Idempotency-Key") or ""
-        if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
-            raise _invalid(
-                f"Idempotency-Key must be no longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters."
-            )
+    def _resource_handler(
+        self, request: resources.Request, fault: str, response_headers: list[tuple[str, str]]
+    ) -> Callable[[], _Response]:
+        """A checked request of resources.ROUTES, to run now or inside the idempotency layer."""
 
         def execute() -> _Response:
+            if fault == "error_500":
+                raise _server_error()
+            events: list[LoggedEvent] = []
             with self._lock:
-                result, events = resources.write(
-                    self, endpoint, object_id, params, livemode, (request_id, key or None)
-                )
+                if request.endpoint.startswith(("list_", "retrieve_")):
+                    result = resources.read(self, request)
+                else:
+                    result, events = resources.write(self, request)
+                payload = _to_json(result)
             if any(event.targets for event in events):
                 # As Stripe: events go out asynchronously, the answer does not wait for them.
                 threading.Thread(target=self._deliver_auto_event, args=events, daemon=True).start()
-            return 200, _to_json(result), response_headers
+            return 200, payload, response_headers
 
-        if not key:
-            return execute()
-        return self._idempotency.run(
-            (livemode, key),
-            (f"{endpoint}:{object_id}", raw),
-            request_id,
-            execute,
-            lambda err: _error_response(err, request_id, response_headers),
-        )
+        return execute
 
     def _take_fault(self) -> tuple[float, str, float]:
         """Decide this request's latency and fault; the caller holds the lock."""
@@ -848,10 +858,13 @@ class _Call(NamedTuple):
     expand: list[str]
 
 
-# Each endpoint's parameters, checked against the pinned SDK's TypedDict (params.py).
+# Each endpoint's parameters, checked against the pinned SDK's TypedDict (params.py); the other
+# endpoints name theirs in resources.ROUTES.
 params.register("create_session", "stripe.params.checkout.SessionCreateParams")
 params.register("retrieve_session", "stripe.params.checkout.SessionRetrieveParams")
 params.register("expire_session", "stripe.params.checkout.SessionExpireParams")
+for _endpoint in resources.ENDPOINTS:
+    params.register(_endpoint, resources.params_of(_endpoint))
 # Removed from Checkout create in 2026-09-30.endive; older API versions still take it.
 params.register_removed(
     "create_session", "payment_method_types", "2026-09-30", params.Array(params.Scalar("str"))

@@ -1,26 +1,21 @@
-"""Webhook endpoints (/v1/webhook_endpoints): where events go, which ones, in which API version."""
+"""Webhook endpoints (/v1/webhook_endpoints): where events go, which ones, in which API version.
+
+Their parameters arrive checked against the SDK's WebhookEndpointCreateParams and …UpdateParams
+(params.py: `enabled_events` and `api_version` are the SDK's enums; the update has no
+`api_version`, because Stripe renders an endpoint's events in one version for its whole life) and
+rules.py (the URL, metadata limits).
+"""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
-from devtools.stripe_emulator.form_params import parse_bool, parse_metadata, reject_unknown
-from devtools.stripe_emulator.state import StripeEmulatorError, _invalid, _missing, _random_id
+import stripe
 
-CREATE_PARAMS = frozenset(
-    {"api_version", "connect", "description", "enabled_events", "expand", "metadata", "url"}
-)
-# No api_version: Stripe renders an endpoint's events in one version for its whole life, so
-# changing it means a new endpoint.
-UPDATE_PARAMS = frozenset(
-    {"description", "disabled", "enabled_events", "expand", "metadata", "url"}
-)
-_EVENT_TYPE = re.compile(r"[a-z_]+(\.[a-z0-9_]+)+")
-_API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(\.[a-z_]+)?")
+from devtools.stripe_emulator import shapes
+from devtools.stripe_emulator.state import StripeEmulatorError, _metadata, _random_id
 
 
 class Target(NamedTuple):
@@ -57,29 +52,21 @@ class WebhookEndpoints:
 
     def create(self, params: dict[str, Any], livemode: bool) -> dict[str, Any]:
         """POST /v1/webhook_endpoints; only this answer carries the `secret`."""
-        reject_unknown(params, CREATE_PARAMS)
-        if params.get("url") is None:
-            raise _missing("url")
-        if params.get("enabled_events") is None:
-            raise _missing("enabled_events")
-        api_version = params.get("api_version")
-        if api_version is not None and not (
-            isinstance(api_version, str) and _API_VERSION.fullmatch(api_version)
-        ):
-            raise _invalid(f"Invalid api_version: {api_version}", "api_version")
-        endpoint = {
-            "id": _random_id("we_"),
-            "object": "webhook_endpoint",
-            "api_version": api_version,
-            "application": None,
-            "created": int(time.time()),
-            "description": _description(params.get("description")),
-            "enabled_events": _enabled_events(params["enabled_events"]),
-            "livemode": livemode,
-            "metadata": parse_metadata(params.get("metadata")),
-            "status": "enabled",
-            "url": _url(params["url"], livemode),
-        }
+        endpoint = shapes.build(
+            stripe.WebhookEndpoint,
+            {
+                "id": _random_id("we_"),
+                "object": "webhook_endpoint",
+                "api_version": params.get("api_version"),
+                "created": int(time.time()),
+                "description": params.get("description") or None,
+                "enabled_events": list(dict.fromkeys(params["enabled_events"])),
+                "livemode": livemode,
+                "metadata": _metadata(params.get("metadata")),
+                "status": "enabled",
+                "url": params["url"],
+            },
+        )
         secret = _random_id("whsec_", 32)
         with self._lock:
             self._endpoints[endpoint["id"]] = endpoint
@@ -92,24 +79,23 @@ class WebhookEndpoints:
 
     def update(self, endpoint_id: str, params: dict[str, Any], livemode: bool) -> dict[str, Any]:
         """POST /v1/webhook_endpoints/{id}: url, enabled_events, description, metadata, disabled."""
-        reject_unknown(params, UPDATE_PARAMS)
         changes: dict[str, Any] = {}
         if "url" in params:
-            changes["url"] = _url(params["url"], livemode)
+            changes["url"] = params["url"]
         if "enabled_events" in params:
-            changes["enabled_events"] = _enabled_events(params["enabled_events"])
+            changes["enabled_events"] = list(dict.fromkeys(params["enabled_events"]))
         if "description" in params:
-            changes["description"] = _description(params["description"])
+            changes["description"] = params["description"] or None
         if "disabled" in params:
-            disabled = parse_bool(params["disabled"], "disabled")
-            changes["status"] = "disabled" if disabled else "enabled"
+            changes["status"] = "disabled" if params["disabled"] == "true" else "enabled"
         with self._lock:
             endpoint = self._visible(endpoint_id, livemode)
             if "metadata" in params:
-                # Stripe merges metadata on update; an empty value removes its key.
+                # Stripe merges metadata on update; an empty value removes its key, and an empty
+                # string for the whole hash removes every key.
                 raw = params["metadata"]
-                merged = {**endpoint["metadata"], **(raw if isinstance(raw, dict) else {})}
-                changes["metadata"] = parse_metadata(merged if raw != "" else "")
+                merged = {**endpoint["metadata"], **raw} if isinstance(raw, dict) else {}
+                changes["metadata"] = _metadata(merged)
             endpoint.update(changes)
             return dict(endpoint)
 
@@ -158,32 +144,3 @@ class WebhookEndpoints:
         if endpoint is None or endpoint["livemode"] != livemode:
             raise _no_such_endpoint(endpoint_id)
         return endpoint
-
-
-def _url(value: Any, livemode: bool) -> str:
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _invalid(f"Invalid URL: {value}", "url", code="url_invalid")
-    if livemode and parts.scheme != "https":
-        raise _invalid("Invalid URL: live mode webhook endpoints must use https.", "url")
-    return str(value)
-
-
-def _enabled_events(value: Any) -> list[str]:
-    if not isinstance(value, list) or not value:
-        raise _invalid("Invalid array", "enabled_events")
-    for index, item in enumerate(value):
-        if not isinstance(item, str) or not (item == "*" or _EVENT_TYPE.fullmatch(item)):
-            raise _invalid(
-                f"Invalid enabled_events[{index}]: {item!r} is not an event type or '*'.",
-                f"enabled_events[{index}]",
-            )
-    return list(dict.fromkeys(value))
-
-
-def _description(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise _invalid("Invalid string", "description")
-    return value

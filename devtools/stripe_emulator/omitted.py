@@ -198,4 +198,64 @@ Product: default_price deleted statement_descriptor tax_code unit_label
 Product.MarketingFeature: name
 Event: account context
 Event.Data: previous_attributes
+Charge: authorization_code level3 presentment_details radar_options refunds transfer
+Charge.FraudDetails: stripe_report user_report
+Charge.Level3: customer_reference shipping_address_zip shipping_amount shipping_from_zip
+Charge.Outcome: risk_level risk_score rule
+Charge.PaymentMethodDetails: ach_credit_transfer ach_debit acss_debit affirm afterpay_clearpay
+    alipay alma amazon_pay au_becs_debit bacs_debit bancontact billie bizum blik boleto card
+    card_present cashapp crypto customer_balance eps fpx giropay grabpay ideal interac_present
+    kakao_pay klarna konbini kr_card link mb_way mobilepay multibanco naver_pay nz_bank_account
+    oxxo p24 pay_by_bank payco paynow paypal payto pix promptpay revolut_pay samsung_pay
+    satispay scalapay sepa_credit_transfer sepa_debit sofort stripe_account sunbit swish twint
+    upi us_bank_account wechat wechat_pay zip
+Charge.PaymentMethodDetails.AcssDebit: expected_debit_date mandate
+Charge.PaymentMethodDetails.Affirm: location reader
+Charge.PaymentMethodDetails.Alipay: buyer_id
+Charge.PaymentMethodDetails.Alma: installments
+Charge.PaymentMethodDetails.AmazonPay: funding
+Charge.PaymentMethodDetails.AmazonPay.Funding: card
+Charge.PaymentMethodDetails.AuBecsDebit: expected_debit_date mandate
+Charge.PaymentMethodDetails.BacsDebit: expected_debit_date
+Charge.PaymentMethodDetails.Card: capture_before description extended_authorization fingerprint
+    iin incremental_authorization issuer moto multicapture network_token overcapture
+Charge.PaymentMethodDetails.Card.ThreeDSecure: exemption_indicator_applied
+Charge.PaymentMethodDetails.Card.Wallet: amex_express_checkout apple_pay google_pay link
+    masterpass samsung_pay visa_checkout
+Charge.PaymentMethodDetails.CardPresent: capture_before description iin issuer location reader
+    wallet
+Charge.PaymentMethodDetails.CardPresent.Receipt: account_type
+Charge.PaymentMethodDetails.Crypto: buyer_address network token_currency transaction_hash
+Charge.PaymentMethodDetails.InteracPresent: description iin issuer location reader
+Charge.PaymentMethodDetails.InteracPresent.Receipt: account_type
+Charge.PaymentMethodDetails.Klarna: location reader
+Charge.PaymentMethodDetails.NzBankAccount: expected_debit_date
+Charge.PaymentMethodDetails.Paynow: location reader
+Charge.PaymentMethodDetails.Payto: mandate
+Charge.PaymentMethodDetails.Pix: bank_transaction_id fingerprint mandate
+Charge.PaymentMethodDetails.RevolutPay: funding
+Charge.PaymentMethodDetails.RevolutPay.Funding: card
+Charge.PaymentMethodDetails.SepaDebit: expected_debit_date
+Charge.PaymentMethodDetails.Twint: mandate
+Charge.PaymentMethodDetails.UsBankAccount: expected_debit_date mandate
+Charge.PaymentMethodDetails.WechatPay: location reader
+Charge.RadarOptions: session
+Charge.Shipping: address carrier name phone tracking_number
+Refund: description destination_details failure_balance_transaction failure_reason
+    instructions_email next_action pending_reason presentment_details
+Refund.DestinationDetails: affirm afterpay_clearpay alipay alma amazon_pay au_bank_transfer blik
+    br_bank_transfer card cashapp crypto customer_cash_balance eps eu_bank_transfer
+    gb_bank_transfer giropay grabpay jp_bank_transfer klarna mb_way multibanco mx_bank_transfer
+    nz_bank_transfer p24 paynow paypal pix revolut scalapay sofort swish th_bank_transfer twint
+    us_bank_transfer wechat_pay zip
+Refund.DestinationDetails.Card: reference reference_status reference_type
+Refund.NextAction: display_details
+Dispute: network_reason_code payment_method_details
+Dispute.Evidence.EnhancedEvidence: mastercard_compliance visa_compelling_evidence_3
+    visa_compliance
+Dispute.EvidenceDetails.EnhancedEligibility: mastercard_compliance visa_compelling_evidence_3
+    visa_compliance
+Dispute.PaymentMethodDetails: amazon_pay card klarna paypal
+Dispute.PaymentMethodDetails.Klarna: chargeback_loss_reason_code
+WebhookEndpoint: deleted secret
 """

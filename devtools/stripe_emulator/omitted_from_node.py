@@ -24,6 +24,10 @@ RESOURCES = {
     "src/resources/Prices.ts": {"Price": "Price"},
     "src/resources/Products.ts": {"Product": "Product"},
     "src/resources/Events.ts": {"EventBase": "Event", "Event": "Event"},
+    "src/resources/Charges.ts": {"Charge": "Charge"},
+    "src/resources/Refunds.ts": {"Refund": "Refund"},
+    "src/resources/Disputes.ts": {"Dispute": "Dispute"},
+    "src/resources/WebhookEndpoints.ts": {"WebhookEndpoint": "WebhookEndpoint"},
 }
 _OPEN = re.compile(r"^(\s*)(?:export\s+)?(interface|namespace)\s+(\w+)\b[^{]*\{\s*$")
 _FIELD = re.compile(r"^(\s*)([a-z][a-z0-9_]*)(\??):")

@@ -1,8 +1,10 @@
 """A paid session's money: its PaymentIntent and Charge, then refunds and disputes against them.
 
 Pure bookkeeping, as in `state`: the emulator calls these under its lock and turns the changes they
-return into events. Objects carry the fields Stripe's API reference (and stripe-python's resource
-classes) give them; nested details this project never reads are left out.
+return into events. Every object is built by `shapes.build` from stripe-python's resource class,
+so it carries every field Stripe always sends (null where the emulator has nothing to say). A
+refund's parameters reach `create_refund` checked already (params.py, rules.py); what is left here
+needs the objects: unknown ids, what a charge has left to refund, an open dispute.
 """
 
 from __future__ import annotations
@@ -10,22 +12,18 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
-from devtools.stripe_emulator.form_params import parse_int, parse_metadata, reject_unknown
+import stripe
+
+from devtools.stripe_emulator import shapes
 from devtools.stripe_emulator.state import (
     FAILED_INTENT_STATUS,
     StripeEmulatorError,
     _invalid,
+    _metadata,
     _missing,
     _random_id,
 )
 
-REFUND_PARAMS = frozenset(
-    {
-        "amount", "charge", "currency", "customer", "expand", "instructions_email", "metadata",
-        "origin", "payment_intent", "reason", "refund_application_fee", "reverse_transfer",
-    }
-)  # fmt: skip
-REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 DISPUTE_REASONS = (
     "bank_cannot_process", "check_returned", "credit_not_processed", "customer_initiated",
     "debit_not_authorized", "duplicate", "fraudulent", "general", "incorrect_account_details",
@@ -34,16 +32,6 @@ DISPUTE_REASONS = (
 )  # fmt: skip
 # How long a merchant has to answer a dispute here; card networks give 7 to 21 days.
 DISPUTE_RESPONSE_SECONDS = 7 * 24 * 3600
-DISPUTE_EVIDENCE_FIELDS = (
-    "access_activity_log", "billing_address", "cancellation_policy",
-    "cancellation_policy_disclosure", "cancellation_rebuttal", "customer_communication",
-    "customer_email_address", "customer_name", "customer_purchase_ip", "customer_signature",
-    "duplicate_charge_documentation", "duplicate_charge_explanation", "duplicate_charge_id",
-    "product_description", "receipt", "refund_policy", "refund_policy_disclosure",
-    "refund_refusal_explanation", "service_date", "service_documentation", "shipping_address",
-    "shipping_carrier", "shipping_date", "shipping_documentation", "shipping_tracking_number",
-    "uncategorized_file", "uncategorized_text",
-)  # fmt: skip
 # An inquiry (warning_*) moves no money and closes as warning_closed; a dispute is won or lost.
 OPEN_DISPUTE_STATUSES = ("needs_response", "warning_needs_response")
 CLOSED_DISPUTE_STATUSES = {"needs_response": ("won", "lost"), "warning_needs_response": (
@@ -51,11 +39,21 @@ CLOSED_DISPUTE_STATUSES = {"needs_response": ("won", "lost"), "warning_needs_res
 _CARD = {
     "brand": "visa", "country": "US", "exp_month": 12, "exp_year": 2034, "funding": "credit",
     "last4": "4242", "network": "visa",
+    "checks": {
+        "address_line1_check": None, "address_postal_code_check": "pass", "cvc_check": "pass",
+    },
 }  # fmt: skip
 _BANK_ACCOUNT = {
     "account_holder_type": "individual", "account_type": "checking",
     "bank_name": "STRIPE TEST BANK", "last4": "6789", "routing_number": "110000000",
 }  # fmt: skip
+# What Checkout copies from a session's payment_intent_data to the PaymentIntent it makes
+# (docs.stripe.com/api/checkout/sessions/create#create_checkout_session-payment_intent_data); the
+# Connect ones, capture_method and shipping are not modelled.
+COPIED_INTENT_DATA = (
+    "description", "receipt_email", "setup_future_usage", "statement_descriptor",
+    "statement_descriptor_suffix", "transfer_group",
+)  # fmt: skip
 
 
 class Change(NamedTuple):
@@ -90,11 +88,17 @@ class Payments:
 
     # --- the session's side: its payment appears, settles or fails ---
 
-    def sync(self, session: dict[str, Any], processing_status: str) -> None:
+    def sync(
+        self,
+        session: dict[str, Any],
+        processing_status: str,
+        intent_data: dict[str, Any] | None = None,
+    ) -> None:
         """Bring a session's PaymentIntent and Charge in line with the session.
 
         `processing_status` is the intent's status while the session is unpaid: `processing` for
         a delayed payment still settling, `requires_payment_method` once it failed.
+        `intent_data` is the session's `payment_intent_data`, which the PaymentIntent copies.
         """
         intent_id = session.get("payment_intent")
         if session["mode"] != "payment" or not intent_id or session["status"] != "complete":
@@ -104,7 +108,7 @@ class Payments:
         now = int(time.time())
         intent = self.intents.get(intent_id)
         if intent is None:
-            intent = self.intents[intent_id] = _new_intent(session, now)
+            intent = self.intents[intent_id] = _new_intent(session, intent_data or {}, now)
             self.session_of_intent[intent_id] = session["id"]
         if intent["status"] == status:
             return
@@ -127,11 +131,14 @@ class Payments:
                 failure_code="insufficient_funds",
                 failure_message="The account has insufficient funds to cover this payment.",
             )
-            intent["last_payment_error"] = {
-                "code": "insufficient_funds",
-                "message": charge["failure_message"],
-                "type": "invalid_request_error",
-            }
+            intent["last_payment_error"] = shapes.build(
+                stripe.PaymentIntent.LastPaymentError,
+                {
+                    "code": "insufficient_funds",
+                    "message": charge["failure_message"],
+                    "type": "invalid_request_error",
+                },
+            )
 
     # --- lookups, as a key of one mode may see them ---
 
@@ -154,13 +161,18 @@ class Payments:
     def session_of_charge(self, charge: dict[str, Any]) -> str | None:
         return self.session_of_intent.get(charge["payment_intent"] or "")
 
+    def refunds_of(self, charge: dict[str, Any]) -> dict[str, Any]:
+        """A Charge's `refunds` list (sent only when expanded), newest first."""
+        found = [r for r in reversed(self.refunds.values()) if r["charge"] == charge["id"]]
+        url = f"/v1/charges/{charge['id']}/refunds"
+        return {"object": "list", "data": found, "has_more": False, "url": url}
+
     # --- refunds ---
 
     def create_refund(
         self, params: dict[str, Any], livemode: bool
     ) -> tuple[dict[str, Any], list[Change]]:
-        """POST /v1/refunds: validate as Stripe does, refund, and say what changed."""
-        reject_unknown(params, REFUND_PARAMS)
+        """POST /v1/refunds, its parameters checked: refund, and say what changed."""
         charge = self._refundable_charge(params, livemode)
         remaining = charge["amount"] - charge["amount_refunded"]
         if charge["refunded"] or remaining <= 0:
@@ -175,7 +187,7 @@ class Payments:
             )
         amount = remaining
         if params.get("amount") is not None:
-            amount = parse_int(params["amount"], "amount", minimum=1)
+            amount = int(params["amount"])
             if amount > remaining:
                 raise _invalid(
                     f"Refund amount ({_money(amount, charge['currency'])}) is greater than "
@@ -183,30 +195,24 @@ class Payments:
                     "amount",
                     code="amount_too_large",
                 )
-        reason = params.get("reason")
-        if reason is not None and reason not in REFUND_REASONS:
-            raise _invalid(
-                "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer",
-                "reason",
-            )
-        metadata = parse_metadata(params.get("metadata"))
-        refund = {
-            "id": _random_id("re_"),
-            "object": "refund",
-            "amount": amount,
-            "balance_transaction": _random_id("txn_"),
-            "charge": charge["id"],
-            "created": int(time.time()),
-            "currency": charge["currency"],
-            "destination_details": None,
-            "metadata": metadata,
-            "payment_intent": charge["payment_intent"],
-            "reason": reason,
-            "receipt_number": None,
-            "source_transfer_reversal": None,
-            "status": "succeeded",
-            "transfer_reversal": None,
-        }
+        refund = shapes.build(
+            stripe.Refund,
+            {
+                "id": _random_id("re_"),
+                "object": "refund",
+                "amount": amount,
+                "balance_transaction": _random_id("txn_"),
+                "charge": charge["id"],
+                "created": int(time.time()),
+                "currency": charge["currency"],
+                "destination_details": _refund_destination(charge),
+                "metadata": _metadata(params.get("metadata")),
+                "payment_intent": charge["payment_intent"],
+                "payment_method": charge["payment_method"],
+                "reason": params.get("reason"),
+                "status": "succeeded",
+            },
+        )
         self.refunds[refund["id"]] = refund
         previous = {"amount_refunded": charge["amount_refunded"], "refunded": charge["refunded"]}
         charge["amount_refunded"] += amount
@@ -218,12 +224,6 @@ class Payments:
 
     def _refundable_charge(self, params: dict[str, Any], livemode: bool) -> dict[str, Any]:
         charge_id, intent_id = params.get("charge"), params.get("payment_intent")
-        if charge_id is None and intent_id is None:
-            raise _invalid(
-                "One of the following params should be provided for this request: "
-                "payment_intent or charge.",
-                "payment_intent",
-            )
         if intent_id is not None:
             intent = self._param_object(self.intents, "payment_intent", intent_id, livemode)
             if charge_id is not None and intent["latest_charge"] != charge_id:
@@ -288,36 +288,40 @@ class Payments:
             raise _invalid("amount cannot exceed the charge's amount", "amount")
         now = int(time.time())
         status = "warning_needs_response" if inquiry else "needs_response"
-        dispute = {
-            "id": _random_id("dp_"),
-            "object": "dispute",
-            "amount": amount,
-            "balance_transactions": [],
-            "charge": charge["id"],
-            "created": now,
-            "currency": charge["currency"],
-            "enhanced_eligibility_types": [],
-            "evidence": dict.fromkeys(DISPUTE_EVIDENCE_FIELDS),
-            "evidence_details": {
-                "due_by": now + DISPUTE_RESPONSE_SECONDS,
-                "enhanced_eligibility": {},
-                "has_evidence": False,
-                "past_due": False,
-                "submission_count": 0,
-                "submission_method": "not_submitted",
+        network_reason_code = "10.4" if reason == "fraudulent" else "13.1"
+        dispute = shapes.build(
+            stripe.Dispute,
+            {
+                "id": _random_id("dp_"),
+                "object": "dispute",
+                "amount": amount,
+                "charge": charge["id"],
+                "created": now,
+                "currency": charge["currency"],
+                "evidence": {},  # every piece of evidence null until the merchant submits some
+                "evidence_details": {
+                    "due_by": now + DISPUTE_RESPONSE_SECONDS,
+                    "enhanced_eligibility": {},
+                    "submission_count": 0,
+                    "submission_method": "not_submitted",
+                },
+                "is_charge_refundable": inquiry,  # a chargeback has already taken the money back
+                "livemode": charge["livemode"],
+                "metadata": {},
+                "network_reason_code": network_reason_code,
+                "payment_intent": charge["payment_intent"],
+                "payment_method_details": {
+                    "card": {
+                        "brand": "visa",
+                        "case_type": "inquiry" if inquiry else "chargeback",
+                        "network_reason_code": network_reason_code,
+                    },
+                    "type": "card",
+                },
+                "reason": reason,
+                "status": status,
             },
-            "is_charge_refundable": inquiry,  # a chargeback has already taken the money back
-            "livemode": charge["livemode"],
-            "metadata": {},
-            "network_reason_code": "10.4" if reason == "fraudulent" else "13.1",
-            "payment_intent": charge["payment_intent"],
-            "payment_method_details": {
-                "card": {"brand": "visa", "case_type": "inquiry" if inquiry else "chargeback"},
-                "type": "card",
-            },
-            "reason": reason,
-            "status": status,
-        }
+        )
         self.disputes[dispute["id"]] = dispute
         charge["disputed"] = True
         changes = [Change("charge.dispute.created", dict(dispute))]
@@ -367,38 +371,33 @@ def _visible(
     return found
 
 
-def _new_intent(session: dict[str, Any], now: int) -> dict[str, Any]:
+def _new_intent(session: dict[str, Any], intent_data: dict[str, Any], now: int) -> dict[str, Any]:
+    """The PaymentIntent Checkout makes for a session: its amount, and its payment_intent_data."""
     intent_id = session["payment_intent"]
-    return {
-        "id": intent_id,
-        "object": "payment_intent",
-        "amount": session["amount_total"] or 0,
-        "amount_capturable": 0,
-        "amount_received": 0,
-        "canceled_at": None,
-        "cancellation_reason": None,
-        "capture_method": "automatic_async",
-        "client_secret": _random_id(f"{intent_id}_secret_"),
-        "confirmation_method": "automatic",
-        "created": now,
-        "currency": session["currency"],
-        "customer": session.get("customer"),
-        "description": None,
-        "last_payment_error": None,
-        "latest_charge": None,
-        "livemode": session["livemode"],
-        # Checkout copies payment_intent_data.metadata here, never the session's metadata.
-        "metadata": {},
-        "next_action": None,
-        "payment_method": _random_id("pm_"),
-        "payment_method_types": list(session.get("payment_method_types") or ["card"]),
-        "processing": None,
-        "receipt_email": None,
-        "setup_future_usage": None,
-        "shipping": None,
-        "statement_descriptor": None,
-        "status": "",  # set by sync(), which then creates the charge
-    }
+    copied = {name: intent_data[name] for name in COPIED_INTENT_DATA if name in intent_data}
+    return shapes.build(
+        stripe.PaymentIntent,
+        {
+            "id": intent_id,
+            "object": "payment_intent",
+            "amount": session["amount_total"] or 0,
+            "amount_capturable": 0,
+            "amount_received": 0,
+            "capture_method": "automatic_async",
+            "client_secret": _random_id(f"{intent_id}_secret_"),
+            "confirmation_method": "automatic",
+            "created": now,
+            "currency": session["currency"],
+            "customer": session.get("customer"),
+            "livemode": session["livemode"],
+            # payment_intent_data.metadata, never the session's own metadata.
+            "metadata": _metadata(intent_data.get("metadata")),
+            "payment_method": _random_id("pm_"),
+            "payment_method_types": list(session.get("payment_method_types") or ["card"]),
+            "status": "",  # set by sync(), which then creates the charge
+            **{name: value or None for name, value in copied.items()},
+        },
+    )
 
 
 def _new_charge(
@@ -411,42 +410,55 @@ def _new_charge(
         if delayed
         else {"type": "card", "card": dict(_CARD)}
     )
-    return {
-        "id": charge_id,
-        "object": "charge",
-        "amount": intent["amount"],
-        "amount_captured": 0,
-        "amount_refunded": 0,
-        "balance_transaction": _random_id("txn_"),
-        "billing_details": {
-            "address": details.get("address"),
-            "email": details.get("email"),
-            "name": details.get("name"),
-            "phone": details.get("phone"),
+    return shapes.build(
+        stripe.Charge,
+        {
+            "id": charge_id,
+            "object": "charge",
+            "amount": intent["amount"],
+            "amount_captured": 0,
+            "amount_refunded": 0,
+            "balance_transaction": _random_id("txn_"),
+            "billing_details": {
+                "address": details.get("address"),
+                "email": details.get("email"),
+                "name": details.get("name"),
+                "phone": details.get("phone"),
+            },
+            "captured": False,
+            "created": now,
+            "currency": intent["currency"],
+            "customer": intent["customer"],
+            "description": intent["description"],
+            "disputed": False,
+            "fraud_details": {},
+            "livemode": intent["livemode"],
+            # A charge made by a PaymentIntent starts with the intent's metadata.
+            "metadata": dict(intent["metadata"]),
+            "outcome": {
+                "network_status": "approved_by_network",
+                "reason": None,
+                "risk_level": "normal",
+                "seller_message": "Payment complete.",
+                "type": "authorized",
+            },
+            "paid": False,
+            "payment_intent": intent["id"],
+            "payment_method": intent["payment_method"],
+            "payment_method_details": method,
+            "receipt_email": intent["receipt_email"],
+            "receipt_url": f"https://pay.stripe.com/receipts/payment/{charge_id}",
+            "refunded": False,
+            "statement_descriptor": intent["statement_descriptor"],
+            "statement_descriptor_suffix": intent["statement_descriptor_suffix"],
+            "status": "pending",
+            "transfer_group": intent["transfer_group"],
         },
-        "captured": False,
-        "created": now,
-        "currency": intent["currency"],
-        "customer": intent["customer"],
-        "description": None,
-        "disputed": False,
-        "failure_code": None,
-        "failure_message": None,
-        "livemode": intent["livemode"],
-        "metadata": dict(intent["metadata"]),
-        "outcome": {
-            "network_status": "approved_by_network",
-            "reason": None,
-            "risk_level": "normal",
-            "seller_message": "Payment complete.",
-            "type": "authorized",
-        },
-        "paid": False,
-        "payment_intent": intent["id"],
-        "payment_method": intent["payment_method"],
-        "payment_method_details": method,
-        "receipt_email": None,
-        "receipt_url": f"https://pay.stripe.com/receipts/payment/{charge_id}",
-        "refunded": False,
-        "status": "pending",
-    }
+    )
+
+
+def _refund_destination(charge: dict[str, Any]) -> dict[str, Any]:
+    """Where a refund's money goes: back to the card, or to the debited bank account."""
+    if charge["payment_method_details"]["type"] == "card":
+        return {"type": "card", "card": {"type": "refund"}}
+    return {"type": "us_bank_transfer", "us_bank_transfer": {}}

@@ -2,64 +2,99 @@
 what it reads or writes (PaymentIntents, Charges, Refunds, Disputes, the session and event lists,
 webhook endpoints).
 
-`api` authenticates, injects faults and keeps idempotency for these as for sessions, then calls
-`read` (GET) or `write` (POST, DELETE) under its lock.
+Each route names the pinned SDK's TypedDict its parameters are checked against and the SDK class of
+what it answers (whose fields say which `expand[]` paths exist). `api` checks both, authenticates,
+injects faults and keeps idempotency for these as for sessions, then calls `read` (GET) or `write`
+(POST, DELETE) under its lock.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from email.message import Message
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
+import stripe
+
+from devtools.stripe_emulator import expansions, shapes
 from devtools.stripe_emulator.events import LoggedEvent
-from devtools.stripe_emulator.form_params import reject_unknown
-from devtools.stripe_emulator.listing import PAGINATION_PARAMS, page, parse_created
-from devtools.stripe_emulator.state import _invalid
+from devtools.stripe_emulator.listing import page, parse_created
+from devtools.stripe_emulator.state import UI_MODE_NEW_TO_OLD, StripeEmulatorError, _invalid
 
 if TYPE_CHECKING:
     from devtools.stripe_emulator.api import StripeEmulator
 
-# By (method, path under /v1 with `*` for an id); the names are calls()'s counters.
+
+class Route(NamedTuple):
+    name: str  # calls()'s counter
+    params: str  # the pinned SDK's TypedDict of its parameters (params.register)
+    answers: str  # the SDK class of what it answers, or of a list's items
+
+
+# By (method, path under /v1 with `*` for an id).
 ROUTES = {
-    ("GET", "checkout/sessions"): "list_sessions",
-    ("GET", "payment_intents/*"): "retrieve_payment_intent",
-    ("GET", "charges/*"): "retrieve_charge",
-    ("POST", "refunds"): "create_refund",
-    ("GET", "refunds/*"): "retrieve_refund",
-    ("GET", "disputes/*"): "retrieve_dispute",
-    ("GET", "events"): "list_events",
-    ("GET", "events/*"): "retrieve_event",
-    ("POST", "webhook_endpoints"): "create_webhook_endpoint",
-    ("GET", "webhook_endpoints"): "list_webhook_endpoints",
-    ("GET", "webhook_endpoints/*"): "retrieve_webhook_endpoint",
-    ("POST", "webhook_endpoints/*"): "update_webhook_endpoint",
-    ("DELETE", "webhook_endpoints/*"): "delete_webhook_endpoint",
-}
-ENDPOINTS = tuple(ROUTES.values())
+    ("GET", "checkout/sessions"): Route(
+        "list_sessions", "stripe.params.checkout.SessionListParams", "stripe.checkout.Session"
+    ),
+    ("GET", "payment_intents/*"): Route(
+        "retrieve_payment_intent", "stripe.params.PaymentIntentRetrieveParams",
+        "stripe.PaymentIntent",
+    ),
+    ("GET", "charges/*"): Route(
+        "retrieve_charge", "stripe.params.ChargeRetrieveParams", "stripe.Charge"
+    ),
+    ("POST", "refunds"): Route(
+        "create_refund", "stripe.params.RefundCreateParams", "stripe.Refund"
+    ),
+    ("GET", "refunds/*"): Route(
+        "retrieve_refund", "stripe.params.RefundRetrieveParams", "stripe.Refund"
+    ),
+    ("GET", "disputes/*"): Route(
+        "retrieve_dispute", "stripe.params.DisputeRetrieveParams", "stripe.Dispute"
+    ),
+    ("GET", "events"): Route("list_events", "stripe.params.EventListParams", "stripe.Event"),
+    ("GET", "events/*"): Route(
+        "retrieve_event", "stripe.params.EventRetrieveParams", "stripe.Event"
+    ),
+    ("POST", "webhook_endpoints"): Route(
+        "create_webhook_endpoint", "stripe.params.WebhookEndpointCreateParams",
+        "stripe.WebhookEndpoint",
+    ),
+    ("GET", "webhook_endpoints"): Route(
+        "list_webhook_endpoints", "stripe.params.WebhookEndpointListParams",
+        "stripe.WebhookEndpoint",
+    ),
+    ("GET", "webhook_endpoints/*"): Route(
+        "retrieve_webhook_endpoint", "stripe.params.WebhookEndpointRetrieveParams",
+        "stripe.WebhookEndpoint",
+    ),
+    ("POST", "webhook_endpoints/*"): Route(
+        "update_webhook_endpoint", "stripe.params.WebhookEndpointUpdateParams",
+        "stripe.WebhookEndpoint",
+    ),
+    ("DELETE", "webhook_endpoints/*"): Route(
+        "delete_webhook_endpoint", "stripe.params.WebhookEndpointDeleteParams",
+        "stripe.WebhookEndpoint",
+    ),
+}  # fmt: skip
+_BY_NAME = {route.name: route for route in ROUTES.values()}
+ENDPOINTS = tuple(_BY_NAME)
 _WORDS = frozenset(
     {"checkout", "sessions", "expire"}
     | {word for _, pattern in ROUTES for word in pattern.split("/") if word != "*"}
 )
-_EXPAND = frozenset({"expand"})
-_SESSION_LIST_PARAMS = PAGINATION_PARAMS | {
-    "created", "customer", "customer_account", "customer_details", "payment_intent",
-    "payment_link", "status", "subscription",
-}  # fmt: skip
 
 
 class Request(NamedTuple):
-    """One of these requests, once `api` has authenticated it."""
+    """One of these requests, once `api` has authenticated it and checked its parameters."""
 
     endpoint: str
     object_id: str
-    query: str
-    headers: Message
-    body: bytes
-    request_id: str
+    params: dict[str, Any]  # without `expand`
+    expand: list[str]
     livemode: bool
+    old_names: bool  # the API version predates the ui_mode rename
+    origin: tuple[str | None, str | None]  # request id and idempotency key, for its events
 
 
 def route(method: str, path: str) -> tuple[str, str] | None:
@@ -67,105 +102,109 @@ def route(method: str, path: str) -> tuple[str, str] | None:
     parts = path.split("/")[2:]  # "", "v1", then e.g. "refunds", id
     ids = [unquote(part) for part in parts if part not in _WORDS]
     pattern = "/".join(part if part in _WORDS else "*" for part in parts)
-    endpoint = ROUTES.get((method, pattern))
-    if endpoint is None or len(ids) > 1 or any(not i for i in ids):
+    found = ROUTES.get((method, pattern))
+    if found is None or len(ids) > 1 or any(not i for i in ids):
         return None
-    return endpoint, ids[0] if ids else ""
+    return found.name, ids[0] if ids else ""
 
 
-def read(
-    emulator: StripeEmulator,
-    endpoint: str,
-    object_id: str,
-    params: dict[str, Any],
-    livemode: bool,
-    old_names: bool,
-) -> dict[str, Any]:
-    """A GET; the caller holds the emulator's lock."""
-    if endpoint == "list_sessions":
-        return _list_sessions(emulator, params, livemode, old_names)
-    bus = emulator._bus
-    if endpoint == "list_events":
-        return bus.list_page(params, livemode)
-    reject_unknown(params, PAGINATION_PARAMS if endpoint.startswith("list_") else _EXPAND)
-    if endpoint == "list_webhook_endpoints":
-        items = bus.endpoints.newest_first(livemode)
-        return page(items, lambda _: True, params, "/v1/webhook_endpoints", "webhook_endpoint")
-    if endpoint == "retrieve_event":
-        return bus.retrieve(object_id, livemode)
-    if endpoint == "retrieve_webhook_endpoint":
-        return bus.endpoints.retrieve(object_id, livemode)
-    payments = emulator._payments
-    lookups: dict[str, Callable[[str, bool], dict[str, Any]]] = {
-        "retrieve_payment_intent": payments.intent,
-        "retrieve_charge": payments.charge,
-        "retrieve_refund": payments.refund,
-        "retrieve_dispute": payments.dispute,
-    }
-    found = lookups[endpoint](object_id, livemode)
-    return _expanded(emulator, found, _expand_list(params.get("expand")))
+def params_of(endpoint: str) -> str:
+    return _BY_NAME[endpoint].params
 
 
-def write(
-    emulator: StripeEmulator,
-    endpoint: str,
-    object_id: str,
-    params: dict[str, Any],
-    livemode: bool,
-    request: tuple[str | None, str | None],
-) -> tuple[dict[str, Any], list[LoggedEvent]]:
+def expand_paths(endpoint: str, params: dict[str, Any]) -> list[str]:
+    """Take `expand` out of the checked parameters: its paths, once the SDK class allows each."""
+    paths: list[str] = params.pop("expand", None) or []
+    answers = shapes.resource(_BY_NAME[endpoint].answers)
+    try:
+        if endpoint.startswith("list_"):
+            shapes.check_list_expand(answers, paths)
+        else:
+            shapes.check_expand(answers, paths)
+    except ValueError as err:
+        raise _invalid(str(err), "expand") from None
+    return paths
+
+
+def objects(emulator: StripeEmulator) -> expansions.Objects:
+    """Every object an expansion may put in place of an id, and the lists made on request."""
+    payments, sessions = emulator._payments, emulator._sessions
+    return expansions.Objects(
+        stores={
+            stripe.PaymentIntent: payments.intents,
+            stripe.Charge: payments.charges,
+            stripe.Refund: payments.refunds,
+            stripe.Dispute: payments.disputes,
+            stripe.Product: emulator._products,
+        },
+        lists={
+            (shapes.session_class(), "line_items"): lambda s: sessions[s["id"]].line_items_list(),
+            (stripe.Charge, "refunds"): payments.refunds_of,
+        },
+    )
+
+
+def read(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+    """A GET, its objects expanded; the caller holds the emulator's lock."""
+    found = _READS[request.endpoint](emulator, request)
+    answers = shapes.resource(_BY_NAME[request.endpoint].answers)
+    found_objects = objects(emulator)
+    if request.endpoint.startswith("list_"):
+        paths = [path.partition(".")[2] for path in request.expand]  # "data." went
+        found["data"] = [
+            expansions.expand(answers, item, paths, found_objects, "data.")
+            for item in found["data"]
+        ]
+        if request.old_names and request.endpoint == "list_sessions":
+            found["data"] = [_old_names(session) for session in found["data"]]
+        return found
+    return expansions.expand(answers, found, request.expand, found_objects)
+
+
+def write(emulator: StripeEmulator, request: Request) -> tuple[dict[str, Any], list[LoggedEvent]]:
     """A POST or DELETE, and the events it emits; the caller holds the emulator's lock."""
-    expand = _expand_list(params.pop("expand", None))
-    if endpoint == "create_refund":
-        refund, changes = emulator._payments.create_refund(params, livemode)
-        return _expanded(emulator, refund, expand), emulator._emit_changes(changes, request)
+    endpoint, object_id, params, livemode = (
+        request.endpoint, request.object_id, request.params, request.livemode,
+    )  # fmt: skip
     endpoints = emulator._bus.endpoints
-    if endpoint == "create_webhook_endpoint":
-        return endpoints.create(params, livemode), []
-    if endpoint == "update_webhook_endpoint":
-        return endpoints.update(object_id, params, livemode), []
-    return endpoints.delete(object_id, livemode), []
+    events: list[LoggedEvent] = []
+    if endpoint == "create_refund":
+        result, changes = emulator._payments.create_refund(params, livemode)
+        events = emulator._emit_changes(changes, request.origin)
+    elif endpoint == "create_webhook_endpoint":
+        result = endpoints.create(params, livemode)
+    elif endpoint == "update_webhook_endpoint":
+        result = endpoints.update(object_id, params, livemode)
+    else:
+        return endpoints.delete(object_id, livemode), []
+    answers = shapes.resource(_BY_NAME[endpoint].answers)
+    return expansions.expand(answers, result, request.expand, objects(emulator)), events
 
 
-def _expanded(emulator: StripeEmulator, found: dict[str, Any], expand: list[str]) -> dict[str, Any]:
-    """`found` with ids replaced by their objects (`latest_charge`, `payment_intent`, `charge`)."""
-    payments = emulator._payments
-    stores = {
-        "latest_charge": payments.charges,
-        "charge": payments.charges,
-        "payment_intent": payments.intents,
-    }
-    shown = dict(found)
-    for item in expand:
-        field, _, rest = item.partition(".")
-        store = stores.get(field)
-        if store is None or field not in shown:
-            raise _invalid(f"This property cannot be expanded ({item}).", "expand")
-        target = store.get(shown[field]) if isinstance(shown[field], str) else None
-        if target is not None:
-            shown[field] = _expanded(emulator, target, [rest] if rest else [])
-    return shown
+def _retrieve_payment_intent(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+    intent = emulator._payments.intent(request.object_id, request.livemode)
+    secret = request.params.get("client_secret")
+    if secret is not None and secret != intent["client_secret"]:
+        raise StripeEmulatorError(
+            400,
+            "The client_secret provided does not match the client_secret associated with the "
+            "PaymentIntent.",
+            param="client_secret",
+        )
+    return intent
 
 
-def _list_sessions(
-    emulator: StripeEmulator, params: dict[str, Any], livemode: bool, old_names: bool
-) -> dict[str, Any]:
+def _list_sessions(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
     """GET /v1/checkout/sessions: newest first, by status, created, payment_intent, customer."""
-    reject_unknown(params, _SESSION_LIST_PARAMS)
+    params, livemode = request.params, request.livemode
     created = parse_created(params.get("created"))
     status = params.get("status")
-    if status is not None and status not in ("complete", "expired", "open"):
-        raise _invalid("Invalid status: must be one of complete, expired, or open", "status")
     equal = {
         name: params[name]
         for name in ("payment_intent", "customer", "subscription", "payment_link")
         if params.get(name) is not None
     }
-    details = params.get("customer_details")
-    email = details.get("email") if isinstance(details, dict) else None
-    expand = [item.removeprefix("data.") for item in _expand_list(params.get("expand"))]
-    if any(item.split(".", 1)[0] not in ("line_items", "payment_intent") for item in expand):
-        raise _invalid("Only data.line_items and data.payment_intent expand here.", "expand")
+    email = (params.get("customer_details") or {}).get("email")
 
     def keep(data: dict[str, Any]) -> bool:
         return (
@@ -175,26 +214,53 @@ def _list_sessions(
             and (email is None or (data["customer_details"] or {}).get("email") == email)
         )
 
-    sessions = emulator._sessions
     newest = sorted(
-        (s for s in reversed(sessions.values()) if s.data["livemode"] == livemode),
+        (s for s in reversed(emulator._sessions.values()) if s.data["livemode"] == livemode),
         key=lambda s: s.data["created"],
         reverse=True,  # stable: among equal `created`, the later session comes first
     )
-    listing = page(
-        [s.data for s in newest], keep, params, "/v1/checkout/sessions", "checkout.session"
-    )
-    if old_names or expand:
-        listing["data"] = [
-            json.loads(sessions[data["id"]].render(old_names=old_names, expand=expand))
-            for data in listing["data"]
-        ]
-    return listing
+    return page([s.data for s in newest], keep, params, "/v1/checkout/sessions", "checkout.session")
 
 
-def _expand_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _invalid("Invalid array", "expand")
-    return value
+def _old_names(session: dict[str, Any]) -> dict[str, Any]:
+    return {**session, "ui_mode": UI_MODE_NEW_TO_OLD.get(session["ui_mode"], session["ui_mode"])}
+
+
+def _list_webhook_endpoints(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+    items = emulator._bus.endpoints.newest_first(request.livemode)
+    return page(items, lambda _: True, request.params, "/v1/webhook_endpoints", "webhook_endpoint")
+
+
+def _list_events(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+    return emulator._bus.list_page(request.params, request.livemode)
+
+
+def _retrieve_event(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+    return emulator._bus.retrieve(request.object_id, request.livemode)
+
+
+def _retrieve_webhook_endpoint(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+    return emulator._bus.endpoints.retrieve(request.object_id, request.livemode)
+
+
+def _retrieve_payment(kind: str) -> Callable[[StripeEmulator, Request], dict[str, Any]]:
+    """A Charge, Refund or Dispute by id, as a key of the request's mode may see it."""
+
+    def retrieve(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+        lookup: Callable[[str, bool], dict[str, Any]] = getattr(emulator._payments, kind)
+        return lookup(request.object_id, request.livemode)
+
+    return retrieve
+
+
+_READS: dict[str, Callable[[StripeEmulator, Request], dict[str, Any]]] = {
+    "list_sessions": _list_sessions,
+    "list_events": _list_events,
+    "list_webhook_endpoints": _list_webhook_endpoints,
+    "retrieve_event": _retrieve_event,
+    "retrieve_webhook_endpoint": _retrieve_webhook_endpoint,
+    "retrieve_payment_intent": _retrieve_payment_intent,
+    "retrieve_charge": _retrieve_payment("charge"),
+    "retrieve_refund": _retrieve_payment("refund"),
+    "retrieve_dispute": _retrieve_payment("dispute"),
+}

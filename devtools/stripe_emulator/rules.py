@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from devtools.stripe_emulator.listing import MAX_LIMIT
 from devtools.stripe_emulator.state import (
     METADATA_MAX_KEY_LENGTH,
     METADATA_MAX_KEYS,
@@ -60,6 +61,7 @@ class Context(NamedTuple):
     version_date: str
     prices: Mapping[str, dict[str, Any]]  # Dashboard prices the emulator knows, by id
     now: int
+    livemode: bool = False
 
 
 Rule = Callable[[dict[str, Any], Context], None]
@@ -351,6 +353,58 @@ def expires_at_window(params: dict[str, Any], context: Context) -> None:
         )
 
 
+# --- POST /v1/refunds -----------------------------------------------------------------------------
+
+
+def payment_intent_or_charge(params: dict[str, Any], _: Context) -> None:
+    if "payment_intent" not in params and "charge" not in params:
+        raise _invalid(
+            "One of the following params should be provided for this request: payment_intent or "
+            "charge.",
+            "payment_intent",
+        )
+
+
+def refund_amount(params: dict[str, Any], _: Context) -> None:
+    if "amount" in params and int(params["amount"]) < 1:
+        raise _invalid("This value must be greater than or equal to 1.", "amount")
+
+
+# --- POST /v1/webhook_endpoints(/{id}) ------------------------------------------------------------
+
+
+def webhook_url(params: dict[str, Any], context: Context) -> None:
+    """An http(s) URL; a live mode endpoint's must be https."""
+    if "url" not in params:
+        return
+    url = params["url"]
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _invalid(f"Invalid URL: {url}", "url", code="url_invalid")
+    if context.livemode and parts.scheme != "https":
+        raise _invalid("Invalid URL: live mode webhook endpoints must use https.", "url")
+
+
+# --- GET lists ------------------------------------------------------------------------------------
+
+
+def page_limit(params: dict[str, Any], _: Context) -> None:
+    if "limit" in params and not 1 <= int(params["limit"]) <= MAX_LIMIT:
+        raise _invalid(
+            f"This value must be between 1 and {MAX_LIMIT} (it was {params['limit']}).", "limit"
+        )
+
+
+def one_cursor(params: dict[str, Any], _: Context) -> None:
+    if "starting_after" in params and "ending_before" in params:
+        raise _exclusive(("ending_before", "starting_after"), "ending_before")
+
+
+def type_or_types(params: dict[str, Any], _: Context) -> None:
+    if "type" in params and "types" in params:
+        raise _exclusive(("type", "types"), "types")
+
+
 def _exclusive(names: tuple[str, ...], param: str) -> StripeEmulatorError:
     return StripeEmulatorError(
         400,
@@ -374,6 +428,12 @@ RULES: dict[str, tuple[Rule, ...]] = {
         customer_email_and_reference,
         expires_at_window,
     ),
+    "create_refund": (payment_intent_or_charge, refund_amount, metadata_limits),
+    "create_webhook_endpoint": (webhook_url, metadata_limits),
+    "update_webhook_endpoint": (webhook_url, metadata_limits),
+    "list_sessions": (page_limit, one_cursor),
+    "list_events": (page_limit, one_cursor, type_or_types),
+    "list_webhook_endpoints": (page_limit, one_cursor),
 }
 
 

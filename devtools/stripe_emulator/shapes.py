@@ -135,17 +135,31 @@ def default(hint: Any) -> Any:
 
 
 def build(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """An object of `cls`: `values`, then a default for every other field Stripe always sends."""
+    """An object of `cls`: `values`, then a default for every other field Stripe always sends.
+
+    A value given as a dict (or a list of dicts) for a nested object's field is built the same way.
+    """
     hints = fields(cls)
     omitted = omitted_fields(cls)
     unknown = set(values) - set(hints)
     if unknown:
         raise KeyError(f"{cls.__qualname__} has no fields {sorted(unknown)}")
-    built = {name: values[name] if name in values else default(hint) for name, hint in hints.items()
-             if name in values or name not in omitted}  # fmt: skip
+    built = {name: _nested(hint, values[name]) if name in values else default(hint)
+             for name, hint in hints.items() if name in values or name not in omitted}  # fmt: skip
     # Stripe's order: id and object first, then the rest alphabetically.
     first = [name for name in ("id", "object") if name in built]
     return {name: built[name] for name in [*first, *sorted(set(built) - set(first))]}
+
+
+def _nested(hint: Any, value: Any) -> Any:
+    """A given value; a dict for a nested object (not an expandable id's object) is built."""
+    _, inner = _optional(hint)
+    if typing.get_origin(inner) is list and isinstance(value, list):
+        item = typing.get_args(inner)[0]
+        return [_nested(item, entry) for entry in value]
+    if isinstance(value, dict) and _object_class(inner) is not None and not _is_hash(inner):
+        return build(inner, value)
+    return value
 
 
 def omitted_fields(cls: type) -> frozenset[str]:
@@ -157,6 +171,10 @@ def omitted_fields(cls: type) -> frozenset[str]:
 SERVED = (
     "stripe.checkout.Session",
     "stripe.PaymentIntent",
+    "stripe.Charge",
+    "stripe.Refund",
+    "stripe.Dispute",
+    "stripe.WebhookEndpoint",
     "stripe.LineItem",
     "stripe.Price",
     "stripe.Product",
@@ -253,6 +271,27 @@ def check_expand(cls: type, paths: list[str]) -> None:
                 f"You cannot expand more than {MAX_EXPAND_DEPTH} levels of a property."
             )
         _check_path(cls, parts, path)
+
+
+def check_list_expand(item: type, paths: list[str]) -> None:
+    """The same for a list of `item`s: each path starts with `data.`, which is not a level."""
+    for path in paths:
+        head, _, rest = path.partition(".")
+        if head != "data" or not rest:
+            raise ValueError(f"This property cannot be expanded ({path}).")
+        try:
+            check_expand(item, [rest])
+        except ValueError as err:
+            raise ValueError(str(err).replace(f"({rest})", f"({path})")) from None
+
+
+def field_class(cls: type, name: str) -> type | None:
+    """The object class a field holds: an expandable id's, a nested object's, a list's items'."""
+    _, inner = _optional(fields(cls)[name])
+    if typing.get_origin(inner) is ListObject:
+        return _object_class(typing.get_args(inner)[0])
+    target = _expansion_target(inner)
+    return target if target not in (None, ListObject) else _object_class(inner)
 
 
 def _check_path(cls: type, parts: list[str], path: str) -> None:

@@ -341,17 +341,18 @@ def _completed_fields(session: dict[str, Any], payment_status: str) -> dict[str,
 class _Session:
     """A session's public fields, its line items, and its JSON as the current API renders it."""
 
-    __slots__ = ("_json", "data", "intent_status", "line_items", "products")
+    __slots__ = ("_json", "data", "intent_data", "intent_status", "line_items")
 
     def __init__(
         self,
         data: dict[str, Any],
         line_items: list[dict[str, Any]],
-        products: dict[str, dict[str, Any]] | None = None,
+        intent_data: dict[str, Any] | None = None,
     ) -> None:
         self.data = data
         self.line_items = line_items
-        self.products = products or {}
+        # The create's payment_intent_data: Checkout copies it to the PaymentIntent it makes.
+        self.intent_data = intent_data or {}
         # The PaymentIntent's status while payment_status is unpaid: a delayed payment method
         # (bank debit) is `processing` until it settles; a failed one goes back to
         # `requires_payment_method`, as Stripe's PaymentIntents do.
@@ -362,78 +363,27 @@ class _Session:
         self.data = {**self.data, **fields}  # a new dict: snapshots already handed out stay put
         self._json = None
 
-    def render(self, *, old_names: bool = False, expand: list[str] | None = None) -> bytes:
-        """The session's JSON; `old_names` for API versions before the ui_mode rename."""
-        if not old_names and not expand:
+    def render(self, *, old_names: bool = False, shown: dict[str, Any] | None = None) -> bytes:
+        """The session's JSON (or `shown`, its expanded form); `old_names` for API versions
+        before the ui_mode rename."""
+        if not old_names and shown is None:
             # Retrieves dominate under load, so the common rendering is cached.
             if self._json is None:
                 self._json = _to_json(self.data)
             return self._json
-        data = self.expanded(expand or [])
+        data = dict(self.data if shown is None else shown)
         if old_names:
             data["ui_mode"] = UI_MODE_NEW_TO_OLD.get(data["ui_mode"], data["ui_mode"])
         return _to_json(data)
 
-    def expanded(self, expand: list[str]) -> dict[str, Any]:
-        """The session with these expansions (shapes.check_expand has accepted the paths)."""
-        data = dict(self.data)
-        expand_product = "line_items.data.price.product" in expand
-        for path in expand:
-            root, _, rest = path.partition(".")
-            if root == "line_items":
-                data["line_items"] = self._line_items(expand_product=expand_product)
-            elif root == "payment_intent" and data["payment_intent"]:
-                data["payment_intent"] = self._payment_intent()
-                _cannot_expand_below(data["payment_intent"], rest, path)
-            elif data.get(root) is not None:
-                raise _invalid(
-                    f"The Stripe emulator does not model `{root}` objects, so it cannot expand "
-                    f"{path} (docs/emulator.md).",
-                    "expand",
-                )
-        return data
-
-    def _line_items(self, *, expand_product: bool) -> dict[str, Any]:
-        items = self.line_items
-        if expand_product:
-            items = [
-                {
-                    **item,
-                    "price": {**item["price"], "product": self.products[item["price"]["product"]]},
-                }
-                for item in items
-            ]
+    def line_items_list(self) -> dict[str, Any]:
+        """The `line_items` list object, as `expand[]=line_items` shows it."""
         return {
             "object": "list",
-            "data": items,
+            "data": list(self.line_items),
             "has_more": False,
             "url": f"/v1/checkout/sessions/{self.data['id']}/line_items",
         }
-
-    def _payment_intent(self) -> dict[str, Any]:
-        data = self.data
-        paid = data["payment_status"] == "paid"
-        return shapes.build(
-            shapes.resource("stripe.PaymentIntent"),
-            {
-                "id": data["payment_intent"],
-                "object": "payment_intent",
-                "amount": data["amount_total"],
-                "amount_received": data["amount_total"] if paid else 0,
-                "capture_method": "automatic_async",
-                "created": data["created"],
-                "currency": data["currency"],
-                "livemode": data["livemode"],
-                "metadata": {},
-                "payment_method_types": data["payment_method_types"],
-                "status": "succeeded" if paid else self.intent_status,
-            },
-        )
-
-
-def _cannot_expand_below(found: dict[str, Any], rest: str, path: str) -> None:
-    if rest and found.get(rest.split(".", 1)[0]) is not None:
-        raise _invalid(f"The Stripe emulator cannot expand {path} (docs/emulator.md).", "expand")
 
 
 class _Event(NamedTuple):
