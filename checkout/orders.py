@@ -413,6 +413,22 @@ def session_fact(session: SessionStatus, payment_intent: str | None = None) -> S
     return SessionFact(session, payment_intent or session.payment_intent, _iso(None))
 
 
+def facts_of_session(session: SessionStatus) -> list[Fact]:
+    """What the status path's read of a session states: the session, and the refunds its charge
+    shows (a refund whose webhook has not come, or never will), in the order they happened."""
+    facts: list[Fact] = [session_fact(session)]
+    if session.paid and session.payment_intent and session.amount_refunded > 0:
+        facts.append(
+            ChargeFact(
+                payment_intent=session.payment_intent,
+                amount_refunded=session.amount_refunded,
+                refunded=session.refunded,
+                occurred_at=_iso(None),
+            )
+        )
+    return facts
+
+
 def _id_of(value: Any) -> str | None:
     if isinstance(value, str):
         return value or None

@@ -17,7 +17,7 @@ from checkout import errors
 from checkout.errors import ApiError
 from checkout.http import json_response, read_json_object
 from checkout.ledger import LedgerUnavailable
-from checkout.orders import session_fact
+from checkout.orders import facts_of_session
 from checkout.publisher import PublishFailed
 from checkout.recorder import PublicationInProgress
 from checkout.webhook import stripe_webhook
@@ -107,7 +107,8 @@ async def _answer_from_stripe(service: Service, session_id: str) -> dict[str, An
     if service.catalogue.refusal(session) is not None:
         return session.public()
     try:
-        applied = await service.recorder.apply(session_id, session_fact(session))
+        for fact in facts_of_session(session):
+            applied = await service.recorder.apply(session_id, fact)
     except (LedgerUnavailable, PublishFailed, PublicationInProgress) as error:
         service.ledger_outages.failed(error, "answered from Stripe, not recorded")
         return session.public()

@@ -51,6 +51,9 @@ class SessionStatus:
     # (price id, quantity) per line item, when Stripe sent them (expand[]=line_items); else None.
     line_items: tuple[tuple[str | None, int], ...] | None = field(default=None, compare=False)
     payment_intent: str | None = field(default=None, compare=False)  # its id, once there is one
+    # From the PaymentIntent's Charge, when Stripe sent it (expand[]=payment_intent.latest_charge).
+    amount_refunded: int = field(default=0, compare=False)
+    refunded: bool = field(default=False, compare=False)  # fully
 
     @property
     def terminal(self) -> bool:
@@ -65,11 +68,12 @@ class SessionStatus:
 
     @property
     def outcome(self) -> str:
-        """open, processing, paid, failed or expired: what the customer should be told."""
+        """open, processing, paid, failed, expired or refunded: what Stripe's session and charge
+        say (disputes are the ledger's: a Charge does not tell a won one from an open one)."""
         if self.status != "complete":
             return "expired" if self.status == "expired" else "open"
         if self.payment_status != "unpaid":
-            return "paid"
+            return "refunded" if self.refunded else "paid"
         return "failed" if self.payment_failed else "processing"
 
     @property
@@ -83,7 +87,7 @@ class SessionStatus:
             "status": self.status,
             "payment_status": self.payment_status,
             "outcome": self.outcome,
-            "amount_refunded": 0,
+            "amount_refunded": self.amount_refunded,
             "metadata": dict(self.metadata),
         }
 
@@ -126,6 +130,8 @@ class SessionStatus:
         else:
             payment_failed = False
         marker = metadata[MARKER_KEY] if metadata and MARKER_KEY in metadata else None
+        charge = _field(intent, "latest_charge") if intent and not isinstance(intent, str) else None
+        charge = None if isinstance(charge, str) else charge
         return cls(
             session_id=session["id"],
             status=status,
@@ -140,6 +146,8 @@ class SessionStatus:
             payment_intent=(intent if isinstance(intent, str) else _field(intent, "id"))
             if intent
             else None,
+            amount_refunded=int(_field(charge, "amount_refunded") or 0) if charge else 0,
+            refunded=bool(_field(charge, "refunded")) if charge else False,
         )
 
 

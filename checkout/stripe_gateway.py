@@ -38,8 +38,9 @@ log = logging.getLogger("checkout.stripe")
 
 # Stripe's largest page: the reconciler lists whole windows.
 LIST_PAGE = 100
-# The retrieve expands the PaymentIntent: its status tells a settling payment from a failed one.
-RETRIEVE_EXPAND = ("payment_intent",)
+# The retrieve expands the PaymentIntent (its status tells a settling payment from a failed one)
+# and its Charge (how much of it is refunded): the status is truthful even without the ledger.
+RETRIEVE_EXPAND = ("payment_intent", "payment_intent.latest_charge")
 
 T = TypeVar("T")
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import requests
 
+from devtools.loopback import free_port
 from tests.firestore_emulator import Firestore
 from tests.pubsub_emulator import PubSub
 from tests.support import (
@@ -239,3 +240,34 @@ def test_a_refund_whose_order_the_ledger_never_saw_is_found_through_stripe(
     body = eventually(server, session["id"], "refunded")
     assert body["amount_refunded"] == 200
     assert changes(server) == [f"{session['id']}:paid", f"{session['id']}:refunded"]
+
+
+def test_a_refund_whose_webhook_never_came_is_answered_and_recorded_from_stripe(
+    live_server, stripe_emulator
+) -> None:
+    server = live_server()  # no webhook reaches it: only the status path learns anything
+    session = paid(server, stripe_emulator)
+    refund(stripe_emulator, session["payment_intent"])
+    body = answer(server, session["id"])
+    assert (body["outcome"], body["amount_refunded"]) == ("refunded", 200)
+    # Recorded as the webhook would have: paid first, then refunded, once each.
+    assert changes(server) == [f"{session['id']}:paid", f"{session['id']}:refunded"]
+    assert answer(server, session["id"])["outcome"] == "refunded"
+    assert changes(server) == [f"{session['id']}:paid", f"{session['id']}:refunded"]
+
+
+def test_with_the_ledger_unreachable_a_refunded_order_is_still_answered_refunded(
+    live_server, stripe_emulator
+) -> None:
+    server = live_server(
+        ORDER_LEDGER="firestore",
+        GOOGLE_CLOUD_PROJECT="demo-checkout",
+        FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",  # nothing listens there
+    )
+    session = paid(server, stripe_emulator)
+    refund(stripe_emulator, session["payment_intent"], amount=50)
+    body = answer(server, session["id"])
+    assert (body["outcome"], body["amount_refunded"]) == ("paid", 50)
+    refund(stripe_emulator, session["payment_intent"])  # the rest
+    body = answer(server, session["id"])
+    assert (body["outcome"], body["amount_refunded"]) == ("refunded", 200)
