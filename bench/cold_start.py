@@ -20,6 +20,8 @@ figures are medians. `python -m bench.cold_start` runs this alone (about 20 s), 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -33,7 +35,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from bench.order_flow import WEBHOOK_SECRET, completed_event
 from bench.servers import (
     BENCH_KEY,
     BIN,
@@ -43,10 +47,21 @@ from bench.servers import (
     StripeEmulator,
     children_of,
     clean_env,
+    http_json,
     production_bin,
 )
+from checkout.session import MARKER_KEY
+from devtools.pubsub_emulator import PubSubApi, PubSubEmulator, topic_path
+from devtools.stripe_emulator.webhooks import sign_payload
 
 CREATE = "/api/checkout/embedded-session"
+WEBHOOK_PATH = "/api/checkout/webhook"
+# The order flow's contenders (--topic), beside "service" and each revision's name.
+TOPIC = "service+topic"
+WEBHOOK_SUFFIX = "webhook"
+WEBHOOK = f"service {WEBHOOK_SUFFIX}"
+TOPIC_WEBHOOK = f"{TOPIC} {WEBHOOK_SUFFIX}"
+TOPIC_PROJECT = "bench-project"
 EXPRESS = ROOT / "bench" / "express"
 # What stripe-python sends for this service's create call (the Node yardstick sends the same).
 CREATE_FORM = (
@@ -66,30 +81,31 @@ class ColdStarts:
     times: dict[str, list[float]]
     cpu: dict[str, list[float]]
     venv: str
+    revisions: tuple[str, ...] = ()
+    pubsub_import: str | None = None  # what `from google.cloud import pubsub_v1` adds (--topic)
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
 
-    def ratio(self, over: str) -> float | None:
-        return self.median("service") / self.median(over) if over in self.times else None
+    def ratio(self, over: str, of: str = "service") -> float | None:
+        return self.median(of) / self.median(over) if over in self.times else None
 
-    def cpu_ratio(self, over: str) -> float:
-        return statistics.median(self.cpu["service"]) / statistics.median(self.cpu[over])
+    def cpu_ratio(self, over: str, of: str = "service") -> float:
+        return statistics.median(self.cpu[of]) / statistics.median(self.cpu[over])
 
     def lines(self) -> list[str]:
         labels = {
             "service": "the service (this work tree, as deployed), first create",
+            TOPIC: "the service with ORDER_EVENTS_TOPIC, first create",
+            WEBHOOK: "the service, first webhook (no topic: delivered in-process)",
+            TOPIC_WEBHOOK: "the service with ORDER_EVENTS_TOPIC, first webhook (it publishes)",
             "bare aio": "bare `@functions_framework.aio.http` function, first GET",
             "express": f"Express 5 + stripe-node on Node {_node_version()}, first create",
             "bare node": f"bare Node {_node_version()} http server, first create",
         }
-        labels.update(
-            {
-                name: f"the service at {name}, first create"
-                for name in self.times
-                if name not in labels
-            }
-        )
+        for revision in self.revisions:
+            labels[revision] = f"the service at {revision}, first create"
+            labels[f"{revision} {WEBHOOK_SUFFIX}"] = f"the service at {revision}, first webhook"
         lines = [
             f"Cold start, spawn to first success (emulator on loopback, latency 0), {self.venv}:"
         ]
@@ -99,10 +115,49 @@ class ColdStarts:
             lines.append(
                 f"- {labels[name]}: median {self.median(name):.0f} ms ({spread}); CPU {cpu:.0f} ms"
             )
-        others = [name for name in self.times if name != "service"]
+        others = [
+            name
+            for name in self.times
+            if name != "service" and name not in _order_flow_contenders(self.revisions)
+        ]
         ratios = [f"{self.ratio(n):.2f} x {n} ({self.cpu_ratio(n):.2f} in CPU)" for n in others]
         lines.append(f"- ratio of the service, wall (CPU): {', '.join(ratios)}")
+        if TOPIC in self.times:
+            lines += self._topic_lines()
         return lines
+
+    def _topic_lines(self) -> list[str]:
+        """The order topic's cost: with over without, and over each revision's (today's)."""
+
+        def over(of: str, name: str, label: str) -> str:
+            return f"{self.ratio(name, of):.2f} x {label} ({self.cpu_ratio(name, of):.2f} in CPU)"
+
+        hooks = [f"{r} {WEBHOOK_SUFFIX}" for r in self.revisions]
+        lines = [
+            "- with ORDER_EVENTS_TOPIC, first create, wall (CPU): "
+            + ", ".join(
+                [over(TOPIC, "service", "without a topic")]
+                + [over(TOPIC, r, r) for r in self.revisions]
+            ),
+            "- first webhook with ORDER_EVENTS_TOPIC (its publish imports google.cloud.pubsub), "
+            "wall (CPU): "
+            + ", ".join(
+                [over(TOPIC_WEBHOOK, WEBHOOK, "the first webhook without a topic")]
+                + [
+                    over(TOPIC_WEBHOOK, h, h.replace(WEBHOOK_SUFFIX, "first webhook"))
+                    for h in hooks
+                ]
+                + [over(TOPIC_WEBHOOK, TOPIC, "its own first create")]
+            ),
+        ]
+        if self.pubsub_import:
+            lines.append(f"- {self.pubsub_import}")
+        return lines
+
+
+def _order_flow_contenders(revisions: tuple[str, ...]) -> set[str]:
+    """The contenders --topic adds: none of them is a yardstick for the service's first create."""
+    return {TOPIC, WEBHOOK, TOPIC_WEBHOOK, *(f"{r} {WEBHOOK_SUFFIX}" for r in revisions)}
 
 
 def bundle(bin_dir: Path, revision: str | None = None) -> Path:
@@ -142,31 +197,62 @@ def measure(
     rounds: int = 5,
     bin_dir: Path | None = None,
     revisions: tuple[str, ...] = (),
+    pubsub_host: str | None = None,
 ) -> ColdStarts:
     """`rounds` interleaved spawns of each contender (Node only where it is installed); each git
-    revision in `revisions` is one more contender, as that revision would deploy."""
+    revision in `revisions` is one more contender, as that revision would deploy.
+
+    With `pubsub_host` (a Pub/Sub emulator), the order flow's contenders too: the service with
+    ORDER_EVENTS_TOPIC to its first create, and to its first webhook (a paid session's
+    checkout.session.completed, whose change it publishes), the first webhook without a topic,
+    and each revision's first webhook. Each process has its own memory ledger, so one paid
+    session serves every spawn: its first webhook is a first fact everywhere.
+    """
     bin_dir = bin_dir or BIN
     sources = {"service": bundle(bin_dir) / "main.py"}
     sources.update({revision: bundle(bin_dir, revision) / "main.py" for revision in revisions})
-    node = shutil.which("node")
-    express = node is not None and (EXPRESS / "node_modules" / "express").is_dir()
-    names = [*sources, "bare aio"] + ["express"] * express + ["bare node"] * bool(node)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-
-    def record(name: str, server: Service, path: str, body: bytes | None = None) -> None:
-        times[name].append(_first_success(server, path, body))
-        cpu[name].append(tree_cpu_ms(server.pid))
-
     service_env = {
         "STRIPE_SECRET_KEY": BENCH_KEY,
         "STRIPE_API_BASE": emulator_url,
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    # name -> (source, extra environment, whether its first success is a webhook)
+    contenders: dict[str, tuple[Path, dict[str, str], bool]] = {
+        name: (source, {}, False) for name, source in sources.items()
+    }
+    event = b""
+    if pubsub_host is not None:
+        topic = {
+            "ORDER_EVENTS_TOPIC": _order_topic(pubsub_host),
+            "PUBSUB_EMULATOR_HOST": pubsub_host,
+        }
+        service_env["STRIPE_WEBHOOK_SECRET"] = WEBHOOK_SECRET
+        event = completed_event(_paid_session(emulator_url))
+        contenders[TOPIC] = (sources["service"], topic, False)
+        contenders[WEBHOOK] = (sources["service"], {}, True)
+        contenders[TOPIC_WEBHOOK] = (sources["service"], topic, True)
+        for revision in revisions:
+            contenders[f"{revision} {WEBHOOK_SUFFIX}"] = (sources[revision], {}, True)
+    node = shutil.which("node")
+    express = node is not None and (EXPRESS / "node_modules" / "express").is_dir()
+    names = [*contenders, "bare aio"] + ["express"] * express + ["bare node"] * bool(node)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+
+    def record(
+        name: str, server: Service, path: str, body: bytes | None = None, signed: bool = False
+    ) -> None:
+        times[name].append(_first_success(server, path, body, signed))
+        cpu[name].append(tree_cpu_ms(server.pid))
+
     for _ in range(rounds):
-        for name, source in sources.items():
-            with FunctionServer(service_env, subprocess.DEVNULL, bin_dir, source=source) as server:
-                record(name, server, CREATE, b"{}")
+        for name, (source, extra, webhook) in contenders.items():
+            env = {**service_env, **extra}
+            with FunctionServer(env, subprocess.DEVNULL, bin_dir, source=source) as server:
+                if webhook:
+                    record(name, server, WEBHOOK_PATH, event, signed=True)
+                else:
+                    record(name, server, CREATE, b"{}")
         hello = ROOT / "bench" / "hello_world_async.py"
         with FunctionServer({}, subprocess.DEVNULL, bin_dir, target="hello", source=hello) as bare:
             record("bare aio", bare, "/")
@@ -182,16 +268,43 @@ def measure(
             with Service(command, env, subprocess.DEVNULL) as checkout:
                 record("bare node", checkout, CREATE, b"{}")
     venv = "production venv (requirements.txt only)" if bin_dir != BIN else "dev venv"
-    return ColdStarts(times, cpu, venv)
+    pubsub_import = None if pubsub_host is None else pubsub_import_cost(bin_dir)
+    return ColdStarts(times, cpu, venv, revisions, pubsub_import)
 
 
-def _first_success(server: Service, path: str, body: bytes | None = None) -> float:
-    """Poll `path` until it answers 200; milliseconds since the process was spawned."""
+def _order_topic(pubsub_host: str) -> str:
+    """The topic the --topic contenders publish to, created on the emulator (no subscription:
+    nothing reads it)."""
+    PubSubApi(pubsub_host).create_topic(TOPIC_PROJECT, "checkout-orders")
+    return topic_path(TOPIC_PROJECT, "checkout-orders")
+
+
+def _paid_session(emulator_url: str) -> dict[str, Any]:
+    """A session as the service creates it (its marker: the default DEPLOYMENT_ID), then paid."""
+    request = urllib.request.Request(
+        f"{emulator_url}/v1/checkout/sessions",
+        data=f"{CREATE_FORM}&metadata[{MARKER_KEY}]=local&metadata[imageId]=bench-image".encode(),
+        headers={"Authorization": f"Bearer {BENCH_KEY}"},
+    )
+    with _opener.open(request, timeout=10) as response:
+        session_id = json.loads(response.read())["id"]
+    url = f"{emulator_url}/_emulator/sessions/{session_id}/complete"
+    paid: dict[str, Any] = http_json(url, {"payment_status": "paid"})
+    return paid
+
+
+def _first_success(
+    server: Service, path: str, body: bytes | None = None, signed: bool = False
+) -> float:
+    """Poll `path` until it answers 200; milliseconds since the process was spawned. `signed`:
+    the body is a Stripe event, signed afresh for each attempt as Stripe signs it."""
     deadline = server.started + 30
     while True:
         request = urllib.request.Request(server.url + path, data=body)
         if body is not None:
             request.add_header("Content-Type", "application/json")
+        if signed and body is not None:
+            request.add_header("Stripe-Signature", sign_payload(body, WEBHOOK_SECRET))
         try:
             with _opener.open(request, timeout=10) as response:
                 response.read()
@@ -228,28 +341,8 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def import_breakdown(bin_dir: Path, runs: int = 5, top: int = 10) -> list[str]:
     """What `import main` adds to the bare function's imports (`python -X importtime`, each
     module's own time, the least of `runs`), summed by top-level package, in the deployed copy."""
-    where = BUNDLES / "work-tree"
-
-    def own_times(code: str, cwd: Path) -> dict[str, int]:
-        least: dict[str, int] = {}
-        for _ in range(runs):
-            done = subprocess.run(
-                [str(bin_dir / "python"), "-X", "importtime", "-c", code],
-                cwd=cwd,
-                env=clean_env(PYTHONDONTWRITEBYTECODE="1"),
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            for line in done.stderr.splitlines():
-                match = re.match(r"import time:\s+(\d+) \|\s+\d+ \| *(\S+)", line)
-                if match:
-                    name, microseconds = match.group(2), int(match.group(1))
-                    least[name] = min(microseconds, least.get(name, microseconds))
-        return least
-
-    service = own_times("import main", where)
-    bare = own_times("import hello_world_async", ROOT / "bench")
+    service = _own_import_times(bin_dir, "import main", BUNDLES / "work-tree", runs)
+    bare = _own_import_times(bin_dir, "import hello_world_async", ROOT / "bench", runs)
     added: dict[str, float] = {}
     for name, microseconds in service.items():
         if name not in bare:
@@ -261,6 +354,44 @@ def import_breakdown(bin_dir: Path, runs: int = 5, top: int = 10) -> list[str]:
         f"`import main` adds {sum(added.values()):.0f} ms of imports to the bare function's "
         f"{sum(bare.values()) / 1000:.0f} ms (least of {runs}); by package: {parts}"
     ]
+
+
+def pubsub_import_cost(bin_dir: Path, runs: int = 5) -> str:
+    """What the first publish imports after `import main` (`python -X importtime`, own times,
+    least of `runs`): google-cloud-pubsub and what it brings (gRPC, protobuf, google.api_core)."""
+    where = BUNDLES / "work-tree"
+    service = _own_import_times(bin_dir, "import main", where, runs)
+    publishing = _own_import_times(
+        bin_dir, "import main\nfrom google.cloud import pubsub_v1", where, runs
+    )
+    added = {name: us for name, us in publishing.items() if name not in service}
+    ranked = sorted(added.items(), key=lambda item: -item[1])[:5]
+    parts = ", ".join(f"{name} {us / 1000:.1f}" for name, us in ranked)
+    return (
+        f"`from google.cloud import pubsub_v1` after `import main` adds "
+        f"{sum(added.values()) / 1000:.0f} ms of imports, {len(added)} modules (least of "
+        f"{runs}); the largest: {parts}"
+    )
+
+
+def _own_import_times(bin_dir: Path, code: str, cwd: Path, runs: int) -> dict[str, int]:
+    """Each module's own import time in microseconds (`python -X importtime`), least of `runs`."""
+    least: dict[str, int] = {}
+    for _ in range(runs):
+        done = subprocess.run(
+            [str(bin_dir / "python"), "-X", "importtime", "-c", code],
+            cwd=cwd,
+            env=clean_env(PYTHONDONTWRITEBYTECODE="1"),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for line in done.stderr.splitlines():
+            match = re.match(r"import time:\s+(\d+) \|\s+\d+ \| *(\S+)", line)
+            if match:
+                name, microseconds = match.group(2), int(match.group(1))
+                least[name] = min(microseconds, least.get(name, microseconds))
+    return least
 
 
 def instruction_counts(
@@ -322,17 +453,39 @@ def main(argv: list[str] | None = None) -> int:
         "--instructions", action="store_true", help="also count instructions under valgrind"
     )
     parser.add_argument(
+        "--topic",
+        action="store_true",
+        help="also the order flow: ORDER_EVENTS_TOPIC on Google's Pub/Sub emulator, and first "
+        "webhooks (needs gcloud and Java)",
+    )
+    parser.add_argument(
         "revisions", nargs="*", help="git revisions of the service to spawn alongside, as deployed"
     )
     args = parser.parse_args(argv)
+    if args.topic and PubSubEmulator.missing():
+        print(PubSubEmulator.missing())
+        return 2
     bin_dir = None if args.dev_venv else production_bin()
-    with StripeEmulator(latency_ms=0) as emulator:
-        result = measure(emulator.url, args.rounds, bin_dir, tuple(args.revisions))
+    began, load = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()
+    with contextlib.ExitStack() as stack:
+        emulator = stack.enter_context(StripeEmulator(latency_ms=0))
+        pubsub = stack.enter_context(PubSubEmulator()) if args.topic else None
+        result = measure(
+            emulator.url,
+            args.rounds,
+            bin_dir,
+            tuple(args.revisions),
+            pubsub.host if pubsub else None,
+        )
         print("\n".join(result.lines()), flush=True)
         if args.instructions:
             counts = instruction_counts(bin_dir or BIN, emulator.url, tuple(args.revisions))
             print("\n".join(counts), flush=True)
     print("\n".join(import_breakdown(bin_dir or BIN)))
+    print(
+        f"{began}, {os.cpu_count()} CPUs; load average at the start {load[0]:.2f}, at the end "
+        f"{os.getloadavg()[0]:.2f}"
+    )
     return 0
 
 

@@ -177,11 +177,13 @@ class FunctionServer(Service):
         workers: int = 1,
         target: str = "checkout_api",
         source: Path = ROOT / "main.py",
+        signature_type: str | None = None,
     ) -> None:
         command = [
             str(bin_dir / "functions-framework"),
             "--target",
             target,
+            *(["--signature-type", signature_type] if signature_type else []),
             "--source",
             str(source),
             "--host",

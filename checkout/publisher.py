@@ -5,7 +5,8 @@ One message per change: data is the change's JSON (checkout/order_change.schema.
 changes reach a subscription with message ordering in the order they were published.
 """
 
-# google.cloud.pubsub costs cold-start time (docs/performance.md) and loads only with a topic.
+# google.cloud.pubsub costs cold-start time (docs/performance.md#order-flow: measured on the first
+# publish) and loads only then, with a topic.
 # ruff: noqa: PLC0415
 
 from __future__ import annotations

@@ -8,7 +8,11 @@ POST each message to a URL as a binary-mode CloudEvent; acknowledge on 2xx, nack
 The emulator is PUBSUB_EMULATOR_HOST (or --host). A nack is `modifyAckDeadline 0`: Pub/Sub
 redelivers at once, where the real push backs off; after the subscription's maximum delivery
 attempts a dead-letter policy moves the message on, as in production. One message at a time, in
-pull order: enough for one local worker, and it keeps one ordering key's messages in order.
+pull order, by default: enough for one local worker, and it keeps one ordering key's messages in
+order. `concurrency=N` keeps up to N POSTs in flight, as Pub/Sub's push does (a benchmark whose
+deliveries take seconds needs that), one ordering key's messages still after one another: within
+a pull by grouping, and across pulls because an ordered subscription hands out a key's next
+message only once the one before it is acknowledged (tests/test_pubsub_emulator.py checks both).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -58,6 +63,15 @@ def cloud_event_request(
     return headers, json.dumps(body).encode()
 
 
+def _by_ordering_key(pulled: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Pulled messages grouped by ordering key, in pull order (no key: a group of its own)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for n, received in enumerate(pulled):
+        key = received["message"].get("orderingKey") or f"#{n}"
+        groups.setdefault(key, []).append(received)
+    return list(groups.values())
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One POST: the message, the answer's status (0: no answer), and whether it was acked."""
@@ -79,12 +93,16 @@ class EventarcPush:
         *,
         timeout: float = 60.0,
         poll_seconds: float = 0.1,
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self.project, self.subscription_id = split_path(subscription, "subscriptions")
         self.subscription = subscription
         self.url = url
         self.timeout = timeout
         self.poll_seconds = poll_seconds
+        self.concurrency = concurrency
         self.api = PubSubApi(host)
         # ce-source names the topic: the subscription knows it.
         self.topic = str(self.api.get_subscription(self.project, self.subscription_id)["topic"])
@@ -93,11 +111,20 @@ class EventarcPush:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> list[Delivery]:
-        """Push every message available now, one after another; what happened to each."""
-        done = []
-        for received in self.api.pull(self.project, self.subscription_id):
-            done.append(self._push(received))
-        return done
+        """Push every message available now; what happened to each.
+
+        One after another, or with `concurrency` above 1 that many ordering keys at once (each
+        key's messages in pull order).
+        """
+        pulled = self.api.pull(self.project, self.subscription_id)
+        groups = _by_ordering_key(pulled)
+        if self.concurrency == 1 or len(groups) < 2:
+            return [self._push(received) for received in pulled]
+        with ThreadPoolExecutor(min(self.concurrency, len(groups))) as pool:
+            return [d for done in pool.map(self._push_all, groups) for d in done]
+
+    def _push_all(self, group: list[dict[str, Any]]) -> list[Delivery]:
+        return [self._push(received) for received in group]
 
     def _push(self, received: dict[str, Any]) -> Delivery:
         headers, body = cloud_event_request(received["message"], self.topic, self.subscription)
@@ -128,6 +155,9 @@ class EventarcPush:
         self._thread.start()
 
     def _loop(self) -> None:
+        if self.concurrency > 1:
+            self._pipelined_loop()
+            return
         while not self._stop.is_set():
             try:
                 pushed = self.run_once()
@@ -137,6 +167,42 @@ class EventarcPush:
                 pushed = []
             if not pushed:
                 self._stop.wait(self.poll_seconds)
+
+    def _pipelined_loop(self) -> None:
+        """Up to `concurrency` ordering keys in flight; a free slot pulls at once, without
+        waiting for the other POSTs (a slow delivery holds only its own slot)."""
+        in_flight = 0
+        lock = threading.Lock()
+
+        def push_group(group: list[dict[str, Any]]) -> None:
+            nonlocal in_flight
+            try:
+                self._push_all(group)
+            except PubSubError as error:  # the ack or nack did not reach the emulator
+                print(f"eventarc_push: {error}", file=sys.stderr, flush=True)
+            finally:
+                with lock:
+                    in_flight -= 1
+
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="eventarc-push") as pool:
+            while not self._stop.is_set():
+                with lock:
+                    free = self.concurrency - in_flight
+                if free == 0:
+                    self._stop.wait(0.01)
+                    continue
+                try:
+                    pulled = self.api.pull(self.project, self.subscription_id, max_messages=free)
+                except PubSubError as error:
+                    print(f"eventarc_push: {error}", file=sys.stderr, flush=True)
+                    pulled = []
+                groups = _by_ordering_key(pulled)
+                with lock:
+                    in_flight += len(groups)
+                for group in groups:
+                    pool.submit(push_group, group)
+                if not pulled:
+                    self._stop.wait(self.poll_seconds)
 
     def stop(self, seconds: float = 90.0) -> None:
         """Stop after the POST in flight, if any (bounded by `timeout`); joins the thread."""
@@ -170,11 +236,14 @@ def main() -> None:
         default=os.environ.get("PUBSUB_EMULATOR_HOST"),
         help="the emulator's host:port (default: PUBSUB_EMULATOR_HOST)",
     )
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="POSTs in flight at once (default 1)"
+    )
     args = parser.parse_args()
     if not args.host:
         raise SystemExit("set PUBSUB_EMULATOR_HOST or pass --host (the Pub/Sub emulator)")
     try:
-        pusher = EventarcPush(args.host, args.subscription, args.url)
+        pusher = EventarcPush(args.host, args.subscription, args.url, concurrency=args.concurrency)
     except (ValueError, PubSubError) as error:
         raise SystemExit(str(error)) from None
     stopped = threading.Event()

@@ -269,12 +269,16 @@ def test_cloud_event_request_wants_full_paths(topic: str, subscription: str) -> 
 
 class Sink:
     """A local HTTP server that records each POST (header names in lower case) and answers the
-    statuses it is given."""
+    statuses it is given; while `hold` is set, it answers nothing until `release()`."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.statuses: list[int] = []  # answered in turn; 200 once they run out
         self.arrived = threading.Condition()
+        self.hold = False
+        self.released = threading.Event()
+        self.in_flight: list[bytes] = []  # the bodies of the POSTs not yet answered
+        self.in_flight_history: list[list[bytes]] = []  # in_flight, each time it grew
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -284,7 +288,13 @@ class Sink:
                 with sink.arrived:
                     sink.requests.append((self.path, headers, body))
                     status = sink.statuses.pop(0) if sink.statuses else 200
+                    sink.in_flight.append(body)
+                    sink.in_flight_history.append(list(sink.in_flight))
                     sink.arrived.notify_all()
+                if sink.hold:
+                    sink.released.wait(WAIT)
+                with sink.arrived:
+                    sink.in_flight.remove(body)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -304,7 +314,16 @@ class Sink:
             self.arrived.wait_for(lambda: len(self.requests) >= count, seconds)
             return list(self.requests)
 
+    def wait_in_flight(self, count: int, seconds: float = WAIT) -> list[bytes]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.in_flight) >= count, seconds)
+            return list(self.in_flight)
+
+    def release(self) -> None:
+        self.released.set()
+
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -421,6 +440,39 @@ def test_push_thread_delivers_in_order_and_stops_cleanly(pubsub: PubSub, sink: S
     (waiting,) = pubsub.received(timeout=WAIT, count=1)
     assert waiting["message"]["messageId"] == late
     assert len(sink.requests) == 3
+
+
+def test_push_with_concurrency_holds_several_keys_at_once_and_one_keys_messages_in_order(
+    pubsub: PubSub, sink: Sink
+) -> None:
+    # The fixture's subscription is ordered: the emulator hands out a key's next message only
+    # once the one before it is acknowledged, so a slow POST holds back its own key alone.
+    for data, key in [(b"a0", "cs_a"), (b"b", "cs_b"), (b"a1", "cs_a"), (b"c", "cs_c")]:
+        pubsub.api.publish(pubsub.project, "checkout-orders", data, None, key)
+    pubsub.api.publish(pubsub.project, "checkout-orders", b"a2", None, "cs_a")
+    sink.hold = True
+    with EventarcPush(pubsub.host, pubsub.subscription, sink.url, concurrency=4) as pusher:
+        held = sink.wait_in_flight(3)
+        assert sorted(data_of(body) for body in held) == [b"a0", b"b", b"c"]
+        sink.release()
+        posted = sink.wait_for(5)
+        for _ in range(int(WAIT / 0.05)):  # until the last answer's ack is recorded (bounded)
+            if len(pusher.deliveries) == 5:
+                break
+            time.sleep(0.05)
+    assert [data for data in map(data_of, (body for *_, body in posted)) if data[:1] == b"a"] == [
+        b"a0",
+        b"a1",
+        b"a2",
+    ]
+    for in_flight in sink.in_flight_history:  # never two of one key's POSTs at once
+        assert len([body for body in in_flight if data_of(body)[:1] == b"a"]) <= 1
+    assert [d.acked for d in pusher.deliveries] == [True] * 5
+    assert pubsub.received(timeout=2) == []
+
+
+def data_of(body: bytes) -> bytes:
+    return base64.b64decode(json.loads(body)["message"]["data"])
 
 
 # --- functions-framework accepts what eventarc_push sends ---

@@ -1,0 +1,374 @@
+"""The order flow: the webhook's latency while each delivery takes 10 s, and that every change is
+delivered once, against Google's real Firestore and Pub/Sub emulators.
+
+    python -m bench.order_flow        # about a minute; needs gcloud and Java (the emulators)
+
+The stack, each part its own process as in production:
+- the Stripe emulator, adding STRIPE_LATENCY_MS to every Stripe call, as `make bench` does;
+- Google's Firestore and Pub/Sub emulators (gcloud), the order ledger and the order topic;
+- `checkout_api` under functions-framework's production server (one uvicorn worker), with
+  ORDER_LEDGER=firestore, ORDER_EVENTS_TOPIC and a webhook signing secret;
+- `fulfil_order`, on the same ledger, whose DELIVER_ORDER (bench/delivery.py) takes
+  DELIVERY_SECONDS for every change, behind devtools/eventarc_push.py (what Eventarc does: pull,
+  POST a CloudEvent, ack on 2xx) with PUSH_CONCURRENCY POSTs in flight.
+
+Paid sessions are created through the API and completed in the Stripe emulator. Each one's
+`checkout.session.completed`, signed as Stripe signs it, is sent three times: the first delivery, a
+duplicate sent at the same moment, and a duplicate after every session's first (Stripe's retries);
+CONNECTIONS clients send them, a fresh connection each, as Stripe does. A few sessions first warm
+the path up, unmeasured. Then the benchmark waits for the worker, and counts from the delivery sink
+how often each change ran. Prints the figures; `make bench` (bench/run.py) runs it as one part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.delivery import noted
+from bench.servers import BENCH_KEY, ROOT, FunctionServer, StripeEmulator, http_json
+from devtools.eventarc_push import Delivery, EventarcPush
+from devtools.firestore_emulator import FirestoreEmulator
+from devtools.pubsub_emulator import PubSubEmulator, subscription_path, topic_path
+from devtools.stripe_emulator.webhooks import sign_payload
+
+RESULTS = ROOT / "bench" / "results"
+CREATE = "/api/checkout/embedded-session"
+WEBHOOK = "/api/checkout/webhook"
+STRIPE_LATENCY_MS = 100
+DELIVERY_SECONDS = 10.0
+SESSIONS = 100  # measured; each sends three webhooks
+WARMUP_SESSIONS = 10
+CONNECTIONS = 4
+PUSH_CONCURRENCY = 128
+WEBHOOK_SECRET = "whsec_BenchOnlySigningSecret0123"  # signs loopback traffic only
+PROJECT = "bench-orders"
+TOPIC = "checkout-orders"
+SUBSCRIPTION = "eventarc-fulfil"
+# Longer than a delivery: a push subscription waits this long for the POST's answer before it
+# redelivers, and a redelivery of a change still running is refused (409) and nacked.
+ACK_DEADLINE_S = 60
+KINDS = ("first", "duplicate at once", "duplicate later")
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One webhook: which delivery it was, the answer, and its latency at the client."""
+
+    kind: str
+    session_id: str
+    status: int
+    ms: float
+    answered_at: float  # unix time
+
+
+@dataclass
+class OrderFlow:
+    sent: list[Sent]
+    sessions: list[str]  # measured and warm-up sessions: every one's change must be delivered
+    stripe_calls: int  # while the measured webhooks ran
+    seconds: float  # the measured webhooks, first sent to last answered
+    runs: list[tuple[str, str, float]]  # the delivery sink: (change id, start|done, unix time)
+    pushes: list[Delivery]
+    waited_s: float  # from the last answer until every change was delivered
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def latencies(self, kind: str | None = None) -> list[float]:
+        return sorted(s.ms for s in self.sent if kind is None or s.kind == kind)
+
+    def percentile(self, p: float, kind: str | None = None) -> float:
+        values = self.latencies(kind)
+        return values[min(len(values) - 1, int(len(values) * p))] if values else float("nan")
+
+    def errors(self) -> int:
+        return sum(1 for s in self.sent if s.status != 200)
+
+    def counts(self, what: str) -> Counter[str]:
+        """How many times each change's delivery started (or ended)."""
+        return Counter(change for change, noted_what, _ in self.runs if noted_what == what)
+
+    def delivered_once(self) -> bool:
+        expected = {f"{session}:paid" for session in self.sessions}
+        starts, dones = self.counts("start"), self.counts("done")
+        return set(starts) == set(dones) == expected and set(starts.values()) == {1} == set(
+            dones.values()
+        )
+
+    def most_running(self) -> int:
+        """The most deliveries running at one moment."""
+        steps = sorted((at, 1 if what == "start" else -1) for _, what, at in self.runs)
+        running = most = 0
+        for _, step in steps:
+            running += step
+            most = max(most, running)
+        return most
+
+    def answered_while_delivering(self) -> int:
+        """Measured webhooks answered while at least one delivery was running."""
+        spans = [(at, self._done_at(change)) for change, what, at in self.runs if what == "start"]
+        return sum(
+            1 for s in self.sent if any(start <= s.answered_at <= end for start, end in spans)
+        )
+
+    def _done_at(self, change: str) -> float:
+        return next((at for c, what, at in self.runs if c == change and what == "done"), 1e18)
+
+    def measured(self) -> dict[str, float]:
+        """The figures `make bench` checks its targets against."""
+        return {
+            "webhook p50": self.percentile(0.50),
+            "webhook p99": self.percentile(0.99),
+            "webhook max": self.latencies()[-1],
+            "webhook errors": self.errors(),
+            "delivery ms": DELIVERY_SECONDS * 1000,
+            "delivered once": float(self.delivered_once()),
+        }
+
+    def lines(self) -> list[str]:
+        settings = self.settings
+        delivery_ms = DELIVERY_SECONDS * 1000
+        all_ms = self.latencies()
+        rate = len(self.sent) / self.seconds if self.seconds else float("nan")
+        statuses = Counter(s.status for s in self.sent)
+        push_statuses = Counter(p.status for p in self.pushes)
+        messages = {p.message_id for p in self.pushes}
+        starts, dones = self.counts("start"), self.counts("done")
+        lines = [
+            f"Order flow: {len(self.sessions) - settings['warmup']} paid sessions (+"
+            f"{settings['warmup']} unmeasured warm-up), 3 signed checkout.session.completed each, "
+            f"{settings['connections']} clients; checkout_api ORDER_LEDGER=firestore with "
+            f"ORDER_EVENTS_TOPIC (Google's Firestore and Pub/Sub emulators); fulfil_order's "
+            f"DELIVER_ORDER takes {DELIVERY_SECONDS:g} s; Stripe emulator latency "
+            f"{STRIPE_LATENCY_MS} ms.",
+            "",
+            "| webhooks | n | p50 ms | p99 ms | max ms | p99 / delivery | p99 / Stripe latency |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for kind in (*KINDS, None):
+            values = self.latencies(kind)
+            if not values:
+                continue
+            p99 = self.percentile(0.99, kind)
+            lines.append(
+                f"| {kind or 'all'} | {len(values)} | {self.percentile(0.5, kind):.1f} "
+                f"| {p99:.1f} | {values[-1]:.0f} | {p99 / delivery_ms:.4f} "
+                f"| {p99 / STRIPE_LATENCY_MS:.2f} |"
+            )
+        lines += [
+            "",
+            f"- answers: {dict(sorted(statuses.items()))}; {rate:.0f} webhooks/s; Stripe calls "
+            f"per webhook {self.stripe_calls / max(1, len(self.sent)):.3f}; max over the "
+            f"{DELIVERY_SECONDS:g} s delivery {all_ms[-1] / delivery_ms:.4f}",
+            f"- {self.answered_while_delivering()} of {len(self.sent)} answers came while a "
+            f"delivery was running; at most {self.most_running()} deliveries ran at once",
+            f"- worker: {len(messages)} messages for {len(self.sessions)} changes, "
+            f"{len(self.pushes)} POSTs ({dict(sorted(push_statuses.items()))}); deliveries "
+            f"started {sum(starts.values())}, ended {sum(dones.values())}, changes delivered "
+            f"more than once {sum(1 for n in starts.values() if n > 1)}, never "
+            f"{len({f'{s}:paid' for s in self.sessions} - set(dones))}; all delivered "
+            f"{self.waited_s:.1f} s after the last answer",
+            f"- each change delivered exactly once: {'yes' if self.delivered_once() else 'NO'}",
+        ]
+        return lines
+
+
+def missing() -> str | None:
+    """Why the order flow cannot run here (no gcloud or Java for the emulators), or None."""
+    return FirestoreEmulator.missing() or PubSubEmulator.missing()
+
+
+def measure(
+    sessions: int = SESSIONS,
+    connections: int = CONNECTIONS,
+    warmup: int = WARMUP_SESSIONS,
+    log_dir: Path = RESULTS,
+) -> OrderFlow:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sink = log_dir / "order-flow-deliveries.txt"
+    sink.unlink(missing_ok=True)
+    firestore, pubsub = FirestoreEmulator(), PubSubEmulator()
+    try:
+        with ThreadPoolExecutor(2) as starting:  # each takes seconds to start: together
+            for started in [starting.submit(firestore.start), starting.submit(pubsub.start)]:
+                started.result()
+    except BaseException:
+        firestore.close()
+        pubsub.close()
+        raise
+    with (
+        firestore,
+        pubsub,
+        StripeEmulator(STRIPE_LATENCY_MS) as stripe,
+        (log_dir / "order-flow-api.log").open("wb") as api_log,
+        (log_dir / "order-flow-worker.log").open("wb") as worker_log,
+    ):
+        pubsub.api.create_topic(PROJECT, TOPIC)
+        pubsub.api.create_subscription(
+            PROJECT, SUBSCRIPTION, TOPIC, ordering=False, ack_deadline=ACK_DEADLINE_S
+        )
+        ledger = {
+            "ORDER_LEDGER": "firestore",
+            "FIRESTORE_EMULATOR_HOST": firestore.host,
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+        }
+        api_env = {
+            **ledger,
+            "STRIPE_SECRET_KEY": BENCH_KEY,
+            "STRIPE_API_BASE": stripe.url,
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "ORDER_EVENTS_TOPIC": topic_path(PROJECT, TOPIC),
+            "PUBSUB_EMULATOR_HOST": pubsub.host,
+        }
+        worker_env = {
+            **ledger,
+            "DELIVER_ORDER": "bench.delivery:hold",
+            "BENCH_DELIVERY_SECONDS": str(DELIVERY_SECONDS),
+            "BENCH_DELIVERY_SINK": str(sink),
+        }
+        with (
+            FunctionServer(api_env, api_log) as api,
+            FunctionServer(
+                worker_env, worker_log, target="fulfil_order", signature_type="cloudevent"
+            ) as worker,
+        ):
+            api.wait_ready("/")
+            worker.wait_ready("/")
+            push = EventarcPush(
+                pubsub.host,
+                subscription_path(PROJECT, SUBSCRIPTION),
+                worker.url,
+                concurrency=PUSH_CONCURRENCY,
+            )
+            with push:
+                print(f"Creating {sessions + warmup} paid sessions ...", flush=True)
+                paid = _paid_sessions(api.url, stripe, sessions + warmup)
+                warm, measured_sessions = paid[:warmup], paid[warmup:]
+                _send_all(api.port, warm, connections)  # unmeasured: connections, JIT
+                print(f"Sending {3 * sessions} webhooks ({connections} clients) ...", flush=True)
+                calls = stripe.calls()
+                began = time.perf_counter()
+                sent = _send_all(api.port, measured_sessions, connections)
+                seconds = time.perf_counter() - began
+                stripe_calls = stripe.calls() - calls
+                ids = [session["id"] for session in paid]
+                print("Waiting for the worker's deliveries ...", flush=True)
+                waited = _wait_for_deliveries(sink, len(ids), max(s.answered_at for s in sent))
+            pushes = list(push.deliveries)
+    return OrderFlow(
+        sent=sent,
+        sessions=ids,
+        stripe_calls=stripe_calls,
+        seconds=seconds,
+        runs=noted(sink),
+        pushes=pushes,
+        waited_s=waited,
+        settings={"warmup": warmup, "connections": connections},
+    )
+
+
+def _paid_sessions(api_url: str, stripe: StripeEmulator, count: int) -> list[dict[str, Any]]:
+    """Sessions created through the API (so they carry its marker), then paid in the emulator."""
+
+    def paid(_: int) -> dict[str, Any]:
+        created = http_json(api_url + CREATE, {"imageId": "bench-image"}, timeout=30)
+        session_id = created["session_id"]
+        url = f"{stripe.url}/_emulator/sessions/{session_id}/complete"
+        session: dict[str, Any] = http_json(url, {"payment_status": "paid"}, timeout=30)
+        return session
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(paid, range(count)))
+
+
+def completed_event(session: dict[str, Any]) -> bytes:
+    """`checkout.session.completed` as Stripe sends it: a snapshot of the session."""
+    event = {
+        "id": f"evt_bench{uuid.uuid4().hex[:20]}",
+        "object": "event",
+        "api_version": "2026-10-28.endive",
+        "created": int(time.time()),
+        "data": {"object": session},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": "checkout.session.completed",
+    }
+    return json.dumps(event, indent=2).encode()
+
+
+def _send_all(port: int, sessions: list[dict[str, Any]], connections: int) -> list[Sent]:
+    """Each session's event three times: first and a duplicate together, a duplicate later."""
+    events = [(session["id"], completed_event(session)) for session in sessions]
+    jobs = [(kind, sid, payload) for sid, payload in events for kind in KINDS[:2]]
+    jobs += [(KINDS[2], sid, payload) for sid, payload in events]
+    with ThreadPoolExecutor(connections) as pool:
+        return list(pool.map(lambda job: _post(port, *job), jobs))
+
+
+def _post(port: int, kind: str, session_id: str, payload: bytes) -> Sent:
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        "Stripe-Signature": sign_payload(payload, WEBHOOK_SECRET),
+    }
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        started = time.perf_counter()
+        connection.request("POST", WEBHOOK, body=payload, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        ms = (time.perf_counter() - started) * 1000
+    finally:
+        connection.close()
+    return Sent(kind, session_id, response.status, ms, time.time())
+
+
+def _wait_for_deliveries(sink: Path, changes: int, last_answer: float) -> float:
+    """Until every change's delivery has ended (bounded), and a moment more for any second run;
+    seconds from the last webhook answer until the last delivery ended."""
+    deadline = time.monotonic() + 3 * DELIVERY_SECONDS + 120
+    while time.monotonic() < deadline:
+        if len({c for c, what, _ in noted(sink) if what == "done"}) >= changes:
+            break
+        threading.Event().wait(0.2)
+    threading.Event().wait(2.0)  # a redelivery that would run a change twice starts by now
+    ends = [at for _, what, at in noted(sink) if what == "done"]
+    return max(ends) - last_answer if ends else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.order_flow", description=__doc__)
+    parser.add_argument("--sessions", type=int, default=SESSIONS)
+    parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    args = parser.parse_args(argv)
+    reason = missing()
+    if reason:
+        print(reason)
+        return 2
+    began, load = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()
+    flow = measure(args.sessions, args.connections)
+    print(
+        f"\n{began}, {os.cpu_count()} CPUs; load average at the start {load[0]:.2f}, at the end "
+        f"{os.getloadavg()[0]:.2f}"
+    )
+    print("\n".join(flow.lines()))
+    ok = flow.errors() == 0 and flow.delivered_once()
+    median = statistics.median(flow.latencies())
+    print(f"\nMedian webhook {median:.1f} ms; {'OK' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
