@@ -76,6 +76,7 @@ ENVIRONMENT_VARIABLES = (
     "WEBHOOK_DEDUPE_SIZE",
     "REQUEST_TIMEOUT_SECONDS",
     "DEPLOYMENT_ID",
+    "CLOUD_RUN_JOB",
     "TRUSTED_PROXY_HOPS",
     "CREATE_LIMIT_PER_MINUTE",
     "STATUS_LIMIT_PER_MINUTE",
@@ -207,7 +208,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if api_base is not None:
         _check_api_base(api_base, on_cloud_run, secret_key)
 
-    deployment_id = get("DEPLOYMENT_ID") or get("K_SERVICE") or "local"
+    deployment_id = _deployment_id(get)
     if not _DEPLOYMENT_ID.match(deployment_id):
         raise ConfigError(
             "DEPLOYMENT_ID must be 1 to 40 letters, digits, '.', '_' or '-' (it names this "
@@ -272,6 +273,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     _check_budget(settings)
     return settings
+
+
+def _deployment_id(get: Getter) -> str:
+    explicit = get("DEPLOYMENT_ID")
+    job = get("CLOUD_RUN_JOB")
+    if explicit is None and job is not None:
+        # A job has no K_SERVICE: it would fall back to `local` and find none of the API's
+        # sessions ours (the reconciler would recover nothing, and say all is well).
+        raise ConfigError(
+            f"DEPLOYMENT_ID is required in a Cloud Run job (CLOUD_RUN_JOB={job[:60]}): set it to "
+            "the API's, as cloudbuild.yaml does"
+        )
+    return explicit or get("K_SERVICE") or "local"
 
 
 def request_budget_seconds(settings: Settings) -> float:

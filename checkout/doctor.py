@@ -33,23 +33,27 @@ class Check:
 
 
 async def doctor(service: Service, url: str) -> list[Check]:
-    checks = [await _key(service)]
+    key_check, key = await _key(service)
+    checks = [key_check]
     checks += await _webhook(service, url)
-    checks += [_cors(service), _return_url(service)]
+    checks += [_cors(service), _return_url(service, key)]
     checks += [await _ledger(service), await _topic(service)]
     return checks
 
 
-async def _key(service: Service) -> Check:
+async def _key(service: Service) -> tuple[Check, str | None]:
+    """The key check, and the key as the service resolves it (env or Secret Manager), if any."""
     try:
         key = await service.api_key.get_async()
-        await _first(service.gateway.sessions_since(0, status="complete"))
     except (SecretConfigError, SecretUnavailable) as error:
-        return Check("stripe key", False, f"{error}; fix: set STRIPE_SECRET_KEY or _NAME")
-    except ApiError as error:
-        return Check("stripe key", False, f"Stripe answered {error.code}; fix: use a working key")
+        return Check("stripe key", False, f"{error}; fix: set STRIPE_SECRET_KEY or _NAME"), None
     mode = "live" if is_live_key(key) else "test"
-    return Check("stripe key", True, f"works ({mode} mode)")
+    try:
+        await _first(service.gateway.sessions_since(0, status="complete"))
+    except ApiError as error:
+        detail = f"{mode} key; Stripe answered {error.code}; fix: use a working key"
+        return Check("stripe key", False, detail), key
+    return Check("stripe key", True, f"works ({mode} mode)"), key
 
 
 async def _webhook(service: Service, url: str) -> list[Check]:
@@ -64,8 +68,9 @@ async def _webhook(service: Service, url: str) -> list[Check]:
     checks = [Check("webhook endpoint", True, f"{endpoint['id']} for {url}")]
     if len(endpoints) > 1:
         checks.append(Check("one endpoint", False, f"{len(endpoints)} for one URL; {register}"))
-    enabled = endpoint.get("status") == "enabled"
-    checks.append(Check("webhook enabled", enabled, str(endpoint.get("status"))))
+    status = str(endpoint.get("status"))
+    enabled = status == "enabled"
+    checks.append(Check("webhook enabled", enabled, status if enabled else f"{status}; {register}"))
     events = set(endpoint.get("enabled_events") or ())
     missing = sorted(set(ENABLED_EVENTS) - events) if "*" not in events else []
     checks.append(
@@ -103,14 +108,16 @@ def _cors(service: Service) -> Check:
     return Check("cors", allowed, detail)
 
 
-def _return_url(service: Service) -> Check:
-    live = bool(
-        service.settings.stripe_secret_key and is_live_key(service.settings.stripe_secret_key)
-    )
+def _return_url(service: Service, key: str | None) -> Check:
+    # The mode is the resolved key's (STRIPE_SECRET_NAME, the deploy's way, included); with no
+    # key to tell, the URL must be fit for live mode.
     https = service.settings.return_url.startswith("https://")
-    ok = https or not live
+    ok = https or (key is not None and not is_live_key(key))
     detail = service.settings.return_url.split("?")[0]
-    return Check("return url", ok, detail if ok else f"{detail}: must be https in live mode")
+    if ok:
+        return Check("return url", True, detail)
+    mode = "in live mode" if key is not None else "unless the key is a test key"
+    return Check("return url", False, f"{detail}: must be https {mode}; fix: FRONTEND_URL")
 
 
 async def _ledger(service: Service) -> Check:

@@ -523,18 +523,50 @@ def webhook_secret_source(settings: Settings) -> SecretSource:
     )
 
 
+def _secret_parent(settings: Settings, name: str) -> str:
+    """`projects/P/secrets/S` for --secret's S (in GOOGLE_CLOUD_PROJECT) or full name."""
+    if _BARE_NAME.match(name):
+        project = settings.google_cloud_project or _default_project("--secret")
+        return f"projects/{project}/secrets/{name}"
+    if _SECRET_NAME.match(name):
+        return name
+    raise SecretConfigError(
+        f"--secret must name a secret as S or projects/P/secrets/S, got {name[:80]!r}"
+    )
+
+
+async def secret_exists(settings: Settings, name: str) -> bool | None:
+    """Whether the secret `name` exists, before `register-webhook` makes an endpoint whose signing
+    secret must be stored in it: True; None when we may not tell (an account that may only add
+    versions cannot read the secret itself); SecretConfigError when it does not exist, and
+    SecretUnavailable when Secret Manager cannot be asked."""
+    parent = _secret_parent(settings, name)
+
+    def get() -> bool | None:
+        from google.api_core import exceptions as api
+
+        client = _new_client(settings.secret_manager_endpoint)
+        try:
+            client.get_secret(name=parent, timeout=10.0, retry=_retry_policy())
+        except api.NotFound:
+            raise SecretConfigError(
+                f"the secret {parent} does not exist: create it first (gcloud secrets create)"
+            ) from None
+        except api.Forbidden:  # PermissionDenied, or REST's 403
+            return None
+        except Exception as error:
+            raise SecretUnavailable(
+                f"Secret Manager could not say whether {parent} exists: {_describe(error)}"
+            ) from None
+        return True
+
+    return await asyncio.to_thread(get)
+
+
 async def add_secret_version(settings: Settings, name: str, value: str) -> str:
     """Store `value` as a new version of the secret `name` (S or projects/P/secrets/S); the
     version's resource name. For `register-webhook`: never logged, never printed."""
-    if _BARE_NAME.match(name):
-        project = settings.google_cloud_project or _default_project("--secret")
-        parent = f"projects/{project}/secrets/{name}"
-    elif _SECRET_NAME.match(name):
-        parent = name
-    else:
-        raise SecretConfigError(
-            f"--secret must name a secret as S or projects/P/secrets/S, got {name[:80]!r}"
-        )
+    parent = _secret_parent(settings, name)
     import google_crc32c
 
     data = value.encode()

@@ -8,12 +8,17 @@ webhook recorded meanwhile is a duplicate that writes nothing:
 1. every complete Checkout Session of the window that is ours and settled;
 2. every event of the types we handle that Stripe failed to deliver (`delivery_success=false`);
 3. every change recorded but not yet published (a publish that failed), older than a minute.
+
+Whatever fails is counted, and the run goes on to the next item: the summary line is always
+printed (docs/operations.md says how to read it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -24,7 +29,7 @@ from checkout.publisher import PublishFailed
 from checkout.recorder import PublicationInProgress
 from checkout.service import Service
 from checkout.session import SessionStatus
-from checkout.stripe_events import apply_event
+from checkout.stripe_events import apply_event, checked_session_fact
 
 log = logging.getLogger("checkout.reconcile")
 
@@ -33,7 +38,8 @@ MAX_DAYS = 30  # Stripe keeps events for 30 days
 # A change recorded this recently may still be being published by the request that recorded it.
 UNPUBLISHED_GRACE = timedelta(minutes=1)
 
-_FAILURES = (ApiError, LedgerUnavailable, PublishFailed, PublicationInProgress)
+# What Stripe, the ledger or Pub/Sub raise when they fail: counted, and the run goes on.
+_FAILURES = (ApiError, LedgerUnavailable, PublishFailed)
 
 
 @dataclass
@@ -41,10 +47,14 @@ class Summary:
     """The one JSON line the command prints (docs/operations.md says how to read it)."""
 
     days: int
+    deployment_id: str  # sessions marked with another id are not ours: counted, never applied
     sessions_seen: int = 0
+    sessions_not_ours: int = 0
+    sessions_refused: int = 0  # ours, paid, but not what this deployment sells (logged)
     events_seen: int = 0
     changes_applied: int = 0
     changes_published: int = 0
+    changes_in_progress: int = 0  # being published by another request (a webhook, a reconcile)
     failures: int = 0
     failed: list[str] = field(default_factory=list)  # what failed, a few, for the log
 
@@ -55,65 +65,81 @@ class Summary:
     def record(self) -> dict[str, object]:
         return {"message": "checkout_reconcile", **asdict(self), "ok": self.ok}
 
-    def failure(self, what: str, error: Exception) -> None:
+    def failure(self, what: str, error: BaseException) -> None:
         self.failures += 1
         if len(self.failed) < 5:
             detail = error.detail if isinstance(error, ApiError) else str(error)
             self.failed.append(f"{what}: {type(error).__name__}: {(detail or '')[:200]}")
 
 
-async def reconcile(service: Service, days: int = DEFAULT_DAYS) -> Summary:
-    """Apply every missed payment and undelivered event of the last `days` days, once."""
-    summary = Summary(days=days)
+async def reconcile(
+    service: Service,
+    days: int = DEFAULT_DAYS,
+    *,
+    unpublished_grace: timedelta = UNPUBLISHED_GRACE,
+) -> Summary:
+    """Apply every missed payment and undelivered event of the last `days` days, once.
+
+    `unpublished_grace`: how long ago a change must have been recorded for this to publish it.
+    """
+    summary = Summary(days=days, deployment_id=service.settings.deployment_id)
     since = int(time.time()) - days * 86400
-    try:
+    with _step(summary, "listing sessions"):
         async for raw in service.gateway.sessions_since(since, status="complete"):
-            summary.sessions_seen += 1
             await _session(service, SessionStatus.from_stripe(raw), summary)
-    except _FAILURES as error:
-        summary.failure("listing sessions", error)
-    try:
+    with _step(summary, "listing events"):
         async for event in service.gateway.undelivered_events_since(since, sorted(HANDLED_EVENTS)):
             summary.events_seen += 1
-            try:
+            with _item(summary, f"event {event.get('id')}"):
                 outcome = await apply_event(event, service)
-            except _FAILURES as error:
-                summary.failure(f"event {event.get('id')}", error)
-                continue
-            summary.changes_applied += int(outcome.get("changes", "0"))
-            summary.changes_published += int(outcome.get("published", "0"))
-    except _FAILURES as error:
-        summary.failure("listing events", error)
-    await _unpublished(service, summary)
+                summary.changes_applied += int(outcome.get("changes", "0"))
+                summary.changes_published += int(outcome.get("published", "0"))
+    with _step(summary, "listing unpublished changes"):
+        recorded_before = datetime.now(UTC) - unpublished_grace
+        for order in await service.ledger.unpublished_orders(updated_before=recorded_before):
+            with _item(summary, f"publishing {order.session_id}"):
+                summary.changes_published += await service.recorder.publish_pending(order)
     return summary
 
 
 async def _session(service: Service, session: SessionStatus, summary: Summary) -> None:
-    if not service.catalogue.is_ours(session) or not session.terminal:
-        return  # another integration's, or a delayed payment still settling (its event follows)
-    if session.paid and service.catalogue.refusal(session) is not None:
-        return  # ours but not what we sell: the webhook logged it for an operator
+    summary.sessions_seen += 1
+    if not service.catalogue.is_ours(session):
+        summary.sessions_not_ours += 1  # another integration's, or another deployment's
+        return
+    if not session.terminal:
+        return  # a delayed payment still settling: its event follows
+    with _item(summary, f"session {session.session_id}"):
+        fact, refused = await checked_session_fact(session_fact(session), service, None)
+        if refused is not None:
+            summary.sessions_refused += 1  # logged: a paying customer an operator must look at
+            return
+        applied = await service.recorder.apply(session.session_id, fact)
+        summary.changes_applied += len(applied.new)
+        summary.changes_published += len(applied.to_publish)
+
+
+@contextmanager
+def _item(summary: Summary, what: str) -> Iterator[None]:
+    """One session, event or order: a failure is counted, and the run goes on to the next."""
     try:
-        applied = await service.recorder.apply(session.session_id, session_fact(session))
+        yield
+    except PublicationInProgress:
+        # Another request (a webhook, another reconcile) holds the change and is publishing it:
+        # not a failure of this run. That request answers for it, or the next run publishes it.
+        summary.changes_in_progress += 1
     except _FAILURES as error:
-        summary.failure(f"session {session.session_id}", error)
-        return
-    summary.changes_applied += len(applied.new)
-    summary.changes_published += len(applied.to_publish)
+        summary.failure(what, error)
 
 
-async def _unpublished(service: Service, summary: Summary) -> None:
-    cutoff = datetime.now(UTC) - UNPUBLISHED_GRACE
+@contextmanager
+def _step(summary: Summary, what: str) -> Iterator[None]:
+    """One of the three lists: its failure is counted, and the run goes on to the next step."""
     try:
-        orders = await service.ledger.unpublished_orders()
-    except LedgerUnavailable as error:
-        summary.failure("listing unpublished changes", error)
-        return
-    for order in orders:
-        document = await service.ledger.order_document(order.session_id)
-        if document is None or document.get("updated_at", cutoff) > cutoff:
-            continue
-        try:
-            summary.changes_published += await service.recorder.publish_pending(order)
-        except _FAILURES as error:
-            summary.failure(f"publishing {order.session_id}", error)
+        yield
+    except _FAILURES as error:
+        summary.failure(what, error)
+    except Exception as error:
+        # Not an outage we know of: still one failure in the one summary line, its trace logged.
+        log.exception("checkout_reconcile_error", extra={"fields": {"step": what}})
+        summary.failure(what, error)

@@ -47,8 +47,7 @@ async def apply_event(event: dict[str, Any], service: Service) -> dict[str, str]
         # Nothing is cached or recorded, so the status endpoint still answers 404 for it.
         return {"outcome": "ignored", "reason": reason or "not_ours"}
     if isinstance(fact, SessionFact):
-        fact = await _with_line_items(fact, service)
-        refusal = _refusal(fact, service, event_id)
+        fact, refusal = await checked_session_fact(fact, service, event_id)
         if refusal is not None:
             return {"outcome": "ignored", "reason": refusal, "session_id": session_id}
     applied = await service.recorder.apply(session_id, fact, event_id=event_id, event_type=kind)
@@ -77,16 +76,31 @@ async def _our_session(fact: Fact, service: Service) -> tuple[str | None, str | 
     session = await service.gateway.session_of_payment(fact.payment_intent)
     if session is None or not service.catalogue.is_ours(session):
         return None, "not_ours"
-    refused = _refusal(session_fact(session, fact.payment_intent), service, None)
+    # A listed session holds no line items either: checked like the session's own event.
+    order, refused = await checked_session_fact(
+        session_fact(session, fact.payment_intent), service, None
+    )
     if refused is not None:
         return None, refused
     # Record the order as Stripe has it first, so that the refund or dispute has its order.
-    await service.recorder.apply(session.session_id, session_fact(session, fact.payment_intent))
+    await service.recorder.apply(session.session_id, order)
     return session.session_id, None
 
 
+async def checked_session_fact(
+    fact: SessionFact, service: Service, event_id: str | None
+) -> tuple[SessionFact, str | None]:
+    """The fact with what the session sold, and why it is not an order of ours (logged), or None.
+
+    For a session of ours from an event, a list (the reconciler) or a refund's lookup alike: none
+    of those carries line items, and a Dashboard price can be checked only against them.
+    """
+    fact = await _with_line_items(fact, service)
+    return fact, _refusal(fact, service, event_id)
+
+
 async def _with_line_items(fact: SessionFact, service: Service) -> SessionFact:
-    if fact.session.paid and service.catalogue.needs_line_items:
+    if fact.session.paid and service.catalogue.needs_line_items and fact.session.line_items is None:
         # The event holds no line items: ask Stripe what this session sold.
         session = await service.gateway.retrieve_session(fact.session.session_id)
         return SessionFact(session, fact.payment_intent or session.payment_intent, fact.occurred_at)

@@ -7,16 +7,22 @@ an endpoint for URL with the pinned version is updated in place (events, enabled
 another version is replaced (a new one is made, its secret stored, then the old one deleted);
 none is created. A new endpoint's signing secret (shown by Stripe once) goes to Secret Manager as
 a new version of `--secret`; it is printed only when no secret name is given (local use).
+
+A signing secret that could not be stored is lost for good (Stripe never shows it again), and the
+next run would only update the endpoint that needs it. So the secret must exist before an endpoint
+is made, and an endpoint whose secret could not be stored is deleted again: a re-run starts clean.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import stripe
 
-from checkout.keys import add_secret_version
+from checkout.errors import ApiError
+from checkout.keys import SecretConfigError, SecretUnavailable, add_secret_version, secret_exists
 from checkout.orders import HANDLED_EVENTS
 from checkout.service import Service
 
@@ -56,12 +62,36 @@ async def register_webhook(service: Service, url: str, secret_name: str | None) 
         for endpoint in [*extra, *(e for e in existing if e not in current)]:
             await service.gateway.delete_webhook_endpoint(endpoint["id"])
         return Registered(keep["id"], "updated", None, None)
+    if secret_name is not None:
+        try:
+            await secret_exists(service.settings, secret_name)
+        except SecretConfigError as error:
+            raise SetupError(f"{error}; no endpoint was made") from None
     created = await service.gateway.create_webhook_endpoint(url, ENABLED_EVENTS, PINNED_API_VERSION)
     secret = str(created["secret"])
     stored = None
     if secret_name is not None:
-        stored = await add_secret_version(service.settings, secret_name, secret)
+        try:
+            stored = await add_secret_version(service.settings, secret_name, secret)
+        except (SecretConfigError, SecretUnavailable) as error:
+            await _discard(service, str(created["id"]), error)
     for endpoint in existing:  # an older API version's: replaced, never a second endpoint
         await service.gateway.delete_webhook_endpoint(endpoint["id"])
     action = "replaced" if existing else "created"
     return Registered(str(created["id"]), action, stored, secret if secret_name is None else None)
+
+
+async def _discard(service: Service, endpoint_id: str, error: Exception) -> NoReturn:
+    """Delete the endpoint just made, whose signing secret could not be stored, and say so."""
+    try:
+        await service.gateway.delete_webhook_endpoint(endpoint_id)
+    except ApiError as failed:
+        raise SecretUnavailable(
+            f"the signing secret could not be stored ({error}), and the new endpoint "
+            f"{endpoint_id} could not be deleted ({failed.code}): delete it in the Dashboard, "
+            "then run this again"
+        ) from None
+    raise SecretUnavailable(
+        f"the signing secret could not be stored ({error}); the new endpoint {endpoint_id} was "
+        "deleted again, so nothing changed: fix the secret (or your access to it) and run again"
+    )

@@ -1,8 +1,10 @@
 """A local fake of Secret Manager's REST API: just enough to read secret versions.
 
-Google ships no Secret Manager emulator. This one answers the single call the service makes,
-`GET /v1/projects/{p}/secrets/{s}/versions/{v}:access`, in the shape the real REST transport of
-google-cloud-secret-manager parses, and can be told to fail the ways the real service fails.
+Google ships no Secret Manager emulator. This one answers the call the service makes,
+`GET /v1/projects/{p}/secrets/{s}/versions/{v}:access`, and register-webhook's `GET
+/v1/projects/{p}/secrets/{s}` and `POST …/secrets/{s}:addVersion`, in the shape the real REST
+transport of google-cloud-secret-manager parses, and can be told to fail the ways the real
+service fails.
 
     python -m devtools.secret_manager_emulator --port 8085 \\
         --secret projects/demo/secrets/stripe=sk_test_...
@@ -34,6 +36,7 @@ FAILURE_MODES = ("unavailable", "permission_denied", "crc_mismatch")
 # The REST transport keeps the project as written (id or number) and appends
 # `?$alt=json;enum-encoding=int`; the query string is ignored.
 _ADD_VERSION_PATH = re.compile(r"^/v1/projects/([^/]+)/secrets/([^/:]+):addVersion$")
+_SECRET_PATH = re.compile(r"^/v1/projects/([^/]+)/secrets/([^/:]+)$")
 _ACCESS_PATH = re.compile(r"^/v1/projects/([^/]+)/secrets/([^/]+)/versions/([^/:]+):access$")
 _SECRET_NAME = re.compile(r"^projects/([^/]+)/secrets/([^/]+)$")
 _MAX_BODY = 1 << 20
@@ -256,6 +259,25 @@ class SecretManagerEmulator:
         name = f"projects/{project}/secrets/{secret}/versions/{number}"
         return 200, {"name": name, "state": "ENABLED"}
 
+    def get_secret(self, project: str, secret: str) -> tuple[int, dict[str, Any]]:
+        """Answer one `GET .../secrets/S` (the secret itself, not a version's data)."""
+        name = f"projects/{project}/secrets/{secret}"
+        with self._lock:
+            failure = self._failure
+            exists = (project, secret) in self._secrets
+        if failure == "unavailable":
+            return _google_error(503, "UNAVAILABLE", "The service is currently unavailable.")
+        if failure == "permission_denied":
+            return _google_error(
+                403,
+                "PERMISSION_DENIED",
+                f"Permission 'secretmanager.secrets.get' denied for resource '{name}' "
+                "(or it may not exist).",
+            )
+        if not exists:
+            return _google_error(404, "NOT_FOUND", f"Secret [{name}] not found.")
+        return 200, {"name": name, "replication": {"automatic": {}}}
+
     def versions(self, project: str, secret: str) -> list[bytes]:
         """Every version's data, oldest first (for tests)."""
         with self._lock:
@@ -368,6 +390,10 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and added:
             project, secret = added.groups()
             self._send(*self.server.emulator.add_version_call(project, secret, body))
+            return
+        secret = _SECRET_PATH.match(path)
+        if method == "GET" and secret:
+            self._send(*self.server.emulator.get_secret(*secret.groups()))
             return
         match = _ACCESS_PATH.match(path)
         if method == "GET" and match:

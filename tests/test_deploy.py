@@ -126,12 +126,19 @@ class DeployRun:
         self.calls = [call.argv for call in self.recorded]
 
     def deploys(self) -> dict[str, tuple[str, dict[str, str | None]]]:
-        """{function: (service, flags)}: the step deploys the worker, then the API, nothing else."""
+        """{function: (service, flags)}: the step deploys the worker, then the API, then the
+        reconciler job (job_deploy), nothing else."""
         assert self.result.returncode == 0, self.result.stderr
-        parsed = [parse_run_deploy(argv) for argv in self.calls]
+        assert [argv[:2] for argv in self.calls] == [["run", "deploy"]] * 2 + [["run", "jobs"]]
+        parsed = [parse_run_deploy(argv) for argv in self.calls[:2]]
         functions = [str(flags["--function"]) for _, flags in parsed]
         assert functions == ["fulfil_order", "checkout_api"], self.calls
         return dict(zip(functions, parsed, strict=True))
+
+    def job_deploy(self) -> tuple[str, dict[str, str | None]]:
+        """(job, flags) of the reconciler's `gcloud run jobs deploy`, the step's last call."""
+        self.deploys()
+        return parse_run_deploy(self.calls[-1], ["run", "jobs", "deploy"])
 
     def api_deploy(self) -> tuple[str, dict[str, str | None]]:
         return self.deploys()["checkout_api"]
@@ -140,15 +147,18 @@ class DeployRun:
         return self.deploys()["fulfil_order"]
 
 
-def parse_run_deploy(argv: list[str]) -> tuple[str, dict[str, str | None]]:
-    """(service, {flag: value or None}) of a `gcloud run deploy` command line.
+def parse_run_deploy(
+    argv: list[str], command: list[str] | None = None
+) -> tuple[str, dict[str, str | None]]:
+    """(service, {flag: value or None}) of a `gcloud run deploy` (or `command`) command line.
 
     Which flags exist, and which take a value, is the real gcloud's to say
     (test_the_deploy_step_passes_the_real_gcloud); here a flag takes the next token unless that
     is a flag too.
     """
-    assert argv[:2] == ["run", "deploy"], argv
-    service, rest = argv[2], argv[3:]
+    command = command or ["run", "deploy"]
+    assert argv[: len(command)] == command, argv
+    service, rest = argv[len(command)], argv[len(command) + 1 :]
     assert not service.startswith("-"), "the service name comes first"
     flags: dict[str, str | None] = {}
     for i, token in enumerate(rest):
@@ -449,6 +459,7 @@ def test_the_worker_shares_the_apis_ledger_project_and_delivery_function(
         "FIRESTORE_DATABASE": "orders",
         "LEDGER_LEASE_SECONDS": "30",
         "FRONTEND_URL": FRONTEND_URL,  # the settings require it on Cloud Run
+        "DEPLOYMENT_ID": "checkout-api",
     }
     assert shared.items() <= api.items()
     assert worker == shared  # no CORS, no Stripe secrets, no API request timeout
@@ -653,6 +664,7 @@ def test_source_build_service_account_is_passed_only_when_named(
         ({"_ORDER_LEDGER": "redis"}, "_ORDER_LEDGER"),
         ({"_ORDER_TOPIC": ""}, "_ORDER_TOPIC"),
         ({"_ORDER_TOPIC": "projects/other/topics/orders"}, "_ORDER_TOPIC"),
+        ({"_EXTRA_ENV_VARS": "PRICE_AMOUNT=500|DEPLOYMENT_ID=shop"}, "_DEPLOYMENT_ID"),
     ],
 )
 def test_deploy_refuses_to_run_with_a_bad_configuration(
@@ -662,3 +674,63 @@ def test_deploy_refuses_to_run_with_a_bad_configuration(
     assert run.result.returncode != 0
     assert message in run.result.stderr
     assert run.calls == []
+
+
+# --- the reconciler job ---
+
+
+def test_the_reconciler_is_a_source_deployed_job_running_python_m_checkout_reconcile(
+    build: dict[str, Any], tmp_path: Path
+) -> None:
+    job, flags = DeployRun(build, tmp_path).job_deploy()
+    substitutions = build["substitutions"]
+    assert job == substitutions["_RECONCILE_JOB"] == "checkout-reconcile"
+    assert flags["--source"] == "."
+    assert flags["--command"] == "python"
+    assert flags["--args"] == "-m,checkout,reconcile"
+    assert flags["--region"] == substitutions["_REGION"]
+    # The API's identity: it may read the key and the ledger and publish, as the API does.
+    assert flags["--service-account"] == f"checkout-runtime@{PROJECT}.iam.gserviceaccount.com"
+    assert flags["--max-retries"] == "0"  # the next hourly run is the retry
+    assert "--quiet" in flags
+
+
+@pytest.mark.parametrize("key_source", KEY_SOURCES)
+def test_the_reconciler_job_gets_exactly_the_apis_settings_and_secrets(
+    build: dict[str, Any], tmp_path: Path, key_source: str
+) -> None:
+    run = DeployRun(
+        build,
+        tmp_path,
+        _KEY_SOURCE=key_source,
+        _ALLOWED_ORIGINS="https://app.example.com,https://www.example.com",
+        _EXTRA_ENV_VARS="STRIPE_PRICE_ID=price_board|PRODUCT_NAME=Board|PRICE_CURRENCY=eur",
+    )
+    _, api = run.api_deploy()
+    _, job = run.job_deploy()
+    assert deploy_env(job) == deploy_env(api)
+    for flag in ("--set-secrets", "--clear-secrets"):
+        assert (flag in job, job.get(flag)) == (flag in api, api.get(flag))
+    # The catalogue: a non-default price is sold, and so checked, by both alike.
+    assert {"STRIPE_PRICE_ID", "PRODUCT_NAME", "PRICE_CURRENCY"} <= set(deploy_env(job))
+
+
+@pytest.mark.parametrize(("deployment_id", "expected"), [(None, "checkout-api"), ("shop", "shop")])
+def test_the_api_worker_and_job_carry_one_explicit_deployment_id(
+    build: dict[str, Any], tmp_path: Path, deployment_id: str | None, expected: str
+) -> None:
+    overrides = {"_DEPLOYMENT_ID": deployment_id} if deployment_id else {}
+    run = DeployRun(build, tmp_path, _KEY_SOURCE="secret-manager", **overrides)
+    _, api = run.api_deploy()
+    _, worker = run.worker_deploy()
+    _, job = run.job_deploy()
+    assert {deploy_env(f)["DEPLOYMENT_ID"] for f in (api, worker, job)} == {expected}
+    # As each runs: the API with K_SERVICE, the job with CLOUD_RUN_JOB and no K_SERVICE. The
+    # job's sessions are the API's (checkout/catalogue.py), whatever the service is named.
+    as_api = load_settings({**deploy_env(api), "K_SERVICE": "checkout-api"})
+    as_job = load_settings({**deploy_env(job), "CLOUD_RUN_JOB": "checkout-reconcile"})
+    assert as_job.deployment_id == as_api.deployment_id == expected
+    assert (as_job.stripe_price_id, as_job.price_amount) == (
+        as_api.stripe_price_id,
+        as_api.price_amount,
+    )

@@ -231,3 +231,19 @@ def test_every_environment_variable_the_service_reads_is_documented() -> None:
     }
     missing = set(ENVIRONMENT_VARIABLES) - documented
     assert not missing, f"not in any docs table's first column: {sorted(missing)}"
+
+
+# --- what the operations guide says to alert on ---
+
+
+def test_the_dispute_alert_covers_the_api_and_the_reconciler_job() -> None:
+    # A dispute whose webhook was missed is recorded, and logged, by the reconciler: a Cloud Run
+    # job, whose log entries are resource cloud_run_job, not the API's cloud_run_revision.
+    block = next(
+        b for b in shell_blocks(ROOT / "docs" / "operations.md") if "checkout_dispute_opened" in b
+    )
+    (condition,) = re.findall(r"--condition-filter='([^']*)'", block)
+    (log_filter,) = re.findall(r"--log-filter='([^']*)'", block)
+    assert "resource.type" not in log_filter  # the metric counts every resource's entries
+    named = set(re.findall(r'resource\.type\s*=\s*"([a-z_]+)"', condition))
+    assert "resource.type" not in condition or named >= {"cloud_run_revision", "cloud_run_job"}

@@ -226,9 +226,14 @@ class Ledger(ABC):
         found = await self._where(ORDERS, "payment_intent", payment_intent, 1)
         return str(found[0]["session_id"]) if found else None
 
-    async def unpublished_orders(self, limit: int = 500) -> list[Order]:
-        """Orders with changes recorded but not (yet) published."""
+    async def unpublished_orders(
+        self, limit: int = 500, *, updated_before: datetime | None = None
+    ) -> list[Order]:
+        """Orders with changes recorded but not (yet) published; with `updated_before`, only
+        those last written before then (one query: no second read that could fail apart)."""
         found = await self._where(ORDERS, "pending_publication", True, limit)
+        if updated_before is not None:
+            found = [d for d in found if d.get("updated_at", updated_before) <= updated_before]
         return [Order.from_document(document) for document in found]
 
     async def event_handled(self, event_id: str) -> bool:
