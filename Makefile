@@ -81,7 +81,8 @@ MUTANTS ?= \
 	'checkout.http.*' \
 	'checkout.limits.*' \
 	'checkout.catalogue.*' \
-	'checkout.orders.*'
+	'checkout.orders.*' \
+	'checkout.ledger.*'
 mutation: $(VENV)/.installed
 	rm -rf mutants && mkdir mutants
 	$(VENV)/bin/mutmut run $(MUTANTS) > mutants/run.log 2>&1 || (tail -c 4000 mutants/run.log; exit 1)
