@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from checkout.orders import (
     SessionFact,
     advance,
     fact_of_event,
+    session_fact,
 )
 from checkout.session import SessionStatus
 
@@ -100,6 +102,28 @@ def test_a_pending_then_settled_payment_is_paid_and_an_older_status_never_wins()
     pending, nothing = fold([PENDING_FACT])
     assert nothing == []
     assert pending.outcome == "processing"
+
+
+OPEN_FACT = SessionFact(session("open", "unpaid"), None, WHEN)
+EXPIRED_FACT = SessionFact(session("expired", "unpaid"), None, WHEN)
+# Each session fact, the outcome it gives a new order, and how far the session has gone.
+SESSION_FACTS = {
+    "open": (OPEN_FACT, "open", 0),
+    "pending": (PENDING_FACT, "processing", 1),
+    "failed": (FAILED_FACT, "failed", 2),
+    "paid": (PAID_FACT, "paid", 2),
+    "expired": (EXPIRED_FACT, "expired", 2),
+}
+
+
+@pytest.mark.parametrize(("first", "later"), list(itertools.product(SESSION_FACTS, repeat=2)))
+def test_a_session_fact_moves_the_order_only_forward_and_a_settled_order_stays_settled(
+    first, later
+):
+    first_fact, first_outcome, first_progress = SESSION_FACTS[first]
+    later_fact, later_outcome, later_progress = SESSION_FACTS[later]
+    order, _ = fold([first_fact, later_fact])
+    assert order.outcome == (later_outcome if later_progress > first_progress else first_outcome)
 
 
 def test_a_failed_delayed_payment_is_one_payment_failed_change_and_final():
@@ -201,6 +225,54 @@ def test_a_refund_or_dispute_before_the_order_is_refused_by_the_model():
         advance(None, refund(10))
 
 
+def test_a_change_carries_the_orders_amount_currency_livemode_and_metadata():
+    _, made = fold([PENDING_FACT, PAID_FACT, refund(50)])
+    for change in made:
+        assert (change.session_id, change.occurred_at) == (SID, WHEN)
+        assert (change.amount_total, change.currency, change.livemode) == (200, "usd", False)
+        assert change.metadata == {"imageId": "img_1"}
+
+
+def test_a_change_of_a_session_without_an_amount_says_so_with_nulls():
+    unpriced = SessionFact(replace(session(), amount_total=None, currency=None), PI, WHEN)
+    _, (paid,) = fold([unpriced])
+    assert paid.data()["amount_total"] is None and paid.data()["currency"] is None
+    jsonschema.validate(paid.data(), SCHEMA)
+
+
+def test_an_orders_unpublished_changes_are_those_not_yet_marked_published():
+    order, made = fold([PAID_FACT, refund(50)])
+    assert order.unpublished() == made
+    order.changes["paid"]["published"] = True
+    assert order.unpublished() == made[1:]
+
+
+def test_any_refund_of_at_least_one_cent_is_a_change_and_a_charge_with_none_is_not():
+    _, made = fold([PAID_FACT, refund(0)])
+    assert types(made) == [PAID]
+    _, made = fold([PAID_FACT, refund(1)])
+    assert types(made) == [PAID, PARTIALLY_REFUNDED]
+    assert made[1].amount_refunded == 1
+
+
+def test_each_dispute_change_names_its_own_dispute():
+    facts = [
+        PAID_FACT,
+        *(dispute("needs_response", "dp_1"), dispute("won", "dp_1")),
+        *(dispute("needs_response", "dp_2"), dispute("warning_closed", "dp_2")),
+        *(dispute("needs_response", "dp_3"), dispute("lost", "dp_3")),
+    ]
+    _, made = fold(facts)
+    assert [c.key for c in made] == [
+        "paid",
+        *("disputed_dp_1", "dispute_won_dp_1"),
+        *("disputed_dp_2", "dispute_won_dp_2"),
+        *("disputed_dp_3", "dispute_lost_dp_3"),
+    ]
+    assert [c.dispute_id for c in made[1:]] == ["dp_1", "dp_1", "dp_2", "dp_2", "dp_3", "dp_3"]
+    assert {c.dispute_amount for c in made[1:]} == {200}
+
+
 def test_every_change_matches_the_published_json_schema_and_reads_back():
     _, made = fold(
         [PAID_FACT, refund(50), refund(200, full=True), dispute("needs_response"), dispute("lost")]
@@ -290,9 +362,43 @@ def test_stripe_events_become_facts():
     assert disputed.evidence_due_by == "2025-12-09T10:00:00Z"
 
 
+@pytest.mark.parametrize(
+    ("obj", "fact"),
+    [
+        (
+            {"id": "dp_9", "payment_intent": PI, "amount": 200, "status": "won",
+             "evidence_details": {"due_by": None}},
+            DisputeFact("dp_9", PI, 200, "won", None, "2025-12-02T10:00:00Z"),
+        ),
+        (
+            {"id": "dp_9", "payment_intent": {"id": PI}, "amount": 150, "status": "lost"},
+            DisputeFact("dp_9", PI, 150, "lost", None, "2025-12-02T10:00:00Z"),
+        ),
+    ],
+)  # fmt: skip
+def test_a_closed_dispute_event_is_a_fact_of_its_dispute_payment_amount_and_status(obj, fact):
+    assert fact_of_event(event("charge.dispute.closed", obj)) == fact
+
+
+def test_a_session_event_without_metadata_is_a_session_with_none():
+    fact = fact_of_event(
+        event("checkout.session.completed", {"id": SID, "status": "complete", "metadata": None})
+    )
+    assert isinstance(fact, SessionFact)
+    assert fact.session.metadata == {}
+
+
+def test_a_status_reads_fact_is_dated_in_utc():
+    assert session_fact(session()).occurred_at.endswith("Z")
+
+
 def test_a_charge_outside_checkout_is_no_fact_and_a_wrong_object_is_an_error():
     assert fact_of_event(event("charge.refunded", {"id": "ch_1", "payment_intent": None})) is None
     with pytest.raises(ValueError, match="holds no Charge"):
         fact_of_event(event("charge.refunded", {"id": "cs_test_x"}))
     with pytest.raises(ValueError, match="holds no Checkout Session"):
         fact_of_event(event("checkout.session.completed", {"id": "ch_1"}))
+    with pytest.raises(ValueError, match="evt_1 holds no Dispute"):
+        fact_of_event(event("charge.dispute.closed", {"id": "ch_1", "payment_intent": PI}))
+    with pytest.raises(ValueError, match="evt_1 holds no object"):
+        fact_of_event({"id": "evt_1", "type": "charge.refunded", "created": 1764669600})
