@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from checkout.ledger import (
     DELIVERED,
     DELIVERIES,
     EVENT_RETENTION_DAYS,
+    EVENTS,
     HELD,
     KEEP,
+    ORDERS,
     Ledger,
     LedgerUnavailable,
     ledger_from_settings,
@@ -71,6 +74,14 @@ def run(coroutine: Awaitable[Any]) -> Any:
 def paid_fact(session_id: str = "cs_test_a") -> SessionFact:
     session = a_session(session_id=session_id)
     return session_fact(session, "pi_" + session_id[-4:])
+
+
+def pending_fact(session_id: str = "cs_test_a") -> SessionFact:
+    session = a_session(paid="unpaid", session_id=session_id)
+    return session_fact(session, "pi_" + session_id[-4:])
+
+
+FULL_REFUND = ChargeFact("pi_st_a", 200, True, "2026-12-02T10:00:00Z")
 
 
 # -- choosing the ledger ------------------------------------------------------------------------
@@ -178,6 +189,115 @@ def test_a_failed_publish_leaves_the_change_for_the_next_caller(make_ledger: Mak
     run(scenario())
 
 
+def test_a_change_made_on_an_existing_order_is_released_for_the_next_caller_too(
+    make_ledger: MakeLedger,
+) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        assert (await ledger.apply("cs_test_a", pending_fact(), token="t0")).new == []
+        paid = await ledger.apply("cs_test_a", paid_fact(), token="t1")  # the order's transaction
+        assert [c.key for c in paid.to_publish] == ["paid"]
+        await ledger.release_publication("cs_test_a", ["paid"], "t1")
+        retry = await ledger.apply("cs_test_a", paid_fact(), token="t2")
+        assert [c.key for c in retry.to_publish] == ["paid"]
+
+    run(scenario())
+
+
+def test_a_publication_claim_is_released_only_by_its_holder(make_ledger: MakeLedger) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        await ledger.apply("cs_test_a", paid_fact(), token="t1")
+        await ledger.release_publication("cs_test_a", ["paid", "no_such_change"], "t2")
+        other = await ledger.apply("cs_test_a", paid_fact(), token="t3")
+        assert other.to_publish == [] and other.in_flight == ["paid"]
+
+    run(scenario())
+
+
+def test_a_new_change_is_claimed_while_an_older_one_is_being_published_elsewhere(
+    make_ledger: MakeLedger,
+) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        await ledger.apply("cs_test_a", paid_fact(), token="t1")
+        refund = await ledger.apply("cs_test_a", FULL_REFUND, token="t2")
+        assert [c.key for c in refund.to_publish] == ["refunded"]
+        assert refund.in_flight == ["paid"]
+
+    run(scenario())
+
+
+def test_unpublished_changes_are_claimed_once_for_the_reconciler(make_ledger: MakeLedger) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        (change,) = (await ledger.apply("cs_test_a", paid_fact(), token="t1")).new
+        assert await ledger.claim_unpublished("cs_test_a", "t2") == []  # t1's claim is live
+        await ledger.release_publication("cs_test_a", ["paid"], "t1")
+        assert await ledger.claim_unpublished("cs_test_a", "t2") == [change]
+        assert await ledger.claim_unpublished("cs_test_a", "t3") == []
+        assert await ledger.claim_unpublished("cs_test_no_order", "t3") == []
+        await ledger.mark_published("cs_test_a", ["paid"], "t2")
+        await ledger.mark_published("cs_test_a", ["paid"], "t2")  # a retry: harmless
+        assert await ledger.claim_unpublished("cs_test_a", "t4") == []
+
+    run(scenario())
+
+
+def test_a_change_whose_delivery_failed_in_process_is_unpublished_again(
+    make_ledger: MakeLedger,
+) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        (change,) = (await ledger.apply("cs_test_a", paid_fact(), token="t1")).new
+        await ledger.mark_published("cs_test_a", ["paid"], "t1")
+        await ledger.mark_unpublished(change)
+        order = await ledger.order("cs_test_a")
+        assert order is not None and order.unpublished() == [change]
+        assert [o.session_id for o in await ledger.unpublished_orders()] == ["cs_test_a"]
+        assert "published_at" not in order.changes["paid"]
+        assert await ledger.claim_unpublished("cs_test_a", "t2") == [change]
+        # A change of no recorded order, or one the order never made, changes nothing.
+        await ledger.mark_unpublished(
+            replace(change, session_id="cs_test_b", change_id="cs_test_b:paid")
+        )
+        await ledger.mark_unpublished(replace(change, change_id="cs_test_a:refunded"))
+        assert await ledger.order("cs_test_b") is None
+        assert list((await ledger.order_document("cs_test_a") or {})["changes"]) == ["paid"]
+
+    run(scenario())
+
+
+def test_every_write_of_an_order_keeps_its_created_at_and_stamps_updated_at(
+    make_ledger: MakeLedger,
+) -> None:
+    """The reconciler republishes only what no request has touched for a while (updated_at)."""
+
+    async def scenario() -> None:
+        ledger = make_ledger()
+        (change,) = (await ledger.apply("cs_test_a", paid_fact(), token="t1")).new
+        created = (await ledger.order_document("cs_test_a") or {})["created_at"]
+        writes = [
+            ledger.apply("cs_test_a", FULL_REFUND, token="t2"),
+            ledger.release_publication("cs_test_a", ["paid", "refunded"], "t2"),
+            ledger.claim_unpublished("cs_test_a", "t3"),
+            ledger.mark_published("cs_test_a", ["paid"], "t3"),
+            ledger.mark_unpublished(change),
+        ]
+        for write in writes:
+            await write
+            document = await ledger.order_document("cs_test_a")
+            assert document is not None and document["created_at"] == created
+            assert isinstance(document["updated_at"], datetime)
+        assert isinstance(created, datetime)
+        await ledger.mark_published("cs_test_a", ["refunded"], "t3")
+        document = await ledger.order_document("cs_test_a")
+        assert document is not None
+        assert document["changes"]["refunded"]["published_at"] == document["updated_at"]
+
+    run(scenario())
+
+
 def test_an_order_is_found_by_its_payment_intent(make_ledger: MakeLedger) -> None:
     async def scenario() -> None:
         ledger = make_ledger()
@@ -252,6 +372,73 @@ def test_a_failed_delivery_releases_its_claim_and_an_expired_one_is_taken_over(
     run(scenario())
 
 
+def test_a_delivery_claim_is_renewed_and_released_only_by_its_holder(
+    make_ledger: MakeLedger,
+) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        (change,) = (await ledger.apply("cs_test_a", paid_fact(), token="p")).new
+        assert not await ledger.renew_delivery(change.change_id, "d1", lease=30)  # none yet
+        await ledger.release_delivery(change.change_id, "d1", "nothing to release")
+        assert (await ledger.claim_delivery(change, "d1", lease=30)).outcome == CLAIMED
+        await ledger.release_delivery(change.change_id, "d2", "RuntimeError: not d2's")
+        held = await ledger.claim_delivery(change, "d3", lease=30)
+        assert held.outcome == HELD and held.other is not None and held.other["token"] == "d1"
+        retried = await ledger.claim_delivery(change, "d1", lease=30)  # its answer was lost
+        assert retried.outcome == CLAIMED and retried.other is None
+        assert await ledger.renew_delivery(change.change_id, "d1", lease=30)
+        assert await ledger.renew_delivery(change.change_id, "d1", lease=30)
+        await ledger.release_delivery(change.change_id, "d1", "RuntimeError: down")
+        await ledger.release_delivery(change.change_id, "d1", "RuntimeError: down")
+        assert not await ledger.renew_delivery(change.change_id, "d1", lease=30)
+
+    run(scenario())
+
+
+def test_a_delivery_record_names_its_change_and_the_instance_holding_it(
+    make_ledger: MakeLedger,
+) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        (change,) = (await ledger.apply("cs_test_a", paid_fact(), token="p")).new
+        steps = [
+            ledger.claim_delivery(change, "d1", lease=30),
+            ledger.renew_delivery(change.change_id, "d1", lease=30),
+            ledger.release_delivery(change.change_id, "d1", "RuntimeError: down"),
+            ledger.claim_delivery(change, "d2", lease=30),
+            ledger.complete_delivery(change.change_id, "d2"),
+        ]
+        for step in steps:
+            await step
+            record = await ledger.delivery(change.change_id)
+            assert record is not None
+            assert (record["change_id"], record["type"]) == ("cs_test_a:paid", "order.paid")
+            assert record["session_id"] == "cs_test_a"
+            assert isinstance(record["created_at"], datetime)
+            assert isinstance(record["updated_at"], datetime)
+            if record["claim"] is not None:
+                assert record["claim"]["owner"] == ledger.owner
+        assert ledger.owner.startswith("pid")
+
+    run(scenario())
+
+
+def test_an_event_record_says_what_it_was_and_expires_after_the_retention(
+    make_ledger: MakeLedger,
+) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        await ledger.apply(
+            "cs_test_a", paid_fact(), event_id="evt_1", event_type=COMPLETED, token="t"
+        )
+        record = await ledger._get(EVENTS, "evt_1")
+        assert record is not None
+        assert (record["type"], record["session_id"]) == (COMPLETED, "cs_test_a")
+        assert record["expire_at"] - record["handled_at"] == timedelta(days=EVENT_RETENTION_DAYS)
+
+    run(scenario())
+
+
 def test_handled_events_are_remembered_with_an_expiry(make_ledger: MakeLedger) -> None:
     async def scenario() -> None:
         ledger = make_ledger()
@@ -281,6 +468,46 @@ def test_a_transaction_writes_all_its_documents_or_none(make_ledger: MakeLedger)
         assert await ledger._transact([(DELIVERIES, "x"), (DELIVERIES, "y")], writes_one) == "ok"
         assert await ledger._get(DELIVERIES, "x") == {"n": 1}
         assert await ledger._get(DELIVERIES, "y") is None
+
+    run(scenario())
+
+
+class WritesLogged(MemoryLedger):
+    """The memory ledger, noting each write it is asked for: (primitive, collection, key)."""
+
+    def __init__(self) -> None:
+        super().__init__(100)
+        self.writes: list[tuple[str, str, str]] = []
+
+    async def _transact(self, refs: Any, step: Any) -> Any:
+        self.writes += [("transact", collection, key) for collection, key in refs]
+        return await super()._transact(refs, step)
+
+    async def _create(self, collection: str, key: str, document: Any) -> bool:
+        self.writes.append(("create", collection, key))
+        return await super()._create(collection, key, document)
+
+    async def _set(self, collection: str, key: str, document: Any) -> None:
+        self.writes.append(("set", collection, key))
+        await super()._set(collection, key, document)
+
+
+def test_a_new_order_is_created_and_a_duplicate_fact_takes_no_transaction() -> None:
+    """Duplicates are most calls: they must not queue on the order's lock (docs/ledger.md)."""
+
+    async def scenario() -> None:
+        ledger = WritesLogged()
+        await ledger.apply("cs_test_a", paid_fact(), token="t1")  # the status path: no event
+        assert ledger.writes == [("create", ORDERS, "cs_test_a")]
+        await ledger.mark_published("cs_test_a", ["paid"], "t1")
+        ledger.writes.clear()
+        await ledger.apply("cs_test_a", paid_fact(), event_id="evt_1", token="t2")
+        assert ledger.writes == [("set", EVENTS, "evt_1")]  # the event, for the log
+        ledger.writes.clear()
+        await ledger.apply("cs_test_a", paid_fact(), event_id="evt_1", token="t3")
+        assert ledger.writes == []
+        await ledger.apply("cs_test_a", FULL_REFUND, token="t4")
+        assert ledger.writes == [("transact", ORDERS, "cs_test_a")]
 
     run(scenario())
 
