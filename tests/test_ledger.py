@@ -252,6 +252,7 @@ def test_a_change_whose_delivery_failed_in_process_is_unpublished_again(
         (change,) = (await ledger.apply("cs_test_a", paid_fact(), token="t1")).new
         await ledger.mark_published("cs_test_a", ["paid"], "t1")
         await ledger.mark_unpublished(change)
+        await ledger.mark_unpublished(change)  # a retry: harmless
         order = await ledger.order("cs_test_a")
         assert order is not None and order.unpublished() == [change]
         assert [o.session_id for o in await ledger.unpublished_orders()] == ["cs_test_a"]
