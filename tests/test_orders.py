@@ -256,12 +256,9 @@ def test_any_refund_of_at_least_one_cent_is_a_change_and_a_charge_with_none_is_n
 
 
 def test_each_dispute_change_names_its_own_dispute():
-    facts = [
-        PAID_FACT,
-        *(dispute("needs_response", "dp_1"), dispute("won", "dp_1")),
-        *(dispute("needs_response", "dp_2"), dispute("warning_closed", "dp_2")),
-        *(dispute("needs_response", "dp_3"), dispute("lost", "dp_3")),
-    ]
+    facts: list[Fact] = [PAID_FACT]
+    for dispute_id, closed in (("dp_1", "won"), ("dp_2", "warning_closed"), ("dp_3", "lost")):
+        facts += [dispute("needs_response", dispute_id), dispute(closed, dispute_id)]
     _, made = fold(facts)
     assert [c.key for c in made] == [
         "paid",
