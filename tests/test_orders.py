@@ -28,6 +28,7 @@ from checkout.orders import (
     SessionFact,
     advance,
     fact_of_event,
+    facts_of_session,
     session_fact,
 )
 from checkout.session import SessionStatus
@@ -220,6 +221,19 @@ def test_a_refund_or_dispute_of_a_settling_payment_is_paid_first_and_its_late_su
     assert order.outcome == in_order.outcome
 
 
+def test_a_settling_payment_refunded_first_reads_complete_and_paid_as_stripe_would_say():
+    order, _ = fold([PENDING_FACT, refund(50)])
+    assert (order.public()["status"], order.public()["payment_status"]) == ("complete", "paid")
+
+
+@pytest.mark.parametrize("settled", [EXPIRED_FACT, FAILED_FACT])
+@pytest.mark.parametrize("later", [refund(200, full=True), dispute("needs_response")])
+def test_a_refund_or_dispute_never_makes_an_expired_or_failed_order_paid(settled, later):
+    order, made = fold([settled, later])
+    assert PAID not in types(made)
+    assert not order.paid
+
+
 def test_a_refund_or_dispute_before_the_order_is_refused_by_the_model():
     with pytest.raises(ValueError, match="needs the order's session"):
         advance(None, refund(10))
@@ -383,6 +397,28 @@ def test_a_session_event_without_metadata_is_a_session_with_none():
     )
     assert isinstance(fact, SessionFact)
     assert fact.session.metadata == {}
+
+
+@pytest.mark.parametrize(("amount", "full"), [(1, False), (200, True)])
+def test_a_status_read_of_a_refunded_session_states_its_refund_after_the_session(amount, full):
+    read = replace(session(), amount_refunded=amount, refunded=full)
+    first, then = facts_of_session(read)
+    assert isinstance(first, SessionFact) and first.session == read
+    assert then == ChargeFact(PI, amount, full, then.occurred_at)
+    assert then.occurred_at.endswith("Z")
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        session(),
+        replace(session(payment_status="unpaid"), amount_refunded=50),
+        replace(session(), payment_intent=None, amount_refunded=50),
+    ],
+    ids=["not refunded", "unpaid", "no PaymentIntent"],
+)
+def test_a_status_read_states_no_refund_of_a_session_not_refunded_or_not_paid(read):
+    assert [type(fact) for fact in facts_of_session(read)] == [SessionFact]
 
 
 def test_a_status_reads_fact_is_dated_in_utc():
