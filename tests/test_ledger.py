@@ -244,6 +244,21 @@ def test_unpublished_changes_are_claimed_once_for_the_reconciler(make_ledger: Ma
     run(scenario())
 
 
+def test_unpublished_orders_updated_before_a_moment_leave_out_those_written_since(
+    make_ledger: MakeLedger,
+) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        await ledger.apply("cs_test_a", paid_fact(), token="t1")
+        written = (await ledger.order_document("cs_test_a") or {})["updated_at"]
+        listed = await ledger.unpublished_orders(updated_before=written)
+        assert [o.session_id for o in listed] == ["cs_test_a"]
+        earlier = written - timedelta(microseconds=1)
+        assert await ledger.unpublished_orders(updated_before=earlier) == []
+
+    run(scenario())
+
+
 def test_a_change_whose_delivery_failed_in_process_is_unpublished_again(
     make_ledger: MakeLedger,
 ) -> None:
