@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import statistics
 import sys
@@ -42,7 +41,7 @@ from bench.servers import BENCH_KEY, ROOT, FunctionServer, StripeEmulator, http_
 from devtools.eventarc_push import Delivery, EventarcPush
 from devtools.firestore_emulator import FirestoreEmulator
 from devtools.pubsub_emulator import PubSubEmulator, subscription_path, topic_path
-from devtools.stripe_emulator.webhooks import sign_payload
+from devtools.stripe_emulator.webhooks import sign_payload, snapshot_event
 
 RESULTS = ROOT / "bench" / "results"
 CREATE = "/api/checkout/embedded-session"
@@ -53,7 +52,7 @@ SESSIONS = 100  # measured; each sends three webhooks
 WARMUP_SESSIONS = 10
 CONNECTIONS = 4
 PUSH_CONCURRENCY = 128
-WEBHOOK_SECRET = "whsec_BenchOnlySigningSecret0123"  # signs loopback traffic only
+WEBHOOK_SECRET = "whsec_benchOnly"  # not a real secret: signs loopback traffic only
 PROJECT = "bench-orders"
 TOPIC = "checkout-orders"
 SUBSCRIPTION = "eventarc-fulfil"
@@ -294,18 +293,9 @@ def _paid_sessions(api_url: str, stripe: StripeEmulator, count: int) -> list[dic
 
 def completed_event(session: dict[str, Any]) -> bytes:
     """`checkout.session.completed` as Stripe sends it: a snapshot of the session."""
-    event = {
-        "id": f"evt_bench{uuid.uuid4().hex[:20]}",
-        "object": "event",
-        "api_version": "2026-10-28.endive",
-        "created": int(time.time()),
-        "data": {"object": session},
-        "livemode": False,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "type": "checkout.session.completed",
-    }
-    return json.dumps(event, indent=2).encode()
+    return snapshot_event(
+        session, "checkout.session.completed", f"evt_bench{uuid.uuid4().hex[:20]}"
+    )
 
 
 def _send_all(port: int, sessions: list[dict[str, Any]], connections: int) -> list[Sent]:

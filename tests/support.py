@@ -22,7 +22,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from checkout.config import ENVIRONMENT_VARIABLES
 from checkout.orders import Change
 from checkout.session import SessionStatus
 from devtools.loopback import free_port
+from devtools.stripe_emulator.webhooks import snapshot_event
 
 if TYPE_CHECKING:
     from tests.firestore_emulator import Firestore
@@ -160,18 +160,7 @@ def sign(payload: bytes, secret: str = WHSEC, timestamp: int | None = None) -> s
 
 def event_for(session: dict[str, Any], kind: str, event_id: str | None = None) -> bytes:
     """A snapshot event as Stripe sends it, around the session the emulator holds."""
-    event = {
-        "id": event_id or f"evt_{uuid.uuid4().hex[:24]}",
-        "object": "event",
-        "api_version": "2026-10-28.endive",
-        "created": int(time.time()),
-        "data": {"object": session},
-        "livemode": False,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "type": kind,
-    }
-    return json.dumps(event, indent=2).encode()
+    return snapshot_event(session, kind, event_id)
 
 
 def post_event(client, payload: bytes, signature: str | None = "sign", **headers: str):

@@ -507,7 +507,7 @@ def test_reconcile_reads_every_page_and_applies_more_than_a_page_of_missed_payme
 def test_doctor_judges_the_return_url_by_the_key_from_secret_manager(
     stripe_emulator, sm, base_env
 ) -> None:
-    sm.add_version("demo-checkout", "stripe-key", "sk_live_51LiveLookingKeyFromSecretManager")
+    sm.add_version("demo-checkout", "stripe-key", "sk_live_fake")  # live-shaped, not a real key
     env = {k: v for k, v in base_env.items() if k != "STRIPE_SECRET_KEY"}
     env.update(
         STRIPE_SECRET_NAME="stripe-key",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 _WEBHOOK_USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
 # Deliveries go to loopback; an http_proxy in the environment must not intercept them.
@@ -44,6 +46,22 @@ def _post_event(url: str, secret: str | Sequence[str] | None, payload: bytes) ->
         return err.code, err.read().decode("utf-8", "replace")
     except (OSError, ValueError) as err:
         return 0, f"{type(err).__name__}: {err}"
+
+
+def snapshot_event(session: dict[str, Any], kind: str, event_id: str | None = None) -> bytes:
+    """A snapshot event as Stripe sends it around `session`, to sign and post by hand."""
+    event = {
+        "id": event_id or f"evt_{uuid.uuid4().hex[:24]}",
+        "object": "event",
+        "api_version": "2026-10-28.endive",
+        "created": int(time.time()),
+        "data": {"object": session},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": kind,
+    }
+    return json.dumps(event, indent=2).encode()
 
 
 def sign_payload(payload: bytes, secret: str | Sequence[str], timestamp: int | None = None) -> str:
