@@ -91,16 +91,6 @@ class SessionStatus:
             "metadata": dict(self.metadata),
         }
 
-    def public_only(self) -> SessionStatus:
-        """This status without what the endpoint never returns (amounts, livemode): for caching."""
-        return SessionStatus(
-            session_id=self.session_id,
-            status=self.status,
-            payment_status=self.payment_status,
-            metadata=dict(self.metadata),
-            payment_failed=self.payment_failed,
-        )
-
     def log_record(self, event_id: str | None = None) -> dict[str, Any]:
         """The fields of a checkout log record: ids and amounts, never secrets or customer data."""
         return {
