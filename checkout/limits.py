@@ -11,23 +11,25 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 
 from checkout import errors
 
 
-def client_address(headers: Mapping[str, str], peer: str | None, trusted_hops: int) -> str:
+def client_address(forwarded_for: Sequence[str], peer: str | None, trusted_hops: int) -> str:
     """Who the client is: the socket peer, or the entry `trusted_hops` from the right of
-    X-Forwarded-For; an IPv6 address stands for its /64.
+    X-Forwarded-For (every line of it, in order); an IPv6 address stands for its /64.
 
     Google's front end appends the address it saw to whatever X-Forwarded-For the client sent,
     and an external HTTPS load balancer appends its own address after that. So only the
     rightmost `trusted_hops` entries were written by our infrastructure; anything to their left
-    was written by the client, and never counts.
+    was written by the client, and never counts. A client may send the header on several lines:
+    they are one list, joined in order (RFC 9110 §5.3), or a line of its own put before the
+    front end's would be read as the client.
     """
     if trusted_hops <= 0:
         return _client_key(peer or "unknown")
-    entries = [e.strip() for e in headers.get("X-Forwarded-For", "").split(",") if e.strip()]
+    entries = [e.strip() for e in ",".join(forwarded_for).split(",") if e.strip()]
     if len(entries) < trusted_hops:
         # Not behind the proxies we were told of (a direct call, or a misconfigured hop count):
         # the nearest address we can trust is the socket peer.

@@ -48,7 +48,8 @@ class Service:
     def client_of(self, request: Request) -> str:
         """Who sent `request`, for per-client limits (docs/abuse.md)."""
         peer = request.client.host if request.client is not None else None
-        return client_address(request.headers, peer, self.settings.trusted_proxy_hops)
+        forwarded_for = request.headers.getlist("X-Forwarded-For")
+        return client_address(forwarded_for, peer, self.settings.trusted_proxy_hops)
 
     @classmethod
     def from_settings(

@@ -12,7 +12,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from email.message import Message
 
-from tests.support import TEST_KEY, WEBHOOK, WHSEC, event_for, sign
+from tests.support import TEST_KEY, WEBHOOK, WHSEC, event_for, send, sign
 
 CREATE = "/api/checkout/embedded-session"
 STATUS = "/api/checkout/session-status?session_id="
@@ -230,3 +230,31 @@ def test_a_live_key_from_secret_manager_is_never_sent_to_an_api_base_override(
     assert (status, body["code"]) == (500, "payment_configuration_error")
     assert stripe_emulator.calls()["total"] == 0
     assert live not in server.logs()
+
+
+def forwarded(server, lines: list[str], key: str | None = None) -> tuple[int, dict]:
+    """A create whose X-Forwarded-For comes as the given header lines, in order."""
+    headers = [("Content-Type", "application/json")]
+    headers += [("X-Forwarded-For", line) for line in lines]
+    if key is not None:
+        headers.append(("Idempotency-Key", key))
+    answer = send(server, "POST", CREATE, headers, b"{}")
+    return answer.status, answer.json()
+
+
+def test_forwarded_for_split_over_two_lines_is_the_same_client_as_joined(
+    live_server, stripe_emulator
+):
+    # RFC 9110 §5.3: repeated lines are one list, joined in order. Google's front end appends the
+    # address it saw, so a client's own line first must not become "the client" when split off.
+    server = live_server(CREATE_LIMIT_PER_MINUTE="2", TRUSTED_PROXY_HOPS="1")
+    split = [forwarded(server, [f"198.51.100.{n}", "203.0.113.7"])[0] for n in range(4)]
+    joined = [forwarded(server, [f"198.51.100.{n}, 203.0.113.8"])[0] for n in range(4)]
+    assert split == joined == [200, 200, 429, 429]
+    # The per-client idempotency key: the victim's key and body, from another spoofed first line,
+    # is the victim's request, not the attacker's choice of a client (nor the victim's session).
+    victim = forwarded(server, ["10.0.0.1, 203.0.113.9"], key="1")[1]["session_id"]
+    replay = forwarded(server, ["10.0.0.2", "203.0.113.9"], key="1")[1]["session_id"]
+    attacker = forwarded(server, ["203.0.113.9", "192.0.2.66"], key="1")[1]["session_id"]
+    assert replay == victim
+    assert attacker != victim

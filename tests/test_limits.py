@@ -16,8 +16,9 @@ class Clock:
         return self.now
 
 
-def xff(value: str) -> dict[str, str]:
-    return {"X-Forwarded-For": value}
+def xff(*lines: str) -> list[str]:
+    """X-Forwarded-For as it arrived: one string per header line."""
+    return list(lines)
 
 
 def test_locally_the_client_is_the_socket_peer_whatever_it_claims():
@@ -41,13 +42,13 @@ def test_behind_an_external_load_balancer_the_client_is_second_from_the_right():
 
 
 def test_fewer_entries_than_trusted_hops_falls_back_to_the_peer():
-    assert client_address({}, "169.254.1.1", trusted_hops=1) == "169.254.1.1"
+    assert client_address([], "169.254.1.1", trusted_hops=1) == "169.254.1.1"
     assert client_address(xff("198.51.100.7"), "10.1.1.1", trusted_hops=2) == "10.1.1.1"
 
 
 def test_without_a_peer_or_a_trusted_entry_the_client_is_unknown():
     assert client_address(xff("203.0.113.9"), None, trusted_hops=0) == "unknown"
-    assert client_address({}, None, trusted_hops=1) == "unknown"
+    assert client_address([], None, trusted_hops=1) == "unknown"
 
 
 def test_a_forwarded_address_is_cut_to_64_characters():
@@ -69,21 +70,21 @@ SIX_IN_ONE_64 = [
 def test_ipv6_clients_are_keyed_by_their_64():
     # One customer's /64 holds 2**64 addresses: one bucket for all of them.
     by_header = {client_address(xff(a), "169.254.1.1", trusted_hops=1) for a in SIX_IN_ONE_64}
-    by_peer = {client_address({}, a, trusted_hops=0) for a in SIX_IN_ONE_64}
+    by_peer = {client_address([], a, trusted_hops=0) for a in SIX_IN_ONE_64}
     assert by_header == by_peer == {"2001:db8:1:2::/64"}
     assert client_address(xff("2001:db8:1:3::1"), "10.0.0.1", trusted_hops=1) == "2001:db8:1:3::/64"
 
 
 def test_one_64_shares_one_bucket():
     buckets = TokenBuckets(per_minute=2, clock=Clock())
-    waits = [buckets.take(client_address({}, a, trusted_hops=0)) for a in SIX_IN_ONE_64]
+    waits = [buckets.take(client_address([], a, trusted_hops=0)) for a in SIX_IN_ONE_64]
     assert waits[:2] == [0.0, 0.0] and all(wait > 0 for wait in waits[2:])
     assert len(buckets) == 1
 
 
 def test_ipv4_addresses_are_their_own_key_also_when_mapped_into_ipv6():
-    assert client_address({}, "203.0.113.7", trusted_hops=0) == "203.0.113.7"
-    assert client_address({}, "::ffff:203.0.113.7", trusted_hops=0) == "203.0.113.7"
+    assert client_address([], "203.0.113.7", trusted_hops=0) == "203.0.113.7"
+    assert client_address([], "::ffff:203.0.113.7", trusted_hops=0) == "203.0.113.7"
     assert client_address(xff("203.0.113.8"), None, trusted_hops=1) == "203.0.113.8"
 
 
@@ -187,3 +188,18 @@ def test_public_calls_cannot_take_the_reserve():
     cap.leave()
     assert not cap.try_enter(public=True)  # 4 in flight: the free place is the reserve's
     assert cap.try_enter(public=False)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["1.2.3.4", "198.51.100.7"],
+        ["1.2.3.4, 5.6.7.8", "198.51.100.7"],
+        ["1.2.3.4", "", "5.6.7.8, 198.51.100.7"],
+    ],
+)
+def test_every_forwarded_for_line_counts_joined_in_order(lines):
+    # RFC 9110 §5.3: a header sent on several lines is one comma-separated list.
+    assert client_address(xff(*lines), "169.254.1.1", trusted_hops=1) == "198.51.100.7"
+    joined = ", ".join(line for line in lines if line)
+    assert client_address(xff(joined), "169.254.1.1", trusted_hops=1) == "198.51.100.7"
