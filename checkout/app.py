@@ -24,6 +24,7 @@ from checkout.http import (
     check_header_sizes,
     error_response,
 )
+from checkout.keys import check_secret_shapes
 from checkout.ledger import LedgerUnavailable
 from checkout.logs import crash_fields, current_request, setup_logging, trace_of
 from checkout.routes import Endpoint, endpoint_at, match
@@ -220,9 +221,15 @@ def exit_if_misconfigured() -> None:
     error is answered per request instead (and `make run` refuses to start).
     """
     if not os.environ.get("K_SERVICE", "").strip():
+        # Locally the same checks of the secrets' shapes, said as loudly, before any request.
+        try:
+            check_secret_shapes(load_settings())
+        except ConfigError as error:
+            log.error("configuration error: %s", error)
         return
     try:
         settings = load_settings()
+        check_secret_shapes(settings)
         deliver_order_from_settings(settings)
         if os.environ.get("FUNCTION_TARGET", "checkout_api") != "fulfil_order":
             check_api_can_start(settings)

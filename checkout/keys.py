@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from checkout.config import Settings
+from checkout.config import ConfigError, Settings
 
 if TYPE_CHECKING:
     from google.cloud.secretmanager_v1 import SecretManagerServiceClient
@@ -91,6 +91,26 @@ def check_webhook_secret_shape(value: str) -> str:
     raise SecretConfigError(
         f"the value is {_kind_of(secret)}, not a webhook signing secret (whsec_…)"
     )
+
+
+def check_secret_shapes(settings: Settings) -> None:
+    """A key or signing secret given in the environment must look like one (the shapes above).
+
+    Cloud Run's --set-secrets puts a Secret Manager value here too, so this checks it before the
+    revision takes traffic. One named by STRIPE_SECRET_NAME or STRIPE_WEBHOOK_SECRET_NAME is read
+    only after the fork (no network client before it), and is checked the same way then.
+    """
+    given = (
+        ("STRIPE_SECRET_KEY", settings.stripe_secret_key, check_stripe_key_shape),
+        ("STRIPE_WEBHOOK_SECRET", settings.stripe_webhook_secret, check_webhook_secret_shape),
+    )
+    for variable, value, check in given:
+        if value is None:
+            continue
+        try:
+            check(value)
+        except SecretConfigError as error:  # its message names the kind, never the value
+            raise ConfigError(f"{variable} is not usable: {error}") from None
 
 
 def _kind_of(value: str) -> str:

@@ -16,6 +16,7 @@ import urllib.request
 from urllib.parse import urlsplit
 
 from checkout.config import DEFAULT_FRONTEND_URL, ConfigError, load_settings
+from checkout.keys import check_secret_shapes
 
 # Not real credentials: only the bundled emulator accepts them.
 EMULATOR_KEY = "sk_test_emulatorLocalOnlyNotARealKey"
@@ -31,7 +32,8 @@ def main() -> int:
     env.setdefault("WORKERS", "1")
     children: list[subprocess.Popen] = []
     try:
-        load_settings(env)  # the check Cloud Run makes at startup (checkout.app)
+        # The checks Cloud Run makes at startup (checkout.app): the settings, the secrets' shapes.
+        check_secret_shapes(load_settings(env))
     except ConfigError as error:
         print(f"configuration error, not starting: {error}", file=sys.stderr, flush=True)
         return 2

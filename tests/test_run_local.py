@@ -148,6 +148,8 @@ def test_with_a_key_the_emulator_origin_is_not_allowed(tmp_path):
         ({"PRICE_CURRENCY": "us-dollars"}, "PRICE_CURRENCY"),
         ({"PRICE_AMOUNT": "49"}, "minimum charge"),
         ({"STRIPE_TIMEOUT_SECONDS": "30", "REQUEST_TIMEOUT_SECONDS": "60"}, "REQUEST_TIMEOUT"),
+        ({"STRIPE_SECRET_KEY": "pk_test_" + "a1" * 12}, "STRIPE_SECRET_KEY is not usable"),
+        ({"STRIPE_WEBHOOK_SECRET": TEST_KEY}, "STRIPE_WEBHOOK_SECRET is not usable"),
     ],
 )
 def test_a_bad_configuration_is_refused_before_anything_starts(tmp_path, env, message):

@@ -151,3 +151,38 @@ def test_the_worker_refuses_to_start_when_deliver_order_cannot_be_imported():
     assert code not in (None, 0), "the process started serving"
     [line] = critical_lines(out)
     assert "DELIVER_ORDER" in line["message"]
+
+
+PUBLISHABLE = "pk_live_" + TEST_KEY.removeprefix("sk_test_")
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "value"),
+    [
+        ({"STRIPE_SECRET_KEY": PUBLISHABLE}, "STRIPE_SECRET_KEY", PUBLISHABLE),
+        ({"STRIPE_SECRET_KEY": TEST_KEY + "-x"}, "STRIPE_SECRET_KEY", TEST_KEY),
+        ({"STRIPE_WEBHOOK_SECRET": WHSEC + "!"}, "STRIPE_WEBHOOK_SECRET", WHSEC),
+        ({"STRIPE_WEBHOOK_SECRET": TEST_KEY}, "STRIPE_WEBHOOK_SECRET", TEST_KEY),
+    ],
+)
+def test_a_key_or_signing_secret_of_the_wrong_shape_stops_the_revision(env, variable, value):
+    # Every payment would otherwise answer 500 payment_configuration_error from a ready revision.
+    code, out, err = serve({**CLOUD_RUN, **env})
+    assert code not in (None, 0), "the process started serving"
+    [line] = critical_lines(out)
+    assert line["severity"] == "CRITICAL"
+    assert line["message"].startswith("configuration error, not starting: ")
+    assert variable in line["message"]
+    assert value not in out + err
+    assert value[:12] not in out + err  # not even the start of it
+
+
+def test_locally_a_key_of_the_wrong_shape_is_the_same_loud_error_at_start():
+    local = {k: v for k, v in CLOUD_RUN.items() if not k.startswith("K_")}
+    code, out, err = serve({**local, "STRIPE_SECRET_KEY": PUBLISHABLE})
+    assert code is None, out  # locally it serves, and says so before any request
+    [line] = critical_lines(out)
+    assert line["severity"] == "ERROR"
+    assert line["message"].startswith("configuration error: STRIPE_SECRET_KEY")
+    assert "publishable" in line["message"]
+    assert PUBLISHABLE[:12] not in out + err
