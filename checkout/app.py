@@ -26,7 +26,7 @@ from checkout.http import (
 )
 from checkout.keys import check_secret_shapes
 from checkout.ledger import LedgerUnavailable
-from checkout.logs import crash_fields, current_request, setup_logging, trace_of
+from checkout.logs import crash_fields, current_request, redact, setup_logging, trace_of
 from checkout.routes import Endpoint, endpoint_at, match
 from checkout.service import Service
 from checkout.worker import (
@@ -189,7 +189,7 @@ class FulfilApi:
                 outcome = "duplicate"
         except BadMessage as error:
             status, outcome = 400, "bad_message"
-            fields["detail"] = str(error)[:300]
+            fields["detail"] = redact(str(error))[:300]
         except ApiError as error:  # the settings are wrong: logged when the service was built
             status, outcome = 500, "misconfigured"
             fields["detail"] = error.code
@@ -197,10 +197,10 @@ class FulfilApi:
             status, outcome = 409, "in_progress"
         except DeliveryFailed as error:
             status, outcome = 500, "failed"
-            fields["detail"] = str(error)[:300]
+            fields["detail"] = redact(str(error))[:300]
         except LedgerUnavailable as error:
             status, outcome = 503, "ledger_unavailable"
-            fields["detail"] = str(error)[:300]
+            fields["detail"] = redact(str(error))[:300]
         fields.update(
             outcome=outcome, status=status, latency=f"{time.perf_counter() - started:.6f}s"
         )
@@ -292,7 +292,8 @@ def _log_request(
     if error is not None:
         fields["code"] = error.code
         if error.detail:
-            fields["detail"] = error.detail
+            # A detail can quote what the client sent (its address, its Origin): blank secrets.
+            fields["detail"] = redact(error.detail)
     crash = context.get("crash")
     if crash is not None:
         fields.update(crash_fields(crash))

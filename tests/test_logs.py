@@ -333,3 +333,21 @@ def test_lines_stay_whole_when_many_threads_log_at_once():
     messages = {json.loads(line)["message"].rsplit(" ", 1)[0] for line in lines}
     assert messages == {f"thread {t} line {n}" for t in range(32) for n in range(200)}
     assert result.stderr == ""
+
+
+def test_a_request_lines_detail_is_redacted_like_a_crash(live_server):
+    # A detail can quote what the client sent (its forwarded address, its Origin): a secret pasted
+    # there must be blanked as it is in a crash's message, not written to the log.
+    secret = "sk_live_" + "Z9" * 20
+    server = live_server(CREATE_LIMIT_PER_MINUTE="1", TRUSTED_PROXY_HOPS="1")
+    forwarded = [("Content-Type", JSON), ("X-Forwarded-For", secret)]
+    answers = [send(server, "POST", CREATE, forwarded, b"{}").status for _ in range(2)]
+    origin = send(server, "POST", CREATE, [("Content-Type", JSON), ("Origin", f"https://{secret}")])
+    assert (answers, origin.status) == ([200, 429], 403)
+    records = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    details = [
+        r["detail"] for r in records if r.get("code") in ("rate_limited", "origin_not_allowed")
+    ]
+    assert len(details) == 2
+    assert all("sk_live_[redacted]" in detail for detail in details), details
+    assert secret[10:] not in server.logs() + server.stderr()
