@@ -120,12 +120,25 @@ async def _answer_from_stripe(service: Service, session_id: str) -> dict[str, An
     return answer
 
 
+def _stripe_length(value: str) -> int:
+    """`value`'s length as strictly as Stripe could count it against a metadata limit.
+
+    Stripe documents "value: 500-character limit" (https://docs.stripe.com/metadata) without the
+    unit. A character may be counted as a code point, a UTF-16 code unit (2 per emoji) or a UTF-8
+    byte (up to 4): UTF-8 bytes are never fewer than the other two, so a value within them is
+    within any. A lone surrogate (refused below) counts 3, as CESU-8 would write it.
+    """
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
 def _image_id_from(body: dict[str, Any]) -> str | None:
     if "imageId" not in body:
         return None
     image_id = body["imageId"]
-    if not isinstance(image_id, str) or not 1 <= len(image_id) <= MAX_IMAGE_ID_CHARS:
-        raise errors.invalid_image_id(f"be a string of 1 to {MAX_IMAGE_ID_CHARS} characters")
+    if not isinstance(image_id, str) or not 1 <= _stripe_length(image_id) <= MAX_IMAGE_ID_CHARS:
+        raise errors.invalid_image_id(
+            f"be a string of 1 to {MAX_IMAGE_ID_CHARS} characters (UTF-8 bytes)"
+        )
     if _CONTROL_CHARS.search(image_id):
         raise errors.invalid_image_id("not contain control characters or broken text")
     return image_id

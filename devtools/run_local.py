@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,16 @@ def main() -> int:
         use_emulator = False
     if use_emulator:
         emulator_port = env.get("STRIPE_EMULATOR_PORT", "12111")
+        taken = _taken(emulator_port)
+        if taken:
+            print(
+                f"the Stripe emulator's port {emulator_port} is in use ({taken}), not starting: "
+                "another process (another `make run`'s emulator?) would get this run's payments. "
+                "Stop it, or set STRIPE_EMULATOR_PORT to a free port.",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 2
         base = f"http://127.0.0.1:{emulator_port}"
         webhook_url = f"http://127.0.0.1:{port}/api/checkout/webhook"
         children.append(
@@ -126,6 +137,18 @@ def _with_origin(env: dict[str, str], origin: str) -> str:
 def _browser_host(host: str) -> str:
     """The address a browser on this machine uses for a server bound to `host`."""
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def _taken(port: str) -> str | None:
+    """Why the emulator could not listen on 127.0.0.1:`port`, or None if it can."""
+    with socket.socket() as probe:
+        # As the emulator's server binds: a port left in TIME_WAIT is free, a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", int(port)))
+        except (OSError, ValueError) as error:
+            return str(error)
+    return None
 
 
 def _wait_for(url: str, process: subprocess.Popen, seconds: float = 10.0) -> None:

@@ -125,6 +125,11 @@ def test_body_over_64_kib_without_content_length_is_413(server, no_stripe_call):
         b'""',
         b'"' + b"a" * 501 + b'"',
         json.dumps("🎨" * 501).encode(),
+        # Stripe's metadata limit is 500 characters without saying which (docs.stripe.com/metadata):
+        # counted as UTF-8 bytes, the strictest, 500 emoji are 2,000 and 126 are 504.
+        json.dumps("🎨" * 500).encode(),
+        json.dumps("🎨" * 126).encode(),
+        json.dumps("é" * 251).encode(),
         b'"img\\u0000"',
         b'"line\\nbreak"',
         b'"tab\\there"',
@@ -144,6 +149,9 @@ def test_body_over_64_kib_without_content_length_is_413(server, no_stripe_call):
         "empty",
         "501-chars",
         "501-emoji",
+        "500-emoji",
+        "504-bytes-of-emoji",
+        "502-bytes-of-accents",
         "nul",
         "newline",
         "tab",
@@ -159,8 +167,24 @@ def test_invalid_image_id_is_400(server, no_stripe_call, image_id):
 
 @pytest.mark.parametrize(
     "image_id",
-    ["图像-🎨-ü", "🎨" * 500, "a\u2028b\u200bc\ufeff", "<script>alert(1)</script>", "' OR 1=1 --"],
-    ids=["unicode", "500-emoji", "separators", "html", "sql"],
+    [
+        "图像-🎨-ü",
+        "🎨" * 125,
+        "é" * 250,
+        "a" * 500,
+        "a\u2028b\u200bc\ufeff",
+        "<script>alert(1)</script>",
+        "' OR 1=1 --",
+    ],
+    ids=[
+        "unicode",
+        "500-bytes-of-emoji",
+        "500-bytes-of-accents",
+        "500-chars",
+        "separators",
+        "html",
+        "sql",
+    ],
 )
 def test_unusual_but_valid_image_id_is_stored_verbatim(server, stripe_emulator, image_id):
     answer = post_json(server, json.dumps({"imageId": image_id}).encode())

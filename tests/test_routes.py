@@ -110,7 +110,7 @@ def test_invalid_image_id_is_400_without_stripe_call(client, stripe_emulator, im
     if isinstance(image_id, str) and 1 <= len(image_id) <= 500:
         assert body["error"] == "imageId must not contain control characters or broken text."
     else:
-        assert body["error"] == "imageId must be a string of 1 to 500 characters."
+        assert body["error"] == "imageId must be a string of 1 to 500 characters (UTF-8 bytes)."
     assert stripe_emulator.calls()["total"] == 0
 
 

@@ -169,3 +169,47 @@ def test_a_bad_configuration_is_refused_before_anything_starts(tmp_path, env, me
     assert "configuration error, not starting: " in done.stderr
     assert message in done.stderr
     assert "OFFLINE MODE" not in done.stdout  # not even the emulator started
+
+
+def test_when_the_emulator_port_is_taken_it_fails_clearly(tmp_path):
+    # Another process answering on the port, as another emulator would: using it would send this
+    # run's payments to someone else's emulator, with someone else's webhook secret and state.
+    import http.server
+    import threading
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    taken = other.server_address[1]
+    full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    full_env.update(PORT=str(free_port()), STRIPE_EMULATOR_PORT=str(taken))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devtools.run_local"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = process.communicate(timeout=30)  # generous: it should refuse at once
+    except subprocess.TimeoutExpired:
+        out = stop_process(process, 15)[0]
+        pytest.fail(f"make run used the process on port {taken} instead of failing: {out}")
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert process.returncode not in (0, None)
+    assert f"port {taken} is in use" in out
+    assert "STRIPE_EMULATOR_PORT" in out  # the way out
+    assert "OFFLINE MODE" not in out
