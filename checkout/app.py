@@ -21,6 +21,7 @@ from checkout.errors import ApiError
 from checkout.http import (
     BASE_HEADERS,
     CorsPolicy,
+    check_canonical_path,
     check_header_sizes,
     error_response,
 )
@@ -107,6 +108,7 @@ class CheckoutApi:
         error: ApiError | None = None
         try:
             check_header_sizes(request)
+            check_canonical_path(request)
             endpoint = match(path, method)
             context["public"] = endpoint.browser  # its Stripe calls may not take the reserve
             service = self.service()

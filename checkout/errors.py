@@ -71,6 +71,12 @@ def _code(code: str, status: int, message: str, retry_after: str | None = None) 
 
 # --- The request ----------------------------------------------------------------------------
 _NOT_FOUND = _code("not_found", 404, "There is no endpoint at this path.")
+_NON_CANONICAL_PATH = _code(
+    "non_canonical_path",
+    404,
+    "There is no endpoint at this path as written: write it without percent-encoding, empty (//) "
+    "or dot (. and ..) segments.",
+)
 _METHOD_NOT_ALLOWED = _code(
     "method_not_allowed", 405, "This path does not accept {method}; use {allowed}."
 )
@@ -170,6 +176,10 @@ _EVENT_IN_PROGRESS = _code(
 
 def not_found() -> ApiError:
     return _NOT_FOUND.error()
+
+
+def non_canonical_path(detail: str) -> ApiError:
+    return _NON_CANONICAL_PATH.error(detail=detail)
 
 
 def method_not_allowed(method: str, allowed: str) -> ApiError:

@@ -89,6 +89,20 @@ def check_header_sizes(request: Request) -> None:
             raise errors.header_too_large(MAX_HEADER_BYTES, detail)
 
 
+def check_canonical_path(request: Request) -> None:
+    """Refuse a path not written plainly (404), before routing: a percent-escape, `//`, `.`, `..`.
+
+    The server decodes the path before we route it, but an edge rule (docs/abuse.md's Cloud
+    Armor) matches it as written: `embedded%2Dsession` would reach the create handler past a rule
+    for `embedded-session`. None of our paths needs an escape or such a segment, so only the plain
+    spelling is served, and what is routed is exactly what the rules match.
+    """
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    segments = (raw.removesuffix(b"/") if raw != b"/" else b"").split(b"/")[1:]  # one trailing /
+    if b"%" in raw or not raw.startswith(b"/") or any(s in (b"", b".", b"..") for s in segments):
+        raise errors.non_canonical_path(f"raw_path={raw[:200].decode('latin-1')!r}")
+
+
 def content_length(request: Request) -> int | None:
     """The declared Content-Length, or None (absent, or not a number: the server frames it)."""
     value = request.headers.get("content-length")

@@ -10,6 +10,7 @@ was not called.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.support import (
     CREATE,
     FRONTEND,
     JSON,
+    ROOT,
     STATUS,
     TEST_KEY,
     WEBHOOK,
@@ -265,9 +267,7 @@ def test_invalid_session_id_is_400(server, no_stripe_call, query):
         "/api",
         "/api/checkout",
         "/api/checkout/embedded-session/x",
-        "/api/checkout/embedded-session//",
         "/API/checkout/embedded-session",
-        "/api/checkout/../checkout/embedded-session",
         "/api/checkout/session-status.json",
         "/robots.txt",
         "/favicon.ico",
@@ -326,6 +326,65 @@ def test_blank_idempotency_key_is_400(server, no_stripe_call):
     # HTTP trims the spaces, so the function sees an empty value, not a missing header.
     answer = post_json(server, b"{}", [("Idempotency-Key", "   ")])
     assert_error(answer, 400, "invalid_idempotency_key")
+
+
+# --- one path, one spelling: what the app routes is what docs/abuse.md's edge rules match ----
+
+
+def documented_rules() -> dict[str, str]:
+    """The Cloud Armor rules' path expressions in docs/abuse.md: {regex: the path it limits}."""
+    text = (ROOT / "docs" / "abuse.md").read_text()
+    patterns = re.findall(r"--expression=\"request\.path\.matches\('([^']+)'\)\"", text)
+    assert len(patterns) == 2, patterns
+    return {p: next(path for path in (CREATE, STATUS) if re.search(p, path)) for p in patterns}
+
+
+# Each way of writing (or seeming to write) a routed path, and the endpoint a decoder would reach.
+SPELLINGS = [
+    (CREATE, CREATE),
+    (CREATE + "/", CREATE),
+    (STATUS, STATUS),
+    (STATUS + "/", STATUS),
+    ("/api/checkout/embedded%2Dsession", CREATE),
+    ("/api/checkout/embedded%2dsession", CREATE),
+    ("/api/checkout/%65mbedded-session", CREATE),
+    ("/api/checkout/session%2Dstatus", STATUS),
+    ("/api%2Fcheckout%2Fembedded-session", CREATE),
+    ("/api/checkout/embedded-session%2F", CREATE),
+    ("/api/checkout/session-status%00", STATUS),
+    ("//api/checkout/embedded-session", CREATE),
+    ("/api//checkout/session-status", STATUS),
+    ("/api/checkout/embedded-session//", CREATE),
+    ("/api/checkout/./embedded-session", CREATE),
+    ("/api/checkout/x/../embedded-session", CREATE),
+    ("/api/checkout/../checkout/session-status", STATUS),
+    ("/api/checkout/embedded-session/.", CREATE),
+    ("/./api/checkout/session-status", STATUS),
+    ("/api/checkout/%2e/embedded-session", CREATE),
+    ("/api/checkout/webhook%2F..%2Fembedded-session", CREATE),
+]
+
+
+@pytest.mark.parametrize(("target", "meant"), SPELLINGS, ids=[t for t, _ in SPELLINGS])
+def test_every_spelling_of_a_path_is_refused_or_matched_by_the_edge_rule(
+    server, stripe_emulator, target, meant
+):
+    # Cloud Armor matches request.path as written; the server decodes it before routing. So the
+    # app serves a path only as written plainly (and the documented rule for it matches that), and
+    # refuses every other spelling before routing, without a Stripe call.
+    method = "POST" if meant == CREATE else "GET"
+    answer = send(server, method, target + "?session_id=cs_test_edge1", [("Content-Type", JSON)])
+    rules = documented_rules()
+    if target.removesuffix("/") == meant:
+        assert answer.status in (200, 404), answer.body  # a session, or one Stripe does not know
+        assert answer.json().get("code") != "not_found"
+        assert [limited for pattern, limited in rules.items() if re.search(pattern, target)] == [
+            meant
+        ]
+    else:
+        assert_error(answer, 404, "non_canonical_path")
+        assert stripe_emulator.calls()["total"] == 0
+        assert not [p for p in rules if re.search(p, target)]  # nothing to limit: never routed
 
 
 # --- not HTTP at all: refused by the server (uvicorn's httptools parser) before the function ----
