@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from checkout import server
 from checkout.app import CheckoutApi, FulfilApi, exit_if_misconfigured
 
 exit_if_misconfigured()
@@ -66,6 +67,9 @@ functions_framework.aio._create_asgi_app_with_function = _asgi_app_answering_eve
 uvicorn_worker.UvicornWorker.CONFIG_KWARGS = {
     **uvicorn_worker.UvicornWorker.CONFIG_KWARGS,
     "proxy_headers": False,
+    # Bounded connections, and JSON for what the parser refuses (checkout/server.py): uvicorn's
+    # own protocol waits forever for a request's head or body, and takes a head of any size.
+    "http": server.protocol(),
 }
 # functions-framework's --debug mode (or DEBUG set) serves with bare `uvicorn.run` instead, whose
 # settings read FORWARDED_ALLOW_IPS when it starts, after this import: there, trust no proxy.

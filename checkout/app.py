@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from checkout import errors
-from checkout.config import ConfigError, Settings, load_settings
+from checkout.config import ConfigError, Settings, load_settings, server_limits
 from checkout.errors import ApiError
 from checkout.http import (
     BASE_HEADERS,
@@ -27,7 +26,14 @@ from checkout.http import (
 )
 from checkout.keys import check_secret_shapes
 from checkout.ledger import LedgerUnavailable
-from checkout.logs import crash_fields, current_request, redact, setup_logging, trace_of
+from checkout.logs import (
+    crash_fields,
+    current_request,
+    new_request_id,
+    redact,
+    setup_logging,
+    trace_of,
+)
 from checkout.routes import Endpoint, endpoint_at, match
 from checkout.service import Service
 from checkout.worker import (
@@ -100,7 +106,7 @@ class CheckoutApi:
     async def handle(self, request: Request) -> Response:
         """Serve one request: route, check CORS, run the handler, log one line."""
         started = time.perf_counter()
-        context: dict[str, Any] = {"request_id": _new_request_id()}
+        context: dict[str, Any] = {"request_id": new_request_id()}
         token = current_request.set(context)
         method, path = request.method, request.scope["path"]
         origin = request.headers.get("Origin")
@@ -226,12 +232,14 @@ def exit_if_misconfigured() -> None:
         # Locally the same checks of the secrets' shapes, said as loudly, before any request.
         try:
             check_secret_shapes(load_settings())
+            server_limits()
         except ConfigError as error:
             log.error("configuration error: %s", error)
         return
     try:
         settings = load_settings()
         check_secret_shapes(settings)
+        server_limits()
         deliver_order_from_settings(settings)
         if os.environ.get("FUNCTION_TARGET", "checkout_api") != "fulfil_order":
             check_api_can_start(settings)
@@ -263,11 +271,6 @@ async def _run_after_response(tasks: list[Callable[[], Any]]) -> None:
             await task()
         except Exception as error:  # logged by the worker; the next delivery retries it
             log.warning("in-process delivery failed: %s", type(error).__name__)
-
-
-def _new_request_id() -> str:
-    # Unique, not secret, and cheaper than uuid4(), which makes a system call for os.urandom.
-    return f"{random.getrandbits(128):032x}"
 
 
 def _log_request(

@@ -90,6 +90,8 @@ ENVIRONMENT_VARIABLES = (
     "ORDER_EVENTS_TOPIC",
     "PUBSUB_EMULATOR_HOST",
     "WEBHOOK_REQUIRED",
+    "REQUEST_READ_TIMEOUT_SECONDS",
+    "REQUEST_HEAD_MAX_BYTES",
 )
 
 ORDER_LEDGERS = ("memory", "firestore")
@@ -448,3 +450,31 @@ def _float(
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
     return value
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What the HTTP server under the function allows a client (checkout/server.py)."""
+
+    read_seconds: float = 10.0  # a whole request, line to last body byte, from its first byte
+    max_head_bytes: int = 32 * 1024  # its request line and headers together
+
+
+def server_limits(env: Mapping[str, str] | None = None) -> ServerLimits:
+    """The server's limits from `env` (default: os.environ); ConfigError names the bad variable."""
+    env = os.environ if env is None else env
+
+    def get(name: str) -> str | None:
+        value = env.get(name, "").strip()
+        return value or None
+
+    default = ServerLimits()
+    return ServerLimits(
+        read_seconds=_float(
+            get, "REQUEST_READ_TIMEOUT_SECONDS", default.read_seconds, minimum=0.1, maximum=300
+        ),
+        # Below 8 KiB one header line the function allows (8190 bytes) would not fit.
+        max_head_bytes=_int(
+            get, "REQUEST_HEAD_MAX_BYTES", default.max_head_bytes, minimum=8192, maximum=1 << 20
+        ),
+    )

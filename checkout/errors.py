@@ -83,6 +83,17 @@ _METHOD_NOT_ALLOWED = _code(
 _HEADER_TOO_LARGE = _code(
     "header_too_large", 431, "Each request header must be at most {limit} bytes."
 )
+_HEADERS_TOO_LARGE = _code(
+    "headers_too_large",
+    431,
+    "The request line and headers must be at most {limit} bytes in all.",
+)
+_REQUEST_TIMEOUT = _code(
+    "request_timeout",
+    408,
+    "The request did not arrive whole within {seconds:g} s of its first byte; send it again.",
+)
+_INVALID_HTTP = _code("invalid_http", 400, "The request is not valid HTTP/1.1.")
 _PAYLOAD_TOO_LARGE = _code("payload_too_large", 413, "{what} must be at most {limit} bytes.")
 _UNSUPPORTED_MEDIA_TYPE = _code(
     "unsupported_media_type",
@@ -190,6 +201,18 @@ def method_not_allowed(method: str, allowed: str) -> ApiError:
 
 def header_too_large(limit: int, detail: str) -> ApiError:
     return _HEADER_TOO_LARGE.error(detail=detail, limit=limit)
+
+
+def headers_too_large(limit: int) -> ApiError:
+    return _HEADERS_TOO_LARGE.error(limit=limit)
+
+
+def request_timeout(seconds: float) -> ApiError:
+    return _REQUEST_TIMEOUT.error(seconds=seconds)
+
+
+def invalid_http() -> ApiError:
+    return _INVALID_HTTP.error()
 
 
 def payload_too_large(limit: int, what: str = "The request body") -> ApiError:

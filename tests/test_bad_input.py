@@ -28,6 +28,7 @@ from tests.support import (
     Answer,
     LiveServer,
     assert_error,
+    log_records,
     send,
 )
 
@@ -415,9 +416,12 @@ def test_malformed_http_is_refused_before_the_function(
     server, no_stripe_call, method, target, headers, status
 ):
     answer = send(server, method, target, [("Content-Type", JSON), *headers], b"{}")
-    # the server's own answer (no request id): the request never became an ASGI call.
-    assert answer.status == status
-    assert "X-Request-Id" not in answer.headers
+    # The server's own answer (the request never became an ASGI call), but the contract's JSON
+    # with its id and headers all the same, and the same id in its log line.
+    body = assert_error(answer, status, "invalid_http")
+    assert answer.headers["Connection"] == "close"
+    [line] = [r for r in log_records(server.logs()) if r.get("request_id") == body["request_id"]]
+    assert (line["code"], line["httpRequest"]["status"]) == ("invalid_http", 400)
     assert_error(send(server, "GET", STATUS), 400, "invalid_session_id")  # still serving
 
 
@@ -425,7 +429,12 @@ def test_a_header_line_over_8_kib_is_431(server, no_stripe_call):
     # uvicorn's parser takes any header size (gunicorn refused a line over 8190 bytes with 431):
     # the function keeps that limit, and answers it as the contract's JSON error.
     answer = send(
-        server, "POST", CREATE, [("Content-Type", JSON), ("Idempotency-Key", "k" * 100_000)], b"{}"
+        server, "POST", CREATE, [("Content-Type", JSON), ("Idempotency-Key", "k" * 9_000)], b"{}"
     )
     assert_error(answer, 431, "header_too_large")
+    # Past the whole head's cap (32 KiB), the server refuses it before the function sees it.
+    answer = send(
+        server, "POST", CREATE, [("Content-Type", JSON), ("Idempotency-Key", "k" * 100_000)], b"{}"
+    )
+    assert_error(answer, 431, "headers_too_large")
     assert_error(send(server, "GET", STATUS), 400, "invalid_session_id")  # still serving

@@ -110,7 +110,7 @@ def test_only_the_errors_module_builds_api_errors():
 def test_every_error_code_has_exactly_one_constructor_and_it_builds_that_code():
     from checkout import errors
 
-    samples = {str: "x", int: 7}
+    samples = {str: "x", int: 7, float: 1.5}
     built: dict[str, list[str]] = {}
     for name, function in vars(errors).items():
         if name.startswith("_") or not inspect.isfunction(function):
