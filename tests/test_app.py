@@ -37,9 +37,31 @@ def test_unknown_path_is_json_404(client, path):
     assert_error(client.post(path, json={}), 404, "not_found")
 
 
-@pytest.mark.parametrize("path", [CREATE + "//", "/api/checkout/embedded%2Dsession"])
-def test_a_path_not_written_plainly_is_json_404_before_routing(client, path):
-    assert_error(client.post(path, json={}), 404, "non_canonical_path")
+@pytest.mark.parametrize(
+    "path",
+    [
+        CREATE + "//",
+        "//api/checkout/embedded-session",
+        "/api/checkout/embedded%2Dsession",
+        "/api/./checkout/embedded-session",
+        "/api/checkout/x/../embedded-session",
+        CREATE + "/.",
+        CREATE + "/..",
+        "api/checkout/embedded-session",
+    ],
+)
+def test_a_path_not_written_plainly_is_json_404_before_routing(client, stripe_emulator, path):
+    body = assert_error(client.post(path, json={}), 404, "non_canonical_path")
+    assert "percent-encoding" in body["error"]
+    assert stripe_emulator.calls()["total"] == 0
+
+
+@pytest.mark.parametrize("path", ["/", CREATE + "/", "/api/checkout/embedded-session.."])
+def test_a_plain_path_is_routed_as_written(client, path):
+    # A trailing slash is one allowed spelling; dots inside a segment are not a dot segment.
+    answer = client.post(path, json={})
+    assert answer.status_code in (200, 404)
+    assert answer.get_json().get("code") != "non_canonical_path"
 
 
 @pytest.mark.parametrize(
