@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -439,12 +440,36 @@ class Topic:
         return None
 
 
+WEBHOOKS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "webhooks.md"
+
+
+def docs_template(access: dict[str, bool]) -> Any:
+    """The `deliver_order` of docs/webhooks.md, run as written, with `grant`, `revoke` and
+    `alert` that set `access` (what the customer has)."""
+    blocks = re.findall(r"```python\n(.*?)```", WEBHOOKS_PAGE.read_text(), re.DOTALL)
+    (source,) = [b for b in blocks if "async def deliver_order(change: Change, state" in b]
+
+    async def grant(session_id: str, image_id: str | None) -> None:
+        access[session_id] = True
+
+    async def revoke(session_id: str) -> None:
+        access[session_id] = False
+
+    async def alert(session_id: str, due: str | None) -> None:
+        return None
+
+    namespace: dict[str, Any] = {"grant": grant, "revoke": revoke, "alert": alert}
+    exec(compile(source, str(WEBHOOKS_PAGE), "exec"), namespace)  # our own docs, run as written
+    return namespace["deliver_order"]
+
+
 class Template:
-    """docs/webhooks.md's template (access follows the state), whose runs the test holds open
-    and ends, each with success or failure."""
+    """docs/webhooks.md's template, whose runs the test holds open and ends, each with success
+    or failure."""
 
     def __init__(self) -> None:
         self.access: dict[str, bool] = {}
+        self.template = docs_template(self.access)
         self.gates: list[tuple[asyncio.Event, list[bool]]] = []
         self.succeeded: list[str] = []
         self.hold = True
@@ -456,7 +481,7 @@ class Template:
             await gate.wait()
             if fail[0]:
                 raise RuntimeError("the downstream failed")
-        self.access[change.session_id] = state.access  # the template: grant or revoke
+        await self.template(change, state)
         self.succeeded.append(change.change_id)
 
 
