@@ -279,8 +279,34 @@ class OrderState:
             metadata=dict(order.metadata),
         )
 
+    @classmethod
+    def of_change(cls, change: Change) -> OrderState:
+        """What the change alone says, for an order the worker's ledger does not hold (a ledger
+        of its own, e.g. ORDER_LEDGER=memory in a separate worker process)."""
+        outcome = _OUTCOME_OF_CHANGE[change.type]
+        disputes = (change.dispute_id,) if change.type == DISPUTED and change.dispute_id else ()
+        return cls(
+            session_id=change.session_id,
+            outcome=outcome,
+            amount_total=change.amount_total,
+            amount_refunded=change.amount_refunded or 0,
+            open_disputes=disputes,
+            metadata=dict(change.metadata),
+        )
+
     def data(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "open_disputes": list(self.open_disputes)}
+
+
+_OUTCOME_OF_CHANGE = {
+    PAID: "paid",
+    PAYMENT_FAILED: "failed",
+    REFUNDED: "refunded",
+    PARTIALLY_REFUNDED: "paid",
+    DISPUTED: "disputed",
+    DISPUTE_WON: "paid",
+    DISPUTE_LOST: "disputed",
+}
 
 
 def advance(order: Order | None, fact: Fact) -> tuple[Order, list[Change]]:

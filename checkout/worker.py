@@ -43,7 +43,7 @@ from checkout.ledger import (
     LedgerUnavailable,
     new_token,
 )
-from checkout.orders import BadChange, Change, Order, OrderState
+from checkout.orders import BadChange, Change, OrderState
 
 log = logging.getLogger("checkout.worker")
 
@@ -91,6 +91,10 @@ class ClaimLost(Exception):
 
 class DeliveryTimedOut(Exception):
     """The run outlived DELIVERY_TIMEOUT_SECONDS: it counts as failed."""
+
+    def __init__(self, message: str, *, still_running: bool = False) -> None:
+        super().__init__(message)
+        self.still_running = still_running  # a plain function's thread, which nothing can stop
 
 
 class BadMessage(ValueError):
@@ -162,8 +166,8 @@ class Worker:
     async def _state(self, change: Change) -> OrderState:
         """The order's state now, read under our claim (docs/webhooks.md)."""
         order = await self.ledger.order(change.session_id)
-        if order is None:  # a change whose order this ledger never saw (another ledger's)
-            order = Order(change.session_id, amount_total=change.amount_total)
+        if order is None:  # a change whose order this ledger never saw (a ledger of its own)
+            return OrderState.of_change(change)
         return OrderState.of(order)
 
     async def _failed(
@@ -171,8 +175,8 @@ class Worker:
     ) -> None:
         detail = f"{type(error).__name__}: {error}"[:300]
         log.error("checkout_delivery_failed", extra={"fields": {**fields, "detail": detail}})
-        if isinstance(error, DeliveryTimedOut) and error.args[1:] == ("still running",):
-            return  # a plain function still runs on its thread: its claim lapses, unrenewed
+        if isinstance(error, DeliveryTimedOut) and error.still_running:
+            return  # released, a retry would run beside it: the claim lapses, unrenewed
         try:
             await self.ledger.release_delivery(change.change_id, token, detail)
         except LedgerUnavailable as unreleased:
@@ -221,7 +225,7 @@ class Worker:
             raise ClaimLost(f"the claim on {change.change_id} was lost; run cancelled")
         raise DeliveryTimedOut(
             f"DELIVER_ORDER ran past DELIVERY_TIMEOUT_SECONDS ({self._timeout:g} s)",
-            *(["still running"] if still_running else []),
+            still_running=still_running,
         )
 
     async def _record(self, change: Change, token: str, fields: dict[str, Any]) -> bool:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -39,6 +42,8 @@ from tests.firestore_emulator import Firestore
 from tests.pubsub_emulator import PubSub
 from tests.support import (
     CREATE,
+    ROOT,
+    SERVICE_VARS,
     STATUS,
     LiveServer,
     a_session,
@@ -120,6 +125,20 @@ def refunded(session_id: str) -> Fact:
 
 def delivery_record(env: dict[str, str], change_id: str) -> dict[str, Any] | None:
     return in_service(env, lambda service: service.ledger.delivery(change_id))
+
+
+def operator_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m checkout ...` as an operator (or the hourly job) runs it."""
+    full = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    return subprocess.run(
+        [sys.executable, "-m", "checkout", *args],
+        cwd=ROOT,
+        env={**full, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,  # generous: a hang, not a timing
+        check=False,
+    )
 
 
 def doctor_checks(env: dict[str, str]) -> dict[str, Check]:
@@ -262,6 +281,17 @@ def test_a_topic_without_a_subscription_fails_doctor_and_its_change_is_delivered
     assert "eventarc triggers create" in checks["worker subscription"].detail
     summary = run_reconcile(env, undelivered_grace=timedelta(0))
     assert summary.changes_undelivered == 1 and summary.undelivered == [f"{session}:paid"]
+    assert summary.ok  # undelivered, not yet for long: redelivered, no alert
+    # The hourly job, once it has been undelivered past the alert bound: one ERROR record naming
+    # the change, and a non-zero exit.
+    job = operator_command(
+        {**env, "UNDELIVERED_GRACE_SECONDS": "0", "UNDELIVERED_ALERT_SECONDS": "0"}, "reconcile"
+    )
+    assert job.returncode == 1, job.stdout + job.stderr
+    (alert,) = log_records(job.stdout, "checkout_change_undelivered")
+    assert alert["severity"] == "ERROR" and alert["change_id"] == f"{session}:paid"
+    (line,) = log_records(job.stdout, "checkout_reconcile")
+    assert (line["changes_overdue"], line["ok"]) == (1, False)
 
     pubsub.api.create_subscription(pubsub.project, WORKER_SUB, lonely, ordering=False)
     with workers(

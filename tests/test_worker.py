@@ -488,3 +488,19 @@ def test_deliver_order_gets_the_order_state_read_under_its_claim():
         assert state.access
 
     run(scenario())
+
+
+def test_a_change_whose_order_the_ledger_never_saw_gets_the_state_the_change_states():
+    async def scenario() -> None:
+        seen: list[OrderState] = []
+
+        def deliver(change: Change, state: OrderState) -> None:
+            seen.append(state)
+
+        worker = Worker(MemoryLedger(100), deliver, lease_seconds=30)
+        assert await worker.deliver(a_change()) is True  # a worker with a ledger of its own
+        worker.close()
+        (state,) = seen
+        assert (state.session_id, state.outcome, state.access) == ("cs_test_a", "paid", True)
+
+    run(scenario())

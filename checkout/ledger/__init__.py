@@ -277,10 +277,12 @@ class Ledger(ABC):
 
         await self._transact([(DELIVERIES, c.change_id) for c in changes], step)
 
-    async def undelivered(self, published_before: datetime) -> list[Document]:
+    async def undelivered(
+        self, published_before: datetime, page: int = UNDELIVERED_PAGE
+    ) -> list[Document]:
         """Every change published (or claimed) before `published_before` and not delivered yet:
         one query over every page (docs/ledger.md, the delivery audit)."""
-        found = await self._where_all(DELIVERIES, "awaiting_delivery", True, UNDELIVERED_PAGE)
+        found = await self._where_all(DELIVERIES, "awaiting_delivery", True, page)
         return [
             d
             for d in found
