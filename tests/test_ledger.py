@@ -770,3 +770,25 @@ def test_a_change_waiting_behind_another_run_of_its_order_is_queued_and_handed_o
         assert (await ledger.claim_delivery(refunded_change, "d3", lease=30)).outcome == CLAIMED
 
     run(scenario())
+
+
+def test_a_run_whose_order_was_taken_over_by_another_change_can_no_longer_renew(
+    make_ledger: MakeLedger,
+) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        await ledger.apply("cs_test_a", paid_fact(), token="p")
+        refund = ChargeFact("pi_st_a", 200, True, "2026-12-07T10:00:00Z")
+        applied = await ledger.apply("cs_test_a", refund, token="p")
+        assert applied.order is not None
+        paid_change, refunded_change = [
+            Change.from_data(entry["change"]) for entry in applied.order.changes.values()
+        ]
+        assert (await ledger.claim_delivery(paid_change, "d1", lease=0.001)).outcome == CLAIMED
+        # d1's lease has run out unseen (one-sided: a longer sleep only leaves it further gone).
+        await asyncio.sleep(0.01)
+        assert (await ledger.claim_delivery(refunded_change, "d2", lease=30)).outcome == CLAIMED
+        assert not await ledger.renew_delivery(paid_change.change_id, "d1", lease=30)
+        assert await ledger.renew_delivery(refunded_change.change_id, "d2", lease=30)
+
+    run(scenario())

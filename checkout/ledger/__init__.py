@@ -344,8 +344,12 @@ class Ledger(ABC):
             mine = self._claim(token, now, lease)
             renewed = {**document, "claim": mine, "updated_at": now}
             order_held = (lock or {}).get("claim")
-            if lock is None or (order_held and order_held["token"] != token):
-                return [renewed, KEEP], True  # a lock from before locks existed, or taken over
+            if lock is None:
+                return [renewed, KEEP], True  # a delivery claimed before order locks existed
+            if order_held and order_held["token"] != token:
+                # Another change of the order took the lock over while our lease had lapsed: our
+                # run would go on beside it, on a state it may have changed. Lost.
+                return [KEEP, KEEP], False
             locked = {**lock, "claim": {**mine, "change_id": change_id}, "updated_at": now}
             return [renewed, locked], True
 
