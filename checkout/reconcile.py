@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from checkout.errors import ApiError
 from checkout.ledger import LedgerUnavailable
@@ -125,11 +126,22 @@ async def reconcile(
         for order in await service.ledger.unpublished_orders(updated_before=recorded_before):
             with _item(summary, f"publishing {order.session_id}"):
                 summary.changes_published += await service.recorder.publish_pending(order)
+    # What is undelivered is read first, so that the counts are the state the run found (the
+    # dead letters' redeliveries may be delivered while it goes on).
+    undelivered: list[dict[str, Any]] = []
+    with _step(summary, "listing undelivered changes"):
+        undelivered = await _undelivered(service, summary, undelivered_grace, undelivered_alert)
     redelivered: set[str] = set()
     with _step(summary, "reading dead letters"):
         await _dead_letters(service, summary, redelivered)
-    with _step(summary, "listing undelivered changes"):
-        await _undelivered(service, summary, redelivered, undelivered_grace, undelivered_alert)
+    for record in undelivered:
+        change = Change.from_data(record["change"])
+        if change.change_id in redelivered:
+            continue  # its dead letter was published again already
+        with _item(summary, f"redelivering {change.change_id}"):
+            await service.publisher.publish(change, traceparent=record.get("traceparent"))
+            redelivered.add(change.change_id)
+            summary.changes_redelivered += 1
     return summary
 
 
@@ -164,15 +176,13 @@ async def _dead_letters(service: Service, summary: Summary, redelivered: set[str
 
 
 async def _undelivered(
-    service: Service,
-    summary: Summary,
-    redelivered: set[str],
-    grace: timedelta,
-    alert: timedelta,
-) -> None:
-    """The audit: every change published before the grace and not delivered, published again."""
+    service: Service, summary: Summary, grace: timedelta, alert: timedelta
+) -> list[dict[str, Any]]:
+    """The audit: every change published before the grace and not delivered (counted, and an
+    ERROR record each past the alert bound)."""
     now = datetime.now(UTC)
-    for record in await service.ledger.undelivered(published_before=now - grace):
+    found = await service.ledger.undelivered(published_before=now - grace)
+    for record in found:
         change = Change.from_data(record["change"])
         summary.changes_undelivered += 1
         if len(summary.undelivered) < NAMED_CHANGES:
@@ -190,12 +200,7 @@ async def _undelivered(
                 "last_error": record.get("last_error"),
             }
             log.error("checkout_change_undelivered", extra={"fields": fields})
-        if change.change_id in redelivered:
-            continue
-        with _item(summary, f"redelivering {change.change_id}"):
-            await service.publisher.publish(change, traceparent=record.get("traceparent"))
-            redelivered.add(change.change_id)
-            summary.changes_redelivered += 1
+    return found
 
 
 async def _session(service: Service, session: SessionStatus, summary: Summary) -> None:
