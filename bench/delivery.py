@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from pathlib import Path
 
@@ -38,3 +39,26 @@ def noted(sink: Path) -> list[tuple[str, str, float]]:
         change_id, what, at = line.split()
         rows.append((change_id, what, float(at)))
     return rows
+
+
+async def flaky(change: Change) -> None:
+    """bench/order_flow.py's faulty run: BENCH_FAIL_SHARE of the attempts fail at random (a seeded
+    draw per change and attempt), and a change whose draw falls under BENCH_DOWN_SHARE fails every
+    attempt until the file BENCH_RECOVERED names exists (a downstream that is down for it)."""
+    attempt = sum(
+        1
+        for c, what, _ in noted(Path(os.environ["BENCH_DELIVERY_SINK"]))
+        if c == change.change_id and what == "start"
+    )
+    _note(change.change_id, "start")
+    await asyncio.sleep(float(os.environ.get("BENCH_DELIVERY_SECONDS", "0")))
+    down = random.Random(change.change_id).random() < float(os.environ["BENCH_DOWN_SHARE"])
+    if down and not Path(os.environ["BENCH_RECOVERED"]).exists():
+        _note(change.change_id, "fail")
+        raise RuntimeError("the downstream is down")
+    if random.Random(f"{change.change_id}:{attempt}").random() < float(
+        os.environ["BENCH_FAIL_SHARE"]
+    ):
+        _note(change.change_id, "fail")
+        raise RuntimeError("the downstream failed this once")
+    _note(change.change_id, "done")

@@ -18,14 +18,26 @@ duplicate sent at the same moment, and a duplicate after every session's first (
 CONNECTIONS clients send them, a fresh connection each, as Stripe does. A few sessions first warm
 the path up, unmeasured. Then the benchmark waits for the worker, and counts from the delivery sink
 how often each change ran. Prints the figures; `make bench` (bench/run.py) runs it as one part.
+
+    python -m bench.order_flow --faulty   # issue 28: deliveries fail, messages dead-letter
+
+The faulty run: the worker's subscription has a dead-letter policy (5 attempts) and a short ack
+deadline; DELIVER_ORDER (bench.delivery:flaky) fails FAULTY_FAIL_SHARE of its attempts at random,
+and for FAULTY_DOWN_SHARE of the changes fails every attempt (their messages dead-letter). Once
+every message is delivered or dead-lettered, the downstream recovers and `python -m checkout
+reconcile` runs, as the hourly job would; then the run waits until every change is delivered. It
+reports the paid orders, the successful runs per change (exactly 1 each), and the time from
+payment (the webhook's answer) to the change's delivery.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -37,7 +49,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.delivery import noted
-from bench.servers import BENCH_KEY, ROOT, FunctionServer, StripeEmulator, http_json
+from bench.servers import (
+    BENCH_KEY,
+    ROOT,
+    FunctionServer,
+    StripeEmulator,
+    clean_env,
+    http_json,
+)
 from devtools.eventarc_push import Delivery, EventarcPush
 from devtools.firestore_emulator import FirestoreEmulator
 from devtools.pubsub_emulator import PubSubEmulator, subscription_path, topic_path
@@ -57,9 +76,17 @@ PROJECT = "bench-orders"
 TOPIC = "checkout-orders"
 SUBSCRIPTION = "eventarc-fulfil"
 # Longer than a delivery: a push subscription waits this long for the POST's answer before it
-# redelivers, and a redelivery of a change still running is refused (409) and nacked.
+# redelivers (a redelivery of a change still running is queued behind it and acknowledged).
 ACK_DEADLINE_S = 60
 KINDS = ("first", "duplicate at once", "duplicate later")
+# The faulty run (issue 28).
+FAULTY_SESSIONS = 100
+FAULTY_FAIL_SHARE = 0.3
+FAULTY_DOWN_SHARE = 0.1
+FAULTY_DELIVERY_SECONDS = 0.2
+FAULTY_ATTEMPTS = 5  # Pub/Sub's minimum
+DEAD_LETTER_TOPIC = "checkout-orders-dead-letter"
+DEAD_LETTER_SUBSCRIPTION = "checkout-orders-dead-letter-sub"
 
 
 @dataclass(frozen=True)
@@ -338,16 +365,204 @@ def _wait_for_deliveries(sink: Path, changes: int, last_answer: float) -> float:
     return max(ends) - last_answer if ends else float("nan")
 
 
+@dataclass
+class FaultyRun:
+    """The faulty run's record: who paid when, every attempt, what dead-lettered, reconcile."""
+
+    paid_at: dict[str, float]  # change id -> when its webhook was answered (unix time)
+    runs: list[tuple[str, str, float]]  # the delivery sink: (change id, start|done|fail, time)
+    dead_lettered: int  # messages in the dead-letter subscription before reconcile
+    reconcile: dict[str, Any]  # its one JSON line
+    reconcile_exit: int
+    seconds: float  # from the first payment until the last delivery
+
+    def lines(self) -> list[str]:
+        done = Counter(c for c, what, _ in self.runs if what == "done")
+        failed = Counter(c for c, what, _ in self.runs if what == "fail")
+        last = {c: at for c, what, at in self.runs if what == "done"}
+        waits = sorted(last[c] - self.paid_at[c] for c in self.paid_at if c in last)
+        exact = set(done) == set(self.paid_at) and set(done.values()) == {1}
+
+        def pct(p: float) -> float:
+            return waits[min(len(waits) - 1, int(len(waits) * p))] if waits else float("nan")
+
+        summary = self.reconcile
+        return [
+            f"Faulty order flow: {len(self.paid_at)} paid orders; DELIVER_ORDER fails "
+            f"{FAULTY_FAIL_SHARE:.0%} of attempts at random and every attempt of "
+            f"{FAULTY_DOWN_SHARE:.0%} of the changes until the downstream recovers; "
+            f"{FAULTY_ATTEMPTS} delivery attempts, then the dead-letter topic.",
+            "",
+            f"- failed attempts {sum(failed.values())} (changes with one or more: {len(failed)}); "
+            f"messages dead-lettered {self.dead_lettered}",
+            f"- reconcile (exit {self.reconcile_exit}): changes_undelivered "
+            f"{summary.get('changes_undelivered')}, changes_redelivered "
+            f"{summary.get('changes_redelivered')}, dead_letters {summary.get('dead_letters')}",
+            f"- successful runs per change: {dict(sorted(Counter(done.values()).items()))} "
+            f"(runs: changes); never delivered {len(set(self.paid_at) - set(done))}; exactly "
+            f"once each: {'yes' if exact else 'NO'}",
+            f"- payment to delivery: p50 {pct(0.5):.1f} s, p90 {pct(0.9):.1f} s, max "
+            f"{waits[-1] if waits else float('nan'):.1f} s (the dead-lettered ones wait for "
+            f"reconcile); first payment to last delivery {self.seconds:.1f} s",
+        ]
+
+    def ok(self) -> bool:
+        done = Counter(c for c, what, _ in self.runs if what == "done")
+        return set(done) == set(self.paid_at) and set(done.values()) == {1}
+
+
+def measure_faulty(sessions: int = FAULTY_SESSIONS, log_dir: Path = RESULTS) -> FaultyRun:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sink = log_dir / "order-flow-faulty-deliveries.txt"
+    recovered = log_dir / "order-flow-faulty-recovered"
+    sink.unlink(missing_ok=True)
+    recovered.unlink(missing_ok=True)
+    firestore, pubsub = FirestoreEmulator(), PubSubEmulator()
+    try:
+        with ThreadPoolExecutor(2) as starting:
+            for started in [starting.submit(firestore.start), starting.submit(pubsub.start)]:
+                started.result()
+    except BaseException:
+        firestore.close()
+        pubsub.close()
+        raise
+    with (
+        firestore,
+        pubsub,
+        StripeEmulator(STRIPE_LATENCY_MS) as stripe,
+        (log_dir / "order-flow-faulty-api.log").open("wb") as api_log,
+        (log_dir / "order-flow-faulty-worker.log").open("wb") as worker_log,
+    ):
+        api_ = pubsub.api
+        api_.create_topic(PROJECT, TOPIC)
+        api_.create_topic(PROJECT, DEAD_LETTER_TOPIC)
+        api_.create_subscription(
+            PROJECT, DEAD_LETTER_SUBSCRIPTION, DEAD_LETTER_TOPIC, ordering=False
+        )
+        api_.create_subscription(
+            PROJECT,
+            SUBSCRIPTION,
+            TOPIC,
+            ordering=False,
+            dead_letter_topic=DEAD_LETTER_TOPIC,
+            max_delivery_attempts=FAULTY_ATTEMPTS,
+            ack_deadline=10,
+        )
+        shared = {
+            "ORDER_LEDGER": "firestore",
+            "FIRESTORE_EMULATOR_HOST": firestore.host,
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "ORDER_EVENTS_TOPIC": topic_path(PROJECT, TOPIC),
+            "PUBSUB_EMULATOR_HOST": pubsub.host,
+        }
+        api_env = {
+            **shared,
+            "STRIPE_SECRET_KEY": BENCH_KEY,
+            "STRIPE_API_BASE": stripe.url,
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        }
+        worker_env = {
+            **shared,
+            "DELIVER_ORDER": "bench.delivery:flaky",
+            "BENCH_DELIVERY_SECONDS": str(FAULTY_DELIVERY_SECONDS),
+            "BENCH_DELIVERY_SINK": str(sink),
+            "BENCH_FAIL_SHARE": str(FAULTY_FAIL_SHARE),
+            "BENCH_DOWN_SHARE": str(FAULTY_DOWN_SHARE),
+            "BENCH_RECOVERED": str(recovered),
+        }
+        with (
+            FunctionServer(api_env, api_log) as api,
+            FunctionServer(
+                worker_env, worker_log, target="fulfil_order", signature_type="cloudevent"
+            ) as worker,
+        ):
+            api.wait_ready("/")
+            worker.wait_ready("/")
+            push = EventarcPush(
+                pubsub.host, subscription_path(PROJECT, SUBSCRIPTION), worker.url, concurrency=16
+            )
+            with push:
+                print(f"Creating {sessions} paid sessions ...", flush=True)
+                paid = _paid_sessions(api.url, stripe, sessions)
+                print("Sending their webhooks ...", flush=True)
+                events = [(s["id"], completed_event(s)) for s in paid]
+                with ThreadPoolExecutor(CONNECTIONS) as pool:
+                    sent = list(pool.map(lambda e: _post(api.port, KINDS[0], *e), events))
+                paid_at = {f"{s.session_id}:paid": s.answered_at for s in sent if s.status == 200}
+                print("Waiting until each change is delivered or dead-lettered ...", flush=True)
+                dead = _wait_for_the_faults(pubsub, sink, set(paid_at))
+                recovered.touch()  # the downstream recovers; then the hourly job runs
+                print("Running python -m checkout reconcile ...", flush=True)
+                result = subprocess.run(
+                    [sys.executable, "-m", "checkout", "reconcile", "--days", "1"],
+                    cwd=ROOT,
+                    env=clean_env(**api_env, UNDELIVERED_GRACE_SECONDS="0", PYTHONPATH=str(ROOT)),
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    check=False,
+                )
+                line: dict[str, Any] = next(
+                    (
+                        json.loads(x)
+                        for x in result.stdout.splitlines()
+                        if "checkout_reconcile" in x
+                    ),
+                    {},
+                )
+                print("Waiting until every change is delivered ...", flush=True)
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:
+                    done = {c for c, what, _ in noted(sink) if what == "done"}
+                    if done >= set(paid_at):
+                        break
+                    threading.Event().wait(0.2)
+                threading.Event().wait(2.0)  # a second run, if any, would start by now
+    runs = noted(sink)
+    ends = [at for _, what, at in runs if what == "done"]
+    return FaultyRun(
+        paid_at=paid_at,
+        runs=runs,
+        dead_lettered=dead,
+        reconcile=line,
+        reconcile_exit=result.returncode,
+        seconds=(max(ends) - min(paid_at.values())) if ends and paid_at else float("nan"),
+    )
+
+
+def _wait_for_the_faults(pubsub: PubSubEmulator, sink: Path, changes: set[str]) -> int:
+    """Until every change is delivered or its message dead-lettered (bounded): how many were."""
+    dead: set[str] = set()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for message in pubsub.api.pull(PROJECT, DEAD_LETTER_SUBSCRIPTION):
+            dead.add(message["message"]["attributes"]["change_id"])
+            # Put back: reconcile reads the backlog itself.
+            pubsub.api.nack(PROJECT, DEAD_LETTER_SUBSCRIPTION, [message["ackId"]])
+        done = {c for c, what, _ in noted(sink) if what == "done"}
+        if done | dead >= changes:
+            break
+        threading.Event().wait(0.5)
+    return len(dead)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.order_flow", description=__doc__)
     parser.add_argument("--sessions", type=int, default=SESSIONS)
     parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    parser.add_argument("--faulty", action="store_true", help="the faulty run (issue 28)")
     args = parser.parse_args(argv)
     reason = missing()
     if reason:
         print(reason)
         return 2
     began, load = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()
+    if args.faulty:
+        faulty = measure_faulty(FAULTY_SESSIONS if args.sessions == SESSIONS else args.sessions)
+        print(f"\n{began}, {os.cpu_count()} CPUs; load average at the start {load[0]:.2f}")
+        print("\n".join(faulty.lines()))
+        print(f"\n{'OK' if faulty.ok() else 'FAILED'}")
+        return 0 if faulty.ok() else 1
     flow = measure(args.sessions, args.connections)
     print(
         f"\n{began}, {os.cpu_count()} CPUs; load average at the start {load[0]:.2f}, at the end "

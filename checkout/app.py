@@ -33,6 +33,7 @@ from checkout.logs import (
     redact,
     setup_logging,
     trace_of,
+    traceparent_of,
 )
 from checkout.routes import Endpoint, endpoint_at, match
 from checkout.service import Service
@@ -92,6 +93,7 @@ class CheckoutApi:
         if isinstance(self._built, Service):
             self._built.gateway.close()
             self._built.publisher.close()
+            self._built.worker.close()
 
     def _build(self) -> Service | ApiError:
         try:
@@ -119,6 +121,7 @@ class CheckoutApi:
             context["public"] = endpoint.browser  # its Stripe calls may not take the reserve
             service = self.service()
             context["trace"] = trace_of(request.headers, service.trace_project)
+            context["traceparent"] = traceparent_of(request.headers)
             if endpoint.browser and origin is not None and not service.cors.allows(origin):
                 raise service.cors.refuse(origin)
             if method == "OPTIONS":
@@ -189,20 +192,28 @@ class FulfilApi:
         started = time.perf_counter()
         fields: dict[str, Any] = {"ce_id": str(event_id)[:100]}
         status, outcome = 200, "delivered"
+        # The change's trace (a message attribute): every record of this delivery joins it.
+        context: dict[str, Any] = {"request_id": fields["ce_id"], "delivery": True}
+        token = current_request.set(context)
         try:
             change = change_in(data)
             fields.update(change_id=change.change_id, type=change.type)
             service = self._api.service()
+            attributes = _attributes_of(data)
+            context["trace"] = trace_of(attributes, service.trace_project)
+            context["traceparent"] = traceparent_of(attributes)
             if not await service.worker.deliver(change):
                 outcome = "duplicate"
+        except DeliveryInProgress:
+            # Queued behind the run that holds the change or its order, which publishes it again
+            # when it ends: acknowledged, so that a duplicate uses up none of Pub/Sub's attempts.
+            outcome = "in_progress"
         except BadMessage as error:
             status, outcome = 400, "bad_message"
             fields["detail"] = redact(str(error))[:300]
         except ApiError as error:  # the settings are wrong: logged when the service was built
             status, outcome = 500, "misconfigured"
             fields["detail"] = error.code
-        except DeliveryInProgress:
-            status, outcome = 409, "in_progress"
         except DeliveryFailed as error:
             status, outcome = 500, "failed"
             fields["detail"] = redact(str(error))[:300]
@@ -213,12 +224,23 @@ class FulfilApi:
             outcome=outcome, status=status, latency=f"{time.perf_counter() - started:.6f}s"
         )
         level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-        worker_log.log(level, "fulfil_order %s", outcome, extra={"fields": fields})
+        try:
+            worker_log.log(level, "fulfil_order %s", outcome, extra={"fields": fields})
+        finally:
+            current_request.reset(token)
         if status >= 300:
             raise HTTPException(status, outcome)
 
     def close(self) -> None:
         self._api.close()
+
+
+def _attributes_of(data: object) -> dict[str, str]:
+    message = data.get("message") if isinstance(data, dict) else None
+    attributes = message.get("attributes") if isinstance(message, dict) else None
+    if not isinstance(attributes, dict):
+        return {}
+    return {str(k): str(v) for k, v in attributes.items()}
 
 
 def exit_if_misconfigured() -> None:

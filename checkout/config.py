@@ -86,6 +86,9 @@ ENVIRONMENT_VARIABLES = (
     "FIRESTORE_DATABASE",
     "FIRESTORE_EMULATOR_HOST",
     "LEDGER_LEASE_SECONDS",
+    "DELIVERY_TIMEOUT_SECONDS",
+    "UNDELIVERED_GRACE_SECONDS",
+    "UNDELIVERED_ALERT_SECONDS",
     "DELIVER_ORDER",
     "ORDER_EVENTS_TOPIC",
     "PUBSUB_EMULATOR_HOST",
@@ -146,6 +149,12 @@ class Settings:
     order_events_topic: str | None
     pubsub_emulator_host: str | None
     webhook_required: bool  # on Cloud Run, refuse to start without a webhook signing secret
+    # A delivery's time limit, below the worker's request timeout (and the ack deadline): past
+    # it the run counts as failed, an `async def` is cancelled and its claim no longer renewed.
+    delivery_timeout_seconds: float = 540.0
+    # A published change undelivered this long is redelivered by reconcile; this long, an alert.
+    undelivered_grace_seconds: float = 900.0
+    undelivered_alert_seconds: float = 86400.0
 
     @property
     def stripe_key_configured(self) -> bool:
@@ -272,6 +281,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         order_events_topic=_topic(get),
         pubsub_emulator_host=get("PUBSUB_EMULATOR_HOST"),
         webhook_required=_bool(get, "WEBHOOK_REQUIRED", on_cloud_run),
+        delivery_timeout_seconds=_float(
+            get, "DELIVERY_TIMEOUT_SECONDS", 540.0, minimum=0.1, maximum=3540
+        ),
+        undelivered_grace_seconds=_float(
+            get, "UNDELIVERED_GRACE_SECONDS", 900.0, minimum=0, maximum=30 * 86400
+        ),
+        undelivered_alert_seconds=_float(
+            get, "UNDELIVERED_ALERT_SECONDS", 86400.0, minimum=0, maximum=30 * 86400
+        ),
     )
     _check_budget(settings)
     return settings

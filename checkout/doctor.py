@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,9 +18,18 @@ from checkout.keys import SecretConfigError, SecretUnavailable
 from checkout.ledger import LedgerUnavailable
 from checkout.publisher import PublishFailed
 from checkout.service import Service
+from checkout.subscriptions import Subscription, SubscriptionsUnavailable, TopicSubscriptions
 from checkout.webhook_setup import ENABLED_EVENTS, PINNED_API_VERSION
 
 PROBE_SESSION = "cs_test_doctorprobe"
+# The worker's request timeout in the deploy (cloudbuild.yaml's _WORKER_TIMEOUT), and Pub/Sub's
+# longest ack deadline: a push answered later than the ack deadline is redelivered while it runs.
+WORKER_REQUEST_TIMEOUT_S = 600
+TRIGGER_FIX = (
+    "fix: create the Eventarc trigger on the topic to the fulfil_order service "
+    "(gcloud eventarc triggers create checkout-orders-worker --transport-topic {topic} ..., "
+    "docs/deploy.md step 5)"
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,8 @@ async def doctor(service: Service, url: str) -> list[Check]:
     checks += await _webhook(service, url)
     checks += [_cors(service), _return_url(service, key)]
     checks += [await _ledger(service), await _topic(service)]
+    checks += await _subscriptions(service)
+    checks.append(await _undelivered(service))
     return checks
 
 
@@ -141,6 +153,98 @@ async def _topic(service: Service) -> Check:
     except PublishFailed as error:
         return Check("order topic", False, str(error))
     return Check("order topic", True, f"{topic} reachable")
+
+
+async def _subscriptions(service: Service) -> list[Check]:
+    """The worker's push subscription, its dead-letter policy and ack deadline, dead letters."""
+    topic = service.settings.order_events_topic
+    if topic is None:
+        return []  # in-process delivery: the order topic check says whether that is allowed
+    found = TopicSubscriptions(topic)
+    try:
+        subscriptions = await found.subscriptions()
+    except SubscriptionsUnavailable as error:
+        return [Check("worker subscription", False, str(error))]
+    pushed = [s for s in subscriptions if s.push_endpoint]
+    if not pushed:
+        detail = f"{topic} has no push subscription: no change reaches fulfil_order; "
+        checks = [Check("worker subscription", False, detail + TRIGGER_FIX.format(topic=topic))]
+    else:
+        checks = [Check("worker subscription", True, ", ".join(_name(s) for s in pushed))]
+        checks += [_dead_letter_policy(s) for s in pushed]
+        checks += [_ack_deadline(s) for s in pushed]
+    try:
+        backlog = await found.dead_letters(subscriptions)
+        await found.put_back(backlog.letters)  # a look: the letters stay for reconcile
+    except SubscriptionsUnavailable as error:
+        return [*checks, Check("dead letters", False, str(error))]
+    if backlog.count:
+        oldest = backlog.summary()["oldest_age_seconds"]
+        detail = (
+            f"{backlog.count} waiting (oldest {oldest} s): changes the worker failed every "
+            "attempt; fix: python -m checkout reconcile (delivers them again), and read "
+            "checkout_delivery_failed in the worker's log"
+        )
+        return [*checks, Check("dead letters", False, detail)]
+    return [*checks, Check("dead letters", True, "none")]
+
+
+def _name(subscription: Subscription) -> str:
+    return f"{subscription.name} -> {(subscription.push_endpoint or '').split('?')[0]}"
+
+
+def _dead_letter_policy(subscription: Subscription) -> Check:
+    name = subscription.name
+    if subscription.dead_letter_topic is None:
+        fix = (
+            f"fix: gcloud pubsub subscriptions update {name} "
+            "--dead-letter-topic=checkout-orders-dead-letter --max-delivery-attempts=10"
+        )
+        return Check("dead-letter policy", False, f"{name} has none: {fix}")
+    if not subscription.dead_letter_subscriptions:
+        fix = (
+            "fix: gcloud pubsub subscriptions create checkout-orders-dead-letter-sub "
+            f"--topic={subscription.dead_letter_topic} --message-retention-duration=7d"
+        )
+        detail = f"{subscription.dead_letter_topic} has no subscription, so it keeps nothing: "
+        return Check("dead-letter policy", False, detail + fix)
+    detail = (
+        f"{subscription.max_delivery_attempts} attempts, then {subscription.dead_letter_topic} "
+        f"({', '.join(subscription.dead_letter_subscriptions)})"
+    )
+    return Check("dead-letter policy", True, detail)
+
+
+def _ack_deadline(subscription: Subscription) -> Check:
+    seconds = subscription.ack_deadline_seconds
+    if seconds >= WORKER_REQUEST_TIMEOUT_S:
+        return Check("ack deadline", True, f"{seconds} s")
+    detail = (
+        f"{seconds} s, below the worker's request timeout ({WORKER_REQUEST_TIMEOUT_S} s): a slow "
+        f"delivery is redelivered while it runs; fix: gcloud pubsub subscriptions update "
+        f"{subscription.name} --ack-deadline={WORKER_REQUEST_TIMEOUT_S}"
+    )
+    return Check("ack deadline", False, detail)
+
+
+async def _undelivered(service: Service) -> Check:
+    grace = service.settings.undelivered_grace_seconds
+    before = datetime.now(UTC) - timedelta(seconds=grace)
+    try:
+        found = await service.ledger.undelivered(published_before=before)
+    except LedgerUnavailable as error:
+        return Check("undelivered changes", False, str(error))
+    if not found:
+        return Check("undelivered changes", True, f"none older than {grace:g} s")
+    oldest = min(record["published_at"] for record in found)
+    age = round((datetime.now(UTC) - oldest).total_seconds())
+    named = ", ".join(str(record["change_id"]) for record in found[:3])
+    detail = (
+        f"{len(found)} published and not delivered after {grace:g} s (oldest {age} s: {named}); "
+        "fix: python -m checkout reconcile (delivers them again), then see the worker's "
+        "checkout_delivery_failed records and the worker subscription check"
+    )
+    return Check("undelivered changes", False, detail)
 
 
 async def _first(items: AsyncIterator[Any]) -> None:

@@ -151,6 +151,29 @@ def trace_of(headers: Any, project: str | None) -> str | None:
     return f"projects/{project}/traces/{trace_id}" if trace_id else None
 
 
+def traceparent_of(headers: Any) -> str | None:
+    """A W3C `traceparent` for the request's trace (from its own, or from X-Cloud-Trace-Context),
+    to carry on the messages it publishes: the worker's records then join the same trace."""
+    traceparent = headers.get("traceparent")
+    if traceparent and _TRACEPARENT.fullmatch(traceparent.strip().lower()):
+        return str(traceparent).strip().lower()
+    cloud = _CLOUD_TRACE.fullmatch((headers.get("X-Cloud-Trace-Context") or "").strip())
+    if cloud is None:
+        return None
+    span = int(cloud["span"] or "1") & 0xFFFFFFFFFFFFFFFF or 1
+    return f"00-{cloud['trace'].lower()}-{span:016x}-01"
+
+
+def current_traceparent() -> str | None:
+    """The trace of the request (or delivery) this code runs for, if any."""
+    request = current_request.get()
+    return None if request is None else request.get("traceparent")
+
+
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_CLOUD_TRACE = re.compile(r"(?P<trace>[0-9a-fA-F]{32})(?:/(?P<span>[0-9]{1,20}))?(?:;o=[01])?")
+
+
 class OutageLog:
     """Logs that a dependency (the ledger) is unreachable once per burst of failures.
 

@@ -248,6 +248,67 @@ class Order:
         self.metadata = {k: v for k, v in session.metadata.items() if k in OUR_METADATA_KEYS}
 
 
+@dataclass(frozen=True)
+class OrderState:
+    """An order's state as one delivery reads it from the ledger, under its claim: what "should
+    this customer have access now" needs, whatever order the changes arrive in (docs/webhooks.md).
+    """
+
+    session_id: str
+    outcome: str  # as the status endpoint would answer now: paid, refunded, disputed, ...
+    amount_total: int | None
+    amount_refunded: int
+    open_disputes: tuple[str, ...]  # disputes not closed yet (lost ones count as `disputed`)
+    metadata: dict[str, str]
+
+    @property
+    def access(self) -> bool:
+        """The customer may have what they bought: paid, with no open or lost dispute."""
+        return self.outcome == "paid"
+
+    @classmethod
+    def of(cls, order: Order) -> OrderState:
+        return cls(
+            session_id=order.session_id,
+            outcome=order.outcome,
+            amount_total=order.amount_total,
+            amount_refunded=order.amount_refunded,
+            open_disputes=tuple(
+                sorted(d for d, s in order.disputes.items() if s not in DISPUTE_CLOSED_STATUSES)
+            ),
+            metadata=dict(order.metadata),
+        )
+
+    @classmethod
+    def of_change(cls, change: Change) -> OrderState:
+        """What the change alone says, for an order the worker's ledger does not hold (a ledger
+        of its own, e.g. ORDER_LEDGER=memory in a separate worker process)."""
+        outcome = _OUTCOME_OF_CHANGE[change.type]
+        disputes = (change.dispute_id,) if change.type == DISPUTED and change.dispute_id else ()
+        return cls(
+            session_id=change.session_id,
+            outcome=outcome,
+            amount_total=change.amount_total,
+            amount_refunded=change.amount_refunded or 0,
+            open_disputes=disputes,
+            metadata=dict(change.metadata),
+        )
+
+    def data(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "open_disputes": list(self.open_disputes)}
+
+
+_OUTCOME_OF_CHANGE = {
+    PAID: "paid",
+    PAYMENT_FAILED: "failed",
+    REFUNDED: "refunded",
+    PARTIALLY_REFUNDED: "paid",
+    DISPUTED: "disputed",
+    DISPUTE_WON: "paid",
+    DISPUTE_LOST: "disputed",
+}
+
+
 def advance(order: Order | None, fact: Fact) -> tuple[Order, list[Change]]:
     """Fold `fact` into `order` (None: not seen before); the new order and the changes it made.
 

@@ -39,9 +39,12 @@ class Publisher(Protocol):
     name: str
     deadline: float  # the longest one publish takes, its retries included
 
-    async def publish(self, change: Change, start_by: float | None = None) -> None:
+    async def publish(
+        self, change: Change, start_by: float | None = None, traceparent: str | None = None
+    ) -> None:
         """Send one change; PublishFailed if it did not arrive, or could not start by `start_by`
-        (`time.monotonic()`): past it, the claim to publish might lapse before it lands."""
+        (`time.monotonic()`): past it, the claim to publish might lapse before it lands.
+        `traceparent`: the trace it belongs to (default: the current request's)."""
 
     async def check(self) -> None:
         """PublishFailed unless changes can be published now."""
@@ -76,16 +79,21 @@ class PubSubPublisher:
                 self._api = pubsub_v1.PublisherClient().api
             return self._api
 
-    async def publish(self, change: Change, start_by: float | None = None) -> None:
+    async def publish(
+        self, change: Change, start_by: float | None = None, traceparent: str | None = None
+    ) -> None:
+        from checkout.logs import current_traceparent
+
         loop = asyncio.get_running_loop()
+        trace = traceparent or current_traceparent()
         try:
-            await loop.run_in_executor(self._threads, self._publish, change, start_by)
+            await loop.run_in_executor(self._threads, self._publish, change, start_by, trace)
         except Exception as error:
             raise PublishFailed(
                 f"publishing {change.change_id} to {self.topic} failed: {_describe(error)}"
             ) from error
 
-    def _publish(self, change: Change, start_by: float | None) -> None:
+    def _publish(self, change: Change, start_by: float | None, traceparent: str | None) -> None:
         from google.api_core import retry
         from google.cloud import pubsub_v1
 
@@ -96,7 +104,11 @@ class PubSubPublisher:
 
         message = pubsub_v1.types.PubsubMessage(
             data=json.dumps(change.data(), separators=(",", ":")).encode(),
-            attributes=change.attributes(),
+            # The trace of the request that made the change: the worker logs under it too.
+            attributes={
+                **change.attributes(),
+                **({"traceparent": traceparent} if traceparent else {}),
+            },
             ordering_key=change.session_id,
         )
         budget = retry.Retry(initial=0.1, maximum=1.0, timeout=self.deadline * 0.6)
@@ -138,11 +150,13 @@ class InProcessPublisher:
         self._deliver = deliver
         self._undo = undo
 
-    async def publish(self, change: Change, start_by: float | None = None) -> None:
+    async def publish(
+        self, change: Change, start_by: float | None = None, traceparent: str | None = None
+    ) -> None:
         from checkout.logs import current_request
 
         request = current_request.get(None)
-        if request is None:
+        if request is None or request.get("delivery"):  # an operator command, or the worker
             await self._deliver(change)
             return
         request.setdefault("after_response", []).append(lambda: self._deliver_or_undo(change))

@@ -7,7 +7,12 @@ webhook recorded meanwhile is a duplicate that writes nothing:
 
 1. every complete Checkout Session of the window that is ours and settled;
 2. every event of the types we handle that Stripe failed to deliver (`delivery_success=false`);
-3. every change recorded but not yet published (a publish that failed), older than a minute.
+3. every change recorded but not yet published (a publish that failed), older than a minute;
+4. the dead letters: one whose change the ledger shows delivered is acknowledged, any other is
+   published again (then acknowledged);
+5. every change published but not delivered after UNDELIVERED_GRACE_SECONDS (the audit, a ledger
+   query over every page) is published again; one undelivered after UNDELIVERED_ALERT_SECONDS is
+   an ERROR record, `checkout_change_undelivered`, and makes the run exit non-zero.
 
 Whatever fails is counted, and the run goes on to the next item: the summary line is always
 printed (docs/operations.md says how to read it).
@@ -21,15 +26,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from checkout.errors import ApiError
 from checkout.ledger import LedgerUnavailable
-from checkout.orders import HANDLED_EVENTS, session_fact
+from checkout.orders import HANDLED_EVENTS, Change, session_fact
 from checkout.publisher import PublishFailed
 from checkout.recorder import PublicationInProgress
 from checkout.service import Service
 from checkout.session import SessionStatus
 from checkout.stripe_events import apply_event, checked_session_fact
+from checkout.subscriptions import DeadLetters, SubscriptionsUnavailable, TopicSubscriptions
+from checkout.worker import DeliveryFailed, DeliveryInProgress
 
 log = logging.getLogger("checkout.reconcile")
 
@@ -39,7 +47,9 @@ MAX_DAYS = 30  # Stripe keeps events for 30 days
 UNPUBLISHED_GRACE = timedelta(minutes=1)
 
 # What Stripe, the ledger or Pub/Sub raise when they fail: counted, and the run goes on.
-_FAILURES = (ApiError, LedgerUnavailable, PublishFailed)
+_FAILURES = (ApiError, LedgerUnavailable, PublishFailed, SubscriptionsUnavailable, DeliveryFailed)
+# Changes named in the summary line, at most (each overdue one has its own ERROR record).
+NAMED_CHANGES = 20
 
 
 @dataclass
@@ -55,12 +65,20 @@ class Summary:
     changes_applied: int = 0
     changes_published: int = 0
     changes_in_progress: int = 0  # being published by another request (a webhook, a reconcile)
+    changes_undelivered: int = 0  # published, not delivered within the grace: the audit's find
+    changes_redelivered: int = 0  # of those and the dead letters, published again by this run
+    changes_overdue: int = 0  # undelivered past the alert bound: ERROR records, exit non-zero
+    undelivered: list[str] = field(default_factory=list)  # their change ids, a few
+    dead_letters: dict[str, object] = field(
+        default_factory=lambda: {"count": 0, "oldest_age_seconds": None}
+    )
+    dead_letters_acknowledged: int = 0  # their change was delivered: nothing left to do
     failures: int = 0
     failed: list[str] = field(default_factory=list)  # what failed, a few, for the log
 
     @property
     def ok(self) -> bool:
-        return self.failures == 0
+        return self.failures == 0 and self.changes_overdue == 0
 
     def record(self) -> dict[str, object]:
         return {"message": "checkout_reconcile", **asdict(self), "ok": self.ok}
@@ -77,11 +95,20 @@ async def reconcile(
     days: int = DEFAULT_DAYS,
     *,
     unpublished_grace: timedelta = UNPUBLISHED_GRACE,
+    undelivered_grace: timedelta | None = None,
+    undelivered_alert: timedelta | None = None,
 ) -> Summary:
-    """Apply every missed payment and undelivered event of the last `days` days, once.
+    """Apply every missed payment and undelivered event of the last `days` days, once; deliver
+    again every undelivered change.
 
-    `unpublished_grace`: how long ago a change must have been recorded for this to publish it.
+    `unpublished_grace`: how long ago a change must have been recorded for this to publish it;
+    `undelivered_grace` and `undelivered_alert` (default: the settings'): see the module's doc.
     """
+    settings = service.settings
+    if undelivered_grace is None:
+        undelivered_grace = timedelta(seconds=settings.undelivered_grace_seconds)
+    if undelivered_alert is None:
+        undelivered_alert = timedelta(seconds=settings.undelivered_alert_seconds)
     summary = Summary(days=days, deployment_id=service.settings.deployment_id)
     since = int(time.time()) - days * 86400
     with _step(summary, "listing sessions"):
@@ -99,7 +126,81 @@ async def reconcile(
         for order in await service.ledger.unpublished_orders(updated_before=recorded_before):
             with _item(summary, f"publishing {order.session_id}"):
                 summary.changes_published += await service.recorder.publish_pending(order)
+    # What is undelivered is read first, so that the counts are the state the run found (the
+    # dead letters' redeliveries may be delivered while it goes on).
+    undelivered: list[dict[str, Any]] = []
+    with _step(summary, "listing undelivered changes"):
+        undelivered = await _undelivered(service, summary, undelivered_grace, undelivered_alert)
+    redelivered: set[str] = set()
+    with _step(summary, "reading dead letters"):
+        await _dead_letters(service, summary, redelivered)
+    for record in undelivered:
+        change = Change.from_data(record["change"])
+        if change.change_id in redelivered:
+            continue  # its dead letter was published again already
+        with _item(summary, f"redelivering {change.change_id}"):
+            await service.publisher.publish(change, traceparent=record.get("traceparent"))
+            redelivered.add(change.change_id)
+            summary.changes_redelivered += 1
     return summary
+
+
+async def _dead_letters(service: Service, summary: Summary, redelivered: set[str]) -> None:
+    """Read the dead-letter backlog; acknowledge what was delivered, publish the rest again."""
+    topic = service.settings.order_events_topic
+    if topic is None:
+        return  # in-process delivery: no subscription, no dead letters
+    subscriptions = TopicSubscriptions(topic)
+    backlog: DeadLetters = await subscriptions.dead_letters(await subscriptions.subscriptions())
+    summary.dead_letters = backlog.summary()
+    left = []
+    for letter in backlog.letters:
+        change = letter.change
+        if change is None:
+            left.append(letter)  # not an order change: for a person to read (docs/operations.md)
+            continue
+        handled = False
+        with _item(summary, f"dead letter {change.change_id}"):
+            record = await service.ledger.delivery(change.change_id)
+            if record is not None and record.get("delivered_at") is not None:
+                summary.dead_letters_acknowledged += 1
+            elif change.change_id not in redelivered:
+                await service.publisher.publish(change, traceparent=letter.traceparent)
+                redelivered.add(change.change_id)
+                summary.changes_redelivered += 1
+            await subscriptions.acknowledge(letter)
+            handled = True
+        if not handled:  # its redelivery failed (counted): left for the next run
+            left.append(letter)
+    await subscriptions.put_back(left)
+
+
+async def _undelivered(
+    service: Service, summary: Summary, grace: timedelta, alert: timedelta
+) -> list[dict[str, Any]]:
+    """The audit: every change published before the grace and not delivered (counted, and an
+    ERROR record each past the alert bound)."""
+    now = datetime.now(UTC)
+    found = await service.ledger.undelivered(published_before=now - grace)
+    for record in found:
+        change = Change.from_data(record["change"])
+        summary.changes_undelivered += 1
+        if len(summary.undelivered) < NAMED_CHANGES:
+            summary.undelivered.append(change.change_id)
+        age = (now - record["published_at"]).total_seconds()
+        if age >= alert.total_seconds():
+            summary.changes_overdue += 1
+            fields = {
+                "change_id": change.change_id,
+                "type": change.type,
+                "session_id": change.session_id,
+                "published_at": record["published_at"].isoformat(),
+                "age_seconds": round(age),
+                "attempts": record.get("attempts", 0),
+                "last_error": record.get("last_error"),
+            }
+            log.error("checkout_change_undelivered", extra={"fields": fields})
+    return found
 
 
 async def _session(service: Service, session: SessionStatus, summary: Summary) -> None:
@@ -124,6 +225,9 @@ def _item(summary: Summary, what: str) -> Iterator[None]:
     """One session, event or order: a failure is counted, and the run goes on to the next."""
     try:
         yield
+    except DeliveryInProgress:
+        # In-process delivery (no topic): the change is queued behind a run that hands it on.
+        summary.changes_in_progress += 1
     except PublicationInProgress:
         # Another request (a webhook, another reconcile) holds the change and is publishing it:
         # not a failure of this run. That request answers for it, or the next run publishes it.

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 from checkout.ledger import PUBLISH_CLAIM_SECONDS, Applied, Ledger, new_token
+from checkout.logs import current_traceparent
 from checkout.orders import DISPUTED, Change, Fact, Order
 from checkout.publisher import Publisher, PublishFailed
 
@@ -78,6 +79,9 @@ class Recorder:
         # outlast it is not started, or another request could take the change over and publish
         # it a second time. The caller answers 503 and the change waits for the next call.
         start_by = claimed_at + PUBLISH_CLAIM_SECONDS - self.publisher.deadline - CLAIM_MARGIN_S
+        # Each change is owed a delivery from now: the audit's record (docs/ledger.md), written
+        # before the publish, so that no change reaches the topic without one.
+        await self.ledger.expect_delivery(changes, current_traceparent())
         published: list[str] = []
         try:
             for change in changes:

@@ -67,13 +67,17 @@ class Service:
         ledger = ledger_from_settings(settings)
         catalogue = Catalogue.from_settings(settings)
         worker = Worker(
-            ledger, deliver or deliver_order_from_settings(settings), settings.ledger_lease_seconds
+            ledger,
+            deliver or deliver_order_from_settings(settings),
+            settings.ledger_lease_seconds,
+            settings.delivery_timeout_seconds,
         )
         publisher: Publisher = (
             PubSubPublisher(settings.order_events_topic)
             if settings.order_events_topic
             else InProcessPublisher(worker.deliver, ledger.mark_unpublished)
         )
+        worker.redeliver = publisher.publish  # hands on what was queued behind a run
         return cls(
             settings=settings,
             cors=CorsPolicy(settings.allowed_origins, settings.allow_any_origin),

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from checkout.config import load_settings
+from checkout.doctor import WORKER_REQUEST_TIMEOUT_S
 from tests.gcloud_cli import GCLOUD, Call, Recorder, require_gcloud, run_for_real
 from tests.support import ROOT
 
@@ -462,9 +463,22 @@ def test_the_worker_shares_the_apis_ledger_project_and_delivery_function(
         "DEPLOYMENT_ID": "checkout-api",
     }
     assert shared.items() <= api.items()
-    assert worker == shared  # no CORS, no Stripe secrets, no API request timeout
+    # No CORS, no Stripe secrets, no API request timeout; a delivery's time limit a minute under
+    # the worker's request timeout (_WORKER_TIMEOUT, 600s), and only on the worker.
+    assert worker == {**shared, "DELIVERY_TIMEOUT_SECONDS": "540"}
+    assert "DELIVERY_TIMEOUT_SECONDS" not in api
     _, flags = run.worker_deploy()
     assert not {"--set-secrets", "--clear-secrets"} & set(flags)
+
+
+def test_the_workers_request_timeout_is_what_doctor_wants_of_the_ack_deadline(
+    build: dict[str, Any],
+) -> None:
+    # The subscription's ack deadline must cover the worker's request timeout (doctor checks it
+    # against WORKER_REQUEST_TIMEOUT_S), and a delivery's own limit must end before both.
+    seconds = int(str(build["substitutions"]["_WORKER_TIMEOUT"]).removesuffix("s"))
+    assert seconds == WORKER_REQUEST_TIMEOUT_S == 600  # also Pub/Sub's longest ack deadline
+    assert load_settings({}).delivery_timeout_seconds < seconds
 
 
 def test_the_delivery_function_is_left_to_the_default_when_unnamed(

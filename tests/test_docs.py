@@ -247,3 +247,20 @@ def test_the_dispute_alert_covers_the_api_and_the_reconciler_job() -> None:
     assert "resource.type" not in log_filter  # the metric counts every resource's entries
     named = set(re.findall(r'resource\.type\s*=\s*"([a-z_]+)"', condition))
     assert "resource.type" not in condition or named >= {"cloud_run_revision", "cloud_run_job"}
+
+
+def test_the_undelivered_alert_counts_the_reconcilers_error_record() -> None:
+    # The reconciler (a Cloud Run job) logs one ERROR per change undelivered past the alert bound;
+    # the metric must match that record's message exactly, and the alert the job's resource.
+    block = next(
+        b
+        for b in shell_blocks(ROOT / "docs" / "operations.md")
+        if "checkout_change_undelivered" in b
+    )
+    (log_filter,) = re.findall(r"--log-filter='([^']*)'", block)
+    assert log_filter == 'jsonPayload.message="checkout_change_undelivered"'
+    (condition,) = re.findall(r"--condition-filter='([^']*)'", block)
+    assert 'resource.type="cloud_run_job"' in condition
+    assert "logging.googleapis.com/user/checkout_change_undelivered" in condition
+    source = (ROOT / "checkout" / "reconcile.py").read_text()
+    assert 'log.error("checkout_change_undelivered"' in source

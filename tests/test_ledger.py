@@ -34,7 +34,7 @@ from checkout.ledger import (
     new_token,
 )
 from checkout.ledger.memory import MemoryLedger
-from checkout.orders import ChargeFact, SessionFact, session_fact
+from checkout.orders import Change, ChargeFact, SessionFact, session_fact
 from tests.firestore_emulator import Firestore
 from tests.support import (
     ROOT,
@@ -718,3 +718,77 @@ def test_an_outage_is_logged_once_per_burst_and_its_end_once(logs: CapturedLogs)
     now[0] = 500.0
     outages.failed(down, "answered from Stripe")  # and after a quiet spell
     assert len(logs("checkout_ledger_degraded")) == 3
+
+
+def test_the_audit_finds_every_undelivered_change_over_every_page(make_ledger: MakeLedger) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        changes = []
+        for n in range(7):
+            changes += (
+                await ledger.apply(f"cs_test_u{n}", paid_fact(f"cs_test_u{n}"), token="p")
+            ).new
+        before = datetime.now(UTC)
+        await ledger.expect_delivery(changes[:5], "00-" + "1" * 32 + "-" + "2" * 16 + "-01")
+        await ledger.expect_delivery(changes[:1])  # published again: the first record stays
+        for change in changes[:2]:  # two delivered
+            assert (await ledger.claim_delivery(change, "d", lease=30)).outcome == CLAIMED
+            assert await ledger.complete_delivery(change.change_id, "d")
+        # The last two were claimed by a worker before their record (a publish racing it): owed.
+        for change in changes[5:]:
+            assert (await ledger.claim_delivery(change, "w", lease=30)).outcome == CLAIMED
+        later = datetime.now(UTC) + timedelta(seconds=1)
+        found = await ledger.undelivered(later, page=2)
+        assert sorted(d["change_id"] for d in found) == sorted(c.change_id for c in changes[2:])
+        assert all(Change.from_data(d["change"]) in changes for d in found)
+        assert await ledger.undelivered(before - timedelta(seconds=1), page=2) == []
+        first = await ledger.delivery(changes[2].change_id)
+        assert first is not None and first["traceparent"].startswith("00-111")
+
+    run(scenario())
+
+
+def test_a_change_waiting_behind_another_run_of_its_order_is_queued_and_handed_on(
+    make_ledger: MakeLedger,
+) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        await ledger.apply("cs_test_a", paid_fact(), token="p")
+        refund = ChargeFact("pi_st_a", 200, True, "2026-12-07T10:00:00Z")
+        paid_change, refunded_change = [
+            Change.from_data(entry["change"])
+            for entry in (await ledger.apply("cs_test_a", refund, token="p")).order.changes.values()
+        ]
+        assert (await ledger.claim_delivery(paid_change, "d1", lease=30)).outcome == CLAIMED
+        queued = await ledger.claim_delivery(refunded_change, "d2", lease=30)
+        assert queued.outcome == HELD and queued.other is not None
+        assert queued.other["change_id"] == paid_change.change_id
+        assert await ledger.take_waiting("cs_test_a") == []  # d1 still holds the order
+        await ledger.release_delivery(paid_change.change_id, "d1", "RuntimeError: down")
+        assert await ledger.take_waiting("cs_test_a") == [refunded_change]
+        assert await ledger.take_waiting("cs_test_a") == []  # handed on once
+        assert (await ledger.claim_delivery(refunded_change, "d3", lease=30)).outcome == CLAIMED
+
+    run(scenario())
+
+
+def test_a_run_whose_order_was_taken_over_by_another_change_can_no_longer_renew(
+    make_ledger: MakeLedger,
+) -> None:
+    async def scenario() -> None:
+        ledger = make_ledger()
+        await ledger.apply("cs_test_a", paid_fact(), token="p")
+        refund = ChargeFact("pi_st_a", 200, True, "2026-12-07T10:00:00Z")
+        applied = await ledger.apply("cs_test_a", refund, token="p")
+        assert applied.order is not None
+        paid_change, refunded_change = [
+            Change.from_data(entry["change"]) for entry in applied.order.changes.values()
+        ]
+        assert (await ledger.claim_delivery(paid_change, "d1", lease=0.001)).outcome == CLAIMED
+        # d1's lease has run out unseen (one-sided: a longer sleep only leaves it further gone).
+        await asyncio.sleep(0.01)
+        assert (await ledger.claim_delivery(refunded_change, "d2", lease=30)).outcome == CLAIMED
+        assert not await ledger.renew_delivery(paid_change.change_id, "d1", lease=30)
+        assert await ledger.renew_delivery(refunded_change.change_id, "d2", lease=30)
+
+    run(scenario())

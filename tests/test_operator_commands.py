@@ -226,11 +226,35 @@ def doctor_lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
     return {line[5:].split(":")[0]: line[:4].strip() for line in lines}
 
 
+def worker_push_subscription(pubsub: PubSub, ack_deadline: int = 600) -> None:
+    """What the deploy's trigger makes: a push subscription to the worker (an address where
+    nothing listens: no message is published), with a dead-letter topic that has a subscription."""
+    api = pubsub.api
+    api.create_topic(pubsub.project, "checkout-orders-dead-letter")
+    api.create_subscription(
+        pubsub.project, "checkout-orders-dead-letter-sub", "checkout-orders-dead-letter"
+    )
+    api.call(
+        "PUT",
+        f"projects/{pubsub.project}/subscriptions/eventarc-worker",
+        {
+            "topic": pubsub.topic,
+            "ackDeadlineSeconds": ack_deadline,
+            "pushConfig": {"pushEndpoint": f"http://127.0.0.1:{free_port()}/"},
+            "deadLetterPolicy": {
+                "deadLetterTopic": f"projects/{pubsub.project}/topics/checkout-orders-dead-letter",
+                "maxDeliveryAttempts": 10,
+            },
+        },
+    )
+
+
 def test_doctor_passes_a_good_setup_and_names_each_problem(
     stripe_emulator, base_env, firestore: Firestore, pubsub: PubSub
 ) -> None:
     env = {**base_env, **firestore.env(), **pubsub.env(), "STRIPE_WEBHOOK_SECRET": WHSEC}
     assert command(env, "register-webhook", "--url", URL).returncode == 0
+    worker_push_subscription(pubsub)
     good = command(env, "doctor", "--url", URL)
     assert good.returncode == 0, good.stdout + good.stderr
     assert set(doctor_lines(good).values()) == {"ok"}
@@ -420,7 +444,8 @@ def test_reconcile_prints_its_one_line_and_fails_when_the_ledger_is_unreachable(
     result = command(env, "reconcile")
     assert result.returncode == 1, result.stdout + result.stderr
     summary = summary_of(result)
-    assert not summary["ok"] and summary["failures"] == 2  # the session, the unpublished list
+    # the session, the unpublished list, the undelivered list
+    assert not summary["ok"] and summary["failures"] == 3
     assert any("LedgerUnavailable" in failure for failure in summary["failed"])
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -433,10 +458,12 @@ def pending_change(stripe_emulator, base_env, firestore: Firestore, pubsub: PubS
     result = command(env, "reconcile")
     assert result.returncode == 1, result.stdout + result.stderr
     summary = summary_of(result)
-    # Recorded, but its publish failed: counted as that session's failure, not as applied.
+    # Recorded, but its publish failed: counted as that session's failure, not as applied; and
+    # the dead letters could not be read.
     assert (summary["changes_applied"], summary["changes_published"]) == (0, 0)
-    assert not summary["ok"] and summary["failures"] == 1
+    assert not summary["ok"] and summary["failures"] == 2
     assert summary["failed"][0].startswith(f"session {session['id']}: PublishFailed")
+    assert summary["failed"][1].startswith("reading dead letters: SubscriptionsUnavailable")
     assert "Traceback" not in result.stdout + result.stderr
     document = read_document(firestore, "checkout_orders", session["id"])
     assert document is not None and document["pending_publication"] is True

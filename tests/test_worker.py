@@ -23,7 +23,7 @@ import pytest
 
 from checkout.ledger import DELIVERIES, LedgerUnavailable
 from checkout.ledger.memory import MemoryLedger
-from checkout.orders import Change, advance, session_fact
+from checkout.orders import Change, ChargeFact, OrderState, advance, session_fact
 from checkout.worker import (
     BadMessage,
     DeliveryFailed,
@@ -70,19 +70,22 @@ class Gate:
 
 
 class CountsRenewals(MemoryLedger):
-    """The memory ledger, which sets `renewed` once it has renewed claims `wanted` times."""
+    """The memory ledger, which sets `renewed` once it has renewed claims `wanted` times (made
+    inside the test's event loop)."""
 
     def __init__(self, wanted: int) -> None:
         super().__init__(100)
         self.wanted = wanted
         self.renewals = 0
         self.renewed = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
 
     async def renew_delivery(self, change_id: str, token: str, lease: float) -> bool:
+        # Called on the renewer's own thread and loop: the event is set on the test's.
         renewed = await super().renew_delivery(change_id, token, lease)
         self.renewals += renewed
         if self.renewals >= self.wanted:
-            self.renewed.set()
+            self.loop.call_soon_threadsafe(self.renewed.set)
         return renewed
 
 
@@ -348,8 +351,9 @@ def test_two_workers_given_one_message_run_it_once_though_it_outlives_the_lease(
             if datetime.now(UTC) > expiry:
                 break
             threading.Event().wait(0.05)
-        # The second worker gets it while the first runs, past the lease it took: held.
-        assert post_cloud_event(servers[1].url, body) == 409
+        # The second worker gets it while the first runs, past the lease it took: held, so it is
+        # queued behind the first run and acknowledged (no Pub/Sub attempt used up).
+        assert post_cloud_event(servers[1].url, body) == 200
         release.touch()
         first.join(timeout=60)
         assert statuses[0] == 200
@@ -381,3 +385,122 @@ def test_a_delivery_that_fails_once_answers_500_then_the_redelivery_succeeds_onc
         assert [what for _, _, what, _ in runs] == ["start", "start", "done"]
         assert post_cloud_event(server.url, {"message": {"data": "%%%"}}) == 400
         assert "Traceback" not in server.logs()
+
+
+# -- issue 28: a time limit, a fenced record, the order's state ---------------------------------
+
+
+def test_an_async_delivery_past_its_time_limit_is_cancelled_fails_and_is_released(
+    logs: CapturedLogs,
+):
+    async def scenario() -> None:
+        ledger = MemoryLedger(100)
+        cancelled = asyncio.Event()
+
+        async def hangs(change: Change) -> None:
+            try:
+                await asyncio.Event().wait()  # a downstream that never answers
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        worker = Worker(ledger, hangs, lease_seconds=30, delivery_timeout=0.2)
+        change = a_change()
+        with pytest.raises(DeliveryFailed):
+            await worker.deliver(change)
+        assert cancelled.is_set()
+        record = await ledger.delivery(change.change_id)
+        assert record is not None and record["claim"] is None and record["delivered_at"] is None
+        worker.close()
+
+    run(scenario())
+    [failed] = logs("checkout_delivery_failed")
+    assert failed["detail"].startswith("DeliveryTimedOut: DELIVER_ORDER ran past")
+
+
+def test_a_plain_delivery_past_its_time_limit_fails_and_its_claim_is_left_to_lapse(
+    logs: CapturedLogs,
+):
+    async def scenario() -> None:
+        ledger = MemoryLedger(100)
+        release = threading.Event()
+        worker = Worker(
+            ledger, lambda change: release.wait(60), lease_seconds=0.3, delivery_timeout=0.2
+        )
+        change = a_change()
+        with pytest.raises(DeliveryFailed):
+            await worker.deliver(change)
+        # Still running on its thread, which nothing can stop: the claim is not released (a
+        # redelivery would run beside it) and no longer renewed, so it lapses after its lease.
+        record = await ledger.delivery(change.change_id)
+        assert record is not None and record["claim"] is not None
+        expiry = record["claim"]["expires_at"]
+        release.set()
+        await asyncio.sleep(0.5)  # more than a lease: a renewal would have moved the expiry
+        later = await ledger.delivery(change.change_id)
+        assert later is not None and later["claim"]["expires_at"] == expiry
+        worker.close()
+
+    run(scenario())
+
+
+def test_a_holder_whose_claim_was_taken_over_records_nothing_and_says_so(logs: CapturedLogs):
+    async def scenario() -> None:
+        ledger = MemoryLedger(100)
+        change = a_change()
+
+        async def taken_over_meanwhile(change: Change) -> None:
+            # Another worker took the claim while this one ran (its lease lapsed unseen).
+            document = await ledger.delivery(change.change_id)
+            assert document is not None
+            theirs = {**document["claim"], "owner": "another-worker", "token": "theirs"}
+            await ledger._set(DELIVERIES, change.change_id, {**document, "claim": theirs})
+
+        worker = Worker(ledger, taken_over_meanwhile, lease_seconds=30)
+        assert await worker.deliver(change) is False
+        record = await ledger.delivery(change.change_id)
+        assert record is not None and record["delivered_at"] is None
+        assert record["claim"]["token"] == "theirs"
+        worker.close()
+
+    run(scenario())
+    assert [r["change_id"] for r in logs("checkout_delivery_not_holder")] == ["cs_test_a:paid"]
+
+
+def test_deliver_order_gets_the_order_state_read_under_its_claim():
+    async def scenario() -> None:
+        ledger = MemoryLedger(100)
+        _, (change,) = advance(None, session_fact(a_session(), "pi_1"))
+        await ledger.apply("cs_test_a", session_fact(a_session(), "pi_1"), token="p")
+        await ledger.apply(
+            "cs_test_a", ChargeFact("pi_1", 50, False, "2026-12-07T10:00:00Z"), token="p"
+        )
+        seen: list[OrderState] = []
+
+        def deliver(change: Change, state: OrderState) -> None:
+            seen.append(state)
+
+        worker = Worker(ledger, deliver, lease_seconds=30)
+        assert await worker.deliver(change) is True
+        worker.close()
+        (state,) = seen
+        assert (state.outcome, state.amount_refunded, state.open_disputes) == ("paid", 50, ())
+        assert state.access
+
+    run(scenario())
+
+
+def test_a_change_whose_order_the_ledger_never_saw_gets_the_state_the_change_states():
+    async def scenario() -> None:
+        seen: list[OrderState] = []
+
+        def deliver(change: Change, state: OrderState) -> None:
+            seen.append(state)
+
+        worker = Worker(MemoryLedger(100), deliver, lease_seconds=30)
+        assert await worker.deliver(a_change()) is True  # a worker with a ledger of its own
+        worker.close()
+        (state,) = seen
+        assert (state.session_id, state.outcome, state.access) == ("cs_test_a", "paid", True)
+
+    run(scenario())

@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 ORDERS = "checkout_orders"
 EVENTS = "checkout_events"
 DELIVERIES = "checkout_deliveries"
+# One document per order whose changes are being delivered: which change's run holds the order,
+# and the changes that arrived meanwhile (acknowledged, handed on when that run ends).
+DELIVERY_LOCKS = "checkout_delivery_locks"
+# The undelivered audit reads every page of this size (reconcile, doctor).
+UNDELIVERED_PAGE = 300
 
 # Stripe retries an event for up to 3 days and lets you resend one for 30: remember it that long.
 EVENT_RETENTION_DAYS = 30
@@ -98,6 +103,16 @@ class Ledger(ABC):
     @abstractmethod
     async def _where(self, collection: str, name: str, value: object, limit: int) -> list[Document]:
         """Documents whose field `name` equals `value`, at most `limit`."""
+
+    @abstractmethod
+    async def _where_all(
+        self, collection: str, name: str, value: object, page: int
+    ) -> list[Document]:
+        """Every document whose field `name` equals `value`, read `page` at a time."""
+
+    def for_thread(self) -> Ledger:
+        """This ledger for use from another thread's event loop (the claim renewer's)."""
+        return self
 
     # -- orders -------------------------------------------------------------------------------
 
@@ -241,34 +256,76 @@ class Ledger(ABC):
 
     # -- deliveries ---------------------------------------------------------------------------
 
+    async def expect_delivery(
+        self, changes: Sequence[Change], traceparent: str | None = None
+    ) -> None:
+        """Note, before they are published, that `changes` are owed a delivery: the audit's record.
+
+        A change with a record already (published before, or claimed by a worker first) is left
+        as it is: `published_at` stays the first publication, which the alert is measured from.
+        """
+        if not changes:
+            return
+        now = _now()
+
+        def step(documents: list[Document | None]) -> tuple[list[Any], None]:
+            writes: list[Any] = [
+                KEEP if document is not None else _delivery_document(change, now, traceparent)
+                for change, document in zip(changes, documents, strict=True)
+            ]
+            return writes, None
+
+        await self._transact([(DELIVERIES, c.change_id) for c in changes], step)
+
+    async def undelivered(
+        self, published_before: datetime, page: int = UNDELIVERED_PAGE
+    ) -> list[Document]:
+        """Every change published (or claimed) before `published_before` and not delivered yet:
+        one query over every page (docs/ledger.md, the delivery audit)."""
+        found = await self._where_all(DELIVERIES, "awaiting_delivery", True, page)
+        return [
+            d
+            for d in found
+            if d.get("delivered_at") is None
+            and d.get("change") is not None
+            and d.get("published_at", published_before) <= published_before
+        ]
+
     async def claim_delivery(self, change: Change, token: str, lease: float) -> Claim:
-        """Take the right to deliver `change`: CLAIMED, DELIVERED (before) or HELD (running)."""
+        """Take the right to deliver `change`: CLAIMED, DELIVERED (before) or HELD (running).
+
+        One run per order at a time: HELD too when another change of the order is being
+        delivered. A HELD change is queued on the order's lock, and the run holding it hands the
+        queue on (publishes it again) when it ends, so the caller may acknowledge its message.
+        """
         now = _now()
 
         def step(documents: list[Document | None]) -> tuple[list[Any], Claim]:
-            document = documents[0] or {
-                "change_id": change.change_id,
-                "type": change.type,
-                "session_id": change.session_id,
-                "attempts": 0,
-                "delivered_at": None,
-                "claim": None,
-                "created_at": now,
-            }
+            document = documents[0] or _delivery_document(change, now, None)
+            lock = documents[1] or {"session_id": change.session_id, "claim": None, "waiting": {}}
             if document.get("delivered_at") is not None:
-                return [KEEP], Claim(DELIVERED)
+                return [KEEP, KEEP], Claim(DELIVERED)
             held = document.get("claim")
-            if held and held["expires_at"] > now and held["token"] != token:
-                return [KEEP], Claim(HELD, held)
+            order_held = lock.get("claim")
+            for claim in (held, order_held):
+                if claim and claim["expires_at"] > now and claim["token"] != token:
+                    waiting = {**(lock.get("waiting") or {}), change.change_id: change.data()}
+                    queued = {**lock, "waiting": waiting, "updated_at": now}
+                    return [KEEP, queued], Claim(HELD, claim)
+            mine = self._claim(token, now, lease)
             claimed = {
                 **document,
-                "claim": self._claim(token, now, lease),
+                "claim": mine,
                 "attempts": int(document.get("attempts", 0)) + 1,
                 "updated_at": now,
             }
-            return [claimed], Claim(CLAIMED, held if held and held["token"] != token else None)
+            locked = {**lock, "claim": {**mine, "change_id": change.change_id}, "updated_at": now}
+            other = held if held and held["token"] != token else None
+            return [claimed, locked], Claim(CLAIMED, other)
 
-        return await self._transact([(DELIVERIES, change.change_id)], step)
+        return await self._transact(
+            [(DELIVERIES, change.change_id), (DELIVERY_LOCKS, change.session_id)], step
+        )
 
     async def renew_delivery(self, change_id: str, token: str, lease: float) -> bool:
         """Extend our claim while the delivery runs; False if it is no longer ours.
@@ -278,50 +335,94 @@ class Ledger(ABC):
         now = _now()
 
         def step(documents: list[Document | None]) -> tuple[list[Any], bool]:
-            document = documents[0]
+            document, lock = documents
             if document is not None and document.get("delivered_at") is not None:
-                return [KEEP], document.get("delivered_by") == token  # recorded: nothing to keep
+                return [KEEP, KEEP], document.get("delivered_by") == token  # nothing to keep
             held = (document or {}).get("claim")
             if document is None or not held or held["token"] != token:
-                return [KEEP], False
-            return [{**document, "claim": self._claim(token, now, lease), "updated_at": now}], True
+                return [KEEP, KEEP], False
+            mine = self._claim(token, now, lease)
+            renewed = {**document, "claim": mine, "updated_at": now}
+            order_held = (lock or {}).get("claim")
+            if lock is None:
+                return [renewed, KEEP], True  # a delivery claimed before order locks existed
+            if order_held and order_held["token"] != token:
+                # Another change of the order took the lock over while our lease had lapsed: our
+                # run would go on beside it, on a state it may have changed. Lost.
+                return [KEEP, KEEP], False
+            locked = {**lock, "claim": {**mine, "change_id": change_id}, "updated_at": now}
+            return [renewed, locked], True
 
-        return await self._transact([(DELIVERIES, change_id)], step)
+        return await self._transact(
+            [(DELIVERIES, change_id), (DELIVERY_LOCKS, _session_of(change_id))], step
+        )
 
     async def complete_delivery(self, change_id: str, token: str) -> bool:
-        """Record that our delivery succeeded; False if another attempt had recorded one first.
+        """Record that our delivery succeeded; False if not recorded by us (`record_delivery`)."""
+        return await self.record_delivery(change_id, token) == RECORDED
 
-        True too when our own record went through before and only its answer was lost.
+    async def record_delivery(self, change_id: str, token: str) -> str:
+        """Record our success, fenced by our claim: RECORDED, DELIVERED_BEFORE (by another) or
+        NOT_HOLDER (our claim was taken over: we record nothing).
+
+        RECORDED too when our own record went through before and only its answer was lost.
         """
         now = _now()
 
-        def step(documents: list[Document | None]) -> tuple[list[Any], bool]:
-            document = documents[0] or {"change_id": change_id, "attempts": 1, "created_at": now}
-            if document.get("delivered_at") is not None:
-                return [KEEP], document.get("delivered_by") == token
+        def step(documents: list[Document | None]) -> tuple[list[Any], str]:
+            document, lock = documents
+            if document is not None and document.get("delivered_at") is not None:
+                ours = document.get("delivered_by") == token
+                return [KEEP, KEEP], RECORDED if ours else DELIVERED_BEFORE
+            held = (document or {}).get("claim")
+            if document is None or not held or held["token"] != token:
+                return [KEEP, KEEP], NOT_HOLDER
             done = {
                 **document,
                 "claim": None,
                 "delivered_at": now,
                 "delivered_by": token,
+                "awaiting_delivery": False,
                 "updated_at": now,
             }
-            return [done], True
+            return [done, _unlocked(lock, token, now)], RECORDED
 
-        return await self._transact([(DELIVERIES, change_id)], step)
+        return await self._transact(
+            [(DELIVERIES, change_id), (DELIVERY_LOCKS, _session_of(change_id))], step
+        )
 
     async def release_delivery(self, change_id: str, token: str, error: str) -> None:
         """Drop our claim after a failed delivery, so Pub/Sub's redelivery may run it at once."""
         now = _now()
 
         def step(documents: list[Document | None]) -> tuple[list[Any], None]:
-            document = documents[0]
+            document, lock = documents
             held = (document or {}).get("claim")
             if document is None or not held or held["token"] != token:
-                return [KEEP], None
-            return [{**document, "claim": None, "last_error": error[:300], "updated_at": now}], None
+                return [KEEP, _unlocked(lock, token, now)], None
+            released = {**document, "claim": None, "last_error": error[:300], "updated_at": now}
+            return [released, _unlocked(lock, token, now)], None
 
-        await self._transact([(DELIVERIES, change_id)], step)
+        await self._transact(
+            [(DELIVERIES, change_id), (DELIVERY_LOCKS, _session_of(change_id))], step
+        )
+
+    async def take_waiting(self, session_id: str) -> list[Change]:
+        """The changes queued on an order's lock while a run held it, removed from the queue; none
+        while another run holds the order (that run hands them on when it ends)."""
+        now = _now()
+
+        def step(documents: list[Document | None]) -> tuple[list[Any], list[Change]]:
+            lock = documents[0]
+            if lock is None or not lock.get("waiting"):
+                return [KEEP], []
+            held = lock.get("claim")
+            if held and held["expires_at"] > now:
+                return [KEEP], []
+            waiting = [Change.from_data(data) for data in lock["waiting"].values()]
+            return [{**lock, "waiting": {}, "updated_at": now}], waiting
+
+        return await self._transact([(DELIVERY_LOCKS, session_id)], step)
 
     async def delivery(self, change_id: str) -> Document | None:
         """The delivery record of a change: for tests and operators."""
@@ -332,6 +433,36 @@ class Ledger(ABC):
 
 
 CLAIMED, DELIVERED, HELD = "claimed", "delivered", "held"
+RECORDED, DELIVERED_BEFORE, NOT_HOLDER = "recorded", "delivered_before", "not_holder"
+
+
+def _delivery_document(change: Change, now: datetime, traceparent: str | None) -> Document:
+    """A change's delivery record before any attempt: owed a delivery since `now`."""
+    return {
+        "change_id": change.change_id,
+        "type": change.type,
+        "session_id": change.session_id,
+        "attempts": 0,
+        "delivered_at": None,
+        "claim": None,
+        "created_at": now,
+        "awaiting_delivery": True,
+        "published_at": now,
+        "change": change.data(),
+        "traceparent": traceparent,
+    }
+
+
+def _unlocked(lock: Document | None, token: str, now: datetime) -> Any:
+    """The order's lock without our claim on it (KEEP when it is not ours)."""
+    held = (lock or {}).get("claim")
+    if lock is None or not held or held["token"] != token:
+        return KEEP
+    return {**lock, "claim": None, "updated_at": now}
+
+
+def _session_of(change_id: str) -> str:
+    return change_id.partition(":")[0]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as api
 from google.api_core import retry_async
 from google.cloud import firestore
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from checkout.ledger import KEEP, Document, Ledger, LedgerUnavailable, R, Step
 
@@ -135,6 +136,37 @@ class FirestoreLedger(Ledger):
             return [document for document in found if document is not None]
 
         return await self._bounded(f"querying {collection} by {name}", run)
+
+    async def _where_all(
+        self, collection: str, name: str, value: object, page: int
+    ) -> list[Document]:
+        # Ordered by document id, which the field's own index holds: no composite index needed.
+        query = (
+            self._db()
+            .collection(collection)
+            .where(filter=firestore.FieldFilter(name, "==", value))
+            .order_by(FieldPath.document_id())
+            .limit(page)
+        )
+        found: list[Document] = []
+        last: Any = None
+        while True:
+            batch_query = query if last is None else query.start_after(last)
+
+            async def run(q: Any = batch_query) -> list[Any]:
+                return [snapshot async for snapshot in q.stream(**_CALL)]
+
+            batch = await self._bounded(f"querying {collection} by {name}", run)
+            found += [d for d in (s.to_dict() for s in batch) if d is not None]
+            if len(batch) < page:
+                return found
+            last = batch[-1]
+
+    def for_thread(self) -> FirestoreLedger:
+        # A client belongs to one event loop: another thread's loop gets a ledger of its own.
+        other = FirestoreLedger(project=self.project, database=self.database)
+        other.owner = self.owner
+        return other
 
     # -- Firestore ----------------------------------------------------------------------------
 

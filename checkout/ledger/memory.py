@@ -7,6 +7,7 @@ change could be delivered once per instance: the deploy uses the Firestore ledge
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -21,9 +22,16 @@ class MemoryLedger(Ledger):
         super().__init__()
         self._max_entries = max_entries
         self._collections: dict[str, OrderedDict[str, Document]] = {}
+        # The claim renewer runs on a thread of its own (checkout/worker.py): each primitive is
+        # one critical section, with no await inside.
+        self._lock = threading.RLock()
 
     async def _transact(self, refs: Sequence[tuple[str, str]], step: Step[R]) -> R:
-        # One event loop and no await between the reads and the writes: nothing interleaves.
+        # No await between the reads and the writes, and the lock: nothing interleaves.
+        with self._lock:
+            return self._transact_now(refs, step)
+
+    def _transact_now(self, refs: Sequence[tuple[str, str]], step: Step[R]) -> R:
         documents = [copy.deepcopy(self._collection(c).get(k)) for c, k in refs]
         writes, result = step(documents)
         for (collection, key), write in zip(refs, writes, strict=True):
@@ -32,20 +40,31 @@ class MemoryLedger(Ledger):
         return result
 
     async def _get(self, collection: str, key: str, *, quick: bool = False) -> Document | None:
-        return copy.deepcopy(self._collection(collection).get(key))
+        with self._lock:
+            return copy.deepcopy(self._collection(collection).get(key))
 
     async def _create(self, collection: str, key: str, document: Document) -> bool:
-        if key in self._collection(collection):
-            return False
-        self._put(collection, key, copy.deepcopy(document))
-        return True
+        with self._lock:
+            if key in self._collection(collection):
+                return False
+            self._put(collection, key, copy.deepcopy(document))
+            return True
 
     async def _set(self, collection: str, key: str, document: Document) -> None:
-        self._put(collection, key, copy.deepcopy(document))
+        with self._lock:
+            self._put(collection, key, copy.deepcopy(document))
 
     async def _where(self, collection: str, name: str, value: object, limit: int) -> list[Document]:
-        found = [d for d in self._collection(collection).values() if d.get(name) == value]
-        return copy.deepcopy(found[:limit])
+        with self._lock:
+            found = [d for d in self._collection(collection).values() if d.get(name) == value]
+            return copy.deepcopy(found[:limit])
+
+    async def _where_all(
+        self, collection: str, name: str, value: object, page: int
+    ) -> list[Document]:
+        with self._lock:
+            found = [d for d in self._collection(collection).values() if d.get(name) == value]
+            return copy.deepcopy(found)
 
     def _collection(self, name: str) -> OrderedDict[str, Document]:
         return self._collections.setdefault(name, OrderedDict())
