@@ -121,7 +121,7 @@ class Instances:
         """The ids of every document in this project's checkout_orders, read over REST."""
         url = (
             f"http://{self.firestore.host}/v1/projects/{self.firestore.project}"
-            "/databases/(default)/documents/checkout_orders"
+            "/databases/(default)/documents/checkout_deployments/local/checkout_orders"
         )
         documents = call(url, headers={"Authorization": "Bearer owner"}).get_json()
         return [d["name"].rsplit("/", 1)[1] for d in documents.get("documents", [])]

@@ -35,6 +35,7 @@ from tests.support import (
     create_session,
     free_port,
     http_json,
+    ledger_collection,
     log_records,
     read_document,
     stop_process,
@@ -438,7 +439,7 @@ def pending_change(stripe_emulator, base_env, firestore: Firestore, pubsub: PubS
     assert not summary["ok"] and summary["failures"] == 1
     assert summary["failed"][0].startswith(f"session {session['id']}: PublishFailed")
     assert "Traceback" not in result.stdout + result.stderr
-    document = read_document(firestore, "checkout_orders", session["id"])
+    document = read_document(firestore, ledger_collection("checkout_orders"), session["id"])
     assert document is not None and document["pending_publication"] is True
     return str(session["id"])
 
@@ -465,7 +466,7 @@ def test_reconcile_publishes_a_change_left_unpublished_once_it_is_older_than_the
     assert (aged.ok, aged.sessions_seen, aged.changes_published) == (True, 0, 1)
     (message,) = pubsub.messages(count=1)
     assert message.attributes["change_id"] == f"{session_id}:paid"
-    document = read_document(firestore, "checkout_orders", session_id)
+    document = read_document(firestore, ledger_collection("checkout_orders"), session_id)
     assert document is not None and document["pending_publication"] is False
 
 

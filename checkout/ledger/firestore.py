@@ -1,10 +1,12 @@
 """The Firestore ledger: orders, handled events and deliveries shared by every instance.
 
-`checkout_orders/{session id}` holds one order (checkout/orders.py's `Order`, with its changes and
-whether each was published), `checkout_events/{event id}` each handled Stripe event (with
-`expire_at` for a TTL policy), and `checkout_deliveries/{change id}` each change's delivery (its
-claim with a lease, and `delivered_at`). Every write is one transaction over the documents it
-touches: serializable, retried on contention (docs/ledger.md).
+Every document lives under this deployment's own document, `checkout_deployments/{DEPLOYMENT_ID}`
+(`scoped_path`, the one place that says so), so deployments sharing a project and database never
+see each other's orders. Inside it, `checkout_orders/{session id}` holds one order, with its
+changes, `checkout_events/{event id}` each handled Stripe event (with `expire_at` for a TTL
+policy), and `checkout_deliveries/{change id}` each change's delivery (claim, `delivered_at`).
+Every write is one transaction over the documents it touches: serializable, retried on
+contention (docs/ledger.md).
 
 Deadlines: every call passes an explicit per-attempt timeout and a short retry policy, and every
 operation (a read, a write, or a whole transaction) runs under a hard deadline. The library gives
@@ -26,7 +28,7 @@ from google.api_core import exceptions as api
 from google.api_core import retry_async
 from google.cloud import firestore
 
-from checkout.ledger import KEEP, Document, Ledger, LedgerUnavailable, R, Step
+from checkout.ledger import KEEP, Document, Ledger, LedgerUnavailable, R, Step, scoped_path
 
 log = logging.getLogger("checkout.ledger")
 
@@ -67,16 +69,17 @@ class _Contended(LedgerUnavailable):
 class FirestoreLedger(Ledger):
     name = "firestore"
 
-    def __init__(self, *, project: str, database: str) -> None:
+    def __init__(self, *, project: str, database: str, deployment_id: str) -> None:
         super().__init__()
         self.project = project
         self.database = database
+        self.deployment_id = deployment_id
         self._client: firestore.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
     async def _transact(self, refs: Sequence[tuple[str, str]], step: Step[R]) -> R:
         what = ", ".join(f"{collection}/{key}" for collection, key in refs)[:200]
-        references = [self._db().collection(c).document(_doc_id(k)) for c, k in refs]
+        references = [self._collection(c).document(_doc_id(k)) for c, k in refs]
 
         @firestore.async_transactional
         async def run(transaction: firestore.AsyncTransaction) -> R:
@@ -96,7 +99,7 @@ class FirestoreLedger(Ledger):
         return await self._transaction(f"writing {what}", run)
 
     async def _get(self, collection: str, key: str, *, quick: bool = False) -> Document | None:
-        reference = self._db().collection(collection).document(_doc_id(key))
+        reference = self._collection(collection).document(_doc_id(key))
 
         async def read() -> Document | None:
             snapshot = await reference.get(**(_STATUS_CALL if quick else _CALL))
@@ -106,7 +109,7 @@ class FirestoreLedger(Ledger):
         return await self._bounded(f"reading {collection}/{key}", read, deadline)
 
     async def _create(self, collection: str, key: str, document: Document) -> bool:
-        reference = self._db().collection(collection).document(_doc_id(key))
+        reference = self._collection(collection).document(_doc_id(key))
 
         async def create() -> bool:
             try:
@@ -118,7 +121,7 @@ class FirestoreLedger(Ledger):
         return await self._bounded(f"creating {collection}/{key}", create)
 
     async def _set(self, collection: str, key: str, document: Document) -> None:
-        reference = self._db().collection(collection).document(_doc_id(key))
+        reference = self._collection(collection).document(_doc_id(key))
 
         async def write() -> None:
             await reference.set(document, **_CALL)
@@ -126,9 +129,7 @@ class FirestoreLedger(Ledger):
         await self._bounded(f"writing {collection}/{key}", write)
 
     async def _where(self, collection: str, name: str, value: object, limit: int) -> list[Document]:
-        query = (
-            self._db().collection(collection).where(filter=firestore.FieldFilter(name, "==", value))
-        )
+        query = self._collection(collection).where(filter=firestore.FieldFilter(name, "==", value))
 
         async def run() -> list[Document]:
             found = [s.to_dict() async for s in query.limit(limit).stream(**_CALL)]
@@ -137,6 +138,10 @@ class FirestoreLedger(Ledger):
         return await self._bounded(f"querying {collection} by {name}", run)
 
     # -- Firestore ----------------------------------------------------------------------------
+
+    def _collection(self, name: str) -> firestore.AsyncCollectionReference:
+        """This deployment's collection `name` (a LEGACY_* name: the unscoped one of old)."""
+        return self._db().collection(scoped_path(self.deployment_id, name, _doc_id))
 
     def _db(self) -> firestore.AsyncClient:
         # Made on first use inside the running loop (a gRPC aio channel belongs to one loop), so
