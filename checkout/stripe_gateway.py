@@ -282,6 +282,13 @@ class StripeGateway:
         except stripe.StripeError as error:
             raise _map_stripe_error(operation, error) from None
 
+    async def livemode(self) -> bool | None:
+        """Whether the key is a live one; None when no key can be had (the caller cannot tell)."""
+        try:
+            return is_live_key(await self._api_key.get_async())
+        except (SecretUnavailable, SecretConfigError):
+            return None
+
     async def _key(self) -> str:
         try:
             key = await self._api_key.get_async()

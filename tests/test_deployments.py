@@ -105,11 +105,17 @@ def legacy_order(firestore: Firestore, session: dict[str, Any]) -> None:
 
     async def write() -> None:
         client = gcf.AsyncClient(project=firestore.project)
-        await client.collection("checkout_orders").document(session["id"]).set(
-            Order.to_document(order)
+        await (
+            client.collection("checkout_orders")
+            .document(session["id"])
+            .set(Order.to_document(order))
         )
-        await client.collection("checkout_deliveries").document(change_id).set(
-            {"change_id": change_id, "attempts": 1, "delivered_at": time.time(), "claim": None}
+        await (
+            client.collection("checkout_deliveries")
+            .document(change_id)
+            .set(
+                {"change_id": change_id, "attempts": 1, "delivered_at": time.time(), "claim": None}
+            )
         )
 
     asyncio.run(write())
@@ -119,7 +125,7 @@ def test_an_order_recorded_before_the_upgrade_is_adopted_and_never_delivered_twi
     live_server, stripe_emulator, firestore: Firestore
 ) -> None:
     server = live_server(**firestore.env(), STRIPE_WEBHOOK_SECRET=WHSEC)
-    status, created = http_json("POST", f"{server.url}{CREATE}", {"imageId": "img_7"})
+    _, created = http_json("POST", f"{server.url}{CREATE}", {"imageId": "img_7"})
     session = stripe_emulator.complete_session(created["session_id"], "paid")  # no webhook
     legacy_order(firestore, session)
     _, body = http_json("GET", f"{server.url}{STATUS}?session_id={session['id']}")
