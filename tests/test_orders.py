@@ -452,14 +452,14 @@ def test_a_full_refund_that_fails_puts_the_amount_back_and_the_order_is_paid_aga
 
 @pytest.mark.parametrize("status", ["failed", "canceled"])
 def test_a_refund_failed_or_cancelled_stays_so_whatever_comes_later(status):
-    facts = [PAID_FACT, refund_status("succeeded"), refund_status(status)]
+    facts: list[Fact] = [PAID_FACT, refund_status("succeeded"), refund_status(status)]
     order, made = fold([*facts, refund_status("succeeded"), refund(200, full=True)])
     assert types(made) == [PAID, REFUNDED, REFUND_REVERSED]
     assert order.outcome == "paid"
 
 
 def test_a_refund_made_again_after_one_failed_is_a_new_refunded_change():
-    facts = [PAID_FACT, refund(200, full=True), refund_status("failed")]
+    facts: list[Fact] = [PAID_FACT, refund(200, full=True), refund_status("failed")]
     order, made = fold([*facts, refund_status("succeeded", "re_2"), refund(200, full=True)])
     assert [c.key for c in made] == ["paid", "refunded", "refund_reversed_re_1",
                                      "refunded_after_1_failed"]  # fmt: skip
@@ -467,7 +467,7 @@ def test_a_refund_made_again_after_one_failed_is_a_new_refunded_change():
 
 
 def test_a_partial_refund_that_fails_leaves_the_other_refunds():
-    facts = [
+    facts: list[Fact] = [
         PAID_FACT,
         refund_status("succeeded", "re_1", 50),
         refund_status("succeeded", "re_2", 30),
@@ -493,10 +493,11 @@ def test_an_inquiry_moves_no_money_so_the_order_stays_paid_with_no_change(status
 
 
 def test_an_inquiry_that_becomes_a_chargeback_is_disputed_in_either_order():
-    for facts in (
+    cases: list[list[Fact]] = [
         [PAID_FACT, dispute("warning_needs_response"), dispute("needs_response")],
         [PAID_FACT, dispute("needs_response"), dispute("warning_needs_response")],
-    ):
+    ]
+    for facts in cases:
         order, made = fold(facts)
         assert types(made) == [PAID, DISPUTED]
         assert order.outcome == "disputed"
