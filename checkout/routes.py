@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,9 @@ _SESSION_ID = re.compile(r"cs_(test|live)_[A-Za-z0-9]{1,250}")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 # Control characters (C0, DEL, C1) and lone surrogates (JSON allows "\ud800"; UTF-8 cannot hold it).
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# What one status call may spend on the ledger in total, reads and writes together: past it the
+# answer is Stripe's, kept like any other (docs/ledger.md, "A slow ledger").
+STATUS_LEDGER_BUDGET_S = 1.0
 
 
 async def create_session(request: Request, service: Service) -> Response:
@@ -51,28 +55,36 @@ async def session_status(request: Request, service: Service) -> Response:
     """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, outcome, …}."""
     session_id = _session_id_from(request)
     answer = service.status_cache.get(session_id)  # free: no limit, no Firestore, no Stripe
+    ledger_until = asyncio.get_running_loop().time() + STATUS_LEDGER_BUDGET_S
     if answer is None:
         if session_id in service.unknown_sessions:
             raise errors.session_not_found("remembered as unknown to Stripe")
         service.status_limit.charge(service.client_of(request))
-        # What any instance recorded, from the order ledger; only then Stripe.
-        answer = await _answer_from_ledger(service, session_id)
+        # What any instance recorded, from this deployment's order ledger; only then Stripe.
+        answer = await _answer_from_ledger(service, session_id, ledger_until)
     if answer is None:
-        answer = await _answer_from_stripe(service, session_id)
+        answer = await _answer_from_stripe(service, session_id, ledger_until)
     return json_response(200, answer)
 
 
-async def _answer_from_ledger(service: Service, session_id: str) -> dict[str, Any] | None:
-    """The ledger's answer for an order whose session is settled; None if none, or unreachable."""
+async def _answer_from_ledger(
+    service: Service, session_id: str, ledger_until: float
+) -> dict[str, Any] | None:
+    """The ledger's answer for an order whose session is settled; None if none, or unreachable.
+
+    The ledger holds only this deployment's orders (checkout/ledger), so an answer from it is
+    never another deployment's session.
+    """
     try:
-        found = await service.ledger.order(session_id, quick=True)
-        if found is None or not found.settled:
-            return None
-        order = found
-        if order.unpublished():
-            await service.recorder.publish_pending(order)  # a change a failed publish left
-    except LedgerUnavailable as error:
-        service.ledger_outages.failed(error, "answered from Stripe")
+        async with asyncio.timeout_at(ledger_until):
+            found = await service.ledger.order(session_id, quick=True)
+            if found is None or not found.settled:
+                return None
+            order = found
+            if order.unpublished():
+                await service.recorder.publish_pending(order)  # a change a failed publish left
+    except (LedgerUnavailable, TimeoutError) as error:
+        service.ledger_outages.failed(_slow(error), "answered from Stripe")
         return None
     except PublishFailed as error:
         service.ledger_outages.failed(error, "answered from the ledger, not yet published")
@@ -83,12 +95,15 @@ async def _answer_from_ledger(service: Service, session_id: str) -> dict[str, An
     return answer
 
 
-async def _answer_from_stripe(service: Service, session_id: str) -> dict[str, Any]:
+async def _answer_from_stripe(
+    service: Service, session_id: str, ledger_until: float
+) -> dict[str, Any]:
     """Ask Stripe; a settled session is recorded (and its change published) before the answer.
 
     The return page can beat the webhook (or none is set up): this is the same path the webhook
-    takes. If recording fails, the customer still gets Stripe's status, uncached, and the next
-    call or Stripe's retry records it.
+    takes. If recording fails or the call's ledger budget is spent, the customer gets Stripe's
+    status, kept like any answer (so a slow ledger costs one Stripe read per session per cache
+    period), and the next call after that, Stripe's retry or the reconciler records it.
     """
     try:
         session = await service.gateway.retrieve_session(session_id)
@@ -107,17 +122,28 @@ async def _answer_from_stripe(service: Service, session_id: str) -> dict[str, An
     if service.catalogue.refusal(session) is not None:
         return session.public()
     try:
-        for fact in facts_of_session(session):
-            applied = await service.recorder.apply(session_id, fact)
-    except (LedgerUnavailable, PublishFailed, PublicationInProgress) as error:
-        service.ledger_outages.failed(error, "answered from Stripe, not recorded")
-        return session.public()
+        if asyncio.get_running_loop().time() >= ledger_until:
+            raise TimeoutError  # the ledger read took the whole budget: do not start a write
+        async with asyncio.timeout_at(ledger_until):
+            for fact in facts_of_session(session):
+                applied = await service.recorder.apply(session_id, fact)
+    except (LedgerUnavailable, PublishFailed, PublicationInProgress, TimeoutError) as error:
+        service.ledger_outages.failed(_slow(error), "answered from Stripe, not recorded")
+        answer = session.public()  # what the ledger alone knows (a dispute) is not in it
+        service.status_cache.put(session_id, answer, final=not session.paid)
+        return answer
     service.ledger_outages.succeeded()
     if applied.order is None:  # advance always makes one: unreachable
         return session.public()
     answer = applied.order.public()
     service.status_cache.put(session_id, answer, final=applied.order.final)
     return answer
+
+
+def _slow(error: Exception) -> Exception:
+    if isinstance(error, TimeoutError):
+        return LedgerUnavailable(f"the ledger took the status call's {STATUS_LEDGER_BUDGET_S:g} s")
+    return error
 
 
 def _image_id_from(body: dict[str, Any]) -> str | None:
