@@ -11,6 +11,8 @@ import asyncio
 import time
 from typing import Any
 
+import requests
+
 from checkout.orders import Order, advance, session_fact
 from checkout.session import SessionStatus
 from devtools.stripe_emulator import StripeEmulator
@@ -18,6 +20,7 @@ from tests.firestore_emulator import Firestore
 from tests.support import (
     CREATE,
     STATUS,
+    TEST_KEY,
     WEBHOOK,
     WHSEC,
     LiveServer,
@@ -25,7 +28,6 @@ from tests.support import (
     log_records,
     wait_for_records,
 )
-from tests.test_refunds_disputes import refund
 
 
 class Account:
@@ -54,6 +56,16 @@ class Account:
                     "", delivery["type"], url=f"{server.url}{WEBHOOK}", event_id=event_id
                 )
                 assert sent["status"] == 200, sent
+
+
+def refund(stripe_emulator: StripeEmulator, payment_intent: str) -> None:
+    response = requests.post(
+        f"{stripe_emulator.url}/v1/refunds",
+        data={"payment_intent": payment_intent},
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
 
 
 def paid_on(server: LiveServer, stripe_emulator: StripeEmulator) -> dict[str, Any]:
