@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.delay_proxy import DelayProxy
+from devtools.delay_proxy import DelayProxy
 from tests.firestore_emulator import Firestore
 from tests.support import CREATE, STATUS, http_json, log_records
 
