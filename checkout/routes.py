@@ -18,7 +18,7 @@ from checkout import errors
 from checkout.errors import ApiError
 from checkout.http import json_response, read_json_object
 from checkout.ledger import LedgerUnavailable
-from checkout.orders import facts_of_session
+from checkout.orders import Order, facts_of_session
 from checkout.publisher import PublishFailed
 from checkout.recorder import PublicationInProgress
 from checkout.webhook import stripe_webhook
@@ -61,7 +61,9 @@ async def session_status(request: Request, service: Service) -> Response:
             raise errors.session_not_found("remembered as unknown to Stripe")
         service.status_limit.charge(service.client_of(request))
         # What any instance recorded, from this deployment's order ledger; only then Stripe.
-        answer = await _answer_from_ledger(service, session_id, ledger_until)
+        answer, recheck = await _answer_from_ledger(service, session_id, ledger_until)
+        if recheck is not None:
+            answer = await _rechecked(service, session_id, recheck, ledger_until)
     if answer is None:
         answer = await _answer_from_stripe(service, session_id, ledger_until)
     return json_response(200, answer)
@@ -69,8 +71,9 @@ async def session_status(request: Request, service: Service) -> Response:
 
 async def _answer_from_ledger(
     service: Service, session_id: str, ledger_until: float
-) -> dict[str, Any] | None:
-    """The ledger's answer for an order whose session is settled; None if none, or unreachable.
+) -> tuple[dict[str, Any] | None, Order | None]:
+    """The ledger's answer for an order whose session is settled (None: none, or unreachable),
+    or the paid order to read again from Stripe now (a refund whose webhook never came).
 
     The ledger holds only this deployment's orders (checkout/ledger), so an answer from it is
     never another deployment's session.
@@ -79,22 +82,37 @@ async def _answer_from_ledger(
         async with asyncio.timeout_at(ledger_until):
             found = await service.ledger.order(session_id, quick=True)
             if found is None or not found.settled:
-                return None
+                return None, None
             if found.paid and service.rechecks.due(session_id):
-                return None  # read from Stripe now and then: a refund whose webhook never came
+                return None, found
             order = found
             if order.unpublished():
                 await service.recorder.publish_pending(order)  # a change a failed publish left
     except (LedgerUnavailable, TimeoutError) as error:
         service.ledger_outages.failed(_slow(error), "answered from Stripe")
-        return None
+        return None, None
     except PublishFailed as error:
         service.ledger_outages.failed(error, "answered from the ledger, not yet published")
-        return order.public()  # not kept: the next poll tries to publish the change again
+        return order.public(), None  # not kept: the next poll tries to publish it again
     service.ledger_outages.succeeded()
     answer = order.public()
     service.status_cache.put(session_id, answer, final=order.final)
-    return answer
+    return answer, None
+
+
+async def _rechecked(
+    service: Service, session_id: str, order: Order, ledger_until: float
+) -> dict[str, Any]:
+    """A paid order read again from Stripe (recording what it shows); the ledger's answer if
+    Stripe cannot say now: a recheck never turns a poll the ledger can answer into an error."""
+    try:
+        return await _answer_from_stripe(service, session_id, ledger_until)
+    except ApiError as error:
+        if error.code == "session_not_found":
+            raise
+        answer = order.public()
+        service.status_cache.put(session_id, answer, final=order.final)
+        return answer
 
 
 async def _answer_from_stripe(

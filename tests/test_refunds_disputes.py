@@ -329,3 +329,16 @@ def test_a_refund_whose_webhook_never_came_reaches_a_polling_customer_within_the
     body = eventually(server, session["id"], "refunded")  # within the period (0.5 s here)
     assert body["amount_refunded"] == 200
     assert changes(server) == [f"{session['id']}:paid", f"{session['id']}:refunded"]
+
+
+def test_a_recheck_that_stripe_cannot_answer_is_answered_from_the_ledger(
+    live_server, stripe_emulator
+) -> None:
+    server = live_server(STATUS_PAID_TTL_SECONDS="0.1", STATUS_RECHECK_SECONDS="0.1")
+    session = paid(server, stripe_emulator)
+    assert answer(server, session["id"])["outcome"] == "paid"  # recorded; its period starts
+    stripe_emulator.set_faults(mode="rate_limit_429")
+    for _ in range(3):  # each past the period: a recheck that Stripe refuses
+        time.sleep(0.2)
+        assert answer(server, session["id"])["outcome"] == "paid"
+    assert stripe_emulator.calls()["retrieve_session"] >= 2  # it did ask
