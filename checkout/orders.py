@@ -180,7 +180,7 @@ class RefundFact:
 
 @dataclass(frozen=True)
 class DisputeFact:
-    """A Dispute as Stripe sent it (`charge.dispute.created` / `.closed`)."""
+    """A Dispute as Stripe sent it (`charge.dispute.created`, `.updated`, `.closed`)."""
 
     dispute_id: str
     payment_intent: str
@@ -305,7 +305,9 @@ def advance(order: Order | None, fact: Fact) -> tuple[Order, list[Change]]:
     """Fold `fact` into `order` (None: not seen before); the new order and the changes it made.
 
     Idempotent and order-insensitive: a fact seen again changes nothing, an older session status
-    never replaces a more advanced one, refunds only grow, and a closed dispute stays closed.
+    never replaces a more advanced one, what the Charge reports refunded only grows (a refund
+    seen to fail is taken off it), a failed refund stays failed, a closed dispute stays closed
+    and an inquiry that became a chargeback never turns back.
     """
     refunded_before = order.refunded_now if order is not None else 0
     if isinstance(fact, SessionFact):
