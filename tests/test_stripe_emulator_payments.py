@@ -253,8 +253,10 @@ def test_a_refund_that_fails_or_is_cancelled_no_longer_counts_on_its_charge(
     assert again.status_code == 400  # only a succeeded refund can fail
     expected = ["refund.updated", "charge.refund.updated"]
     expected += ["refund.failed"] if status == "failed" else []
-    events = events_of(receiver, 3 + len(expected))[3:]
-    assert [e.type for e in events] == expected
+    before = {"checkout.session.completed", "charge.refunded", "refund.created"}
+    # Delivered each on its own, so not necessarily in the order they were emitted.
+    events = [e for e in events_of(receiver, 3 + len(expected)) if e.type not in before]
+    assert sorted(e.type for e in events) == sorted(expected)
     assert {(e.data.object.id, e.data.object.status) for e in events} == {(refund.id, status)}
 
 
