@@ -224,7 +224,7 @@ class Order:
             return "expired" if self.status == "expired" else "open"
         if self.payment_status == "unpaid":
             return "failed" if self.payment_failed else "processing"
-        if any(_chargeback(status) for status in self.disputes.values()):
+        if any(is_chargeback(status) for status in self.disputes.values()):
             return "disputed"  # open, or lost (an inquiry moves no money: still paid)
         return "refunded" if self.fully_refunded else "paid"
 
@@ -386,7 +386,7 @@ def _with_dispute(order: Order, fact: DisputeFact) -> Order:
     return order
 
 
-def _chargeback(status: str) -> bool:
+def is_chargeback(status: str) -> bool:
     """An open or lost chargeback: the money left the merchant (an inquiry's never did)."""
     return status not in INQUIRY_STATUSES and status != "won"
 
@@ -438,7 +438,7 @@ def _changes_of(order: Order, fact: Fact, refunded_before: int) -> list[Change]:
     if status == "won":  # a chargeback reversed: the same two changes whatever came first
         won = change(DISPUTE_WON, f"dispute_won_{fact.dispute_id}", **dispute)
         return [*paid, opened, won]
-    if _chargeback(status):
+    if is_chargeback(status):
         return [*paid, opened]
     return paid
 

@@ -18,9 +18,10 @@ from checkout import errors
 from checkout.errors import ApiError
 from checkout.http import json_response, read_json_object
 from checkout.ledger import LedgerUnavailable
-from checkout.orders import Order, facts_of_session
+from checkout.orders import Order, facts_of_session, is_chargeback
 from checkout.publisher import PublishFailed
 from checkout.recorder import PublicationInProgress
+from checkout.session import SessionStatus
 from checkout.webhook import stripe_webhook
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ async def _answer_from_stripe(
                 applied = await service.recorder.apply(session_id, fact)
     except (LedgerUnavailable, PublishFailed, PublicationInProgress, TimeoutError) as error:
         service.ledger_outages.failed(_slow(error), "answered from Stripe, not recorded")
-        answer = session.public()  # what the ledger alone knows (a dispute) is not in it
+        answer = await _without_ledger(service, session)
         service.status_cache.put(session_id, answer, final=not session.paid)
         return answer
     service.ledger_outages.succeeded()
@@ -157,6 +158,21 @@ async def _answer_from_stripe(
         return session.public()
     answer = applied.order.public()
     service.status_cache.put(session_id, answer, final=applied.order.final)
+    return answer
+
+
+async def _without_ledger(service: Service, session: SessionStatus) -> dict[str, Any]:
+    """Stripe's answer when the ledger cannot give one: a disputed Charge's disputes are read
+    too (one more Stripe read, kept with the answer), so an open chargeback is not told `paid`."""
+    answer = session.public()
+    if not (session.paid and session.disputed and session.payment_intent):
+        return answer
+    try:
+        statuses = await service.gateway.dispute_statuses(session.payment_intent)
+    except ApiError:
+        return answer  # Stripe's session and Charge alone: docs/ledger.md says what that misses
+    if any(is_chargeback(status) for status in statuses):
+        answer["outcome"] = "disputed"
     return answer
 
 

@@ -20,9 +20,10 @@ from checkout.session import MARKER_KEY, CreatedSession, SessionStatus
 from checkout.stripe_transport import StripeTransport
 
 if TYPE_CHECKING:  # the SDK's typed parameters: for the checker, never loaded at run time
-    from stripe import Event, ListObject, RequestOptions, WebhookEndpoint
+    from stripe import Dispute, Event, ListObject, RequestOptions, WebhookEndpoint
     from stripe.checkout import Session
     from stripe.params import (
+        DisputeListParams,
         EventListParams,
         WebhookEndpointCreateParams,
         WebhookEndpointUpdateParams,
@@ -153,6 +154,18 @@ class StripeGateway:
 
         found = await self._call("list", call)
         return SessionStatus.from_stripe(found.data[0]) if found.data else None
+
+    async def dispute_statuses(self, payment_intent: str) -> list[str]:
+        """The status of each dispute of `payment_intent`'s charge (one page: a charge has few)."""
+
+        def call(
+            client: stripe.StripeClient, options: RequestOptions
+        ) -> Awaitable[ListObject[Dispute]]:
+            params: DisputeListParams = {"payment_intent": payment_intent, "limit": LIST_PAGE}
+            return client.v1.disputes.list_async(params=params, options=options)
+
+        found = await self._call("list", call)
+        return [str(dispute["status"]) for dispute in found.data]
 
     # -- for the operator commands (python -m checkout ...) -----------------------------------
 

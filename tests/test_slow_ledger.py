@@ -39,3 +39,21 @@ def test_with_a_slow_ledger_polls_of_a_paid_order_cost_one_stripe_read_and_answe
     assert stripe_emulator.calls()["retrieve_session"] - before == 1
     degraded = log_records(server.logs(), "checkout_ledger_degraded")
     assert degraded and "status call's 1 s" in degraded[0]["detail"]
+
+
+def test_with_a_slow_ledger_a_chargeback_is_still_disputed_and_an_inquiry_still_paid(
+    live_server, stripe_emulator, slow_firestore
+) -> None:
+    server = live_server(**slow_firestore)  # no webhook: the ledger never hears of either
+    sessions = []
+    for inquiry in (False, True):
+        _, created = http_json("POST", f"{server.url}{CREATE}", {"imageId": "img_4"})
+        session = stripe_emulator.complete_session(created["session_id"], "paid")
+        stripe_emulator.open_dispute(session["payment_intent"], inquiry=inquiry)
+        sessions.append(session["id"])
+    outcomes = []
+    for session_id in sessions:
+        status, body = http_json("GET", f"{server.url}{STATUS}?session_id={session_id}")
+        assert status == 200, body
+        outcomes.append(body["outcome"])
+    assert outcomes == ["disputed", "paid"]
