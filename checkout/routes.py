@@ -82,18 +82,22 @@ async def _answer_from_ledger(
     try:
         async with asyncio.timeout_at(ledger_until):
             found = await service.ledger.order(session_id, quick=True)
-            if found is None or not found.settled:
-                return None, None
-            if found.paid and service.rechecks.due(session_id):
-                return None, found
-            order = found
-            if order.unpublished():
-                await service.recorder.publish_pending(order)  # a change a failed publish left
     except (LedgerUnavailable, TimeoutError) as error:
         service.ledger_outages.failed(_slow(error), "answered from Stripe")
         return None, None
-    except PublishFailed as error:
-        service.ledger_outages.failed(error, "answered from the ledger, not yet published")
+    if found is None or not found.settled:
+        return None, None
+    if found.paid and service.rechecks.due(session_id):
+        return None, found
+    order = found
+    try:
+        if order.unpublished():
+            # A change a failed publish left (rare: Pub/Sub was away): published now, under the
+            # ledger's and the publisher's own deadlines, not cut short, since a publish cut in
+            # the middle would hold its claim, and so the change, for PUBLISH_CLAIM_SECONDS.
+            await service.recorder.publish_pending(order)
+    except (LedgerUnavailable, PublishFailed) as error:
+        service.ledger_outages.failed(_slow(error), "answered from the ledger, not yet published")
         return order.public(), None  # not kept: the next poll tries to publish it again
     service.ledger_outages.succeeded()
     answer = order.public()
