@@ -50,7 +50,9 @@ async def latencies(host: str, rounds: int) -> dict[str, list[float]]:
     from checkout.orders import SessionFact, session_fact
     from checkout.session import SessionStatus
 
-    ledger = FirestoreLedger(project=f"bench-{os.getpid()}", database="(default)")
+    ledger = FirestoreLedger(
+        project=f"bench-{os.getpid()}", database="(default)", deployment_id="local"
+    )
 
     def paid(n: int) -> SessionFact:
         session = SessionStatus(

@@ -73,6 +73,8 @@ ENVIRONMENT_VARIABLES = (
     "STATUS_CACHE_SIZE",
     "STATUS_OPEN_TTL_MS",
     "STATUS_PAID_TTL_SECONDS",
+    "STATUS_RECHECK_SECONDS",
+    "STATUS_RECHECK_PER_MINUTE",
     "WEBHOOK_DEDUPE_SIZE",
     "REQUEST_TIMEOUT_SECONDS",
     "DEPLOYMENT_ID",
@@ -132,6 +134,8 @@ class Settings:
     status_cache_size: int
     status_open_ttl_ms: int
     status_paid_ttl_seconds: float  # a paid answer is re-read from the ledger after this long
+    status_recheck_seconds: float  # a polled paid order is read again from Stripe this often
+    status_recheck_per_minute: int  # ... but no more of those reads than this, per instance
     webhook_dedupe_size: int
     request_timeout_seconds: float
     deployment_id: str
@@ -253,6 +257,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # Every instance must answer a refund or dispute within 60 s of its event.
         status_paid_ttl_seconds=_float(
             get, "STATUS_PAID_TTL_SECONDS", 20.0, minimum=0.1, maximum=50
+        ),
+        # A refund whose webhook never came reaches a polling customer within this period.
+        status_recheck_seconds=_float(
+            get, "STATUS_RECHECK_SECONDS", 600.0, minimum=0, maximum=86_400
+        ),
+        status_recheck_per_minute=_int(
+            get, "STATUS_RECHECK_PER_MINUTE", 60, minimum=0, maximum=6_000
         ),
         webhook_dedupe_size=_int(get, "WEBHOOK_DEDUPE_SIZE", 10_000, minimum=1),
         # The deploy passes its --timeout value as it is: "60s" reads as 60.

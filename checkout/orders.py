@@ -9,10 +9,13 @@ the ledger stores `Order`s, the publisher sends `Change`s, and the worker delive
     checkout.session.completed (paid), .async_payment_succeeded -> order.paid
     checkout.session.async_payment_failed                        -> order.payment_failed
     checkout.session.expired                                     -> (recorded, no change)
-    charge.refunded (full)                                       -> order.refunded
-    charge.refunded (partial: each new amount_refunded)          -> order.partially_refunded
-    charge.dispute.created                                       -> order.disputed
-    charge.dispute.closed (won, warning_closed)                  -> order.disputed, .dispute_won
+    charge.refunded, refund.created (full)                       -> order.refunded
+    charge.refunded, refund.created (partial: each new amount)   -> order.partially_refunded
+    refund.failed, refund.updated, charge.refund.updated (failed
+      or canceled: the money stayed with the merchant)           -> order.refund_reversed
+    charge.dispute.created, .updated (a chargeback)              -> order.disputed
+    charge.dispute.created, .updated (an inquiry, warning_*)     -> (paid still; a WARNING log)
+    charge.dispute.closed (won)                                  -> order.dispute_won
     charge.dispute.closed (lost)                                 -> order.disputed, .dispute_lost
 """
 
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from checkout import stripe_fields as fields
 from checkout.session import OUR_METADATA_KEYS, SessionStatus
 
 PAID = "order.paid"
@@ -32,11 +36,13 @@ PARTIALLY_REFUNDED = "order.partially_refunded"
 DISPUTED = "order.disputed"
 DISPUTE_WON = "order.dispute_won"
 DISPUTE_LOST = "order.dispute_lost"
+REFUND_REVERSED = "order.refund_reversed"
 CHANGE_TYPES = (
     PAID,
     PAYMENT_FAILED,
     REFUNDED,
     PARTIALLY_REFUNDED,
+    REFUND_REVERSED,
     DISPUTED,
     DISPUTE_WON,
     DISPUTE_LOST,
@@ -52,13 +58,26 @@ SESSION_EVENTS = frozenset(
     }
 )
 CHARGE_EVENTS = frozenset({"charge.refunded"})
-DISPUTE_EVENTS = frozenset({"charge.dispute.created", "charge.dispute.closed"})
-HANDLED_EVENTS = SESSION_EVENTS | CHARGE_EVENTS | DISPUTE_EVENTS
+# Each carries the Refund: its status tells a refund that failed or was cancelled.
+REFUND_EVENTS = frozenset(
+    {"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"}
+)
+DISPUTE_EVENTS = frozenset(
+    {"charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed"}
+)
+HANDLED_EVENTS = SESSION_EVENTS | CHARGE_EVENTS | REFUND_EVENTS | DISPUTE_EVENTS
 PAYMENT_FAILED_EVENT = "checkout.session.async_payment_failed"
 
-# A dispute's statuses that give the money (and so the access) back to the merchant.
-DISPUTE_WON_STATUSES = frozenset({"won", "warning_closed"})
-DISPUTE_CLOSED_STATUSES = DISPUTE_WON_STATUSES | {"lost"}
+# A refund in these statuses moved no money back to the customer (docs.stripe.com/refunds).
+REFUND_FAILED_STATUSES = frozenset({"failed", "canceled"})
+# An inquiry: the issuer asks questions, no money moves, it may never become a chargeback
+# (docs.stripe.com/disputes/how-disputes-work). The customer keeps the purchase meanwhile.
+INQUIRY_STATUSES = frozenset({"warning_needs_response", "warning_under_review", "warning_closed"})
+DISPUTE_CLOSED_STATUSES = frozenset({"won", "lost", "warning_closed"})
+# How far a dispute has gone, so that a late event never moves it back (an escalated inquiry
+# never becomes an inquiry again; a closed dispute stays closed).
+_DISPUTE_RANK = {"warning_needs_response": 1, "warning_under_review": 1, "needs_response": 2}
+_DISPUTE_RANK |= {"under_review": 2, "won": 3, "lost": 3, "warning_closed": 3}
 
 
 class BadChange(ValueError):
@@ -145,8 +164,23 @@ class ChargeFact:
 
 
 @dataclass(frozen=True)
+class RefundFact:
+    """A Refund as Stripe sent it (`refund.*`, `charge.refund.updated`): its amount and status."""
+
+    refund_id: str
+    payment_intent: str
+    amount: int
+    status: str
+    occurred_at: str
+
+    @property
+    def failed(self) -> bool:
+        return self.status in REFUND_FAILED_STATUSES
+
+
+@dataclass(frozen=True)
 class DisputeFact:
-    """A Dispute as Stripe sent it (`charge.dispute.created` / `.closed`)."""
+    """A Dispute as Stripe sent it (`charge.dispute.created`, `.updated`, `.closed`)."""
 
     dispute_id: str
     payment_intent: str
@@ -156,7 +190,7 @@ class DisputeFact:
     occurred_at: str
 
 
-Fact = SessionFact | ChargeFact | DisputeFact
+Fact = SessionFact | ChargeFact | RefundFact | DisputeFact
 
 
 @dataclass
@@ -172,8 +206,9 @@ class Order:
     livemode: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
     payment_intent: str | None = None
-    amount_refunded: int = 0
-    refunded: bool = False
+    amount_refunded: int = 0  # the most the Charge ever reported refunded
+    refunded: bool = False  # the Charge once reported fully refunded
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> amount, status
     disputes: dict[str, str] = field(default_factory=dict)  # dispute id -> its latest status
     # change key -> {"change": its data, "published": bool}; every change this order made
     changes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -189,9 +224,27 @@ class Order:
             return "expired" if self.status == "expired" else "open"
         if self.payment_status == "unpaid":
             return "failed" if self.payment_failed else "processing"
-        if any(status not in DISPUTE_WON_STATUSES for status in self.disputes.values()):
-            return "disputed"  # open, or lost
-        return "refunded" if self.refunded else "paid"
+        if any(is_chargeback(status) for status in self.disputes.values()):
+            return "disputed"  # open, or lost (an inquiry moves no money: still paid)
+        return "refunded" if self.fully_refunded else "paid"
+
+    @property
+    def refunded_now(self) -> int:
+        """What is refunded: every refund that has not failed, as the Charge or each Refund says.
+
+        The Charge's report is the most it ever said, less the refunds seen to fail since; the
+        Refunds' own amounts cover a refund made again after one failed. Never past the total.
+        """
+        live = sum(int(r["amount"]) for r in self.refunds.values() if not _refund_failed(r))
+        failed = sum(int(r["amount"]) for r in self.refunds.values() if _refund_failed(r))
+        refunded = max(live, self.amount_refunded - failed, 0)
+        return min(refunded, self.amount_total) if self.amount_total else refunded
+
+    @property
+    def fully_refunded(self) -> bool:
+        if self.amount_total:
+            return self.refunded_now >= self.amount_total
+        return self.refunded and not any(_refund_failed(r) for r in self.refunds.values())
 
     @property
     def settled(self) -> bool:
@@ -211,7 +264,7 @@ class Order:
             "status": self.status,
             "payment_status": self.payment_status,
             "outcome": self.outcome,
-            "amount_refunded": self.amount_refunded,
+            "amount_refunded": self.refunded_now,
             "metadata": dict(self.metadata),
         }
 
@@ -272,7 +325,7 @@ class OrderState:
             session_id=order.session_id,
             outcome=order.outcome,
             amount_total=order.amount_total,
-            amount_refunded=order.amount_refunded,
+            amount_refunded=order.refunded_now,
             open_disputes=tuple(
                 sorted(d for d, s in order.disputes.items() if s not in DISPUTE_CLOSED_STATUSES)
             ),
@@ -303,6 +356,7 @@ _OUTCOME_OF_CHANGE = {
     PAYMENT_FAILED: "failed",
     REFUNDED: "refunded",
     PARTIALLY_REFUNDED: "paid",
+    REFUND_REVERSED: "paid",
     DISPUTED: "disputed",
     DISPUTE_WON: "paid",
     DISPUTE_LOST: "disputed",
@@ -313,19 +367,26 @@ def advance(order: Order | None, fact: Fact) -> tuple[Order, list[Change]]:
     """Fold `fact` into `order` (None: not seen before); the new order and the changes it made.
 
     Idempotent and order-insensitive: a fact seen again changes nothing, an older session status
-    never replaces a more advanced one, refunds only grow, and a closed dispute stays closed.
+    never replaces a more advanced one, what the Charge reports refunded only grows (a refund
+    seen to fail is taken off it), a failed refund stays failed, a closed dispute stays closed
+    and an inquiry that became a chargeback never turns back.
     """
+    refunded_before = order.refunded_now if order is not None else 0
     if isinstance(fact, SessionFact):
         order = _with_session(order, fact)
     elif order is None:
         raise ValueError(f"a {type(fact).__name__} needs the order's session first")
     else:
-        _settle_as_paid(order)
+        if not (isinstance(fact, RefundFact) and fact.failed):
+            _settle_as_paid(order)  # a failed refund says nothing of the payment
         if isinstance(fact, ChargeFact):
             order = _with_charge(order, fact)
+        elif isinstance(fact, RefundFact):
+            order = _with_refund(order, fact)
         else:
             order = _with_dispute(order, fact)
-    new = [change for change in _changes_of(order, fact) if change.key not in order.changes]
+    changes = _changes_of(order, fact, refunded_before)
+    new = [change for change in changes if change.key not in order.changes]
     for change in new:
         order.changes[change.key] = {"change": change.data(), "published": False}
     return order, new
@@ -368,13 +429,31 @@ def _with_charge(order: Order, fact: ChargeFact) -> Order:
     return order
 
 
+def _with_refund(order: Order, fact: RefundFact) -> Order:
+    held = order.refunds.get(fact.refund_id)
+    if held is None or not _refund_failed(held):  # a failed or cancelled refund stays so
+        order.refunds[fact.refund_id] = {"amount": fact.amount, "status": fact.status}
+    return order
+
+
+def _refund_failed(refund: dict[str, Any]) -> bool:
+    return refund.get("status") in REFUND_FAILED_STATUSES
+
+
 def _with_dispute(order: Order, fact: DisputeFact) -> Order:
-    if order.disputes.get(fact.dispute_id) not in DISPUTE_CLOSED_STATUSES:
+    held = order.disputes.get(fact.dispute_id)
+    rank, held_rank = _DISPUTE_RANK.get(fact.status, 2), _DISPUTE_RANK.get(held or "", 0)
+    if held not in DISPUTE_CLOSED_STATUSES and rank >= held_rank:
         order.disputes[fact.dispute_id] = fact.status
     return order
 
 
-def _changes_of(order: Order, fact: Fact) -> list[Change]:  # noqa: PLR0911
+def is_chargeback(status: str) -> bool:
+    """An open or lost chargeback: the money left the merchant (an inquiry's never did)."""
+    return status not in INQUIRY_STATUSES and status != "won"
+
+
+def _changes_of(order: Order, fact: Fact, refunded_before: int) -> list[Change]:  # noqa: PLR0911
     def change(kind: str, key: str, **extra: Any) -> Change:
         return Change(
             type=kind,
@@ -396,74 +475,82 @@ def _changes_of(order: Order, fact: Fact) -> list[Change]:  # noqa: PLR0911
         return []
     # A refund or dispute of an order whose paid change is not recorded yet: paid comes first.
     paid = [change(PAID, "paid")] if order.paid else []
-    if isinstance(fact, ChargeFact):
-        if order.refunded:
-            return [*paid, change(REFUNDED, "refunded", amount_refunded=order.amount_refunded)]
-        if fact.amount_refunded > 0 and fact.amount_refunded == order.amount_refunded:
-            key = f"partially_refunded_{order.amount_refunded}"
-            return [*paid, change(PARTIALLY_REFUNDED, key, amount_refunded=order.amount_refunded)]
+    if isinstance(fact, ChargeFact | RefundFact):
+        now = order.refunded_now
+        # After a refund failed, a new refund is a new change: its keys say how many failed.
+        failed = sum(1 for r in order.refunds.values() if _refund_failed(r))
+        again = f"_after_{failed}_failed" if failed else ""
+        if isinstance(fact, RefundFact) and fact.failed and now < refunded_before:
+            key = f"refund_reversed_{fact.refund_id}"
+            return [change(REFUND_REVERSED, key, amount_refunded=now)]
+        if order.fully_refunded:
+            return [*paid, change(REFUNDED, f"refunded{again}", amount_refunded=now)]
+        if now > refunded_before:
+            key = f"partially_refunded_{now}{again}"
+            return [*paid, change(PARTIALLY_REFUNDED, key, amount_refunded=now)]
         return paid
     dispute = {"dispute_id": fact.dispute_id, "dispute_amount": fact.amount}
-    changes = [
-        *paid,
-        change(
-            DISPUTED,
-            f"disputed_{fact.dispute_id}",
-            evidence_due_by=fact.evidence_due_by,
-            **dispute,
-        ),
-    ]
     status = order.disputes[fact.dispute_id]
-    if status in DISPUTE_WON_STATUSES:
-        changes.append(change(DISPUTE_WON, f"dispute_won_{fact.dispute_id}", **dispute))
-    elif status == "lost":
-        changes.append(change(DISPUTE_LOST, f"dispute_lost_{fact.dispute_id}", **dispute))
-    return changes
+    opened = change(
+        DISPUTED, f"disputed_{fact.dispute_id}", evidence_due_by=fact.evidence_due_by, **dispute
+    )
+    if status == "lost":
+        lost = change(DISPUTE_LOST, f"dispute_lost_{fact.dispute_id}", **dispute)
+        return [*paid, opened, lost]
+    if status == "won":  # a chargeback reversed: the same two changes whatever came first
+        won = change(DISPUTE_WON, f"dispute_won_{fact.dispute_id}", **dispute)
+        return [*paid, opened, won]
+    if is_chargeback(status):
+        return [*paid, opened]
+    return paid
 
 
-def fact_of_event(event: dict[str, Any]) -> Fact | None:
+def fact_of_event(event: dict[str, Any]) -> Fact | None:  # noqa: PLR0911
     """The fact a handled Stripe event states, or None when it holds nothing we act on.
 
-    Raises ValueError when the event's object is not what its type promises.
+    Raises MalformedEvent when a field this reads is not what Stripe documents (its type, its
+    range), or the event's object is not what its type promises.
     """
     kind = event["type"]
-    data = event.get("data")
-    obj = data.get("object") if isinstance(data, dict) else None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{kind} event {event['id']} holds no object")
-    occurred_at = _iso(event.get("created"))
+    obj = fields.dictionary(fields.dictionary(event.get("data"), "data").get("object"), "object")
+    occurred_at = _iso(fields.timestamp(event.get("created"), "created"))
     if kind in SESSION_EVENTS:
-        if not str(obj.get("id", "")).startswith("cs_"):
-            raise ValueError(f"{kind} event {event['id']} holds no Checkout Session")
+        fields.check_session(obj)
         if not isinstance(obj.get("metadata"), dict):
             obj = {**obj, "metadata": {}}
         session = SessionStatus.from_stripe(obj, payment_failed=kind == PAYMENT_FAILED_EVENT)
-        return SessionFact(session, _id_of(obj.get("payment_intent")), occurred_at)
-    intent = _id_of(obj.get("payment_intent"))
+        intent = fields.object_id(obj.get("payment_intent"), "pi_", "payment_intent", optional=True)
+        return SessionFact(session, intent, occurred_at)
+    intent = fields.object_id(obj.get("payment_intent"), "pi_", "payment_intent", optional=True)
     if kind in CHARGE_EVENTS:
-        if not str(obj.get("id", "")).startswith("ch_"):
-            raise ValueError(f"{kind} event {event['id']} holds no Charge")
+        fields.object_id(obj.get("id"), "ch_", "the Charge's id")
+        refunded = fields.amount(obj.get("amount_refunded"), "amount_refunded", optional=True)
+        full = fields.flag(obj.get("refunded"), "refunded", default=False)
         if intent is None:
             return None  # a charge outside Checkout: not an order of ours
-        return ChargeFact(
-            payment_intent=intent,
-            amount_refunded=int(obj.get("amount_refunded") or 0),
-            refunded=bool(obj.get("refunded")),
-            occurred_at=occurred_at,
-        )
-    if kind in DISPUTE_EVENTS:
-        if not str(obj.get("id", "")).startswith("dp_"):
-            raise ValueError(f"{kind} event {event['id']} holds no Dispute")
+        return ChargeFact(intent, refunded or 0, full, occurred_at)
+    if kind in REFUND_EVENTS:
+        refund_id = fields.object_id(obj.get("id"), "re_", "the Refund's id") or ""
+        amount = fields.amount(obj.get("amount"), "the Refund's amount") or 0
+        status = fields.text(obj.get("status"), "the Refund's status") or ""
         if intent is None:
             return None
+        return RefundFact(refund_id, intent, amount, status, occurred_at)
+    if kind in DISPUTE_EVENTS:
+        dispute_id = fields.object_id(obj.get("id"), "dp_", "the Dispute's id") or ""
+        disputed = fields.amount(obj.get("amount"), "the Dispute's amount", optional=True)
+        dispute_status = fields.text(obj.get("status"), "the Dispute's status", optional=True)
         evidence = obj.get("evidence_details")
         due = evidence.get("due_by") if isinstance(evidence, dict) else None
+        due_by = None if due is None else fields.timestamp(due, "evidence_details.due_by")
+        if intent is None:
+            return None
         return DisputeFact(
-            dispute_id=str(obj["id"]),
+            dispute_id=dispute_id,
             payment_intent=intent,
-            amount=obj.get("amount") if isinstance(obj.get("amount"), int) else None,
-            status=str(obj.get("status") or "needs_response"),
-            evidence_due_by=_iso(due) if due else None,
+            amount=disputed,
+            status=dispute_status or "needs_response",
+            evidence_due_by=None if due_by is None else _iso(due_by),
             occurred_at=occurred_at,
         )
     return None
@@ -488,14 +575,6 @@ def facts_of_session(session: SessionStatus) -> list[Fact]:
             )
         )
     return facts
-
-
-def _id_of(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return str(value["id"])
-    return None
 
 
 def _iso(timestamp: Any) -> str:

@@ -6,7 +6,12 @@ recorder, the ledger), so a change it finds is recorded once and published once,
 webhook recorded meanwhile is a duplicate that writes nothing:
 
 1. every complete Checkout Session of the window that is ours and settled;
-2. every event of the types we handle that Stripe failed to deliver (`delivery_success=false`);
+2. every event of the types we handle that Stripe failed to deliver (`delivery_success=false`),
+   but without a Stripe call for those that cannot be ours: `delivery_success=false` covers
+   every endpoint of the account, so on a shared account most are other integrations'. A
+   session event carries the marker; a refund or dispute whose PaymentIntent this deployment's
+   ledger does not know (after step 1 recorded every session of ours in the window) is not an
+   order this deployment ever recorded, so nothing was delivered that it could take back;
 3. every change recorded but not yet published (a publish that failed), older than a minute;
 4. the dead letters: one whose change the ledger shows delivered is acknowledged, any other is
    published again (then acknowledged);
@@ -35,7 +40,7 @@ from checkout.publisher import PublishFailed
 from checkout.recorder import PublicationInProgress
 from checkout.service import Service
 from checkout.session import SessionStatus
-from checkout.stripe_events import apply_event, checked_session_fact
+from checkout.stripe_events import NOT_OURS, apply_event, checked_session_fact
 from checkout.subscriptions import DeadLetters, SubscriptionsUnavailable, TopicSubscriptions
 from checkout.worker import DeliveryFailed, DeliveryInProgress
 
@@ -62,6 +67,8 @@ class Summary:
     sessions_not_ours: int = 0
     sessions_refused: int = 0  # ours, paid, but not what this deployment sells (logged)
     events_seen: int = 0
+    events_not_ours: int = 0  # skipped before any further Stripe call (another's, or no order)
+    events_refused: int = 0  # fields not as Stripe documents them (logged)
     changes_applied: int = 0
     changes_published: int = 0
     changes_in_progress: int = 0  # being published by another request (a webhook, a reconcile)
@@ -118,7 +125,14 @@ async def reconcile(
         async for event in service.gateway.undelivered_events_since(since, sorted(HANDLED_EVENTS)):
             summary.events_seen += 1
             with _item(summary, f"event {event.get('id')}"):
-                outcome = await apply_event(event, service)
+                outcome = await apply_event(event, service, ask_stripe=False)
+                if outcome.get("reason") in NOT_OURS:
+                    summary.events_not_ours += 1
+                elif outcome.get("outcome") == "refused":
+                    summary.events_refused += 1
+                    log.warning(
+                        "stripe_event", extra={"fields": {"event_id": event.get("id"), **outcome}}
+                    )
                 summary.changes_applied += int(outcome.get("changes", "0"))
                 summary.changes_published += int(outcome.get("published", "0"))
     with _step(summary, "listing unpublished changes"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
@@ -17,9 +18,10 @@ from checkout import errors
 from checkout.errors import ApiError
 from checkout.http import json_response, read_json_object
 from checkout.ledger import LedgerUnavailable
-from checkout.orders import facts_of_session
+from checkout.orders import Order, facts_of_session, is_chargeback
 from checkout.publisher import PublishFailed
 from checkout.recorder import PublicationInProgress
+from checkout.session import SessionStatus
 from checkout.webhook import stripe_webhook
 
 if TYPE_CHECKING:
@@ -31,6 +33,9 @@ _SESSION_ID = re.compile(r"cs_(test|live)_[A-Za-z0-9]{1,250}")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 # Control characters (C0, DEL, C1) and lone surrogates (JSON allows "\ud800"; UTF-8 cannot hold it).
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# What one status call may spend on the ledger in total, reads and writes together: past it the
+# answer is Stripe's, kept like any other (docs/ledger.md, "A slow ledger").
+STATUS_LEDGER_BUDGET_S = 1.0
 
 
 async def create_session(request: Request, service: Service) -> Response:
@@ -51,44 +56,79 @@ async def session_status(request: Request, service: Service) -> Response:
     """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, outcome, …}."""
     session_id = _session_id_from(request)
     answer = service.status_cache.get(session_id)  # free: no limit, no Firestore, no Stripe
+    ledger_until = asyncio.get_running_loop().time() + STATUS_LEDGER_BUDGET_S
     if answer is None:
         if session_id in service.unknown_sessions:
             raise errors.session_not_found("remembered as unknown to Stripe")
         service.status_limit.charge(service.client_of(request))
-        # What any instance recorded, from the order ledger; only then Stripe.
-        answer = await _answer_from_ledger(service, session_id)
+        # What any instance recorded, from this deployment's order ledger; only then Stripe.
+        answer, recheck = await _answer_from_ledger(service, session_id, ledger_until)
+        if recheck is not None:
+            answer = await _rechecked(service, session_id, recheck, ledger_until)
     if answer is None:
-        answer = await _answer_from_stripe(service, session_id)
+        answer = await _answer_from_stripe(service, session_id, ledger_until)
     return json_response(200, answer)
 
 
-async def _answer_from_ledger(service: Service, session_id: str) -> dict[str, Any] | None:
-    """The ledger's answer for an order whose session is settled; None if none, or unreachable."""
+async def _answer_from_ledger(
+    service: Service, session_id: str, ledger_until: float
+) -> tuple[dict[str, Any] | None, Order | None]:
+    """The ledger's answer for an order whose session is settled (None: none, or unreachable),
+    or the paid order to read again from Stripe now (a refund whose webhook never came).
+
+    The ledger holds only this deployment's orders (checkout/ledger), so an answer from it is
+    never another deployment's session.
+    """
     try:
-        found = await service.ledger.order(session_id, quick=True)
-        if found is None or not found.settled:
-            return None
-        order = found
+        async with asyncio.timeout_at(ledger_until):
+            found = await service.ledger.order(session_id, quick=True)
+    except (LedgerUnavailable, TimeoutError) as error:
+        service.ledger_outages.failed(_slow(error), "answered from Stripe")
+        return None, None
+    if found is None or not found.settled:
+        return None, None
+    if found.paid and service.rechecks.due(session_id):
+        return None, found
+    order = found
+    try:
         if order.unpublished():
-            await service.recorder.publish_pending(order)  # a change a failed publish left
-    except LedgerUnavailable as error:
-        service.ledger_outages.failed(error, "answered from Stripe")
-        return None
-    except PublishFailed as error:
-        service.ledger_outages.failed(error, "answered from the ledger, not yet published")
-        return order.public()  # not kept: the next poll tries to publish the change again
+            # A change a failed publish left (rare: Pub/Sub was away): published now, under the
+            # ledger's and the publisher's own deadlines, not cut short, since a publish cut in
+            # the middle would hold its claim, and so the change, for PUBLISH_CLAIM_SECONDS.
+            await service.recorder.publish_pending(order)
+    except (LedgerUnavailable, PublishFailed) as error:
+        service.ledger_outages.failed(_slow(error), "answered from the ledger, not yet published")
+        return order.public(), None  # not kept: the next poll tries to publish it again
     service.ledger_outages.succeeded()
     answer = order.public()
     service.status_cache.put(session_id, answer, final=order.final)
-    return answer
+    return answer, None
 
 
-async def _answer_from_stripe(service: Service, session_id: str) -> dict[str, Any]:
+async def _rechecked(
+    service: Service, session_id: str, order: Order, ledger_until: float
+) -> dict[str, Any]:
+    """A paid order read again from Stripe (recording what it shows); the ledger's answer if
+    Stripe cannot say now: a recheck never turns a poll the ledger can answer into an error."""
+    try:
+        return await _answer_from_stripe(service, session_id, ledger_until)
+    except ApiError as error:
+        if error.code == "session_not_found":
+            raise
+        answer = order.public()
+        service.status_cache.put(session_id, answer, final=order.final)
+        return answer
+
+
+async def _answer_from_stripe(
+    service: Service, session_id: str, ledger_until: float
+) -> dict[str, Any]:
     """Ask Stripe; a settled session is recorded (and its change published) before the answer.
 
     The return page can beat the webhook (or none is set up): this is the same path the webhook
-    takes. If recording fails, the customer still gets Stripe's status, uncached, and the next
-    call or Stripe's retry records it.
+    takes. If recording fails or the call's ledger budget is spent, the customer gets Stripe's
+    status, kept like any answer (so a slow ledger costs one Stripe read per session per cache
+    period), and the next call after that, Stripe's retry or the reconciler records it.
     """
     try:
         session = await service.gateway.retrieve_session(session_id)
@@ -107,11 +147,16 @@ async def _answer_from_stripe(service: Service, session_id: str) -> dict[str, An
     if service.catalogue.refusal(session) is not None:
         return session.public()
     try:
-        for fact in facts_of_session(session):
-            applied = await service.recorder.apply(session_id, fact)
-    except (LedgerUnavailable, PublishFailed, PublicationInProgress) as error:
-        service.ledger_outages.failed(error, "answered from Stripe, not recorded")
-        return session.public()
+        if asyncio.get_running_loop().time() >= ledger_until:
+            raise TimeoutError  # the ledger read took the whole budget: do not start a write
+        async with asyncio.timeout_at(ledger_until):
+            for fact in facts_of_session(session):
+                applied = await service.recorder.apply(session_id, fact)
+    except (LedgerUnavailable, PublishFailed, PublicationInProgress, TimeoutError) as error:
+        service.ledger_outages.failed(_slow(error), "answered from Stripe, not recorded")
+        answer = await _without_ledger(service, session)
+        service.status_cache.put(session_id, answer, final=not session.paid)
+        return answer
     service.ledger_outages.succeeded()
     if applied.order is None:  # advance always makes one: unreachable
         return session.public()
@@ -129,6 +174,27 @@ def _stripe_length(value: str) -> int:
     within any. A lone surrogate (refused below) counts 3, as CESU-8 would write it.
     """
     return len(value.encode("utf-8", "surrogatepass"))
+
+
+async def _without_ledger(service: Service, session: SessionStatus) -> dict[str, Any]:
+    """Stripe's answer when the ledger cannot give one: a disputed Charge's disputes are read
+    too (one more Stripe read, kept with the answer), so an open chargeback is not told `paid`."""
+    answer = session.public()
+    if not (session.paid and session.disputed and session.payment_intent):
+        return answer
+    try:
+        statuses = await service.gateway.dispute_statuses(session.payment_intent)
+    except ApiError:
+        return answer  # Stripe's session and Charge alone: docs/ledger.md says what that misses
+    if any(is_chargeback(status) for status in statuses):
+        answer["outcome"] = "disputed"
+    return answer
+
+
+def _slow(error: Exception) -> Exception:
+    if isinstance(error, TimeoutError):
+        return LedgerUnavailable(f"the ledger took the status call's {STATUS_LEDGER_BUDGET_S:g} s")
+    return error
 
 
 def _image_id_from(body: dict[str, Any]) -> str | None:

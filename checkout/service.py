@@ -16,7 +16,7 @@ from checkout.logs import OutageLog
 from checkout.once import SingleFlight
 from checkout.publisher import InProcessPublisher, Publisher, PubSubPublisher
 from checkout.recorder import Recorder
-from checkout.status_cache import NotFoundCache, StatusCache
+from checkout.status_cache import NotFoundCache, Rechecks, StatusCache
 from checkout.stripe_gateway import StripeGateway
 from checkout.worker import DeliverOrder, Worker, deliver_order_from_settings
 
@@ -42,6 +42,7 @@ class Service:
     recorder: Recorder  # record a fact, then publish its changes: the one way orders change
     worker: Worker  # fulfil_order's: delivers each change once
     unknown_sessions: NotFoundCache  # ids Stripe said it does not know
+    rechecks: Rechecks  # which polled paid orders to read again from Stripe (late refunds)
     create_limit: TokenBuckets  # per client: creates
     status_limit: TokenBuckets  # per client: status calls past the cache (ledger, then Stripe)
 
@@ -94,6 +95,11 @@ class Service:
             recorder=Recorder(ledger, publisher),
             worker=worker,
             unknown_sessions=NotFoundCache(settings.status_cache_size),
+            rechecks=Rechecks(
+                settings.status_cache_size,
+                settings.status_recheck_seconds,
+                settings.status_recheck_per_minute,
+            ),
             create_limit=TokenBuckets(settings.create_limit_per_minute),
             status_limit=TokenBuckets(settings.status_limit_per_minute),
         )

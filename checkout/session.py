@@ -54,6 +54,7 @@ class SessionStatus:
     # From the PaymentIntent's Charge, when Stripe sent it (expand[]=payment_intent.latest_charge).
     amount_refunded: int = field(default=0, compare=False)
     refunded: bool = field(default=False, compare=False)  # fully
+    disputed: bool = field(default=False, compare=False)  # the Charge was ever disputed
 
     @property
     def terminal(self) -> bool:
@@ -138,6 +139,7 @@ class SessionStatus:
             else None,
             amount_refunded=int(_field(charge, "amount_refunded") or 0) if charge else 0,
             refunded=bool(_field(charge, "refunded")) if charge else False,
+            disputed=bool(_field(charge, "disputed")) if charge else False,
         )
 
 

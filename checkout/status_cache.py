@@ -126,3 +126,54 @@ class NotFoundCache:
 
     def __len__(self) -> int:
         return len(self._expiries)
+
+
+class Rechecks:
+    """Which polled paid orders to read again from Stripe now: a refund whose webhook never came.
+
+    Each order at most once per `period` (counted from the first poll this instance sees), and
+    no more than `per_minute` of those reads in all, so that boards polling every minute spend
+    a bounded share of the account's Stripe rate limit (docs/ledger.md). `period` 0 turns it off.
+    """
+
+    def __init__(
+        self,
+        max_size: int,
+        period: float,
+        per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_size = max_size
+        self._period = period
+        self._per_minute = per_minute
+        self._clock = clock
+        self._checked: OrderedDict[str, float] = OrderedDict()
+        self._tokens = float(per_minute)
+        self._filled = clock()
+
+    def due(self, session_id: str) -> bool:
+        """True when `session_id` is to be read from Stripe now (and counted as read)."""
+        if self._period <= 0 or self._per_minute <= 0 or self._max_size == 0:
+            return False
+        now = self._clock()
+        last = self._checked.get(session_id)
+        if last is None:
+            self._remember(session_id, now)  # its period starts at this instance's first poll
+            return False
+        if now - last < self._period:
+            return False
+        self._tokens = min(
+            float(self._per_minute), self._tokens + (now - self._filled) * self._per_minute / 60
+        )
+        self._filled = now
+        if self._tokens < 1:
+            return False  # over the share: this order waits for a later poll
+        self._tokens -= 1
+        self._remember(session_id, now)
+        return True
+
+    def _remember(self, session_id: str, now: float) -> None:
+        self._checked.pop(session_id, None)
+        self._checked[session_id] = now
+        while len(self._checked) > self._max_size:
+            self._checked.popitem(last=False)

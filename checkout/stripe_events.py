@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from checkout import errors
 from checkout.orders import (
     HANDLED_EVENTS,
+    INQUIRY_STATUSES,
+    DisputeFact,
     Fact,
     SessionFact,
     fact_of_event,
     session_fact,
 )
+from checkout.stripe_fields import MalformedEvent
 
 if TYPE_CHECKING:
     from checkout.service import Service
@@ -26,22 +28,35 @@ if TYPE_CHECKING:
 log = logging.getLogger("checkout.webhook")
 
 
-async def apply_event(event: dict[str, Any], service: Service) -> dict[str, str]:
+# Why an event "cannot be ours" (the reconciler counts these apart from the other ignored ones).
+NOT_OURS = frozenset({"not_ours", "other_deployment", "not_checkout", "unknown_payment"})
+
+
+async def apply_event(  # noqa: PLR0911
+    event: dict[str, Any], service: Service, *, ask_stripe: bool = True
+) -> dict[str, str]:
     """Record one handled event's fact: the webhook's and the reconciler's one path.
 
     Returns the log fields saying what became of it; raises what the recorder raises
     (LedgerUnavailable, PublishFailed, PublicationInProgress) and the gateway's ApiError.
+    `ask_stripe=False`: a refund or dispute whose PaymentIntent the ledger does not know is
+    ignored (`unknown_payment`) rather than looked up (the reconciler, which has just recorded
+    every session of its window).
     """
     kind, event_id = event["type"], event["id"]
     if kind not in HANDLED_EVENTS:
         return {"outcome": "ignored", "reason": "unhandled_type"}
     try:
+        mode = await _mode_mismatch(event, service)
+        if mode is not None:
+            return {"outcome": "ignored", "reason": "livemode_mismatch", "detail": mode}
         fact = fact_of_event(event)
-    except ValueError as error:
-        raise errors.invalid_signature(str(error)) from None
+    except MalformedEvent as error:
+        # Stripe signed it, so retrying will not change it: acknowledge, refuse, log (WARNING).
+        return {"outcome": "refused", "reason": "malformed_event", "detail": str(error)[:200]}
     if fact is None:
         return {"outcome": "ignored", "reason": "not_checkout"}
-    session_id, reason = await _our_session(fact, service)
+    session_id, reason = await _our_session(fact, service, ask_stripe)
     if session_id is None:
         # Every Checkout Session and Charge of the account comes here; only ours are acted on.
         # Nothing is cached or recorded, so the status endpoint still answers 404 for it.
@@ -53,6 +68,8 @@ async def apply_event(event: dict[str, Any], service: Service) -> dict[str, str]
     applied = await service.recorder.apply(session_id, fact, event_id=event_id, event_type=kind)
     if applied.order is not None:
         service.status_cache.forget(session_id)  # this instance answers the new state at once
+    if isinstance(fact, DisputeFact) and fact.status in INQUIRY_STATUSES and not applied.duplicate:
+        _log_inquiry(fact, session_id, event_id)
     outcome = "duplicate" if applied.duplicate else "handled"
     return {
         "outcome": outcome,
@@ -62,8 +79,43 @@ async def apply_event(event: dict[str, Any], service: Service) -> dict[str, str]
     }
 
 
-async def _our_session(fact: Fact, service: Service) -> tuple[str | None, str | None]:
-    """The session id of our order this fact is about, or (None, why it is not ours)."""
+async def _mode_mismatch(event: dict[str, Any], service: Service) -> str | None:
+    """Why an event's mode is not the key's (misrouted, or forged with a leaked secret), or None."""
+    livemode = event.get("livemode")
+    if livemode is None:
+        return None
+    if not isinstance(livemode, bool):
+        raise MalformedEvent("livemode is not a boolean")
+    live_key = await service.gateway.livemode()
+    if live_key is None or live_key == livemode:
+        return None
+    modes = ("test", "live")
+    return f"a {modes[livemode]}-mode event for a {modes[live_key]}-mode key"
+
+
+def _log_inquiry(fact: DisputeFact, session_id: str, event_id: str) -> None:
+    # An inquiry moves no money and may never become a chargeback, so the customer keeps the
+    # purchase; but unanswered it can escalate, and it has a deadline: someone must answer.
+    fields = {
+        "session_id": session_id,
+        "dispute_id": fact.dispute_id,
+        "dispute_status": fact.status,
+        "dispute_amount": fact.amount,
+        "evidence_due_by": fact.evidence_due_by,
+        "event_id": event_id,
+    }
+    log.warning("checkout_inquiry", extra={"fields": fields})
+
+
+async def _our_session(  # noqa: PLR0911
+    fact: Fact, service: Service, ask_stripe: bool = True
+) -> tuple[str | None, str | None]:
+    """The session id of our order this fact is about, or (None, why it is not ours).
+
+    A refund or dispute is found through this deployment's own ledger (its collections are its
+    own, so an order found there is ours), else through Stripe, whose session must carry our
+    marker.
+    """
     if isinstance(fact, SessionFact):
         if service.catalogue.is_ours(fact.session):
             return fact.session.session_id, None
@@ -72,6 +124,8 @@ async def _our_session(fact: Fact, service: Service) -> tuple[str | None, str | 
     known = await service.ledger.session_of_payment(fact.payment_intent)
     if known is not None:
         return known, None
+    if not ask_stripe:
+        return None, "unknown_payment"
     # A refund or dispute before (or without) the order's own record: ask Stripe whose it is.
     session = await service.gateway.session_of_payment(fact.payment_intent)
     if session is None or not service.catalogue.is_ours(session):

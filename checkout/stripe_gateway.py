@@ -20,9 +20,10 @@ from checkout.session import MARKER_KEY, CreatedSession, SessionStatus
 from checkout.stripe_transport import StripeTransport
 
 if TYPE_CHECKING:  # the SDK's typed parameters: for the checker, never loaded at run time
-    from stripe import Event, ListObject, RequestOptions, WebhookEndpoint
+    from stripe import Dispute, Event, ListObject, RequestOptions, WebhookEndpoint
     from stripe.checkout import Session
     from stripe.params import (
+        DisputeListParams,
         EventListParams,
         WebhookEndpointCreateParams,
         WebhookEndpointUpdateParams,
@@ -154,6 +155,18 @@ class StripeGateway:
         found = await self._call("list", call)
         return SessionStatus.from_stripe(found.data[0]) if found.data else None
 
+    async def dispute_statuses(self, payment_intent: str) -> list[str]:
+        """The status of each dispute of `payment_intent`'s charge (one page: a charge has few)."""
+
+        def call(
+            client: stripe.StripeClient, options: RequestOptions
+        ) -> Awaitable[ListObject[Dispute]]:
+            params: DisputeListParams = {"payment_intent": payment_intent, "limit": LIST_PAGE}
+            return client.v1.disputes.list_async(params=params, options=options)
+
+        found = await self._call("list", call)
+        return [str(dispute["status"]) for dispute in found.data]
+
     # -- for the operator commands (python -m checkout ...) -----------------------------------
 
     async def sessions_since(self, created_gte: int, status: str) -> AsyncIterator[Any]:
@@ -281,6 +294,13 @@ class StripeGateway:
                 return self._noted(await call(client, {"api_key": fresh}))
         except stripe.StripeError as error:
             raise _map_stripe_error(operation, error) from None
+
+    async def livemode(self) -> bool | None:
+        """Whether the key is a live one; None when no key can be had (the caller cannot tell)."""
+        try:
+            return is_live_key(await self._api_key.get_async())
+        except (SecretUnavailable, SecretConfigError):
+            return None
 
     async def _key(self) -> str:
         try:

@@ -59,7 +59,10 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
     except PublicationInProgress as error:
         raise errors.event_in_progress(str(error)) from None
     fields = {"event_id": event_id, "event_type": kind, **outcome}
-    log.info("stripe_event", extra={"fields": fields})
+    # A refused event (fields not as Stripe documents them) or one of the other mode is
+    # acknowledged, so Stripe does not retry what cannot change, but an operator should look.
+    odd = outcome.get("outcome") == "refused" or outcome.get("reason") == "livemode_mismatch"
+    log.log(logging.WARNING if odd else logging.INFO, "stripe_event", extra={"fields": fields})
     return json_response(200, {"received": True})
 
 

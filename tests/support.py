@@ -446,6 +446,11 @@ class LiveServer:
         self._stderr.close()
 
 
+def ledger_collection(name: str, deployment_id: str = "local") -> str:
+    """The path of a deployment's ledger collection (checkout/ledger's `scoped_path`)."""
+    return f"checkout_deployments/{deployment_id}/{name}"
+
+
 def read_document(firestore: Firestore, collection: str, doc_id: str) -> dict | None:
     from google.cloud import firestore as gcf
 

@@ -264,3 +264,34 @@ def test_the_undelivered_alert_counts_the_reconcilers_error_record() -> None:
     assert "logging.googleapis.com/user/checkout_change_undelivered" in condition
     source = (ROOT / "checkout" / "reconcile.py").read_text()
     assert 'log.error("checkout_change_undelivered"' in source
+
+
+def test_every_handled_event_and_change_type_is_listed_where_handled_events_are_listed() -> None:
+    from checkout.orders import CHANGE_TYPES, HANDLED_EVENTS
+    from checkout.webhook_setup import ENABLED_EVENTS
+
+    handled = {
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+        "checkout.session.async_payment_failed",
+        "checkout.session.expired",
+        "charge.refunded",
+        "refund.created",
+        "refund.updated",
+        "refund.failed",
+        "charge.refund.updated",
+        "charge.dispute.created",
+        "charge.dispute.updated",
+        "charge.dispute.closed",
+    }
+    assert set(HANDLED_EVENTS) == handled == set(ENABLED_EVENTS)  # what register-webhook sets
+    webhooks = (ROOT / "docs" / "webhooks.md").read_text()
+    openapi = (ROOT / "openapi.yaml").read_text()
+    for kind in handled:
+        assert f"`{kind}`" in webhooks, kind
+        # openapi.yaml writes the session events after the first as `.async_payment_failed`.
+        assert f"`{kind}`" in openapi or f"`{kind.removeprefix('checkout.session')}`" in openapi
+    pubsub = (ROOT / "docs" / "pubsub.md").read_text()
+    schema = (ROOT / "checkout" / "order_change.schema.json").read_text()
+    for change in CHANGE_TYPES:
+        assert f"`{change}`" in pubsub and f'"{change}"' in schema, change

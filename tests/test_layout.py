@@ -66,7 +66,7 @@ def test_the_order_model_does_no_io():
     # orders.py is the rules alone: the ledger stores, the publisher sends, the worker delivers.
     imported = imports_of(PACKAGE / "orders.py")
     ours = {name.split(".")[1] for name in imported if name.startswith("checkout.")}
-    assert ours == {"session"}
+    assert ours <= {"session", "stripe_fields"}  # stripe_fields: pure reads of an event
     banned = ("stripe", "starlette", "werkzeug", "google", "asyncio", "logging", "socket")
     assert not {name for name in imported if name.startswith(banned)}
 

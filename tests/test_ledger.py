@@ -40,6 +40,7 @@ from tests.support import (
     ROOT,
     CapturedLogs,
     a_session,
+    ledger_collection,
     read_document,
     service_account_file,
     stop_process,
@@ -61,7 +62,7 @@ def make_ledger(request: pytest.FixtureRequest) -> MakeLedger:
 def firestore_ledger(firestore: Firestore) -> Ledger:
     from checkout.ledger.firestore import FirestoreLedger
 
-    return FirestoreLedger(project=firestore.project, database="(default)")
+    return FirestoreLedger(project=firestore.project, database="(default)", deployment_id="local")
 
 
 def run(coroutine: Awaitable[Any]) -> Any:
@@ -534,11 +535,11 @@ def test_a_new_order_is_created_and_a_duplicate_fact_takes_no_transaction() -> N
 @pytest.mark.firestore
 def test_event_records_carry_expire_at_for_the_ttl_policy(firestore: Firestore) -> None:
     run(firestore_ledger(firestore).apply("cs_test_a", paid_fact(), event_id="evt_1", token="t"))
-    record = read_document(firestore, "checkout_events", "evt_1")
+    record = read_document(firestore, ledger_collection("checkout_events"), "evt_1")
     assert record is not None
     expected = datetime.now(UTC) + timedelta(days=EVENT_RETENTION_DAYS)
     assert abs(record["expire_at"] - expected) < timedelta(minutes=5)
-    assert read_document(firestore, "checkout_orders", "cs_test_a") is not None
+    assert read_document(firestore, ledger_collection("checkout_orders"), "cs_test_a") is not None
 
 
 @pytest.mark.firestore
@@ -563,7 +564,7 @@ project, go, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 change = Change.from_data(json.loads(sys.argv[4]))
 
 async def main():
-    ledger = FirestoreLedger(project=project, database="(default)")
+    ledger = FirestoreLedger(project=project, database="(default)", deployment_id="local")
     await ledger.event_handled("evt_warm_up")  # connect before the start line, not after it
     print("ready", flush=True)
     while not go.exists():
@@ -640,7 +641,9 @@ def test_a_lost_commit_answer_is_recognised_as_our_own_record(firestore: Firesto
             return result
 
     async def scenario() -> None:
-        ledger = LosesTheFirstCommitAnswer(project=firestore.project, database="(default)")
+        ledger = LosesTheFirstCommitAnswer(
+            project=firestore.project, database="(default)", deployment_id="local"
+        )
         (change,) = (await ledger.apply("cs_test_a", paid_fact(), token="p")).new
         token = new_token()
         assert (await ledger.claim_delivery(change, token, lease=30)).outcome == CLAIMED

@@ -35,6 +35,7 @@ from tests.support import (
     create_session,
     free_port,
     http_json,
+    ledger_collection,
     log_records,
     read_document,
     stop_process,
@@ -398,6 +399,28 @@ def test_reconcile_names_its_deployment_and_counts_the_sessions_that_are_not_its
     )
 
 
+def test_reconcile_on_a_shared_account_asks_stripe_nothing_for_events_that_cannot_be_ours(
+    stripe_emulator, base_env, webhook_down
+) -> None:
+    ours = paid_in_emulator(stripe_emulator, "local")
+    others = [paid_in_emulator(stripe_emulator, d) for d in (None, "other-shop", None)]
+    for session in [ours, *others]:  # every refund's event failed to reach an endpoint
+        stripe_api(stripe_emulator, "POST", "/v1/refunds", payment_intent=session["payment_intent"])
+    before = stripe_emulator.calls()
+    result = command(base_env, "reconcile")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = summary_of(result)
+    # Listing the window's sessions and its events: one page each, and no lookup per event.
+    after = stripe_emulator.calls()
+    assert after["list_sessions"] - before.get("list_sessions", 0) == 1
+    assert after["total"] - before["total"] == 2
+    # The three other sessions' completed events and their refunds' (charge.refunded,
+    # refund.created), none of them ours.
+    assert summary["events_not_ours"] == 9
+    changes = [r["change_id"] for r in log_records(result.stdout, "checkout_order_change")]
+    assert sorted(changes) == [f"{ours['id']}:paid", f"{ours['id']}:refunded"]
+
+
 def test_reconcile_with_a_price_id_applies_a_paid_session_that_no_webhook_reported(
     stripe_emulator, base_env, no_webhook
 ) -> None:
@@ -465,7 +488,7 @@ def pending_change(stripe_emulator, base_env, firestore: Firestore, pubsub: PubS
     assert summary["failed"][0].startswith(f"session {session['id']}: PublishFailed")
     assert summary["failed"][1].startswith("reading dead letters: SubscriptionsUnavailable")
     assert "Traceback" not in result.stdout + result.stderr
-    document = read_document(firestore, "checkout_orders", session["id"])
+    document = read_document(firestore, ledger_collection("checkout_orders"), session["id"])
     assert document is not None and document["pending_publication"] is True
     return str(session["id"])
 
@@ -492,7 +515,7 @@ def test_reconcile_publishes_a_change_left_unpublished_once_it_is_older_than_the
     assert (aged.ok, aged.sessions_seen, aged.changes_published) == (True, 0, 1)
     (message,) = pubsub.messages(count=1)
     assert message.attributes["change_id"] == f"{session_id}:paid"
-    document = read_document(firestore, "checkout_orders", session_id)
+    document = read_document(firestore, ledger_collection("checkout_orders"), session_id)
     assert document is not None and document["pending_publication"] is False
 
 

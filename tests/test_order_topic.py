@@ -32,6 +32,7 @@ from tests.support import (
     document_ids,
     event_for,
     http_json,
+    ledger_collection,
     log_records,
     read_document,
     sign,
@@ -166,8 +167,13 @@ def test_three_instances_and_twelve_duplicates_publish_one_message_and_never_wai
             assert post_webhook(server.url, payload)[0] == 200
         (message,) = pubsub.messages(timeout=30, count=1)
         assert message.attributes["change_id"] == f"{session['id']}:paid"
-        assert read_document(firestore, "checkout_orders", session["id"]) is not None
-        assert document_ids(firestore, "checkout_orders") == [session["id"]]  # one order
+        assert (
+            read_document(firestore, ledger_collection("checkout_orders"), session["id"])
+            is not None
+        )
+        assert document_ids(firestore, ledger_collection("checkout_orders")) == [
+            session["id"]
+        ]  # one order
         for _ in range(600):  # until the worker finished (bounded, generous: a hang, not a time)
             if len(deliveries(tmp_path / "sink")) >= 2:
                 break

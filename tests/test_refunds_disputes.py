@@ -263,11 +263,82 @@ def test_with_the_ledger_unreachable_a_refunded_order_is_still_answered_refunded
         ORDER_LEDGER="firestore",
         GOOGLE_CLOUD_PROJECT="demo-checkout",
         FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",  # nothing listens there
+        STATUS_PAID_TTL_SECONDS="0.1",  # Stripe's answer is kept like any other, this long
     )
     session = paid(server, stripe_emulator)
     refund(stripe_emulator, session["payment_intent"], amount=50)
     body = answer(server, session["id"])
     assert (body["outcome"], body["amount_refunded"]) == ("paid", 50)
     refund(stripe_emulator, session["payment_intent"])  # the rest
+    time.sleep(0.2)  # past the cache period
     body = answer(server, session["id"])
     assert (body["outcome"], body["amount_refunded"]) == ("refunded", 200)
+
+
+def test_a_refund_that_fails_after_succeeding_gives_the_purchase_back_with_one_change(
+    live_server, stripe_emulator
+) -> None:
+    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC, STATUS_PAID_TTL_SECONDS="0.1")
+    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    session = paid(server, stripe_emulator)
+    made = refund(stripe_emulator, session["payment_intent"])
+    eventually(server, session["id"], "refunded")
+    stripe_emulator.fail_refund(made["id"])  # the card was closed: the money came back
+    body = eventually(server, session["id"], "paid")
+    assert body["amount_refunded"] == 0
+    for _ in range(300):  # until refund.failed, the last of its events, is handled (a hang)
+        kinds = {r["event_type"] for r in log_records(server.logs(), "stripe_event")}
+        if "refund.failed" in kinds:
+            break
+        time.sleep(0.1)
+    assert [c.split(":")[1] for c in changes(server)] == [
+        "paid",
+        "refunded",
+        f"refund_reversed_{made['id']}",
+    ]
+
+
+def test_an_inquiry_moves_no_money_so_the_order_stays_paid_with_a_warning_and_no_change(
+    live_server, stripe_emulator
+) -> None:
+    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC, STATUS_PAID_TTL_SECONDS="0.1")
+    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    session = paid(server, stripe_emulator)
+    inquiry = stripe_emulator.open_dispute(session["payment_intent"], inquiry=True)
+    for _ in range(300):  # until the inquiry's event is handled (bounded, generous: a hang)
+        warnings = log_records(server.logs(), "checkout_inquiry")
+        if warnings:
+            break
+        time.sleep(0.1)
+    assert [(w["severity"], w["dispute_id"]) for w in warnings] == [("WARNING", inquiry["id"])]
+    assert warnings[0]["evidence_due_by"].endswith("Z")
+    assert answer(server, session["id"])["outcome"] == "paid"
+    stripe_emulator.close_dispute(inquiry["id"], "warning_closed")
+    assert answer(server, session["id"])["outcome"] == "paid"
+    assert changes(server) == [f"{session['id']}:paid"]
+
+
+def test_a_refund_whose_webhook_never_came_reaches_a_polling_customer_within_the_recheck_period(
+    live_server, stripe_emulator
+) -> None:
+    # No webhook: the order is recorded paid by the first poll, then refunded at Stripe only.
+    server = live_server(STATUS_PAID_TTL_SECONDS="0.1", STATUS_RECHECK_SECONDS="0.5")
+    session = paid(server, stripe_emulator)
+    assert answer(server, session["id"])["outcome"] == "paid"
+    refund(stripe_emulator, session["payment_intent"])
+    body = eventually(server, session["id"], "refunded")  # within the period (0.5 s here)
+    assert body["amount_refunded"] == 200
+    assert changes(server) == [f"{session['id']}:paid", f"{session['id']}:refunded"]
+
+
+def test_a_recheck_that_stripe_cannot_answer_is_answered_from_the_ledger(
+    live_server, stripe_emulator
+) -> None:
+    server = live_server(STATUS_PAID_TTL_SECONDS="0.1", STATUS_RECHECK_SECONDS="0.1")
+    session = paid(server, stripe_emulator)
+    assert answer(server, session["id"])["outcome"] == "paid"  # recorded; its period starts
+    stripe_emulator.set_faults(mode="rate_limit_429")
+    for _ in range(3):  # each past the period: a recheck that Stripe refuses
+        time.sleep(0.2)
+        assert answer(server, session["id"])["outcome"] == "paid"
+    assert stripe_emulator.calls()["retrieve_session"] >= 2  # it did ask

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from checkout.orders import Order
-from checkout.status_cache import PAID_TTL_S, NotFoundCache, StatusCache
+from checkout.status_cache import PAID_TTL_S, NotFoundCache, Rechecks, StatusCache
 from tests.support import STATUS, WHSEC, completed_session, create, event_for, post_event, status_of
 
 
@@ -261,3 +261,44 @@ def test_a_refund_replaces_the_cached_paid_answer_without_a_stripe_call(
     assert (refunded["outcome"], refunded["amount_refunded"]) == ("refunded", 200)
     assert status_of(client, session["id"]) == refunded
     assert stripe_emulator.calls()["retrieve_session"] == retrieves
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_polled_paid_order_is_read_from_stripe_at_most_once_per_period():
+    clock = Clock()
+    rechecks = Rechecks(100, period=600, per_minute=60, clock=clock)
+    assert not rechecks.due("cs_1")  # its period starts at the first poll seen
+    clock.now += 599
+    assert not rechecks.due("cs_1")
+    clock.now += 1
+    assert rechecks.due("cs_1")
+    assert not rechecks.due("cs_1")  # counted as read: the next one is a period later
+    clock.now += 600
+    assert rechecks.due("cs_1")
+
+
+def test_rechecks_never_take_more_than_their_share_of_stripe_reads_per_minute():
+    clock = Clock()
+    rechecks = Rechecks(1000, period=60, per_minute=10, clock=clock)
+    ids = [f"cs_{n}" for n in range(50)]
+    for session_id in ids:
+        rechecks.due(session_id)
+    clock.now += 60
+    assert sum(rechecks.due(session_id) for session_id in ids) == 10
+    clock.now += 6  # one more read's worth of the minute's share
+    assert sum(rechecks.due(session_id) for session_id in ids) == 1
+
+
+def test_rechecks_are_off_with_a_period_of_zero():
+    clock = Clock()
+    rechecks = Rechecks(100, period=0, per_minute=60, clock=clock)
+    rechecks.due("cs_1")
+    clock.now += 10**6
+    assert not rechecks.due("cs_1")

@@ -237,6 +237,29 @@ def test_a_full_refund_by_payment_intent_refunds_the_charge(client, stripe_emula
     assert (created.type, created.data.object.id) == ("refund.created", refund.id)
 
 
+@pytest.mark.parametrize("status", ["failed", "canceled"])
+def test_a_refund_that_fails_or_is_cancelled_no_longer_counts_on_its_charge(
+    client, stripe_emulator, receiver, status
+):
+    session = paid_session(client, stripe_emulator)
+    refund = client.v1.refunds.create(params={"payment_intent": session.payment_intent})
+    failed = helper(stripe_emulator, "POST", f"refunds/{refund.id}/fail", status=status)
+    assert failed.status_code == 200, failed.text
+    assert failed.json()["status"] == status
+    assert client.v1.refunds.retrieve(refund.id).status == status
+    charge = client.v1.charges.retrieve(refund.charge)
+    assert (charge.amount_refunded, charge.refunded) == (0, False)
+    again = helper(stripe_emulator, "POST", f"refunds/{refund.id}/fail", status=status)
+    assert again.status_code == 400  # only a succeeded refund can fail
+    expected = ["refund.updated", "charge.refund.updated"]
+    expected += ["refund.failed"] if status == "failed" else []
+    before = {"checkout.session.completed", "charge.refunded", "refund.created"}
+    # Delivered each on its own, so not necessarily in the order they were emitted.
+    events = [e for e in events_of(receiver, 3 + len(expected)) if e.type not in before]
+    assert sorted(e.type for e in events) == sorted(expected)
+    assert {(e.data.object.id, e.data.object.status) for e in events} == {(refund.id, status)}
+
+
 def test_partial_refunds_add_up_then_the_charge_is_refunded(client, stripe_emulator, receiver):
     session = paid_session(client, stripe_emulator, amount=500)
     charge_id = client.v1.payment_intents.retrieve(session.payment_intent).latest_charge

@@ -296,7 +296,7 @@ def claim_expiry(firestore: Firestore, change: Change) -> datetime:
     """When the claim on `change`'s delivery runs out, unless it is renewed."""
     from checkout.ledger.firestore import FirestoreLedger
 
-    ledger = FirestoreLedger(project=firestore.project, database="(default)")
+    ledger = FirestoreLedger(project=firestore.project, database="(default)", deployment_id="local")
     record = run(ledger.delivery(change.change_id))
     assert record is not None and record["claim"] is not None, record
     expires_at: datetime = record["claim"]["expires_at"]

@@ -8,8 +8,8 @@ written once here on two primitives that each store implements:
 
 - `memory` (`ORDER_LEDGER=memory`, the local default): this process only;
 - `firestore` (`ORDER_LEDGER=firestore`, the deploy's setting): every instance, through
-  Firestore's `checkout_orders`, `checkout_events` and `checkout_deliveries` collections
-  (`checkout/ledger/firestore.py`, docs/ledger.md).
+  Firestore's `checkout_orders`, `checkout_events` and `checkout_deliveries` collections, under
+  this deployment's own document (`scoped_path`; `checkout/ledger/firestore.py`, docs/ledger.md).
 """
 
 # Imports inside functions are deliberate: google.cloud.firestore costs cold-start time (see
@@ -41,6 +41,15 @@ DELIVERIES = "checkout_deliveries"
 DELIVERY_LOCKS = "checkout_delivery_locks"
 # The undelivered audit reads every page of this size (reconcile, doctor).
 UNDELIVERED_PAGE = 300
+# Every collection is this deployment's own: `checkout_deployments/{DEPLOYMENT_ID}/{name}`, so
+# deployments sharing a project and database never read or act on each other's orders. The
+# collection group names stay the same (a TTL policy on `checkout_events` covers every
+# deployment). Before the scoping every deployment wrote the root collections: those are read
+# as LEGACY_* (docs/ledger.md, "Upgrading").
+SCOPE_ROOT = "checkout_deployments"
+_LEGACY = "legacy:"
+LEGACY_ORDERS = _LEGACY + ORDERS
+LEGACY_DELIVERIES = _LEGACY + DELIVERIES
 
 # Stripe retries an event for up to 3 days and lets you resend one for 30: remember it that long.
 EVENT_RETENTION_DAYS = 30
@@ -134,7 +143,7 @@ class Ledger(ABC):
         once); only a real change of an existing order takes a transaction.
         """
         now = _now()
-        current_document = await self._get(ORDERS, session_id)
+        current_document = await self._get(ORDERS, session_id) or await self._adopt(session_id)
         seen = event_id is not None and await self._get(EVENTS, event_id) is not None
         applied = _applied(current_document, fact, token, now)
         if applied.order is not None and applied.writes:
@@ -159,6 +168,25 @@ class Ledger(ABC):
             )
         applied.duplicate = seen
         return applied
+
+    async def _adopt(self, session_id: str) -> Document | None:
+        """The order as a deployment recorded it before the ledger was scoped, made ours.
+
+        Only `apply` calls this, and every caller of `apply` has checked that the session is
+        this deployment's (its marker, read from Stripe or its event), so the unscoped document
+        is ours. Its deliveries come with it first, so no change it delivered runs again.
+        """
+        legacy = await self._get(LEGACY_ORDERS, session_id)
+        if legacy is None:
+            return None
+        for key in legacy.get("changes") or {}:
+            change_id = f"{session_id}:{key}"
+            delivery = await self._get(LEGACY_DELIVERIES, change_id)
+            if delivery is not None:
+                await self._create(DELIVERIES, change_id, delivery)
+        if not await self._create(ORDERS, session_id, legacy):
+            return await self._get(ORDERS, session_id)  # adopted by a concurrent request
+        return legacy
 
     async def mark_published(self, session_id: str, keys: Sequence[str], token: str) -> None:
         """Note that the changes `keys` (claimed with `token`) reached the topic."""
@@ -546,8 +574,17 @@ def firestore_ledger(settings: Settings) -> FirestoreLedger:
     from checkout.ledger.firestore import FirestoreLedger
 
     return FirestoreLedger(
-        project=firestore_project(settings), database=settings.firestore_database
+        project=firestore_project(settings),
+        database=settings.firestore_database,
+        deployment_id=settings.deployment_id,
     )
+
+
+def scoped_path(deployment_id: str, name: str, document_id: Callable[[str], str]) -> str:
+    """The path of this deployment's collection `name`; a LEGACY_* name is the unscoped one."""
+    if name.startswith(_LEGACY):
+        return name.removeprefix(_LEGACY)
+    return f"{SCOPE_ROOT}/{document_id(deployment_id)}/{name}"
 
 
 def firestore_project(settings: Settings) -> str:

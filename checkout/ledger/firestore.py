@@ -1,10 +1,12 @@
 """The Firestore ledger: orders, handled events and deliveries shared by every instance.
 
-`checkout_orders/{session id}` holds one order (checkout/orders.py's `Order`, with its changes and
-whether each was published), `checkout_events/{event id}` each handled Stripe event (with
-`expire_at` for a TTL policy), and `checkout_deliveries/{change id}` each change's delivery (its
-claim with a lease, and `delivered_at`). Every write is one transaction over the documents it
-touches: serializable, retried on contention (docs/ledger.md).
+Every document lives under this deployment's own document, `checkout_deployments/{DEPLOYMENT_ID}`
+(`scoped_path`, the one place that says so), so deployments sharing a project and database never
+see each other's orders. Inside it, `checkout_orders/{session id}` holds one order, with its
+changes, `checkout_events/{event id}` each handled Stripe event (with `expire_at` for a TTL
+policy), and `checkout_deliveries/{change id}` each change's delivery (claim, `delivered_at`).
+Every write is one transaction over the documents it touches: serializable, retried on
+contention (docs/ledger.md).
 
 Deadlines: every call passes an explicit per-attempt timeout and a short retry policy, and every
 operation (a read, a write, or a whole transaction) runs under a hard deadline. The library gives
@@ -27,7 +29,7 @@ from google.api_core import retry_async
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from checkout.ledger import KEEP, Document, Ledger, LedgerUnavailable, R, Step
+from checkout.ledger import KEEP, Document, Ledger, LedgerUnavailable, R, Step, scoped_path
 
 log = logging.getLogger("checkout.ledger")
 
@@ -68,16 +70,17 @@ class _Contended(LedgerUnavailable):
 class FirestoreLedger(Ledger):
     name = "firestore"
 
-    def __init__(self, *, project: str, database: str) -> None:
+    def __init__(self, *, project: str, database: str, deployment_id: str) -> None:
         super().__init__()
         self.project = project
         self.database = database
+        self.deployment_id = deployment_id
         self._client: firestore.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
     async def _transact(self, refs: Sequence[tuple[str, str]], step: Step[R]) -> R:
         what = ", ".join(f"{collection}/{key}" for collection, key in refs)[:200]
-        references = [self._db().collection(c).document(_doc_id(k)) for c, k in refs]
+        references = [self._collection(c).document(_doc_id(k)) for c, k in refs]
 
         @firestore.async_transactional
         async def run(transaction: firestore.AsyncTransaction) -> R:
@@ -97,7 +100,7 @@ class FirestoreLedger(Ledger):
         return await self._transaction(f"writing {what}", run)
 
     async def _get(self, collection: str, key: str, *, quick: bool = False) -> Document | None:
-        reference = self._db().collection(collection).document(_doc_id(key))
+        reference = self._collection(collection).document(_doc_id(key))
 
         async def read() -> Document | None:
             snapshot = await reference.get(**(_STATUS_CALL if quick else _CALL))
@@ -107,7 +110,7 @@ class FirestoreLedger(Ledger):
         return await self._bounded(f"reading {collection}/{key}", read, deadline)
 
     async def _create(self, collection: str, key: str, document: Document) -> bool:
-        reference = self._db().collection(collection).document(_doc_id(key))
+        reference = self._collection(collection).document(_doc_id(key))
 
         async def create() -> bool:
             try:
@@ -119,7 +122,7 @@ class FirestoreLedger(Ledger):
         return await self._bounded(f"creating {collection}/{key}", create)
 
     async def _set(self, collection: str, key: str, document: Document) -> None:
-        reference = self._db().collection(collection).document(_doc_id(key))
+        reference = self._collection(collection).document(_doc_id(key))
 
         async def write() -> None:
             await reference.set(document, **_CALL)
@@ -127,9 +130,7 @@ class FirestoreLedger(Ledger):
         await self._bounded(f"writing {collection}/{key}", write)
 
     async def _where(self, collection: str, name: str, value: object, limit: int) -> list[Document]:
-        query = (
-            self._db().collection(collection).where(filter=firestore.FieldFilter(name, "==", value))
-        )
+        query = self._collection(collection).where(filter=firestore.FieldFilter(name, "==", value))
 
         async def run() -> list[Document]:
             found = [s.to_dict() async for s in query.limit(limit).stream(**_CALL)]
@@ -142,8 +143,7 @@ class FirestoreLedger(Ledger):
     ) -> list[Document]:
         # Ordered by document id, which the field's own index holds: no composite index needed.
         query = (
-            self._db()
-            .collection(collection)
+            self._collection(collection)
             .where(filter=firestore.FieldFilter(name, "==", value))
             .order_by(FieldPath.document_id())
             .limit(page)
@@ -164,11 +164,17 @@ class FirestoreLedger(Ledger):
 
     def for_thread(self) -> FirestoreLedger:
         # A client belongs to one event loop: another thread's loop gets a ledger of its own.
-        other = FirestoreLedger(project=self.project, database=self.database)
+        other = FirestoreLedger(
+            project=self.project, database=self.database, deployment_id=self.deployment_id
+        )
         other.owner = self.owner
         return other
 
     # -- Firestore ----------------------------------------------------------------------------
+
+    def _collection(self, name: str) -> firestore.AsyncCollectionReference:
+        """This deployment's collection `name` (a LEGACY_* name: the unscoped one of old)."""
+        return self._db().collection(scoped_path(self.deployment_id, name, _doc_id))
 
     def _db(self) -> firestore.AsyncClient:
         # Made on first use inside the running loop (a gRPC aio channel belongs to one loop), so

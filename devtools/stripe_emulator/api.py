@@ -446,6 +446,18 @@ class StripeEmulator:
         self._deliver_auto_event(*events)
         return dispute
 
+    def fail_refund(self, refund_id: str, status: str = "failed") -> dict[str, Any]:
+        """A succeeded refund fails (`failed`, as a closed card's bank does) or is `canceled`.
+
+        Delivers refund.updated, charge.refund.updated, then refund.failed (not for a
+        cancellation); the Charge's `amount_refunded` no longer counts it.
+        """
+        with self._lock:
+            refund, changes = self._payments.fail_refund(refund_id, status)
+            events = self._emit_changes(changes)
+        self._deliver_auto_event(*events)
+        return refund
+
     # --- events ---
 
     def _open_session(self, session_id: str, verb: str, livemode: bool | None = None) -> _Session:
@@ -801,11 +813,14 @@ class StripeEmulator:
     def _object_helper(
         self, method: str, parts: list[str], payload: dict[str, Any], path: str
     ) -> dict[str, Any]:
-        """/_emulator/disputes/{id}/close and /_emulator/events/{id} (its deliveries)."""
+        """/_emulator/disputes/{id}/close, /_emulator/refunds/{id}/fail and /_emulator/events/{id}
+        (its deliveries)."""
         object_id = unquote(parts[1])
         action = parts[2] if len(parts) == 3 else ""
         if parts[0] == "disputes" and method == "POST" and action == "close":
             return self.close_dispute(object_id, payload.get("status"))
+        if parts[0] == "refunds" and method == "POST" and action == "fail":
+            return self.fail_refund(object_id, payload.get("status", "failed"))
         if parts[0] == "events" and method == "GET" and not action:
             return self.event_deliveries(object_id)
         raise _unrecognized(method, path)
@@ -835,7 +850,7 @@ class StripeEmulator:
                 result = self.set_session_created(session_id, payload.get("created"))
             else:
                 raise _unrecognized(method, path)
-        elif parts[0] in ("disputes", "events") and len(parts) in (2, 3):
+        elif parts[0] in ("disputes", "events", "refunds") and len(parts) in (2, 3):
             result = self._object_helper(method, parts, payload, path)
         else:
             handler = self._helper_routes().get((method, "/".join(parts)))

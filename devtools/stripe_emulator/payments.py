@@ -222,6 +222,35 @@ class Payments:
             Change("refund.created", dict(refund), livemode=charge["livemode"]),
         ]
 
+    def fail_refund(self, refund_id: str, status: str) -> tuple[dict[str, Any], list[Change]]:
+        """A succeeded refund fails (the bank returned it) or is cancelled: the money stays.
+
+        As Stripe: the Refund's status becomes `failed` (with a `failure_reason`) or `canceled`,
+        the Charge no longer counts it in `amount_refunded`, and refund.updated,
+        charge.refund.updated, then (for a failure) refund.failed are emitted.
+        """
+        if status not in ("failed", "canceled"):
+            raise _invalid("status must be one of failed, canceled", "status")
+        refund = self.refund(refund_id)
+        if refund["status"] != "succeeded":
+            raise _invalid(f"Refund {refund_id} is {refund['status']}: only a succeeded one can.")
+        charge = self.charges[refund["charge"]]
+        refund["status"] = status
+        if status == "failed":
+            refund["failure_reason"] = "unknown"
+            refund["failure_balance_transaction"] = _random_id("txn_")
+        charge["amount_refunded"] -= refund["amount"]
+        charge["refunded"] = False
+        livemode = charge["livemode"]
+        previous = {"status": "succeeded"}
+        changes = [
+            Change("refund.updated", dict(refund), previous, livemode=livemode),
+            Change("charge.refund.updated", dict(refund), previous, livemode=livemode),
+        ]
+        if status == "failed":
+            changes.append(Change("refund.failed", dict(refund), livemode=livemode))
+        return dict(refund), changes
+
     def _refundable_charge(self, params: dict[str, Any], livemode: bool) -> dict[str, Any]:
         charge_id, intent_id = params.get("charge"), params.get("payment_intent")
         if intent_id is not None:

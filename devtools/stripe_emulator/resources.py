@@ -49,6 +49,9 @@ ROUTES = {
     ("GET", "refunds/*"): Route(
         "retrieve_refund", "stripe.params.RefundRetrieveParams", "stripe.Refund"
     ),
+    ("GET", "disputes"): Route(
+        "list_disputes", "stripe.params.DisputeListParams", "stripe.Dispute"
+    ),
     ("GET", "disputes/*"): Route(
         "retrieve_dispute", "stripe.params.DisputeRetrieveParams", "stripe.Dispute"
     ),
@@ -226,6 +229,23 @@ def _old_names(session: dict[str, Any]) -> dict[str, Any]:
     return {**session, "ui_mode": UI_MODE_NEW_TO_OLD.get(session["ui_mode"], session["ui_mode"])}
 
 
+def _list_disputes(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+    """GET /v1/disputes: newest first, by charge, payment_intent, created."""
+    params, livemode = request.params, request.livemode
+    created = parse_created(params.get("created"))
+    equal = {name: params[name] for name in ("charge", "payment_intent") if params.get(name)}
+
+    def keep(data: dict[str, Any]) -> bool:
+        return created(data["created"]) and all(data[k] == v for k, v in equal.items())
+
+    newest = sorted(
+        (d for d in reversed(emulator._payments.disputes.values()) if d["livemode"] == livemode),
+        key=lambda d: d["created"],
+        reverse=True,
+    )
+    return page([dict(d) for d in newest], keep, params, "/v1/disputes", "dispute")
+
+
 def _list_webhook_endpoints(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
     items = emulator._bus.endpoints.newest_first(request.livemode)
     return page(items, lambda _: True, request.params, "/v1/webhook_endpoints", "webhook_endpoint")
@@ -256,6 +276,7 @@ def _retrieve_payment(kind: str) -> Callable[[StripeEmulator, Request], dict[str
 _READS: dict[str, Callable[[StripeEmulator, Request], dict[str, Any]]] = {
     "list_sessions": _list_sessions,
     "list_events": _list_events,
+    "list_disputes": _list_disputes,
     "list_webhook_endpoints": _list_webhook_endpoints,
     "retrieve_event": _retrieve_event,
     "retrieve_webhook_endpoint": _retrieve_webhook_endpoint,
