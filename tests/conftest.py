@@ -25,8 +25,9 @@ from tests.support import (
     require_browser,
 )
 
-# The Firestore emulator's fixtures: `firestore` (a running emulator and a fresh project id).
-pytest_plugins = ["tests.firestore_emulator", "tests.pubsub_emulator"]
+# The emulators' fixtures (`firestore`, `pubsub`: a running emulator and a fresh project id), and
+# the Cloud Build test step's PATH policy for every test that step selects.
+pytest_plugins = ["tests.firestore_emulator", "tests.pubsub_emulator", "tests.cloudbuild_step"]
 
 
 # Variables the service reads; each test starts from none of them set, then the base env.

@@ -55,9 +55,14 @@ sys.exit(call.get("returncode", 0))
 
 
 def require_gcloud() -> str:
-    """The real gcloud: locally a skip with the reason when it is missing, in CI a failure."""
-    if GCLOUD:
-        return GCLOUD
+    """The real gcloud: locally a skip with the reason when it is missing, in CI a failure.
+
+    Looked up at each call, not at import: a test of the Cloud Build step's selection has no
+    gcloud on its PATH (tests/cloudbuild_step.py), and must not find it by GCLOUD.
+    """
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        return gcloud
     if os.environ.get("CI"):
         pytest.fail("CI must check the docs and cloudbuild.yaml with the real gcloud: not on PATH")
     pytest.skip("gcloud (Google Cloud CLI) is not installed (CI runs this test)")
