@@ -48,8 +48,9 @@ STEP_IMAGE_LACKS = frozenset(
     }
 )
 
-# Written by the plugin at the end of collection, when set: the node ids it runs without the tools
-# (for tests/test_cloudbuild_test_step.py, which compares them with the step's own selection).
+# Written by the plugin at the end of collection, when set: each collected test, whether `-m`
+# selected it and whether the plugin runs it without the tools (for test_cloudbuild_test_step.py,
+# which collects the step's own command with it: the two must agree on every test).
 LIST_VARIABLE = "CHECKOUT_STEP_SELECTION_FILE"
 
 _NOT_MARKER = re.compile(r"not ([A-Za-z_][A-Za-z0-9_]*)")
@@ -166,13 +167,29 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         config.stash[_ENVIRONMENT].close()
 
 
+_DESELECTED = pytest.StashKey[list[pytest.Item]]()
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if items and os.environ.get(LIST_VARIABLE):
+        items[0].config.stash.setdefault(_DESELECTED, []).extend(items)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     listing = os.environ.get(LIST_VARIABLE)
     if listing:
         deselected = session.config.stash[_ENVIRONMENT].deselected
-        selected = [item.nodeid for item in session.items if in_step(item, deselected)]
-        Path(listing).write_text("".join(f"{nodeid}\n" for nodeid in selected))
+        left_out = session.config.stash.get(_DESELECTED, [])
+        rows = [(item, "selected") for item in session.items]
+        rows += [(item, "deselected") for item in left_out]
+        Path(listing).write_text(
+            "".join(
+                f"{how} {'without-tools' if in_step(item, deselected) else 'with-tools'} "
+                f"{item.nodeid}\n"
+                for item, how in rows
+            )
+        )
 
 
 @pytest.hookimpl(wrapper=True)
