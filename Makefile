@@ -34,10 +34,10 @@ firestore-emulator: $(VENV)/.installed
 pubsub-emulator: $(VENV)/.installed
 	$(PY) -m devtools.pubsub_emulator --port 8087
 
-# pytest-xdist: one worker per core (JOBS=1: one process), each given a whole module at a time, so
-# a module's fixtures are set up once and its tests keep their order; each worker starts its own
-# emulators (docs/testing.md#how-long-it-takes).
-JOBS ?= auto
+# pytest-xdist: one worker per logical CPU (JOBS=1: one process), each given a whole module at a
+# time, so a module's fixtures are set up once and its tests keep their order; each worker starts
+# its own emulators (docs/testing.md#how-long-it-takes).
+JOBS ?= logical
 PARALLEL = $(if $(filter 1,$(JOBS)),-p no:xdist,-n $(JOBS) --dist loadscope)
 
 ## Lint and type-check, then run every test (docs/testing.md#how-long-it-takes).

@@ -190,7 +190,6 @@ def unreachable_ledger(configure) -> None:
     )
 
 
-@pytest.mark.slow  # waits out the Firestore ledger's deadlines (checkout/ledger/firestore.py)
 def test_an_unreachable_ledger_makes_the_webhook_503_and_marks_nothing(
     unreachable_ledger, client, stripe_emulator, delivered
 ) -> None:
@@ -207,7 +206,6 @@ def test_an_unreachable_ledger_makes_the_webhook_503_and_marks_nothing(
     assert delivered == []
 
 
-@pytest.mark.slow  # waits out the Firestore ledger's deadlines (checkout/ledger/firestore.py)
 def test_an_unreachable_ledger_leaves_status_to_stripe_and_is_logged_once_per_burst(
     unreachable_ledger, client, stripe_emulator, delivered, logs
 ) -> None:

@@ -407,7 +407,6 @@ def test_with_a_price_id_a_refund_of_an_order_the_ledger_never_saw_records_the_o
     assert not log_records(live.logs(), "checkout_not_fulfilled")
 
 
-@pytest.mark.slow  # waits out the Firestore ledger's deadlines (checkout/ledger/firestore.py)
 def test_reconcile_prints_its_one_line_and_fails_when_the_ledger_is_unreachable(
     stripe_emulator, base_env, no_webhook
 ) -> None:
@@ -523,7 +522,6 @@ def test_doctor_judges_the_return_url_by_the_key_from_secret_manager(
     assert "sk_live_51" not in result.stdout + result.stderr
 
 
-@pytest.mark.slow  # waits out the Firestore ledger's deadlines (checkout/ledger/firestore.py)
 def test_doctor_names_a_disabled_endpoint_and_an_unreachable_ledger(
     stripe_emulator, base_env
 ) -> None:

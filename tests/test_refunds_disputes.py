@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
 from devtools.loopback import free_port
@@ -257,7 +256,6 @@ def test_a_refund_whose_webhook_never_came_is_answered_and_recorded_from_stripe(
     assert changes(server) == [f"{session['id']}:paid", f"{session['id']}:refunded"]
 
 
-@pytest.mark.slow  # waits out the Firestore ledger's deadlines (checkout/ledger/firestore.py)
 def test_with_the_ledger_unreachable_a_refunded_order_is_still_answered_refunded(
     live_server, stripe_emulator
 ) -> None:
