@@ -34,18 +34,19 @@ firestore-emulator: $(VENV)/.installed
 pubsub-emulator: $(VENV)/.installed
 	$(PY) -m devtools.pubsub_emulator --port 8087
 
-# pytest-xdist: one worker per logical CPU (JOBS=1: one process), each given a whole module at a
-# time, so a module's fixtures are set up once and its tests keep their order; each worker starts
-# its own emulators (docs/testing.md#how-long-it-takes).
+# pytest-xdist: one worker per logical CPU (JOBS=1: one process); each worker starts its own
+# emulators (docs/testing.md#how-long-it-takes). `make test` gives a worker a whole module at a
+# time (loadscope), so a module's fixtures (gcloud, a browser) are set up once; `make check`, whose
+# module fixtures are cheap, spreads single tests (load), which balances the two workers better.
 JOBS ?= logical
-PARALLEL = $(if $(filter 1,$(JOBS)),-p no:xdist,-n $(JOBS) --dist loadscope)
+PARALLEL = $(if $(filter 1,$(JOBS)),-p no:xdist,-n $(JOBS) --dist $(1))
 
 ## Lint and type-check, then run every test (docs/testing.md#how-long-it-takes).
 test: $(VENV)/.installed $(E2E_DEPS)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest $(PARALLEL)
+	$(PY) -m pytest $(call PARALLEL,loadscope)
 
 # What `make check` leaves to `make test`: the tests that need a tool from the machine, start
 # Google's emulators or take seconds each (docs/testing.md#markers-what-needs-a-tool-from-the-machine).
@@ -57,7 +58,7 @@ check: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest $(PARALLEL) -m "$(QUICK)"
+	$(PY) -m pytest $(call PARALLEL,load) -m "$(QUICK)"
 
 ## Re-pin requirements.txt and requirements-dev.txt, every transitive dependency with hashes, from
 ## requirements.in and requirements-dev.in (pip-tools).

@@ -36,14 +36,14 @@ LINT = ["$(PY) -m ruff check .", "$(PY) -m ruff format --check .", "$(PY) -m myp
 
 
 def test_make_test_lints_then_runs_every_test_on_every_core() -> None:
-    assert recipe("test") == [*LINT, "$(PY) -m pytest $(PARALLEL)"]
+    assert recipe("test") == [*LINT, "$(PY) -m pytest $(call PARALLEL,loadscope)"]
     assert variable("JOBS") == "logical"
-    assert "-n $(JOBS) --dist loadscope" in variable("PARALLEL")
+    assert "-n $(JOBS) --dist $(1)" in variable("PARALLEL")
     assert "-p no:xdist" in variable("PARALLEL")  # JOBS=1: one process
 
 
 def test_make_check_lints_then_leaves_out_every_marked_test() -> None:
-    assert recipe("check") == [*LINT, '$(PY) -m pytest $(PARALLEL) -m "$(QUICK)"']
+    assert recipe("check") == [*LINT, '$(PY) -m pytest $(call PARALLEL,load) -m "$(QUICK)"']
     terms = variable("QUICK").split(" and ")
     assert all(term.startswith("not ") for term in terms)
     assert {term.removeprefix("not ") for term in terms} == markers()
