@@ -1,9 +1,10 @@
-# Two commands do everything on a fresh machine: `make run` and `make test`.
+# Two commands do everything on a fresh machine: `make run` and `make test` (`make check` is the
+# quick loop while editing).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run firestore-emulator pubsub-emulator test lint format lock bench mutation clean
+.PHONY: run firestore-emulator pubsub-emulator test check lint format lock bench mutation clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +34,31 @@ firestore-emulator: $(VENV)/.installed
 pubsub-emulator: $(VENV)/.installed
 	$(PY) -m devtools.pubsub_emulator --port 8087
 
-## Lint and type-check, then run every test.
+# pytest-xdist: one worker per logical CPU (JOBS=1: one process); each worker starts its own
+# emulators (docs/testing.md#how-long-it-takes). `make test` gives a worker a whole module at a
+# time (loadscope), so a module's fixtures (gcloud, a browser) are set up once; `make check`, whose
+# module fixtures are cheap, spreads single tests (load), which balances the two workers better.
+JOBS ?= logical
+PARALLEL = $(if $(filter 1,$(JOBS)),-p no:xdist,-n $(JOBS) --dist $(1))
+
+## Lint and type-check, then run every test (docs/testing.md#how-long-it-takes).
 test: $(VENV)/.installed $(E2E_DEPS)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest
+	$(PY) -m pytest $(call PARALLEL,loadscope)
+
+# What `make check` leaves to `make test`: the tests that need a tool from the machine, start
+# Google's emulators or take seconds each (docs/testing.md#markers-what-needs-a-tool-from-the-machine).
+QUICK := not browser and not gcloud and not curl and not firestore and not pubsub and not deploy_step and not slow
+
+## The edit-test loop, under a minute: lint, types, and the tests that need no emulator, browser,
+## gcloud or slow process.
+check: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) -m pytest $(call PARALLEL,load) -m "$(QUICK)"
 
 ## Re-pin requirements.txt and requirements-dev.txt, every transitive dependency with hashes, from
 ## requirements.in and requirements-dev.in (pip-tools).

@@ -25,11 +25,30 @@ from tests.support import (
     require_browser,
 )
 
-# The Firestore emulator's fixtures: `firestore` (a running emulator and a fresh project id).
-pytest_plugins = ["tests.firestore_emulator", "tests.pubsub_emulator"]
+# The emulators' fixtures (`firestore`, `pubsub`: a running emulator and a fresh project id), and
+# the Cloud Build test step's PATH policy for every test that step selects.
+pytest_plugins = ["tests.firestore_emulator", "tests.pubsub_emulator", "tests.cloudbuild_step"]
 
 
 # Variables the service reads; each test starts from none of them set, then the base env.
+
+# Markers of the tests that take seconds each: emulators, a browser, gcloud, live processes.
+HEAVY = ("firestore", "pubsub", "browser", "gcloud", "curl", "slow")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules with heavy tests first, each module's tests in their order.
+
+    `make test` hands whole modules to its workers in this order (pytest-xdist, loadscope): the
+    long ones start first and the quick ones fill in at the end, instead of both workers waiting
+    on the last emulator module. Runs after the emulator plugins have marked their tests.
+    """
+    heavy = {
+        item.nodeid.split("::")[0]
+        for item in items
+        if any(item.get_closest_marker(name) for name in HEAVY)
+    }
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in heavy)
 
 
 @pytest.fixture(scope="session")

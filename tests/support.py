@@ -523,7 +523,9 @@ def require(missing: str | None, what: str) -> None:
 
 def require_browser() -> None:
     missing = None
-    if not Path(CHROMIUM).exists():
+    # Looked up now, not at import: a test of the Cloud Build step's selection has no chromium on
+    # its PATH (tests/cloudbuild_step.py), and must not find it by the path found at import.
+    if not Path(CHROMIUM).exists() or shutil.which(Path(CHROMIUM).name) is None:
         missing = f"Debian's chromium is not installed ({CHROMIUM}): apt-get install chromium"
     else:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 
 from checkout.config import load_settings
 from checkout.doctor import WORKER_REQUEST_TIMEOUT_S
-from tests.gcloud_cli import GCLOUD, Call, Recorder, require_gcloud, run_for_real
+from tests.gcloud_cli import Call, Recorder, require_gcloud, run_for_real
 from tests.support import ROOT
 
 CLOUDBUILD = ROOT / "cloudbuild.yaml"
@@ -104,7 +105,7 @@ class DeployRun:
         values = {**BUILTINS, **substitutions, "_FRONTEND_URL": FRONTEND_URL, **overrides}
 
         deploy = step(build, "deploy")
-        self.recorder = Recorder(tmp_path, GCLOUD or "gcloud")
+        self.recorder = Recorder(tmp_path, shutil.which("gcloud") or "gcloud")
         workspace = tmp_path / "workspace"
         workspace.mkdir()
 
@@ -321,9 +322,9 @@ def test_test_step_leaves_out_the_tests_its_image_cannot_run(build: dict[str, An
     # and no make; CI (.ci/run) runs these.
     script = "\n".join(step(build, "test")["args"])
     (selection,) = re.findall(r'pytest -m "([^"]+)"', script)
-    # Every marker that names a tool (all but `slow`), and the test that runs this very step.
+    # Every marker that names a tool (all but `slow`), and the tests of this very step.
     assert set(re.findall(r"not (\w+)", selection)) == tool_markers() | {"deploy_step"}
-    # tests/test_cloudbuild_test_step.py runs this selection without those tools.
+    # Every ordinary run runs this selection without those tools (tests/cloudbuild_step.py).
 
 
 def tool_markers() -> set[str]:
