@@ -1,4 +1,5 @@
-"""The operator's commands: `python -m checkout reconcile | register-webhook | doctor`.
+"""The operator's commands: `python -m checkout reconcile | register-webhook | doctor`, and
+`setup | teardown | deploy` (checkout/setup.py), which run gcloud and need no settings.
 
 Each reads the same settings as the service (the deployment's environment) and builds the same
 Service: the same gateway, ledger, recorder and publisher, nothing of its own.
@@ -19,11 +20,15 @@ from checkout.keys import SecretConfigError, SecretUnavailable
 from checkout.logs import setup_logging
 from checkout.reconcile import DEFAULT_DAYS, MAX_DAYS, reconcile
 from checkout.service import Service
+from checkout.setup import add_commands as setup_commands
+from checkout.setup import main as setup_main
 from checkout.webhook_setup import SetupError, register_webhook
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
+    if arguments.command in ("setup", "teardown", "deploy"):
+        return setup_main(arguments)  # gcloud's commands: no settings, no service
     setup_logging()
     try:
         service = Service.from_settings(load_settings())
@@ -92,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("--secret", help="Secret Manager secret for the signing secret")
     check = commands.add_parser("doctor", help="check the deployment's configuration")
     check.add_argument("--url", required=True, help="the webhook URL Stripe should call")
+    setup_commands(commands)
     return parser
 
 
