@@ -107,7 +107,11 @@ class Runner:
             if _ABSENT.search(done.stderr):
                 return False, ""
             raise Stop(_failure(step, step.look.argv, done, "the look-up failed"))
-        verdict = judge(step.look, done.stdout)
+        look = step.look
+        if look.binding is not None:  # its member may name a fact (the Pub/Sub agent)
+            role, member = look.binding
+            look = dataclasses.replace(look, binding=(role, fill((member,), self.facts)[0]))
+        verdict = judge(look, done.stdout)
         if verdict is None:
             return True, done.stdout
         if step.look.differs == "stop" and verdict:
@@ -155,7 +159,7 @@ def _said(done: Done) -> str:
 
 def _failure(step: Step, argv: Argv, done: Done, what: str = "failed") -> str:
     command = shell_line(dataclasses.replace(step, argv=argv, env=(), stdin_key=False))
-    fix = step.fix or "fix what gcloud says, then run setup again"
+    fix = step.fix or "what gcloud says"
     return (
         f"{step.title}: {what}\n  command: {command}\n  gcloud said: {_said(done)}\n"
         f"  fix: {fix}; then run the same setup command again: it continues from here"

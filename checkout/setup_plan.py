@@ -905,3 +905,38 @@ def shell_line(item: Item) -> str:
 def describe(plan: Plan) -> str:
     """The plan as JSON (for the record setup keeps and for tests)."""
     return json.dumps([shell_line(item) for item in plan.items], indent=1)
+
+
+# The docs' names for what a user chooses: docs/deploy.md shows the plan with these.
+DOCS_OPTIONS = Options(project="${PROJECT_ID}", region="${REGION}", frontend_url="${FRONTEND_URL}")
+
+
+def docs_block(plan: Plan, width: int = 100) -> str:
+    """The plan as docs/deploy.md shows it: a comment per step, commands wrapped with `\\`."""
+    lines: list[str] = []
+    number = 0
+    for item in plan.items:
+        if isinstance(item, Step):
+            number += 1
+            lines.append(f"# {number}. {item.title}")
+        words = shell_line(item).split(" ") if isinstance(item, Fact) else _words(item)
+        line = ""
+        for word in words:
+            if line and len(line) + 1 + len(word) > width - 2:
+                lines.append(line + " \\")
+                line = "  " + word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _words(step: Step) -> list[str]:
+    """shell_line's words, without splitting a quoted word at its spaces."""
+    words = [shell_word(t) for t in step.argv]
+    if words[0] == "python":
+        words[0] = ".venv/bin/python"
+    prefix = [f"{k}={shell_word(v)}" for k, v in step.env]
+    if step.stdin_key:
+        prefix = ["printf", "%s", '"$STRIPE_KEY"', "|"]
+    return [*prefix, *words]

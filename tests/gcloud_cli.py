@@ -4,7 +4,9 @@ account and a bad one at the parser.
 
 Recording first lets a script go on past its first call (the real CLI would exit 1 there, and a
 `set -e` script would stop), and lets the slow CLI (about a second a call) run the calls in
-parallel. `gcloud config ...` calls run at once instead, because later calls depend on them.
+parallel. `gcloud config ...` calls run at once instead, because later calls depend on them. A call that
+reads one value (`--format=value(...)`) answers `recorded-value`, so that a variable set from it
+is not empty in the commands that use it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ if sys.argv[1:2] == ["config"]:
 else:
     call["config"] = os.path.join(log, f"{{n}}.config")
     shutil.copytree(config, call["config"])
+    if any(arg.startswith("--format=value(") for arg in sys.argv[1:]):
+        print("recorded-value")  # a value read into a variable, so the next command has one
 with open(os.path.join(log, f"{{n}}.json"), "w") as out:
     json.dump(call, out)
 sys.exit(call.get("returncode", 0))
