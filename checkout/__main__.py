@@ -17,6 +17,7 @@ from checkout.config import ConfigError, load_settings
 from checkout.doctor import doctor
 from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.local_operator import DOCTOR_HELP, beside_make_run, local_checks, reconcile_warning
 from checkout.logs import setup_logging
 from checkout.reconcile import DEFAULT_DAYS, MAX_DAYS, reconcile
 from checkout.service import Service
@@ -44,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _run(arguments: argparse.Namespace, service: Service) -> int:
     try:
         if arguments.command == "reconcile":
+            warning = reconcile_warning(service)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
             summary = await reconcile(service, arguments.days)
             print(json.dumps(summary.record()), flush=True)
             return 0 if summary.ok else 1
@@ -75,6 +79,8 @@ async def _register(service: Service, url: str, secret: str | None) -> int:
 
 async def _doctor(service: Service, url: str) -> int:
     checks = await doctor(service, url)
+    if beside_make_run(service.settings):
+        checks = local_checks(checks, url)
     for check in checks:
         print(check.line())
     return 0 if all(check.ok for check in checks) else 1
@@ -95,7 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     register = commands.add_parser("register-webhook", help="create or update the endpoint")
     register.add_argument("--url", required=True, help="https://…/api/checkout/webhook")
     register.add_argument("--secret", help="Secret Manager secret for the signing secret")
-    check = commands.add_parser("doctor", help="check the deployment's configuration")
+    check = commands.add_parser(
+        "doctor",
+        help="check the deployment's configuration",
+        description=DOCTOR_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check.add_argument("--url", required=True, help="the webhook URL Stripe should call")
     setup_commands(commands)
     return parser

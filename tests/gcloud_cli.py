@@ -4,9 +4,9 @@ account and a bad one at the parser.
 
 Recording first lets a script go on past its first call (the real CLI would exit 1 there, and a
 `set -e` script would stop), and lets the slow CLI (about a second a call) run the calls in
-parallel. `gcloud config ...` calls run at once instead, because later calls depend on them. A call that
-reads one value (`--format=value(...)`) answers `recorded-value`, so that a variable set from it
-is not empty in the commands that use it.
+parallel. `gcloud config ...` calls run at once instead, because later calls depend on them. A
+call that reads one value (`--format=value(...)`) answers `recorded-value`, so that a variable
+set from it is not empty in the commands that use it.
 """
 
 from __future__ import annotations

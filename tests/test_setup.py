@@ -30,6 +30,7 @@ from checkout.setup_plan import (
 from devtools.secret_manager_emulator import SecretManagerEmulator
 from devtools.stripe_emulator import StripeEmulator
 from tests.fake_gcloud import CHANGING, initial_state
+from tests.local_run import code_lines, shell_blocks_of
 from tests.stripe_emulator_client import sdk
 from tests.support import ROOT, SERVICE_VARS, TEST_KEY
 
@@ -415,7 +416,6 @@ def test_setup_registers_the_webhook_once_and_stores_each_secret_once(
 
 def test_the_step_by_step_commands_in_docs_deploy_md_are_setups_own() -> None:
     from checkout.setup_plan import DOCS_OPTIONS, shell_line
-    from tests.test_docs import code_lines, shell_blocks_of
 
     text = (ROOT / "docs" / "deploy.md").read_text()
     section = text.split("\n## What setup does, step by step\n", 1)[1].split("\n## ", 1)[0]
@@ -429,8 +429,6 @@ def test_the_step_by_step_commands_in_docs_deploy_md_are_setups_own() -> None:
 
 
 def test_the_readme_deploys_with_the_two_logins_setup_and_deploy() -> None:
-    from tests.test_docs import code_lines, shell_blocks_of
-
     text = (ROOT / "README.md").read_text()
     section = text.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
     lines = [line for block in shell_blocks_of(section) for line in code_lines(block)]
@@ -438,3 +436,22 @@ def test_the_readme_deploys_with_the_two_logins_setup_and_deploy() -> None:
     assert lines[2].startswith(".venv/bin/python -m checkout setup --project ")
     assert lines[3] == ".venv/bin/python -m checkout deploy --project my-project"
     assert len(lines) == 4
+    # teardown deletes the endpoint it registered (and what the stand-in holds), keeping the data.
+    teardown = [
+        sys.executable,
+        "-m",
+        "checkout",
+        "teardown",
+        "--project",
+        PROJECT,
+        "--region",
+        REGION,
+        "--yes",
+    ]
+    result = subprocess.run(
+        teardown, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sdk(stripe_emulator).v1.webhook_endpoints.list().data == []
+    assert "firestore databases/(default)" in stand_in.world()["resources"]
+    assert f"secrets/{STRIPE_SECRET}" not in stand_in.world()["resources"]
