@@ -265,6 +265,8 @@ def preconditions(runner: Runner, options: Options, read_key: Callable[[], str])
     """Check what setup needs before it changes anything; the Stripe key when it must store it."""
     if shutil.which("gcloud") is None:
         raise Stop("gcloud is not on PATH: install the Google Cloud CLI (cloud.google.com/sdk)")
+    if not Path("cloudbuild.yaml").is_file():
+        raise Stop("cloudbuild.yaml is not here: run setup from the repository's root")
     account_list, print_token, billing_describe, secret_describe = preconditions_commands(options)
     account = runner.gcloud(account_list)
     if account.returncode != 0 or not account.stdout.strip():

@@ -55,6 +55,7 @@ class StandIn:
         shim = self.bin / "gcloud"
         shim.write_text(SHIM.format(python=sys.executable, fake=str(ROOT / "tests/fake_gcloud.py")))
         shim.chmod(0o755)
+        (tmp / "cloudbuild.yaml").write_text("steps: []\n")  # setup runs from the repository root
         self.path = tmp / "gcloud-state.json"
         self.path.write_text(json.dumps(initial_state(PROJECT)))
 
@@ -409,6 +410,25 @@ def test_setup_registers_the_webhook_once_and_stores_each_secret_once(
         assert sm.versions(PROJECT, STRIPE_SECRET) == [TEST_KEY.encode()]
         (signing,) = sm.versions(PROJECT, WEBHOOK_SECRET)
         assert signing.startswith(b"whsec_")
+    # teardown deletes the endpoint it registered (and what the stand-in holds), keeping the data.
+    teardown = [
+        sys.executable,
+        "-m",
+        "checkout",
+        "teardown",
+        "--project",
+        PROJECT,
+        "--region",
+        REGION,
+        "--yes",
+    ]
+    result = subprocess.run(
+        teardown, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sdk(stripe_emulator).v1.webhook_endpoints.list().data == []
+    assert "firestore databases/(default)" in stand_in.world()["resources"]
+    assert f"secrets/{STRIPE_SECRET}" not in stand_in.world()["resources"]
 
 
 # --- docs/deploy.md shows setup's own commands ---
@@ -436,22 +456,3 @@ def test_the_readme_deploys_with_the_two_logins_setup_and_deploy() -> None:
     assert lines[2].startswith(".venv/bin/python -m checkout setup --project ")
     assert lines[3] == ".venv/bin/python -m checkout deploy --project my-project"
     assert len(lines) == 4
-    # teardown deletes the endpoint it registered (and what the stand-in holds), keeping the data.
-    teardown = [
-        sys.executable,
-        "-m",
-        "checkout",
-        "teardown",
-        "--project",
-        PROJECT,
-        "--region",
-        REGION,
-        "--yes",
-    ]
-    result = subprocess.run(
-        teardown, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert sdk(stripe_emulator).v1.webhook_endpoints.list().data == []
-    assert "firestore databases/(default)" in stand_in.world()["resources"]
-    assert f"secrets/{STRIPE_SECRET}" not in stand_in.world()["resources"]
