@@ -198,12 +198,16 @@ def run_setup(
     record.data["options"] = dataclasses.asdict(options)
     record.save()
     steps = list(plan.steps())
+    current = "the preconditions"
     try:
         for item in plan.items:
             if isinstance(item, Fact):
                 runner.fact(item)
                 continue
-            number = steps.index(item) + 1
+            number, current = steps.index(item) + 1, item.title
+            if item.argv[0] == "python" or item.argv[1:3] == ("builds", "submit"):
+                # Their own output follows: say first which step it belongs to.
+                print(f"[{number}/{len(steps)}] {item.title}: running", file=out, flush=True)
             status = _setup_step(runner, item, key, record)
             print(f"[{number}/{len(steps)}] {item.title}: {status}", file=out, flush=True)
             if status.startswith("FAIL"):
@@ -211,6 +215,13 @@ def run_setup(
     except Stop as stop:
         print(f"setup stopped.\n{stop}", file=out)
         return 1
+    except KeyboardInterrupt:
+        print(
+            f"\nsetup interrupted during: {current}. Run the same command again: it looks at "
+            "each step first and continues from there.",
+            file=out,
+        )
+        return 130
     print(f"done. Later deploys: python -m checkout deploy --project {options.project}", file=out)
     return 0
 

@@ -133,6 +133,8 @@ def test_a_first_run_makes_every_resource_in_the_plans_order(stand_in: StandIn) 
     for call, step in zip(changing, gcloud_steps, strict=True):
         assert call[:3] == list(step.argv[1:4]), (call, step.title)
     assert [a[3] for a in operators.calls] == ["register-webhook", "doctor"]
+    # The key went to gcloud on standard input: never an argument, never a line of output.
+    assert TEST_KEY not in json.dumps(stand_in.calls()) and TEST_KEY not in out
     world = stand_in.world()
     resources = world["resources"]
     assert f"secrets/{STRIPE_SECRET}" in resources and f"secrets/{WEBHOOK_SECRET}" in resources
@@ -186,6 +188,19 @@ def test_a_run_stopped_at_each_step_in_turn_continues_to_the_state_of_one_clean_
     code, out, _ = run()
     assert code == 0, out
     assert stand_in.world() == clean
+
+
+def test_an_interrupted_run_says_where_and_continues_when_run_again(stand_in: StandIn) -> None:
+    def interrupt(argv: tuple[str, ...], env: dict[str, str]) -> int:
+        raise KeyboardInterrupt
+
+    out = io.StringIO()
+    code = setup.run_setup(OPTIONS, read_key=lambda: TEST_KEY, out=out, operator=interrupt)
+    assert code == 130
+    assert "interrupted during: register the Stripe webhook endpoint" in out.getvalue()
+    code, again, _ = run()
+    assert code == 0, again
+    assert "register the Stripe webhook endpoint and store its signing secret: ok" in again
 
 
 def test_dry_run_runs_no_gcloud_and_prints_every_command_in_order(
