@@ -189,14 +189,25 @@ def _binding(
     target = (*group_args, "add-iam-policy-binding", name, *scope, *flags)
     removal = (*group_args, "remove-iam-policy-binding", name, *scope, *flags)
     look = (*group_args, "get-iam-policy", name, *scope, "--format=json")
-    where = name if group != "projects" else "the project"
     return Step(
-        title=f"grant {role} on {where} to {member.split(':', 1)[1]} ({why})",
+        title=f"grant {role} on {_short(name) if group != 'projects' else 'the project'} to "
+        f"{_short(member.split(':', 1)[1])} ({why})",
         argv=_g(*target, options=o),
         look=Look(_g(*look, options=o), binding=(role, member)),
         delete=_g(*removal, options=o),
         fix="you need permission to set IAM policies (Owner, or Security Admin)",
     )
+
+
+def _short(name: str) -> str:
+    """An account or resource as a progress line names it."""
+    if "@gcp-sa-pubsub." in name:
+        return "the Pub/Sub service agent"
+    if "DEFAULT_BUILD_SA" in name:
+        return "the default build account"
+    if "/subscriptions/" in name:
+        return "the trigger's subscription"
+    return name.split("@", 1)[0]
 
 
 def build_plan(o: Options) -> Plan:
@@ -616,7 +627,7 @@ def build_plan(o: Options) -> Plan:
             ("iam service-accounts", o.account("trigger")),
             agent,
             "roles/iam.serviceAccountTokenCreator",
-            why="sign the trigger's tokens (projects made before April 2021)",
+            why="sign the trigger's tokens, in projects made before April 2021",
         ),
         Fact(
             "API_URL",
