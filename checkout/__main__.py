@@ -17,7 +17,7 @@ from checkout.config import ConfigError, load_settings
 from checkout.doctor import doctor
 from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretUnavailable
-from checkout.local_operator import DOCTOR_HELP, beside_make_run, local_checks, reconcile_warning
+from checkout.local_operator import DOCTOR_HELP, local_checks, reconcile_warning
 from checkout.logs import setup_logging
 from checkout.reconcile import DEFAULT_DAYS, MAX_DAYS, reconcile
 from checkout.service import Service
@@ -53,7 +53,7 @@ async def _run(arguments: argparse.Namespace, service: Service) -> int:
             return 0 if summary.ok else 1
         if arguments.command == "register-webhook":
             return await _register(service, arguments.url, arguments.secret)
-        return await _doctor(service, arguments.url)
+        return await _doctor(service, arguments.url, local=arguments.local)
     finally:
         service.gateway.close()
         await asyncio.sleep(0)
@@ -77,9 +77,9 @@ async def _register(service: Service, url: str, secret: str | None) -> int:
     return 0
 
 
-async def _doctor(service: Service, url: str) -> int:
+async def _doctor(service: Service, url: str, *, local: bool) -> int:
     checks = await doctor(service, url)
-    if beside_make_run(service.settings):
+    if local:
         checks = local_checks(checks, url)
     for check in checks:
         print(check.line())
@@ -108,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("--url", required=True, help="the webhook URL Stripe should call")
+    check.add_argument(
+        "--local",
+        action="store_true",
+        help="beside `make run` (make doctor): check its emulator setup, not a Stripe endpoint",
+    )
     setup_commands(commands)
     return parser
 

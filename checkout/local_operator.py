@@ -1,6 +1,6 @@
 """The operator commands beside `make run`: what `doctor` checks there, and `reconcile`'s warning.
 
-Beside `make run` (STRIPE_API_BASE on loopback, not on Cloud Run) there is no endpoint to register:
+Beside `make run` (`make doctor` runs `doctor --local`) there is no endpoint to register:
 the bundled Stripe emulator delivers every event to the function's webhook itself. So `doctor`
 there checks what `make run` set up instead of the Dashboard's endpoint, and never suggests
 `register-webhook`. `reconcile` there runs on its own ledger, not the server's (memory), and says
@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
-from checkout.config import Settings
 from checkout.doctor import Check
 from checkout.service import Service
 
@@ -33,7 +32,7 @@ checks:
   return url            the return URL is https (or the key a test key)
   ledger                the order ledger answers (firestore on Cloud Run)
   order topic           the Pub/Sub topic answers (needed on Cloud Run)
-beside `make run` (STRIPE_API_BASE on loopback), instead of the endpoint checks:
+with --local, beside `make run` (make doctor), instead of the endpoint checks:
   local webhook         the function at --url answers and refuses an unsigned event (400)
                         (the emulator delivers events there itself: nothing to register)
 
@@ -51,15 +50,6 @@ _ENDPOINT_CHECKS = (
     "webhook events",
     "webhook api version",
 )
-
-
-def beside_make_run(settings: Settings) -> bool:
-    """The bundled emulator on this machine with a key in the environment, not Cloud Run nor a
-    key in Secret Manager (a deployment's setup, as `setup` runs doctor): `make run`'s setup."""
-    base = settings.stripe_api_base
-    if base is None or settings.on_cloud_run or settings.stripe_secret_name:
-        return False
-    return urlsplit(base).hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def local_checks(checks: list[Check], url: str) -> list[Check]:

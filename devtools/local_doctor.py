@@ -22,7 +22,7 @@ def main() -> int:
         env["STRIPE_SECRET_KEY"] = EMULATOR_KEY
         env.setdefault("STRIPE_WEBHOOK_SECRET", LOCAL_WEBHOOK_SECRET)
     url = f"http://127.0.0.1:{port}/api/checkout/webhook"
-    command = [sys.executable, "-m", "checkout", "doctor", "--url", url]
+    command = [sys.executable, "-m", "checkout", "doctor", "--local", "--url", url]
     return subprocess.run(command, env=env, check=False).returncode
 
 
