@@ -411,12 +411,14 @@ def _teardown_step(  # noqa: PLR0911 (one return per reason to leave a step)
         return "kept (--delete-data deletes it)"
     if step.shared and step.title not in record.data["made"]:
         return "kept (setup did not make it)"
-    exists, output = runner.looks_done(step)
-    if not exists and step.look.binding is None and not step.look.not_lines:
-        return ""
-    if step.look.binding is not None and not exists:
-        return ""
-    if step.look.not_lines and not exists:
+    if step.look.differs == "stop":
+        try:
+            exists, output = runner.looks_done(step)
+        except Stop:
+            return "kept (it is not as setup makes it: someone else's)"
+    else:
+        exists, output = runner.looks_done(step)
+    if not exists:
         return ""
     found = output.strip().splitlines()[0] if output.strip() else ""
     argv = fill(step.delete, {**runner.facts, "FOUND": found})
