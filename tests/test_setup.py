@@ -471,3 +471,16 @@ def test_the_readme_deploys_with_the_two_logins_setup_and_deploy() -> None:
     assert lines[2].startswith(".venv/bin/python -m checkout setup --project ")
     assert lines[3] == ".venv/bin/python -m checkout deploy --project my-project"
     assert len(lines) == 4
+
+
+def test_teardown_leaves_a_database_that_is_not_as_setup_makes_it(stand_in: StandIn) -> None:
+    state = stand_in.state()
+    theirs = {"locationId": "europe-west3", "type": "FIRESTORE_NATIVE"}
+    state["resources"]["firestore databases/(default)"] = theirs
+    stand_in.path.write_text(json.dumps(state))
+    assert run()[0] == 1  # setup stops at the database, saying what differs
+    out = io.StringIO()
+    code = setup.run_teardown(OPTIONS, yes=True, delete_data=True, out=out, operator=Operators())
+    assert code == 0, out.getvalue()
+    assert "kept (it is not as setup makes it" in out.getvalue()
+    assert stand_in.world()["resources"]["firestore databases/(default)"] == theirs
