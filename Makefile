@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run firestore-emulator pubsub-emulator test check lint format lock bench mutation clean
+.PHONY: run doctor firestore-emulator pubsub-emulator test check lint format lock bench mutation clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 ## Run the function on :8080 (with the bundled Stripe emulator when no key is configured).
 run: $(VENV)/.installed
 	$(PY) -m devtools.run_local
+
+## Beside a running `make run` (another terminal): check its setup with `python -m checkout doctor`.
+doctor: $(VENV)/.installed
+	$(PY) -m devtools.local_doctor
 
 # The end-to-end browser tests build the README's React component: npm installs its pinned
 # packages (tests/e2e/package-lock.json). Without npm those tests skip, saying why.

@@ -1,4 +1,5 @@
-"""The operator's commands: `python -m checkout reconcile | register-webhook | doctor`.
+"""The operator's commands: `python -m checkout reconcile | register-webhook | doctor`, and
+`setup | teardown | deploy` (checkout/setup.py), which run gcloud and need no settings.
 
 Each reads the same settings as the service (the deployment's environment) and builds the same
 Service: the same gateway, ledger, recorder and publisher, nothing of its own.
@@ -16,14 +17,19 @@ from checkout.config import ConfigError, load_settings
 from checkout.doctor import doctor
 from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.local_operator import DOCTOR_HELP, local_checks, reconcile_warning
 from checkout.logs import setup_logging
 from checkout.reconcile import DEFAULT_DAYS, MAX_DAYS, reconcile
 from checkout.service import Service
+from checkout.setup import add_commands as setup_commands
+from checkout.setup import main as setup_main
 from checkout.webhook_setup import SetupError, register_webhook
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
+    if arguments.command in ("setup", "teardown", "deploy"):
+        return setup_main(arguments)  # gcloud's commands: no settings, no service
     setup_logging()
     try:
         service = Service.from_settings(load_settings())
@@ -39,12 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _run(arguments: argparse.Namespace, service: Service) -> int:
     try:
         if arguments.command == "reconcile":
+            warning = reconcile_warning(service)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
             summary = await reconcile(service, arguments.days)
             print(json.dumps(summary.record()), flush=True)
             return 0 if summary.ok else 1
         if arguments.command == "register-webhook":
             return await _register(service, arguments.url, arguments.secret)
-        return await _doctor(service, arguments.url)
+        return await _doctor(service, arguments.url, local=arguments.local)
     finally:
         service.gateway.close()
         await asyncio.sleep(0)
@@ -68,8 +77,10 @@ async def _register(service: Service, url: str, secret: str | None) -> int:
     return 0
 
 
-async def _doctor(service: Service, url: str) -> int:
+async def _doctor(service: Service, url: str, *, local: bool) -> int:
     checks = await doctor(service, url)
+    if local:
+        checks = local_checks(checks, url)
     for check in checks:
         print(check.line())
     return 0 if all(check.ok for check in checks) else 1
@@ -90,8 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     register = commands.add_parser("register-webhook", help="create or update the endpoint")
     register.add_argument("--url", required=True, help="https://…/api/checkout/webhook")
     register.add_argument("--secret", help="Secret Manager secret for the signing secret")
-    check = commands.add_parser("doctor", help="check the deployment's configuration")
+    check = commands.add_parser(
+        "doctor",
+        help="check the deployment's configuration",
+        description=DOCTOR_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check.add_argument("--url", required=True, help="the webhook URL Stripe should call")
+    check.add_argument(
+        "--local",
+        action="store_true",
+        help="beside `make run` (make doctor): check its emulator setup, not a Stripe endpoint",
+    )
+    setup_commands(commands)
     return parser
 
 

@@ -10,7 +10,8 @@ service fails.
         --secret projects/demo/secrets/stripe=sk_test_...
     SECRET_MANAGER_ENDPOINT=http://127.0.0.1:8085 STRIPE_SECRET_NAME=projects/demo/secrets/stripe
 
-Control endpoints (for other processes): `POST /_emulator/secrets {"project","secret","value"}`,
+Control endpoints (for other processes): `POST /_emulator/secrets {"project","secret","value"}`
+(without "value": the secret alone),
 `POST /_emulator/failure {"mode": "unavailable"|"permission_denied"|"crc_mismatch"|null}`,
 `GET /_emulator/calls`, `POST /_emulator/reset`.
 """
@@ -305,9 +306,13 @@ class SecretManagerEmulator:
                 and project
                 and isinstance(secret, str)
                 and secret
-                and isinstance(value, str)
+                and isinstance(value, str | None)
             ):
                 return 400, {"error": 'expected {"project": str, "secret": str, "value": str}'}
+            if value is None:  # the secret alone, no version (`gcloud secrets create S`)
+                with self._lock:
+                    self._secrets.setdefault((project, secret), [])
+                return 200, {"name": f"projects/{project}/secrets/{secret}"}
             version = self.add_version(project, secret, value)
             name = f"projects/{project}/secrets/{secret}/versions/{version}"
             return 200, {"name": name, "version": version}

@@ -6,7 +6,8 @@ Recording first lets a script go on past its first call (the real CLI would exit
 `set -e` script would stop), and lets the recorded calls run as one batch: each in a process of
 its own, forked from one that has loaded gcloud's Python once, as gcloud's own launcher would run
 it (about a third of the CPU of a fresh `gcloud` a call), several at a time. `gcloud config ...`
-calls run at once instead, because later calls depend on them.
+calls run at once instead, because later calls depend on them. A call that reads one value
+(`--format=value(...)`) answers `recorded-value`, so that a variable set from it is not empty.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ if sys.argv[1:2] == ["config"]:
 else:
     call["config"] = os.path.join(log, f"{{n}}.config")
     shutil.copytree(config, call["config"])
+    if any(arg.startswith("--format=value(") for arg in sys.argv[1:]):
+        print("recorded-value")  # a value read into a variable, so the next command has one
 with open(os.path.join(log, f"{{n}}.json"), "w") as out:
     json.dump(call, out)
 sys.exit(call.get("returncode", 0))

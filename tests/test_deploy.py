@@ -423,6 +423,9 @@ def test_the_worker_is_a_private_source_deploy_of_fulfil_order(
     # Only the Eventarc trigger's service account may call it (run.invoker, docs/deploy.md).
     assert "--no-allow-unauthenticated" in flags
     assert "--allow-unauthenticated" not in flags
+    # Reached only from inside the project: Eventarc's Pub/Sub push counts as internal
+    # (cloud.google.com/run/docs/securing/ingress), the internet does not.
+    assert flags["--ingress"] == "internal"
     assert flags["--service-account"] == f"checkout-worker@{PROJECT}.iam.gserviceaccount.com"
     assert "--quiet" in flags
     # A delivery past the request timeout goes on; with its CPU it keeps renewing its claim.
