@@ -32,6 +32,11 @@ checks:
   return url            the return URL is https (or the key a test key)
   ledger                the order ledger answers (firestore on Cloud Run)
   order topic           the Pub/Sub topic answers (needed on Cloud Run)
+  worker subscription   the topic has a push subscription (the Eventarc trigger to fulfil_order)
+  dead-letter policy    that subscription dead-letters, to a topic that has a subscription
+  ack deadline          that subscription's ack deadline is at least the worker's 600 s timeout
+  undelivered changes   no published change undelivered past UNDELIVERED_GRACE_SECONDS
+  dead letters          the dead-letter subscription's backlog (read, never consumed)
 with --local, beside `make run` (make doctor), instead of the endpoint checks:
   local webhook         the function at --url answers and refuses an unsigned event (400)
                         (the emulator delivers events there itself: nothing to register)
@@ -39,7 +44,8 @@ with --local, beside `make run` (make doctor), instead of the endpoint checks:
 settings read (the deployment's environment, as the service reads them):
   STRIPE_SECRET_KEY | STRIPE_SECRET_NAME, STRIPE_WEBHOOK_SECRET | STRIPE_WEBHOOK_SECRET_NAME,
   GOOGLE_CLOUD_PROJECT, SECRET_MANAGER_ENDPOINT, STRIPE_API_BASE, FRONTEND_URL, ALLOWED_ORIGINS,
-  RETURN_PATH, ORDER_LEDGER, FIRESTORE_DATABASE, ORDER_EVENTS_TOPIC, K_SERVICE (Cloud Run)
+  RETURN_PATH, ORDER_LEDGER, FIRESTORE_DATABASE, DEPLOYMENT_ID, ORDER_EVENTS_TOPIC,
+  UNDELIVERED_GRACE_SECONDS, K_SERVICE (Cloud Run)
 """
 
 # The checks that are about a Stripe Dashboard endpoint, which `make run` does not have.

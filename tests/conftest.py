@@ -59,9 +59,15 @@ def stripe_emulator_server() -> Iterator[StripeEmulator]:
 
 @pytest.fixture
 def stripe_emulator(stripe_emulator_server: StripeEmulator) -> Iterator[StripeEmulator]:
-    """The session's emulator, reset before and after each test."""
+    """The session's emulator, reset before and after each test.
+
+    reset() keeps set_webhook()'s target (configuration); a test's target is cleared here too, so
+    that another module on the same xdist worker never sends its events to a server that is gone.
+    """
     stripe_emulator_server.reset()
+    stripe_emulator_server.set_webhook(None, None)
     yield stripe_emulator_server
+    stripe_emulator_server.set_webhook(None, None)
     stripe_emulator_server.reset()
 
 
