@@ -236,6 +236,24 @@ def test_a_named_secret_of_the_wrong_shape_stops_the_revision(sm, stored, variab
     assert value[:12] not in out + err  # not the value, not even the start of it
 
 
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("projects/demo-project/secrets/no-such-secret", "Secret Manager has no"),
+        (PUBLISHABLE, "holds a publishable key"),  # the key pasted where its name goes
+    ],
+)
+def test_a_named_secret_that_cannot_be_read_as_named_stops_the_revision(sm, name, said):
+    # Each request would answer 500 payment_configuration_error: an operator must act, not wait.
+    code, out, err = serve({**named(sm), "STRIPE_SECRET_NAME": name})
+    assert code not in (None, 0), "the process started serving"
+    [line] = critical_lines(out)
+    assert line["message"].startswith("configuration error, not starting: ")
+    assert "STRIPE_SECRET_NAME" in line["message"]
+    assert said in line["message"]
+    assert PUBLISHABLE[:12] not in out + err
+
+
 def test_named_secrets_of_the_right_shape_are_read_once_and_the_revision_starts(sm):
     code, out, _ = serve(named(sm))
     assert code is None, out
