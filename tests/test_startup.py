@@ -106,9 +106,12 @@ def test_a_misconfigured_revision_exits_before_listening_with_one_clear_line(env
     assert TEST_KEY not in out + err
 
 
+def log_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
 def critical_lines(out: str) -> list[dict]:
-    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return [line for line in lines if line["severity"] in ("ERROR", "CRITICAL")]
+    return [line for line in log_lines(out) if line["severity"] in ("ERROR", "CRITICAL")]
 
 
 def test_a_good_configuration_starts_and_serves():
@@ -242,6 +245,7 @@ def test_a_named_secret_of_the_wrong_shape_stops_the_revision(sm, stored, variab
         ("projects/demo-project/secrets/no-such-secret", "Secret Manager has no"),
         (PUBLISHABLE, "holds a publishable key"),  # the key pasted where its name goes
     ],
+    ids=["no-such-secret", "a-key-as-the-name"],
 )
 def test_a_named_secret_that_cannot_be_read_as_named_stops_the_revision(sm, name, said):
     # Each request would answer 500 payment_configuration_error: an operator must act, not wait.
@@ -311,7 +315,3 @@ def test_the_worker_uses_the_values_read_at_start_without_reading_them_again(sm,
             line for line in log_lines(live.logs()) if "loaded the Stripe key" in line["message"]
         ]
         assert len(loaded) == 1, live.logs()
-
-
-def log_lines(out: str) -> list[dict]:
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
