@@ -290,6 +290,18 @@ def test_secret_manager_unreachable_at_start_does_not_stop_the_revision(sm):
     }, warnings
 
 
+def test_secret_manager_not_answering_at_start_delays_the_start_by_one_bounded_attempt(sm):
+    # A hung read is abandoned after the attempt's timeout (2 s), each secret once: then it serves.
+    env = named(sm)
+    sm.hold()
+    code, out, _ = serve(env)
+    assert code is None, out
+    assert critical_lines(out) == []
+    warnings = [line for line in log_lines(out) if line["severity"] == "WARNING"]
+    assert sum("did not answer" in line["message"] for line in warnings) == 2, warnings
+    assert sm.access_count == 2  # one attempt each, no retries at start
+
+
 def test_the_worker_uses_the_values_read_at_start_without_reading_them_again(sm, tmp_path):
     # The read moves from the first request to the start: cold start pays it once, not twice.
     env = named(sm)
