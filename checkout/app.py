@@ -24,7 +24,7 @@ from checkout.http import (
     check_header_sizes,
     error_response,
 )
-from checkout.keys import check_secret_shapes
+from checkout.keys import check_named_secrets, check_secret_shapes
 from checkout.ledger import LedgerUnavailable
 from checkout.logs import (
     crash_fields,
@@ -265,6 +265,8 @@ def exit_if_misconfigured() -> None:
         deliver_order_from_settings(settings)
         if os.environ.get("FUNCTION_TARGET", "checkout_api") != "fulfil_order":
             check_api_can_start(settings)
+        # Last, after the checks that need no network: one Secret Manager read per named secret.
+        check_named_secrets(settings)
     except ConfigError as error:
         log.critical("configuration error, not starting: %s", error)
         raise SystemExit(1) from None

@@ -1,8 +1,9 @@
 """Stripe secrets (API key, webhook signing secret): from the environment or Secret Manager, cached.
 
-Google's libraries are imported only on the Secret Manager path, and its client is built on first
-use: importing them costs 150-230 ms of cold start, and no network client may exist before
-gunicorn forks.
+Google's libraries are imported only on the Secret Manager path: importing them costs 150-230 ms of
+cold start. On Cloud Run a named secret is read once before gunicorn forks, to refuse a value of the
+wrong shape (check_named_secrets); that client is closed before the fork, and each process builds
+its own on first use, since no network client may be shared across a fork.
 """
 
 # Google's libraries are imported inside the functions that use them, on purpose (see above).
@@ -36,6 +37,12 @@ _ATTEMPT_TIMEOUT_S = 1.5
 # How long a coroutine waits for a shared read before it answers "unavailable" itself: the read's
 # own worst case, plus room for the worker thread to be scheduled on a busy machine.
 _ASYNC_WAIT_S = _RETRY_BUDGET_S + _ATTEMPT_TIMEOUT_S + 1.0
+# The read at start is one attempt, no retries: its failure only warns (the first request reads
+# again with the full budget), and a revision should not wait long to find that out.
+_START_TIMEOUT_S = 2.0
+# A value read at start is used by a process forked within this many seconds instead of reading it
+# again; a worker gunicorn starts later (after a crash) reads afresh, as the value may have rolled.
+_READ_AT_START_TTL_S = 60.0
 
 _STRIPE_KEY = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9]+$")
 _WEBHOOK_SECRET = re.compile(r"^whsec_[A-Za-z0-9+/=]+$")
@@ -53,6 +60,11 @@ _PROJECT, _ID, _VERSION = r"[A-Za-z0-9.:_-]+", r"[A-Za-z0-9_-]{1,255}", r"[A-Za-
 _FULL_NAME = re.compile(rf"^projects/{_PROJECT}/secrets/{_ID}/versions/{_VERSION}$")
 _SECRET_NAME = re.compile(rf"^projects/{_PROJECT}/secrets/{_ID}$")
 _BARE_NAME = re.compile(rf"^{_ID}$")
+
+
+# Values read and checked at start, by resource name, for the processes forked after it:
+# (the reading process's id, time.monotonic() of the read, text, version).
+_checked_at_start: dict[str, tuple[int, float, str, str]] = {}
 
 
 class SecretUnavailable(Exception):
@@ -98,7 +110,7 @@ def check_secret_shapes(settings: Settings) -> None:
 
     Cloud Run's --set-secrets puts a Secret Manager value here too, so this checks it before the
     revision takes traffic. One named by STRIPE_SECRET_NAME or STRIPE_WEBHOOK_SECRET_NAME is read
-    only after the fork (no network client before it), and is checked the same way then.
+    by check_named_secrets.
     """
     given = (
         ("STRIPE_SECRET_KEY", settings.stripe_secret_key, check_stripe_key_shape),
@@ -111,6 +123,19 @@ def check_secret_shapes(settings: Settings) -> None:
             check(value)
         except SecretConfigError as error:  # its message names the kind, never the value
             raise ConfigError(f"{variable} is not usable: {error}") from None
+
+
+def check_named_secrets(settings: Settings) -> None:
+    """Read each secret named by STRIPE_SECRET_NAME or STRIPE_WEBHOOK_SECRET_NAME (and not given
+    in the environment) once, now, and refuse one that cannot work: ConfigError for a value of
+    the wrong shape, a missing secret or a malformed name.
+
+    For Cloud Run, before the server listens and forks. Secret Manager unreachable, denying or slow
+    is only a warning: a revision is not refused for an outage, its requests answer 503 until the
+    secret can be read. The client is closed before returning, so no socket outlives this.
+    """
+    for source in (stripe_api_key_source(settings), webhook_secret_source(settings)):
+        source.check_at_start()
 
 
 def _kind_of(value: str) -> str:
@@ -230,6 +255,32 @@ class SecretSource:
         fresh = await self._load_async(stale=rejected)
         return fresh if fresh != rejected else None
 
+    def check_at_start(self) -> None:
+        """Read a named secret once and check its shape (see check_named_secrets)."""
+        if self._direct is not None or self._name is None:
+            return
+        var = self._name_var
+        try:
+            resource = self._resource_name()
+            text, version = self._access(resource, retry=False, timeout=_START_TIMEOUT_S)
+            self._checked(text, f"secret {version} ({var})")
+        except SecretConfigError as error:  # its message names the kind, never the value
+            message = str(error)
+            raise ConfigError(message if var in message else f"{var}: {message}") from None
+        except SecretUnavailable as error:
+            log.warning(
+                "%s: the %s could not be checked before starting (%s); starting anyway, and "
+                "requests that need it answer 503 until it can be read",
+                var,
+                self._label,
+                error,
+            )
+            return
+        finally:
+            self._close_client()
+        _checked_at_start[resource] = (os.getpid(), time.monotonic(), text, version)
+        log.info("checked the %s from %s before starting", self._label, version)
+
     def warm(self) -> None:
         """Read the secret now so the first request does not wait; a failure is retried later."""
         if not self.configured:
@@ -315,7 +366,8 @@ class SecretSource:
             log.info(
                 "re-reading the %s from %s: the cached value was rejected", self._label, resource
             )
-        text, version = self._access(resource)
+        inherited = self._inherited(resource) if stale is None else None
+        text, version = inherited or self._access(resource)
         value = self._checked(text, f"secret {version} ({self._name_var})")
         if stale is None:
             log.info("loaded the %s from %s", self._label, version)
@@ -367,8 +419,10 @@ class SecretSource:
         self._resource = resource
         return resource
 
-    def _access(self, resource: str) -> tuple[str, str]:
-        """Read one version; return (text, the version's full name)."""
+    def _access(
+        self, resource: str, *, retry: bool = True, timeout: float = _ATTEMPT_TIMEOUT_S
+    ) -> tuple[str, str]:
+        """Read one version; return (text, the version's full name). `retry` False: one attempt."""
         import google_crc32c
         import requests
         from google.api_core import exceptions as api
@@ -377,7 +431,9 @@ class SecretSource:
         try:
             client = self._client_for_this_process()
             response = client.access_secret_version(
-                request={"name": resource}, retry=_retry_policy(), timeout=_ATTEMPT_TIMEOUT_S
+                request={"name": resource},
+                retry=_retry_policy() if retry else None,
+                timeout=timeout,
             )
         except api.NotFound:
             raise SecretConfigError(
@@ -405,7 +461,7 @@ class SecretSource:
             ) from None
         except requests.Timeout:
             raise SecretUnavailable(
-                f"Secret Manager did not answer for {resource} within {_ATTEMPT_TIMEOUT_S:g} s"
+                f"Secret Manager did not answer for {resource} within {timeout:g} s"
             ) from None
         except auth.DefaultCredentialsError:
             raise SecretConfigError(
@@ -440,6 +496,23 @@ class SecretSource:
             self._client = _new_client(self._endpoint)
             self._client_pid = pid
         return self._client
+
+    def _inherited(self, resource: str) -> tuple[str, str] | None:
+        """(text, version) as the server's first process read it just before forking this one."""
+        seen = _checked_at_start.pop(resource, None)
+        if seen is None:
+            return None
+        pid, when, text, version = seen
+        if pid == os.getpid() or time.monotonic() - when > _READ_AT_START_TTL_S:
+            return None  # not a forked process (a test), or a worker started long after
+        return text, version
+
+    def _close_client(self) -> None:
+        # The REST client pools its connection in a requests session: close it, so that no socket
+        # is inherited by the processes gunicorn forks.
+        client, self._client, self._client_pid = self._client, None, None
+        if client is not None:
+            client.transport.close()  # type: ignore[no-untyped-call]  # (untyped in the library)
 
 
 def _new_client(endpoint: str | None) -> SecretManagerServiceClient:

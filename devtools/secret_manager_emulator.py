@@ -167,6 +167,12 @@ class SecretManagerEmulator:
         with self._lock:
             return self._access_count
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (a client that keeps one alive counts until it closes it)."""
+        server = self._server
+        return 0 if server is None else server.open_connections()
+
     def hold(self) -> Hold:
         """Hold every access from now on until the returned hold is released (or `release()`)."""
         with self._lock:
@@ -348,6 +354,10 @@ class _Server(ThreadingHTTPServer):
                 self._connections.add(connection)
             else:
                 self._connections.discard(connection)
+
+    def open_connections(self) -> int:
+        with self._connections_lock:
+            return len(self._connections)
 
     def close_connections(self) -> None:
         # Clients keep connections alive; without this their handler threads outlive stop().

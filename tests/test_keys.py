@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from checkout.keys import (
     SecretConfigError,
     SecretSource,
     SecretUnavailable,
+    check_named_secrets,
     check_stripe_key_shape,
     check_webhook_secret_shape,
     stripe_api_key_source,
@@ -585,6 +587,60 @@ def test_importing_keys_loads_no_google_library() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_check_at_start_leaves_no_connection_open() -> None:
+    # It runs in the server's first process before gunicorn forks: a pooled keep-alive socket
+    # would be shared by every worker. A fake of its own, so no other test's client counts.
+    with SecretManagerEmulator() as fake:
+        fake.add_version(PROJECT, "stripe-key", KEY_V1)
+        fake.add_version(PROJECT, "stripe-webhook", "whsec_TestOnlySigning01")
+        settings = load_settings(
+            {
+                "SECRET_MANAGER_ENDPOINT": fake.endpoint,
+                "STRIPE_SECRET_NAME": SECRET,
+                "STRIPE_WEBHOOK_SECRET_NAME": f"projects/{PROJECT}/secrets/stripe-webhook",
+            }
+        )
+        check_named_secrets(settings)
+        # Held while it is counted, so that garbage collection cannot close it for us.
+        source = stripe_api_key_source(settings)
+        source.check_at_start()
+        assert fake.access_count == 3
+        deadline = time.monotonic() + 5  # a bound for the fake's handler to see the close
+        while fake.open_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake.open_connections == 0
+        assert source.get() == KEY_V1  # and it still reads, with a client of its own
+
+
+def test_the_check_at_start_reads_nothing_given_in_the_environment(
+    sm: SecretManagerEmulator,
+) -> None:
+    sm.add_version(PROJECT, "stripe-key", "pk_test_abc123")  # would be refused if it were read
+    settings = load_settings(
+        {
+            "SECRET_MANAGER_ENDPOINT": sm.endpoint,
+            "STRIPE_SECRET_KEY": KEY_V1,
+            "STRIPE_SECRET_NAME": SECRET,
+        }
+    )
+    check_named_secrets(settings)
+    assert sm.access_count == 0
+
+
+def test_a_value_checked_at_start_is_read_again_by_the_same_process(
+    sm: SecretManagerEmulator,
+) -> None:
+    # Only a process forked after the check uses its value; a test (or any later source in the
+    # process that checked) reads its own, so no test sees another's value.
+    sm.add_version(PROJECT, "stripe-key", KEY_V1)
+    check_named_secrets(
+        load_settings({"SECRET_MANAGER_ENDPOINT": sm.endpoint, "STRIPE_SECRET_NAME": SECRET})
+    )
+    sm.add_version(PROJECT, "stripe-key", KEY_V2)
+    assert key_source(sm, STRIPE_SECRET_NAME=SECRET).get() == KEY_V2
+    assert sm.access_count == 2
 
 
 def test_a_secret_added_over_the_emulator_http_api_is_read(sm: SecretManagerEmulator) -> None:
