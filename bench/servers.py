@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from checkout.config import ENVIRONMENT_VARIABLES
-from devtools.loopback import free_port
+from devtools.loopback import Running, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -68,7 +68,7 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
-class Service:
+class Service(Running):
     """A subprocess that answers HTTP on a loopback port."""
 
     def __init__(self, command: list[str], env: dict[str, str], log: IO[bytes] | int) -> None:
@@ -119,12 +119,6 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def clean_env(**overrides: str) -> dict[str, str]:

@@ -20,12 +20,11 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
-from devtools.loopback import free_port
+from devtools.loopback import Running, free_port
 
 
-class FirestoreEmulator:
+class FirestoreEmulator(Running):
     """One emulator process group; start, stop and restart it on the same port."""
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
@@ -139,18 +138,6 @@ class FirestoreEmulator:
     def close(self) -> None:
         self.stop()
         self._config.cleanup()
-
-    def __enter__(self) -> FirestoreEmulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def main() -> None:

@@ -24,10 +24,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from devtools.loopback import free_port
+from devtools.loopback import Running, free_port
 
 READY_LINE = b"Server started, listening on"
 
@@ -188,7 +187,7 @@ def _error_message(raw: bytes) -> str:
         return raw.decode(errors="replace")[:200]
 
 
-class PubSubEmulator:
+class PubSubEmulator(Running):
     """One emulator process group; start, stop and restart it on the same port."""
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
@@ -287,18 +286,6 @@ class PubSubEmulator:
     def close(self) -> None:
         self.stop()
         self._config.cleanup()
-
-    def __enter__(self) -> PubSubEmulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def create_local_topics(api: PubSubApi, project: str = LOCAL_PROJECT) -> None:

@@ -25,7 +25,6 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import functions_framework.aio
@@ -41,7 +40,7 @@ from checkout.catalogue import Catalogue
 from checkout.config import ENVIRONMENT_VARIABLES
 from checkout.orders import Change
 from checkout.session import SessionStatus
-from devtools.loopback import free_port
+from devtools.loopback import Running, free_port
 from devtools.stripe_emulator.webhooks import snapshot_event
 
 if TYPE_CHECKING:
@@ -358,7 +357,7 @@ def _send(process: subprocess.Popen[Any], sig: signal.Signals, group: bool) -> N
             process.send_signal(sig)
 
 
-class LiveServer:
+class LiveServer(Running):
     """functions-framework (gunicorn, one uvicorn worker) in a subprocess; stdout and stderr
     captured to two files.
 
@@ -406,17 +405,6 @@ class LiveServer:
         except BaseException:
             self.stop()
             raise
-
-    def __enter__(self) -> LiveServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _wait_ready(self, seconds: float = 20.0) -> None:
         deadline = time.monotonic() + seconds
