@@ -90,19 +90,7 @@ def service_env(base_env: dict[str, str], firestore: Firestore, pubsub: PubSub) 
 
 def in_service(env: dict[str, str], work: Any) -> Any:
     """Run `work(service)` in this process with the deployment's settings (as a job would)."""
-    service = Service.from_settings(load_settings(env))
-
-    async def run() -> Any:
-        try:
-            return await work(service)
-        finally:
-            service.gateway.close()
-            await asyncio.sleep(0)
-
-    try:
-        return asyncio.run(run())
-    finally:
-        service.publisher.close()
+    return Service.from_settings(load_settings(env)).run(work)
 
 
 def record(env: dict[str, str], session_id: str, *facts: Fact) -> None:
