@@ -145,6 +145,21 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
 
 
 WHSEC = "whsec_TestOnlySigning01"
+# Every Stripe event type the service handles (the contract's list; register-webhook enables them).
+HANDLED = (
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "checkout.session.expired",
+    "charge.refunded",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.refund.updated",
+    "charge.dispute.created",
+    "charge.dispute.updated",
+    "charge.dispute.closed",
+)
 
 
 OTHER_WHSEC = "whsec_SomeoneElses0123"
