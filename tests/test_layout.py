@@ -360,3 +360,63 @@ def test_every_type_ignore_in_the_service_names_its_code():
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if "type: ignore" in line:
                 assert "type: ignore[" in line, f"{path.relative_to(ROOT)}:{number}"
+
+
+# --- The dev tools: no import circles -----------------------------------------------------------
+
+
+def circles(package: Path, root: Path = ROOT) -> list[list[str]]:
+    """Groups of `package`'s modules that import each other, directly or round a circle.
+
+    An import of a module's own package (its __init__) is not counted: it runs first anyway.
+    """
+    names = {
+        ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in package.rglob("*.py")
+    }
+    graph = {
+        name: {
+            other
+            for other in imports_of(path)
+            if other in names and other != name and not name.startswith(other + ".")
+        }
+        for name, path in names.items()
+    }
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for other in graph[todo.pop()] - seen:
+                if other == goal:
+                    return True
+                seen.add(other)
+                todo.append(other)
+        return False
+
+    groups = {
+        tuple(
+            sorted(
+                {name, *(other for other in names if reaches(name, other) and reaches(other, name))}
+            )
+        )
+        for name in names
+        if reaches(name, name)
+    }
+    return sorted(list(group) for group in groups)
+
+
+def test_the_dev_tools_import_in_no_circle():
+    # TYPE_CHECKING imports count: a module names what it needs of another as a Protocol instead.
+    assert circles(ROOT / "devtools") == []
+
+
+def test_the_circle_guard_catches(tmp_path):
+    package = tmp_path / "circle"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from circle.b import B\n")
+    (package / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import circle.a\n"
+    )
+    (package / "c.py").write_text("import circle.a\n")  # imports a circle's module: not in it
+    assert circles(package, tmp_path) == [["circle.a", "circle.b"]]
