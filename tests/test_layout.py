@@ -384,7 +384,8 @@ def circles(package: Path, root: Path = ROOT) -> list[list[str]]:
     }
 
     def reaches(start: str, goal: str) -> bool:
-        seen, todo = set(), [start]
+        seen: set[str] = set()
+        todo = [start]
         while todo:
             for other in graph[todo.pop()] - seen:
                 if other == goal:
