@@ -1,15 +1,42 @@
-"""What the servers that tests and benchmarks start on loopback share: a free port, and `with`."""
+"""What the servers that tests and benchmarks start on loopback share: a free port, a wait for
+the first answer, and `with`.
+"""
 
 from __future__ import annotations
 
 import socket
-from typing import Self
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Self
+
+# Loopback is never reached through a proxy, whatever the environment says.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for_answer(
+    url: str, process: subprocess.Popen[Any], seconds: float, poll: float = 0.05
+) -> str | None:
+    """None once `url` answers at all (an error status counts: it is serving); else why not."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"exited with {process.returncode}"
+        try:
+            _direct.open(url, timeout=2).close()
+            return None
+        except urllib.error.HTTPError:
+            return None
+        except OSError:
+            time.sleep(poll)
+    return f"did not answer within {seconds} s"
 
 
 class Running:

@@ -40,7 +40,7 @@ from checkout.catalogue import Catalogue
 from checkout.config import ENVIRONMENT_VARIABLES
 from checkout.orders import Change
 from checkout.session import SessionStatus
-from devtools.loopback import Running, free_port
+from devtools.loopback import Running, free_port, wait_for_answer
 from devtools.stripe_emulator.webhooks import snapshot_event
 
 if TYPE_CHECKING:
@@ -422,17 +422,10 @@ class LiveServer(Running):
             raise
 
     def _wait_ready(self, seconds: float = 20.0) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {(self.logs() + self.stderr())[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{self.url}/__ready", timeout=1)
-            except urllib.error.HTTPError:
-                return  # any HTTP answer (our JSON 404) means it is serving
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"server did not start in {seconds} s: {self.stderr()[-2000:]}")
+        # Any HTTP answer (our JSON 404) means it is serving.
+        why = wait_for_answer(f"{self.url}/__ready", self.process, seconds)
+        if why:
+            raise RuntimeError(f"server {why}: {(self.logs() + self.stderr())[-2000:]}")
 
     def logs(self) -> str:
         """Everything the server wrote to stdout: the JSON log lines."""
