@@ -299,8 +299,8 @@ class Deliveries:
 def function_app_for(api: CheckoutApi) -> Starlette:
     """The ASGI app functions-framework builds for main.py's `checkout_api`, serving `api`.
 
-    Through main.py's wrapping of functions-framework's app (`main` is imported for it), so its
-    own 404/405 answers come from `api` as JSON, as in production.
+    Through checkout/framework.py's wrapping of functions-framework's app (`main` installs it), so
+    its own 404/405 answers come from `api` as JSON, as in production.
     """
 
     @functions_framework.aio.http

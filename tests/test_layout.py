@@ -421,3 +421,66 @@ def test_the_circle_guard_catches(tmp_path):
     )
     (package / "c.py").write_text("import circle.a\n")  # imports a circle's module: not in it
     assert circles(package, tmp_path) == [["circle.a", "circle.b"]]
+
+
+# --- Nothing surprising at import ---------------------------------------------------------------
+
+
+def changes_to_the_process(source: str) -> list[str]:
+    """Each place `source` writes os.environ or sys.modules."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets: list[ast.expr] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in ("putenv", "unsetenv"):
+                targets = [node.func]
+            elif node.func.attr in ("update", "setdefault", "pop", "popitem", "clear"):
+                targets = [node.func.value]
+        for target in targets:
+            text = ast.unparse(target)
+            if text.startswith(("os.environ", "sys.modules", "os.putenv", "os.unsetenv")):
+                found.append(f"{getattr(node, 'lineno', 0)}: {text}")
+    return found
+
+
+def test_only_the_framework_module_changes_the_environment_or_the_module_table():
+    # Its changes run in one explicit call, framework.install(), which main.py makes first.
+    offending = [
+        f"{path.relative_to(ROOT)}:{place}"
+        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
+        if path != PACKAGE / "framework.py"
+        for place in changes_to_the_process(path.read_text())
+    ]
+    assert offending == []
+    assert changes_to_the_process((PACKAGE / "framework.py").read_text())  # the guard sees them
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os\nos.environ['X'] = ''",
+        "import os\nos.environ.setdefault('X', '')",
+        "import os\ndel os.environ['X']",
+        "import sys\nsys.modules['requests'] = None",
+        "import os\nos.putenv('X', '')",
+    ],
+)
+def test_the_process_change_guard_catches(source):
+    assert changes_to_the_process(source)
+
+
+def test_main_makes_the_one_framework_call_before_importing_the_service():
+    tree = ast.parse((ROOT / "main.py").read_text())
+    calls = [ast.unparse(node) for node in tree.body if isinstance(node, ast.Expr)]
+    assert calls[1:2] == ["framework.install()"]  # after the docstring
+    service_imports = [
+        n.lineno
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("checkout.")
+    ]
+    install = next(n.lineno for n in tree.body if ast.unparse(n) == "framework.install()")
+    assert service_imports and min(service_imports) > install
