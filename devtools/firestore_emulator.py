@@ -9,11 +9,8 @@ each project id is a separate set of data. Clients find it through FIRESTORE_EMU
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -70,14 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8086)
     args = parser.parse_args()
-    reason = FirestoreEmulator.missing()
-    if reason:
-        raise SystemExit(reason)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that `with` stops the emulator
-    with FirestoreEmulator(args.port) as emulator:
-        print(f"export FIRESTORE_EMULATOR_HOST={emulator.host}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+    FirestoreEmulator.serve(args.port)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Self
 
 from devtools.loopback import Running, free_port
 
@@ -107,3 +108,17 @@ class GcloudEmulator(Running):
     def close(self) -> None:
         self.stop()
         self._config.cleanup()
+
+    @classmethod
+    def serve(cls, port: int, ready: Callable[[Self], list[str]] = lambda _: []) -> None:
+        """`python -m devtools.X`: run until Ctrl-C or SIGTERM; print how to use it, then `ready`'s
+        lines (it may set the emulator up first)."""
+        reason = cls.missing()
+        if reason:
+            raise SystemExit(reason)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that `with` stops the emulator
+        with cls(port) as emulator:
+            lines = ready(emulator)
+            print(f"export {cls.host_variable}={emulator.host}", *lines, sep="\n", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.pause()

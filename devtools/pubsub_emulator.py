@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
-import signal
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -233,19 +230,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8087)
     parser.add_argument("--project", default=LOCAL_PROJECT)
     args = parser.parse_args()
-    reason = PubSubEmulator.missing()
-    if reason:
-        raise SystemExit(reason)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that `with` stops the emulator
-    with PubSubEmulator(args.port) as emulator:
+
+    def ready(emulator: PubSubEmulator) -> list[str]:
         create_local_topics(emulator.api, args.project)
-        print(f"export PUBSUB_EMULATOR_HOST={emulator.host}", flush=True)
-        print(f"export ORDER_EVENTS_TOPIC={topic_path(args.project, LOCAL_TOPIC)}", flush=True)
-        print(f"# worker subscription: {subscription_path(args.project, LOCAL_SUBSCRIPTION)}")
-        print(f"# dead letters: {subscription_path(args.project, LOCAL_DEAD_LETTER_SUBSCRIPTION)}")
-        print(f"# emulator log: {emulator.log_path}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+        return [
+            f"export ORDER_EVENTS_TOPIC={topic_path(args.project, LOCAL_TOPIC)}",
+            f"# worker subscription: {subscription_path(args.project, LOCAL_SUBSCRIPTION)}",
+            f"# dead letters: {subscription_path(args.project, LOCAL_DEAD_LETTER_SUBSCRIPTION)}",
+            f"# emulator log: {emulator.log_path}",
+        ]
+
+    PubSubEmulator.serve(args.port, ready)
 
 
 if __name__ == "__main__":
