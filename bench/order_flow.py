@@ -33,6 +33,7 @@ payment (the webhook's answer) to the change's delivery.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -43,10 +44,11 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from bench.delivery import noted
 from bench.servers import (
@@ -215,15 +217,11 @@ def missing() -> str | None:
     return FirestoreEmulator.missing() or PubSubEmulator.missing()
 
 
-def measure(
-    sessions: int = SESSIONS,
-    connections: int = CONNECTIONS,
-    warmup: int = WARMUP_SESSIONS,
-    log_dir: Path = RESULTS,
-) -> OrderFlow:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    sink = log_dir / "order-flow-deliveries.txt"
-    sink.unlink(missing_ok=True)
+@contextlib.contextmanager
+def _stack(
+    log_dir: Path, name: str
+) -> Iterator[tuple[FirestoreEmulator, PubSubEmulator, StripeEmulator, IO[bytes], IO[bytes]]]:
+    """The three emulators, and the logs `name`-api.log and `name`-worker.log."""
     firestore, pubsub = FirestoreEmulator(), PubSubEmulator()
     try:
         with ThreadPoolExecutor(2) as starting:  # each takes seconds to start: together
@@ -237,9 +235,38 @@ def measure(
         firestore,
         pubsub,
         StripeEmulator(STRIPE_LATENCY_MS) as stripe,
-        (log_dir / "order-flow-api.log").open("wb") as api_log,
-        (log_dir / "order-flow-worker.log").open("wb") as worker_log,
+        (log_dir / f"{name}-api.log").open("wb") as api_log,
+        (log_dir / f"{name}-worker.log").open("wb") as worker_log,
     ):
+        yield firestore, pubsub, stripe, api_log, worker_log
+
+
+@contextlib.contextmanager
+def _functions(
+    api_env: dict[str, str], api_log: IO[bytes], worker_env: dict[str, str], worker_log: IO[bytes]
+) -> Iterator[tuple[FunctionServer, FunctionServer]]:
+    """checkout_api and fulfil_order, each in its own functions-framework, both serving."""
+    with (
+        FunctionServer(api_env, api_log) as api,
+        FunctionServer(
+            worker_env, worker_log, target="fulfil_order", signature_type="cloudevent"
+        ) as worker,
+    ):
+        api.wait_ready("/")
+        worker.wait_ready("/")
+        yield api, worker
+
+
+def measure(
+    sessions: int = SESSIONS,
+    connections: int = CONNECTIONS,
+    warmup: int = WARMUP_SESSIONS,
+    log_dir: Path = RESULTS,
+) -> OrderFlow:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sink = log_dir / "order-flow-deliveries.txt"
+    sink.unlink(missing_ok=True)
+    with _stack(log_dir, "order-flow") as (firestore, pubsub, stripe, api_log, worker_log):
         pubsub.api.create_topic(PROJECT, TOPIC)
         pubsub.api.create_subscription(
             PROJECT, SUBSCRIPTION, TOPIC, ordering=False, ack_deadline=ACK_DEADLINE_S
@@ -263,14 +290,7 @@ def measure(
             "BENCH_DELIVERY_SECONDS": str(DELIVERY_SECONDS),
             "BENCH_DELIVERY_SINK": str(sink),
         }
-        with (
-            FunctionServer(api_env, api_log) as api,
-            FunctionServer(
-                worker_env, worker_log, target="fulfil_order", signature_type="cloudevent"
-            ) as worker,
-        ):
-            api.wait_ready("/")
-            worker.wait_ready("/")
+        with _functions(api_env, api_log, worker_env, worker_log) as (api, worker):
             push = EventarcPush(
                 pubsub.host,
                 subscription_path(PROJECT, SUBSCRIPTION),
@@ -417,21 +437,12 @@ def measure_faulty(sessions: int = FAULTY_SESSIONS, log_dir: Path = RESULTS) -> 
     recovered = log_dir / "order-flow-faulty-recovered"
     sink.unlink(missing_ok=True)
     recovered.unlink(missing_ok=True)
-    firestore, pubsub = FirestoreEmulator(), PubSubEmulator()
-    try:
-        with ThreadPoolExecutor(2) as starting:
-            for started in [starting.submit(firestore.start), starting.submit(pubsub.start)]:
-                started.result()
-    except BaseException:
-        firestore.close()
-        pubsub.close()
-        raise
-    with (
+    with _stack(log_dir, "order-flow-faulty") as (
         firestore,
         pubsub,
-        StripeEmulator(STRIPE_LATENCY_MS) as stripe,
-        (log_dir / "order-flow-faulty-api.log").open("wb") as api_log,
-        (log_dir / "order-flow-faulty-worker.log").open("wb") as worker_log,
+        stripe,
+        api_log,
+        worker_log,
     ):
         api_ = pubsub.api
         api_.create_topic(PROJECT, TOPIC)
@@ -470,14 +481,7 @@ def measure_faulty(sessions: int = FAULTY_SESSIONS, log_dir: Path = RESULTS) -> 
             "BENCH_DOWN_SHARE": str(FAULTY_DOWN_SHARE),
             "BENCH_RECOVERED": str(recovered),
         }
-        with (
-            FunctionServer(api_env, api_log) as api,
-            FunctionServer(
-                worker_env, worker_log, target="fulfil_order", signature_type="cloudevent"
-            ) as worker,
-        ):
-            api.wait_ready("/")
-            worker.wait_ready("/")
+        with _functions(api_env, api_log, worker_env, worker_log) as (api, worker):
             push = EventarcPush(
                 pubsub.host, subscription_path(PROJECT, SUBSCRIPTION), worker.url, concurrency=16
             )

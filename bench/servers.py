@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from checkout.config import ENVIRONMENT_VARIABLES
-from devtools.loopback import free_port
+from devtools.loopback import Running, free_port, wait_for_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -68,7 +68,7 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
-class Service:
+class Service(Running):
     """A subprocess that answers HTTP on a loopback port."""
 
     def __init__(self, command: list[str], env: dict[str, str], log: IO[bytes] | int) -> None:
@@ -90,18 +90,9 @@ class Service:
 
     def wait_ready(self, path: str, seconds: float = 30.0) -> None:
         """Until any HTTP answer on `path` (an error status counts: it is serving)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.command[:3]} exited with {self.process.returncode}")
-            try:
-                _opener.open(self.url + path, timeout=2).close()
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"{self.command[:3]} did not answer within {seconds} s")
+        why = wait_for_answer(self.url + path, self.process, seconds, poll=0.02)
+        if why:
+            raise RuntimeError(f"{self.command[:3]} {why}")
 
     def _ready(self, path: str) -> None:
         """wait_ready() for a constructor: stop the process if it never answers."""
@@ -119,12 +110,6 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def clean_env(**overrides: str) -> dict[str, str]:

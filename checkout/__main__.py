@@ -8,7 +8,6 @@ Service: the same gateway, ledger, recorder and publisher, nothing of its own.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -36,27 +35,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    try:
-        return asyncio.run(_run(arguments, service))
-    finally:
-        service.publisher.close()
+    return service.run(lambda service: _run(arguments, service))
 
 
 async def _run(arguments: argparse.Namespace, service: Service) -> int:
-    try:
-        if arguments.command == "reconcile":
-            warning = reconcile_warning(service)
-            if warning:
-                print(warning, file=sys.stderr, flush=True)
-            summary = await reconcile(service, arguments.days)
-            print(json.dumps(summary.record()), flush=True)
-            return 0 if summary.ok else 1
-        if arguments.command == "register-webhook":
-            return await _register(service, arguments.url, arguments.secret)
-        return await _doctor(service, arguments.url, local=arguments.local)
-    finally:
-        service.gateway.close()
-        await asyncio.sleep(0)
+    if arguments.command == "reconcile":
+        warning = reconcile_warning(service)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        summary = await reconcile(service, arguments.days)
+        print(json.dumps(summary.record()), flush=True)
+        return 0 if summary.ok else 1
+    if arguments.command == "register-webhook":
+        return await _register(service, arguments.url, arguments.secret)
+    return await _doctor(service, arguments.url, local=arguments.local)
 
 
 async def _register(service: Service, url: str, secret: str | None) -> int:

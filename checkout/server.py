@@ -1,7 +1,8 @@
 """The HTTP server under the function: bounded connections, and JSON for what it refuses.
 
 uvicorn's httptools protocol, as functions-framework's gunicorn worker runs it, with a deadline for
-each request and a cap on its head; main.py installs it. The why and the numbers: docs/abuse.md.
+each request and a cap on its head; checkout/framework.py installs it. Why, and the numbers:
+docs/abuse.md.
 """
 
 from __future__ import annotations

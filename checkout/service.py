@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from starlette.requests import Request
 
@@ -19,6 +22,8 @@ from checkout.recorder import Recorder
 from checkout.status_cache import NotFoundCache, Rechecks, StatusCache
 from checkout.stripe_gateway import StripeGateway
 from checkout.worker import DeliverOrder, Worker, deliver_order_from_settings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,21 @@ class Service:
         peer = request.client.host if request.client is not None else None
         forwarded_for = request.headers.getlist("X-Forwarded-For")
         return client_address(forwarded_for, peer, self.settings.trusted_proxy_hops)
+
+    def run(self, work: Callable[[Service], Awaitable[T]]) -> T:
+        """`work(self)` in a loop of its own (a command's, a job's); then close what it opened."""
+
+        async def run() -> T:
+            try:
+                return await work(self)
+            finally:
+                self.gateway.close()  # on the loop its pool was opened on
+                await asyncio.sleep(0)  # the close it schedules runs before the loop ends
+
+        try:
+            return asyncio.run(run())
+        finally:
+            self.publisher.close()
 
     @classmethod
     def from_settings(

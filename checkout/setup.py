@@ -14,7 +14,6 @@ uploaded), which `deploy` and `teardown` read.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import getpass
 import json
@@ -433,24 +432,14 @@ def delete_webhook(url: str) -> int:
     from checkout.config import load_settings
     from checkout.service import Service
 
-    service = Service.from_settings(load_settings())
+    async def delete(service: Service) -> int:
+        for endpoint in await service.gateway.webhook_endpoints():
+            if endpoint.get("url") == url:
+                await service.gateway.delete_webhook_endpoint(endpoint["id"])
+                print(f"deleted the Stripe webhook endpoint {endpoint['id']} for {url}")
+        return 0
 
-    async def run() -> int:
-        try:
-            endpoints = await service.gateway.webhook_endpoints()
-            for endpoint in endpoints:
-                if endpoint.get("url") == url:
-                    await service.gateway.delete_webhook_endpoint(endpoint["id"])
-                    print(f"deleted the Stripe webhook endpoint {endpoint['id']} for {url}")
-            return 0
-        finally:
-            service.gateway.close()
-            await asyncio.sleep(0)
-
-    try:
-        return asyncio.run(run())
-    finally:
-        service.publisher.close()
+    return Service.from_settings(load_settings()).run(delete)
 
 
 # --- deploy ---

@@ -199,6 +199,31 @@ def _binding(
     )
 
 
+def _made(
+    o: Options,
+    title: str,
+    create: Argv,
+    resource: Argv,
+    *,
+    quiet: bool = True,
+    data: bool = False,
+    shared: bool = False,
+    stdin_key: bool = False,
+) -> Step:
+    """`create` makes `resource` (named as for _binding); describe finds it, delete removes it."""
+    group, name, *scope = resource
+    noun = tuple(group.split())
+    return Step(
+        title,
+        _g(*create, options=o),
+        Look(_g(*noun, "describe", name, *scope, options=o)),
+        delete=_g(*noun, "delete", name, *scope, *("--quiet",) * quiet, options=o),
+        data=data,
+        shared=shared,
+        stdin_key=stdin_key,
+    )
+
+
 def _short(name: str) -> str:
     """An account or resource as a progress line names it."""
     if "@gcp-sa-pubsub." in name:
@@ -288,82 +313,57 @@ def build_plan(o: Options) -> Plan:
     ]
     for topic in (ORDER_TOPIC, DEAD_LETTER_TOPIC):
         items.append(
-            Step(
+            _made(
+                o,
                 f"create the topic {topic}",
-                _g("pubsub", "topics", "create", topic, options=o),
-                Look(_g("pubsub", "topics", "describe", topic, options=o)),
-                delete=_g("pubsub", "topics", "delete", topic, options=o),
+                ("pubsub", "topics", "create", topic),
+                ("pubsub topics", topic),
+                quiet=False,
             )
         )
     items.append(
-        Step(
+        _made(
+            o,
             f"create {DEAD_LETTER_SUBSCRIPTION} (keeps dead letters 7 days)",
-            _g(
+            (
                 "pubsub",
                 "subscriptions",
                 "create",
                 DEAD_LETTER_SUBSCRIPTION,
                 f"--topic={DEAD_LETTER_TOPIC}",
                 "--message-retention-duration=7d",
-                options=o,
             ),
-            Look(_g("pubsub", "subscriptions", "describe", DEAD_LETTER_SUBSCRIPTION, options=o)),
-            delete=_g("pubsub", "subscriptions", "delete", DEAD_LETTER_SUBSCRIPTION, options=o),
+            ("pubsub subscriptions", DEAD_LETTER_SUBSCRIPTION),
+            quiet=False,
             data=True,
         )
     )
     for role, account_id, display in ACCOUNTS:
         items.append(
-            Step(
+            _made(
+                o,
                 f"create the service account {account_id}",
-                _g(
-                    "iam",
-                    "service-accounts",
-                    "create",
-                    account_id,
-                    f"--display-name={display}",
-                    options=o,
-                ),
-                Look(_g("iam", "service-accounts", "describe", o.account(role), options=o)),
-                delete=_g(
-                    "iam", "service-accounts", "delete", o.account(role), "--quiet", options=o
-                ),
+                ("iam", "service-accounts", "create", account_id, f"--display-name={display}"),
+                ("iam service-accounts", o.account(role)),
             )
         )
-    items += [
-        Step(
+    location = f"--location={o.region}"
+    items.append(
+        _made(
+            o,
             f"create the Artifact Registry repository {SOURCE_REPOSITORY} (built images)",
-            _g(
+            (
                 "artifacts",
                 "repositories",
                 "create",
                 SOURCE_REPOSITORY,
                 "--repository-format=docker",
-                f"--location={o.region}",
-                options=o,
+                location,
             ),
-            Look(
-                _g(
-                    "artifacts",
-                    "repositories",
-                    "describe",
-                    SOURCE_REPOSITORY,
-                    f"--location={o.region}",
-                    options=o,
-                )
-            ),
-            delete=_g(
-                "artifacts",
-                "repositories",
-                "delete",
-                SOURCE_REPOSITORY,
-                f"--location={o.region}",
-                "--quiet",
-                options=o,
-            ),
+            ("artifacts repositories", SOURCE_REPOSITORY, location),
             shared=True,
-        ),
-    ]
+        )
+    )
     for bucket, why in (
         (build_bucket, "gcloud builds submit's uploads"),
         (sources_bucket, "run deploy --source's uploads"),
@@ -376,7 +376,7 @@ def build_plan(o: Options) -> Plan:
                     "buckets",
                     "create",
                     bucket,
-                    f"--location={o.region}",
+                    location,
                     "--uniform-bucket-level-access",
                     options=o,
                 ),
@@ -385,44 +385,44 @@ def build_plan(o: Options) -> Plan:
                 shared=True,
             )
         )
+    placeholder = f"--image={PLACEHOLDER_SERVICE_IMAGE}"
     items += [
-        Step(
+        _made(
+            o,
             f"create the worker service {o.worker_service} (private, internal; the build replaces"
             " its placeholder)",
-            _g(
+            (
                 "run",
                 "deploy",
                 o.worker_service,
-                f"--image={PLACEHOLDER_SERVICE_IMAGE}",
+                placeholder,
                 region,
                 "--no-allow-unauthenticated",
                 "--ingress=internal",
                 f"--service-account={o.account('worker')}",
                 "--quiet",
-                options=o,
             ),
-            Look(_g("run", "services", "describe", o.worker_service, region, options=o)),
-            delete=_g("run", "services", "delete", o.worker_service, region, "--quiet", options=o),
+            ("run services", o.worker_service, region),
         ),
-        Step(
+        _made(
+            o,
             f"create the API service {o.service} (the build replaces its placeholder)",
-            _g(
+            (
                 "run",
                 "deploy",
                 o.service,
-                f"--image={PLACEHOLDER_SERVICE_IMAGE}",
+                placeholder,
                 region,
                 "--no-allow-unauthenticated",
                 f"--service-account={o.account('runtime')}",
                 "--quiet",
-                options=o,
             ),
-            Look(_g("run", "services", "describe", o.service, region, options=o)),
-            delete=_g("run", "services", "delete", o.service, region, "--quiet", options=o),
+            ("run services", o.service, region),
         ),
-        Step(
+        _made(
+            o,
             f"create the reconciler job {o.reconcile_job} (the build replaces its placeholder)",
-            _g(
+            (
                 "run",
                 "jobs",
                 "create",
@@ -431,30 +431,21 @@ def build_plan(o: Options) -> Plan:
                 region,
                 f"--service-account={o.account('runtime')}",
                 "--quiet",
-                options=o,
             ),
-            Look(_g("run", "jobs", "describe", o.reconcile_job, region, options=o)),
-            delete=_g("run", "jobs", "delete", o.reconcile_job, region, "--quiet", options=o),
+            ("run jobs", o.reconcile_job, region),
         ),
-        Step(
+        _made(
+            o,
             f"store the Stripe key as the secret {STRIPE_SECRET} (read from a file or stdin)",
-            _g(
-                "secrets",
-                "create",
-                STRIPE_SECRET,
-                "--replication-policy=automatic",
-                "--data-file=-",
-                options=o,
-            ),
-            Look(_g("secrets", "describe", STRIPE_SECRET, options=o)),
-            delete=_g("secrets", "delete", STRIPE_SECRET, "--quiet", options=o),
+            ("secrets", "create", STRIPE_SECRET, "--replication-policy=automatic", "--data-file=-"),
+            ("secrets", STRIPE_SECRET),
             stdin_key=True,
         ),
-        Step(
+        _made(
+            o,
             f"create the secret {WEBHOOK_SECRET} (register-webhook stores the signing secret)",
-            _g("secrets", "create", WEBHOOK_SECRET, "--replication-policy=automatic", options=o),
-            Look(_g("secrets", "describe", WEBHOOK_SECRET, options=o)),
-            delete=_g("secrets", "delete", WEBHOOK_SECRET, "--quiet", options=o),
+            ("secrets", "create", WEBHOOK_SECRET, "--replication-policy=automatic"),
+            ("secrets", WEBHOOK_SECRET),
         ),
         Fact(
             "DEFAULT_BUILD_SA",
@@ -469,177 +460,133 @@ def build_plan(o: Options) -> Plan:
     ]
     default_build = "serviceAccount:${DEFAULT_BUILD_SA}"
     project = ("projects", o.project)
-    items += [
-        _binding(
-            o,
-            ("secrets", STRIPE_SECRET),
-            sa["runtime"],
-            "roles/secretmanager.secretAccessor",
-            why="read the Stripe key",
-        ),
-        _binding(
-            o,
-            ("secrets", WEBHOOK_SECRET),
-            sa["runtime"],
-            "roles/secretmanager.secretAccessor",
-            why="read the signing secret",
-        ),
-        _binding(
-            o,
-            project,
-            sa["runtime"],
-            "roles/datastore.user",
-            why="the ledger, this database only",
-            condition=ledger_only,
-        ),
-        _binding(
-            o,
-            project,
-            sa["worker"],
-            "roles/datastore.user",
-            why="the ledger, this database only",
-            condition=ledger_only,
-        ),
-        _binding(
-            o,
+    runtime, worker, deployer = sa["runtime"], sa["worker"], sa["deployer"]
+    reader, ledger_user = "roles/secretmanager.secretAccessor", "roles/datastore.user"
+    account_user = "roles/iam.serviceAccountUser"
+    # (resource, member, role, why): one IAM binding each, in this order.
+    grants: list[tuple[Argv, str, str, str]] = [
+        (("secrets", STRIPE_SECRET), runtime, reader, "read the Stripe key"),
+        (("secrets", WEBHOOK_SECRET), runtime, reader, "read the signing secret"),
+        (project, runtime, ledger_user, "the ledger, this database only"),
+        (project, worker, ledger_user, "the ledger, this database only"),
+        (
             ("pubsub topics", ORDER_TOPIC),
-            sa["runtime"],
+            runtime,
             "roles/pubsub.publisher",
-            why="publish order changes",
+            "publish order changes",
         ),
-        _binding(
-            o,
+        (
             ("run services", o.service, region),
-            sa["deployer"],
+            deployer,
             "roles/run.admin",
-            why="deploy the API and make it public",
+            "deploy the API and make it public",
         ),
-        _binding(
-            o,
+        (
             ("run services", o.worker_service, region),
-            sa["deployer"],
+            deployer,
             "roles/run.developer",
-            why="deploy the worker",
+            "deploy the worker",
         ),
-        _binding(
-            o,
+        (
             ("run jobs", o.reconcile_job, region),
-            sa["deployer"],
+            deployer,
             "roles/run.developer",
-            why="deploy the reconciler",
+            "deploy the reconciler",
         ),
-        _binding(
-            o,
+        (
             ("storage buckets", build_bucket),
-            sa["deployer"],
+            deployer,
             "roles/storage.objectAdmin",
-            why="read the build's source",
+            "read the build's source",
         ),
-        _binding(
-            o,
+        (
             ("storage buckets", sources_bucket),
-            sa["deployer"],
+            deployer,
             "roles/storage.objectAdmin",
-            why="upload and read the functions' source",
+            "upload and read the functions' source",
         ),
-        _binding(
-            o,
+        (
             ("artifacts repositories", SOURCE_REPOSITORY, f"--location={o.region}"),
-            sa["deployer"],
+            deployer,
             "roles/artifactregistry.writer",
-            why="push the built images",
+            "push the built images",
         ),
-        _binding(
-            o,
-            project,
-            sa["deployer"],
-            "roles/cloudbuild.builds.editor",
-            why="start the source builds",
-        ),
-        _binding(
-            o,
-            project,
-            sa["deployer"],
-            "roles/run.builder",
-            why="run the functions' source builds as itself",
-        ),
-        _binding(o, project, sa["deployer"], "roles/logging.logWriter", why="write build logs"),
-        _binding(
-            o,
-            project,
-            sa["deployer"],
-            "roles/serviceusage.serviceUsageConsumer",
-            why="use the project's APIs",
-        ),
-        _binding(
-            o,
+        (project, deployer, "roles/cloudbuild.builds.editor", "start the source builds"),
+        (project, deployer, "roles/run.builder", "run the functions' source builds as itself"),
+        (project, deployer, "roles/logging.logWriter", "write build logs"),
+        (project, deployer, "roles/serviceusage.serviceUsageConsumer", "use the project's APIs"),
+        (
             project,
             default_build,
             "roles/run.builder",
-            why="build the reconciler job's source: jobs have no build-account flag",
+            "build the reconciler job's source: jobs have no build-account flag",
         ),
-    ]
-    for role, why in (
-        ("runtime", "deploy the API and the job as it"),
-        ("worker", "deploy the worker as it"),
-        ("deployer", "run the source builds as itself"),
-    ):
-        items.append(
-            _binding(
-                o,
-                ("iam service-accounts", o.account(role)),
-                sa["deployer"],
-                "roles/iam.serviceAccountUser",
-                why=why,
-            )
-        )
-    items += [
-        _binding(
-            o,
+        (
+            ("iam service-accounts", o.account("runtime")),
+            deployer,
+            account_user,
+            "deploy the API and the job as it",
+        ),
+        (
+            ("iam service-accounts", o.account("worker")),
+            deployer,
+            account_user,
+            "deploy the worker as it",
+        ),
+        (
+            ("iam service-accounts", o.account("deployer")),
+            deployer,
+            account_user,
+            "run the source builds as itself",
+        ),
+        (
             ("iam service-accounts", "${DEFAULT_BUILD_SA}"),
-            sa["deployer"],
-            "roles/iam.serviceAccountUser",
-            why="start the job's build as that account",
+            deployer,
+            account_user,
+            "start the job's build as that account",
         ),
-        _binding(
-            o,
+        (
             ("run services", o.worker_service, region),
             sa["trigger"],
             "roles/run.invoker",
-            why="Eventarc's calls to the private worker",
+            "Eventarc's calls to the private worker",
         ),
-        _binding(
-            o,
+        (
             ("run jobs", o.reconcile_job, region),
             sa["scheduler"],
             "roles/run.invoker",
-            why="Cloud Scheduler starts the reconciler",
+            "Cloud Scheduler starts the reconciler",
         ),
-        _binding(
-            o,
+        (
             ("pubsub topics", DEAD_LETTER_TOPIC),
             agent,
             "roles/pubsub.publisher",
-            why="move a message there after 10 attempts",
+            "move a message there after 10 attempts",
         ),
-        _binding(
-            o,
+        (
             ("iam service-accounts", o.account("trigger")),
             agent,
             "roles/iam.serviceAccountTokenCreator",
-            why="sign the trigger's tokens, in projects made before April 2021",
+            "sign the trigger's tokens, in projects made before April 2021",
         ),
+    ]
+    # The ledger role is only ever granted on the order ledger's database.
+    items += [
+        _binding(
+            o,
+            resource,
+            member,
+            role,
+            why=why,
+            condition=ledger_only if role == ledger_user else None,
+        )
+        for resource, member, role, why in grants
+    ]
+    describe_api = ("run", "services", "describe", o.service, region)
+    items += [
         Fact(
             "API_URL",
-            _g(
-                "run",
-                "services",
-                "describe",
-                o.service,
-                region,
-                "--format=value(status.url)",
-                options=o,
-            ),
+            _g(*describe_api, "--format=value(status.url)", options=o),
         ),
         Step(
             "register the Stripe webhook endpoint and store its signing secret",
@@ -660,11 +607,7 @@ def build_plan(o: Options) -> Plan:
             build_command(o),
             Look(
                 _g(
-                    "run",
-                    "services",
-                    "describe",
-                    o.service,
-                    region,
+                    *describe_api,
                     "--format=value(spec.template.spec.containers[0].image)",
                     options=o,
                 ),
@@ -672,33 +615,22 @@ def build_plan(o: Options) -> Plan:
             ),
             fix="read the build's log (the URL above); fix, then run setup again",
         ),
-        Step(
+        _made(
+            o,
             f"create the Eventarc trigger {TRIGGER} (the topic to the worker)",
-            _g(
+            (
                 "eventarc",
                 "triggers",
                 "create",
                 TRIGGER,
-                f"--location={o.region}",
+                location,
                 f"--destination-run-service={o.worker_service}",
                 f"--destination-run-region={o.region}",
                 "--event-filters=type=google.cloud.pubsub.topic.v1.messagePublished",
                 f"--transport-topic=projects/{o.project}/topics/{ORDER_TOPIC}",
                 f"--service-account={o.account('trigger')}",
-                options=o,
             ),
-            Look(
-                _g("eventarc", "triggers", "describe", TRIGGER, f"--location={o.region}", options=o)
-            ),
-            delete=_g(
-                "eventarc",
-                "triggers",
-                "delete",
-                TRIGGER,
-                f"--location={o.region}",
-                "--quiet",
-                options=o,
-            ),
+            ("eventarc triggers", TRIGGER, location),
         ),
         Fact(
             "SUBSCRIPTION_ID",
@@ -746,34 +678,23 @@ def build_plan(o: Options) -> Plan:
             "roles/pubsub.subscriber",
             why="acknowledge the message it dead-letters",
         ),
-        Step(
+        _made(
+            o,
             f"run {o.reconcile_job} hourly ({SCHEDULE})",
-            _g(
+            (
                 "scheduler",
                 "jobs",
                 "create",
                 "http",
                 SCHEDULE,
-                f"--location={o.region}",
+                location,
                 "--schedule=0 * * * *",
                 "--http-method=POST",
                 f"--uri=https://run.googleapis.com/v2/projects/{o.project}/locations/{o.region}"
                 f"/jobs/{o.reconcile_job}:run",
                 f"--oauth-service-account-email={o.account('scheduler')}",
-                options=o,
             ),
-            Look(
-                _g("scheduler", "jobs", "describe", SCHEDULE, f"--location={o.region}", options=o)
-            ),
-            delete=_g(
-                "scheduler",
-                "jobs",
-                "delete",
-                SCHEDULE,
-                f"--location={o.region}",
-                "--quiet",
-                options=o,
-            ),
+            ("scheduler jobs", SCHEDULE, location),
         ),
     ]
     for metric, description, display in ALERTS:
@@ -798,19 +719,18 @@ def _alert(o: Options, metric: str, description: str, display: str) -> list[Item
     channels = (f"--notification-channels={o.notification_channel}",) * bool(o.notification_channel)
     policies = ("alpha", "monitoring", "policies")
     return [
-        Step(
+        _made(
+            o,
             f"count {metric} log lines (a log-based metric)",
-            _g(
+            (
                 "logging",
                 "metrics",
                 "create",
                 metric,
                 f"--description={description}",
                 f'--log-filter=jsonPayload.message="{metric}"',
-                options=o,
             ),
-            Look(_g("logging", "metrics", "describe", metric, options=o)),
-            delete=_g("logging", "metrics", "delete", metric, "--quiet", options=o),
+            ("logging metrics", metric),
         ),
         Step(
             f"alert on {metric} ({display!r})",

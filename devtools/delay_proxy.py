@@ -12,10 +12,11 @@ import queue
 import socket
 import threading
 import time
-from types import TracebackType
+
+from devtools.loopback import Running
 
 
-class DelayProxy:
+class DelayProxy(Running):
     """Listens on 127.0.0.1 (a free port) and forwards to `upstream` ("host:port")."""
 
     def __init__(self, upstream: str, delay: float) -> None:
@@ -28,18 +29,7 @@ class DelayProxy:
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def __enter__(self) -> DelayProxy:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
+    def stop(self) -> None:
         self._closed = True
         for sock in [self._listener, *self._sockets]:
             with contextlib.suppress(OSError):

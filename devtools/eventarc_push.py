@@ -28,9 +28,9 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
+from devtools.loopback import Running
 from devtools.pubsub_emulator import PubSubApi, PubSubError, split_path
 
 EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -82,7 +82,7 @@ class Delivery:
     acked: bool
 
 
-class EventarcPush:
+class EventarcPush(Running):
     """Pull from `subscription`, push each message to `url`: `run_once()`, or `start()`/`stop()`."""
 
     def __init__(
@@ -213,18 +213,6 @@ class EventarcPush:
         thread.join(seconds)
         if thread.is_alive():
             raise RuntimeError(f"eventarc_push did not stop within {seconds} s")
-
-    def __enter__(self) -> EventarcPush:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main() -> None:

@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from devtools.loopback import free_port
+from devtools.gcloud_emulator import GcloudEmulator
 
 READY_LINE = b"Server started, listening on"
 
@@ -188,117 +178,34 @@ def _error_message(raw: bytes) -> str:
         return raw.decode(errors="replace")[:200]
 
 
-class PubSubEmulator:
+class PubSubEmulator(GcloudEmulator):
     """One emulator process group; start, stop and restart it on the same port."""
 
+    name = "Pub/Sub"
+    command = ("beta", "emulators", "pubsub", "start")
+    host_variable = "PUBSUB_EMULATOR_HOST"
+
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
-        self.port = port or free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self._process: subprocess.Popen | None = None
-        # An empty gcloud configuration: no account, no prompts, nothing written to the user's.
-        self._config = tempfile.TemporaryDirectory(prefix="gcloud-config-")
+        super().__init__(port)
         # The ready line is read from the log, so there always is one.
         self.log_path = log_path or Path(self._config.name) / "pubsub-emulator.log"
         self.api = PubSubApi(self.host)
 
-    @staticmethod
-    def missing() -> str | None:
-        """Why the emulator cannot run here (gcloud or Java absent), or None."""
-        for tool, what in (("gcloud", "the Google Cloud CLI"), ("java", "Java (17 or later)")):
-            if shutil.which(tool) is None:
-                return f"the Pub/Sub emulator needs {what}: `{tool}` is not on PATH"
-        return None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def start(self, seconds: float = 90.0) -> None:
         if self.running:
             return
-        env = {
-            **os.environ,
-            "CLOUDSDK_CONFIG": self._config.name,
-            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-        }
-        env.pop("PUBSUB_EMULATOR_HOST", None)
         # The log is appended to across restarts: look for this start's ready line only.
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as output:
-            self._process = subprocess.Popen(
-                ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port={self.host}"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: gcloud starts Java as a child
-            )
-        self._wait_ready(offset, seconds)
+            self._launch(output)
 
-    def _wait_ready(self, offset: int, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self._process is None or self._process.poll() is not None:
-                raise RuntimeError(f"the Pub/Sub emulator exited early; see {self.log_path}")
+        def ready() -> bool:
             with self.log_path.open("rb") as log:
                 log.seek(offset)
                 started = READY_LINE in log.read()
-            if started and self._accepts_connections():
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"the Pub/Sub emulator did not start on {self.host} in {seconds} s")
+            return started and self.accepts_connections()
 
-    def _accepts_connections(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # gcloud can exit before its Java child: make sure the group is gone.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        self._wait_port_free()
-
-    def _wait_port_free(self, seconds: float = 10.0) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and self._accepts_connections():
-            time.sleep(0.1)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        self._config.cleanup()
-
-    def __enter__(self) -> PubSubEmulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+        self._wait_ready(ready, seconds, self.log_path)
 
 
 def create_local_topics(api: PubSubApi, project: str = LOCAL_PROJECT) -> None:
@@ -323,19 +230,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8087)
     parser.add_argument("--project", default=LOCAL_PROJECT)
     args = parser.parse_args()
-    reason = PubSubEmulator.missing()
-    if reason:
-        raise SystemExit(reason)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that `with` stops the emulator
-    with PubSubEmulator(args.port) as emulator:
+
+    def ready(emulator: PubSubEmulator) -> list[str]:
         create_local_topics(emulator.api, args.project)
-        print(f"export PUBSUB_EMULATOR_HOST={emulator.host}", flush=True)
-        print(f"export ORDER_EVENTS_TOPIC={topic_path(args.project, LOCAL_TOPIC)}", flush=True)
-        print(f"# worker subscription: {subscription_path(args.project, LOCAL_SUBSCRIPTION)}")
-        print(f"# dead letters: {subscription_path(args.project, LOCAL_DEAD_LETTER_SUBSCRIPTION)}")
-        print(f"# emulator log: {emulator.log_path}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+        return [
+            f"export ORDER_EVENTS_TOPIC={topic_path(args.project, LOCAL_TOPIC)}",
+            f"# worker subscription: {subscription_path(args.project, LOCAL_SUBSCRIPTION)}",
+            f"# dead letters: {subscription_path(args.project, LOCAL_DEAD_LETTER_SUBSCRIPTION)}",
+            f"# emulator log: {emulator.log_path}",
+        ]
+
+    PubSubEmulator.serve(args.port, ready)
 
 
 if __name__ == "__main__":

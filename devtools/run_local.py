@@ -12,12 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from urllib.parse import urlsplit
 
 from checkout.config import DEFAULT_FRONTEND_URL, ConfigError, load_settings
 from checkout.keys import check_secret_shapes
+from devtools.loopback import wait_for_answer
 
 # Not real credentials: only the bundled emulator accepts them.
 EMULATOR_KEY = "sk_test_emulatorLocalOnlyNotARealKey"
@@ -151,17 +150,10 @@ def _taken(port: str) -> str | None:
     return None
 
 
-def _wait_for(url: str, process: subprocess.Popen, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the Stripe emulator exited early (is port {url} in use?)")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"the Stripe emulator did not answer at {url}")
+def _wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 10.0) -> None:
+    why = wait_for_answer(url, process, seconds)
+    if why:
+        raise SystemExit(f"the Stripe emulator at {url} {why} (is its port in use?)")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from devtools.loopback import Running
+
 FAILURE_MODES = ("unavailable", "permission_denied", "crc_mismatch")
 
 # The REST transport keeps the project as written (id or number) and appends
@@ -90,7 +92,7 @@ class Hold:
         self._released.wait(_HOLD_LIMIT_S)
 
 
-class SecretManagerEmulator:
+class SecretManagerEmulator(Running):
     """Secret Manager on loopback, in-process; thread-safe; start()/stop() or use as a context."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency_ms: int = 0) -> None:
@@ -126,12 +128,6 @@ class SecretManagerEmulator:
         server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-    def __enter__(self) -> SecretManagerEmulator:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     @property
     def endpoint(self) -> str:

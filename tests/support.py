@@ -25,7 +25,6 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import functions_framework.aio
@@ -41,7 +40,7 @@ from checkout.catalogue import Catalogue
 from checkout.config import ENVIRONMENT_VARIABLES
 from checkout.orders import Change
 from checkout.session import SessionStatus
-from devtools.loopback import free_port
+from devtools.loopback import Running, free_port, wait_for_answer
 from devtools.stripe_emulator.webhooks import snapshot_event
 
 if TYPE_CHECKING:
@@ -146,6 +145,21 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
 
 
 WHSEC = "whsec_TestOnlySigning01"
+# Every Stripe event type the service handles (the contract's list; register-webhook enables them).
+HANDLED = (
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "checkout.session.expired",
+    "charge.refunded",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.refund.updated",
+    "charge.dispute.created",
+    "charge.dispute.updated",
+    "charge.dispute.closed",
+)
 
 
 OTHER_WHSEC = "whsec_SomeoneElses0123"
@@ -285,8 +299,8 @@ class Deliveries:
 def function_app_for(api: CheckoutApi) -> Starlette:
     """The ASGI app functions-framework builds for main.py's `checkout_api`, serving `api`.
 
-    Through main.py's wrapping of functions-framework's app (`main` is imported for it), so its
-    own 404/405 answers come from `api` as JSON, as in production.
+    Through checkout/framework.py's wrapping of functions-framework's app (`main` installs it), so
+    its own 404/405 answers come from `api` as JSON, as in production.
     """
 
     @functions_framework.aio.http
@@ -358,7 +372,7 @@ def _send(process: subprocess.Popen[Any], sig: signal.Signals, group: bool) -> N
             process.send_signal(sig)
 
 
-class LiveServer:
+class LiveServer(Running):
     """functions-framework (gunicorn, one uvicorn worker) in a subprocess; stdout and stderr
     captured to two files.
 
@@ -407,29 +421,11 @@ class LiveServer:
             self.stop()
             raise
 
-    def __enter__(self) -> LiveServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def _wait_ready(self, seconds: float = 20.0) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {(self.logs() + self.stderr())[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{self.url}/__ready", timeout=1)
-            except urllib.error.HTTPError:
-                return  # any HTTP answer (our JSON 404) means it is serving
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"server did not start in {seconds} s: {self.stderr()[-2000:]}")
+        # Any HTTP answer (our JSON 404) means it is serving.
+        why = wait_for_answer(f"{self.url}/__ready", self.process, seconds)
+        if why:
+            raise RuntimeError(f"server {why}: {(self.logs() + self.stderr())[-2000:]}")
 
     def logs(self) -> str:
         """Everything the server wrote to stdout: the JSON log lines."""

@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -90,19 +91,7 @@ def service_env(base_env: dict[str, str], firestore: Firestore, pubsub: PubSub) 
 
 def in_service(env: dict[str, str], work: Any) -> Any:
     """Run `work(service)` in this process with the deployment's settings (as a job would)."""
-    service = Service.from_settings(load_settings(env))
-
-    async def run() -> Any:
-        try:
-            return await work(service)
-        finally:
-            service.gateway.close()
-            await asyncio.sleep(0)
-
-    try:
-        return asyncio.run(run())
-    finally:
-        service.publisher.close()
+    return Service.from_settings(load_settings(env)).run(work)
 
 
 def record(env: dict[str, str], session_id: str, *facts: Fact) -> None:
@@ -186,6 +175,51 @@ def workers(
 
 def runs(tmp_path: Path, what: str = "done") -> list[str]:
     return [change for _, change, step, _ in deliveries(tmp_path / "sink") if step == what]
+
+
+@dataclass
+class HeldDelivery:
+    """A paid change's delivery running on a worker, held until `release` exists (then it fails)."""
+
+    env: dict[str, str]
+    worker: LiveServer
+    first: dict[str, Any]  # the message pulled and pushed by hand
+    release: Path
+    running: threading.Thread
+    answers: list[int]  # the worker's status for it, once it answers
+
+
+@contextlib.contextmanager
+def held_paid_delivery(
+    base_env: dict[str, str],
+    firestore: Firestore,
+    pubsub: PubSub,
+    tmp_path: Path,
+    session: str,
+    **worker_env: str,
+) -> Iterator[HeldDelivery]:
+    worker_subscription(pubsub)
+    env = service_env(base_env, firestore, pubsub)
+    release = tmp_path / "release"
+    api, project = pubsub.api, pubsub.project
+    subscription = subscription_path(project, WORKER_SUB)
+    with workers(
+        firestore,
+        pubsub,
+        tmp_path,
+        1,
+        DELIVER_ORDER="tests.delivery_sink:access_template",
+        DELIVERY_RELEASE=str(release),
+        **worker_env,
+    ) as (worker,):
+        record(env, session, paid(session))
+        (first,) = api.pull(project, WORKER_SUB)
+        headers, body = cloud_event_request(first["message"], pubsub.topic, subscription)
+        answers: list[int] = []
+        running = threading.Thread(target=lambda: answers.append(post(worker.url, headers, body)))
+        running.start()
+        until(lambda: runs(tmp_path, "start"), "the paid delivery started")
+        yield HeldDelivery(env, worker, first, release, running, answers)
 
 
 # --- the four reproductions -------------------------------------------------------------------
@@ -312,35 +346,20 @@ def test_a_topic_without_a_subscription_fails_doctor_and_its_change_is_delivered
 def test_redeliveries_of_a_change_in_flight_never_dead_letter_it_and_a_failure_is_retried(
     base_env, firestore: Firestore, pubsub: PubSub, tmp_path: Path
 ) -> None:
-    worker_subscription(pubsub)
-    env = service_env(base_env, firestore, pubsub)
-    release = tmp_path / "release"
     session = "cs_test_inflight1"
     api, project = pubsub.api, pubsub.project
-    subscription = subscription_path(project, WORKER_SUB)
-    with workers(
-        firestore,
-        pubsub,
-        tmp_path,
-        DELIVER_ORDER="tests.delivery_sink:access_template",
-        DELIVERY_RELEASE=str(release),
-        LEDGER_LEASE_SECONDS="1",
-    ) as (worker,):
-        record(env, session, paid(session))
-        (first,) = api.pull(project, WORKER_SUB)
-        headers, body = cloud_event_request(first["message"], pubsub.topic, subscription)
-        answers: list[int] = []
-        running = threading.Thread(target=lambda: answers.append(post(worker.url, headers, body)))
-        running.start()
-        until(lambda: runs(tmp_path, "start"), "the first delivery started")
+    with held_paid_delivery(
+        base_env, firestore, pubsub, tmp_path, session, LEDGER_LEASE_SECONDS="1"
+    ) as held:
+        env, worker, first, release = held.env, held.worker, held.first, held.release
         # Its ack deadline passes while it runs: Pub/Sub redelivers, again and again.
         api.nack(project, WORKER_SUB, [first["ackId"]])
         pushed = push(pubsub, worker.url)
         assert pushed >= 1
         assert dead_letters(pubsub) == []  # no attempt of the change in flight was used up
         release.touch()  # the first run then fails
-        running.join(60)
-        assert answers and answers[0] >= 500
+        held.running.join(60)
+        assert held.answers and held.answers[0] >= 500
         until(lambda: push(pubsub, worker.url) == 0 and bool(runs(tmp_path)), "a retry ran")
         assert runs(tmp_path) == [f"{session}:paid"]
         assert runs(tmp_path, "fail") == [f"{session}:paid"]
@@ -353,29 +372,14 @@ def test_redeliveries_of_a_change_in_flight_never_dead_letter_it_and_a_failure_i
 def test_a_refund_during_a_slow_failing_paid_delivery_leaves_access_revoked(
     base_env, firestore: Firestore, pubsub: PubSub, tmp_path: Path
 ) -> None:
-    worker_subscription(pubsub)
-    env = service_env(base_env, firestore, pubsub)
-    release = tmp_path / "release"
     session = "cs_test_stale1"
     api, project = pubsub.api, pubsub.project
-    subscription = subscription_path(project, WORKER_SUB)
-    with workers(
-        firestore,
-        pubsub,
-        tmp_path,
-        DELIVER_ORDER="tests.delivery_sink:access_template",
-        DELIVERY_RELEASE=str(release),
-    ) as (worker,):
-        record(env, session, paid(session))
-        (first,) = api.pull(project, WORKER_SUB)
-        headers, body = cloud_event_request(first["message"], pubsub.topic, subscription)
-        running = threading.Thread(target=post, args=(worker.url, headers, body))
-        running.start()
-        until(lambda: runs(tmp_path, "start"), "paid started")
+    with held_paid_delivery(base_env, firestore, pubsub, tmp_path, session) as held:
+        env, worker, first, release = held.env, held.worker, held.first, held.release
         record(env, session, refunded(session))  # a full refund while the paid run is slow
         push(pubsub, worker.url)  # the refunded change
         release.touch()  # the paid run fails once
-        running.join(60)
+        held.running.join(60)
         api.nack(project, WORKER_SUB, [first["ackId"]])  # Pub/Sub retries it
         until(lambda: push(pubsub, worker.url) == 0 and len(set(runs(tmp_path))) == 2, "both ran")
         assert sorted(set(runs(tmp_path))) == [f"{session}:paid", f"{session}:refunded"]

@@ -12,22 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import completed_session, create, event_for, post_event, status_of
-
-HANDLED = (
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "checkout.session.async_payment_failed",
-    "checkout.session.expired",
-    "charge.refunded",
-    "refund.created",
-    "refund.updated",
-    "refund.failed",
-    "charge.refund.updated",
-    "charge.dispute.created",
-    "charge.dispute.updated",
-    "charge.dispute.closed",
-)
+from tests.support import HANDLED, completed_session, create, event_for, post_event, status_of
 
 
 def event(kind: str, obj: dict[str, Any], **top: Any) -> dict[str, Any]:

@@ -360,3 +360,127 @@ def test_every_type_ignore_in_the_service_names_its_code():
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if "type: ignore" in line:
                 assert "type: ignore[" in line, f"{path.relative_to(ROOT)}:{number}"
+
+
+# --- The dev tools: no import circles -----------------------------------------------------------
+
+
+def circles(package: Path, root: Path = ROOT) -> list[list[str]]:
+    """Groups of `package`'s modules that import each other, directly or round a circle.
+
+    An import of a module's own package (its __init__) is not counted: it runs first anyway.
+    """
+    names = {
+        ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in package.rglob("*.py")
+    }
+    graph = {
+        name: {
+            other
+            for other in imports_of(path)
+            if other in names and other != name and not name.startswith(other + ".")
+        }
+        for name, path in names.items()
+    }
+
+    def reaches(start: str, goal: str) -> bool:
+        seen: set[str] = set()
+        todo = [start]
+        while todo:
+            for other in graph[todo.pop()] - seen:
+                if other == goal:
+                    return True
+                seen.add(other)
+                todo.append(other)
+        return False
+
+    groups = {
+        tuple(
+            sorted(
+                {name, *(other for other in names if reaches(name, other) and reaches(other, name))}
+            )
+        )
+        for name in names
+        if reaches(name, name)
+    }
+    return sorted(list(group) for group in groups)
+
+
+def test_the_dev_tools_import_in_no_circle():
+    # TYPE_CHECKING imports count: a module names what it needs of another as a Protocol instead.
+    assert circles(ROOT / "devtools") == []
+
+
+def test_the_circle_guard_catches(tmp_path):
+    package = tmp_path / "circle"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from circle.b import B\n")
+    (package / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import circle.a\n"
+    )
+    (package / "c.py").write_text("import circle.a\n")  # imports a circle's module: not in it
+    assert circles(package, tmp_path) == [["circle.a", "circle.b"]]
+
+
+# --- Nothing surprising at import ---------------------------------------------------------------
+
+
+def changes_to_the_process(source: str) -> list[str]:
+    """Each place `source` writes os.environ or sys.modules."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets: list[ast.expr] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in ("putenv", "unsetenv"):
+                targets = [node.func]
+            elif node.func.attr in ("update", "setdefault", "pop", "popitem", "clear"):
+                targets = [node.func.value]
+        for target in targets:
+            text = ast.unparse(target)
+            if text.startswith(("os.environ", "sys.modules", "os.putenv", "os.unsetenv")):
+                found.append(f"{getattr(node, 'lineno', 0)}: {text}")
+    return found
+
+
+def test_only_the_framework_module_changes_the_environment_or_the_module_table():
+    # Its changes run in one explicit call, framework.install(), which main.py makes first.
+    offending = [
+        f"{path.relative_to(ROOT)}:{place}"
+        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
+        if path != PACKAGE / "framework.py"
+        for place in changes_to_the_process(path.read_text())
+    ]
+    assert offending == []
+    assert changes_to_the_process((PACKAGE / "framework.py").read_text())  # the guard sees them
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os\nos.environ['X'] = ''",
+        "import os\nos.environ.setdefault('X', '')",
+        "import os\ndel os.environ['X']",
+        "import sys\nsys.modules['requests'] = None",
+        "import os\nos.putenv('X', '')",
+    ],
+)
+def test_the_process_change_guard_catches(source):
+    assert changes_to_the_process(source)
+
+
+def test_main_makes_the_one_framework_call_before_importing_the_service():
+    tree = ast.parse((ROOT / "main.py").read_text())
+    calls = [ast.unparse(node) for node in tree.body if isinstance(node, ast.Expr)]
+    assert calls[1:2] == ["framework.install()"]  # after the docstring
+    service_imports = [
+        n.lineno
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("checkout.")
+    ]
+    install = next(n.lineno for n in tree.body if ast.unparse(n) == "framework.install()")
+    assert service_imports and min(service_imports) > install

@@ -82,6 +82,15 @@ def pending_fact(session_id: str = "cs_test_a") -> SessionFact:
     return session_fact(session, "pi_" + session_id[-4:])
 
 
+async def paid_then_refunded(ledger: Ledger) -> list[Change]:
+    """cs_test_a paid, then fully refunded: its order's two changes, in order."""
+    await ledger.apply("cs_test_a", paid_fact(), token="p")
+    refund = ChargeFact("pi_st_a", 200, True, "2026-12-07T10:00:00Z")
+    applied = await ledger.apply("cs_test_a", refund, token="p")
+    assert applied.order is not None
+    return [Change.from_data(entry["change"]) for entry in applied.order.changes.values()]
+
+
 FULL_REFUND = ChargeFact("pi_st_a", 200, True, "2026-12-02T10:00:00Z")
 
 
@@ -756,12 +765,7 @@ def test_a_change_waiting_behind_another_run_of_its_order_is_queued_and_handed_o
 ) -> None:
     async def scenario() -> None:
         ledger = make_ledger()
-        await ledger.apply("cs_test_a", paid_fact(), token="p")
-        refund = ChargeFact("pi_st_a", 200, True, "2026-12-07T10:00:00Z")
-        paid_change, refunded_change = [
-            Change.from_data(entry["change"])
-            for entry in (await ledger.apply("cs_test_a", refund, token="p")).order.changes.values()
-        ]
+        paid_change, refunded_change = await paid_then_refunded(ledger)
         assert (await ledger.claim_delivery(paid_change, "d1", lease=30)).outcome == CLAIMED
         queued = await ledger.claim_delivery(refunded_change, "d2", lease=30)
         assert queued.outcome == HELD and queued.other is not None
@@ -780,13 +784,7 @@ def test_a_run_whose_order_was_taken_over_by_another_change_can_no_longer_renew(
 ) -> None:
     async def scenario() -> None:
         ledger = make_ledger()
-        await ledger.apply("cs_test_a", paid_fact(), token="p")
-        refund = ChargeFact("pi_st_a", 200, True, "2026-12-07T10:00:00Z")
-        applied = await ledger.apply("cs_test_a", refund, token="p")
-        assert applied.order is not None
-        paid_change, refunded_change = [
-            Change.from_data(entry["change"]) for entry in applied.order.changes.values()
-        ]
+        paid_change, refunded_change = await paid_then_refunded(ledger)
         assert (await ledger.claim_delivery(paid_change, "d1", lease=0.001)).outcome == CLAIMED
         # d1's lease has run out unseen (one-sided: a longer sleep only leaves it further gone).
         await asyncio.sleep(0.01)

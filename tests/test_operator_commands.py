@@ -347,19 +347,9 @@ def unreachable_host() -> str:
 def in_process_reconcile(env: dict[str, str], **options: Any) -> Summary:
     """`reconcile` called in this process with the deployment's settings (for its parameters);
     Google's clients read *_EMULATOR_HOST from this process's environment (the fixtures')."""
-    service = Service.from_settings(load_settings(env))
-
-    async def run() -> Summary:
-        try:
-            return await reconcile(service, **options)
-        finally:
-            service.gateway.close()
-            await asyncio.sleep(0)
-
-    try:
-        return asyncio.run(run())
-    finally:
-        service.publisher.close()
+    return Service.from_settings(load_settings(env)).run(
+        lambda service: reconcile(service, **options)
+    )
 
 
 def test_reconcile_in_a_cloud_run_job_refuses_to_run_without_an_explicit_deployment_id(

@@ -30,7 +30,15 @@ from tests.support import (
     http_json,
     log_records,
     sign,
+    wait_for_records,
 )
+
+
+def hooked(live_server, stripe_emulator, **env: str) -> LiveServer:
+    """A live server that checks our signing secret, and the emulator's webhooks sent to it."""
+    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC, **env)
+    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    return server
 
 
 def paid(server: LiveServer, stripe_emulator) -> dict[str, Any]:
@@ -108,8 +116,7 @@ def test_a_full_refund_reaches_a_second_instance_within_its_bound_once(
 def test_a_partial_refund_stays_paid_with_the_amount_and_one_change(
     live_server, stripe_emulator
 ) -> None:
-    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC)
-    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    server = hooked(live_server, stripe_emulator)
     session = paid(server, stripe_emulator)
     refund(stripe_emulator, session["payment_intent"], amount=50)
     for _ in range(300):  # until the refund's event is applied (bounded, generous: a hang)
@@ -124,8 +131,7 @@ def test_a_partial_refund_stays_paid_with_the_amount_and_one_change(
 def test_a_dispute_is_disputed_with_a_warning_then_won_is_paid_and_lost_is_disputed(
     live_server, stripe_emulator
 ) -> None:
-    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC, STATUS_PAID_TTL_SECONDS="0.1")
-    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    server = hooked(live_server, stripe_emulator, STATUS_PAID_TTL_SECONDS="0.1")
     won, lost = paid(server, stripe_emulator), paid(server, stripe_emulator)
     won_dispute = stripe_emulator.open_dispute(won["payment_intent"])
     lost_dispute = stripe_emulator.open_dispute(lost["payment_intent"])
@@ -207,23 +213,27 @@ def test_events_in_reverse_order_and_duplicated_end_in_the_same_state_and_change
     assert len(changes(reversed_twice)) == len(set(changes(reversed_twice))) == 4
 
 
+def handled_events(server: LiveServer, event_type: str) -> list[dict[str, Any]]:
+    """The server's stripe_event records of `event_type`, once there is one (or after 30 s)."""
+    records: list[dict[str, Any]] = []
+    for _ in range(300):  # bounded, generous: a hang, not a timing
+        records = [
+            r for r in log_records(server.logs(), "stripe_event") if r["event_type"] == event_type
+        ]
+        if records:
+            break
+        time.sleep(0.1)
+    return records
+
+
 def test_a_refund_of_another_integrations_charge_is_acknowledged_and_changes_nothing(
     live_server, stripe_emulator
 ) -> None:
-    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC)
-    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    server = hooked(live_server, stripe_emulator)
     foreign = create_session(stripe_emulator)  # no marker of ours
     completed = stripe_emulator.complete_session(foreign["id"], "paid")
     refund(stripe_emulator, completed["payment_intent"])
-    for _ in range(300):  # until the refund's event is handled (bounded, generous: a hang)
-        handled = [
-            r
-            for r in log_records(server.logs(), "stripe_event")
-            if r["event_type"] == "charge.refunded"
-        ]
-        if handled:
-            break
-        time.sleep(0.1)
+    handled = handled_events(server, "charge.refunded")
     assert [(r["outcome"], r["reason"]) for r in handled] == [("ignored", "not_ours")]
     assert changes(server) == []
     status, body = http_json("GET", f"{server.url}{STATUS}?session_id={foreign['id']}")
@@ -278,19 +288,14 @@ def test_with_the_ledger_unreachable_a_refunded_order_is_still_answered_refunded
 def test_a_refund_that_fails_after_succeeding_gives_the_purchase_back_with_one_change(
     live_server, stripe_emulator
 ) -> None:
-    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC, STATUS_PAID_TTL_SECONDS="0.1")
-    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    server = hooked(live_server, stripe_emulator, STATUS_PAID_TTL_SECONDS="0.1")
     session = paid(server, stripe_emulator)
     made = refund(stripe_emulator, session["payment_intent"])
     eventually(server, session["id"], "refunded")
     stripe_emulator.fail_refund(made["id"])  # the card was closed: the money came back
     body = eventually(server, session["id"], "paid")
     assert body["amount_refunded"] == 0
-    for _ in range(300):  # until refund.failed, the last of its events, is handled (a hang)
-        kinds = {r["event_type"] for r in log_records(server.logs(), "stripe_event")}
-        if "refund.failed" in kinds:
-            break
-        time.sleep(0.1)
+    handled_events(server, "refund.failed")  # the last of its events
     assert [c.split(":")[1] for c in changes(server)] == [
         "paid",
         "refunded",
@@ -301,15 +306,10 @@ def test_a_refund_that_fails_after_succeeding_gives_the_purchase_back_with_one_c
 def test_an_inquiry_moves_no_money_so_the_order_stays_paid_with_a_warning_and_no_change(
     live_server, stripe_emulator
 ) -> None:
-    server = live_server(STRIPE_WEBHOOK_SECRET=WHSEC, STATUS_PAID_TTL_SECONDS="0.1")
-    stripe_emulator.set_webhook(f"{server.url}{WEBHOOK}", WHSEC)
+    server = hooked(live_server, stripe_emulator, STATUS_PAID_TTL_SECONDS="0.1")
     session = paid(server, stripe_emulator)
     inquiry = stripe_emulator.open_dispute(session["payment_intent"], inquiry=True)
-    for _ in range(300):  # until the inquiry's event is handled (bounded, generous: a hang)
-        warnings = log_records(server.logs(), "checkout_inquiry")
-        if warnings:
-            break
-        time.sleep(0.1)
+    warnings = wait_for_records(server, "checkout_inquiry", seconds=30)
     assert [(w["severity"], w["dispute_id"]) for w in warnings] == [("WARNING", inquiry["id"])]
     assert warnings[0]["evidence_due_by"].endswith("Z")
     assert answer(server, session["id"])["outcome"] == "paid"

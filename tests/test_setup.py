@@ -115,6 +115,21 @@ def run(options: Options = OPTIONS, **kwargs: Any) -> tuple[int, str, Operators]
     return code, out.getvalue(), operators
 
 
+def python_m_checkout(command: str, *args: str) -> list[str]:
+    """`python -m checkout COMMAND` for this file's project and region."""
+    return [
+        sys.executable,
+        "-m",
+        "checkout",
+        command,
+        "--project",
+        PROJECT,
+        "--region",
+        REGION,
+        *args,
+    ]
+
+
 def made_by(step: Step) -> list[str]:
     return [t for t in step.argv if not t.startswith("--")][1:4]
 
@@ -207,19 +222,7 @@ def test_dry_run_runs_no_gcloud_and_prints_every_command_in_order(
     stand_in: StandIn, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "checkout",
-            "setup",
-            "--project",
-            PROJECT,
-            "--region",
-            REGION,
-            "--frontend-url",
-            FRONTEND,
-            "--dry-run",
-        ],
+        python_m_checkout("setup", "--frontend-url", FRONTEND, "--dry-run"),
         env=stand_in.env(),
         capture_output=True,
         text=True,
@@ -392,20 +395,7 @@ def test_setup_registers_the_webhook_once_and_stores_each_secret_once(
         PUBSUB_EMULATOR_HOST="127.0.0.1:9",
         STRIPE_TIMEOUT_SECONDS="5",
     )
-    command = [
-        sys.executable,
-        "-m",
-        "checkout",
-        "setup",
-        "--project",
-        PROJECT,
-        "--region",
-        REGION,
-        "--frontend-url",
-        FRONTEND,
-        "--key-file",
-        str(key_file),
-    ]
+    command = python_m_checkout("setup", "--frontend-url", FRONTEND, "--key-file", str(key_file))
     for attempt in (1, 2):
         result = subprocess.run(
             command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
@@ -426,17 +416,7 @@ def test_setup_registers_the_webhook_once_and_stores_each_secret_once(
         (signing,) = sm.versions(PROJECT, WEBHOOK_SECRET)
         assert signing.startswith(b"whsec_")
     # teardown deletes the endpoint it registered (and what the stand-in holds), keeping the data.
-    teardown = [
-        sys.executable,
-        "-m",
-        "checkout",
-        "teardown",
-        "--project",
-        PROJECT,
-        "--region",
-        REGION,
-        "--yes",
-    ]
+    teardown = python_m_checkout("teardown", "--yes")
     result = subprocess.run(
         teardown, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
     )

@@ -14,6 +14,7 @@ from email.message import Message
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
+from devtools.loopback import Running
 from devtools.stripe_emulator import browser, expansions, params, resources, rules, shapes
 from devtools.stripe_emulator.endpoints import Target
 from devtools.stripe_emulator.events import EventBus, LoggedEvent, check_schedule, retry_schedule
@@ -45,7 +46,7 @@ from devtools.stripe_emulator.state import (
 from devtools.stripe_emulator.webhooks import _NO_EVENT, _Event
 
 
-class StripeEmulator:
+class StripeEmulator(Running):
     """Stripe's Checkout Sessions API in memory, served over HTTP from a background thread."""
 
     def __init__(
@@ -120,12 +121,6 @@ class StripeEmulator:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = self._thread = None
-
-    def __enter__(self) -> StripeEmulator:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:

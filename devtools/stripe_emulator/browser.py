@@ -13,13 +13,23 @@ import datetime
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from devtools.stripe_emulator.state import StripeEmulatorError, _invalid, _Response, _to_json
 
-if TYPE_CHECKING:
-    from devtools.stripe_emulator.api import StripeEmulator
+
+class Paying(Protocol):
+    """What the browser pages need of the emulator (api.Paying)."""
+
+    checkout_api: str  # where the /demo page sends its API calls
+
+    def complete_session(
+        self, session_id: str, payment_status: str = "paid", *, email: str | None = None
+    ) -> dict[str, Any]: ...
+
+    def find_by_client_secret(self, client_secret: str) -> dict[str, Any] | None: ...
+
 
 _STATIC = Path(__file__).with_name("static")
 
@@ -71,20 +81,20 @@ class CardError(Exception):
         return {"error": error}
 
 
-def route(method: str, path: str) -> Callable[[StripeEmulator, str, bytes], _Response] | None:
+def route(method: str, path: str) -> Callable[[Paying, str, bytes], _Response] | None:
     """The browser page for this request, or None when the path is not one of them."""
     return _ROUTES.get((method, path.rstrip("/") or "/"))
 
 
-def _stripe_js(emulator: StripeEmulator, query: str, body: bytes) -> _Response:
+def _stripe_js(emulator: Paying, query: str, body: bytes) -> _Response:
     return _file("stripe.js", "application/javascript; charset=utf-8")
 
 
-def _frame(emulator: StripeEmulator, query: str, body: bytes) -> _Response:
+def _frame(emulator: Paying, query: str, body: bytes) -> _Response:
     return _file("checkout.html", "text/html; charset=utf-8")
 
 
-def _demo(emulator: StripeEmulator, query: str, body: bytes) -> _Response:
+def _demo(emulator: Paying, query: str, body: bytes) -> _Response:
     api = parse_qs(query).get("api", [emulator.checkout_api])[0]
     # JSON inside a <script>: no "</" may close the element early.
     config = json.dumps({"api": api.rstrip("/")}).replace("</", "<\\/")
@@ -92,7 +102,7 @@ def _demo(emulator: StripeEmulator, query: str, body: bytes) -> _Response:
     return 200, page.encode(), _page_headers("text/html; charset=utf-8")
 
 
-def _session(emulator: StripeEmulator, query: str, body: bytes) -> _Response:
+def _session(emulator: Paying, query: str, body: bytes) -> _Response:
     """What the frame shows: the session's line items and amount, or why it cannot be paid."""
     session = _payable_session(emulator, _json_body(body))
     summary = {
@@ -111,7 +121,7 @@ def _session(emulator: StripeEmulator, query: str, body: bytes) -> _Response:
     return 200, _to_json(summary), _page_headers("application/json")
 
 
-def _confirm(emulator: StripeEmulator, query: str, body: bytes) -> _Response:
+def _confirm(emulator: Paying, query: str, body: bytes) -> _Response:
     """Pay with the card typed in the frame: a decline leaves the session open for a retry."""
     fields = _json_body(body)
     session = _payable_session(emulator, fields)
@@ -134,7 +144,7 @@ def _confirm(emulator: StripeEmulator, query: str, body: bytes) -> _Response:
     return 200, _to_json(answer), _page_headers("application/json")
 
 
-def _payable_session(emulator: StripeEmulator, fields: dict[str, Any]) -> dict[str, Any]:
+def _payable_session(emulator: Paying, fields: dict[str, Any]) -> dict[str, Any]:
     client_secret = fields.get("client_secret")
     if not isinstance(client_secret, str) or "_secret_" not in client_secret:
         raise _invalid("This is not a Checkout Session client_secret.", "client_secret")
@@ -226,7 +236,7 @@ def _page_headers(content_type: str) -> list[tuple[str, str]]:
     return [("Content-Type", content_type), ("Cache-Control", "no-store")]
 
 
-_ROUTES: dict[tuple[str, str], Callable[[StripeEmulator, str, bytes], _Response]] = {
+_ROUTES: dict[tuple[str, str], Callable[[Paying, str, bytes], _Response]] = {
     ("GET", "/js/stripe.js"): _stripe_js,
     ("GET", "/embedded-checkout"): _frame,
     ("POST", "/embedded-checkout/session"): _session,

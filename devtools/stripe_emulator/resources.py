@@ -11,18 +11,41 @@ injects faults and keeps idempotency for these as for sessions, then calls `read
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote
 
 import stripe
 
 from devtools.stripe_emulator import expansions, shapes
-from devtools.stripe_emulator.events import LoggedEvent
+from devtools.stripe_emulator.events import EventBus, LoggedEvent
 from devtools.stripe_emulator.listing import page, parse_created
-from devtools.stripe_emulator.state import UI_MODE_NEW_TO_OLD, StripeEmulatorError, _invalid
+from devtools.stripe_emulator.payments import Change, Payments
+from devtools.stripe_emulator.state import (
+    UI_MODE_NEW_TO_OLD,
+    StripeEmulatorError,
+    _invalid,
+    _Session,
+)
 
-if TYPE_CHECKING:
-    from devtools.stripe_emulator.api import StripeEmulator
+
+class Store(Protocol):
+    """What the endpoints read and write of the emulator (api.Store), under its lock."""
+
+    @property
+    def _payments(self) -> Payments: ...
+
+    @property
+    def _sessions(self) -> dict[str, _Session]: ...
+
+    @property
+    def _products(self) -> dict[str, dict[str, Any]]: ...
+
+    @property
+    def _bus(self) -> EventBus: ...
+
+    def _emit_changes(
+        self, changes: list[Change], request: tuple[str | None, str | None] = (None, None)
+    ) -> list[LoggedEvent]: ...
 
 
 class Route(NamedTuple):
@@ -129,7 +152,7 @@ def expand_paths(endpoint: str, params: dict[str, Any]) -> list[str]:
     return paths
 
 
-def objects(emulator: StripeEmulator) -> expansions.Objects:
+def objects(emulator: Store) -> expansions.Objects:
     """Every object an expansion may put in place of an id, and the lists made on request."""
     payments, sessions = emulator._payments, emulator._sessions
     return expansions.Objects(
@@ -147,7 +170,7 @@ def objects(emulator: StripeEmulator) -> expansions.Objects:
     )
 
 
-def read(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+def read(emulator: Store, request: Request) -> dict[str, Any]:
     """A GET, its objects expanded; the caller holds the emulator's lock."""
     found = _READS[request.endpoint](emulator, request)
     answers = shapes.resource(_BY_NAME[request.endpoint].answers)
@@ -164,7 +187,7 @@ def read(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
     return expansions.expand(answers, found, request.expand, found_objects)
 
 
-def write(emulator: StripeEmulator, request: Request) -> tuple[dict[str, Any], list[LoggedEvent]]:
+def write(emulator: Store, request: Request) -> tuple[dict[str, Any], list[LoggedEvent]]:
     """A POST or DELETE, and the events it emits; the caller holds the emulator's lock."""
     endpoint, object_id, params, livemode = (
         request.endpoint, request.object_id, request.params, request.livemode,
@@ -184,7 +207,7 @@ def write(emulator: StripeEmulator, request: Request) -> tuple[dict[str, Any], l
     return expansions.expand(answers, result, request.expand, objects(emulator)), events
 
 
-def _retrieve_payment_intent(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+def _retrieve_payment_intent(emulator: Store, request: Request) -> dict[str, Any]:
     intent = emulator._payments.intent(request.object_id, request.livemode)
     secret = request.params.get("client_secret")
     if secret is not None and secret != intent["client_secret"]:
@@ -197,7 +220,7 @@ def _retrieve_payment_intent(emulator: StripeEmulator, request: Request) -> dict
     return intent
 
 
-def _list_sessions(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+def _list_sessions(emulator: Store, request: Request) -> dict[str, Any]:
     """GET /v1/checkout/sessions: newest first, by status, created, payment_intent, customer."""
     params, livemode = request.params, request.livemode
     created = parse_created(params.get("created"))
@@ -229,7 +252,7 @@ def _old_names(session: dict[str, Any]) -> dict[str, Any]:
     return {**session, "ui_mode": UI_MODE_NEW_TO_OLD.get(session["ui_mode"], session["ui_mode"])}
 
 
-def _list_disputes(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+def _list_disputes(emulator: Store, request: Request) -> dict[str, Any]:
     """GET /v1/disputes: newest first, by charge, payment_intent, created."""
     params, livemode = request.params, request.livemode
     created = parse_created(params.get("created"))
@@ -246,34 +269,34 @@ def _list_disputes(emulator: StripeEmulator, request: Request) -> dict[str, Any]
     return page([dict(d) for d in newest], keep, params, "/v1/disputes", "dispute")
 
 
-def _list_webhook_endpoints(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+def _list_webhook_endpoints(emulator: Store, request: Request) -> dict[str, Any]:
     items = emulator._bus.endpoints.newest_first(request.livemode)
     return page(items, lambda _: True, request.params, "/v1/webhook_endpoints", "webhook_endpoint")
 
 
-def _list_events(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+def _list_events(emulator: Store, request: Request) -> dict[str, Any]:
     return emulator._bus.list_page(request.params, request.livemode)
 
 
-def _retrieve_event(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+def _retrieve_event(emulator: Store, request: Request) -> dict[str, Any]:
     return emulator._bus.retrieve(request.object_id, request.livemode)
 
 
-def _retrieve_webhook_endpoint(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+def _retrieve_webhook_endpoint(emulator: Store, request: Request) -> dict[str, Any]:
     return emulator._bus.endpoints.retrieve(request.object_id, request.livemode)
 
 
-def _retrieve_payment(kind: str) -> Callable[[StripeEmulator, Request], dict[str, Any]]:
+def _retrieve_payment(kind: str) -> Callable[[Store, Request], dict[str, Any]]:
     """A Charge, Refund or Dispute by id, as a key of the request's mode may see it."""
 
-    def retrieve(emulator: StripeEmulator, request: Request) -> dict[str, Any]:
+    def retrieve(emulator: Store, request: Request) -> dict[str, Any]:
         lookup: Callable[[str, bool], dict[str, Any]] = getattr(emulator._payments, kind)
         return lookup(request.object_id, request.livemode)
 
     return retrieve
 
 
-_READS: dict[str, Callable[[StripeEmulator, Request], dict[str, Any]]] = {
+_READS: dict[str, Callable[[Store, Request], dict[str, Any]]] = {
     "list_sessions": _list_sessions,
     "list_events": _list_events,
     "list_disputes": _list_disputes,

@@ -7,13 +7,22 @@ import http
 import socket
 import sys
 import threading
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from devtools.stripe_emulator.state import _Response, _to_json
 
-if TYPE_CHECKING:
-    from devtools.stripe_emulator.api import StripeEmulator
+
+class Answering(Protocol):
+    """What the server needs of the emulator (api.StripeEmulator): an answer, and a count."""
+
+    def _handle(
+        self, method: str, target: str, headers: Message, body: bytes
+    ) -> _Response | None: ...
+
+    def _count_connection(self) -> None: ...
+
 
 _REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 
@@ -69,7 +78,7 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], emulator: StripeEmulator) -> None:
+    def __init__(self, address: tuple[str, int], emulator: Answering) -> None:
         self.emulator = emulator
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
