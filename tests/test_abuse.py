@@ -12,6 +12,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from email.message import Message
 
+import pytest
+
 from tests.support import TEST_KEY, WEBHOOK, WHSEC, event_for, send, sign
 
 CREATE = "/api/checkout/embedded-session"
@@ -74,6 +76,7 @@ def test_an_unknown_id_asked_again_costs_no_stripe_call(live_server, stripe_emul
     assert retrieves(stripe_emulator) == 1
 
 
+@pytest.mark.slow
 def test_100_concurrent_polls_of_one_open_session_share_one_stripe_call(
     live_server, stripe_emulator
 ):
@@ -119,6 +122,7 @@ def test_spoofed_forwarded_for_entries_do_not_evade_the_limit(live_server, strip
     assert create(server, {"X-Forwarded-For": "10.9.0.1, 198.51.100.8"})[0] == 200
 
 
+@pytest.mark.slow
 def test_a_forwarded_for_header_from_a_local_client_is_not_the_client(live_server, stripe_emulator):
     # Locally (TRUSTED_PROXY_HOPS=0) the socket peer is the client, whatever X-Forwarded-For says;
     # the server must not rewrite it, even when told to trust every proxy, and in
@@ -153,6 +157,7 @@ def test_a_real_customer_reloading_and_double_clicking_is_never_limited(
             assert call(server.url + STATUS + first[2]["session_id"])[0] == 200
 
 
+@pytest.mark.slow
 def test_past_the_in_flight_cap_the_answer_is_503_at_once(live_server, stripe_emulator):
     server = live_server(STRIPE_MAX_IN_FLIGHT="3")  # one place is the webhook's reserve
     stripe_emulator.set_faults(latency_ms=1500)
@@ -165,6 +170,7 @@ def test_past_the_in_flight_cap_the_answer_is_503_at_once(live_server, stripe_em
     assert stripe_emulator.calls()["sessions_created"] == 2
 
 
+@pytest.mark.slow
 def test_a_flood_of_status_polls_leaves_the_webhook_its_reserve(live_server, stripe_emulator):
     # The webhook retrieves the session when it must check the line items (a Dashboard price).
     stripe_emulator.add_price("price_board", 900, "usd", "Hero Me board")
@@ -208,6 +214,7 @@ def test_the_idempotency_key_sent_to_stripe_is_namespaced_and_stable(live_server
     assert all(len(key) <= 255 for key in keys)
 
 
+@pytest.mark.slow
 def test_another_deployment_never_shares_a_key(live_server, stripe_emulator):
     headers = {"Idempotency-Key": "order-7"}
     one = create(live_server(DEPLOYMENT_ID="shop-eu"), headers)

@@ -94,6 +94,7 @@ def test_stripe_429_is_503_with_retry_after_without_retrying(client, configure, 
 
 
 @pytest.mark.parametrize("retries", [0, 1])
+@pytest.mark.slow
 def test_stripe_hanging_past_the_timeout_is_504_after_each_attempt_times_out(
     client, configure, stripe_emulator, logs, retries
 ):
@@ -104,6 +105,7 @@ def test_stripe_hanging_past_the_timeout_is_504_after_each_attempt_times_out(
     assert stripe_failure(logs).endswith("(TimeoutError)")  # our timeout ended the last attempt
 
 
+@pytest.mark.slow
 def test_closed_port_is_504_without_waiting_for_the_timeout(client, configure, logs):
     configure(
         STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}",
@@ -116,6 +118,7 @@ def test_closed_port_is_504_without_waiting_for_the_timeout(client, configure, l
         assert stripe_failure(logs).endswith("(ConnectionRefusedError)")
 
 
+@pytest.mark.slow
 def test_stripe_recovering_means_the_next_request_succeeds(client, configure, stripe_emulator):
     configure(STRIPE_TIMEOUT_SECONDS="2", STRIPE_MAX_RETRIES="1")
     stripe_emulator.set_faults(mode="error_500", remaining=1)  # the SDK does not retry a 500

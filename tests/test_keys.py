@@ -321,6 +321,7 @@ def test_unknown_version_is_a_config_error(sm: SecretManagerEmulator) -> None:
 # pyproject.toml) is the generous bound on that. `python -m bench.faults` measures the time.
 
 
+@pytest.mark.slow
 def test_outage_is_retried_within_the_budget_then_recovers_without_a_new_source(
     sm: SecretManagerEmulator,
 ) -> None:
@@ -336,6 +337,7 @@ def test_outage_is_retried_within_the_budget_then_recovers_without_a_new_source(
     assert source.get() == KEY_V1
 
 
+@pytest.mark.slow
 def test_unreachable_secret_manager_is_retried_within_the_budget(
     sm: SecretManagerEmulator,
 ) -> None:
@@ -357,6 +359,7 @@ def test_unreachable_secret_manager_is_retried_within_the_budget(
         source.get()
 
 
+@pytest.mark.slow
 def test_hung_secret_manager_is_abandoned_after_the_attempt_timeout(
     sm: SecretManagerEmulator,
 ) -> None:
@@ -451,6 +454,7 @@ def test_refresh_with_an_outdated_stale_value_does_not_reread(sm: SecretManagerE
     assert sm.access_count == 2
 
 
+@pytest.mark.slow
 def test_concurrent_refreshes_of_one_stale_value_make_one_access(
     slow_sm: SecretManagerEmulator,
 ) -> None:
@@ -494,6 +498,7 @@ def test_concurrent_first_async_gets_make_one_access(slow_sm: SecretManagerEmula
     assert slow_sm.access_count == 1
 
 
+@pytest.mark.slow
 def test_concurrent_async_gets_share_one_failure_and_do_not_remember_it(
     slow_sm: SecretManagerEmulator,
 ) -> None:
@@ -534,6 +539,7 @@ def test_an_async_read_leaves_the_event_loop_free(sm: SecretManagerEmulator) -> 
     assert value == KEY_V1
 
 
+@pytest.mark.slow
 def test_concurrent_async_refreshes_of_one_stale_value_make_one_access(
     slow_sm: SecretManagerEmulator,
 ) -> None:
@@ -547,6 +553,7 @@ def test_concurrent_async_refreshes_of_one_stale_value_make_one_access(
     assert asyncio.run(source.get_async()) == KEY_V2
 
 
+@pytest.mark.slow
 def test_an_async_waiter_gives_up_after_its_bound() -> None:
     with SecretManagerEmulator(latency_ms=800) as slow:
         slow.add_version(PROJECT, "stripe-key", KEY_V1)

@@ -190,6 +190,7 @@ def unreachable_ledger(configure) -> None:
     )
 
 
+@pytest.mark.slow
 def test_an_unreachable_ledger_makes_the_webhook_503_and_marks_nothing(
     unreachable_ledger, client, stripe_emulator, delivered
 ) -> None:
@@ -206,6 +207,7 @@ def test_an_unreachable_ledger_makes_the_webhook_503_and_marks_nothing(
     assert delivered == []
 
 
+@pytest.mark.slow
 def test_an_unreachable_ledger_leaves_status_to_stripe_and_is_logged_once_per_burst(
     unreachable_ledger, client, stripe_emulator, delivered, logs
 ) -> None:

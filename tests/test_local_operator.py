@@ -47,6 +47,7 @@ def test_doctor_help_lists_every_check_and_the_settings_it_reads() -> None:
         assert name in settings
 
 
+@pytest.mark.slow
 def test_doctor_beside_a_local_server_checks_the_emulator_setup_not_a_dashboard_endpoint(
     live_server: Callable[..., LiveServer], stripe_emulator: StripeEmulator
 ) -> None:

@@ -179,6 +179,7 @@ def run(
     yield result
 
 
+@pytest.mark.slow
 def test_the_run_covered_every_outcome(run: Run):
     expected = {
         "create traced": 200,

@@ -157,6 +157,7 @@ def test_reconcile_applies_a_refund_whose_event_was_never_delivered(
     assert sorted(changes) == [f"{session['id']}:paid", f"{session['id']}:refunded"]
 
 
+@pytest.mark.slow
 def test_reconcile_exits_non_zero_when_stripe_fails(base_env) -> None:
     unreachable = f"http://127.0.0.1:{free_port()}"
     result = command({**base_env, "STRIPE_API_BASE": unreachable}, "reconcile")
@@ -444,6 +445,7 @@ def test_with_a_price_id_a_refund_of_an_order_the_ledger_never_saw_records_the_o
     assert not log_records(live.logs(), "checkout_not_fulfilled")
 
 
+@pytest.mark.slow
 def test_reconcile_prints_its_one_line_and_fails_when_the_ledger_is_unreachable(
     stripe_emulator, base_env, no_webhook
 ) -> None:
@@ -562,6 +564,7 @@ def test_doctor_judges_the_return_url_by_the_key_from_secret_manager(
     assert "sk_live_51" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_doctor_names_a_disabled_endpoint_and_an_unreachable_ledger(
     stripe_emulator, base_env
 ) -> None:

@@ -573,6 +573,7 @@ def test_functions_frameworks_cloud_event_function_accepts_the_pushed_event(
     assert base64.b64decode(data["message"]["data"]) == b'{"type": "order.paid"}'
 
 
+@pytest.mark.slow
 def test_functions_framework_refuses_a_request_that_is_not_a_cloud_event(
     cloud_event_server: CloudEventServer,
 ) -> None:

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from devtools.loopback import free_port
@@ -189,6 +190,7 @@ def events_of(stripe_emulator, payment_intent: str, session_id: str) -> list[dic
     return ours
 
 
+@pytest.mark.slow
 def test_events_in_reverse_order_and_duplicated_end_in_the_same_state_and_changes(
     live_server, stripe_emulator, tmp_path: Path
 ) -> None:
@@ -266,6 +268,7 @@ def test_a_refund_whose_webhook_never_came_is_answered_and_recorded_from_stripe(
     assert changes(server) == [f"{session['id']}:paid", f"{session['id']}:refunded"]
 
 
+@pytest.mark.slow
 def test_with_the_ledger_unreachable_a_refunded_order_is_still_answered_refunded(
     live_server, stripe_emulator
 ) -> None:
@@ -318,6 +321,7 @@ def test_an_inquiry_moves_no_money_so_the_order_stays_paid_with_a_warning_and_no
     assert changes(server) == [f"{session['id']}:paid"]
 
 
+@pytest.mark.slow
 def test_a_refund_whose_webhook_never_came_reaches_a_polling_customer_within_the_recheck_period(
     live_server, stripe_emulator
 ) -> None:
@@ -331,6 +335,7 @@ def test_a_refund_whose_webhook_never_came_reaches_a_polling_customer_within_the
     assert changes(server) == [f"{session['id']}:paid", f"{session['id']}:refunded"]
 
 
+@pytest.mark.slow
 def test_a_recheck_that_stripe_cannot_answer_is_answered_from_the_ledger(
     live_server, stripe_emulator
 ) -> None:

@@ -67,6 +67,7 @@ def stop(process: subprocess.Popen) -> None:
     stop_process(process, 15)
 
 
+@pytest.mark.slow
 def test_without_a_key_it_runs_offline_against_the_emulator(tmp_path):
     process, base, emulator_port, log_path = start_launcher(tmp_path)
     try:
@@ -117,6 +118,7 @@ def preflight(base: str, origin: str) -> int:
         return error.code
 
 
+@pytest.mark.slow
 def test_offline_it_prints_the_demo_and_lets_the_demo_call_the_function(tmp_path):
     process, base, emulator_port, log_path = start_launcher(tmp_path)
     emulator = f"http://127.0.0.1:{emulator_port}"

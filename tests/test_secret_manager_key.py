@@ -116,6 +116,7 @@ def test_twenty_concurrent_first_requests_make_one_access_call(
         assert slow.access_count == 1
 
 
+@pytest.mark.slow
 def test_outage_is_503_within_the_retry_budget_then_recovers_without_restart(
     sm_client, secret_manager, logs
 ):

@@ -66,6 +66,7 @@ def server(live_server) -> LiveServer:
     return live_server(REQUEST_READ_TIMEOUT_SECONDS="1")
 
 
+@pytest.mark.slow
 def test_a_connection_that_sends_nothing_is_closed(server):
     # The keep-alive timeout (gunicorn's keepalive, 2 s) applies before a first request too.
     with connect(server) as sock:
@@ -73,6 +74,7 @@ def test_a_connection_that_sends_nothing_is_closed(server):
     assert_error(send(server, "GET", STATUS), 400, "invalid_session_id")  # still serving
 
 
+@pytest.mark.slow
 def test_a_connection_is_closed_when_idle_after_an_answer(server):
     with connect(server) as sock:
         sock.sendall(f"GET {STATUS} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -80,6 +82,7 @@ def test_a_connection_is_closed_when_idle_after_an_answer(server):
         assert closed_by_server(sock)
 
 
+@pytest.mark.slow
 def test_a_head_sent_slowly_is_refused_408_and_closed(server):
     # A header line every 0.2 s: each would reset an idle timer, never the request's deadline.
     lines = [f"POST {CREATE} HTTP/1.1\r\n".encode()] + [b"X-Slow: 1\r\n"] * int(HANG / 0.2)
@@ -93,6 +96,7 @@ def test_a_head_sent_slowly_is_refused_408_and_closed(server):
     assert line["code"] == "request_timeout"
 
 
+@pytest.mark.slow
 def test_a_body_sent_slowly_is_cut_off(server, stripe_emulator):
     head = (
         f"POST {CREATE} HTTP/1.1\r\nHost: x\r\nContent-Type: {JSON}\r\nContent-Length: 1000\r\n\r\n"

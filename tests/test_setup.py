@@ -137,6 +137,7 @@ def made_by(step: Step) -> list[str]:
 # --- the first run, the second, a run stopped at each step ---
 
 
+@pytest.mark.slow
 def test_a_first_run_makes_every_resource_in_the_plans_order(stand_in: StandIn) -> None:
     code, out, operators = run()
     assert code == 0, out
@@ -168,6 +169,7 @@ def test_the_ack_deadline_equals_the_workers_request_timeout() -> None:
     assert build["substitutions"]["_WORKER_TIMEOUT"] == f"{ACK_DEADLINE_SECONDS}s"
 
 
+@pytest.mark.slow
 def test_a_second_run_changes_nothing(stand_in: StandIn) -> None:
     assert run()[0] == 0
     before = stand_in.world()
@@ -205,6 +207,7 @@ def test_a_run_stopped_at_each_step_in_turn_continues_to_the_state_of_one_clean_
     assert stand_in.world() == clean
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_says_where_and_continues_when_run_again(stand_in: StandIn) -> None:
     def interrupt(argv: tuple[str, ...], env: dict[str, str]) -> int:
         raise KeyboardInterrupt
@@ -304,6 +307,7 @@ def test_what_the_user_made_differently_is_named_not_replaced(stand_in: StandIn)
 
 
 @pytest.mark.parametrize("delete_data", [False, True])
+@pytest.mark.slow
 def test_teardown_removes_what_setup_made_and_keeps_the_ledger_unless_asked(
     stand_in: StandIn, delete_data: bool
 ) -> None:
@@ -329,6 +333,7 @@ def test_teardown_removes_what_setup_made_and_keeps_the_ledger_unless_asked(
     assert [a[1:4] for a in operators.calls] == [("-m", "checkout.setup", "delete-webhook")]
 
 
+@pytest.mark.slow
 def test_teardown_asks_first_and_does_nothing_without_a_yes(stand_in: StandIn) -> None:
     assert run()[0] == 0
     before = stand_in.world()
@@ -345,6 +350,7 @@ def test_teardown_asks_first_and_does_nothing_without_a_yes(stand_in: StandIn) -
     assert stand_in.world() == before
 
 
+@pytest.mark.slow
 def test_teardown_keeps_a_shared_resource_setup_did_not_make(stand_in: StandIn) -> None:
     state = stand_in.state()
     repository = "artifacts repositories/cloud-run-source-deploy"
@@ -363,6 +369,7 @@ def test_teardown_keeps_a_shared_resource_setup_did_not_make(stand_in: StandIn) 
 # --- later deploys ---
 
 
+@pytest.mark.slow
 def test_deploy_runs_the_readme_build_with_the_recorded_options(stand_in: StandIn) -> None:
     options = Options(PROJECT, REGION, FRONTEND, database="orders-db", price_amount="500")
     assert run(options)[0] == 0
@@ -378,6 +385,7 @@ def test_deploy_runs_the_readme_build_with_the_recorded_options(stand_in: StandI
 # --- the Stripe part, against the emulator and the Secret Manager fake ---
 
 
+@pytest.mark.slow
 def test_setup_registers_the_webhook_once_and_stores_each_secret_once(
     stand_in: StandIn,
     stripe_emulator: StripeEmulator,
@@ -453,6 +461,7 @@ def test_the_readme_deploys_with_the_two_logins_setup_and_deploy() -> None:
     assert len(lines) == 4
 
 
+@pytest.mark.slow
 def test_teardown_leaves_a_database_that_is_not_as_setup_makes_it(stand_in: StandIn) -> None:
     state = stand_in.state()
     theirs = {"locationId": "europe-west3", "type": "FIRESTORE_NATIVE"}

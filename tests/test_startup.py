@@ -290,6 +290,7 @@ def test_secret_manager_unreachable_at_start_does_not_stop_the_revision(sm):
     }, warnings
 
 
+@pytest.mark.slow
 def test_secret_manager_not_answering_at_start_delays_the_start_by_one_bounded_attempt(sm):
     # A hung read is abandoned after the attempt's timeout (2 s), each secret once: then it serves.
     env = named(sm)

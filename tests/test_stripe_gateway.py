@@ -6,6 +6,8 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.support import CREATE, STATUS, assert_error, create, free_port
 
 
@@ -51,6 +53,7 @@ def test_stripe_recovering_means_the_next_request_succeeds(client, configure, st
     assert create(client, {}).status_code == 200
 
 
+@pytest.mark.slow
 def test_sdk_retry_hides_a_single_timeout_with_the_same_key(client, configure, stripe_emulator):
     configure(STRIPE_TIMEOUT_SECONDS="0.5", STRIPE_MAX_RETRIES="1")
     stripe_emulator.set_faults(mode="hang", hang_seconds=30, remaining=1)

@@ -155,6 +155,7 @@ class LosesOneAnswer(MemoryLedger):
         return result
 
 
+@pytest.mark.slow
 def test_a_success_whose_record_answer_is_lost_is_still_recorded_once(logs: CapturedLogs):
     async def scenario() -> None:
         ledger = LosesOneAnswer(100)
