@@ -94,19 +94,19 @@ bench: $(VENV)/.installed $(BENCH_NODE)
 ## modules and their tests are [tool.mutmut] in pyproject.toml; MUTANTS selects the mutants to
 ## run (mutmut's names, fnmatch patterns): whole modules, or only some functions of one.
 MUTANTS ?= \
-	'checkout.webhook.x__verified_event__mutmut_*' \
-	'checkout.webhook.x__check_signature__mutmut_*' \
-	'checkout.webhook.x__fresh_header__mutmut_*' \
-	'checkout.webhook.x__event_in__mutmut_*' \
-	'checkout.routes.x__image_id_from__mutmut_*' \
-	'checkout.routes.x__idempotency_key_from__mutmut_*' \
-	'checkout.routes.x__stripe_idempotency_key__mutmut_*' \
-	'checkout.routes.x__session_id_from__mutmut_*' \
-	'checkout.http.*' \
-	'checkout.limits.*' \
-	'checkout.catalogue.*' \
-	'checkout.orders.*' \
-	'checkout.ledger.*'
+	'checkout.api.webhook.x__verified_event__mutmut_*' \
+	'checkout.api.webhook.x__check_signature__mutmut_*' \
+	'checkout.api.webhook.x__fresh_header__mutmut_*' \
+	'checkout.api.webhook.x__event_in__mutmut_*' \
+	'checkout.api.routes.x__image_id_from__mutmut_*' \
+	'checkout.api.routes.x__idempotency_key_from__mutmut_*' \
+	'checkout.api.routes.x__stripe_idempotency_key__mutmut_*' \
+	'checkout.api.routes.x__session_id_from__mutmut_*' \
+	'checkout.api.http.*' \
+	'checkout.api.limits.*' \
+	'checkout.orders.catalogue.*' \
+	'checkout.orders.model.*' \
+	'checkout.orders.ledger.*'
 mutation: $(VENV)/.installed
 	rm -rf mutants && mkdir mutants
 	$(VENV)/bin/mutmut run $(MUTANTS) > mutants/run.log 2>&1 || (tail -c 4000 mutants/run.log; exit 1)

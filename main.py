@@ -10,7 +10,7 @@ from checkout import framework
 # First, before anything imports stripe; then the framework's adjustments (checkout/framework.py).
 framework.install()
 
-from checkout.app import CheckoutApi, FulfilApi, exit_if_misconfigured  # noqa: E402
+from checkout.api.app import CheckoutApi, FulfilApi, exit_if_misconfigured  # noqa: E402
 
 exit_if_misconfigured()
 
@@ -21,11 +21,11 @@ worker = FulfilApi()
 
 @functions_framework.aio.http
 async def checkout_api(request: Request) -> Response:
-    """Dispatch to the checkout package (see checkout/routes.py for the endpoints)."""
+    """Dispatch to the checkout package (see checkout/api/routes.py for the endpoints)."""
     return await api.handle(request)
 
 
 @functions_framework.aio.cloud_event
 async def fulfil_order(cloud_event: CloudEvent) -> None:
-    """Deliver one order change from the order topic (Eventarc; see checkout/worker.py)."""
+    """Deliver one order change from the order topic (Eventarc; see checkout/orders/delivery.py)."""
     await worker.handle(cloud_event["id"], cloud_event.data)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
 from bench.servers import BENCH_KEY, FunctionServer, StripeEmulator, http_json
-from checkout.session import MARKER_KEY
+from checkout.orders.session import MARKER_KEY
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 ATTACKER = "203.0.113.66"

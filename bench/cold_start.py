@@ -50,7 +50,7 @@ from bench.servers import (
     http_json,
     production_bin,
 )
-from checkout.session import MARKER_KEY
+from checkout.orders.session import MARKER_KEY
 from devtools.pubsub_emulator import PubSubApi, PubSubEmulator, topic_path
 from devtools.stripe_emulator.webhooks import sign_payload
 

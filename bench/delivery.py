@@ -15,7 +15,7 @@ import random
 import time
 from pathlib import Path
 
-from checkout.orders import Change
+from checkout.orders.model import Change
 
 
 async def hold(change: Change) -> None:

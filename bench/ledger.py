@@ -2,7 +2,8 @@
 
     python -m bench.ledger            # needs gcloud + Java (the Firestore emulator)
 
-1. Import: `import checkout.app` alone, then with `checkout.ledger.firestore` (which brings
+1. Import: `import checkout.api.app` alone, then with
+`checkout.orders.ledger.firestore` (which brings
    google.cloud.firestore and its gRPC stack), each in a fresh interpreter, median of several runs.
    The difference is what ORDER_LEDGER=firestore adds to an instance's cold start.
 2. Latency against Google's Firestore emulator on loopback, one request at a time: recording a
@@ -46,9 +47,9 @@ def import_seconds(statement: str, runs: int) -> float:
 
 async def latencies(host: str, rounds: int) -> dict[str, list[float]]:
     os.environ["FIRESTORE_EMULATOR_HOST"] = host
-    from checkout.ledger.firestore import FirestoreLedger
-    from checkout.orders import SessionFact, session_fact
-    from checkout.session import SessionStatus
+    from checkout.orders.ledger.firestore import FirestoreLedger
+    from checkout.orders.model import SessionFact, session_fact
+    from checkout.orders.session import SessionStatus
 
     ledger = FirestoreLedger(
         project=f"bench-{os.getpid()}", database="(default)", deployment_id="local"
@@ -108,9 +109,9 @@ def main() -> None:
     if reason:
         raise SystemExit(reason)
 
-    base = import_seconds("import checkout.app", args.import_runs)
+    base = import_seconds("import checkout.api.app", args.import_runs)
     with_firestore = import_seconds(
-        "import checkout.app, checkout.ledger.firestore", args.import_runs
+        "import checkout.api.app, checkout.orders.ledger.firestore", args.import_runs
     )
     with FirestoreEmulator() as emulator:
         measured = asyncio.run(latencies(emulator.host, args.rounds))
@@ -122,9 +123,9 @@ def main() -> None:
     )
     print("| what | median | p95 |")
     print("|---|---:|---:|")
-    print(f"| `import checkout.app` (fresh interpreter) | {base * 1000:.0f} ms | |")
+    print(f"| `import checkout.api.app` (fresh interpreter) | {base * 1000:.0f} ms | |")
     print(
-        f"| ... plus `checkout.ledger.firestore` | {with_firestore * 1000:.0f} ms "
+        f"| ... plus `checkout.orders.ledger.firestore` | {with_firestore * 1000:.0f} ms "
         f"(+{(with_firestore - base) * 1000:.0f} ms) | |"
     )
     for name, values in measured.items():

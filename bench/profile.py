@@ -24,7 +24,7 @@ from bench.run import RESULTS, Stack
 
 # The first match wins: (start of the file in a py-spy frame, component).
 COMPONENTS = (
-    ("(checkout/stripe_transport", "Stripe transport (checkout/stripe_transport.py)"),
+    ("(checkout/stripe_transport", "Stripe transport (checkout/stripe_access/transport.py)"),
     ("(checkout/", "checkout/ (this service)"),
     ("(main.py", "checkout/ (this service)"),
     ("(stripe/", "stripe SDK"),

@@ -1,5 +1,5 @@
 """The operator's commands: `python -m checkout reconcile | register-webhook | doctor`, and
-`setup | teardown | deploy` (checkout/setup.py), which run gcloud and need no settings.
+`setup | teardown | deploy` (checkout/ops/setup.py), which run gcloud and need no settings.
 
 Each reads the same settings as the service (the deployment's environment) and builds the same
 Service: the same gateway, ledger, recorder and publisher, nothing of its own.
@@ -13,16 +13,16 @@ import sys
 from collections.abc import Sequence
 
 from checkout.config import ConfigError, load_settings
-from checkout.doctor import doctor
 from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretUnavailable
-from checkout.local_operator import DOCTOR_HELP, local_checks, reconcile_warning
 from checkout.logs import setup_logging
-from checkout.reconcile import DEFAULT_DAYS, MAX_DAYS, reconcile
-from checkout.service import Service
-from checkout.setup import add_commands as setup_commands
-from checkout.setup import main as setup_main
-from checkout.webhook_setup import SetupError, register_webhook
+from checkout.ops.doctor import doctor
+from checkout.ops.local_operator import DOCTOR_HELP, local_checks, reconcile_warning
+from checkout.ops.reconcile import DEFAULT_DAYS, MAX_DAYS, reconcile
+from checkout.ops.register_webhook import SetupError, register_webhook
+from checkout.ops.setup import add_commands as setup_commands
+from checkout.ops.setup import main as setup_main
+from checkout.runtime import Service
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -483,7 +483,7 @@ def _float(
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What the HTTP server under the function allows a client (checkout/server.py)."""
+    """What the HTTP server under the function allows a client (checkout/api/server.py)."""
 
     read_seconds: float = 10.0  # a whole request, line to last body byte, from its first byte
     max_head_bytes: int = 32 * 1024  # its request line and headers together

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from checkout import server
+from checkout.api import server
 
 _BUILDER = "_create_asgi_app_with_function"
 
@@ -68,7 +68,7 @@ def _import_stripe_without_default_clients() -> None:
     """Import the Stripe SDK first, with the HTTP libraries it picks a default client from hidden.
 
     stripe imports whichever of requests, httpx and aiohttp is installed as it is first imported.
-    Every call of ours goes through our own transport (checkout/stripe_transport.py), so that only
+    Every call of ours goes through our own transport (stripe_access/transport.py), so that only
     adds requests (about 45 ms) to every cold start. They stay importable for whoever needs them
     later (the Secret Manager client imports requests, with STRIPE_SECRET_NAME only).
     """
@@ -114,7 +114,7 @@ def _answer_the_frameworks_errors_as_the_function() -> None:
 
 
 def _bound_the_worker_and_trust_no_proxy() -> None:
-    """Who the client is stays our decision (TRUSTED_PROXY_HOPS, checkout/limits.py).
+    """Who the client is stays our decision (TRUSTED_PROXY_HOPS, checkout/api/limits.py).
 
     uvicorn's proxy headers handling would replace the socket peer with X-Forwarded-For whenever
     the peer is in FORWARDED_ALLOW_IPS, loopback by default, which any local client or ingress
@@ -125,7 +125,7 @@ def _bound_the_worker_and_trust_no_proxy() -> None:
     uvicorn_worker.UvicornWorker.CONFIG_KWARGS = {
         **uvicorn_worker.UvicornWorker.CONFIG_KWARGS,
         "proxy_headers": False,
-        # Bounded connections, and JSON for what the parser refuses (checkout/server.py): uvicorn's
+        # Bounded connections, and JSON for what the parser refuses (api/server.py): uvicorn's
         # own protocol waits forever for a request's head or body, and takes a head of any size.
         "http": server.protocol(),
     }

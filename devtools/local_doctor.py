@@ -2,7 +2,7 @@
 
 The same variables `make run` gives the function (devtools/run_local.py): the bundled emulator and
 its key unless a real key is configured, the local signing secret, the same PORT and
-STRIPE_EMULATOR_PORT. doctor then checks that setup (checkout/local_operator.py).
+STRIPE_EMULATOR_PORT. doctor then checks that setup (checkout/ops/local_operator.py).
 """
 
 from __future__ import annotations

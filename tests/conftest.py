@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from checkout.app import CheckoutApi
+from checkout.api.app import CheckoutApi
 from devtools.secret_manager_emulator import SecretManagerEmulator
 from devtools.stripe_emulator import StripeEmulator
 from tests.asgi_client import AsgiApp, Client

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from checkout.orders import Change
+from checkout.orders.model import Change
 
 
 def _note(change: Change, what: str) -> None:

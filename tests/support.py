@@ -35,11 +35,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 import main  # noqa: F401  # wraps functions-framework's app builder: JSON 404/405
-from checkout.app import CheckoutApi
-from checkout.catalogue import Catalogue
+from checkout.api.app import CheckoutApi
 from checkout.config import ENVIRONMENT_VARIABLES
-from checkout.orders import Change
-from checkout.session import SessionStatus
+from checkout.orders.catalogue import Catalogue
+from checkout.orders.model import Change
+from checkout.orders.session import SessionStatus
 from devtools.loopback import Running, free_port, wait_for_answer
 from devtools.stripe_emulator.webhooks import snapshot_event
 
@@ -443,7 +443,7 @@ class LiveServer(Running):
 
 
 def ledger_collection(name: str, deployment_id: str = "local") -> str:
-    """The path of a deployment's ledger collection (checkout/ledger's `scoped_path`)."""
+    """The path of a deployment's ledger collection (checkout/orders/ledger's `scoped_path`)."""
     return f"checkout_deployments/{deployment_id}/{name}"
 
 

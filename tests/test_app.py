@@ -226,7 +226,7 @@ def test_import_main_creates_no_client_and_skips_secret_manager(tmp_path):
     # transport. (aiohttp is installed here, for the benchmarks; requests, for Secret Manager.)
     code = (
         "import sys, main\n"
-        "import checkout.app\n"
+        "import checkout.api.app\n"
         "assert 'google.cloud.secretmanager' not in sys.modules\n"
         "assert not main.api.built\n"
         "loaded = [m for m in ('requests', 'urllib3', 'aiohttp', 'httpx') if m in sys.modules]\n"
@@ -238,7 +238,7 @@ def test_import_main_creates_no_client_and_skips_secret_manager(tmp_path):
 
 
 def test_a_deliver_order_that_does_not_import_is_a_configuration_error(configure):
-    from checkout.app import CheckoutApi
+    from checkout.api.app import CheckoutApi
     from checkout.errors import ApiError
 
     configure(DELIVER_ORDER="tests.no_such_module:deliver")
@@ -254,7 +254,7 @@ def test_a_deliver_order_that_does_not_import_is_a_configuration_error(configure
 def test_an_unhandled_error_is_logged_once_with_message_and_traceback_and_no_secret(
     function_app, client, stripe_emulator, capsys
 ):
-    from checkout.app import CheckoutApi
+    from checkout.api.app import CheckoutApi
     from checkout.config import Settings
 
     session = client.post(CREATE, json={}).get_json()

@@ -68,7 +68,7 @@ def test_upload_is_main_requirements_and_the_checkout_package_only() -> None:
         assert module in package, path
     # The order change's JSON Schema travels with the package that publishes it.
     assert [p for p in uploaded if p not in bytecode] == sorted(
-        ["main.py", "requirements.txt", "checkout/order_change.schema.json", *package]
+        ["main.py", "requirements.txt", "checkout/orders/order_change.schema.json", *package]
     )
 
 
@@ -93,7 +93,7 @@ def test_upload_is_main_requirements_and_the_checkout_package_only() -> None:
         ".pytest_cache/README.md",
         "checkout/__pycache__/app.cpython-311.pyc",
         "checkout/__pycache__/app.cpython-313.pyc",
-        "checkout/app.pyc",
+        "checkout/api/app.pyc",
         "__pycache__/main.cpython-312.pyc",
         "tests/__pycache__/conftest.cpython-312.pyc",
         "checkout/.env",
@@ -109,11 +109,11 @@ def test_gcloudignore_leaves_out_everything_but_production_code(path: str) -> No
     [
         "main.py",
         "requirements.txt",
-        "checkout/app.py",
+        "checkout/api/app.py",
         "checkout/new_module.py",
         # The bytecode the deploy compiles for the base image's Python (cloudbuild.yaml).
         "checkout/__pycache__/app.cpython-312.pyc",
-        "checkout/ledger/__pycache__/memory.cpython-312.pyc",
+        "checkout/orders/ledger/__pycache__/memory.cpython-312.pyc",
     ],
 )
 def test_gcloudignore_uploads_production_code(path: str) -> None:

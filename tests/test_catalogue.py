@@ -1,5 +1,5 @@
 """Only our own sessions: the marker on create, 404 for the others, and fulfilment only of what
-this deployment sells (checkout/catalogue.py)."""
+this deployment sells (checkout/orders/catalogue.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import stripe
 
-from checkout.catalogue import Catalogue, Refusal
-from checkout.session import SessionStatus
+from checkout.orders.catalogue import Catalogue, Refusal
+from checkout.orders.session import SessionStatus
 from devtools.stripe_emulator import StripeEmulator
 from tests.support import (
     STATUS,

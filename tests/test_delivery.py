@@ -29,13 +29,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from checkout.config import load_settings
-from checkout.doctor import Check, doctor
-from checkout.ledger.memory import MemoryLedger
-from checkout.orders import Change, ChargeFact, DisputeFact, Fact, OrderState, session_fact
-from checkout.reconcile import Summary, reconcile
-from checkout.recorder import Recorder
-from checkout.service import Service
-from checkout.worker import DeliveryFailed, DeliveryInProgress, Worker
+from checkout.ops.doctor import Check, doctor
+from checkout.ops.reconcile import Summary, reconcile
+from checkout.orders.delivery import DeliveryFailed, DeliveryInProgress, Worker
+from checkout.orders.ledger.memory import MemoryLedger
+from checkout.orders.model import Change, ChargeFact, DisputeFact, Fact, OrderState, session_fact
+from checkout.orders.recorder import Recorder
+from checkout.runtime import Service
 from devtools.eventarc_push import EventarcPush, cloud_event_request
 from devtools.pubsub_emulator import subscription_path, topic_path
 from tests.delivery_sink import access_of, deliveries
@@ -454,7 +454,7 @@ def fact_named(name: str, session_id: str) -> Fact:
 
 class Topic:
     """The order topic as the worker sees it: messages waiting, each delivered at least once.
-    A Publisher (checkout/publisher.py's protocol) for the Recorder and the worker's hand-on."""
+    A Publisher (orders/publisher.py's protocol) for the Recorder and the worker's hand-on."""
 
     name = "pool"
     deadline = 0.0
@@ -570,7 +570,7 @@ def test_whatever_order_changes_arrive_in_the_last_run_leaves_access_as_the_fina
             if step[0] == "fact":
                 if not recorded:
                     # A refund or dispute of an order not recorded yet: the webhook records the
-                    # session first (checkout/stripe_events.py), then the fact.
+                    # session first (checkout/orders/intake.py), then the fact.
                     await recorder.apply(session, fact_named("paid", session))
                     recorded = True
                 await recorder.apply(session, fact_named(step[1], session))

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from checkout.config import load_settings
-from checkout.doctor import WORKER_REQUEST_TIMEOUT_S
+from checkout.ops.doctor import WORKER_REQUEST_TIMEOUT_S
 from tests.gcloud_cli import Call, Recorder, require_gcloud, run_for_real
 from tests.support import ROOT
 
@@ -744,7 +744,7 @@ def test_the_api_worker_and_job_carry_one_explicit_deployment_id(
     _, job = run.job_deploy()
     assert {deploy_env(f)["DEPLOYMENT_ID"] for f in (api, worker, job)} == {expected}
     # As each runs: the API with K_SERVICE, the job with CLOUD_RUN_JOB and no K_SERVICE. The
-    # job's sessions are the API's (checkout/catalogue.py), whatever the service is named.
+    # job's sessions are the API's (checkout/orders/catalogue.py), whatever the service is named.
     as_api = load_settings({**deploy_env(api), "K_SERVICE": "checkout-api"})
     as_job = load_settings({**deploy_env(job), "CLOUD_RUN_JOB": "checkout-reconcile"})
     assert as_job.deployment_id == as_api.deployment_id == expected

@@ -13,8 +13,8 @@ from typing import Any
 
 import requests
 
-from checkout.orders import Order, advance, session_fact
-from checkout.session import SessionStatus
+from checkout.orders.model import Order, advance, session_fact
+from checkout.orders.session import SessionStatus
 from devtools.stripe_emulator import StripeEmulator
 from tests.firestore_emulator import Firestore
 from tests.support import (

@@ -224,13 +224,13 @@ def test_the_undelivered_alert_counts_the_reconcilers_error_record() -> None:
     (condition,) = re.findall(r"--condition-filter='([^']*)'", block)
     assert 'resource.type="cloud_run_job"' in condition
     assert "logging.googleapis.com/user/checkout_change_undelivered" in condition
-    source = (ROOT / "checkout" / "reconcile.py").read_text()
+    source = (ROOT / "checkout" / "ops" / "reconcile.py").read_text()
     assert 'log.error("checkout_change_undelivered"' in source
 
 
 def test_every_handled_event_and_change_type_is_listed_where_handled_events_are_listed() -> None:
-    from checkout.orders import CHANGE_TYPES, HANDLED_EVENTS
-    from checkout.webhook_setup import ENABLED_EVENTS
+    from checkout.ops.register_webhook import ENABLED_EVENTS
+    from checkout.orders.model import CHANGE_TYPES, HANDLED_EVENTS
 
     handled = set(HANDLED)
     assert set(HANDLED_EVENTS) == handled == set(ENABLED_EVENTS)  # what register-webhook sets
@@ -241,6 +241,6 @@ def test_every_handled_event_and_change_type_is_listed_where_handled_events_are_
         # openapi.yaml writes the session events after the first as `.async_payment_failed`.
         assert f"`{kind}`" in openapi or f"`{kind.removeprefix('checkout.session')}`" in openapi
     pubsub = (ROOT / "docs" / "pubsub.md").read_text()
-    schema = (ROOT / "checkout" / "order_change.schema.json").read_text()
+    schema = (ROOT / "checkout" / "orders" / "order_change.schema.json").read_text()
     for change in CHANGE_TYPES:
         assert f"`{change}`" in pubsub and f'"{change}"' in schema, change

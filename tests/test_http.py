@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from checkout.errors import ApiError, payload_too_large
-from checkout.http import (
+from checkout.api.http import (
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
     check_header_sizes,
     read_body,
     read_json_object,
 )
+from checkout.errors import ApiError, payload_too_large
 
 CHUNK = 16 * 1024
 

@@ -37,47 +37,54 @@ def module_file(name: str) -> Path:
 
 def test_session_rules_import_no_stripe_http_or_google():
     banned = ("stripe", "starlette", "werkzeug", "google", "checkout.")
-    imported = imports_of(PACKAGE / "session.py")
+    imported = imports_of(PACKAGE / "orders" / "session.py")
     assert not {name for name in imported if name.startswith(banned)}
 
 
 @pytest.mark.parametrize(
     "module",
     [
-        "checkout.catalogue",
-        "checkout.status_cache",
-        "checkout.orders",
-        "checkout.recorder",
-        "checkout.publisher",
-        "checkout.worker",
-        "checkout.webhook",
-        "checkout.ledger",
-        "checkout.ledger.memory",
-        "checkout.ledger.firestore",
+        "checkout.orders.catalogue",
+        "checkout.api.status_cache",
+        "checkout.orders.model",
+        "checkout.orders.recorder",
+        "checkout.orders.publisher",
+        "checkout.orders.delivery",
+        "checkout.api.webhook",
+        "checkout.orders.ledger",
+        "checkout.orders.ledger.memory",
+        "checkout.orders.ledger.firestore",
     ],
 )
 def test_session_users_depend_on_the_session_module_not_the_gateway(module):
     imported = imports_of(module_file(module))
-    assert not {name for name in imported if name.startswith("checkout.stripe_gateway")}
-    assert not {name for name in imported if name.startswith("checkout.stripe_transport")}
+    assert not {name for name in imported if name.startswith("checkout.stripe_access.gateway")}
+    assert not {name for name in imported if name.startswith("checkout.stripe_access.transport")}
 
 
 def test_the_order_model_does_no_io():
     # orders.py is the rules alone: the ledger stores, the publisher sends, the worker delivers.
-    imported = imports_of(PACKAGE / "orders.py")
-    ours = {name.split(".")[1] for name in imported if name.startswith("checkout.")}
-    assert ours <= {"session", "stripe_fields"}  # stripe_fields: pure reads of an event
+    imported = imports_of(PACKAGE / "orders" / "model.py")
+    ours = {".".join(name.split(".")[:3]) for name in imported if name.startswith("checkout.")}
+    allowed = {"checkout.orders", "checkout.orders.session", "checkout.orders.stripe_fields"}
+    assert ours <= allowed  # stripe_fields: pure reads of an event
     banned = ("stripe", "starlette", "werkzeug", "google", "asyncio", "logging", "socket")
     assert not {name for name in imported if name.startswith(banned)}
 
 
 @pytest.mark.parametrize(
-    "module", ["checkout.recorder", "checkout.webhook", "checkout.routes", "checkout.publisher"]
+    "module",
+    [
+        "checkout.orders.recorder",
+        "checkout.api.webhook",
+        "checkout.api.routes",
+        "checkout.orders.publisher",
+    ],
 )
 def test_the_request_path_never_imports_the_worker(module):
     # No user code in the webhook or the status request: only the worker runs DELIVER_ORDER.
     imported = imports_of(module_file(module))
-    assert not {name for name in imported if name.startswith("checkout.worker")}
+    assert not {name for name in imported if name.startswith("checkout.orders.delivery")}
 
 
 def test_pubsub_is_imported_only_inside_the_publisher_when_a_topic_is_used():
@@ -91,9 +98,14 @@ def test_pubsub_is_imported_only_inside_the_publisher_when_a_topic_is_used():
         for path in PACKAGE.rglob("*.py")
         if any("pubsub" in n for n in imports_of(path))
     }
-    assert everywhere == {"publisher.py", "subscriptions.py"}
-    for module in ("checkout.recorder", "checkout.webhook", "checkout.routes", "checkout.app"):
-        assert "checkout.subscriptions" not in imports_of(module_file(module))
+    assert everywhere == {"orders/publisher.py", "ops/subscriptions.py"}
+    for module in (
+        "checkout.orders.recorder",
+        "checkout.api.webhook",
+        "checkout.api.routes",
+        "checkout.api.app",
+    ):
+        assert "checkout.ops.subscriptions" not in imports_of(module_file(module))
 
 
 def test_only_the_errors_module_builds_api_errors():
@@ -133,31 +145,31 @@ def test_every_error_code_has_exactly_one_constructor_and_it_builds_that_code():
 # --- Dependencies passed in, imports pointing one way (main → app → handlers → services) ----
 
 
-HANDLERS = ("checkout.routes", "checkout.webhook")
+HANDLERS = ("checkout.api.routes", "checkout.api.webhook")
 SERVICES = (
-    "checkout.service",
-    "checkout.orders",
-    "checkout.recorder",
-    "checkout.publisher",
-    "checkout.worker",
-    "checkout.stripe_gateway",
-    "checkout.status_cache",
-    "checkout.ledger",
-    "checkout.session",
+    "checkout.runtime",
+    "checkout.orders.model",
+    "checkout.orders.recorder",
+    "checkout.orders.publisher",
+    "checkout.orders.delivery",
+    "checkout.stripe_access.gateway",
+    "checkout.api.status_cache",
+    "checkout.orders.ledger",
+    "checkout.orders.session",
     "checkout.errors",
 )
 
 
 def test_the_service_has_its_own_module():
-    from checkout.service import Service
+    from checkout.runtime import Service
 
-    assert Service.__module__ == "checkout.service"
+    assert Service.__module__ == "checkout.runtime"
 
 
 @pytest.mark.parametrize("module", [*HANDLERS, *SERVICES])
 def test_handlers_and_services_never_import_the_app(module):
     imported = imports_of(module_file(module))
-    assert "checkout.app" not in imported
+    assert "checkout.api.app" not in imported
     assert not {name for name in imported if name.startswith("main")}
 
 
@@ -168,7 +180,7 @@ def test_services_never_import_the_handlers(module):
 
 
 def test_the_app_keeps_no_service_in_module_globals():
-    tree = ast.parse((PACKAGE / "app.py").read_text())
+    tree = ast.parse((PACKAGE / "api" / "app.py").read_text())
     assigned = {
         target.id
         for node in tree.body
@@ -277,7 +289,7 @@ def test_no_test_patches_our_code_or_the_sdk():
         "def test():\n    with mock.patch.dict('os.environ', {}):\n        pass",
         "@mock.patch('stripe.checkout.Session.create')\ndef test():\n    pass",
         "def test():\n    with patch.object(Service, 'create'):\n        pass",
-        "def test(mocker):\n    mocker.patch('checkout.http.allowed')",
+        "def test(mocker):\n    mocker.patch('checkout.api.http.allowed')",
         "def test(monkeypatch):\n    monkeypatch.setattr(stripe, 'api_key', 'sk_test_x')",
         "def test(monkeypatch):\n    monkeypatch.setattr('checkout.keys._RETRY_BUDGET_S', 0)",
         "def test(monkeypatch):\n    monkeypatch.delattr(keys, 'x')",
@@ -285,7 +297,7 @@ def test_no_test_patches_our_code_or_the_sdk():
         "import stripe\nstripe.checkout.Session.create = fake",
         "import checkout.keys\ncheckout.keys._RETRY_BUDGET_S = 0",
         "from checkout import keys as k\nk._ATTEMPT_TIMEOUT_S += 1",
-        "from checkout.status_cache import StatusCache\nStatusCache.get = lambda *a: None",
+        "from checkout.api.status_cache import StatusCache\nStatusCache.get = lambda *a: None",
         "import main\ndel main.checkout_api",
         "import stripe\nsetattr(stripe, 'max_network_retries', 0)",
         "from checkout import config\nconfig.REQUEST_MARGIN_SECONDS: float = 0",
@@ -298,7 +310,7 @@ def test_the_patching_guard_catches(source):
 def test_the_patching_guard_lets_ordinary_code_through():
     source = """
 import threading
-from checkout.status_cache import StatusCache
+from checkout.api.status_cache import StatusCache
 
 def test(monkeypatch, tmp_path):
     monkeypatch.setenv("CI", "1")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from checkout.config import ConfigError, load_settings
-from checkout.ledger import (
+from checkout.orders.ledger import (
     CLAIMED,
     DELIVERED,
     DELIVERIES,
@@ -33,8 +33,8 @@ from checkout.ledger import (
     ledger_from_settings,
     new_token,
 )
-from checkout.ledger.memory import MemoryLedger
-from checkout.orders import Change, ChargeFact, SessionFact, session_fact
+from checkout.orders.ledger.memory import MemoryLedger
+from checkout.orders.model import Change, ChargeFact, SessionFact, session_fact
 from tests.firestore_emulator import Firestore
 from tests.support import (
     ROOT,
@@ -60,7 +60,7 @@ def make_ledger(request: pytest.FixtureRequest) -> MakeLedger:
 
 
 def firestore_ledger(firestore: Firestore) -> Ledger:
-    from checkout.ledger.firestore import FirestoreLedger
+    from checkout.orders.ledger.firestore import FirestoreLedger
 
     return FirestoreLedger(project=firestore.project, database="(default)", deployment_id="local")
 
@@ -101,7 +101,7 @@ def test_memory_is_the_default_and_leaves_firestore_unimported() -> None:
     code = (
         "import sys\n"
         "from checkout.config import load_settings\n"
-        "from checkout.ledger import ledger_from_settings\n"
+        "from checkout.orders.ledger import ledger_from_settings\n"
         "ledger = ledger_from_settings(load_settings({}))\n"
         "print(ledger.name, any(m.startswith('google.cloud.firestore') for m in sys.modules))\n"
     )
@@ -121,7 +121,7 @@ def test_the_firestore_ledger_takes_project_and_database_from_settings() -> None
             }
         )
     )
-    from checkout.ledger.firestore import FirestoreLedger
+    from checkout.orders.ledger.firestore import FirestoreLedger
 
     assert isinstance(ledger, FirestoreLedger)
     assert (ledger.name, ledger.project, ledger.database) == (
@@ -152,7 +152,7 @@ def test_firestore_takes_the_project_of_the_default_credentials(
     credentials = service_account_file(tmp_path, "adc-project")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
     ledger = ledger_from_settings(load_settings({"ORDER_LEDGER": "firestore"}))
-    from checkout.ledger.firestore import FirestoreLedger
+    from checkout.orders.ledger.firestore import FirestoreLedger
 
     assert isinstance(ledger, FirestoreLedger)
     assert ledger.project == "adc-project"
@@ -565,9 +565,9 @@ def test_ids_that_are_not_document_ids_are_hashed_and_still_dedupe(firestore: Fi
 CLAIMER = """
 import asyncio, json, sys, time
 from pathlib import Path
-from checkout.ledger import LedgerUnavailable
-from checkout.ledger.firestore import FirestoreLedger
-from checkout.orders import Change
+from checkout.orders.ledger import LedgerUnavailable
+from checkout.orders.ledger.firestore import FirestoreLedger
+from checkout.orders.model import Change
 
 project, go, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 change = Change.from_data(json.loads(sys.argv[4]))
@@ -637,7 +637,7 @@ def test_processes_racing_to_take_over_one_expired_claim_leave_exactly_one_holde
 @pytest.mark.firestore
 def test_a_lost_commit_answer_is_recognised_as_our_own_record(firestore: Firestore) -> None:
     """Firestore commits, then the answer is lost (issue 19, failure 2): the retry sees it ours."""
-    from checkout.ledger.firestore import FirestoreLedger
+    from checkout.orders.ledger.firestore import FirestoreLedger
 
     class LosesTheFirstCommitAnswer(FirestoreLedger):
         lost = False
@@ -669,7 +669,7 @@ def test_a_lost_commit_answer_is_recognised_as_our_own_record(firestore: Firesto
 def test_an_unreachable_firestore_is_ledger_unavailable_within_the_deadline_then_recovers(
     firestore: Firestore,
 ) -> None:
-    from checkout.ledger.firestore import CANCEL_GRACE_S, OPERATION_DEADLINE_S
+    from checkout.orders.ledger.firestore import CANCEL_GRACE_S, OPERATION_DEADLINE_S
 
     emulator = firestore.emulator
 

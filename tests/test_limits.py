@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from checkout.api.limits import InFlightCap, TokenBuckets, client_address
 from checkout.errors import ApiError
-from checkout.limits import InFlightCap, TokenBuckets, client_address
 
 
 class Clock:

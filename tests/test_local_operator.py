@@ -36,7 +36,7 @@ def command(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 def test_doctor_help_lists_every_check_and_the_settings_it_reads() -> None:
     result = command("-m", "checkout", "doctor", "--help", env={})
     assert result.returncode == 0
-    source = (ROOT / "checkout" / "doctor.py").read_text()
+    source = (ROOT / "checkout" / "ops" / "doctor.py").read_text()
     checks = set(re.findall(r'Check\(\s*"([a-z ]+)"', source))
     assert len(checks) >= 10
     missing = [name for name in checks if name not in result.stdout]

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from openapi_spec_validator import validate
 
+from checkout.api.routes import ENDPOINTS
 from checkout.errors import CODES
-from checkout.orders import Order
-from checkout.routes import ENDPOINTS
+from checkout.orders.model import Order
 from tests.support import ROOT, a_session
 
 SPEC_PATH = ROOT / "openapi.yaml"

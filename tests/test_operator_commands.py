@@ -17,12 +17,12 @@ import pytest
 import requests
 
 from checkout.config import load_settings
-from checkout.ledger import firestore_ledger
-from checkout.reconcile import Summary, reconcile
-from checkout.service import Service
-from checkout.session import MARKER_KEY
-from checkout.stripe_gateway import LIST_PAGE
-from checkout.webhook_setup import ENABLED_EVENTS, PINNED_API_VERSION
+from checkout.ops.reconcile import Summary, reconcile
+from checkout.ops.register_webhook import ENABLED_EVENTS, PINNED_API_VERSION
+from checkout.orders.ledger import firestore_ledger
+from checkout.orders.session import MARKER_KEY
+from checkout.runtime import Service
+from checkout.stripe_access.gateway import LIST_PAGE
 from tests.firestore_emulator import Firestore
 from tests.pubsub_emulator import PubSub
 from tests.support import (

@@ -1,7 +1,7 @@
 """Record, publish, answer: the API's order changes on Google's real Pub/Sub (and Firestore)
 emulators, with live functions-framework processes.
 
-Each change is one message (data as checkout/order_change.schema.json, attributes, ordering key =
+Each change is one message (data as orders/order_change.schema.json, attributes, ordering key =
 session id), published before the answer that reports it, once however many duplicates and polls
 arrive on however many instances; and when Pub/Sub is away, the webhook answers 503 and nothing
 is lost.
@@ -38,7 +38,7 @@ from tests.support import (
     sign,
 )
 
-SCHEMA = json.loads((ROOT / "checkout" / "order_change.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "checkout" / "orders" / "order_change.schema.json").read_text())
 
 
 def post_webhook(url: str, payload: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:

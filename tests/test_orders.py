@@ -1,4 +1,4 @@
-"""The order model (checkout/orders.py): which fact makes which change, once, in any order."""
+"""The order model (checkout/orders/model.py): which fact makes which change, once, in any order."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from checkout.orders import (
+from checkout.orders.model import (
     DISPUTE_LOST,
     DISPUTE_WON,
     DISPUTED,
@@ -33,11 +33,11 @@ from checkout.orders import (
     facts_of_session,
     session_fact,
 )
-from checkout.session import SessionStatus
-from checkout.stripe_fields import MalformedEvent
+from checkout.orders.session import SessionStatus
+from checkout.orders.stripe_fields import MalformedEvent
 
 SCHEMA = json.loads(
-    (Path(__file__).parent.parent / "checkout" / "order_change.schema.json").read_text()
+    (Path(__file__).parent.parent / "checkout" / "orders" / "order_change.schema.json").read_text()
 )
 SID = "cs_test_a1"
 PI = "pi_1"

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from checkout.ledger import PUBLISH_CLAIM_SECONDS
-from checkout.ledger.memory import MemoryLedger
-from checkout.orders import session_fact
-from checkout.publisher import PublishFailed, PubSubPublisher
-from checkout.recorder import Recorder
+from checkout.orders.ledger import PUBLISH_CLAIM_SECONDS
+from checkout.orders.ledger.memory import MemoryLedger
+from checkout.orders.model import session_fact
+from checkout.orders.publisher import PublishFailed, PubSubPublisher
+from checkout.orders.recorder import Recorder
 from tests.pubsub_emulator import PubSub
 from tests.support import a_session
 

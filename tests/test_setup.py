@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from checkout import setup
-from checkout.setup_plan import (
+from checkout.ops import setup
+from checkout.ops.setup_plan import (
     ACK_DEADLINE_SECONDS,
     STRIPE_SECRET,
     WEBHOOK_SECRET,
@@ -330,7 +330,7 @@ def test_teardown_removes_what_setup_made_and_keeps_the_ledger_unless_asked(
         }
     assert set(world["resources"]) == kept
     assert not [b for bindings in world["policies"].values() for b in bindings], world["policies"]
-    assert [a[1:4] for a in operators.calls] == [("-m", "checkout.setup", "delete-webhook")]
+    assert [a[1:4] for a in operators.calls] == [("-m", "checkout.ops.setup", "delete-webhook")]
 
 
 @pytest.mark.slow
@@ -438,7 +438,7 @@ def test_setup_registers_the_webhook_once_and_stores_each_secret_once(
 
 
 def test_the_step_by_step_commands_in_docs_deploy_md_are_setups_own() -> None:
-    from checkout.setup_plan import DOCS_OPTIONS, shell_line
+    from checkout.ops.setup_plan import DOCS_OPTIONS, shell_line
 
     text = (ROOT / "docs" / "deploy.md").read_text()
     section = text.split("\n## What setup does, step by step\n", 1)[1].split("\n## ", 1)[0]

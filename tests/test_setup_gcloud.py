@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from checkout.setup import preconditions_commands
-from checkout.setup_plan import Fact, Options, build_plan, fill
+from checkout.ops.setup import preconditions_commands
+from checkout.ops.setup_plan import Fact, Options, build_plan, fill
 from tests.gcloud_cli import Call, require_gcloud, run_for_real
 from tests.support import ROOT
 

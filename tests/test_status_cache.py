@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from checkout.orders import Order
-from checkout.status_cache import PAID_TTL_S, NotFoundCache, Rechecks, StatusCache
+from checkout.api.status_cache import PAID_TTL_S, NotFoundCache, Rechecks, StatusCache
+from checkout.orders.model import Order
 from tests.support import STATUS, WHSEC, completed_session, create, event_for, post_event, status_of
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import stripe
 
-from checkout.stripe_transport import ResponseHeaders, StripeTransport
+from checkout.stripe_access.transport import ResponseHeaders, StripeTransport
 from tests.support import OK, answer, read_request
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from checkout.stripe_transport import StripeTransport
+from checkout.stripe_access.transport import StripeTransport
 from tests.support import answer, read_request
 
 SESSION = b'{"id": "cs_test_tls", "object": "checkout.session", "status": "open"}'

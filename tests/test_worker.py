@@ -21,10 +21,7 @@ from typing import Any
 
 import pytest
 
-from checkout.ledger import DELIVERIES, LedgerUnavailable
-from checkout.ledger.memory import MemoryLedger
-from checkout.orders import Change, ChargeFact, OrderState, advance, session_fact
-from checkout.worker import (
+from checkout.orders.delivery import (
     BadMessage,
     DeliveryFailed,
     DeliveryInProgress,
@@ -32,6 +29,9 @@ from checkout.worker import (
     change_in,
     deliver_order,
 )
+from checkout.orders.ledger import DELIVERIES, LedgerUnavailable
+from checkout.orders.ledger.memory import MemoryLedger
+from checkout.orders.model import Change, ChargeFact, OrderState, advance, session_fact
 from tests.delivery_sink import deliveries
 from tests.firestore_emulator import Firestore
 from tests.support import CapturedLogs, LiveServer, a_session
@@ -295,7 +295,7 @@ def post_cloud_event(url: str, body: dict[str, Any], event_id: str = "1234567") 
 
 def claim_expiry(firestore: Firestore, change: Change) -> datetime:
     """When the claim on `change`'s delivery runs out, unless it is renewed."""
-    from checkout.ledger.firestore import FirestoreLedger
+    from checkout.orders.ledger.firestore import FirestoreLedger
 
     ledger = FirestoreLedger(project=firestore.project, database="(default)", deployment_id="local")
     record = run(ledger.delivery(change.change_id))

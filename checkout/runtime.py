@@ -9,19 +9,19 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from checkout.catalogue import Catalogue
+from checkout.api.http import CorsPolicy
+from checkout.api.limits import TokenBuckets, client_address
+from checkout.api.status_cache import NotFoundCache, Rechecks, StatusCache
 from checkout.config import Settings
-from checkout.http import CorsPolicy
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
-from checkout.ledger import Ledger, ledger_from_settings
-from checkout.limits import TokenBuckets, client_address
 from checkout.logs import OutageLog
 from checkout.once import SingleFlight
-from checkout.publisher import InProcessPublisher, Publisher, PubSubPublisher
-from checkout.recorder import Recorder
-from checkout.status_cache import NotFoundCache, Rechecks, StatusCache
-from checkout.stripe_gateway import StripeGateway
-from checkout.worker import DeliverOrder, Worker, deliver_order_from_settings
+from checkout.orders.catalogue import Catalogue
+from checkout.orders.delivery import DeliverOrder, Worker, deliver_order_from_settings
+from checkout.orders.ledger import Ledger, ledger_from_settings
+from checkout.orders.publisher import InProcessPublisher, Publisher, PubSubPublisher
+from checkout.orders.recorder import Recorder
+from checkout.stripe_access.gateway import StripeGateway
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from checkout.ledger import KEEP, Document, Ledger, R, Step
+from checkout.orders.ledger import KEEP, Document, Ledger, R, Step
 
 
 class MemoryLedger(Ledger):
@@ -22,7 +22,7 @@ class MemoryLedger(Ledger):
         super().__init__()
         self._max_entries = max_entries
         self._collections: dict[str, OrderedDict[str, Document]] = {}
-        # The claim renewer runs on a thread of its own (checkout/worker.py): each primitive is
+        # The claim renewer runs on a thread of its own (orders/delivery.py): each primitive is
         # one critical section, with no await inside.
         self._lock = threading.RLock()
 

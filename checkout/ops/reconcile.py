@@ -1,7 +1,7 @@
 """`python -m checkout reconcile [--days N]`: nothing paid is lost, even when webhooks were.
 
 Stripe stops retrying a webhook after 3 days in live mode (hours in test mode). Hourly, this looks
-at the window itself, through the same path as the webhook (checkout/stripe_events.py, the
+at the window itself, through the same path as the webhook (checkout/orders/intake.py, the
 recorder, the ledger), so a change it finds is recorded once and published once, and one the
 webhook recorded meanwhile is a duplicate that writes nothing:
 
@@ -34,15 +34,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from checkout.errors import ApiError
-from checkout.ledger import LedgerUnavailable
-from checkout.orders import HANDLED_EVENTS, Change, session_fact
-from checkout.publisher import PublishFailed
-from checkout.recorder import PublicationInProgress
-from checkout.service import Service
-from checkout.session import SessionStatus
-from checkout.stripe_events import NOT_OURS, apply_event, checked_session_fact
-from checkout.subscriptions import DeadLetters, SubscriptionsUnavailable, TopicSubscriptions
-from checkout.worker import DeliveryFailed, DeliveryInProgress
+from checkout.ops.subscriptions import DeadLetters, SubscriptionsUnavailable, TopicSubscriptions
+from checkout.orders.delivery import DeliveryFailed, DeliveryInProgress
+from checkout.orders.intake import NOT_OURS, apply_event, checked_session_fact
+from checkout.orders.ledger import LedgerUnavailable
+from checkout.orders.model import HANDLED_EVENTS, Change, session_fact
+from checkout.orders.publisher import PublishFailed
+from checkout.orders.recorder import PublicationInProgress
+from checkout.orders.session import SessionStatus
+from checkout.runtime import Service
 
 log = logging.getLogger("checkout.reconcile")
 

@@ -2,9 +2,9 @@
 
 Stripe delivers at least once and out of order, to any instance, and retries any non-2xx answer
 for up to 3 days. So: verify before reading anything; turn the event into a fact about one of our
-orders (checkout/stripe_events.py, checkout/orders.py); record it in the order ledger and publish
-the changes it made (checkout/recorder.py); and only then answer 200. Fulfilment is not done
-here: the `fulfil_order` worker delivers each change (checkout/worker.py). A failure to record or
+orders (orders/intake.py, orders/model.py); record it in the order ledger and publish
+the changes it made (checkout/orders/recorder.py); and only then answer 200. Fulfilment is not done
+here: the `fulfil_order` worker delivers each change (orders/delivery.py). A failure to record or
 publish answers 503, so that Stripe tries again.
 """
 
@@ -22,16 +22,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from checkout import errors
+from checkout.api.http import json_response, read_body
 from checkout.errors import ApiError
-from checkout.http import json_response, read_body
 from checkout.keys import SecretConfigError, SecretUnavailable
-from checkout.ledger import LedgerUnavailable
-from checkout.publisher import PublishFailed
-from checkout.recorder import PublicationInProgress
-from checkout.stripe_events import apply_event
+from checkout.orders.intake import apply_event
+from checkout.orders.ledger import LedgerUnavailable
+from checkout.orders.publisher import PublishFailed
+from checkout.orders.recorder import PublicationInProgress
 
 if TYPE_CHECKING:
-    from checkout.service import Service
+    from checkout.runtime import Service
 
 log = logging.getLogger("checkout.webhook")
 

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from checkout.config import ConfigError, Settings
-from checkout.ledger import (
+from checkout.orders.ledger import (
     CLAIMED,
     DELIVERED,
     NOT_HOLDER,
@@ -43,7 +43,7 @@ from checkout.ledger import (
     LedgerUnavailable,
     new_token,
 )
-from checkout.orders import BadChange, Change, OrderState
+from checkout.orders.model import BadChange, Change, OrderState
 
 log = logging.getLogger("checkout.worker")
 

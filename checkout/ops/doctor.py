@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 from checkout.config import is_live_key
 from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretUnavailable
-from checkout.ledger import LedgerUnavailable
-from checkout.publisher import PublishFailed
-from checkout.service import Service
-from checkout.subscriptions import Subscription, SubscriptionsUnavailable, TopicSubscriptions
-from checkout.webhook_setup import ENABLED_EVENTS, PINNED_API_VERSION
+from checkout.ops.register_webhook import ENABLED_EVENTS, PINNED_API_VERSION
+from checkout.ops.subscriptions import Subscription, SubscriptionsUnavailable, TopicSubscriptions
+from checkout.orders.ledger import LedgerUnavailable
+from checkout.orders.publisher import PublishFailed
+from checkout.runtime import Service
 
 PROBE_SESSION = "cs_test_doctorprobe"
 # The worker's request timeout in the deploy (cloudbuild.yaml's _WORKER_TIMEOUT), and Pub/Sub's

@@ -23,8 +23,8 @@ import stripe
 
 from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretUnavailable, add_secret_version, secret_exists
-from checkout.orders import HANDLED_EVENTS
-from checkout.service import Service
+from checkout.orders.model import HANDLED_EVENTS
+from checkout.runtime import Service
 
 PINNED_API_VERSION: str = stripe.api_version
 ENABLED_EVENTS = tuple(sorted(HANDLED_EVENTS))

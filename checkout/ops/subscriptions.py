@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from checkout.orders import BadChange, Change
+from checkout.orders.model import BadChange, Change
 
 CALL_TIMEOUT_S = 10.0
 PULL_BATCH = 100

@@ -1,7 +1,7 @@
 """Record, then publish: every order fact goes through here, from the webhook, the status path
 and the reconciler alike.
 
-`apply` folds a fact into the order in one ledger transaction (checkout/ledger), then publishes
+`apply` folds a fact into the order in one ledger transaction (orders/ledger), then publishes
 the changes it made, and any left unpublished before, to the order topic, and returns only then:
 the caller answers (Stripe's 2xx, the status) once the change is on its way to the worker. Nothing
 runs after the caller's answer, and no user code runs here (that is `fulfil_order`'s).
@@ -14,10 +14,10 @@ import logging
 import time
 from collections.abc import Sequence
 
-from checkout.ledger import PUBLISH_CLAIM_SECONDS, Applied, Ledger, new_token
 from checkout.logs import current_traceparent
-from checkout.orders import DISPUTED, Change, Fact, Order
-from checkout.publisher import Publisher, PublishFailed
+from checkout.orders.ledger import PUBLISH_CLAIM_SECONDS, Applied, Ledger, new_token
+from checkout.orders.model import DISPUTED, Change, Fact, Order
+from checkout.orders.publisher import Publisher, PublishFailed
 
 log = logging.getLogger("checkout.orders")
 

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import stripe
 
 from checkout import errors
+from checkout.api.limits import InFlightCap
 from checkout.config import Settings, is_live_key
 from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
-from checkout.limits import InFlightCap
 from checkout.logs import current_request
 from checkout.once import SingleFlight
-from checkout.session import MARKER_KEY, CreatedSession, SessionStatus
-from checkout.stripe_transport import StripeTransport
+from checkout.orders.session import MARKER_KEY, CreatedSession, SessionStatus
+from checkout.stripe_access.transport import StripeTransport
 
 if TYPE_CHECKING:  # the SDK's typed parameters: for the checker, never loaded at run time
     from stripe import Dispute, Event, ListObject, RequestOptions, WebhookEndpoint
@@ -92,7 +92,7 @@ class StripeGateway:
         self._transport: StripeTransport | None = None
         self._session_template = _session_template(settings)
         # The PaymentIntent tells a failed delayed payment from a settling one; with a Dashboard
-        # price, the line items tell whether the session sold it (checkout/catalogue.py).
+        # price, the line items tell whether the session sold it (checkout/orders/catalogue.py).
         expand = [*RETRIEVE_EXPAND, *(["line_items"] if settings.stripe_price_id else [])]
         self._retrieve_params: SessionRetrieveParams = {"expand": expand}
         self._in_flight = InFlightCap(
@@ -105,7 +105,7 @@ class StripeGateway:
         self, image_id: str | None, idempotency_key: str | None
     ) -> CreatedSession:
         params = self._session_template.copy()
-        # The marker is what makes the session ours: see checkout/catalogue.py.
+        # The marker is what makes the session ours: see checkout/orders/catalogue.py.
         metadata = {MARKER_KEY: self._settings.deployment_id}
         if image_id is not None:
             metadata["imageId"] = image_id

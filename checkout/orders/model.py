@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from checkout import stripe_fields as fields
-from checkout.session import OUR_METADATA_KEYS, SessionStatus
+from checkout.orders import stripe_fields as fields
+from checkout.orders.session import OUR_METADATA_KEYS, SessionStatus
 
 PAID = "order.paid"
 PAYMENT_FAILED = "order.payment_failed"
@@ -81,7 +81,7 @@ _DISPUTE_RANK |= {"under_review": 2, "won": 3, "lost": 3, "warning_closed": 3}
 
 
 class BadChange(ValueError):
-    """A message that is not an order change of this schema (checkout/order_change.schema.json)."""
+    """A message that is not an order change of this schema (orders/order_change.schema.json)."""
 
 
 @dataclass(frozen=True)

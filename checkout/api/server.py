@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from checkout import errors
+from checkout.api.http import BASE_HEADERS, error_response
 from checkout.config import ConfigError, ServerLimits, server_limits
 from checkout.errors import ApiError
-from checkout.http import BASE_HEADERS, error_response
 from checkout.logs import new_request_id
 
 request_log = logging.getLogger("checkout.request")
@@ -183,7 +183,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 def protocol() -> type[BoundedHttpToolsProtocol]:
     """The protocol class for the worker, bounded by the environment's settings.
 
-    A bad setting is reported by checkout.app's start checks (on Cloud Run the revision does not
+    A bad setting is reported by checkout.api.app's start checks (on Cloud Run the revision does not
     start); here it falls back to the defaults, so that a local server still has bounds.
     """
     try:

@@ -29,7 +29,7 @@ from google.api_core import retry_async
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from checkout.ledger import KEEP, Document, Ledger, LedgerUnavailable, R, Step, scoped_path
+from checkout.orders.ledger import KEEP, Document, Ledger, LedgerUnavailable, R, Step, scoped_path
 
 log = logging.getLogger("checkout.ledger")
 

@@ -9,7 +9,7 @@ written once here on two primitives that each store implements:
 - `memory` (`ORDER_LEDGER=memory`, the local default): this process only;
 - `firestore` (`ORDER_LEDGER=firestore`, the deploy's setting): every instance, through
   Firestore's `checkout_orders`, `checkout_events` and `checkout_deliveries` collections, under
-  this deployment's own document (`scoped_path`; `checkout/ledger/firestore.py`, docs/ledger.md).
+  this deployment's own document (`scoped_path`; `ledger/firestore.py`, docs/ledger.md).
 """
 
 # Imports inside functions are deliberate: google.cloud.firestore costs cold-start time (see
@@ -28,10 +28,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from checkout.config import ConfigError, Settings
-from checkout.orders import Change, Fact, Order, advance
+from checkout.orders.model import Change, Fact, Order, advance
 
 if TYPE_CHECKING:
-    from checkout.ledger.firestore import FirestoreLedger
+    from checkout.orders.ledger.firestore import FirestoreLedger
 
 ORDERS = "checkout_orders"
 EVENTS = "checkout_events"
@@ -55,7 +55,7 @@ LEGACY_DELIVERIES = _LEGACY + DELIVERIES
 EVENT_RETENTION_DAYS = 30
 # How long one request may hold the right to publish a change before another may take it over
 # (a request that died mid-publish). The holder starts no publish that could outlast it
-# (checkout/recorder.py), so a change is never published by two requests at once.
+# (checkout/orders/recorder.py), so a change is never published by two requests at once.
 PUBLISH_CLAIM_SECONDS = 30.0
 
 R = TypeVar("R")
@@ -564,14 +564,14 @@ def new_token() -> str:
 def ledger_from_settings(settings: Settings) -> Ledger:
     """The configured ledger; Firestore's library is imported only when it is the one chosen."""
     if settings.order_ledger == "memory":
-        from checkout.ledger.memory import MemoryLedger
+        from checkout.orders.ledger.memory import MemoryLedger
 
         return MemoryLedger(settings.webhook_dedupe_size)
     return firestore_ledger(settings)
 
 
 def firestore_ledger(settings: Settings) -> FirestoreLedger:
-    from checkout.ledger.firestore import FirestoreLedger
+    from checkout.orders.ledger.firestore import FirestoreLedger
 
     return FirestoreLedger(
         project=firestore_project(settings),

@@ -1,6 +1,6 @@
 """Publishing order changes: to the Pub/Sub topic (ORDER_EVENTS_TOPIC), or locally in-process.
 
-One message per change: data is the change's JSON (checkout/order_change.schema.json), attributes
+One message per change: data is the change's JSON (orders/order_change.schema.json), attributes
 `type`, `change_id` and `session_id`, and the ordering key is the session id, so one order's
 changes reach a subscription with message ordering in the order they were published.
 """
@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from checkout.orders import Change
+from checkout.orders.model import Change
 
 log = logging.getLogger("checkout.publisher")
 

@@ -14,10 +14,10 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
-from checkout.doctor import Check
-from checkout.service import Service
+from checkout.ops.doctor import Check
+from checkout.runtime import Service
 
-# What `doctor --help` lists: every check, and the settings it reads (checkout/doctor.py).
+# What `doctor --help` lists: every check, and the settings it reads (checkout/ops/doctor.py).
 DOCTOR_HELP = """\
 One line per check, `ok` or `FAIL` with what to do; exit 0 only when every check passes.
 

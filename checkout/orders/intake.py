@@ -2,7 +2,7 @@
 reconciler alike.
 
 Every Checkout Session and Charge of the Stripe account reaches the webhook endpoint; only ours
-(marked by this deployment, checkout/catalogue.py) become facts. A refund or dispute names a
+(marked by this deployment, checkout/orders/catalogue.py) become facts. A refund or dispute names a
 PaymentIntent: the ledger knows its order, or Stripe is asked whose session it paid.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from checkout.orders import (
+from checkout.orders.model import (
     HANDLED_EVENTS,
     INQUIRY_STATUSES,
     DisputeFact,
@@ -20,10 +20,10 @@ from checkout.orders import (
     fact_of_event,
     session_fact,
 )
-from checkout.stripe_fields import MalformedEvent
+from checkout.orders.stripe_fields import MalformedEvent
 
 if TYPE_CHECKING:
-    from checkout.service import Service
+    from checkout.runtime import Service
 
 log = logging.getLogger("checkout.webhook")
 

@@ -1,6 +1,6 @@
 """`python -m checkout setup | teardown | deploy`: the first deploy in one command, and its undo.
 
-Setup runs the plan of checkout/setup_plan.py with the user's own `gcloud` (their account and
+Setup runs the plan of checkout/ops/setup_plan.py with the user's own `gcloud` (their account and
 project): each step looks before it makes, so a second run changes nothing and a stopped run
 continues where it stopped; it never deletes or replaces what exists, and says what differs. What
 it made, and the options, are recorded in `.checkout-setup/PROJECT.json` (git-ignored, so never
@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from checkout.config import is_live_key
 from checkout.keys import SecretConfigError, check_stripe_key_shape
-from checkout.setup_plan import (
+from checkout.ops.setup_plan import (
     STRIPE_SECRET,
     Argv,
     Fact,
@@ -401,7 +401,7 @@ def _teardown_step(  # noqa: PLR0911 (one return per reason to leave a step)
     if step.argv[:4] == ("python", "-m", "checkout", "register-webhook"):
         url = fill(step.argv, runner.facts)[4].split("=", 1)[1]
         code = runner.operator(
-            ("python", "-m", "checkout.setup", "delete-webhook", url), dict(step.env)
+            ("python", "-m", "checkout.ops.setup", "delete-webhook", url), dict(step.env)
         )
         return "Stripe endpoint deleted" if code == 0 else f"FAILED (exit {code})"
     if step.delete is None or step.look is None:
@@ -430,7 +430,7 @@ def _teardown_step(  # noqa: PLR0911 (one return per reason to leave a step)
 def delete_webhook(url: str) -> int:
     """Delete every Stripe endpoint for `url` (teardown), with the deployment's key."""
     from checkout.config import load_settings
-    from checkout.service import Service
+    from checkout.runtime import Service
 
     async def delete(service: Service) -> int:
         for endpoint in await service.gateway.webhook_endpoints():
@@ -555,10 +555,10 @@ def main(arguments: argparse.Namespace) -> int:
 
 
 def _internal(argv: Sequence[str]) -> int:
-    # `python -m checkout.setup delete-webhook URL`: teardown's Stripe step, in its own process
+    # `python -m checkout.ops.setup delete-webhook URL`: teardown's Stripe step, in its own process
     # with the deployment's environment, like register-webhook.
     if len(argv) != 2 or argv[0] != "delete-webhook":
-        print("usage: python -m checkout.setup delete-webhook URL", file=sys.stderr)
+        print("usage: python -m checkout.ops.setup delete-webhook URL", file=sys.stderr)
         return 2
     return delete_webhook(argv[1])
 

@@ -15,17 +15,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from checkout import errors
-from checkout.config import ConfigError, Settings, load_settings, server_limits
-from checkout.errors import ApiError
-from checkout.http import (
+from checkout.api.http import (
     BASE_HEADERS,
     CorsPolicy,
     check_canonical_path,
     check_header_sizes,
     error_response,
 )
+from checkout.api.routes import Endpoint, endpoint_at, match
+from checkout.config import ConfigError, Settings, load_settings, server_limits
+from checkout.errors import ApiError
 from checkout.keys import check_named_secrets, check_secret_shapes
-from checkout.ledger import LedgerUnavailable
 from checkout.logs import (
     crash_fields,
     current_request,
@@ -35,9 +35,7 @@ from checkout.logs import (
     trace_of,
     traceparent_of,
 )
-from checkout.routes import Endpoint, endpoint_at, match
-from checkout.service import Service
-from checkout.worker import (
+from checkout.orders.delivery import (
     BadMessage,
     DeliverOrder,
     DeliveryFailed,
@@ -45,6 +43,8 @@ from checkout.worker import (
     change_in,
     deliver_order_from_settings,
 )
+from checkout.orders.ledger import LedgerUnavailable
+from checkout.runtime import Service
 
 log = logging.getLogger("checkout")
 request_log = logging.getLogger("checkout.request")

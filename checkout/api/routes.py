@@ -15,17 +15,17 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from checkout import errors
+from checkout.api.http import json_response, read_json_object
+from checkout.api.webhook import stripe_webhook
 from checkout.errors import ApiError
-from checkout.http import json_response, read_json_object
-from checkout.ledger import LedgerUnavailable
-from checkout.orders import Order, facts_of_session, is_chargeback
-from checkout.publisher import PublishFailed
-from checkout.recorder import PublicationInProgress
-from checkout.session import SessionStatus
-from checkout.webhook import stripe_webhook
+from checkout.orders.ledger import LedgerUnavailable
+from checkout.orders.model import Order, facts_of_session, is_chargeback
+from checkout.orders.publisher import PublishFailed
+from checkout.orders.recorder import PublicationInProgress
+from checkout.orders.session import SessionStatus
 
 if TYPE_CHECKING:
-    from checkout.service import Service
+    from checkout.runtime import Service
 
 MAX_IMAGE_ID_CHARS = 500
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -76,7 +76,7 @@ async def _answer_from_ledger(
     """The ledger's answer for an order whose session is settled (None: none, or unreachable),
     or the paid order to read again from Stripe now (a refund whose webhook never came).
 
-    The ledger holds only this deployment's orders (checkout/ledger), so an answer from it is
+    The ledger holds only this deployment's orders (checkout/orders/ledger), so an answer from it is
     never another deployment's session.
     """
     try:
@@ -134,7 +134,7 @@ async def _answer_from_stripe(
         session = await service.gateway.retrieve_session(session_id)
         if not service.catalogue.is_ours(session):
             # Another integration's session on the same account: answered exactly as an
-            # unknown id, so that not even its existence leaks (checkout/catalogue.py).
+            # unknown id, so that not even its existence leaks (checkout/orders/catalogue.py).
             raise errors.session_not_found("the session exists but is not this deployment's")
     except ApiError as error:
         if error.code == "session_not_found":

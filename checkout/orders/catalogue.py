@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from checkout.config import Settings
-from checkout.session import MARKER_KEY, SessionStatus
+from checkout.orders.session import MARKER_KEY, SessionStatus
 
 
 @dataclass(frozen=True)

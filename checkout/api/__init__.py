@@ -1,0 +1,1 @@
+"""The HTTP API: the only part that speaks HTTP (docs/layout.md)."""

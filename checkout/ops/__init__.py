@@ -1,0 +1,1 @@
+"""The operator commands: reconcile, doctor, register-webhook, setup, teardown (docs/layout.md)."""

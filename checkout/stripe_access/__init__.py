@@ -1,0 +1,1 @@
+"""Stripe access: the only part that speaks to Stripe (docs/layout.md)."""
