@@ -206,15 +206,8 @@ class SecretManagerEmulator(Running):
             time.sleep(self._latency_s)
 
         requested = f"projects/{project}/secrets/{secret}/versions/{version}"
-        if failure == "unavailable":
-            return _google_error(503, "UNAVAILABLE", "The service is currently unavailable.")
-        if failure == "permission_denied":
-            return _google_error(
-                403,
-                "PERMISSION_DENIED",
-                f"Permission 'secretmanager.versions.access' denied for resource '{requested}' "
-                "(or it may not exist).",
-            )
+        if failure in ("unavailable", "permission_denied"):
+            return _failure_error(failure, "secretmanager.versions.access", requested)
         if not versions:
             return _google_error(
                 404,
@@ -268,15 +261,8 @@ class SecretManagerEmulator(Running):
         with self._lock:
             failure = self._failure
             exists = (project, secret) in self._secrets
-        if failure == "unavailable":
-            return _google_error(503, "UNAVAILABLE", "The service is currently unavailable.")
-        if failure == "permission_denied":
-            return _google_error(
-                403,
-                "PERMISSION_DENIED",
-                f"Permission 'secretmanager.secrets.get' denied for resource '{name}' "
-                "(or it may not exist).",
-            )
+        if failure in ("unavailable", "permission_denied"):
+            return _failure_error(failure, "secretmanager.secrets.get", name)
         if not exists:
             return _google_error(404, "NOT_FOUND", f"Secret [{name}] not found.")
         return 200, {"name": name, "replication": {"automatic": {}}}
@@ -328,6 +314,17 @@ def _resolve(versions: list[_Version], version: str) -> int | None:
     if version.isdigit() and 1 <= int(version) <= len(versions):
         return int(version)
     return None
+
+
+def _failure_error(failure: str, permission: str, resource: str) -> tuple[int, dict[str, Any]]:
+    """What a call answers while set_failure() makes it fail: unavailable or permission denied."""
+    if failure == "unavailable":
+        return _google_error(503, "UNAVAILABLE", "The service is currently unavailable.")
+    return _google_error(
+        403,
+        "PERMISSION_DENIED",
+        f"Permission '{permission}' denied for resource '{resource}' (or it may not exist).",
+    )
 
 
 def _google_error(code: int, status: str, message: str) -> tuple[int, dict[str, Any]]:

@@ -285,28 +285,12 @@ class StripeTransport(stripe.HTTPClient):
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             self._loop.call_soon_threadsafe(close)
 
-    # The SDK's synchronous and streaming entry points, with its signatures; none is used here.
+    # The SDK's synchronous and streaming entry points (any arguments: none is used here).
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None,
-        post_data: Any = None,
-        *,
-        _usage: list[str] | None = None,
-    ) -> tuple[str, int, Mapping[str, str]]:
+    def request(self, *args: Any, **kwargs: Any) -> tuple[str, int, Mapping[str, str]]:
         raise NotImplementedError("this service calls Stripe with the SDK's async methods only")
 
-    def request_stream(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None,
-        post_data: Any = None,
-        *,
-        _usage: list[str] | None = None,
-    ) -> tuple[Any, int, Mapping[str, str]]:
+    def request_stream(self, *args: Any, **kwargs: Any) -> tuple[Any, int, Mapping[str, str]]:
         raise NotImplementedError("this service makes no streaming calls to Stripe")
 
     async def request_stream_async(

@@ -35,7 +35,7 @@ from devtools.stripe_emulator.state import (
     _build_session,
     _completed_fields,
     _invalid,
-    _no_such_session,
+    _no_such,
     _random_id,
     _Response,
     _Session,
@@ -94,7 +94,7 @@ class StripeEmulator(Running):
     # --- lifecycle ---
 
     def start(self) -> StripeEmulator:
-        self._bus.reopen()
+        self._bus.retries.reopen()
         # Reading the SDK's types takes a moment: before listening, not in the first request.
         params.warm()
         shapes.warm()
@@ -110,7 +110,7 @@ class StripeEmulator(Running):
         return self
 
     def stop(self) -> None:
-        self._bus.close()  # pending retries are dropped, as the process would drop them
+        self._bus.retries.close()  # pending retries are dropped, as the process would drop them
         if self._server is None:
             return
         self._release_hangs.set()
@@ -405,29 +405,15 @@ class StripeEmulator(Running):
             session.update(created=created, expires_at=session.data["expires_at"] + shift)
             return json.loads(session.render())
 
-    def open_dispute(
-        self,
-        payment: str,
-        *,
-        amount: int | None = None,
-        reason: str = "fraudulent",
-        inquiry: bool = False,
-    ) -> dict[str, Any]:
-        """The cardholder disputes the charge of `payment` (a `pi_…` or `ch_…` id).
+    def open_dispute(self, payment: str, **options: Any) -> dict[str, Any]:
+        """The cardholder disputes the charge of `payment` (a `pi_…` or `ch_…` id); `options`:
+        Payments.open_dispute's amount, reason and inquiry.
 
         Delivers charge.dispute.created, then charge.dispute.funds_withdrawn (not for an
         inquiry, which moves no money). The Dispute is `needs_response` (an inquiry:
         `warning_needs_response`), due in 7 days; the Charge becomes `disputed`.
         """
-        if not isinstance(inquiry, bool):
-            raise _invalid("inquiry must be true or false", "inquiry")
-        with self._lock:
-            dispute, changes = self._payments.open_dispute(
-                payment, amount=amount, reason=reason, inquiry=inquiry
-            )
-            events = self._emit_changes(changes)
-        self._deliver_auto_event(*events)
-        return dispute
+        return self._change_payments(lambda: self._payments.open_dispute(payment, **options))
 
     def close_dispute(self, dispute_id: str, status: str) -> dict[str, Any]:
         """The bank decides a dispute: `won` or `lost` (`warning_closed` ends an inquiry).
@@ -435,11 +421,7 @@ class StripeEmulator(Running):
         Delivers charge.dispute.closed, after charge.dispute.funds_reinstated for a won
         chargeback.
         """
-        with self._lock:
-            dispute, changes = self._payments.close_dispute(dispute_id, status)
-            events = self._emit_changes(changes)
-        self._deliver_auto_event(*events)
-        return dispute
+        return self._change_payments(lambda: self._payments.close_dispute(dispute_id, status))
 
     def fail_refund(self, refund_id: str, status: str = "failed") -> dict[str, Any]:
         """A succeeded refund fails (`failed`, as a closed card's bank does) or is `canceled`.
@@ -447,11 +429,17 @@ class StripeEmulator(Running):
         Delivers refund.updated, charge.refund.updated, then refund.failed (not for a
         cancellation); the Charge's `amount_refunded` no longer counts it.
         """
+        return self._change_payments(lambda: self._payments.fail_refund(refund_id, status))
+
+    def _change_payments(
+        self, change: Callable[[], tuple[dict[str, Any], list[Change]]]
+    ) -> dict[str, Any]:
+        """Make `change` under the lock, then deliver the events it caused; its object."""
         with self._lock:
-            refund, changes = self._payments.fail_refund(refund_id, status)
+            changed, changes = change()
             events = self._emit_changes(changes)
         self._deliver_auto_event(*events)
-        return refund
+        return changed
 
     # --- events ---
 
@@ -730,7 +718,7 @@ class StripeEmulator(Running):
         """The session, as a key of the given mode may see it (helpers pass no mode)."""
         session = self._sessions.get(session_id)
         if session is None:
-            raise _no_such_session(session_id)
+            raise _no_such("checkout.session", session_id, "session")
         if livemode is not None and session.data["livemode"] != livemode:
             used, other = ("live", "test") if livemode else ("test", "live")
             raise StripeEmulatorError(
@@ -834,7 +822,7 @@ class StripeEmulator(Running):
             if method == "GET" and not action:
                 result = self.get_session(session_id)
                 if result is None:
-                    raise _no_such_session(session_id)
+                    raise _no_such("checkout.session", session_id, "session")
             elif method == "POST" and action == "complete":
                 result = self.complete_session(session_id, payload.get("payment_status", "paid"))
             elif method == "POST" and action == "expire":

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import stripe
 
 from devtools.stripe_emulator import shapes
-from devtools.stripe_emulator.state import StripeEmulatorError, _metadata, _random_id
+from devtools.stripe_emulator.state import _metadata, _no_such, _random_id
 
 
 class Target(NamedTuple):
@@ -26,15 +26,6 @@ class Target(NamedTuple):
     url: str
     secret: str | list[str] | None
     api_version: str | None  # None: the account's default version
-
-
-def _no_such_endpoint(endpoint_id: str) -> StripeEmulatorError:
-    return StripeEmulatorError(
-        404,
-        f"No such webhook endpoint: '{endpoint_id}'",
-        code="resource_missing",
-        param="id",
-    )
 
 
 class WebhookEndpoints:
@@ -142,5 +133,5 @@ class WebhookEndpoints:
     def _visible(self, endpoint_id: str, livemode: bool) -> dict[str, Any]:
         endpoint = self._endpoints.get(endpoint_id)
         if endpoint is None or endpoint["livemode"] != livemode:
-            raise _no_such_endpoint(endpoint_id)
+            raise _no_such("webhook endpoint", endpoint_id)
         return endpoint

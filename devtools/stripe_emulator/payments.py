@@ -17,10 +17,10 @@ import stripe
 from devtools.stripe_emulator import shapes
 from devtools.stripe_emulator.state import (
     FAILED_INTENT_STATUS,
-    StripeEmulatorError,
     _invalid,
     _metadata,
     _missing,
+    _no_such,
     _random_id,
 )
 
@@ -63,12 +63,6 @@ class Change(NamedTuple):
     object: dict[str, Any]
     previous_attributes: dict[str, Any] | None = None
     livemode: bool | None = None  # for objects without a livemode field (Refund)
-
-
-def _no_such(kind: str, object_id: Any, param: str = "id") -> StripeEmulatorError:
-    return StripeEmulatorError(
-        404, f"No such {kind}: '{object_id}'", code="resource_missing", param=param
-    )
 
 
 def _money(amount: int, currency: str) -> str:
@@ -294,6 +288,8 @@ class Payments:
         inquiry: bool = False,
     ) -> tuple[dict[str, Any], list[Change]]:
         """A cardholder disputes the charge of `payment` (a `pi_` or `ch_` id)."""
+        if not isinstance(inquiry, bool):
+            raise _invalid("inquiry must be true or false", "inquiry")
         if not isinstance(payment, str) or not payment:
             raise _missing("payment")
         if payment.startswith("pi_"):

@@ -130,9 +130,9 @@ class Ledger(ABC):
         session_id: str,
         fact: Fact,
         *,
+        token: str,
         event_id: str | None = None,
         event_type: str | None = None,
-        token: str,
     ) -> Applied:
         """Fold `fact` into the order, remember the event, claim unpublished changes for `token`.
 
@@ -192,20 +192,12 @@ class Ledger(ABC):
         """Note that the changes `keys` (claimed with `token`) reached the topic."""
         now = _now()
 
-        def step(documents: list[Document | None]) -> tuple[list[Any], None]:
-            document = documents[0]
-            if document is None:
-                return [KEEP], None
-            order = Order.from_document(document)
-            for key in keys:
-                entry = order.changes.get(key)
-                if entry is not None:
-                    entry["published"] = True
-                    entry["published_at"] = now
-                    entry.pop("publishing", None)
-            return [_order_document(order, document, now)], None
+        def published(entry: dict[str, Any]) -> None:
+            entry["published"] = True
+            entry["published_at"] = now
+            entry.pop("publishing", None)
 
-        await self._transact([(ORDERS, session_id)], step)
+        await self._transact([(ORDERS, session_id)], _edit_changes(keys, published, lambda: now))
 
     async def mark_unpublished(self, change: Change) -> None:
         """Make a change unpublished again (its in-process delivery failed: a local nack)."""
@@ -226,18 +218,11 @@ class Ledger(ABC):
     async def release_publication(self, session_id: str, keys: Sequence[str], token: str) -> None:
         """Drop our claim on unpublished changes (the publish failed): a retry need not wait."""
 
-        def step(documents: list[Document | None]) -> tuple[list[Any], None]:
-            document = documents[0]
-            if document is None:
-                return [KEEP], None
-            order = Order.from_document(document)
-            for key in keys:
-                entry = order.changes.get(key)
-                if entry is not None and (entry.get("publishing") or {}).get("token") == token:
-                    entry.pop("publishing", None)
-            return [_order_document(order, document, _now())], None
+        def released(entry: dict[str, Any]) -> None:
+            if (entry.get("publishing") or {}).get("token") == token:
+                entry.pop("publishing", None)
 
-        await self._transact([(ORDERS, session_id)], step)
+        await self._transact([(ORDERS, session_id)], _edit_changes(keys, released, _now))
 
     async def claim_unpublished(self, session_id: str, token: str) -> list[Change]:
         """Claim the order's unpublished changes that no live claim holds, for `token`."""
@@ -527,6 +512,25 @@ def _state(order: Order) -> dict[str, Any]:
     document = order.to_document()
     document["changes"] = {k: (v["change"], v["published"]) for k, v in order.changes.items()}
     return document
+
+
+def _edit_changes(
+    keys: Sequence[str], edit: Callable[[dict[str, Any]], None], now: Callable[[], datetime]
+) -> Step[None]:
+    """A transaction step that applies `edit` to each of the order's changes named in `keys`."""
+
+    def step(documents: list[Document | None]) -> tuple[list[Any], None]:
+        document = documents[0]
+        if document is None:
+            return [KEEP], None
+        order = Order.from_document(document)
+        for key in keys:
+            entry = order.changes.get(key)
+            if entry is not None:
+                edit(entry)
+        return [_order_document(order, document, now())], None
+
+    return step
 
 
 def _claim_publication(order: Order, token: str, now: datetime) -> list[str]:
