@@ -100,13 +100,7 @@ class StripeEmulator(Running):
         shapes.warm()
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="stripe-emulator",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = self._server.serve_in_thread("stripe-emulator")
         return self
 
     def stop(self) -> None:
@@ -114,12 +108,7 @@ class StripeEmulator(Running):
         if self._server is None:
             return
         self._release_hangs.set()
-        self._server.shutdown()
-        self._server.server_close()
-        # Idle keep-alive connections would otherwise keep being answered after stop().
-        self._server.close_connections()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._server.stop(self._thread)
         self._server = self._thread = None
 
     @property
