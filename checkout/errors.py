@@ -1,9 +1,6 @@
 """Every error the API can answer: its code, HTTP status and sentence, and one constructor per code.
 
-A handler raises one of these; `api.http.error_response` turns it into the JSON body, in one
-place. openapi.yaml documents each code in `CODES` (tests/test_openapi.py checks it), and no module
-but this one builds an ApiError (tests/test_layout.py).
-"""
+`api.http.error_response` turns one into JSON, in one place; openapi.yaml documents each code."""
 
 from __future__ import annotations
 

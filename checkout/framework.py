@@ -1,8 +1,6 @@
 """What we change in functions-framework, uvicorn and the process, in one call: `install()`.
 
-main.py makes it once, first. Each private symbol it relies on is checked before it is touched, so
-that an upgrade which moves one fails the start, naming itself (docs/layout.md, docs/abuse.md).
-"""
+main.py makes it first; each private symbol is checked before it is touched (docs/abuse.md)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Rationing Stripe calls: who the client is, how often it may ask, and how many calls may be open.
+"""Rationing Stripe calls: who the client is, how often it may ask, how many calls may be open.
 
-Our browser endpoints are public, and CORS restrains only browsers. Stripe's rate limit belongs
-to the whole account (about 25 requests/s per endpoint in test mode), so one script must not be
-able to spend it. These limits are per instance; docs/abuse.md covers the edge option for more.
-"""
+Per instance, so that one script cannot spend the account's Stripe rate limit: docs/abuse.md."""
 
 from __future__ import annotations
 

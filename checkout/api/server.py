@@ -1,9 +1,6 @@
 """The HTTP server under the function: bounded connections, and JSON for what it refuses.
 
-uvicorn's httptools protocol, as functions-framework's gunicorn worker runs it, with a deadline for
-each request and a cap on its head; checkout/framework.py installs it. Why, and the numbers:
-docs/abuse.md.
-"""
+uvicorn's httptools protocol, a deadline per request, a cap on its head: docs/abuse.md."""
 
 from __future__ import annotations
 

@@ -1,16 +1,6 @@
 """The HTTP transport under the Stripe client: keep-alive HTTP/1.1 connections on asyncio streams.
 
-The SDK does everything above the wire (encoding, headers, idempotency keys, retries with backoff,
-error classes); this sends its request and reads the answer. Framing is parsed by httptools (the
-C parser uvicorn serves with), TLS is the ssl module's with the SDK's CA bundle, and connections
-are pooled per origin on the worker's event loop. A pooled connection is reused only if it has been
-idle less than MAX_IDLE_SECONDS and the other end has sent nothing since its last answer: bytes
-nobody asked for (a 408 written on the server's idle timeout) are never the next answer.
-
-Why not aiohttp or httpx (README "Performance"): stripe imports aiohttp at import time whenever it
-is installed, and aiohttp builds SSL contexts and dozens of classes as it loads, which made the
-cold start ~40 % slower; per call it also cost more CPU than this. httpx cost several times more.
-"""
+Pooled per origin (reuse: docs/operations.md); why not aiohttp or httpx: docs/performance.md."""
 
 from __future__ import annotations
 

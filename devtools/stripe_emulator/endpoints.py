@@ -1,10 +1,6 @@
 """Webhook endpoints (/v1/webhook_endpoints): where events go, which ones, in which API version.
 
-Their parameters arrive checked against the SDK's WebhookEndpointCreateParams and …UpdateParams
-(params.py: `enabled_events` and `api_version` are the SDK's enums; the update has no
-`api_version`, because Stripe renders an endpoint's events in one version for its whole life) and
-rules.py (the URL, metadata limits).
-"""
+Parameters arrive checked (params.py, rules.py); an endpoint's API version never changes."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
 """Every event the emulator emits: kept, listed (GET /v1/events), delivered, and retried.
 
-Stripe keeps each event, sends it to every enabled endpoint that subscribes to its type, and
-retries a failed delivery with backoff; `delivery_success` then says whether every endpoint got
-it. This does the same, with the retry delays given in seconds (compressed: Stripe's take hours).
-"""
+As Stripe does, with the retry delays in seconds (Stripe's take hours): docs/emulator.md."""
 
 from __future__ import annotations
 

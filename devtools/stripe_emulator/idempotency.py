@@ -1,15 +1,6 @@
 """Idempotent requests exactly as Stripe documents them (docs.stripe.com/api/idempotent_requests).
 
-- The first result of a keyed POST is saved once the endpoint starts executing, whatever it is
-  (a 500 included), and every later request with that key gets it back, marked
-  `Idempotent-Replayed: true`.
-- Nothing is saved when the parameters fail validation (the caller validates before `run`), or
-  when another request with the same key is still executing: that one gets a 409
-  `idempotency_error` and may retry.
-- The same key with other parameters is a 400 `idempotency_error`.
-
-Keys are scoped to the account (here: test or live mode), so a rolled API key still replays.
-"""
+Saved first results, replays, concurrent duplicates: docs/emulator.md "Idempotency"."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Write omitted.txt, the fields Stripe leaves out unless they apply, from stripe-node's types.
 
-`python -m devtools.stripe_emulator.omitted_from_node PATH_TO_STRIPE_NODE`; docs/emulator.md.
-"""
+`python -m devtools.stripe_emulator.omitted_from_node PATH_TO_STRIPE_NODE` (docs/emulator.md)."""
 
 from __future__ import annotations
 

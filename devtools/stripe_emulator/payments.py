@@ -1,11 +1,6 @@
 """A paid session's money: its PaymentIntent and Charge, then refunds and disputes against them.
 
-Pure bookkeeping, as in `state`: the emulator calls these under its lock and turns the changes they
-return into events. Every object is built by `shapes.build` from stripe-python's resource class,
-so it carries every field Stripe always sends (null where the emulator has nothing to say). A
-refund's parameters reach `create_refund` checked already (params.py, rules.py); what is left here
-needs the objects: unknown ids, what a charge has left to refund, an open dispute.
-"""
+Pure bookkeeping: the emulator calls these under its lock and turns their changes into events."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""The /v1 endpoints beyond a session's create, retrieve and expire: which request is which, and
-what it reads or writes (PaymentIntents, Charges, Refunds, Disputes, the session and event lists,
-webhook endpoints).
-
-Each route names the pinned SDK's TypedDict its parameters are checked against and the SDK class of
-what it answers (whose fields say which `expand[]` paths exist). `api` checks both, authenticates,
-injects faults and keeps idempotency for these as for sessions, then calls `read` (GET) or `write`
-(POST, DELETE) under its lock.
-"""
+"""The /v1 endpoints beyond a session's create, retrieve and expire: PaymentIntents, Charges,
+Refunds, Disputes, the session and event lists, webhook endpoints; `api` checks, then calls
+`read` (GET) or `write` (POST, DELETE) under its lock."""
 
 from __future__ import annotations
 

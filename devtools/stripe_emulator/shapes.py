@@ -1,15 +1,6 @@
-"""Response objects shaped by the pinned stripe-python's resource classes.
-
-Each resource class (stripe.checkout.Session, stripe.PaymentIntent, stripe.LineItem…) declares
-every field Stripe sends, with its type. From them this module builds an object's always-present
-fields (null, empty or false where the emulator has nothing better), reads which fields can be
-expanded (`ExpandableField`), and checks an object against its class (`problems`), which the
-conformance test runs over everything the emulator answers.
-
-What the classes cannot say is which optional fields Stripe leaves out of the JSON rather than
-sending as null: stripe-node's types mark those `field?:`, and omitted.txt holds them, generated
-from stripe-node by omitted_from_node.py, for the objects the emulator serves.
-"""
+"""Response objects shaped by the pinned stripe-python's resource classes, their expandable
+fields, and checks of an object against its class; omitted.txt says which optional fields
+Stripe leaves out rather than sending null (docs/emulator.md "Responses")."""
 
 from __future__ import annotations
 

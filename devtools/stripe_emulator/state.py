@@ -1,8 +1,6 @@
 """The emulator's model: Stripe's constants, errors, form decoding, and Checkout Session validation.
 
-Everything here is pure: it validates parameters and builds session objects the way Stripe does,
-and holds no lock and no server. `api` keeps the sessions and serves them.
-"""
+Pure: no lock and no server; `api` keeps the sessions and serves them."""
 
 from __future__ import annotations
 

@@ -1,16 +1,6 @@
 """The order ledger: orders and their changes, handled Stripe events, and each change's delivery.
 
-Stripe delivers each event at least once, to whichever instance the load balancer picks, the status
-path reads sessions too, and Pub/Sub delivers each message at least once to whichever worker. The
-ledger is what makes each order change recorded once, published once when nothing fails, and
-delivered to success at most once. Every operation is one transaction over a few documents,
-written once here on two primitives that each store implements:
-
-- `memory` (`ORDER_LEDGER=memory`, the local default): this process only;
-- `firestore` (`ORDER_LEDGER=firestore`, the deploy's setting): every instance, through
-  Firestore's `checkout_orders`, `checkout_events` and `checkout_deliveries` collections, under
-  this deployment's own document (`scoped_path`; `ledger/firestore.py`, docs/ledger.md).
-"""
+Each operation written once, on primitives memory.py and firestore.py implement: docs/ledger.md."""
 
 # Imports inside functions are deliberate: google.cloud.firestore costs cold-start time (see
 # docs/ledger.md) and loads only when ORDER_LEDGER=firestore.
