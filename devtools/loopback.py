@@ -45,11 +45,8 @@ def wait_for_answer(
 
 
 class Running:
-    """`with X(...) as x:` starts x (if its __init__ did not) and closes it however the block ends.
-
-    A subclass defines stop(), and start() if it does not start in __init__; close() is stop()
-    unless it also has more to clean up.
-    """
+    """`with X(...) as x:` starts x (if its __init__ did not) and closes it however the block ends;
+    a subclass defines stop(), and start() and close() where it has more to do."""
 
     def start(self) -> object:
         return self

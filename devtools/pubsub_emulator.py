@@ -16,10 +16,8 @@ from devtools.gcloud_emulator import GcloudEmulator
 
 READY_LINE = b"Server started, listening on"
 
-# What `make pubsub-emulator` creates, so that a local `fulfil_order` can be driven at once
-# (docs/pubsub.md): the topic, the worker's subscription, and its dead-letter topic. Unordered, as
-# the subscription Eventarc creates is, and because the emulator cannot dead-letter from an ordered
-# one (tests/test_pubsub_emulator.py pins that).
+# What `make pubsub-emulator` creates (docs/pubsub.md); unordered, because the emulator cannot
+# dead-letter from an ordered subscription (tests/test_pubsub_emulator.py pins that).
 LOCAL_PROJECT = "local-project"
 LOCAL_TOPIC = "checkout-orders"
 LOCAL_SUBSCRIPTION = "checkout-orders-worker"

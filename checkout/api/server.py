@@ -28,13 +28,7 @@ class _Refused(Exception):
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, bounded: no connection is held by a client that sends slowly,
-    or sends nothing, and no request head grows past `limits.max_head_bytes`.
-
-    A connection waiting for a request (new, or after an answer) is closed after the keep-alive
-    timeout if nothing arrives; once a request's first byte arrives, the whole request (line,
-    headers and body) must arrive within `limits.read_seconds`, or the connection is closed (with
-    408 if its head was not complete). What the parser refuses is answered as the contract's JSON.
-    """
+    or sends nothing, and no request head grows past `limits.max_head_bytes` (docs/abuse.md)."""
 
     limits: ClassVar[ServerLimits] = ServerLimits()
 
@@ -178,11 +172,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def protocol() -> type[BoundedHttpToolsProtocol]:
-    """The protocol class for the worker, bounded by the environment's settings.
-
-    A bad setting is reported by checkout.api.app's start checks (on Cloud Run the revision does not
-    start); here it falls back to the defaults, so that a local server still has bounds.
-    """
+    """The protocol class for the worker, bounded by the environment's settings, else the defaults
+    (the start checks report a bad setting)."""
     try:
         limits = server_limits()
     except ConfigError:

@@ -373,12 +373,8 @@ class StripeEmulator(Running):
     def set_retry_schedule(
         self, schedule: Sequence[float] | None = None, *, factor: float | None = None
     ) -> tuple[float, ...]:
-        """Retry failed deliveries after these delays (seconds), until the next reset.
-
-        `factor` instead takes Stripe's test-mode schedule (three retries over some hours)
-        divided by it: `factor=36000` retries after 0.1 s, 0.2 s and 0.4 s. An empty schedule
-        turns retries off.
-        """
+        """Retry failed deliveries after these delays (seconds), or after Stripe's test-mode
+        schedule divided by `factor`, until the next reset; () turns retries off."""
         if (schedule is None) == (factor is None):
             raise _invalid("Give one of schedule or factor.", "schedule")
         delays = retry_schedule(factor) if factor is not None else check_schedule(schedule)
@@ -395,29 +391,16 @@ class StripeEmulator(Running):
             return json.loads(session.render())
 
     def open_dispute(self, payment: str, **options: Any) -> dict[str, Any]:
-        """The cardholder disputes the charge of `payment` (a `pi_…` or `ch_…` id); `options`:
-        Payments.open_dispute's amount, reason and inquiry.
-
-        Delivers charge.dispute.created, then charge.dispute.funds_withdrawn (not for an
-        inquiry, which moves no money). The Dispute is `needs_response` (an inquiry:
-        `warning_needs_response`), due in 7 days; the Charge becomes `disputed`.
-        """
+        """The cardholder disputes `payment` (`pi_…` or `ch_…`); `options`: amount, reason, inquiry.
+        What it emits: docs/local-browser.md, as for the other helpers below."""
         return self._change_payments(lambda: self._payments.open_dispute(payment, **options))
 
     def close_dispute(self, dispute_id: str, status: str) -> dict[str, Any]:
-        """The bank decides a dispute: `won` or `lost` (`warning_closed` ends an inquiry).
-
-        Delivers charge.dispute.closed, after charge.dispute.funds_reinstated for a won
-        chargeback.
-        """
+        """The bank decides a dispute: `won` or `lost` (`warning_closed` ends an inquiry)."""
         return self._change_payments(lambda: self._payments.close_dispute(dispute_id, status))
 
     def fail_refund(self, refund_id: str, status: str = "failed") -> dict[str, Any]:
-        """A succeeded refund fails (`failed`, as a closed card's bank does) or is `canceled`.
-
-        Delivers refund.updated, charge.refund.updated, then refund.failed (not for a
-        cancellation); the Charge's `amount_refunded` no longer counts it.
-        """
+        """A succeeded refund fails (`failed`, as a closed card's bank does) or is `canceled`."""
         return self._change_payments(lambda: self._payments.fail_refund(refund_id, status))
 
     def _change_payments(

@@ -31,11 +31,8 @@ DELIVERIES = "checkout_deliveries"
 DELIVERY_LOCKS = "checkout_delivery_locks"
 # The undelivered audit reads every page of this size (reconcile, doctor).
 UNDELIVERED_PAGE = 300
-# Every collection is this deployment's own: `checkout_deployments/{DEPLOYMENT_ID}/{name}`, so
-# deployments sharing a project and database never read or act on each other's orders. The
-# collection group names stay the same (a TTL policy on `checkout_events` covers every
-# deployment). Before the scoping every deployment wrote the root collections: those are read
-# as LEGACY_* (docs/ledger.md, "Upgrading").
+# Every collection is this deployment's own, `checkout_deployments/{DEPLOYMENT_ID}/{name}`; the
+# unscoped root collections of before are read as LEGACY_* (docs/ledger.md, "Upgrading").
 SCOPE_ROOT = "checkout_deployments"
 _LEGACY = "legacy:"
 LEGACY_ORDERS = _LEGACY + ORDERS
@@ -124,14 +121,8 @@ class Ledger(ABC):
         event_id: str | None = None,
         event_type: str | None = None,
     ) -> Applied:
-        """Fold `fact` into the order, remember the event, claim unpublished changes for `token`.
-
-        Idempotent by state (`advance`), so the order's own transaction is what makes a change
-        once; the event's record is for the log and the reconciler. Most calls are duplicates:
-        those read, find nothing to write, and write nothing, so that a burst of them does not
-        queue on one document's lock. A new order is created (of concurrent creates one wins at
-        once); only a real change of an existing order takes a transaction.
-        """
+        """Fold `fact` into the order, remember the event, claim unpublished changes for `token`;
+        a duplicate writes nothing, only a real change takes a transaction (docs/ledger.md)."""
         now = _now()
         current_document = await self._get(ORDERS, session_id) or await self._adopt(session_id)
         seen = event_id is not None and await self._get(EVENTS, event_id) is not None
@@ -160,12 +151,8 @@ class Ledger(ABC):
         return applied
 
     async def _adopt(self, session_id: str) -> Document | None:
-        """The order as a deployment recorded it before the ledger was scoped, made ours.
-
-        Only `apply` calls this, and every caller of `apply` has checked that the session is
-        this deployment's (its marker, read from Stripe or its event), so the unscoped document
-        is ours. Its deliveries come with it first, so no change it delivered runs again.
-        """
+        """The order as recorded before the ledger was scoped, made ours with its deliveries
+        (`apply`'s callers checked the session is ours; docs/ledger.md "Upgrading")."""
         legacy = await self._get(LEGACY_ORDERS, session_id)
         if legacy is None:
             return None
