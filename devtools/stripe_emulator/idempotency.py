@@ -56,11 +56,8 @@ class IdempotencyStore:
         execute: Callable[[], _Response],
         error_response: Callable[[StripeEmulatorError], _Response],
     ) -> _Response:
-        """Answer a keyed request: replay its saved result, refuse a concurrent one, or run it.
-
-        `execute` raises StripeEmulatorError for a failure; that failure is saved and replayed
-        like a success, because the endpoint had started executing.
-        """
+        """Answer a keyed request: replay its saved result, refuse a concurrent one, or run it;
+        a StripeEmulatorError from `execute` is saved like a success (docs/emulator.md)."""
         key = scope[1]
         with self._lock:
             saved = self._saved.get(scope)

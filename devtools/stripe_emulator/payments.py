@@ -212,12 +212,8 @@ class Payments:
         ]
 
     def fail_refund(self, refund_id: str, status: str) -> tuple[dict[str, Any], list[Change]]:
-        """A succeeded refund fails (the bank returned it) or is cancelled: the money stays.
-
-        As Stripe: the Refund's status becomes `failed` (with a `failure_reason`) or `canceled`,
-        the Charge no longer counts it in `amount_refunded`, and refund.updated,
-        charge.refund.updated, then (for a failure) refund.failed are emitted.
-        """
+        """A succeeded refund fails (the bank returned it) or is cancelled: the money stays
+        (what changes and what is emitted: docs/local-browser.md)."""
         if status not in ("failed", "canceled"):
             raise _invalid("status must be one of failed, canceled", "status")
         refund = self.refund(refund_id)
