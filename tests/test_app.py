@@ -243,7 +243,7 @@ def test_a_deliver_order_that_does_not_import_is_a_configuration_error(configure
 
     configure(DELIVER_ORDER="tests.no_such_module:deliver")
     with pytest.raises(ApiError) as caught:
-        CheckoutApi().service()  # as main.py builds it: DELIVER_ORDER names the function
+        CheckoutApi().parts()  # as main.py builds it: DELIVER_ORDER names the function
     assert (caught.value.status, caught.value.code) == (500, "payment_configuration_error")
     assert "DELIVER_ORDER" in (caught.value.detail or "")
 
