@@ -249,11 +249,29 @@ def test_the_http_layer_guard_lets_the_rest_through():
     assert http_imports(source, "checkout.orders.intake") == []
 
 
-def test_the_runtime_is_handed_only_to_what_builds_from_it():
-    # No bag of every part passed around: a handler, the worker, the reconciler and doctor get
-    # their own collaborators. Only the builders take the runtime the process built once.
+def runtime_takers(source: str, bags: set[str]) -> list[str]:
+    """Every function parameter, and every class field, in `source` typed as one of `bags`
+    (a `from_runtime` builder's excepted): "LINE: name"."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.name == "from_runtime":
+                continue
+            arguments = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            typed = [a.annotation for a in arguments if a.annotation is not None]
+        elif isinstance(node, ast.ClassDef):
+            typed = [item.annotation for item in node.body if isinstance(item, ast.AnnAssign)]
+        else:
+            continue
+        if any(_names(annotation) & bags for annotation in typed):
+            found.append(f"{node.lineno}: {node.name}")
+    return found
+
+
+def the_bags() -> set[str]:
+    """The classes of checkout/runtime.py that build every shared part from the settings."""
     tree = ast.parse((PACKAGE / "runtime.py").read_text())
-    bags = {
+    return {
         node.name
         for node in tree.body
         if isinstance(node, ast.ClassDef)
@@ -261,23 +279,48 @@ def test_the_runtime_is_handed_only_to_what_builds_from_it():
             isinstance(item, ast.FunctionDef) and item.name == "from_settings" for item in node.body
         )
     }
-    assert bags  # the class that builds every shared part from the settings
-    takers = {
-        f"{path.relative_to(ROOT)}: {node.name}"
-        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
-        for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        and node.name != "from_runtime"
-        and any(
-            arg.annotation is not None and _names(arg.annotation) & bags
-            for arg in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
-        )
-    }
-    assert {taker.split(":")[0] for taker in takers} <= RUNS_COMMANDS, sorted(takers)
 
 
 # Where a process's work starts: the commands' loop and the commands themselves.
 RUNS_COMMANDS = {"checkout/__main__.py", "checkout/ops/command.py", "checkout/ops/setup.py"}
+
+
+def test_the_runtime_is_handed_only_to_what_builds_from_it():
+    # No bag of every part passed around: a handler, the worker, the reconciler and doctor get
+    # their own collaborators. Only the builders and the commands take the one runtime.
+    bags = the_bags()
+    assert bags == {"Runtime"}
+    takers = {
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
+        for line in runtime_takers(path.read_text(), bags)
+    }
+    assert {taker.split(":")[0] for taker in takers} <= RUNS_COMMANDS, sorted(takers)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "async def handle(request: Request, runtime: Runtime) -> Response: ...",
+        "def reconcile(runtime: 'Runtime', days: int) -> None: ...",
+        "def doctor(*, parts: Runtime | None = None) -> None: ...",
+        "def later(work: Callable[[Runtime], Awaitable[int]]) -> int: ...",
+        "@dataclass\nclass Handler:\n    runtime: Runtime",
+        "class Worker:\n    runtime: 'Runtime | None' = None",
+    ],
+)
+def test_the_runtime_guard_catches(source):
+    assert runtime_takers(source, {"Runtime"}), source
+
+
+def test_the_runtime_guard_lets_builders_and_parts_through():
+    source = (
+        "class Parts:\n    ledger: Ledger\n"
+        "    @classmethod\n    def from_runtime(cls, runtime: Runtime) -> Parts: ...\n"
+        "def handle(request: Request, parts: Parts) -> None: ...\n"
+        "def other(runtime_name: str) -> Runtime: ...\n"
+    )
+    assert runtime_takers(source, {"Runtime"}) == []
 
 
 def _names(annotation: ast.expr) -> set[str]:
