@@ -73,7 +73,7 @@ class StatusPoll:
     ledger: Ledger
     recorder: Recorder
     catalogue: Catalogue
-    status_cache: StatusCache  # terminal answers: free, no limit, no Firestore, no Stripe
+    status_cache: StatusCache  # answers kept per session; the webhook forgets what changed
     unknown_sessions: NotFoundCache  # ids Stripe said it does not know
     rechecks: Rechecks  # which polled paid orders to read again from Stripe (late refunds)
     status_limit: TokenBuckets  # per client: status calls past the cache (ledger, then Stripe)
