@@ -14,7 +14,7 @@ from checkout.api.app import CheckoutApi, FulfilApi, exit_if_misconfigured  # no
 
 exit_if_misconfigured()
 
-# This process's API and worker: each builds the service on first use, never at import.
+# This process's API and worker: each builds its parts on first use, never at import.
 api = CheckoutApi()
 worker = FulfilApi()
 

@@ -145,8 +145,9 @@ def test_every_error_code_has_exactly_one_constructor_and_it_builds_that_code():
 # --- Dependencies passed in, imports pointing one way (main → app → handlers → services) ----
 
 
-HANDLERS = ("checkout.api.routes", "checkout.api.webhook")
-SERVICES = (
+HANDLERS = ("checkout.api.routes", "checkout.api.webhook", "checkout.api.parts")
+# What the handlers are built from: the runtime's parts, and what those are made of.
+PARTS = (
     "checkout.runtime",
     "checkout.orders.model",
     "checkout.orders.recorder",
@@ -160,26 +161,178 @@ SERVICES = (
 )
 
 
-def test_the_service_has_its_own_module():
-    from checkout.runtime import Service
+def test_the_runtime_has_its_own_module():
+    from checkout.runtime import Runtime
 
-    assert Service.__module__ == "checkout.runtime"
+    assert Runtime.__module__ == "checkout.runtime"
 
 
-@pytest.mark.parametrize("module", [*HANDLERS, *SERVICES])
-def test_handlers_and_services_never_import_the_app(module):
+@pytest.mark.parametrize("module", [*HANDLERS, *PARTS])
+def test_handlers_and_parts_never_import_the_app(module):
     imported = imports_of(module_file(module))
     assert "checkout.api.app" not in imported
     assert not {name for name in imported if name.startswith("main")}
 
 
-@pytest.mark.parametrize("module", SERVICES)
-def test_services_never_import_the_handlers(module):
+@pytest.mark.parametrize("module", PARTS)
+def test_parts_never_import_the_handlers(module):
     imported = imports_of(module_file(module))
     assert not {name for name in imported if name.startswith(HANDLERS)}
 
 
-def test_the_app_keeps_no_service_in_module_globals():
+def http_imports(source: str, module: str) -> list[str]:
+    """Every import of the HTTP layer (checkout.api) in `source`, the text of module `module`:
+    at any depth (TYPE_CHECKING and function bodies included), relative imports resolved."""
+    package = module.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            stem = ".".join([*base, *([node.module] if node.module else [])])
+            names = [stem, *(f"{stem}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        if any(name == "checkout.api" or name.startswith("checkout.api.") for name in names):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def below_the_http_layer() -> list[Path]:
+    return [PACKAGE / "runtime.py", *sorted((PACKAGE / "orders").rglob("*.py"))]
+
+
+def test_the_runtime_and_the_orders_never_import_the_http_layer():
+    # The runtime builds the parts every process shares (the worker, the commands); the HTTP
+    # layer builds its own from them (checkout/api/parts.py), never the other way round.
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in below_the_http_layer()
+        for line in http_imports(path.read_text(), _module_of(path))
+    ]
+    assert found == []
+    assert len(below_the_http_layer()) > 10  # the guard reads the files it means to
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@pytest.mark.parametrize(
+    ("source", "module"),
+    [
+        ("from checkout.api.http import CorsPolicy", "checkout.runtime"),
+        ("import checkout.api.status_cache", "checkout.runtime"),
+        ("from checkout import api", "checkout.orders.intake"),
+        ("from checkout.api import routes", "checkout.orders.intake"),
+        ("if TYPE_CHECKING:\n    from checkout.api.limits import TokenBuckets", "checkout.runtime"),
+        ("def f():\n    from checkout.api.webhook import MAX_EVENT_BYTES", "checkout.orders.model"),
+        ("from ..api.status_cache import StatusCache", "checkout.orders.intake"),
+        ("from .api import http", "checkout.runtime"),
+        ("from ...api import app", "checkout.orders.ledger.memory"),
+    ],
+)
+def test_the_http_layer_guard_catches(source, module):
+    assert http_imports(source, module), source
+
+
+def test_the_http_layer_guard_lets_the_rest_through():
+    source = (
+        "from checkout.orders.ledger import Ledger\n"
+        "from checkout import config\n"
+        "from . import model\n"
+        "import checkout.apis_elsewhere\n"
+        "from ..ops import doctor\n"
+    )
+    assert http_imports(source, "checkout.orders.intake") == []
+
+
+def runtime_takers(source: str, bags: set[str]) -> list[str]:
+    """Every function parameter, and every class field, in `source` typed as one of `bags`
+    (a `from_runtime` builder's excepted): "LINE: name"."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.name == "from_runtime":
+                continue
+            arguments = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            typed = [a.annotation for a in arguments if a.annotation is not None]
+        elif isinstance(node, ast.ClassDef):
+            typed = [item.annotation for item in node.body if isinstance(item, ast.AnnAssign)]
+        else:
+            continue
+        if any(_names(annotation) & bags for annotation in typed):
+            found.append(f"{node.lineno}: {node.name}")
+    return found
+
+
+def the_bags() -> set[str]:
+    """The classes of checkout/runtime.py that build every shared part from the settings."""
+    tree = ast.parse((PACKAGE / "runtime.py").read_text())
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.ClassDef)
+        and any(
+            isinstance(item, ast.FunctionDef) and item.name == "from_settings" for item in node.body
+        )
+    }
+
+
+# Where a process's work starts: the commands' loop and the commands themselves.
+RUNS_COMMANDS = {"checkout/__main__.py", "checkout/ops/command.py", "checkout/ops/setup.py"}
+
+
+def test_the_runtime_is_handed_only_to_what_builds_from_it():
+    # No bag of every part passed around: a handler, the worker, the reconciler and doctor get
+    # their own collaborators. Only the builders and the commands take the one runtime.
+    bags = the_bags()
+    assert bags == {"Runtime"}
+    takers = {
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
+        for line in runtime_takers(path.read_text(), bags)
+    }
+    assert {taker.split(":")[0] for taker in takers} <= RUNS_COMMANDS, sorted(takers)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "async def handle(request: Request, runtime: Runtime) -> Response: ...",
+        "def reconcile(runtime: 'Runtime', days: int) -> None: ...",
+        "def doctor(*, parts: Runtime | None = None) -> None: ...",
+        "def later(work: Callable[[Runtime], Awaitable[int]]) -> int: ...",
+        "@dataclass\nclass Handler:\n    runtime: Runtime",
+        "class Worker:\n    runtime: 'Runtime | None' = None",
+    ],
+)
+def test_the_runtime_guard_catches(source):
+    assert runtime_takers(source, {"Runtime"}), source
+
+
+def test_the_runtime_guard_lets_builders_and_parts_through():
+    source = (
+        "class Parts:\n    ledger: Ledger\n"
+        "    @classmethod\n    def from_runtime(cls, runtime: Runtime) -> Parts: ...\n"
+        "def handle(request: Request, parts: Parts) -> None: ...\n"
+        "def other(runtime_name: str) -> Runtime: ...\n"
+    )
+    assert runtime_takers(source, {"Runtime"}) == []
+
+
+def _names(annotation: ast.expr) -> set[str]:
+    return {n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)} | {
+        part
+        for n in ast.walk(annotation)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        for part in n.value.replace("[", " ").replace("]", " ").replace("|", " ").split()
+    }
+
+
+def test_the_app_keeps_no_runtime_in_module_globals():
     tree = ast.parse((PACKAGE / "api" / "app.py").read_text())
     assigned = {
         target.id
@@ -188,7 +341,8 @@ def test_the_app_keeps_no_service_in_module_globals():
         for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
         if isinstance(target, ast.Name)
     }
-    assert not {name for name in assigned if "service" in name.lower()}
+    kept = ("service", "runtime", "parts", "handlers")
+    assert not {name for name in assigned if any(word in name.lower() for word in kept)}
     assert not [node for node in ast.walk(tree) if isinstance(node, ast.Global)]
 
 

@@ -1,4 +1,4 @@
-"""Dispatch: the API object that builds the service once, routes each request, answers as JSON."""
+"""Dispatch: the API object that builds its parts once, routes each request, answers as JSON."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from checkout.api.http import (
     check_header_sizes,
     error_response,
 )
+from checkout.api.parts import HttpParts
 from checkout.api.routes import Endpoint, endpoint_at, match
 from checkout.config import ConfigError, Settings, load_settings, server_limits
 from checkout.errors import ApiError
@@ -44,7 +45,7 @@ from checkout.orders.delivery import (
     deliver_order_from_settings,
 )
 from checkout.orders.ledger import LedgerUnavailable
-from checkout.runtime import Service
+from checkout.runtime import OnFirstUse, Runtime
 
 log = logging.getLogger("checkout")
 request_log = logging.getLogger("checkout.request")
@@ -56,7 +57,7 @@ setup_logging()
 class CheckoutApi:
     """The checkout API for one process: `handle` serves a request.
 
-    The Service is built on first use, after gunicorn forks and never at import, from the
+    Its parts are built on first use, after gunicorn forks and never at import, from the
     environment (or `load`); `deliver` replaces the function that DELIVER_ORDER names (for the
     in-process delivery, without a topic). main.py owns the process's instance; a test builds its
     own.
@@ -67,43 +68,35 @@ class CheckoutApi:
         deliver: DeliverOrder | None = None,
         load: Callable[[], Settings] = load_settings,
     ) -> None:
-        self._deliver = deliver
-        self._load = load
-        self._built: Service | ApiError | None = None  # the service, or why it cannot be
+        self._runtime = OnFirstUse(deliver, load, announce=_announce)
+        self._parts: HttpParts | None = None
         self._lock = threading.Lock()
 
     @property
     def built(self) -> bool:
-        return isinstance(self._built, Service)
+        return self._runtime.built
 
-    def service(self) -> Service:
-        """The Service, built on first use; ApiError 500 if the settings are wrong."""
-        built = self._built
-        if built is None:
+    def runtime(self) -> Runtime:
+        """The shared parts, built on first use; ApiError 500 if the settings are wrong."""
+        try:
+            return self._runtime.get()
+        except ConfigError as error:
+            raise errors.payment_configuration_error(str(error)) from None
+
+    def parts(self) -> HttpParts:
+        """The API's own parts, built from the runtime on first use (ApiError as `runtime`)."""
+        parts = self._parts
+        if parts is None:
+            runtime = self.runtime()
             with self._lock:
-                built = self._built
-                if built is None:
-                    built = self._built = self._build()
-        if isinstance(built, ApiError):
-            raise built
-        return built
+                parts = self._parts
+                if parts is None:
+                    parts = self._parts = HttpParts.from_runtime(runtime)
+        return parts
 
     def close(self) -> None:
         """Close the Stripe connection pool on its loop (when the process, or a test, is done)."""
-        if isinstance(self._built, Service):
-            self._built.gateway.close()
-            self._built.publisher.close()
-            self._built.worker.close()
-
-    def _build(self) -> Service | ApiError:
-        try:
-            service = Service.from_settings(self._load(), self._deliver)
-        except ConfigError as error:
-            # The environment cannot change under a running process: keep the verdict.
-            log.error("configuration error: %s", error)
-            return errors.payment_configuration_error(str(error))
-        _announce(service.settings)
-        return service
+        self._runtime.close()
 
     async def handle(self, request: Request) -> Response:
         """Serve one request: route, check CORS, run the handler, log one line."""
@@ -119,15 +112,15 @@ class CheckoutApi:
             check_canonical_path(request)
             endpoint = match(path, method)
             context["public"] = endpoint.browser  # its Stripe calls may not take the reserve
-            service = self.service()
-            context["trace"] = trace_of(request.headers, service.trace_project)
+            runtime, parts = self.runtime(), self.parts()
+            context["trace"] = trace_of(request.headers, runtime.trace_project)
             context["traceparent"] = traceparent_of(request.headers)
-            if endpoint.browser and origin is not None and not service.cors.allows(origin):
-                raise service.cors.refuse(origin)
+            if endpoint.browser and origin is not None and not parts.cors.allows(origin):
+                raise parts.cors.refuse(origin)
             if method == "OPTIONS":
                 response = CorsPolicy.preflight(endpoint.allowed_methods)
             else:
-                response = await endpoint.handler(request, service)
+                response = await endpoint.handler(parts.handlers)(request)
         except ApiError as caught:
             error = caught
             response = error_response(caught, context["request_id"])
@@ -167,15 +160,15 @@ class CheckoutApi:
         )
 
     def _allows(self, origin: str) -> bool:
-        # A 404/405 is answered before the service is needed; CORS still wants the allowlist.
+        # A 404/405 is answered before the parts are needed; CORS still wants the allowlist.
         try:
-            return self.service().cors.allows(origin)
+            return self.parts().cors.allows(origin)
         except ApiError:
             return False  # misconfigured: the error response says so, without CORS
 
 
 class FulfilApi:
-    """`fulfil_order` for one process: the same Service as the API's, built on first use.
+    """`fulfil_order` for one process: the same runtime as the API's, built on first use.
 
     Each CloudEvent carries one Pub/Sub message of the order topic. The answer is what Pub/Sub
     acts on: 2xx acknowledges it (delivered now, or before); anything else makes it redeliver
@@ -198,11 +191,11 @@ class FulfilApi:
         try:
             change = change_in(data)
             fields.update(change_id=change.change_id, type=change.type)
-            service = self._api.service()
+            runtime = self._api.runtime()
             attributes = _attributes_of(data)
-            context["trace"] = trace_of(attributes, service.trace_project)
+            context["trace"] = trace_of(attributes, runtime.trace_project)
             context["traceparent"] = traceparent_of(attributes)
-            if not await service.worker.deliver(change):
+            if not await runtime.worker.deliver(change):
                 outcome = "duplicate"
         except DeliveryInProgress:
             # Queued behind the run that holds the change or its order, which publishes it again
@@ -211,7 +204,7 @@ class FulfilApi:
         except BadMessage as error:
             status, outcome = 400, "bad_message"
             fields["detail"] = redact(str(error))[:300]
-        except ApiError as error:  # the settings are wrong: logged when the service was built
+        except ApiError as error:  # the settings are wrong: logged when the runtime was built
             status, outcome = 500, "misconfigured"
             fields["detail"] = error.code
         except DeliveryFailed as error:
