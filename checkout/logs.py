@@ -12,13 +12,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Any
 
-_TRACE_KEY = "logging.googleapis.com/trace"
+from checkout.request_context import current_request
 
-# The request being served by this thread, so every record it logs carries its ids.
-current_request: ContextVar[dict[str, Any] | None] = ContextVar("current_request", default=None)
+_TRACE_KEY = "logging.googleapis.com/trace"
 
 _configured = threading.Lock()
 _done = False
@@ -74,9 +72,9 @@ class JsonFormatter(logging.Formatter):
         }
         request = current_request.get()
         if request is not None:
-            entry["request_id"] = request["request_id"]
-            if request.get("trace"):
-                entry[_TRACE_KEY] = request["trace"]
+            entry["request_id"] = request.request_id
+            if request.trace:
+                entry[_TRACE_KEY] = request.trace
         fields = getattr(record, "fields", None)
         if fields:
             entry.update(fields)
@@ -167,7 +165,7 @@ def traceparent_of(headers: Any) -> str | None:
 def current_traceparent() -> str | None:
     """The trace of the request (or delivery) this code runs for, if any."""
     request = current_request.get()
-    return None if request is None else request.get("traceparent")
+    return None if request is None else request.traceparent
 
 
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")

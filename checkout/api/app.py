@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.background import BackgroundTask
@@ -25,7 +25,6 @@ from checkout.config import ConfigError, Settings, load_settings
 from checkout.errors import ApiError
 from checkout.logs import (
     crash_fields,
-    current_request,
     new_request_id,
     redact,
     setup_logging,
@@ -33,6 +32,7 @@ from checkout.logs import (
     traceparent_of,
 )
 from checkout.orders.delivery import DeliverOrder
+from checkout.request_context import RequestContext, current_request
 from checkout.runtime import Service
 
 log = logging.getLogger("checkout")
@@ -96,20 +96,21 @@ class CheckoutApi:
     async def handle(self, request: Request) -> Response:
         """Serve one request: route, check CORS, run the handler, log one line."""
         started = time.perf_counter()
-        context: dict[str, Any] = {"request_id": new_request_id()}
+        context = RequestContext(request_id=new_request_id())
         token = current_request.set(context)
         method, path = request.method, request.scope["path"]
         origin = request.headers.get("Origin")
         endpoint: Endpoint | None = None
         error: ApiError | None = None
+        crash: Exception | None = None
         try:
             check_header_sizes(request)
             check_canonical_path(request)
             endpoint = match(path, method)
-            context["public"] = endpoint.browser  # its Stripe calls may not take the reserve
+            context.public = endpoint.browser  # its Stripe calls may not take the reserve
             service = self.service()
-            context["trace"] = trace_of(request.headers, service.trace_project)
-            context["traceparent"] = traceparent_of(request.headers)
+            context.trace = trace_of(request.headers, service.trace_project)
+            context.traceparent = traceparent_of(request.headers)
             if endpoint.browser and origin is not None and not service.cors.allows(origin):
                 raise service.cors.refuse(origin)
             if method == "OPTIONS":
@@ -118,23 +119,29 @@ class CheckoutApi:
                 response = await endpoint.handler(request, service)
         except ApiError as caught:
             error = caught
-            response = error_response(caught, context["request_id"])
-        except Exception as crash:
+            response = error_response(caught, context.request_id)
+        except Exception as caught:
             # A bug: its type, message and traceback go into this request's one log line (below),
             # with anything shaped like a secret blanked; the client gets a sentence and the id.
-            context["crash"] = crash
+            crash = caught
             error = errors.internal_error()
-            response = error_response(error, context["request_id"])
+            response = error_response(error, context.request_id)
         try:
             # A 405 still knows its endpoint: whether CORS applies depends on the path alone.
             endpoint = endpoint or endpoint_at(path)
-            self._finish(response, context["request_id"], endpoint, origin)
+            self._finish(response, context.request_id, endpoint, origin)
             _log_request(
-                method, path, response, error, context, seconds=time.perf_counter() - started
+                method,
+                path,
+                response,
+                error,
+                crash=crash,
+                stripe_request_id=context.stripe_request_id,
+                seconds=time.perf_counter() - started,
             )
         finally:
             current_request.reset(token)
-        after = context.get("after_response")
+        after = context.after_response
         if after:
             # Local in-process delivery only (no ORDER_EVENTS_TOPIC, never on Cloud Run): the
             # worker runs once the answer is sent, as it would behind Pub/Sub.
@@ -162,7 +169,7 @@ class CheckoutApi:
             return False  # misconfigured: the error response says so, without CORS
 
 
-async def _run_after_response(tasks: list[Callable[[], Any]]) -> None:
+async def _run_after_response(tasks: list[Callable[[], Awaitable[None]]]) -> None:
     for task in tasks:
         try:
             await task()
@@ -175,8 +182,9 @@ def _log_request(
     path: str,
     response: Response,
     error: ApiError | None,
-    context: dict[str, Any],
     *,
+    crash: Exception | None,
+    stripe_request_id: str | None,
     seconds: float,
 ) -> None:
     status = response.status_code
@@ -189,14 +197,13 @@ def _log_request(
             "latency": f"{seconds:.6f}s",
         }
     }
-    if context.get("stripe_request_id"):
-        fields["stripe_request_id"] = context["stripe_request_id"]
+    if stripe_request_id:
+        fields["stripe_request_id"] = stripe_request_id
     if error is not None:
         fields["code"] = error.code
         if error.detail:
             # A detail can quote what the client sent (its address, its Origin): blank secrets.
             fields["detail"] = redact(error.detail)
-    crash = context.get("crash")
     if crash is not None:
         fields.update(crash_fields(crash))
     level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from checkout.api.app import CheckoutApi
 from checkout.config import Settings, load_settings
 from checkout.errors import ApiError
-from checkout.logs import current_request, redact, trace_of, traceparent_of
+from checkout.logs import redact, trace_of, traceparent_of
 from checkout.orders.delivery import (
     BadMessage,
     DeliverOrder,
@@ -22,6 +22,7 @@ from checkout.orders.delivery import (
     change_in,
 )
 from checkout.orders.ledger import LedgerUnavailable
+from checkout.request_context import RequestContext, current_request
 
 worker_log = logging.getLogger("checkout.worker")
 
@@ -45,15 +46,15 @@ class FulfilApi:
         fields: dict[str, Any] = {"ce_id": str(event_id)[:100]}
         status, outcome = 200, "delivered"
         # The change's trace (a message attribute): every record of this delivery joins it.
-        context: dict[str, Any] = {"request_id": fields["ce_id"], "delivery": True}
+        context = RequestContext(request_id=fields["ce_id"], delivery=True)
         token = current_request.set(context)
         try:
             change = change_in(data)
             fields.update(change_id=change.change_id, type=change.type)
             service = self._api.service()
             attributes = _attributes_of(data)
-            context["trace"] = trace_of(attributes, service.trace_project)
-            context["traceparent"] = traceparent_of(attributes)
+            context.trace = trace_of(attributes, service.trace_project)
+            context.traceparent = traceparent_of(attributes)
             if not await service.worker.deliver(change):
                 outcome = "duplicate"
         except DeliveryInProgress:

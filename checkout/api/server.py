@@ -183,7 +183,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 def protocol() -> type[BoundedHttpToolsProtocol]:
     """The protocol class for the worker, bounded by the environment's settings.
 
-    A bad setting is reported by checkout.api.app's start checks (on Cloud Run the revision does not
+    A bad setting is reported by checkout/startup.py's checks (on Cloud Run the revision does not
     start); here it falls back to the defaults, so that a local server still has bounds.
     """
     try:
