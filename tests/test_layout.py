@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -483,6 +483,104 @@ def test_only_the_framework_module_changes_the_environment_or_the_module_table()
 )
 def test_the_process_change_guard_catches(source):
     assert changes_to_the_process(source)
+
+
+# What configures logging: handlers, levels, propagation, and our one call that sets them.
+LOGGING_SETUP = {
+    "addHandler",
+    "removeHandler",
+    "setLevel",
+    "basicConfig",
+    "dictConfig",
+    "fileConfig",
+    "disable",
+    "captureWarnings",
+    "setLoggerClass",
+    "setup_logging",
+}
+
+
+def _run_at_import(tree: ast.Module) -> Iterator[ast.AST]:
+    """The nodes of `tree` that run when the module is imported: not those inside a function."""
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                todo.append(child)
+
+
+def logging_configured_in(source: str, *, at_import: bool = False) -> list[str]:
+    """Each place `source` configures logging ("LINE: what"); `at_import`: only those that run
+    when it is imported, outside any function."""
+    tree = ast.parse(source)
+    found = []
+    for node in _run_at_import(tree) if at_import else ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            if name in LOGGING_SETUP:
+                found.append(f"{node.lineno}: {ast.unparse(node.func)}()")
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in targets:
+            if isinstance(target, ast.Attribute) and target.attr in ("propagate", "disabled"):
+                found.append(f"{target.lineno}: {ast.unparse(target)} assigned")
+    return found
+
+
+def test_logging_is_configured_only_by_setup_logging_and_only_when_called():
+    # logs.setup_logging() does it; framework.install() (main.py's one call) and the operator
+    # commands' entry point call it. Importing a module configures nothing.
+    at_import = [
+        f"{path.relative_to(ROOT)}:{place}"
+        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
+        for place in logging_configured_in(path.read_text(), at_import=True)
+    ]
+    assert at_import == []
+    configuring = {
+        path.relative_to(ROOT).as_posix()
+        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
+        if logging_configured_in(path.read_text())
+    }
+    assert configuring == {"checkout/logs.py", "checkout/framework.py", "checkout/__main__.py"}
+    source = (PACKAGE / "logs.py").read_text()
+    setup = next(
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef) and node.name == "setup_logging"
+    )
+    lines = [int(place.split(":")[0]) for place in logging_configured_in(source)]
+    assert lines and all(setup.lineno <= line <= (setup.end_lineno or 0) for line in lines)
+    for name in ("framework.py", "__main__.py"):
+        calls = logging_configured_in((PACKAGE / name).read_text())
+        assert calls and all(call.endswith("setup_logging()") for call in calls), name
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from checkout.logs import setup_logging\nsetup_logging()",
+        "from checkout import logs\nlogs.setup_logging()",
+        "import logging\nlogging.basicConfig(level=logging.INFO)",
+        "import logging\nlogging.getLogger('checkout').addHandler(logging.StreamHandler())",
+        "import logging\nlogging.getLogger('checkout').setLevel(logging.DEBUG)",
+        "import logging\nlog = logging.getLogger('checkout')\nlog.propagate = False",
+        "import logging.config\nlogging.config.dictConfig({'version': 1})",
+        "import logging\nclass Quiet:\n    logging.disable(logging.INFO)",
+    ],
+)
+def test_the_logging_guard_catches_configuration_at_import(source):
+    assert logging_configured_in(source, at_import=True), source
+
+
+def test_the_logging_guard_tells_a_call_at_import_from_one_inside_a_function():
+    source = "from checkout.logs import setup_logging\ndef main():\n    setup_logging()\n"
+    assert logging_configured_in(source, at_import=True) == []
+    assert logging_configured_in(source) == ["3: setup_logging()"]
 
 
 def test_main_makes_the_one_framework_call_before_importing_the_service():

@@ -27,7 +27,6 @@ from checkout.logs import (
     crash_fields,
     new_request_id,
     redact,
-    setup_logging,
     trace_of,
     traceparent_of,
 )
@@ -37,8 +36,6 @@ from checkout.runtime import Service
 
 log = logging.getLogger("checkout")
 request_log = logging.getLogger("checkout.request")
-
-setup_logging()
 
 
 class CheckoutApi:
