@@ -14,11 +14,11 @@ from checkout.api.limits import TokenBuckets, client_address
 from checkout.api.status_cache import NotFoundCache, Rechecks, StatusCache
 from checkout.config import Settings
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
-from checkout.logs import OutageLog
 from checkout.once import SingleFlight
 from checkout.orders.catalogue import Catalogue
 from checkout.orders.delivery import DeliverOrder, Worker, deliver_order_from_settings
 from checkout.orders.ledger import Ledger, ledger_from_settings
+from checkout.orders.ledger.outages import OutageLog
 from checkout.orders.publisher import InProcessPublisher, Publisher, PubSubPublisher
 from checkout.orders.recorder import Recorder
 from checkout.stripe_access.gateway import StripeGateway
