@@ -17,12 +17,12 @@ import logging
 import math
 import os
 import re
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from checkout.config import ConfigError, Settings
+from checkout.once import SingleFlight
 
 if TYPE_CHECKING:
     from google.cloud.secretmanager_v1 import SecretManagerServiceClient
@@ -149,27 +149,19 @@ def _kind_of(value: str) -> str:
     return "not recognisable as a Stripe key"
 
 
-class _Flight:
-    """One read of the secret that concurrent callers share."""
+def _fresh(error: BaseException) -> BaseException:
+    """A waiter's own copy of a shared read's error (one instance raised in many threads or tasks
+    tangles their tracebacks)."""
+    if isinstance(error, SecretConfigError | SecretUnavailable):
+        return type(error)(*error.args)
+    return error
 
-    def __init__(self) -> None:
-        self._done = threading.Event()
-        self.value: str | None = None
-        self.error: BaseException | None = None
 
-    def finish(self, value: str | None = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-        self._done.set()
-
-    def wait(self) -> str:
-        self._done.wait()
-        error = self.error
-        if error is not None:
-            # A fresh exception per waiter: one instance raised in many threads tangles tracebacks.
-            if isinstance(error, SecretConfigError | SecretUnavailable):
-                raise type(error)(*error.args)
-            raise SecretUnavailable("reading the secret was interrupted; retry")
-        return self.value or ""
+def _fresh_or_interrupted(error: BaseException) -> BaseException:
+    fresh = _fresh(error)
+    if fresh is error:  # the reading thread's own failure (an interrupt): it raises that itself
+        return SecretUnavailable("reading the secret was interrupted; retry")
+    return fresh
 
 
 class SecretSource:
@@ -197,14 +189,14 @@ class SecretSource:
         self._endpoint = endpoint
         self._validate = validate
         self._value_var, self._name_var = variables
-        self._lock = threading.Lock()
         self._cached: str | None = None
-        self._flight: _Flight | None = None
+        # One read at a time, shared by the threads that ask meanwhile, whatever value is stale.
+        self._reads: SingleFlight[str] = SingleFlight(_fresh_or_interrupted)
         self._resource: str | None = None
         self._client: SecretManagerServiceClient | None = None
         self._client_pid: int | None = None
         # One read in a worker thread per stale value, awaited by every coroutine that asks.
-        self._async_reads: dict[str | None, asyncio.Task[str]] = {}
+        self._async_reads: SingleFlight[str] = SingleFlight(_fresh)
         self._last_reread = -math.inf  # time.monotonic() of the last reread_async read
 
     @property
@@ -297,65 +289,36 @@ class SecretSource:
         cached = self._cached
         if cached is not None and cached != stale:
             return cached
-        loop = asyncio.get_running_loop()
-        read = self._async_reads.get(stale)
-        if read is None or read.get_loop() is not loop:
-            read = loop.create_task(asyncio.to_thread(self._load, stale))
-            self._async_reads[stale] = read
-            read.add_done_callback(self._async_read_done(stale))
+        read = self._async_reads.run(stale, lambda: asyncio.to_thread(self._load, stale))
         try:
-            # shield: a waiter that gives up (or is cancelled) leaves the read to the others.
-            return await asyncio.wait_for(asyncio.shield(read), self._async_wait)
+            # A waiter that gives up (or is cancelled) leaves the read to the others.
+            return await asyncio.wait_for(read, self._async_wait)
         except TimeoutError:
             raise SecretUnavailable(
                 f"the {self._label} was not read within {self._async_wait:g} s; retry"
             ) from None
-        except (SecretConfigError, SecretUnavailable) as error:
-            # A fresh exception per waiter: one instance raised in many tasks tangles tracebacks.
-            raise type(error)(*error.args) from None
-
-    def _async_read_done(self, stale: str | None) -> Callable[[asyncio.Task[str]], None]:
-        def forget(read: asyncio.Task[str]) -> None:
-            # Failures are never cached: the next caller starts a new read.
-            if self._async_reads.get(stale) is read:
-                del self._async_reads[stale]
-            if not read.cancelled():
-                read.exception()  # seen here, so a read every waiter gave up on is not reported
-
-        return forget
 
     def _load(self, stale: str | None) -> str:
         if not self.configured:
             raise SecretConfigError(
                 f"no {self._label} configured: set {self._value_var} or {self._name_var}"
             )
-        with self._lock:
-            cached = self._cached
-            if cached is not None and cached != stale:
-                return cached
-            flight = self._flight
-            if flight is not None:
-                leader = False
-            else:
-                flight = self._flight = _Flight()
-                leader = True
-        if not leader:
-            return flight.wait()
+        cached = self._cached
+        if cached is not None and cached != stale:
+            return cached
+        return self._reads.run_blocking(None, lambda: self._read_and_keep(stale))
 
+    def _read_and_keep(self, stale: str | None) -> str:
+        cached = self._cached  # a read that ended as this one was starting
+        if cached is not None and cached != stale:
+            return cached
         try:
             value = self._read(stale)
-        except BaseException as error:
+        except (SecretConfigError, SecretUnavailable) as error:
             # Failures are never cached: the next caller starts a new read.
-            with self._lock:
-                self._flight = None
-            flight.finish(error=error)
-            if isinstance(error, SecretConfigError | SecretUnavailable):
-                log.error("%s", error)  # The messages are written to be safe to log.
+            log.error("%s", error)  # The messages are written to be safe to log.
             raise
-        with self._lock:
-            self._cached = value
-            self._flight = None
-        flight.finish(value=value)
+        self._cached = value
         return value
 
     def _read(self, stale: str | None) -> str:
