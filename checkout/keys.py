@@ -289,7 +289,8 @@ class SecretSource:
         cached = self._cached
         if cached is not None and cached != stale:
             return cached
-        read = self._async_reads.run(stale, lambda: asyncio.to_thread(self._load, stale))
+        # Joined now, not when awaited: reread_async's callers tell a running read by its key.
+        read = self._async_reads.join(stale, lambda: asyncio.to_thread(self._load, stale))
         try:
             # A waiter that gives up (or is cancelled) leaves the read to the others.
             return await asyncio.wait_for(read, self._async_wait)

@@ -31,12 +31,19 @@ class SingleFlight(Generic[T]):
         self._waiter_error = waiter_error
 
     async def run(self, key: Hashable, action: Callable[[], Awaitable[T]]) -> T:
+        return await self.join(key, action)
+
+    def join(self, key: Hashable, action: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """`run`, with the attempt under way (`key in self`) before this returns its outcome."""
         flight = self._flights.get(key)
         # A flight of another event loop (one stopped with it pending) could never be awaited.
         if flight is None or flight.get_loop() is not asyncio.get_running_loop():
             flight = asyncio.ensure_future(action())
             self._flights[key] = flight
             flight.add_done_callback(lambda done: self._land(key, done))
+        return self._outcome(flight)
+
+    async def _outcome(self, flight: asyncio.Task[T]) -> T:
         try:
             return await asyncio.shield(flight)
         except Exception as error:

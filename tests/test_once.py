@@ -190,3 +190,17 @@ def test_a_failure_reaches_the_other_threads_as_the_waiter_error_says():
     assert sorted(type(r).__name__ for r in results) == ["KeyError", "LookupError", "LookupError"]
     assert len({id(r) for r in results}) == 3
     assert crowd.attempts == 1
+
+
+def test_a_joined_attempt_is_under_way_before_it_is_awaited():
+    async def main() -> tuple[bool, int, int]:
+        flight: SingleFlight[int] = SingleFlight()
+
+        async def action() -> int:
+            return 7
+
+        outcome = flight.join("k", action)
+        under_way = "k" in flight
+        return under_way, await outcome, len(flight)
+
+    assert asyncio.run(main()) == (True, 7, 0)
