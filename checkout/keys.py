@@ -58,8 +58,8 @@ _KINDS = (
 # Project ids, numbers and domain-scoped ids ("example.com:p"); secret ids; versions or aliases.
 _PROJECT, _ID, _VERSION = r"[A-Za-z0-9.:_-]+", r"[A-Za-z0-9_-]{1,255}", r"[A-Za-z0-9_-]+"
 _FULL_NAME = re.compile(rf"^projects/{_PROJECT}/secrets/{_ID}/versions/{_VERSION}$")
-_SECRET_NAME = re.compile(rf"^projects/{_PROJECT}/secrets/{_ID}$")
-_BARE_NAME = re.compile(rf"^{_ID}$")
+SECRET_NAME = re.compile(rf"^projects/{_PROJECT}/secrets/{_ID}$")
+SECRET_ID = re.compile(rf"^{_ID}$")
 
 
 # Values read and checked at start, by resource name, for the processes forked after it:
@@ -363,10 +363,10 @@ class SecretSource:
                 )
         if _FULL_NAME.match(name):
             resource = name
-        elif _SECRET_NAME.match(name):
+        elif SECRET_NAME.match(name):
             resource = f"{name}/versions/latest"
-        elif _BARE_NAME.match(name):
-            project = self._project or _default_project(var)
+        elif SECRET_ID.match(name):
+            project = self._project or default_project(var)
             resource = f"projects/{project}/secrets/{name}/versions/latest"
         elif "/locations/" in name:
             raise SecretConfigError(
@@ -396,7 +396,7 @@ class SecretSource:
             client = self._client_for_this_process()
             response = client.access_secret_version(
                 request={"name": resource},
-                retry=_retry_policy() if retry else None,
+                retry=secret_manager_retry() if retry else None,
                 timeout=timeout,
             )
         except api.NotFound:
@@ -415,13 +415,13 @@ class SecretSource:
             ) from None
         except api.BadRequest as error:
             raise SecretConfigError(
-                f"Secret Manager refused {resource}: {_describe(error)}; enable the version or "
-                f"fix {self._name_var}"
+                f"Secret Manager refused {resource}: {describe_error(error)}; enable the version "
+                f"or fix {self._name_var}"
             ) from None
         except api.RetryError as error:
             raise SecretUnavailable(
                 f"Secret Manager is unavailable for {resource}: still failing after retrying "
-                f"for up to {_RETRY_BUDGET_S:g} s (last error: {_describe(error.cause)})"
+                f"for up to {_RETRY_BUDGET_S:g} s (last error: {describe_error(error.cause)})"
             ) from None
         except requests.Timeout:
             raise SecretUnavailable(
@@ -435,7 +435,7 @@ class SecretSource:
             ) from None
         except Exception as error:  # anything else is an outage, not a value to show
             raise SecretUnavailable(
-                f"reading {resource} from Secret Manager failed: {_describe(error)}"
+                f"reading {resource} from Secret Manager failed: {describe_error(error)}"
             ) from None
 
         version = response.name or resource
@@ -457,7 +457,7 @@ class SecretSource:
         # fork shares pooled sockets with the parent: each process makes its own.
         pid = os.getpid()
         if self._client is None or self._client_pid != pid:
-            self._client = _new_client(self._endpoint)
+            self._client = secret_manager_client(self._endpoint)
             self._client_pid = pid
         return self._client
 
@@ -479,7 +479,8 @@ class SecretSource:
             client.transport.close()  # type: ignore[no-untyped-call]  # (untyped in the library)
 
 
-def _new_client(endpoint: str | None) -> SecretManagerServiceClient:
+def secret_manager_client(endpoint: str | None) -> SecretManagerServiceClient:
+    """A Secret Manager client over REST (to `endpoint`, an emulator, when given)."""
     # REST rather than gRPC: no channel and no gRPC threads, so nothing to break across a fork,
     # and one transport both in production and against the local emulator.
     from google.cloud.secretmanager_v1 import SecretManagerServiceClient
@@ -495,7 +496,8 @@ def _new_client(endpoint: str | None) -> SecretManagerServiceClient:
     return SecretManagerServiceClient(transport="rest")
 
 
-def _retry_policy() -> Any:
+def secret_manager_retry() -> Any:
+    """Retry transient Secret Manager errors within _RETRY_BUDGET_S."""
     import requests
     from google.api_core import exceptions as api
     from google.api_core import retry
@@ -516,7 +518,7 @@ def _retry_policy() -> Any:
     )
 
 
-def _default_project(variable: str) -> str:
+def default_project(variable: str) -> str:
     """The project of the runtime's default credentials (Cloud Run does not set one for us)."""
     import google.auth
     from google.auth import exceptions as auth
@@ -537,7 +539,8 @@ def _default_project(variable: str) -> str:
     return project
 
 
-def _describe(error: BaseException | None) -> str:
+def describe_error(error: BaseException | None) -> str:
+    """What went wrong, safe to log: Google's status and sentence, or the type alone."""
     # Google's errors carry the service's own sentence (never the payload); for anything else the
     # type alone, since a library's message could quote what it failed to parse.
     from google.api_core import exceptions as api
@@ -578,68 +581,3 @@ def webhook_secret_source(settings: Settings) -> SecretSource:
         validate=check_webhook_secret_shape,
         variables=("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_NAME"),
     )
-
-
-def _secret_parent(settings: Settings, name: str) -> str:
-    """`projects/P/secrets/S` for --secret's S (in GOOGLE_CLOUD_PROJECT) or full name."""
-    if _BARE_NAME.match(name):
-        project = settings.google_cloud_project or _default_project("--secret")
-        return f"projects/{project}/secrets/{name}"
-    if _SECRET_NAME.match(name):
-        return name
-    raise SecretConfigError(
-        f"--secret must name a secret as S or projects/P/secrets/S, got {name[:80]!r}"
-    )
-
-
-async def secret_exists(settings: Settings, name: str) -> bool | None:
-    """Whether the secret `name` exists, before `register-webhook` makes an endpoint whose signing
-    secret must be stored in it: True; None when we may not tell (an account that may only add
-    versions cannot read the secret itself); SecretConfigError when it does not exist, and
-    SecretUnavailable when Secret Manager cannot be asked."""
-    parent = _secret_parent(settings, name)
-
-    def get() -> bool | None:
-        from google.api_core import exceptions as api
-
-        client = _new_client(settings.secret_manager_endpoint)
-        try:
-            client.get_secret(name=parent, timeout=10.0, retry=_retry_policy())
-        except api.NotFound:
-            raise SecretConfigError(
-                f"the secret {parent} does not exist: create it first (gcloud secrets create)"
-            ) from None
-        except api.Forbidden:  # PermissionDenied, or REST's 403
-            return None
-        except Exception as error:
-            raise SecretUnavailable(
-                f"Secret Manager could not say whether {parent} exists: {_describe(error)}"
-            ) from None
-        return True
-
-    return await asyncio.to_thread(get)
-
-
-async def add_secret_version(settings: Settings, name: str, value: str) -> str:
-    """Store `value` as a new version of the secret `name` (S or projects/P/secrets/S); the
-    version's resource name. For `register-webhook`: never logged, never printed."""
-    parent = _secret_parent(settings, name)
-    import google_crc32c
-
-    data = value.encode()
-
-    def add() -> str:
-        client = _new_client(settings.secret_manager_endpoint)
-        request = {
-            "parent": parent,
-            "payload": {"data": data, "data_crc32c": int(google_crc32c.value(data))},
-        }
-        try:
-            version = client.add_secret_version(request=request, timeout=10.0)
-        except Exception as error:
-            raise SecretUnavailable(
-                f"Secret Manager did not store a version of {parent}: {_describe(error)}"
-            ) from None
-        return str(version.name)
-
-    return await asyncio.to_thread(add)

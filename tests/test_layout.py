@@ -142,6 +142,41 @@ def test_every_error_code_has_exactly_one_constructor_and_it_builds_that_code():
     assert built == {code: [code] for code in errors.CODES}
 
 
+# Secret Manager's calls that look at or change a secret itself, not read one of its values.
+SECRET_ADMIN_CALLS = {
+    "add_secret_version",
+    "create_secret",
+    "delete_secret",
+    "update_secret",
+    "get_secret",
+    "destroy_secret_version",
+    "disable_secret_version",
+    "enable_secret_version",
+    "set_iam_policy",
+}
+
+
+def secret_admin_calls_in(source: str) -> list[str]:
+    return [
+        f"{node.lineno}: {ast.unparse(node.func)}()"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in SECRET_ADMIN_CALLS
+    ]
+
+
+def test_only_the_operator_commands_administer_secrets():
+    # The service reads secret values (checkout/keys.py); writing them is an operator's command.
+    found = {
+        path.relative_to(ROOT).as_posix(): secret_admin_calls_in(path.read_text())
+        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
+    }
+    writers = {path for path, calls in found.items() if calls}
+    assert writers and all(path.startswith("checkout/ops/") for path in writers), writers
+    assert not secret_admin_calls_in("client.access_secret_version(request={})")
+
+
 # --- Dependencies passed in, imports pointing one way (main → app → handlers → services) ----
 
 

@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 import stripe
 
 from checkout.errors import ApiError
-from checkout.keys import SecretConfigError, SecretUnavailable, add_secret_version, secret_exists
+from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.ops.secrets import add_secret_version, secret_exists
 from checkout.orders.model import HANDLED_EVENTS
 from checkout.runtime import Service
 
