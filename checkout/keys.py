@@ -19,6 +19,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from checkout.config import ConfigError, Settings
@@ -105,6 +106,27 @@ def check_webhook_secret_shape(value: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class SecretSetting:
+    """One secret: its name in messages, the variables that give it, and its shape."""
+
+    label: str
+    value_var: str  # the variable holding the value itself
+    name_var: str  # the one naming a Secret Manager secret instead
+    validate: Callable[[str], str]  # the value without surrounding white space, or refused
+
+
+STRIPE_KEY = SecretSetting(
+    "Stripe key", "STRIPE_SECRET_KEY", "STRIPE_SECRET_NAME", check_stripe_key_shape
+)
+WEBHOOK_SECRET = SecretSetting(
+    "Stripe webhook signing secret",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_WEBHOOK_SECRET_NAME",
+    check_webhook_secret_shape,
+)
+
+
 def check_secret_shapes(settings: Settings) -> None:
     """A key or signing secret given in the environment must look like one (the shapes above).
 
@@ -112,17 +134,16 @@ def check_secret_shapes(settings: Settings) -> None:
     revision takes traffic. One named by STRIPE_SECRET_NAME or STRIPE_WEBHOOK_SECRET_NAME is read
     by check_named_secrets.
     """
-    given = (
-        ("STRIPE_SECRET_KEY", settings.stripe_secret_key, check_stripe_key_shape),
-        ("STRIPE_WEBHOOK_SECRET", settings.stripe_webhook_secret, check_webhook_secret_shape),
-    )
-    for variable, value, check in given:
+    for secret, value in (
+        (STRIPE_KEY, settings.stripe_secret_key),
+        (WEBHOOK_SECRET, settings.stripe_webhook_secret),
+    ):
         if value is None:
             continue
         try:
-            check(value)
+            secret.validate(value)
         except SecretConfigError as error:  # its message names the kind, never the value
-            raise ConfigError(f"{variable} is not usable: {error}") from None
+            raise ConfigError(f"{secret.value_var} is not usable: {error}") from None
 
 
 def check_named_secrets(settings: Settings) -> None:
@@ -169,26 +190,19 @@ class SecretSource:
 
     def __init__(
         self,
-        *,
-        label: str,
+        secret: SecretSetting,
         value: str | None,
         name: str | None,
-        project: str | None,
-        endpoint: str | None,
-        validate: Callable[[str], str],
-        variables: tuple[str, str] = ("the value", "the secret name"),
+        settings: Settings,
         async_wait_seconds: float = _ASYNC_WAIT_S,
     ) -> None:
-        """`variables` names the settings holding `value` and `name`, for error messages;
-        a coroutine waits at most `async_wait_seconds` for a read."""
-        self._label = label
+        """`value` as given, else the secret `name` in Secret Manager (the project and endpoint
+        of `settings`); a coroutine waits at most `async_wait_seconds` for a read."""
+        self._secret = secret
+        self._direct, self._name = value, name
+        self._project = settings.google_cloud_project
+        self._endpoint = settings.secret_manager_endpoint
         self._async_wait = async_wait_seconds
-        self._direct = value
-        self._name = name
-        self._project = project
-        self._endpoint = endpoint
-        self._validate = validate
-        self._value_var, self._name_var = variables
         self._cached: str | None = None
         # One read at a time, shared by the threads that ask meanwhile, whatever value is stale.
         self._reads: SingleFlight[str] = SingleFlight(_fresh_or_interrupted)
@@ -251,7 +265,7 @@ class SecretSource:
         """Read a named secret once and check its shape (see check_named_secrets)."""
         if self._direct is not None or self._name is None:
             return
-        var = self._name_var
+        var = self._secret.name_var
         try:
             resource = self._resource_name()
             text, version = self._access(resource, retry=False, timeout=_START_TIMEOUT_S)
@@ -264,14 +278,14 @@ class SecretSource:
                 "%s: the %s could not be checked before starting (%s); starting anyway, and "
                 "requests that need it answer 503 until it can be read",
                 var,
-                self._label,
+                self._secret.label,
                 error,
             )
             return
         finally:
             self._close_client()
         _checked_at_start[resource] = (os.getpid(), time.monotonic(), text, version)
-        log.info("checked the %s from %s before starting", self._label, version)
+        log.info("checked the %s from %s before starting", self._secret.label, version)
 
     def warm(self) -> None:
         """Read the secret now so the first request does not wait; a failure is retried later."""
@@ -296,13 +310,14 @@ class SecretSource:
             return await asyncio.wait_for(read, self._async_wait)
         except TimeoutError:
             raise SecretUnavailable(
-                f"the {self._label} was not read within {self._async_wait:g} s; retry"
+                f"the {self._secret.label} was not read within {self._async_wait:g} s; retry"
             ) from None
 
     def _load(self, stale: str | None) -> str:
         if not self.configured:
+            secret = self._secret
             raise SecretConfigError(
-                f"no {self._label} configured: set {self._value_var} or {self._name_var}"
+                f"no {secret.label} configured: set {secret.value_var} or {secret.name_var}"
             )
         cached = self._cached
         if cached is not None and cached != stale:
@@ -324,28 +339,31 @@ class SecretSource:
 
     def _read(self, stale: str | None) -> str:
         if self._direct is not None:
-            return self._checked(self._direct, self._value_var)
+            return self._checked(self._direct, self._secret.value_var)
         resource = self._resource_name()
         if stale is not None:
             log.info(
-                "re-reading the %s from %s: the cached value was rejected", self._label, resource
+                "re-reading the %s from %s: the cached value was rejected",
+                self._secret.label,
+                resource,
             )
         inherited = self._inherited(resource) if stale is None else None
         text, version = inherited or self._access(resource)
-        value = self._checked(text, f"secret {version} ({self._name_var})")
+        value = self._checked(text, f"secret {version} ({self._secret.name_var})")
         if stale is None:
-            log.info("loaded the %s from %s", self._label, version)
+            log.info("loaded the %s from %s", self._secret.label, version)
         elif value == stale:
-            log.warning("the %s from %s is unchanged after a re-read", self._label, version)
+            log.warning("the %s from %s is unchanged after a re-read", self._secret.label, version)
         else:
-            log.info("the %s changed: now using %s", self._label, version)
+            log.info("the %s changed: now using %s", self._secret.label, version)
         return value
 
     def _checked(self, value: str, origin: str) -> str:
         try:
-            return self._validate(value)
+            return self._secret.validate(value)
         except SecretConfigError as error:
-            raise SecretConfigError(f"{origin} is not a usable {self._label}: {error}") from None
+            label = self._secret.label
+            raise SecretConfigError(f"{origin} is not a usable {label}: {error}") from None
 
     # -- Secret Manager --------------------------------------------------------------------
 
@@ -353,13 +371,14 @@ class SecretSource:
         if self._resource is not None:
             return self._resource
         name = self._name or ""
-        var = self._name_var
+        var = self._secret.name_var
         for prefix, kind in _KINDS:
             if name.startswith(prefix):
                 # Someone put the secret itself here: refuse before it reaches a URL or a log.
                 raise SecretConfigError(
                     f"{var} holds {kind}, not a secret name: put the value in "
-                    f"{self._value_var}, or store it in Secret Manager and name the secret here"
+                    f"{self._secret.value_var}, or store it in Secret Manager and name the secret "
+                    "here"
                 )
         if _FULL_NAME.match(name):
             resource = name
@@ -402,7 +421,7 @@ class SecretSource:
         except api.NotFound:
             raise SecretConfigError(
                 f"Secret Manager has no {resource}: create the secret (with an enabled version) "
-                f"or fix {self._name_var}"
+                f"or fix {self._secret.name_var}"
             ) from None
         except api.Forbidden:
             raise SecretUnavailable(
@@ -416,7 +435,7 @@ class SecretSource:
         except api.BadRequest as error:
             raise SecretConfigError(
                 f"Secret Manager refused {resource}: {describe_error(error)}; enable the version "
-                f"or fix {self._name_var}"
+                f"or fix {self._secret.name_var}"
             ) from None
         except api.RetryError as error:
             raise SecretUnavailable(
@@ -558,26 +577,11 @@ def stripe_api_key_source(
     settings: Settings, async_wait_seconds: float = _ASYNC_WAIT_S
 ) -> SecretSource:
     """The Stripe API key: STRIPE_SECRET_KEY, else the secret named by STRIPE_SECRET_NAME."""
-    return SecretSource(
-        label="Stripe key",
-        value=settings.stripe_secret_key,
-        name=settings.stripe_secret_name,
-        project=settings.google_cloud_project,
-        endpoint=settings.secret_manager_endpoint,
-        validate=check_stripe_key_shape,
-        variables=("STRIPE_SECRET_KEY", "STRIPE_SECRET_NAME"),
-        async_wait_seconds=async_wait_seconds,
-    )
+    given = settings.stripe_secret_key, settings.stripe_secret_name
+    return SecretSource(STRIPE_KEY, *given, settings, async_wait_seconds)
 
 
 def webhook_secret_source(settings: Settings) -> SecretSource:
     """The webhook signing secret: STRIPE_WEBHOOK_SECRET, else STRIPE_WEBHOOK_SECRET_NAME."""
-    return SecretSource(
-        label="Stripe webhook signing secret",
-        value=settings.stripe_webhook_secret,
-        name=settings.stripe_webhook_secret_name,
-        project=settings.google_cloud_project,
-        endpoint=settings.secret_manager_endpoint,
-        validate=check_webhook_secret_shape,
-        variables=("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_NAME"),
-    )
+    given = settings.stripe_webhook_secret, settings.stripe_webhook_secret_name
+    return SecretSource(WEBHOOK_SECRET, *given, settings)
