@@ -104,6 +104,7 @@ def test_pubsub_is_imported_only_inside_the_publisher_when_a_topic_is_used():
         "checkout.api.webhook",
         "checkout.api.routes",
         "checkout.api.app",
+        "checkout.api.fulfil",
     ):
         assert "checkout.ops.subscriptions" not in imports_of(module_file(module))
 
@@ -199,6 +200,29 @@ def test_the_service_has_its_own_module():
     from checkout.runtime import Service
 
     assert Service.__module__ == "checkout.runtime"
+
+
+def test_the_push_handler_and_the_start_checks_have_modules_of_their_own():
+    # api/app.py dispatches HTTP requests; Pub/Sub's pushes and the checks before a start are
+    # other concerns, each in its own room.
+    from checkout.api.fulfil import FulfilApi
+    from checkout.startup import check_api_can_start, exit_if_misconfigured
+
+    assert FulfilApi.__module__ == "checkout.api.fulfil"
+    assert exit_if_misconfigured.__module__ == check_api_can_start.__module__ == "checkout.startup"
+    app = {
+        node.name
+        for node in ast.parse((PACKAGE / "api" / "app.py").read_text()).body
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef))
+    }
+    assert not app & {"FulfilApi", "_attributes_of", "exit_if_misconfigured", "check_api_can_start"}
+
+
+def test_the_ledgers_outage_log_lives_beside_the_ledger():
+    from checkout.orders.ledger.outages import OutageLog
+
+    assert OutageLog.__module__.startswith("checkout.orders.ledger")
+    assert "OutageLog" not in (PACKAGE / "logs.py").read_text()
 
 
 @pytest.mark.parametrize("module", [*HANDLERS, *SERVICES])
