@@ -5,7 +5,8 @@ from __future__ import annotations
 import ast
 import inspect
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -497,16 +498,21 @@ def test_the_circle_guard_catches(tmp_path):
 # --- Nothing surprising at import ---------------------------------------------------------------
 
 
+def written(node: ast.AST) -> list[ast.expr]:
+    """What `node` assigns, augments or deletes."""
+    if isinstance(node, (ast.Assign, ast.Delete)):
+        return node.targets
+    if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        return [node.target]
+    return []
+
+
 def changes_to_the_process(source: str) -> list[str]:
     """Each place `source` writes os.environ or sys.modules."""
     found = []
     for node in ast.walk(ast.parse(source)):
-        targets: list[ast.expr] = []
-        if isinstance(node, (ast.Assign, ast.Delete)):
-            targets = node.targets
-        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
-            targets = [node.target]
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        targets = written(node)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             if node.func.attr in ("putenv", "unsetenv"):
                 targets = [node.func]
             elif node.func.attr in ("update", "setdefault", "pop", "popitem", "clear"):
@@ -518,15 +524,21 @@ def changes_to_the_process(source: str) -> list[str]:
     return found
 
 
-def test_only_the_framework_module_changes_the_environment_or_the_module_table():
-    # Its changes run in one explicit call, framework.install(), which main.py makes first.
-    offending = [
+def places_in_the_service(
+    find: Callable[[str], list[str]], *, but: Path | None = None
+) -> list[str]:
+    """Each "FILE:LINE: what" that `find` reports in checkout/ and main.py (but one file)."""
+    return [
         f"{path.relative_to(ROOT)}:{place}"
         for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
-        if path != PACKAGE / "framework.py"
-        for place in changes_to_the_process(path.read_text())
+        if path != but
+        for place in find(path.read_text())
     ]
-    assert offending == []
+
+
+def test_only_the_framework_module_changes_the_environment_or_the_module_table():
+    # Its changes run in one explicit call, framework.install(), which main.py makes first.
+    assert places_in_the_service(changes_to_the_process, but=PACKAGE / "framework.py") == []
     assert changes_to_the_process((PACKAGE / "framework.py").read_text())  # the guard sees them
 
 
@@ -580,12 +592,7 @@ def logging_configured_in(source: str, *, at_import: bool = False) -> list[str]:
             name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
             if name in LOGGING_SETUP:
                 found.append(f"{node.lineno}: {ast.unparse(node.func)}()")
-        targets: list[ast.expr] = []
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
-            targets = [node.target]
-        for target in targets:
+        for target in written(node):
             if isinstance(target, ast.Attribute) and target.attr in ("propagate", "disabled"):
                 found.append(f"{target.lineno}: {ast.unparse(target)} assigned")
     return found
@@ -594,12 +601,7 @@ def logging_configured_in(source: str, *, at_import: bool = False) -> list[str]:
 def test_logging_is_configured_only_by_setup_logging_and_only_when_called():
     # logs.setup_logging() does it; framework.install() (main.py's one call) and the operator
     # commands' entry point call it. Importing a module configures nothing.
-    at_import = [
-        f"{path.relative_to(ROOT)}:{place}"
-        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
-        for place in logging_configured_in(path.read_text(), at_import=True)
-    ]
-    assert at_import == []
+    assert places_in_the_service(partial(logging_configured_in, at_import=True)) == []
     configuring = {
         path.relative_to(ROOT).as_posix()
         for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]

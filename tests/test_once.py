@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from checkout.once import SingleFlight
+from tests.support import in_crowd
 
 
 def test_concurrent_callers_share_one_attempt_and_its_result():
@@ -49,21 +50,29 @@ def test_nothing_is_remembered_after_the_attempt():
     assert asyncio.run(main()) == 2
 
 
-def test_a_failure_reaches_every_waiting_caller():
+def three_waiters_of_a_failure(
+    flight: SingleFlight[int], error: Exception
+) -> list[BaseException | int]:
+    """What three coroutines waiting on one attempt, which raises `error`, each get."""
+
     async def main() -> list[BaseException | int]:
-        flight: SingleFlight[int] = SingleFlight()
         gate = asyncio.Event()
 
         async def action() -> int:
             await gate.wait()
-            raise RuntimeError("down")
+            raise error
 
         waiting = [asyncio.ensure_future(flight.run("k", action)) for _ in range(3)]
         await asyncio.sleep(0)
         gate.set()
         return list(await asyncio.gather(*waiting, return_exceptions=True))
 
-    assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+    return asyncio.run(main())
+
+
+def test_a_failure_reaches_every_waiting_caller():
+    down = RuntimeError("down")
+    assert three_waiters_of_a_failure(SingleFlight(), down) == [down] * 3
 
 
 def test_a_flight_of_an_abandoned_event_loop_is_not_joined_from_another():
@@ -103,20 +112,8 @@ def test_each_waiter_may_get_its_own_copy_of_the_failure():
     class Down(Exception):
         pass
 
-    async def main() -> list[BaseException | int]:
-        flight: SingleFlight[int] = SingleFlight(waiter_error=lambda e: Down(*e.args))
-        gate = asyncio.Event()
-
-        async def action() -> int:
-            await gate.wait()
-            raise Down("down")
-
-        waiting = [asyncio.ensure_future(flight.run("k", action)) for _ in range(3)]
-        await asyncio.sleep(0)
-        gate.set()
-        return list(await asyncio.gather(*waiting, return_exceptions=True))
-
-    results = asyncio.run(main())
+    flight: SingleFlight[int] = SingleFlight(waiter_error=lambda e: Down(*e.args))
+    results = three_waiters_of_a_failure(flight, Down("down"))
     assert all(isinstance(r, Down) and r.args == ("down",) for r in results)
     assert len({id(r) for r in results}) == 3
 
@@ -144,24 +141,6 @@ class Crowd:
         self._all_in.wait(30)
         time.sleep(0.1)  # from `entered` to the flight's lock is a few bytecodes
 
-    def run(self, call: Callable[[], int]) -> list[int | BaseException]:
-        barrier = threading.Barrier(self.count)
-        results: list[int | BaseException] = [0] * self.count
-
-        def run(index: int) -> None:
-            barrier.wait()
-            try:
-                results[index] = call()
-            except BaseException as error:
-                results[index] = error
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(self.count)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        return results
-
 
 def test_threads_with_one_key_share_one_attempt_and_nothing_is_remembered():
     flight: SingleFlight[int] = SingleFlight()
@@ -171,7 +150,7 @@ def test_threads_with_one_key_share_one_attempt_and_nothing_is_remembered():
         crowd.attempt()
         return 7
 
-    assert crowd.run(lambda: crowd.call(flight, action)) == [7] * 5
+    assert in_crowd([lambda: crowd.call(flight, action)] * 5) == [7] * 5
     assert crowd.attempts == 1
     assert "k" not in flight
     assert flight.run_blocking("k", lambda: 8) == 8
@@ -185,7 +164,7 @@ def test_a_failure_reaches_the_other_threads_as_the_waiter_error_says():
         crowd.attempt()
         raise KeyError("gone")
 
-    results = crowd.run(lambda: crowd.call(flight, action))
+    results = in_crowd([lambda: crowd.call(flight, action)] * 3)
     # The thread that ran the attempt sees its own error; the others, each its own copy.
     assert sorted(type(r).__name__ for r in results) == ["KeyError", "LookupError", "LookupError"]
     assert len({id(r) for r in results}) == 3
