@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.background import BackgroundTask
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -24,34 +22,21 @@ from checkout.api.http import (
 )
 from checkout.api.parts import HttpParts
 from checkout.api.routes import Endpoint, endpoint_at, match
-from checkout.config import ConfigError, Settings, load_settings, server_limits
+from checkout.config import ConfigError, Settings, load_settings
 from checkout.errors import ApiError
-from checkout.keys import check_named_secrets, check_secret_shapes
 from checkout.logs import (
     crash_fields,
-    current_request,
     new_request_id,
     redact,
-    setup_logging,
     trace_of,
     traceparent_of,
 )
-from checkout.orders.delivery import (
-    BadMessage,
-    DeliverOrder,
-    DeliveryFailed,
-    DeliveryInProgress,
-    change_in,
-    deliver_order_from_settings,
-)
-from checkout.orders.ledger import LedgerUnavailable
+from checkout.orders.delivery import DeliverOrder
+from checkout.request_context import RequestContext, current_request
 from checkout.runtime import OnFirstUse, Runtime
 
 log = logging.getLogger("checkout")
 request_log = logging.getLogger("checkout.request")
-worker_log = logging.getLogger("checkout.worker")
-
-setup_logging()
 
 
 class CheckoutApi:
@@ -101,20 +86,21 @@ class CheckoutApi:
     async def handle(self, request: Request) -> Response:
         """Serve one request: route, check CORS, run the handler, log one line."""
         started = time.perf_counter()
-        context: dict[str, Any] = {"request_id": new_request_id()}
+        context = RequestContext(request_id=new_request_id())
         token = current_request.set(context)
         method, path = request.method, request.scope["path"]
         origin = request.headers.get("Origin")
         endpoint: Endpoint | None = None
         error: ApiError | None = None
+        crash: Exception | None = None
         try:
             check_header_sizes(request)
             check_canonical_path(request)
             endpoint = match(path, method)
-            context["public"] = endpoint.browser  # its Stripe calls may not take the reserve
+            context.public = endpoint.browser  # its Stripe calls may not take the reserve
             runtime, parts = self.runtime(), self.parts()
-            context["trace"] = trace_of(request.headers, runtime.trace_project)
-            context["traceparent"] = traceparent_of(request.headers)
+            context.trace = trace_of(request.headers, runtime.trace_project)
+            context.traceparent = traceparent_of(request.headers)
             if endpoint.browser and origin is not None and not parts.cors.allows(origin):
                 raise parts.cors.refuse(origin)
             if method == "OPTIONS":
@@ -123,23 +109,29 @@ class CheckoutApi:
                 response = await endpoint.handler(parts.handlers)(request)
         except ApiError as caught:
             error = caught
-            response = error_response(caught, context["request_id"])
-        except Exception as crash:
+            response = error_response(caught, context.request_id)
+        except Exception as caught:
             # A bug: its type, message and traceback go into this request's one log line (below),
             # with anything shaped like a secret blanked; the client gets a sentence and the id.
-            context["crash"] = crash
+            crash = caught
             error = errors.internal_error()
-            response = error_response(error, context["request_id"])
+            response = error_response(error, context.request_id)
         try:
             # A 405 still knows its endpoint: whether CORS applies depends on the path alone.
             endpoint = endpoint or endpoint_at(path)
-            self._finish(response, context["request_id"], endpoint, origin)
+            self._finish(response, context.request_id, endpoint, origin)
             _log_request(
-                method, path, response, error, context, seconds=time.perf_counter() - started
+                method,
+                path,
+                response,
+                error,
+                crash=crash,
+                stripe_request_id=context.stripe_request_id,
+                seconds=time.perf_counter() - started,
             )
         finally:
             current_request.reset(token)
-        after = context.get("after_response")
+        after = context.after_response
         if after:
             # Local in-process delivery only (no ORDER_EVENTS_TOPIC, never on Cloud Run): the
             # worker runs once the answer is sent, as it would behind Pub/Sub.
@@ -167,122 +159,7 @@ class CheckoutApi:
             return False  # misconfigured: the error response says so, without CORS
 
 
-class FulfilApi:
-    """`fulfil_order` for one process: the same runtime as the API's, built on first use.
-
-    Each CloudEvent carries one Pub/Sub message of the order topic. The answer is what Pub/Sub
-    acts on: 2xx acknowledges it (delivered now, or before); anything else makes it redeliver
-    later, and after the subscription's maximum attempts send it to the dead-letter topic.
-    """
-
-    def __init__(
-        self, deliver: DeliverOrder | None = None, load: Callable[[], Settings] = load_settings
-    ) -> None:
-        self._api = CheckoutApi(deliver, load)
-
-    async def handle(self, event_id: str, data: object) -> None:
-        """Deliver one message's change; HTTPException (non-2xx) when Pub/Sub must retry."""
-        started = time.perf_counter()
-        fields: dict[str, Any] = {"ce_id": str(event_id)[:100]}
-        status, outcome = 200, "delivered"
-        # The change's trace (a message attribute): every record of this delivery joins it.
-        context: dict[str, Any] = {"request_id": fields["ce_id"], "delivery": True}
-        token = current_request.set(context)
-        try:
-            change = change_in(data)
-            fields.update(change_id=change.change_id, type=change.type)
-            runtime = self._api.runtime()
-            attributes = _attributes_of(data)
-            context["trace"] = trace_of(attributes, runtime.trace_project)
-            context["traceparent"] = traceparent_of(attributes)
-            if not await runtime.worker.deliver(change):
-                outcome = "duplicate"
-        except DeliveryInProgress:
-            # Queued behind the run that holds the change or its order, which publishes it again
-            # when it ends: acknowledged, so that a duplicate uses up none of Pub/Sub's attempts.
-            outcome = "in_progress"
-        except BadMessage as error:
-            status, outcome = 400, "bad_message"
-            fields["detail"] = redact(str(error))[:300]
-        except ApiError as error:  # the settings are wrong: logged when the runtime was built
-            status, outcome = 500, "misconfigured"
-            fields["detail"] = error.code
-        except DeliveryFailed as error:
-            status, outcome = 500, "failed"
-            fields["detail"] = redact(str(error))[:300]
-        except LedgerUnavailable as error:
-            status, outcome = 503, "ledger_unavailable"
-            fields["detail"] = redact(str(error))[:300]
-        fields.update(
-            outcome=outcome, status=status, latency=f"{time.perf_counter() - started:.6f}s"
-        )
-        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-        try:
-            worker_log.log(level, "fulfil_order %s", outcome, extra={"fields": fields})
-        finally:
-            current_request.reset(token)
-        if status >= 300:
-            raise HTTPException(status, outcome)
-
-    def close(self) -> None:
-        self._api.close()
-
-
-def _attributes_of(data: object) -> dict[str, str]:
-    message = data.get("message") if isinstance(data, dict) else None
-    attributes = message.get("attributes") if isinstance(message, dict) else None
-    if not isinstance(attributes, dict):
-        return {}
-    return {str(k): str(v) for k, v in attributes.items()}
-
-
-def exit_if_misconfigured() -> None:
-    """On Cloud Run, check the settings before serving, and exit at once if they are wrong.
-
-    Called when main.py is imported, in the server's first process, before it listens: a revision
-    whose process exits never becomes ready, so traffic stays on the previous one. Locally the
-    error is answered per request instead (and `make run` refuses to start).
-    """
-    if not os.environ.get("K_SERVICE", "").strip():
-        # Locally the same checks of the secrets' shapes, said as loudly, before any request.
-        try:
-            check_secret_shapes(load_settings())
-            server_limits()
-        except ConfigError as error:
-            log.error("configuration error: %s", error)
-        return
-    try:
-        settings = load_settings()
-        check_secret_shapes(settings)
-        server_limits()
-        deliver_order_from_settings(settings)
-        if os.environ.get("FUNCTION_TARGET", "checkout_api") != "fulfil_order":
-            check_api_can_start(settings)
-        # Last, after the checks that need no network: one Secret Manager read per named secret.
-        check_named_secrets(settings)
-    except ConfigError as error:
-        log.critical("configuration error, not starting: %s", error)
-        raise SystemExit(1) from None
-
-
-def check_api_can_start(settings: Settings) -> None:
-    """What the API needs on Cloud Run beyond valid settings: a webhook, and a topic for it."""
-    if settings.webhook_required and not settings.webhook_secret_configured:
-        raise ConfigError(
-            "no webhook signing secret: set STRIPE_WEBHOOK_SECRET or STRIPE_WEBHOOK_SECRET_NAME "
-            "(python -m checkout register-webhook makes one, docs/deploy.md); without a webhook a "
-            "customer who pays and closes the tab is never recorded. WEBHOOK_REQUIRED=false "
-            "starts anyway, at that risk"
-        )
-    if settings.order_events_topic is None:
-        raise ConfigError(
-            "ORDER_EVENTS_TOPIC is required on Cloud Run: order changes go to Pub/Sub and the "
-            "fulfil_order worker delivers them (docs/pubsub.md); in-process delivery after a "
-            "response would stall once Cloud Run throttles the CPU"
-        )
-
-
-async def _run_after_response(tasks: list[Callable[[], Any]]) -> None:
+async def _run_after_response(tasks: list[Callable[[], Awaitable[None]]]) -> None:
     for task in tasks:
         try:
             await task()
@@ -295,8 +172,9 @@ def _log_request(
     path: str,
     response: Response,
     error: ApiError | None,
-    context: dict[str, Any],
     *,
+    crash: Exception | None,
+    stripe_request_id: str | None,
     seconds: float,
 ) -> None:
     status = response.status_code
@@ -309,14 +187,13 @@ def _log_request(
             "latency": f"{seconds:.6f}s",
         }
     }
-    if context.get("stripe_request_id"):
-        fields["stripe_request_id"] = context["stripe_request_id"]
+    if stripe_request_id:
+        fields["stripe_request_id"] = stripe_request_id
     if error is not None:
         fields["code"] = error.code
         if error.detail:
             # A detail can quote what the client sent (its address, its Origin): blank secrets.
             fields["detail"] = redact(error.detail)
-    crash = context.get("crash")
     if crash is not None:
         fields.update(crash_fields(crash))
     level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO

@@ -9,8 +9,8 @@ from checkout.api.limits import ClientAddresses, TokenBuckets
 from checkout.api.routes import CreateSession, Handlers, StatusPoll
 from checkout.api.status_cache import NotFoundCache, Rechecks, StatusCache
 from checkout.api.webhook import StripeWebhook
-from checkout.logs import OutageLog
 from checkout.once import SingleFlight
+from checkout.orders.ledger.outages import OutageLog
 from checkout.runtime import Runtime
 
 

@@ -20,9 +20,9 @@ from checkout.api.limits import TokenBuckets
 from checkout.api.status_cache import NotFoundCache, Rechecks, StatusCache
 from checkout.api.webhook import StripeWebhook
 from checkout.errors import ApiError
-from checkout.logs import OutageLog
 from checkout.orders.catalogue import Catalogue
 from checkout.orders.ledger import Ledger, LedgerUnavailable
+from checkout.orders.ledger.outages import OutageLog
 from checkout.orders.model import Order, facts_of_session, is_chargeback
 from checkout.orders.publisher import PublishFailed
 from checkout.orders.recorder import PublicationInProgress, Recorder

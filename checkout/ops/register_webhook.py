@@ -12,7 +12,8 @@ import stripe
 
 from checkout.config import Settings
 from checkout.errors import ApiError
-from checkout.keys import SecretConfigError, SecretUnavailable, add_secret_version, secret_exists
+from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.ops.secrets import add_secret_version, secret_exists
 from checkout.orders.model import HANDLED_EVENTS
 from checkout.stripe_access.gateway import StripeGateway
 
