@@ -36,12 +36,8 @@ class Catalogue:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalogue:
-        return cls(
-            deployment_id=settings.deployment_id,
-            amount=settings.price_amount,
-            currency=settings.price_currency,
-            price_id=settings.stripe_price_id,
-        )
+        what = (settings.price_amount, settings.price_currency, settings.stripe_price_id)
+        return cls(settings.deployment_id, *what)
 
     @property
     def needs_line_items(self) -> bool:

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from checkout.orders import stripe_fields as fields
-from checkout.orders.session import OUR_METADATA_KEYS, SessionStatus
+from checkout.orders.session import OUR_METADATA_KEYS, SessionStatus, Staged
 
 PAID = "order.paid"
 PAYMENT_FAILED = "order.payment_failed"
@@ -194,7 +194,7 @@ Fact = SessionFact | ChargeFact | RefundFact | DisputeFact
 
 
 @dataclass
-class Order:
+class Order(Staged):
     """One order as the ledger keeps it (`checkout_orders/{session id}`, docs/ledger.md)."""
 
     session_id: str
@@ -214,19 +214,13 @@ class Order:
     changes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
-    def paid(self) -> bool:
-        return self.status == "complete" and self.payment_status != "unpaid"
-
-    @property
     def outcome(self) -> str:
         """open, processing, paid, failed, expired, refunded or disputed: what the customer sees."""
-        if self.status != "complete":
-            return "expired" if self.status == "expired" else "open"
-        if self.payment_status == "unpaid":
-            return "failed" if self.payment_failed else "processing"
         if any(is_chargeback(status) for status in self.disputes.values()):
-            return "disputed"  # open, or lost (an inquiry moves no money: still paid)
-        return "refunded" if self.fully_refunded else "paid"
+            paid_as = "disputed"  # open, or lost (an inquiry moves no money: still paid)
+        else:
+            paid_as = "refunded" if self.fully_refunded else "paid"
+        return self.progress.outcome(paid_as)
 
     @property
     def refunded_now(self) -> int:
@@ -249,9 +243,7 @@ class Order:
     @property
     def settled(self) -> bool:
         """Stripe's session can no longer change: the ledger may answer for it instead of Stripe."""
-        if self.status == "complete":
-            return self.payment_status != "unpaid" or self.payment_failed
-        return self.status == "expired"
+        return self.progress.settled
 
     @property
     def final(self) -> bool:
@@ -260,13 +252,7 @@ class Order:
 
     def public(self) -> dict[str, Any]:
         """The status endpoint's answer."""
-        return {
-            "status": self.status,
-            "payment_status": self.payment_status,
-            "outcome": self.outcome,
-            "amount_refunded": self.refunded_now,
-            "metadata": dict(self.metadata),
-        }
+        return self.progress.answer(self.outcome, self.refunded_now, self.metadata)
 
     def unpublished(self) -> list[Change]:
         return [
@@ -396,23 +382,10 @@ def _with_session(order: Order | None, fact: SessionFact) -> Order:
     session = fact.session
     if order is None:
         order = Order.from_session(session)
-    elif _progress(session) > _progress_of(order):
+    elif session.progress.rank > order.progress.rank:
         order._take_session(session)
     order.payment_intent = order.payment_intent or fact.payment_intent
     return order
-
-
-def _progress(session: SessionStatus) -> int:
-    """How far a session has gone: open, then complete but unpaid, then settled for good."""
-    if session.status == "complete" and session.payment_status == "unpaid":
-        return 2 if session.payment_failed else 1
-    return 0 if session.status == "open" else 2
-
-
-def _progress_of(order: Order) -> int:
-    if order.status == "complete" and order.payment_status == "unpaid":
-        return 2 if order.payment_failed else 1
-    return 0 if order.status == "open" else 2
 
 
 def _settle_as_paid(order: Order) -> None:
