@@ -18,6 +18,7 @@ from checkout.logs import OutageLog
 from checkout.once import SingleFlight
 from checkout.orders.catalogue import Catalogue
 from checkout.orders.delivery import DeliverOrder, Worker, deliver_order_from_settings
+from checkout.orders.intake import Intake, Outcome
 from checkout.orders.ledger import Ledger, ledger_from_settings
 from checkout.orders.publisher import InProcessPublisher, Publisher, PubSubPublisher
 from checkout.orders.recorder import Recorder
@@ -37,14 +38,15 @@ class Service:
     status_cache: StatusCache
     trace_project: str | None
     webhook_secret: SecretSource
-    webhook_events: SingleFlight[
-        dict[str, str]
-    ]  # concurrent duplicates of one event share one attempt
+    webhook_events: SingleFlight[Outcome]  # concurrent duplicates of one event share one attempt
     ledger: Ledger  # orders, events, deliveries: this process, or every instance (Firestore)
     ledger_outages: OutageLog
     catalogue: Catalogue  # what this deployment sells, and how its sessions are marked
     publisher: Publisher  # the order topic, or this process's worker (local)
     recorder: Recorder  # record a fact, then publish its changes: the one way orders change
+    intake: (
+        Intake  # an event or a session read, recorded: the webhook's, status path's, reconciler's
+    )
     worker: Worker  # fulfil_order's: delivers each change once
     unknown_sessions: NotFoundCache  # ids Stripe said it does not know
     rechecks: Rechecks  # which polled paid orders to read again from Stripe (late refunds)
@@ -99,11 +101,13 @@ class Service:
             else InProcessPublisher(worker.deliver, ledger.mark_unpublished)
         )
         worker.redeliver = publisher.publish  # hands on what was queued behind a run
+        gateway = StripeGateway(settings, api_key)
+        recorder = Recorder(ledger, publisher)
         return cls(
             settings=settings,
             cors=CorsPolicy(settings.allowed_origins, settings.allow_any_origin),
             api_key=api_key,
-            gateway=StripeGateway(settings, api_key),
+            gateway=gateway,
             status_cache=status_cache,
             trace_project=settings.google_cloud_project or _project_in(settings.stripe_secret_name),
             webhook_secret=webhook_secret_source(settings),
@@ -112,7 +116,8 @@ class Service:
             ledger_outages=OutageLog(),
             catalogue=catalogue,
             publisher=publisher,
-            recorder=Recorder(ledger, publisher),
+            recorder=recorder,
+            intake=Intake(ledger, recorder, gateway, catalogue),
             worker=worker,
             unknown_sessions=NotFoundCache(settings.status_cache_size),
             rechecks=Rechecks(

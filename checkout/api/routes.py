@@ -18,8 +18,9 @@ from checkout import errors
 from checkout.api.http import json_response, read_json_object
 from checkout.api.webhook import stripe_webhook
 from checkout.errors import ApiError
+from checkout.orders.intake import UNSETTLED
 from checkout.orders.ledger import LedgerUnavailable
-from checkout.orders.model import Order, facts_of_session, is_chargeback
+from checkout.orders.model import Order, is_chargeback
 from checkout.orders.publisher import PublishFailed
 from checkout.orders.recorder import PublicationInProgress
 from checkout.orders.session import SessionStatus
@@ -132,36 +133,31 @@ async def _answer_from_stripe(
     """
     try:
         session = await service.gateway.retrieve_session(session_id)
-        if not service.catalogue.is_ours(session):
-            # Another integration's session on the same account: answered exactly as an
-            # unknown id, so that not even its existence leaks (checkout/orders/catalogue.py).
-            raise errors.session_not_found("the session exists but is not this deployment's")
     except ApiError as error:
         if error.code == "session_not_found":
             service.unknown_sessions.add(session_id)
         raise
-    if not session.terminal:
-        answer = session.public()
-        service.status_cache.put(session_id, answer, final=False)  # open: STATUS_OPEN_TTL_MS only
-        return answer
-    if service.catalogue.refusal(session) is not None:
-        return session.public()
     try:
-        if asyncio.get_running_loop().time() >= ledger_until:
-            raise TimeoutError  # the ledger read took the whole budget: do not start a write
-        async with asyncio.timeout_at(ledger_until):
-            for fact in facts_of_session(session):
-                applied = await service.recorder.apply(session_id, fact)
+        taken = await service.intake.record_polled_session(session, ledger_until)
     except (LedgerUnavailable, PublishFailed, PublicationInProgress, TimeoutError) as error:
         service.ledger_outages.failed(_slow(error), "answered from Stripe, not recorded")
         answer = await _without_ledger(service, session)
         service.status_cache.put(session_id, answer, final=not session.paid)
         return answer
-    service.ledger_outages.succeeded()
-    if applied.order is None:  # advance always makes one: unreachable
+    if taken.not_ours:
+        # Another integration's session on the same account: answered exactly as an
+        # unknown id, so that not even its existence leaks (checkout/orders/catalogue.py).
+        service.unknown_sessions.add(session_id)
+        raise errors.session_not_found("the session exists but is not this deployment's")
+    if taken.reason == UNSETTLED:
+        answer = session.public()
+        service.status_cache.put(session_id, answer, final=False)  # open: STATUS_OPEN_TTL_MS only
+        return answer
+    if taken.order is None:  # not what this deployment sells: not recorded, not kept
         return session.public()
-    answer = applied.order.public()
-    service.status_cache.put(session_id, answer, final=applied.order.final)
+    service.ledger_outages.succeeded()
+    answer = taken.order.public()
+    service.status_cache.put(session_id, answer, final=taken.order.final)
     return answer
 
 

@@ -25,7 +25,7 @@ from checkout import errors
 from checkout.api.http import json_response, read_body
 from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretUnavailable
-from checkout.orders.intake import apply_event
+from checkout.orders.intake import Kind
 from checkout.orders.ledger import LedgerUnavailable
 from checkout.orders.publisher import PublishFailed
 from checkout.orders.recorder import PublicationInProgress
@@ -49,8 +49,8 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
     event_id, kind = event["id"], event["type"]
     try:
         # Concurrent duplicates on this instance share one attempt; the ledger covers the rest.
-        outcome: dict[str, str] = await service.webhook_events.run(
-            event_id, lambda: apply_event(event, service)
+        outcome = await service.webhook_events.run(
+            event_id, lambda: service.intake.record_event(event)
         )
     except LedgerUnavailable as error:
         raise errors.ledger_unavailable(str(error)) from None
@@ -58,10 +58,12 @@ async def stripe_webhook(request: Request, service: Service) -> Response:
         raise errors.order_events_unavailable(str(error)) from None
     except PublicationInProgress as error:
         raise errors.event_in_progress(str(error)) from None
-    fields = {"event_id": event_id, "event_type": kind, **outcome}
+    if outcome.order is not None and outcome.session_id is not None:
+        service.status_cache.forget(outcome.session_id)  # this instance answers the new state now
+    fields = {"event_id": event_id, "event_type": kind, **outcome.log_fields()}
     # A refused event (fields not as Stripe documents them) or one of the other mode is
     # acknowledged, so Stripe does not retry what cannot change, but an operator should look.
-    odd = outcome.get("outcome") == "refused" or outcome.get("reason") == "livemode_mismatch"
+    odd = outcome.kind is Kind.REFUSED or outcome.reason == "livemode_mismatch"
     log.log(logging.WARNING if odd else logging.INFO, "stripe_event", extra={"fields": fields})
     return json_response(200, {"received": True})
 

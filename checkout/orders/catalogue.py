@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from checkout.config import Settings
 from checkout.orders.session import MARKER_KEY, SessionStatus
 
+# The refusals of a session of ours: it sold something else than this deployment sells.
+NOT_SOLD = frozenset({"price_mismatch", "amount_mismatch"})
+
 
 @dataclass(frozen=True)
 class Refusal:

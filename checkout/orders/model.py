@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from checkout.orders import stripe_fields as fields
 from checkout.orders.session import OUR_METADATA_KEYS, SessionStatus, Staged
 
 PAID = "order.paid"
@@ -478,82 +477,31 @@ def _changes_of(order: Order, fact: Fact, refunded_before: int) -> list[Change]:
     return paid
 
 
-def fact_of_event(event: dict[str, Any]) -> Fact | None:  # noqa: PLR0911
-    """The fact a handled Stripe event states, or None when it holds nothing we act on.
-
-    Raises MalformedEvent when a field this reads is not what Stripe documents (its type, its
-    range), or the event's object is not what its type promises.
-    """
-    kind = event["type"]
-    obj = fields.dictionary(fields.dictionary(event.get("data"), "data").get("object"), "object")
-    occurred_at = _iso(fields.timestamp(event.get("created"), "created"))
-    if kind in SESSION_EVENTS:
-        fields.check_session(obj)
-        if not isinstance(obj.get("metadata"), dict):
-            obj = {**obj, "metadata": {}}
-        session = SessionStatus.from_stripe(obj, payment_failed=kind == PAYMENT_FAILED_EVENT)
-        intent = fields.object_id(obj.get("payment_intent"), "pi_", "payment_intent", optional=True)
-        return SessionFact(session, intent, occurred_at)
-    intent = fields.object_id(obj.get("payment_intent"), "pi_", "payment_intent", optional=True)
-    if kind in CHARGE_EVENTS:
-        fields.object_id(obj.get("id"), "ch_", "the Charge's id")
-        refunded = fields.amount(obj.get("amount_refunded"), "amount_refunded", optional=True)
-        full = fields.flag(obj.get("refunded"), "refunded", default=False)
-        if intent is None:
-            return None  # a charge outside Checkout: not an order of ours
-        return ChargeFact(intent, refunded or 0, full, occurred_at)
-    if kind in REFUND_EVENTS:
-        refund_id = fields.object_id(obj.get("id"), "re_", "the Refund's id") or ""
-        amount = fields.amount(obj.get("amount"), "the Refund's amount") or 0
-        status = fields.text(obj.get("status"), "the Refund's status") or ""
-        if intent is None:
-            return None
-        return RefundFact(refund_id, intent, amount, status, occurred_at)
-    if kind in DISPUTE_EVENTS:
-        dispute_id = fields.object_id(obj.get("id"), "dp_", "the Dispute's id") or ""
-        disputed = fields.amount(obj.get("amount"), "the Dispute's amount", optional=True)
-        dispute_status = fields.text(obj.get("status"), "the Dispute's status", optional=True)
-        evidence = obj.get("evidence_details")
-        due = evidence.get("due_by") if isinstance(evidence, dict) else None
-        due_by = None if due is None else fields.timestamp(due, "evidence_details.due_by")
-        if intent is None:
-            return None
-        return DisputeFact(
-            dispute_id=dispute_id,
-            payment_intent=intent,
-            amount=disputed,
-            status=dispute_status or "needs_response",
-            evidence_due_by=None if due_by is None else _iso(due_by),
-            occurred_at=occurred_at,
-        )
-    return None
-
-
 def session_fact(session: SessionStatus, payment_intent: str | None = None) -> SessionFact:
     """A fact from the status path's own read of the session (now)."""
-    return SessionFact(session, payment_intent or session.payment_intent, _iso(None))
+    return SessionFact(session, payment_intent or session.payment_intent, iso_utc())
 
 
 def facts_of_session(session: SessionStatus) -> list[Fact]:
     """What the status path's read of a session states: the session, and the refunds its charge
     shows (a refund whose webhook has not come, or never will), in the order they happened."""
-    facts: list[Fact] = [session_fact(session)]
-    if session.paid and session.payment_intent and session.amount_refunded > 0:
-        facts.append(
-            ChargeFact(
-                payment_intent=session.payment_intent,
-                amount_refunded=session.amount_refunded,
-                refunded=session.refunded,
-                occurred_at=_iso(None),
-            )
-        )
-    return facts
+    refunds = refunds_of_session(session)
+    return [session_fact(session), *([] if refunds is None else [refunds])]
 
 
-def _iso(timestamp: Any) -> str:
-    moment = (
-        datetime.fromtimestamp(timestamp, UTC)
-        if isinstance(timestamp, int | float)
-        else datetime.now(UTC)
+def refunds_of_session(session: SessionStatus) -> ChargeFact | None:
+    """The refunds a read of a paid session's charge shows, or None."""
+    if not (session.paid and session.payment_intent and session.amount_refunded > 0):
+        return None
+    return ChargeFact(
+        payment_intent=session.payment_intent,
+        amount_refunded=session.amount_refunded,
+        refunded=session.refunded,
+        occurred_at=iso_utc(),
     )
+
+
+def iso_utc(timestamp: int | None = None) -> str:
+    """A Unix timestamp (None: now) as a change's `occurred_at`: ISO 8601, UTC, to the second."""
+    moment = datetime.now(UTC) if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,7 +1,7 @@
 """Record, then publish: every order fact goes through here, from the webhook, the status path
 and the reconciler alike.
 
-`apply` folds a fact into the order in one ledger transaction (orders/ledger), then publishes
+`record` folds a fact into the order in one ledger transaction (orders/ledger), then publishes
 the changes it made, and any left unpublished before, to the order topic, and returns only then:
 the caller answers (Stripe's 2xx, the status) once the change is on its way to the worker. Nothing
 runs after the caller's answer, and no user code runs here (that is `fulfil_order`'s).
@@ -42,7 +42,7 @@ class Recorder:
         self.publisher = publisher
         self._in_flight_wait = in_flight_wait
 
-    async def apply(
+    async def record(
         self,
         session_id: str,
         fact: Fact,

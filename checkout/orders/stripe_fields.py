@@ -1,14 +1,27 @@
-"""A Stripe event's fields read as Stripe documents them (types and ranges), or MalformedEvent.
-
-A signed event is Stripe's, but its fields are still data: a field of the wrong type or out of
-range must become a logged refusal (docs/webhooks.md), never an exception deep in the order
-model that answers 500 and makes Stripe retry for days.
+"""A Stripe event read as Stripe documents its fields (types and ranges), and the fact it states;
+MalformedEvent otherwise: a logged refusal, never a 500 that Stripe retries for days
+(docs/webhooks.md). The order model itself reads no Stripe JSON.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+from checkout.orders.model import (
+    CHARGE_EVENTS,
+    DISPUTE_EVENTS,
+    PAYMENT_FAILED_EVENT,
+    REFUND_EVENTS,
+    SESSION_EVENTS,
+    ChargeFact,
+    DisputeFact,
+    Fact,
+    RefundFact,
+    SessionFact,
+    iso_utc,
+)
+from checkout.orders.session import SessionStatus
 
 # 9999-12-31T23:59:59Z: the last second a datetime can hold.
 MAX_TIMESTAMP = 253_402_300_799
@@ -112,3 +125,64 @@ def _check_line_items(items: object) -> None:
         if price is not None and not isinstance(price, str):
             text(dictionary(price, "a line item's price").get("id"), "a price's id", optional=True)
         amount(row.get("quantity"), "a line item's quantity", optional=True)
+
+
+def livemode(event: dict[str, Any]) -> bool | None:
+    """The event's mode, or None when it does not say."""
+    value = event.get("livemode")
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise MalformedEvent("livemode is not a boolean")
+    return value
+
+
+def fact_of_event(event: dict[str, Any]) -> Fact | None:  # noqa: PLR0911
+    """The fact a handled Stripe event states, or None when it holds nothing we act on.
+
+    Raises MalformedEvent when a field this reads is not what Stripe documents (its type, its
+    range), or the event's object is not what its type promises.
+    """
+    kind = event["type"]
+    obj = dictionary(dictionary(event.get("data"), "data").get("object"), "object")
+    occurred_at = iso_utc(timestamp(event.get("created"), "created"))
+    if kind in SESSION_EVENTS:
+        check_session(obj)
+        if not isinstance(obj.get("metadata"), dict):
+            obj = {**obj, "metadata": {}}
+        session = SessionStatus.from_stripe(obj, payment_failed=kind == PAYMENT_FAILED_EVENT)
+        intent = object_id(obj.get("payment_intent"), "pi_", "payment_intent", optional=True)
+        return SessionFact(session, intent, occurred_at)
+    intent = object_id(obj.get("payment_intent"), "pi_", "payment_intent", optional=True)
+    if kind in CHARGE_EVENTS:
+        object_id(obj.get("id"), "ch_", "the Charge's id")
+        refunded = amount(obj.get("amount_refunded"), "amount_refunded", optional=True)
+        full = flag(obj.get("refunded"), "refunded", default=False)
+        if intent is None:
+            return None  # a charge outside Checkout: not an order of ours
+        return ChargeFact(intent, refunded or 0, full, occurred_at)
+    if kind in REFUND_EVENTS:
+        refund_id = object_id(obj.get("id"), "re_", "the Refund's id") or ""
+        refund_amount = amount(obj.get("amount"), "the Refund's amount") or 0
+        status = text(obj.get("status"), "the Refund's status") or ""
+        if intent is None:
+            return None
+        return RefundFact(refund_id, intent, refund_amount, status, occurred_at)
+    if kind in DISPUTE_EVENTS:
+        dispute_id = object_id(obj.get("id"), "dp_", "the Dispute's id") or ""
+        disputed = amount(obj.get("amount"), "the Dispute's amount", optional=True)
+        dispute_status = text(obj.get("status"), "the Dispute's status", optional=True)
+        evidence = obj.get("evidence_details")
+        due = evidence.get("due_by") if isinstance(evidence, dict) else None
+        due_by = None if due is None else timestamp(due, "evidence_details.due_by")
+        if intent is None:
+            return None
+        return DisputeFact(
+            dispute_id=dispute_id,
+            payment_intent=intent,
+            amount=disputed,
+            status=dispute_status or "needs_response",
+            evidence_due_by=None if due_by is None else iso_utc(due_by),
+            occurred_at=occurred_at,
+        )
+    return None
