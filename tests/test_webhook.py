@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from checkout.config import load_settings
 from checkout.orders.intake import UNSETTLED, Kind, Outcome
 from checkout.orders.model import HANDLED_EVENTS, Order
-from checkout.orders.session import MARKER_KEY, SessionStatus
+from checkout.orders.session import MARKER_KEY
+from checkout.orders.stripe_fields import session_status
 from checkout.runtime import Service
 from devtools.stripe_emulator import StripeEmulator
 from tests.support import (
@@ -448,7 +449,7 @@ def test_the_webhook_and_the_reconciler_take_the_same_events_to_the_same_order(
     async def as_the_reconciler(service: Service) -> tuple[list[Outcome], list[Outcome]]:
         window = []
         if session["status"] == "complete":  # what its list of the window's sessions holds
-            listed = SessionStatus.from_stripe(session)
+            listed = session_status(session)
             window.append(await service.intake.record_listed_session(listed))
         taken = [await service.intake.record_event(e, look_up_payments=False) for e in events]
         return window, taken[::-1]

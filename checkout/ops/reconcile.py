@@ -42,6 +42,7 @@ from checkout.orders.model import HANDLED_EVENTS, Change
 from checkout.orders.publisher import PublishFailed
 from checkout.orders.recorder import PublicationInProgress
 from checkout.orders.session import SessionStatus
+from checkout.orders.stripe_fields import session_status
 from checkout.runtime import Service
 
 log = logging.getLogger("checkout.reconcile")
@@ -120,7 +121,7 @@ async def reconcile(
     since = int(time.time()) - days * 86400
     with _step(summary, "listing sessions"):
         async for raw in service.gateway.sessions_since(since, status="complete"):
-            await _session(service, SessionStatus.from_stripe(raw), summary)
+            await _session(service, session_status(raw), summary)
     with _step(summary, "listing events"):
         async for event in service.gateway.undelivered_events_since(since, sorted(HANDLED_EVENTS)):
             summary.events_seen += 1

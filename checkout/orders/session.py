@@ -9,23 +9,13 @@ gateway.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 # Metadata keys this service sets that status responses return; nothing else is returned.
 OUR_METADATA_KEYS = ("imageId",)
 # The metadata key that marks a session as this deployment's (its value: DEPLOYMENT_ID). Server
 # side only: the browser never sets it and the status response never shows it (docs/webhooks.md).
 MARKER_KEY = "checkout_deployment"
-# PaymentIntent statuses that mean a submitted payment failed (the intent went back to asking
-# for a payment method) or was abandoned: a complete but unpaid session will never be paid.
-FAILED_PAYMENT_INTENT = frozenset({"requires_payment_method", "canceled"})
-
-
-class SessionFields(Protocol):
-    """What a session read from Stripe offers: `in` and [] (a StripeObject is not a dict)."""
-
-    def __contains__(self, name: object, /) -> bool: ...
-    def __getitem__(self, name: str, /) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -152,58 +142,3 @@ class SessionStatus(Staged):
             "livemode": self.livemode,
             "event_id": event_id,
         }
-
-    @classmethod
-    def from_stripe(cls, session: SessionFields, *, payment_failed: bool = False) -> SessionStatus:
-        """From a Checkout Session as Stripe sends it (a StripeObject, or an event's dict).
-
-        `payment_failed` is for callers who know it otherwise (the async_payment_failed event);
-        an expanded PaymentIntent tells it by itself.
-        """
-        metadata = _field(session, "metadata")
-        status = _field(session, "status") or "open"
-        payment_status = _field(session, "payment_status") or "unpaid"
-        intent = _field(session, "payment_intent")
-        intent_status = _field(intent, "status") if intent and not isinstance(intent, str) else None
-        if status == "complete" and payment_status == "unpaid":
-            payment_failed = payment_failed or intent_status in FAILED_PAYMENT_INTENT
-        else:
-            payment_failed = False
-        marker = metadata[MARKER_KEY] if metadata and MARKER_KEY in metadata else None
-        charge = _field(intent, "latest_charge") if intent and not isinstance(intent, str) else None
-        charge = None if isinstance(charge, str) else charge
-        return cls(
-            session_id=session["id"],
-            status=status,
-            payment_status=payment_status,
-            metadata={k: str(metadata[k]) for k in OUR_METADATA_KEYS if metadata and k in metadata},
-            payment_failed=payment_failed,
-            amount_total=_field(session, "amount_total"),
-            currency=_field(session, "currency"),
-            livemode=bool(_field(session, "livemode")),
-            marker=None if marker is None else str(marker),
-            line_items=_line_items(_field(session, "line_items")),
-            payment_intent=(intent if isinstance(intent, str) else _field(intent, "id"))
-            if intent
-            else None,
-            amount_refunded=int(_field(charge, "amount_refunded") or 0) if charge else 0,
-            refunded=bool(_field(charge, "refunded")) if charge else False,
-            disputed=bool(_field(charge, "disputed")) if charge else False,
-        )
-
-
-def _line_items(items: Any) -> tuple[tuple[str | None, int], ...] | None:
-    """(price id, quantity) of each expanded line item; None when they were not expanded."""
-    if not items or isinstance(items, str) or _field(items, "has_more"):
-        return None  # not sent, or not all of them: unknown, which never matches a price
-    rows = []
-    for item in _field(items, "data") or ():
-        price = _field(item, "price")
-        price_id = price if isinstance(price, str) or price is None else _field(price, "id")
-        rows.append((price_id, int(_field(item, "quantity") or 0)))
-    return tuple(rows)
-
-
-def _field(obj: SessionFields, name: str) -> Any:
-    # StripeObject supports `in` and [] but not .get(): it is not a dict.
-    return obj[name] if name in obj else None  # noqa: SIM401

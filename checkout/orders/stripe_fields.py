@@ -1,12 +1,11 @@
-"""A Stripe event read as Stripe documents its fields (types and ranges), and the fact it states;
-MalformedEvent otherwise: a logged refusal, never a 500 that Stripe retries for days
-(docs/webhooks.md). The order model itself reads no Stripe JSON.
-"""
+"""Stripe's JSON made typed: a Checkout Session (`session_status`), and an event checked as Stripe
+documents its fields with the fact it states (`fact_of_event`), else MalformedEvent, a logged
+refusal, never a 500 (docs/webhooks.md). The order model reads no Stripe JSON."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Protocol
 
 from checkout.orders.model import (
     CHARGE_EVENTS,
@@ -21,7 +20,7 @@ from checkout.orders.model import (
     SessionFact,
     iso_utc,
 )
-from checkout.orders.session import SessionStatus
+from checkout.orders.session import MARKER_KEY, OUR_METADATA_KEYS, SessionStatus
 
 # 9999-12-31T23:59:59Z: the last second a datetime can hold.
 MAX_TIMESTAMP = 253_402_300_799
@@ -31,6 +30,9 @@ MAX_TEXT = 5000
 SESSION_STATUSES = frozenset({"open", "complete", "expired"})
 PAYMENT_STATUSES = frozenset({"paid", "unpaid", "no_payment_required"})
 _ID = re.compile(r"[A-Za-z0-9_]{1,250}")
+# PaymentIntent statuses that mean a submitted payment failed (the intent went back to asking
+# for a payment method) or was abandoned: a complete but unpaid session will never be paid.
+FAILED_PAYMENT_INTENT = frozenset({"requires_payment_method", "canceled"})
 
 
 class MalformedEvent(ValueError):
@@ -150,7 +152,7 @@ def fact_of_event(event: dict[str, Any]) -> Fact | None:  # noqa: PLR0911
         check_session(obj)
         if not isinstance(obj.get("metadata"), dict):
             obj = {**obj, "metadata": {}}
-        session = SessionStatus.from_stripe(obj, payment_failed=kind == PAYMENT_FAILED_EVENT)
+        session = session_status(obj, payment_failed=kind == PAYMENT_FAILED_EVENT)
         intent = object_id(obj.get("payment_intent"), "pi_", "payment_intent", optional=True)
         return SessionFact(session, intent, occurred_at)
     intent = object_id(obj.get("payment_intent"), "pi_", "payment_intent", optional=True)
@@ -186,3 +188,65 @@ def fact_of_event(event: dict[str, Any]) -> Fact | None:  # noqa: PLR0911
             occurred_at=occurred_at,
         )
     return None
+
+
+class SessionFields(Protocol):
+    """What a session read from Stripe offers: `in` and [] (a StripeObject is not a dict)."""
+
+    def __contains__(self, name: object, /) -> bool: ...
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+def session_status(session: SessionFields, *, payment_failed: bool = False) -> SessionStatus:
+    """A Checkout Session as Stripe sends it (a StripeObject, or an event's dict), typed.
+
+    `payment_failed` is for callers who know it otherwise (the async_payment_failed event);
+    an expanded PaymentIntent tells it by itself.
+    """
+    metadata = _field(session, "metadata")
+    status = _field(session, "status") or "open"
+    payment_status = _field(session, "payment_status") or "unpaid"
+    intent = _field(session, "payment_intent")
+    intent_status = _field(intent, "status") if intent and not isinstance(intent, str) else None
+    if status == "complete" and payment_status == "unpaid":
+        payment_failed = payment_failed or intent_status in FAILED_PAYMENT_INTENT
+    else:
+        payment_failed = False
+    marker = metadata[MARKER_KEY] if metadata and MARKER_KEY in metadata else None
+    charge = _field(intent, "latest_charge") if intent and not isinstance(intent, str) else None
+    charge = None if isinstance(charge, str) else charge
+    return SessionStatus(
+        session_id=session["id"],
+        status=status,
+        payment_status=payment_status,
+        metadata={k: str(metadata[k]) for k in OUR_METADATA_KEYS if metadata and k in metadata},
+        payment_failed=payment_failed,
+        amount_total=_field(session, "amount_total"),
+        currency=_field(session, "currency"),
+        livemode=bool(_field(session, "livemode")),
+        marker=None if marker is None else str(marker),
+        line_items=_line_items(_field(session, "line_items")),
+        payment_intent=(intent if isinstance(intent, str) else _field(intent, "id"))
+        if intent
+        else None,
+        amount_refunded=int(_field(charge, "amount_refunded") or 0) if charge else 0,
+        refunded=bool(_field(charge, "refunded")) if charge else False,
+        disputed=bool(_field(charge, "disputed")) if charge else False,
+    )
+
+
+def _line_items(items: Any) -> tuple[tuple[str | None, int], ...] | None:
+    """(price id, quantity) of each expanded line item; None when they were not expanded."""
+    if not items or isinstance(items, str) or _field(items, "has_more"):
+        return None  # not sent, or not all of them: unknown, which never matches a price
+    rows = []
+    for item in _field(items, "data") or ():
+        price = _field(item, "price")
+        price_id = price if isinstance(price, str) or price is None else _field(price, "id")
+        rows.append((price_id, int(_field(item, "quantity") or 0)))
+    return tuple(rows)
+
+
+def _field(obj: SessionFields, name: str) -> Any:
+    # StripeObject supports `in` and [] but not .get(): it is not a dict.
+    return obj[name] if name in obj else None  # noqa: SIM401
