@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +32,7 @@ from tests.support import (
     event_for,
     free_port,
     post_event,
+    refund,
     sign,
     status_of,
 )
@@ -342,17 +342,6 @@ def _intake_service(base_env: dict[str, str], deliveries: Deliveries) -> Service
     return Service.from_settings(load_settings(base_env), deliveries)
 
 
-def _refund(stripe_emulator: StripeEmulator, payment_intent: str, amount: int | None) -> None:
-    form = {"payment_intent": payment_intent, **({"amount": str(amount)} if amount else {})}
-    response = requests.post(
-        f"{stripe_emulator.url}/v1/refunds",
-        data=form,
-        headers={"Authorization": f"Bearer {TEST_KEY}"},
-        timeout=10,
-    )
-    assert response.status_code == 200, response.text
-
-
 def _play(
     stripe_emulator: StripeEmulator, deployment_id: str, data: Any, *, disputes: bool = True
 ) -> dict[str, Any]:
@@ -386,7 +375,7 @@ def _play(
     steps = data.draw(st.lists(st.sampled_from(later), max_size=2 if disputes else 1))
     for step in steps[: steps.index("refund_all") + 1] if "refund_all" in steps else steps:
         if step.startswith("refund"):
-            _refund(stripe_emulator, intent, 50 if step == "refund_part" else None)
+            refund(stripe_emulator, intent, 50 if step == "refund_part" else None)
         else:
             dispute = stripe_emulator.open_dispute(intent)
             stripe_emulator.close_dispute(dispute["id"], step.removeprefix("dispute_"))
@@ -418,6 +407,14 @@ def _types(order: Order) -> list[str]:
     return sorted(entry["change"]["type"] for entry in order.changes.values())
 
 
+# Each example is one session's life on the emulator and a few in-process services: a few ms.
+SESSION_LIVES = settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
 @pytest.fixture
 def webhook_down(stripe_emulator: StripeEmulator) -> None:
     """Stripe delivers every event to an address where nothing listens: each one fails."""
@@ -425,11 +422,7 @@ def webhook_down(stripe_emulator: StripeEmulator) -> None:
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@SESSION_LIVES
 @given(data=st.data())
 def test_the_webhook_and_the_reconciler_take_the_same_events_to_the_same_order(
     stripe_emulator, base_env, webhook_down, deliveries, data
@@ -468,11 +461,7 @@ def test_the_webhook_and_the_reconciler_take_the_same_events_to_the_same_order(
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@SESSION_LIVES
 @given(data=st.data())
 def test_the_status_path_records_the_order_the_webhook_records(
     client, stripe_emulator, base_env, webhook_down, deliveries, data
