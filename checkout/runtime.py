@@ -44,9 +44,7 @@ class Service:
     catalogue: Catalogue  # what this deployment sells, and how its sessions are marked
     publisher: Publisher  # the order topic, or this process's worker (local)
     recorder: Recorder  # record a fact, then publish its changes: the one way orders change
-    intake: (
-        Intake  # an event or a session read, recorded: the webhook's, status path's, reconciler's
-    )
+    intake: Intake  # events and session reads made order facts: every caller's one path
     worker: Worker  # fulfil_order's: delivers each change once
     unknown_sessions: NotFoundCache  # ids Stripe said it does not know
     rechecks: Rechecks  # which polled paid orders to read again from Stripe (late refunds)
