@@ -407,6 +407,25 @@ def _types(order: Order) -> list[str]:
     return sorted(entry["change"]["type"] for entry in order.changes.values())
 
 
+def test_the_stripe_event_record_says_what_the_intake_did_with_the_event(
+    webhook_client, stripe_emulator, logs
+) -> None:
+    # The fields operators read (docs/operations.md): strings, and only those that apply.
+    ours = completed_session(webhook_client, stripe_emulator)
+    foreign = stripe_emulator.complete_session(create_session(stripe_emulator)["id"], "paid")
+    paid = event_for(ours, "checkout.session.completed")
+    for payload in (paid, paid, event_for(foreign, "checkout.session.completed")):
+        assert post_event(webhook_client, payload).status_code == 200
+    fields = ("outcome", "reason", "detail", "session_id", "changes", "published")
+    records = [{k: r[k] for k in fields if k in r} for r in logs("stripe_event")]
+    handled = {"session_id": ours["id"], "changes": "1", "published": "1"}
+    assert records == [
+        {"outcome": "handled", **handled},
+        {"outcome": "duplicate", **handled, "changes": "0", "published": "0"},
+        {"outcome": "ignored", "reason": "not_ours"},
+    ]
+
+
 # Each example is one session's life on the emulator and a few in-process services: a few ms.
 SESSION_LIVES = settings(
     max_examples=30,
