@@ -12,22 +12,13 @@ from checkout.config import ConfigError, Settings, load_settings
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
 from checkout.orders.catalogue import Catalogue
 from checkout.orders.delivery import DeliverOrder, Worker, deliver_order_from_settings
+from checkout.orders.intake import Intake
 from checkout.orders.ledger import Ledger, ledger_from_settings
 from checkout.orders.publisher import InProcessPublisher, Publisher, PubSubPublisher
 from checkout.orders.recorder import Recorder
 from checkout.stripe_access.gateway import StripeGateway
 
 log = logging.getLogger("checkout")
-
-
-@dataclass(frozen=True)
-class IntakeParts:
-    """What order intake uses (checkout/orders/intake.py): the webhook's and the reconciler's."""
-
-    ledger: Ledger
-    recorder: Recorder
-    gateway: StripeGateway
-    catalogue: Catalogue
 
 
 @dataclass(frozen=True)
@@ -42,7 +33,7 @@ class Runtime:
     catalogue: Catalogue  # what this deployment sells, and how its sessions are marked
     publisher: Publisher  # the order topic, or this process's worker (local)
     recorder: Recorder  # record a fact, then publish its changes: the one way orders change
-    intake: IntakeParts
+    intake: Intake  # events and session reads made order facts: every caller's one path
     worker: Worker  # fulfil_order's: delivers each change once
     trace_project: str | None  # whose Cloud Trace a request's log lines join
 
@@ -75,7 +66,7 @@ class Runtime:
             catalogue=catalogue,
             publisher=publisher,
             recorder=recorder,
-            intake=IntakeParts(ledger, recorder, gateway, catalogue),
+            intake=Intake(ledger, recorder, gateway, catalogue),
             worker=worker,
             trace_project=settings.google_cloud_project or _project_in(settings.stripe_secret_name),
         )

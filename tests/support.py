@@ -469,6 +469,12 @@ def document_ids(firestore: Firestore, collection: str) -> list[str]:
     return asyncio.run(ids())
 
 
+def refund(stripe_emulator, payment_intent: str, amount: int | None = None) -> dict[str, Any]:
+    """Refund `payment_intent` on the Stripe emulator: all of it, or `amount`."""
+    form = {"payment_intent": payment_intent, **({"amount": str(amount)} if amount else {})}
+    return _stripe_post(stripe_emulator, "/v1/refunds", form)
+
+
 def create_session(emulator, **params: str) -> dict:
     form = {
         "ui_mode": "embedded_page",
@@ -481,12 +487,12 @@ def create_session(emulator, **params: str) -> dict:
         "redirect_on_completion": "if_required",
         **params,
     }
-    response = requests.post(
-        f"{emulator.url}/v1/checkout/sessions",
-        data=form,
-        headers={"Authorization": f"Bearer {TEST_KEY}"},
-        timeout=10,
-    )
+    return _stripe_post(emulator, "/v1/checkout/sessions", form)
+
+
+def _stripe_post(emulator, path: str, form: dict[str, str]) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {TEST_KEY}"}
+    response = requests.post(f"{emulator.url}{path}", data=form, headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
 

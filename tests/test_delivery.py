@@ -100,7 +100,7 @@ def record(env: dict[str, str], session_id: str, *facts: Fact) -> None:
 
     async def work(runtime: Runtime) -> None:
         for fact in facts:
-            await runtime.recorder.apply(session_id, fact)
+            await runtime.recorder.record(session_id, fact)
 
     in_service(env, work)
 
@@ -575,9 +575,9 @@ def test_whatever_order_changes_arrive_in_the_last_run_leaves_access_as_the_fina
                 if not recorded:
                     # A refund or dispute of an order not recorded yet: the webhook records the
                     # session first (checkout/orders/intake.py), then the fact.
-                    await recorder.apply(session, fact_named("paid", session))
+                    await recorder.record(session, fact_named("paid", session))
                     recorded = True
-                await recorder.apply(session, fact_named(step[1], session))
+                await recorder.record(session, fact_named(step[1], session))
             elif step[0] == "start" and topic.waiting:
                 await start(topic.waiting.pop(step[1] % len(topic.waiting)))
             elif step[0] == "duplicate" and topic.waiting:

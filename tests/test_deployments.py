@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from checkout.orders.model import Order, advance, session_fact
-from checkout.orders.session import SessionStatus
+from checkout.orders.stripe_fields import session_status
 from devtools.stripe_emulator import StripeEmulator
 from tests.firestore_emulator import Firestore
 from tests.support import (
@@ -109,7 +109,7 @@ def legacy_order(firestore: Firestore, session: dict[str, Any]) -> None:
     """Write a paid order, its delivered change, where a deployment wrote them before scoping."""
     from google.cloud import firestore as gcf
 
-    status = SessionStatus.from_stripe(session)
+    status = session_status(session)
     order, _ = advance(None, session_fact(status, session["payment_intent"]))
     for entry in order.changes.values():
         entry["published"] = True

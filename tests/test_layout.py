@@ -64,13 +64,74 @@ def test_session_users_depend_on_the_session_module_not_the_gateway(module):
 
 
 def test_the_order_model_does_no_io():
-    # orders.py is the rules alone: the ledger stores, the publisher sends, the worker delivers.
+    # The rules alone, on typed values: the ledger stores, the publisher sends, the worker
+    # delivers, and the intake (stripe_fields) reads Stripe's JSON into facts.
     imported = imports_of(PACKAGE / "orders" / "model.py")
     ours = {".".join(name.split(".")[:3]) for name in imported if name.startswith("checkout.")}
-    allowed = {"checkout.orders", "checkout.orders.session", "checkout.orders.stripe_fields"}
-    assert ours <= allowed  # stripe_fields: pure reads of an event
+    assert ours <= {"checkout.orders.session"}
     banned = ("stripe", "starlette", "werkzeug", "google", "asyncio", "logging", "socket")
     assert not {name for name in imported if name.startswith(banned)}
+
+
+# What the orders package never imports, and why (docs/layout.md).
+ORDERS_NEVER_IMPORT = {
+    "checkout.api": "the HTTP layer calls the orders, never the other way round",
+    "checkout.stripe_access": "the orders reach Stripe through orders/intake.py's StripeReads",
+    # The runtime holds every part, HTTP ones too: the orders are handed their collaborators.
+    "checkout.runtime": "the orders get only their collaborators, never the bag of every part",
+}
+
+
+def banned_imports(source: str, banned: Iterable[str]) -> list[str]:
+    """What `source` imports (at any depth, TYPE_CHECKING too) from the `banned` packages."""
+    imported = imports_in(ast.walk(ast.parse(source)))
+    prefixes = tuple(banned)
+    return sorted(
+        n for n in imported if n in prefixes or n.startswith(tuple(f"{p}." for p in prefixes))
+    )
+
+
+@pytest.mark.parametrize("banned", list(ORDERS_NEVER_IMPORT))
+def test_the_orders_never_import_the_http_layer_the_stripe_gateway_or_the_runtime(banned):
+    offending = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in sorted((PACKAGE / "orders").rglob("*.py"))
+        for name in banned_imports(path.read_text(), [banned])
+    ]
+    assert offending == [], ORDERS_NEVER_IMPORT[banned]
+
+
+@pytest.mark.parametrize(
+    ("source", "banned"),
+    [
+        ("from checkout.api.status_cache import StatusCache", "checkout.api"),
+        ("import checkout.api.http", "checkout.api"),
+        ("from checkout import api", "checkout.api"),
+        ("def forget():\n    from checkout.api import status_cache", "checkout.api"),
+        ("from checkout.stripe_access.gateway import StripeGateway", "checkout.stripe_access"),
+        (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from checkout.runtime import Service",
+            "checkout.runtime",
+        ),
+        (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from checkout.stripe_access import transport",
+            "checkout.stripe_access",
+        ),
+    ],
+)
+def test_the_orders_import_guard_catches(source, banned):
+    assert banned_imports(source, [banned]), source
+
+
+def test_the_orders_import_guard_lets_the_orders_own_imports_through():
+    source = """
+from checkout.orders.session import SessionStatus
+from checkout.config import Settings
+import checkout.apis_of_someone_else
+"""
+    assert banned_imports(source, ORDERS_NEVER_IMPORT) == []
 
 
 @pytest.mark.parametrize(

@@ -29,12 +29,11 @@ from checkout.orders.model import (
     RefundFact,
     SessionFact,
     advance,
-    fact_of_event,
     facts_of_session,
     session_fact,
 )
 from checkout.orders.session import SessionStatus
-from checkout.orders.stripe_fields import MalformedEvent
+from checkout.orders.stripe_fields import MalformedEvent, fact_of_event
 
 SCHEMA = json.loads(
     (Path(__file__).parent.parent / "checkout" / "orders" / "order_change.schema.json").read_text()

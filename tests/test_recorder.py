@@ -36,7 +36,7 @@ def test_a_publish_that_could_outlast_its_claim_is_not_started_and_the_change_wa
         too_slow = PubSubPublisher(pubsub.topic, deadline=PUBLISH_CLAIM_SECONDS)
         try:
             with pytest.raises(PublishFailed, match="too late to publish"):
-                await Recorder(ledger, too_slow).apply("cs_test_a", fact, event_id="evt_1")
+                await Recorder(ledger, too_slow).record("cs_test_a", fact, event_id="evt_1")
         finally:
             too_slow.close()
         order = await ledger.order("cs_test_a")

@@ -30,6 +30,7 @@ from tests.support import (
     create_session,
     http_json,
     log_records,
+    refund,
     sign,
     wait_for_records,
 )
@@ -46,18 +47,6 @@ def paid(server: LiveServer, stripe_emulator) -> dict[str, Any]:
     status, created = http_json("POST", f"{server.url}{CREATE}", {"imageId": "img_9"})
     assert status == 200, created
     return stripe_emulator.complete_session(created["session_id"], "paid")
-
-
-def refund(stripe_emulator, payment_intent: str, amount: int | None = None) -> dict[str, Any]:
-    form = {"payment_intent": payment_intent, **({"amount": str(amount)} if amount else {})}
-    response = requests.post(
-        f"{stripe_emulator.url}/v1/refunds",
-        data=form,
-        headers={"Authorization": f"Bearer {TEST_KEY}"},
-        timeout=10,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def answer(server: LiveServer, session_id: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ class HttpParts:
             runtime.gateway,
             runtime.ledger,
             runtime.recorder,
-            runtime.catalogue,
+            runtime.intake,
             status_cache,
             NotFoundCache(settings.status_cache_size),
             Rechecks(

@@ -20,10 +20,10 @@ from checkout.api.limits import TokenBuckets
 from checkout.api.status_cache import NotFoundCache, Rechecks, StatusCache
 from checkout.api.webhook import StripeWebhook
 from checkout.errors import ApiError
-from checkout.orders.catalogue import Catalogue
+from checkout.orders.intake import UNSETTLED, Intake
 from checkout.orders.ledger import Ledger, LedgerUnavailable
 from checkout.orders.ledger.outages import OutageLog
-from checkout.orders.model import Order, facts_of_session, is_chargeback
+from checkout.orders.model import Order, is_chargeback
 from checkout.orders.publisher import PublishFailed
 from checkout.orders.recorder import PublicationInProgress, Recorder
 from checkout.orders.session import SessionStatus
@@ -72,7 +72,7 @@ class StatusPoll:
     gateway: StripeGateway
     ledger: Ledger
     recorder: Recorder
-    catalogue: Catalogue
+    intake: Intake  # a settled session read from Stripe, recorded as the webhook records it
     status_cache: StatusCache  # answers kept per session; the webhook forgets what changed
     unknown_sessions: NotFoundCache  # ids Stripe said it does not know
     rechecks: Rechecks  # which polled paid orders to read again from Stripe (late refunds)
@@ -159,36 +159,31 @@ async def _answer_from_stripe(
     """
     try:
         session = await service.gateway.retrieve_session(session_id)
-        if not service.catalogue.is_ours(session):
-            # Another integration's session on the same account: answered exactly as an
-            # unknown id, so that not even its existence leaks (checkout/orders/catalogue.py).
-            raise errors.session_not_found("the session exists but is not this deployment's")
     except ApiError as error:
         if error.code == "session_not_found":
             service.unknown_sessions.add(session_id)
         raise
-    if not session.terminal:
-        answer = session.public()
-        service.status_cache.put(session_id, answer, final=False)  # open: STATUS_OPEN_TTL_MS only
-        return answer
-    if service.catalogue.refusal(session) is not None:
-        return session.public()
     try:
-        if asyncio.get_running_loop().time() >= ledger_until:
-            raise TimeoutError  # the ledger read took the whole budget: do not start a write
-        async with asyncio.timeout_at(ledger_until):
-            for fact in facts_of_session(session):
-                applied = await service.recorder.apply(session_id, fact)
+        taken = await service.intake.record_polled_session(session, ledger_until)
     except (LedgerUnavailable, PublishFailed, PublicationInProgress, TimeoutError) as error:
         service.ledger_outages.failed(_slow(error), "answered from Stripe, not recorded")
         answer = await _without_ledger(service, session)
         service.status_cache.put(session_id, answer, final=not session.paid)
         return answer
-    service.ledger_outages.succeeded()
-    if applied.order is None:  # advance always makes one: unreachable
+    if taken.not_ours:
+        # Another integration's session on the same account: answered exactly as an
+        # unknown id, so that not even its existence leaks (checkout/orders/catalogue.py).
+        service.unknown_sessions.add(session_id)
+        raise errors.session_not_found("the session exists but is not this deployment's")
+    if taken.reason == UNSETTLED:
+        answer = session.public()
+        service.status_cache.put(session_id, answer, final=False)  # open: STATUS_OPEN_TTL_MS only
+        return answer
+    if taken.order is None:  # not what this deployment sells: not recorded, not kept
         return session.public()
-    answer = applied.order.public()
-    service.status_cache.put(session_id, answer, final=applied.order.final)
+    service.ledger_outages.succeeded()
+    answer = taken.order.public()
+    service.status_cache.put(session_id, answer, final=taken.order.final)
     return answer
 
 

@@ -22,11 +22,10 @@ from checkout.api.status_cache import StatusCache
 from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
 from checkout.once import SingleFlight
-from checkout.orders.intake import apply_event
+from checkout.orders.intake import Intake, Kind, Outcome
 from checkout.orders.ledger import LedgerUnavailable
 from checkout.orders.publisher import PublishFailed
 from checkout.orders.recorder import PublicationInProgress
-from checkout.runtime import IntakeParts
 
 log = logging.getLogger("checkout.webhook")
 
@@ -41,8 +40,8 @@ class StripeWebhook:
     """POST /api/checkout/webhook → {"received": true} once the event is recorded (or ignored)."""
 
     secret: SecretSource  # the signing secret: env, or Secret Manager (re-read when rolled)
-    events: SingleFlight[dict[str, str]]  # concurrent duplicates of one event share one attempt
-    intake: IntakeParts
+    events: SingleFlight[Outcome]  # concurrent duplicates of one event share one attempt
+    intake: Intake
     status_cache: StatusCache
 
     async def __call__(self, request: Request) -> Response:
@@ -52,21 +51,19 @@ class StripeWebhook:
         event_id, kind = event["id"], event["type"]
         try:
             # Concurrent duplicates on this instance share one attempt; the ledger covers the rest.
-            outcome: dict[str, str] = await self.events.run(
-                event_id, lambda: apply_event(event, self.intake)
-            )
+            outcome = await self.events.run(event_id, lambda: self.intake.record_event(event))
         except LedgerUnavailable as error:
             raise errors.ledger_unavailable(str(error)) from None
         except PublishFailed as error:
             raise errors.order_events_unavailable(str(error)) from None
         except PublicationInProgress as error:
             raise errors.event_in_progress(str(error)) from None
-        if outcome.get("outcome") in ("handled", "duplicate"):
-            self.status_cache.forget(outcome["session_id"])  # this instance answers the new state
-        fields = {"event_id": event_id, "event_type": kind, **outcome}
+        if outcome.order is not None and outcome.session_id is not None:
+            self.status_cache.forget(outcome.session_id)  # this instance answers the new state
+        fields = {"event_id": event_id, "event_type": kind, **outcome.log_fields()}
         # A refused event (fields not as Stripe documents them) or one of the other mode is
         # acknowledged, so Stripe does not retry what cannot change, but an operator should look.
-        odd = outcome.get("outcome") == "refused" or outcome.get("reason") == "livemode_mismatch"
+        odd = outcome.kind is Kind.REFUSED or outcome.reason == "livemode_mismatch"
         log.log(logging.WARNING if odd else logging.INFO, "stripe_event", extra={"fields": fields})
         return json_response(200, {"received": True})
 

@@ -17,13 +17,14 @@ from checkout.errors import ApiError
 from checkout.ops.subscriptions import DeadLetters, SubscriptionsUnavailable, TopicSubscriptions
 from checkout.orders.catalogue import Catalogue
 from checkout.orders.delivery import DeliveryFailed, DeliveryInProgress
-from checkout.orders.intake import NOT_OURS, apply_event, checked_session_fact
+from checkout.orders.intake import Intake, Kind
 from checkout.orders.ledger import Ledger, LedgerUnavailable
-from checkout.orders.model import HANDLED_EVENTS, Change, session_fact
+from checkout.orders.model import HANDLED_EVENTS, Change
 from checkout.orders.publisher import Publisher, PublishFailed
 from checkout.orders.recorder import PublicationInProgress, Recorder
 from checkout.orders.session import SessionStatus
-from checkout.runtime import IntakeParts, Runtime
+from checkout.orders.stripe_fields import session_status
+from checkout.runtime import Runtime
 from checkout.stripe_access.gateway import StripeGateway
 
 log = logging.getLogger("checkout.reconcile")
@@ -49,7 +50,7 @@ class ReconcileParts:
     recorder: Recorder
     publisher: Publisher
     catalogue: Catalogue
-    intake: IntakeParts
+    intake: Intake
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> ReconcileParts:
@@ -127,21 +128,20 @@ async def reconcile(
     since = int(time.time()) - days * 86400
     with _step(summary, "listing sessions"):
         async for raw in service.gateway.sessions_since(since, status="complete"):
-            await _session(service, SessionStatus.from_stripe(raw), summary)
+            await _session(service, session_status(raw), summary)
     with _step(summary, "listing events"):
         async for event in service.gateway.undelivered_events_since(since, sorted(HANDLED_EVENTS)):
             summary.events_seen += 1
             with _item(summary, f"event {event.get('id')}"):
-                outcome = await apply_event(event, service.intake, ask_stripe=False)
-                if outcome.get("reason") in NOT_OURS:
+                outcome = await service.intake.record_event(event, look_up_payments=False)
+                if outcome.not_ours:
                     summary.events_not_ours += 1
-                elif outcome.get("outcome") == "refused":
+                elif outcome.kind is Kind.REFUSED:
                     summary.events_refused += 1
-                    log.warning(
-                        "stripe_event", extra={"fields": {"event_id": event.get("id"), **outcome}}
-                    )
-                summary.changes_applied += int(outcome.get("changes", "0"))
-                summary.changes_published += int(outcome.get("published", "0"))
+                    fields = {"event_id": event.get("id"), **outcome.log_fields()}
+                    log.warning("stripe_event", extra={"fields": fields})
+                summary.changes_applied += outcome.changes
+                summary.changes_published += outcome.published
     with _step(summary, "listing unpublished changes"):
         recorded_before = datetime.now(UTC) - unpublished_grace
         for order in await service.ledger.unpublished_orders(updated_before=recorded_before):
@@ -226,19 +226,16 @@ async def _undelivered(
 
 async def _session(service: ReconcileParts, session: SessionStatus, summary: Summary) -> None:
     summary.sessions_seen += 1
-    if not service.catalogue.is_ours(session):
-        summary.sessions_not_ours += 1  # another integration's, or another deployment's
-        return
-    if not session.terminal:
-        return  # a delayed payment still settling: its event follows
     with _item(summary, f"session {session.session_id}"):
-        fact, refused = await checked_session_fact(session_fact(session), service.intake, None)
-        if refused is not None:
+        # Not ours: another integration's or another deployment's. Not settled: a delayed
+        # payment still settling, whose event follows.
+        outcome = await service.intake.record_listed_session(session)
+        if outcome.not_ours:
+            summary.sessions_not_ours += 1
+        elif outcome.not_sold:
             summary.sessions_refused += 1  # logged: a paying customer an operator must look at
-            return
-        applied = await service.recorder.apply(session.session_id, fact)
-        summary.changes_applied += len(applied.new)
-        summary.changes_published += len(applied.to_publish)
+        summary.changes_applied += outcome.changes
+        summary.changes_published += outcome.published
 
 
 @contextmanager

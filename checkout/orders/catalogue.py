@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from checkout.config import Settings
 from checkout.orders.session import MARKER_KEY, SessionStatus
 
+# The refusals of a session of ours: it sold something else than this deployment sells.
+NOT_SOLD = frozenset({"price_mismatch", "amount_mismatch"})
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -28,12 +31,8 @@ class Catalogue:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalogue:
-        return cls(
-            deployment_id=settings.deployment_id,
-            amount=settings.price_amount,
-            currency=settings.price_currency,
-            price_id=settings.stripe_price_id,
-        )
+        what = (settings.price_amount, settings.price_currency, settings.stripe_price_id)
+        return cls(settings.deployment_id, *what)
 
     @property
     def needs_line_items(self) -> bool:

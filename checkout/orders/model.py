@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from checkout.orders import stripe_fields as fields
-from checkout.orders.session import OUR_METADATA_KEYS, SessionStatus
+from checkout.orders.session import OUR_METADATA_KEYS, SessionStatus, Staged
 
 PAID = "order.paid"
 PAYMENT_FAILED = "order.payment_failed"
@@ -177,7 +176,7 @@ Fact = SessionFact | ChargeFact | RefundFact | DisputeFact
 
 
 @dataclass
-class Order:
+class Order(Staged):
     """One order as the ledger keeps it (`checkout_orders/{session id}`, docs/ledger.md)."""
 
     session_id: str
@@ -197,19 +196,13 @@ class Order:
     changes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
-    def paid(self) -> bool:
-        return self.status == "complete" and self.payment_status != "unpaid"
-
-    @property
     def outcome(self) -> str:
         """open, processing, paid, failed, expired, refunded or disputed: what the customer sees."""
-        if self.status != "complete":
-            return "expired" if self.status == "expired" else "open"
-        if self.payment_status == "unpaid":
-            return "failed" if self.payment_failed else "processing"
         if any(is_chargeback(status) for status in self.disputes.values()):
-            return "disputed"  # open, or lost (an inquiry moves no money: still paid)
-        return "refunded" if self.fully_refunded else "paid"
+            paid_as = "disputed"  # open, or lost (an inquiry moves no money: still paid)
+        else:
+            paid_as = "refunded" if self.fully_refunded else "paid"
+        return self.progress.outcome(paid_as)
 
     @property
     def refunded_now(self) -> int:
@@ -232,9 +225,7 @@ class Order:
     @property
     def settled(self) -> bool:
         """Stripe's session can no longer change: the ledger may answer for it instead of Stripe."""
-        if self.status == "complete":
-            return self.payment_status != "unpaid" or self.payment_failed
-        return self.status == "expired"
+        return self.progress.settled
 
     @property
     def final(self) -> bool:
@@ -243,13 +234,7 @@ class Order:
 
     def public(self) -> dict[str, Any]:
         """The status endpoint's answer."""
-        return {
-            "status": self.status,
-            "payment_status": self.payment_status,
-            "outcome": self.outcome,
-            "amount_refunded": self.refunded_now,
-            "metadata": dict(self.metadata),
-        }
+        return self.progress.answer(self.outcome, self.refunded_now, self.metadata)
 
     def unpublished(self) -> list[Change]:
         return [
@@ -379,23 +364,10 @@ def _with_session(order: Order | None, fact: SessionFact) -> Order:
     session = fact.session
     if order is None:
         order = Order.from_session(session)
-    elif _progress(session) > _progress_of(order):
+    elif session.progress.rank > order.progress.rank:
         order._take_session(session)
     order.payment_intent = order.payment_intent or fact.payment_intent
     return order
-
-
-def _progress(session: SessionStatus) -> int:
-    """How far a session has gone: open, then complete but unpaid, then settled for good."""
-    if session.status == "complete" and session.payment_status == "unpaid":
-        return 2 if session.payment_failed else 1
-    return 0 if session.status == "open" else 2
-
-
-def _progress_of(order: Order) -> int:
-    if order.status == "complete" and order.payment_status == "unpaid":
-        return 2 if order.payment_failed else 1
-    return 0 if order.status == "open" else 2
 
 
 def _settle_as_paid(order: Order) -> None:
@@ -488,82 +460,31 @@ def _changes_of(order: Order, fact: Fact, refunded_before: int) -> list[Change]:
     return paid
 
 
-def fact_of_event(event: dict[str, Any]) -> Fact | None:  # noqa: PLR0911
-    """The fact a handled Stripe event states, or None when it holds nothing we act on.
-
-    Raises MalformedEvent when a field this reads is not what Stripe documents (its type, its
-    range), or the event's object is not what its type promises.
-    """
-    kind = event["type"]
-    obj = fields.dictionary(fields.dictionary(event.get("data"), "data").get("object"), "object")
-    occurred_at = _iso(fields.timestamp(event.get("created"), "created"))
-    if kind in SESSION_EVENTS:
-        fields.check_session(obj)
-        if not isinstance(obj.get("metadata"), dict):
-            obj = {**obj, "metadata": {}}
-        session = SessionStatus.from_stripe(obj, payment_failed=kind == PAYMENT_FAILED_EVENT)
-        intent = fields.object_id(obj.get("payment_intent"), "pi_", "payment_intent", optional=True)
-        return SessionFact(session, intent, occurred_at)
-    intent = fields.object_id(obj.get("payment_intent"), "pi_", "payment_intent", optional=True)
-    if kind in CHARGE_EVENTS:
-        fields.object_id(obj.get("id"), "ch_", "the Charge's id")
-        refunded = fields.amount(obj.get("amount_refunded"), "amount_refunded", optional=True)
-        full = fields.flag(obj.get("refunded"), "refunded", default=False)
-        if intent is None:
-            return None  # a charge outside Checkout: not an order of ours
-        return ChargeFact(intent, refunded or 0, full, occurred_at)
-    if kind in REFUND_EVENTS:
-        refund_id = fields.object_id(obj.get("id"), "re_", "the Refund's id") or ""
-        amount = fields.amount(obj.get("amount"), "the Refund's amount") or 0
-        status = fields.text(obj.get("status"), "the Refund's status") or ""
-        if intent is None:
-            return None
-        return RefundFact(refund_id, intent, amount, status, occurred_at)
-    if kind in DISPUTE_EVENTS:
-        dispute_id = fields.object_id(obj.get("id"), "dp_", "the Dispute's id") or ""
-        disputed = fields.amount(obj.get("amount"), "the Dispute's amount", optional=True)
-        dispute_status = fields.text(obj.get("status"), "the Dispute's status", optional=True)
-        evidence = obj.get("evidence_details")
-        due = evidence.get("due_by") if isinstance(evidence, dict) else None
-        due_by = None if due is None else fields.timestamp(due, "evidence_details.due_by")
-        if intent is None:
-            return None
-        return DisputeFact(
-            dispute_id=dispute_id,
-            payment_intent=intent,
-            amount=disputed,
-            status=dispute_status or "needs_response",
-            evidence_due_by=None if due_by is None else _iso(due_by),
-            occurred_at=occurred_at,
-        )
-    return None
-
-
 def session_fact(session: SessionStatus, payment_intent: str | None = None) -> SessionFact:
     """A fact from the status path's own read of the session (now)."""
-    return SessionFact(session, payment_intent or session.payment_intent, _iso(None))
+    return SessionFact(session, payment_intent or session.payment_intent, iso_utc())
 
 
 def facts_of_session(session: SessionStatus) -> list[Fact]:
     """What the status path's read of a session states: the session, and the refunds its charge
     shows (a refund whose webhook has not come, or never will), in the order they happened."""
-    facts: list[Fact] = [session_fact(session)]
-    if session.paid and session.payment_intent and session.amount_refunded > 0:
-        facts.append(
-            ChargeFact(
-                payment_intent=session.payment_intent,
-                amount_refunded=session.amount_refunded,
-                refunded=session.refunded,
-                occurred_at=_iso(None),
-            )
-        )
-    return facts
+    refunds = refunds_of_session(session)
+    return [session_fact(session), *([] if refunds is None else [refunds])]
 
 
-def _iso(timestamp: Any) -> str:
-    moment = (
-        datetime.fromtimestamp(timestamp, UTC)
-        if isinstance(timestamp, int | float)
-        else datetime.now(UTC)
+def refunds_of_session(session: SessionStatus) -> ChargeFact | None:
+    """The refunds a read of a paid session's charge shows, or None."""
+    if not (session.paid and session.payment_intent and session.amount_refunded > 0):
+        return None
+    return ChargeFact(
+        payment_intent=session.payment_intent,
+        amount_refunded=session.amount_refunded,
+        refunded=session.refunded,
+        occurred_at=iso_utc(),
     )
+
+
+def iso_utc(timestamp: int | None = None) -> str:
+    """A Unix timestamp (None: now) as a change's `occurred_at`: ISO 8601, UTC, to the second."""
+    moment = datetime.now(UTC) if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

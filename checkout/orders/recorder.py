@@ -36,7 +36,7 @@ class Recorder:
         self.publisher = publisher
         self._in_flight_wait = in_flight_wait
 
-    async def apply(
+    async def record(
         self,
         session_id: str,
         fact: Fact,

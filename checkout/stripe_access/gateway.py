@@ -16,6 +16,7 @@ from checkout.errors import ApiError
 from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
 from checkout.once import SingleFlight
 from checkout.orders.session import MARKER_KEY, CreatedSession, SessionStatus
+from checkout.orders.stripe_fields import session_status
 from checkout.request_context import current_request
 from checkout.stripe_access.transport import StripeTransport
 
@@ -137,7 +138,7 @@ class StripeGateway:
             )
 
         async def retrieve() -> SessionStatus:
-            return SessionStatus.from_stripe(await self._call("retrieve", call))
+            return session_status(await self._call("retrieve", call))
 
         # Apart: a webhook's read must not share a public one that the cap is refusing.
         lane = "public" if _serves_public_traffic() else "reserved"
@@ -153,7 +154,7 @@ class StripeGateway:
             return client.v1.checkout.sessions.list_async(params=params, options=options)
 
         found = await self._call("list", call)
-        return SessionStatus.from_stripe(found.data[0]) if found.data else None
+        return session_status(found.data[0]) if found.data else None
 
     async def dispute_statuses(self, payment_intent: str) -> list[str]:
         """The status of each dispute of `payment_intent`'s charge (one page: a charge has few)."""
