@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from checkout.config import ConfigError, load_settings
-from checkout.errors import ApiError
+from checkout.errors import StripeFailure
 from checkout.keys import SecretConfigError, SecretUnavailable
 from checkout.logs import setup_logging
 from checkout.ops.doctor import doctor
@@ -57,9 +57,8 @@ async def _register(service: Service, url: str, secret: str | None) -> int:
     except SetupError as error:
         print(f"register-webhook: {error}", file=sys.stderr)
         return 2
-    except (ApiError, SecretConfigError, SecretUnavailable) as error:
-        detail = error.detail if isinstance(error, ApiError) else str(error)
-        print(f"register-webhook failed: {detail}", file=sys.stderr)
+    except (StripeFailure, SecretConfigError, SecretUnavailable) as error:
+        print(f"register-webhook failed: {error}", file=sys.stderr)
         return 1
     print(f"webhook endpoint {done.endpoint_id} {done.action} for {url}")
     if done.secret_version:

@@ -22,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from checkout.api import server
+from checkout.errors import CheckoutError
 
 _BUILDER = "_create_asgi_app_with_function"
 
 
-class FrameworkChanged(RuntimeError):
+class FrameworkChanged(RuntimeError, CheckoutError):
     """A pinned library no longer has what install() adjusts: an upgrade to review."""
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from checkout.config import ConfigError, Settings
+from checkout.errors import CheckoutError, RetryLater
 
 if TYPE_CHECKING:
     from google.cloud.secretmanager_v1 import SecretManagerServiceClient
@@ -67,11 +68,11 @@ _BARE_NAME = re.compile(rf"^{_ID}$")
 _checked_at_start: dict[str, tuple[int, float, str, str]] = {}
 
 
-class SecretUnavailable(Exception):
+class SecretUnavailable(RetryLater):
     """Secret Manager could not hand over the secret just now (unreachable, denied, corrupt)."""
 
 
-class SecretConfigError(Exception):
+class SecretConfigError(CheckoutError):
     """The secret is missing or misconfigured; retrying will not help until an operator acts."""
 
 

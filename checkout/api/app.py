@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from checkout import errors
+from checkout.api.errors import api_error_for
 from checkout.api.http import (
     BASE_HEADERS,
     CorsPolicy,
@@ -24,7 +24,7 @@ from checkout.api.http import (
 )
 from checkout.api.routes import Endpoint, endpoint_at, match
 from checkout.config import ConfigError, Settings, load_settings, server_limits
-from checkout.errors import ApiError
+from checkout.errors import ApiError, RetryLater, api_error
 from checkout.keys import check_named_secrets, check_secret_shapes
 from checkout.logs import (
     crash_fields,
@@ -101,7 +101,7 @@ class CheckoutApi:
         except ConfigError as error:
             # The environment cannot change under a running process: keep the verdict.
             log.error("configuration error: %s", error)
-            return errors.payment_configuration_error(str(error))
+            return api_error("payment_configuration_error", str(error))
         _announce(service.settings)
         return service
 
@@ -128,14 +128,13 @@ class CheckoutApi:
                 response = CorsPolicy.preflight(endpoint.allowed_methods)
             else:
                 response = await endpoint.handler(request, service)
-        except ApiError as caught:
-            error = caught
-            response = error_response(caught, context["request_id"])
-        except Exception as crash:
-            # A bug: its type, message and traceback go into this request's one log line (below),
-            # with anything shaped like a secret blanked; the client gets a sentence and the id.
-            context["crash"] = crash
-            error = errors.internal_error()
+        except Exception as caught:
+            error = api_error_for(caught)  # an ApiError, or one of ours that the table answers
+            if error is None:
+                # A bug: its type, message and traceback go into this request's one log line
+                # (below), secrets blanked; the client gets a sentence and the id.
+                context["crash"] = caught
+                error = api_error("internal_error")
             response = error_response(error, context["request_id"])
         try:
             # A 405 still knows its endpoint: whether CORS applies depends on the path alone.
@@ -217,8 +216,11 @@ class FulfilApi:
         except DeliveryFailed as error:
             status, outcome = 500, "failed"
             fields["detail"] = redact(str(error))[:300]
-        except LedgerUnavailable as error:
-            status, outcome = 503, "ledger_unavailable"
+        except RetryLater as error:  # the ledger (or another part) is away: Pub/Sub retries
+            status = 503
+            outcome = (
+                "ledger_unavailable" if isinstance(error, LedgerUnavailable) else "unavailable"
+            )
             fields["detail"] = redact(str(error))[:300]
         fields.update(
             outcome=outcome, status=status, latency=f"{time.perf_counter() - started:.6f}s"

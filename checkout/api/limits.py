@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from checkout import errors
+from checkout.errors import api_error
 
 
 def client_address(forwarded_for: Sequence[str], peer: str | None, trusted_hops: int) -> str:
@@ -94,7 +94,9 @@ class TokenBuckets:
         """Spend one of `client`'s tokens, or raise ApiError 429 with Retry-After."""
         wait = self.take(client)
         if wait > 0:
-            raise errors.rate_limited(math.ceil(wait), detail=f"client={client}")
+            raise api_error(
+                "rate_limited", f"client={client}", headers={"Retry-After": str(math.ceil(wait))}
+            )
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from checkout.config import is_live_key
-from checkout.errors import ApiError
+from checkout.errors import StripeFailure
 from checkout.keys import SecretConfigError, SecretUnavailable
 from checkout.ops.register_webhook import ENABLED_EVENTS, PINNED_API_VERSION
 from checkout.ops.subscriptions import Subscription, SubscriptionsUnavailable, TopicSubscriptions
@@ -62,8 +62,8 @@ async def _key(service: Service) -> tuple[Check, str | None]:
     mode = "live" if is_live_key(key) else "test"
     try:
         await _first(service.gateway.sessions_since(0, status="complete"))
-    except ApiError as error:
-        detail = f"{mode} key; Stripe answered {error.code}; fix: use a working key"
+    except StripeFailure as error:
+        detail = f"{mode} key; Stripe answered {type(error).__name__}; fix: use a working key"
         return Check("stripe key", False, detail), key
     return Check("stripe key", True, f"works ({mode} mode)"), key
 
@@ -71,8 +71,8 @@ async def _key(service: Service) -> tuple[Check, str | None]:
 async def _webhook(service: Service, url: str) -> list[Check]:
     try:
         endpoints = [e for e in await service.gateway.webhook_endpoints() if e.get("url") == url]
-    except ApiError as error:
-        return [Check("webhook endpoint", False, f"cannot list endpoints: {error.code}")]
+    except StripeFailure as error:
+        return [Check("webhook endpoint", False, f"cannot list endpoints: {type(error).__name__}")]
     register = f"fix: python -m checkout register-webhook --url {url}"
     if not endpoints:
         return [Check("webhook endpoint", False, f"none for {url}; {register}")]

@@ -33,13 +33,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from checkout.errors import ApiError
-from checkout.ops.subscriptions import DeadLetters, SubscriptionsUnavailable, TopicSubscriptions
+from checkout.errors import RetryLater, StripeFailure
+from checkout.ops.subscriptions import DeadLetters, TopicSubscriptions
 from checkout.orders.delivery import DeliveryFailed, DeliveryInProgress
 from checkout.orders.intake import NOT_OURS, apply_event, checked_session_fact
-from checkout.orders.ledger import LedgerUnavailable
 from checkout.orders.model import HANDLED_EVENTS, Change, session_fact
-from checkout.orders.publisher import PublishFailed
 from checkout.orders.recorder import PublicationInProgress
 from checkout.orders.session import SessionStatus
 from checkout.runtime import Service
@@ -52,7 +50,7 @@ MAX_DAYS = 30  # Stripe keeps events for 30 days
 UNPUBLISHED_GRACE = timedelta(minutes=1)
 
 # What Stripe, the ledger or Pub/Sub raise when they fail: counted, and the run goes on.
-_FAILURES = (ApiError, LedgerUnavailable, PublishFailed, SubscriptionsUnavailable, DeliveryFailed)
+_FAILURES = (StripeFailure, RetryLater, DeliveryFailed)
 # Changes named in the summary line, at most (each overdue one has its own ERROR record).
 NAMED_CHANGES = 20
 
@@ -93,8 +91,7 @@ class Summary:
     def failure(self, what: str, error: BaseException) -> None:
         self.failures += 1
         if len(self.failed) < 5:
-            detail = error.detail if isinstance(error, ApiError) else str(error)
-            self.failed.append(f"{what}: {type(error).__name__}: {(detail or '')[:200]}")
+            self.failed.append(f"{what}: {type(error).__name__}: {str(error)[:200]}")
 
 
 async def reconcile(

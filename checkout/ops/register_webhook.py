@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import stripe
 
-from checkout.errors import ApiError
+from checkout.errors import CheckoutError, StripeFailure
 from checkout.keys import SecretConfigError, SecretUnavailable, add_secret_version, secret_exists
 from checkout.orders.model import HANDLED_EVENTS
 from checkout.runtime import Service
@@ -30,7 +30,7 @@ PINNED_API_VERSION: str = stripe.api_version
 ENABLED_EVENTS = tuple(sorted(HANDLED_EVENTS))
 
 
-class SetupError(Exception):
+class SetupError(CheckoutError):
     """The command cannot do what it was asked; the message says what to change."""
 
 
@@ -85,11 +85,11 @@ async def _discard(service: Service, endpoint_id: str, error: Exception) -> NoRe
     """Delete the endpoint just made, whose signing secret could not be stored, and say so."""
     try:
         await service.gateway.delete_webhook_endpoint(endpoint_id)
-    except ApiError as failed:
+    except StripeFailure as failed:
         raise SecretUnavailable(
             f"the signing secret could not be stored ({error}), and the new endpoint "
-            f"{endpoint_id} could not be deleted ({failed.code}): delete it in the Dashboard, "
-            "then run this again"
+            f"{endpoint_id} could not be deleted ({type(failed).__name__}): delete it in the "
+            "Dashboard, then run this again"
         ) from None
     raise SecretUnavailable(
         f"the signing secret could not be stored ({error}); the new endpoint {endpoint_id} was "

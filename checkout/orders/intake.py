@@ -38,7 +38,7 @@ async def apply_event(  # noqa: PLR0911
     """Record one handled event's fact: the webhook's and the reconciler's one path.
 
     Returns the log fields saying what became of it; raises what the recorder raises
-    (LedgerUnavailable, PublishFailed, PublicationInProgress) and the gateway's ApiError.
+    (RetryLater: LedgerUnavailable, ...) and the gateway's StripeFailure.
     `ask_stripe=False`: a refund or dispute whose PaymentIntent the ledger does not know is
     ignored (`unknown_payment`) rather than looked up (the reconciler, which has just recorded
     every session of its window).

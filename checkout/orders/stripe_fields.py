@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from checkout.errors import CheckoutError
+
 # 9999-12-31T23:59:59Z: the last second a datetime can hold.
 MAX_TIMESTAMP = 253_402_300_799
 # Far above any amount Stripe accepts (8 digits for most currencies), far below any overflow.
@@ -20,7 +22,7 @@ PAYMENT_STATUSES = frozenset({"paid", "unpaid", "no_payment_required"})
 _ID = re.compile(r"[A-Za-z0-9_]{1,250}")
 
 
-class MalformedEvent(ValueError):
+class MalformedEvent(ValueError, CheckoutError):
     """An event whose fields are not what Stripe documents: acknowledged, refused, logged."""
 
 
