@@ -305,11 +305,12 @@ def every_subclass(kind: type) -> set[type]:
 
     for module in pkgutil.walk_packages(checkout.__path__, "checkout."):
         importlib.import_module(module.name)  # every class of ours defined
-    found, todo = set(), [kind]
+    found: set[type] = set()
+    todo: list[type] = [kind]
     while todo:
-        for sub in todo.pop().__subclasses__():
-            found.add(sub)
-            todo.append(sub)
+        subclasses: list[type] = todo.pop().__subclasses__()
+        found.update(subclasses)
+        todo += subclasses
     return found
 
 
