@@ -8,18 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from checkout import errors
 from checkout.api.errors import api_error_for
-from checkout.errors import (
-    CODES,
-    IdempotencyConflict,
-    ProviderBusy,
-    ProviderError,
-    ProviderUnavailable,
-    ProviderUnreachable,
-    SessionNotFound,
-    StripeFailure,
-    StripeMisconfigured,
-)
 from tests.support import CREATE, STATUS, assert_error, create, free_port
 
 
@@ -127,18 +117,18 @@ def test_stripe_request_id_and_error_detail_are_logged_not_sent(client, stripe_e
 
 # The contract's table of Stripe failures: what the gateway raises, what the client is answered.
 CONTRACT = {
-    SessionNotFound: (404, "session_not_found", False),
-    ProviderBusy: (503, "payment_provider_busy", True),
-    ProviderUnreachable: (504, "payment_provider_unreachable", False),
-    ProviderError: (502, "payment_provider_error", False),
-    StripeMisconfigured: (500, "payment_configuration_error", False),
-    IdempotencyConflict: (409, "idempotency_conflict", False),
-    ProviderUnavailable: (503, "payment_provider_unavailable", True),
+    errors.SessionNotFound: (404, "session_not_found", False),
+    errors.ProviderBusy: (503, "payment_provider_busy", True),
+    errors.ProviderUnreachable: (504, "payment_provider_unreachable", False),
+    errors.ProviderError: (502, "payment_provider_error", False),
+    errors.StripeMisconfigured: (500, "payment_configuration_error", False),
+    errors.IdempotencyConflict: (409, "idempotency_conflict", False),
+    errors.ProviderUnavailable: (503, "payment_provider_unavailable", True),
 }
 
 
 def test_every_stripe_failure_has_its_row_in_the_contract():
-    assert set(StripeFailure.__subclasses__()) == set(CONTRACT)
+    assert set(errors.StripeFailure.__subclasses__()) == set(CONTRACT)
 
 
 @pytest.mark.parametrize("failure", CONTRACT)
@@ -147,7 +137,7 @@ def test_each_stripe_failure_answers_its_row_with_the_sentence_not_the_detail(fa
     status, code, retry_after = CONTRACT[failure]
     assert error is not None
     assert (error.status, error.code, "Retry-After" in error.headers) == (status, code, retry_after)
-    assert error.message == CODES[code].message
+    assert error.message == errors.CODES[code].message
     assert error.detail == "stripe create: APIError http=500 message=sk_test_..."  # the log's
 
 
@@ -184,7 +174,7 @@ def test_a_stripe_failure_is_its_json_error_to_the_client_and_its_detail_to_the_
 ):
     response = scenario(client, stripe_emulator)
     body = assert_error(response, status, code)
-    assert body["error"] == CODES[code].message
+    assert body["error"] == errors.CODES[code].message
     [line] = [
         r
         for r in logs()
