@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from checkout.config import ConfigError, load_settings
 from checkout.errors import StripeFailure
-from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.keys import SecretError
 from checkout.logs import setup_logging
 from checkout.ops.doctor import doctor
 from checkout.ops.local_operator import DOCTOR_HELP, local_checks, reconcile_warning
@@ -57,7 +57,7 @@ async def _register(service: Service, url: str, secret: str | None) -> int:
     except SetupError as error:
         print(f"register-webhook: {error}", file=sys.stderr)
         return 2
-    except (StripeFailure, SecretConfigError, SecretUnavailable) as error:
+    except (StripeFailure, SecretError) as error:
         print(f"register-webhook failed: {error}", file=sys.stderr)
         return 1
     print(f"webhook endpoint {done.endpoint_id} {done.action} for {url}")

@@ -68,11 +68,15 @@ _BARE_NAME = re.compile(rf"^{_ID}$")
 _checked_at_start: dict[str, tuple[int, float, str, str]] = {}
 
 
-class SecretUnavailable(RetryLater):
+class SecretError(CheckoutError):
+    """The secret cannot be had: one of the two below."""
+
+
+class SecretUnavailable(SecretError, RetryLater):
     """Secret Manager could not hand over the secret just now (unreachable, denied, corrupt)."""
 
 
-class SecretConfigError(CheckoutError):
+class SecretConfigError(SecretError):
     """The secret is missing or misconfigured; retrying will not help until an operator acts."""
 
 
@@ -311,7 +315,7 @@ class SecretSource:
             raise SecretUnavailable(
                 f"the {self._label} was not read within {self._async_wait:g} s; retry"
             ) from None
-        except (SecretConfigError, SecretUnavailable) as error:
+        except SecretError as error:
             # A fresh exception per waiter: one instance raised in many tasks tangles tracebacks.
             raise type(error)(*error.args) from None
 

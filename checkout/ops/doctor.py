@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from checkout.config import is_live_key
 from checkout.errors import StripeFailure
-from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.keys import SecretError
 from checkout.ops.register_webhook import ENABLED_EVENTS, PINNED_API_VERSION
 from checkout.ops.subscriptions import Subscription, SubscriptionsUnavailable, TopicSubscriptions
 from checkout.orders.ledger import LedgerUnavailable
@@ -57,7 +57,7 @@ async def _key(service: Service) -> tuple[Check, str | None]:
     """The key check, and the key as the service resolves it (env or Secret Manager), if any."""
     try:
         key = await service.api_key.get_async()
-    except (SecretConfigError, SecretUnavailable) as error:
+    except SecretError as error:
         return Check("stripe key", False, f"{error}; fix: set STRIPE_SECRET_KEY or _NAME"), None
     mode = "live" if is_live_key(key) else "test"
     try:

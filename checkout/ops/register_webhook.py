@@ -22,7 +22,13 @@ from urllib.parse import urlsplit
 import stripe
 
 from checkout.errors import CheckoutError, StripeFailure
-from checkout.keys import SecretConfigError, SecretUnavailable, add_secret_version, secret_exists
+from checkout.keys import (
+    SecretConfigError,
+    SecretError,
+    SecretUnavailable,
+    add_secret_version,
+    secret_exists,
+)
 from checkout.orders.model import HANDLED_EVENTS
 from checkout.runtime import Service
 
@@ -73,7 +79,7 @@ async def register_webhook(service: Service, url: str, secret_name: str | None) 
     if secret_name is not None:
         try:
             stored = await add_secret_version(service.settings, secret_name, secret)
-        except (SecretConfigError, SecretUnavailable) as error:
+        except SecretError as error:
             await _discard(service, str(created["id"]), error)
     for endpoint in existing:  # an older API version's: replaced, never a second endpoint
         await service.gateway.delete_webhook_endpoint(endpoint["id"])

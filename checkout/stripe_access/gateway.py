@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import stripe
@@ -21,7 +22,7 @@ from checkout.errors import (
     StripeFailure,
     StripeMisconfigured,
 )
-from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
+from checkout.keys import SecretConfigError, SecretError, SecretSource, SecretUnavailable
 from checkout.logs import current_request
 from checkout.once import SingleFlight
 from checkout.orders.session import MARKER_KEY, CreatedSession, SessionStatus
@@ -307,17 +308,12 @@ class StripeGateway:
         """Whether the key is a live one; None when no key can be had (the caller cannot tell)."""
         try:
             return is_live_key(await self._api_key.get_async())
-        except (SecretUnavailable, SecretConfigError):
+        except SecretError:
             return None
 
     async def _key(self) -> str:
-        try:
-            key = await self._api_key.get_async()
-        except SecretUnavailable as error:
-            raise ProviderUnavailable(f"Stripe key unavailable: {error}") from None
-        except SecretConfigError as error:
-            raise StripeMisconfigured(str(error)) from None
-        return self._sendable(key)
+        with _key_errors():
+            return self._sendable(await self._api_key.get_async())
 
     def _sendable(self, key: str) -> str:
         if self._settings.stripe_api_base and is_live_key(key):
@@ -330,13 +326,8 @@ class StripeGateway:
 
     async def _refreshed_key(self, stale: str) -> str:
         log.warning("Stripe answered 401 for the API key; re-reading the key")
-        try:
-            fresh = await self._api_key.refresh_async(stale)
-        except SecretUnavailable as error:
-            raise ProviderUnavailable(f"Stripe key unavailable: {error}") from None
-        except SecretConfigError as error:
-            raise StripeMisconfigured(str(error)) from None
-        return self._sendable(fresh)
+        with _key_errors():
+            return self._sendable(await self._api_key.refresh_async(stale))
 
     def _client_for_this_loop(self, key: str) -> stripe.StripeClient:
         # One event loop per worker process, so this builds once; a pool cannot cross loops.
@@ -415,6 +406,17 @@ def _note_stripe_request_id(request_id: str | None) -> None:
     request = current_request.get()
     if request is not None and request_id:
         request["stripe_request_id"] = request_id
+
+
+@contextmanager
+def _key_errors() -> Iterator[None]:
+    """The key's errors as a Stripe call's: retry later, or ours to fix."""
+    try:
+        yield
+    except SecretUnavailable as error:
+        raise ProviderUnavailable(f"Stripe key unavailable: {error}") from None
+    except SecretConfigError as error:
+        raise StripeMisconfigured(str(error)) from None
 
 
 def _map_stripe_error(operation: str, error: stripe.StripeError) -> StripeFailure:
