@@ -1,9 +1,6 @@
 """The operator's commands: `python -m checkout reconcile | register-webhook | doctor`, and
-`setup | teardown | deploy` (checkout/ops/setup.py), which run gcloud and need no settings.
-
-Each reads the same settings as the service (the deployment's environment) and builds the same
-Service: the same gateway, ledger, recorder and publisher, nothing of its own.
-"""
+`setup | teardown | deploy` (gcloud, no settings). Each builds the service's own parts from the
+deployment's settings, nothing of its own: docs/operations.md, docs/deploy.md."""
 
 from __future__ import annotations
 

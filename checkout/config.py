@@ -43,11 +43,8 @@ _DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 
 
 def stripe_budget_seconds(timeout: float, retries: int) -> float:
-    """Worst case of one Stripe call: every attempt times out and every backoff is the longest.
-
-    stripe-python sleeps min(0.5 * 2**(n-1), 5) s before retry n, less a random jitter of up to
-    half (stripe/_http_client.py: INITIAL_DELAY, MAX_DELAY).
-    """
+    """Worst case of one Stripe call: every attempt times out, every backoff is the longest
+    (stripe/_http_client.py; docs/operations.md "Time budget of a Stripe call")."""
     return (retries + 1) * timeout + sum(min(0.5 * 2.0**n, 5.0) for n in range(retries))
 
 

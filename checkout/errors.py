@@ -1,7 +1,6 @@
 """The exception tree (one root, `CheckoutError`) and the table of every code the API answers.
 
-checkout/api/errors.py maps our exceptions to these codes, in one table; docs/layout.md says how.
-"""
+checkout/api/errors.py maps our exceptions to these codes; openapi.yaml documents each one."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
 """What we change in functions-framework, uvicorn and the process, in one call: `install()`.
 
-main.py makes it once, first. Each private symbol it relies on is checked before it is touched, so
-that an upgrade which moves one fails the start, naming itself (docs/layout.md, docs/abuse.md).
-"""
+main.py makes it first; each private symbol is checked before it is touched (docs/abuse.md)."""
 
 from __future__ import annotations
 
@@ -66,13 +64,8 @@ def install() -> None:
 
 
 def _import_stripe_without_default_clients() -> None:
-    """Import the Stripe SDK first, with the HTTP libraries it picks a default client from hidden.
-
-    stripe imports whichever of requests, httpx and aiohttp is installed as it is first imported.
-    Every call of ours goes through our own transport (stripe_access/transport.py), so that only
-    adds requests (about 45 ms) to every cold start. They stay importable for whoever needs them
-    later (the Secret Manager client imports requests, with STRIPE_SECRET_NAME only).
-    """
+    """Import the Stripe SDK first, with the HTTP libraries it picks a default client from hidden:
+    we use our own transport, and they cost cold start (docs/performance.md "Cold start")."""
     if "stripe" in sys.modules:
         return
     hidden = [name for name in ("requests", "httpx", "aiohttp") if name not in sys.modules]
@@ -86,12 +79,8 @@ def _import_stripe_without_default_clients() -> None:
 
 
 def _answer_the_frameworks_errors_as_the_function() -> None:
-    """functions-framework's ASGI app answers a few requests itself, in plain text: GET /robots.txt
-    and /favicon.ico (404), and methods outside its list, such as TRACE (405). Unlike its Flask app
-    it has no errorhandler hook, so wrap the private function that builds the app and send its
-    HTTP errors to the function it serves: they get the contract's JSON 404/405, as any other path
-    and method do (tests/test_bad_input.py checks each of them).
-    """
+    """Send the HTTP errors functions-framework's ASGI app answers itself (/robots.txt, TRACE...)
+    to the function, for the contract's JSON: the app has no errorhandler hook to do it with."""
     build: Callable[..., Starlette] = getattr(functions_framework.aio, _BUILDER)
     if getattr(build, "answers_everything", False):
         return
@@ -115,14 +104,8 @@ def _answer_the_frameworks_errors_as_the_function() -> None:
 
 
 def _bound_the_worker_and_trust_no_proxy() -> None:
-    """Who the client is stays our decision (TRUSTED_PROXY_HOPS, checkout/api/limits.py).
-
-    uvicorn's proxy headers handling would replace the socket peer with X-Forwarded-For whenever
-    the peer is in FORWARDED_ALLOW_IPS, loopback by default, which any local client or ingress
-    sidecar is: off in the worker class functions-framework's gunicorn runs (read when gunicorn
-    builds it, after main.py is imported), whatever the environment says. Its --debug mode serves
-    with bare `uvicorn.run` instead, which reads FORWARDED_ALLOW_IPS as it starts: trust no proxy.
-    """
+    """Who the client is stays our decision (TRUSTED_PROXY_HOPS): uvicorn's proxy headers off,
+    under gunicorn and in --debug's bare uvicorn alike (docs/abuse.md)."""
     uvicorn_worker.UvicornWorker.CONFIG_KWARGS = {
         **uvicorn_worker.UvicornWorker.CONFIG_KWARGS,
         "proxy_headers": False,

@@ -1,10 +1,6 @@
 """Stripe secrets (API key, webhook signing secret): from the environment or Secret Manager, cached.
 
-Google's libraries are imported only on the Secret Manager path: importing them costs 150-230 ms of
-cold start. On Cloud Run a named secret is read once before gunicorn forks, to refuse a value of the
-wrong shape (check_named_secrets); that client is closed before the fork, and each process builds
-its own on first use, since no network client may be shared across a fork.
-"""
+Google's libraries load only for Secret Manager; no client crosses a fork: docs/operations.md."""
 
 # Google's libraries are imported inside the functions that use them, on purpose (see above).
 # ruff: noqa: PLC0415

@@ -1,9 +1,6 @@
 """A TCP proxy that delays every answer: a slow (not down) service, for tests and the bench.
 
-Put between a client and Google's Firestore emulator, it holds each chunk the emulator sends for
-`delay` seconds before passing it on (in order), so every RPC answers that much later while the
-connection stays healthy. Requests go through at once. Nothing in the code under test sleeps.
-"""
+Each chunk upstream sends is held `delay` seconds; requests pass at once (docs/emulator.md)."""
 
 from __future__ import annotations
 

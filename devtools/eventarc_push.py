@@ -1,19 +1,6 @@
 """What Eventarc does for a Pub/Sub trigger, locally: pull from a subscription on the emulator and
 POST each message to a URL as a binary-mode CloudEvent; acknowledge on 2xx, nack otherwise.
-
-    python -m devtools.eventarc_push \\
-        --subscription projects/local-project/subscriptions/checkout-orders-worker \\
-        --url http://127.0.0.1:8081/
-
-The emulator is PUBSUB_EMULATOR_HOST (or --host). A nack is `modifyAckDeadline 0`: Pub/Sub
-redelivers at once, where the real push backs off; after the subscription's maximum delivery
-attempts a dead-letter policy moves the message on, as in production. One message at a time, in
-pull order, by default: enough for one local worker, and it keeps one ordering key's messages in
-order. `concurrency=N` keeps up to N POSTs in flight, as Pub/Sub's push does (a benchmark whose
-deliveries take seconds needs that), one ordering key's messages still after one another: within
-a pull by grouping, and across pulls because an ordered subscription hands out a key's next
-message only once the one before it is acknowledged (tests/test_pubsub_emulator.py checks both).
-"""
+How to run it and what differs from production: docs/pubsub.md."""
 
 from __future__ import annotations
 

@@ -1,18 +1,12 @@
 """Google's Firestore emulator (`gcloud emulators firestore start`) on loopback, for tests.
 
-It comes with the Google Cloud CLI and needs Java. Data lives in memory: a restart empties it, and
-each project id is a separate set of data. Clients find it through FIRESTORE_EMULATOR_HOST.
-
-    python -m devtools.firestore_emulator --port 8086   # runs until Ctrl-C
-"""
+`python -m devtools.firestore_emulator --port 8086` runs one until Ctrl-C (docs/ledger.md)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import urllib.request
-from pathlib import Path
 
 from devtools.gcloud_emulator import GcloudEmulator
 
@@ -24,23 +18,7 @@ class FirestoreEmulator(GcloudEmulator):
     command = ("emulators", "firestore", "start")
     host_variable = "FIRESTORE_EMULATOR_HOST"
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
-        super().__init__(port)
-        self._log_path = log_path
-
-    def start(self, seconds: float = 90.0) -> None:
-        if self.running:
-            return
-        output = self._log_path.open("ab") if self._log_path else subprocess.DEVNULL
-        try:
-            self._launch(output)
-        finally:
-            if self._log_path:
-                output.close()
-        self._wait_ready(self._answers_ok, seconds, self._log_path)
-        self._warm_up()
-
-    def _answers_ok(self) -> bool:
+    def _ready(self, log_offset: int) -> bool:
         try:
             with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as response:
                 return response.read().strip() == b"Ok"

@@ -10,13 +10,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Self
 
-from devtools.loopback import Running, free_port
+from devtools.loopback import Running, free_port, wait_for_stop
 
 
 class GcloudEmulator(Running):
@@ -26,12 +26,30 @@ class GcloudEmulator(Running):
     command: tuple[str, ...] = ()  # the words between `gcloud` and --host-port
     host_variable = ""  # e.g. FIRESTORE_EMULATOR_HOST: not passed on to gcloud
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
         # An empty gcloud configuration: no account, no prompts, nothing written to the user's.
         self._config = tempfile.TemporaryDirectory(prefix="gcloud-config-")
+        self.log_path = log_path or Path(self._config.name) / "emulator.log"
+
+    def start(self, seconds: float = 90.0) -> None:
+        if self.running:
+            return
+        # The log is appended to across restarts: a subclass reads this start's lines only.
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as output:
+            self._launch(output)
+        self._wait_ready(lambda: self._ready(offset), seconds)
+        self._warm_up()
+
+    def _ready(self, log_offset: int) -> bool:
+        """Whether the emulator started at `log_offset` in its log now answers."""
+        raise NotImplementedError
+
+    def _warm_up(self) -> None:
+        """What a fresh emulator should do once before the first test's deadlines start."""
 
     @classmethod
     def missing(cls) -> str | None:
@@ -45,7 +63,7 @@ class GcloudEmulator(Running):
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def _launch(self, output: IO[bytes] | int) -> None:
+    def _launch(self, output: IO[bytes]) -> None:
         env = {
             **os.environ,
             "CLOUDSDK_CONFIG": self._config.name,
@@ -61,12 +79,12 @@ class GcloudEmulator(Running):
             start_new_session=True,  # its own process group: gcloud starts Java as a child
         )
 
-    def _wait_ready(self, ready: Callable[[], bool], seconds: float, log: object) -> None:
-        """Until `ready()`; stopped, with an error naming `log`, if it exits or never is."""
+    def _wait_ready(self, ready: Callable[[], bool], seconds: float) -> None:
+        """Until `ready()`; stopped, with an error naming the log, if it exits or never is."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
-                raise RuntimeError(f"the {self.name} emulator exited early; see {log}")
+                raise RuntimeError(f"the {self.name} emulator exited early; see {self.log_path}")
             if ready():
                 return
             time.sleep(0.1)
@@ -111,14 +129,12 @@ class GcloudEmulator(Running):
 
     @classmethod
     def serve(cls, port: int, ready: Callable[[Self], list[str]] = lambda _: []) -> None:
-        """`python -m devtools.X`: run until Ctrl-C or SIGTERM; print how to use it, then `ready`'s
-        lines (it may set the emulator up first)."""
+        """`python -m devtools.X`: print how to use it and `ready`'s lines (it may set the emulator
+        up first), then run until Ctrl-C or SIGTERM."""
         reason = cls.missing()
         if reason:
             raise SystemExit(reason)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that `with` stops the emulator
         with cls(port) as emulator:
             lines = ready(emulator)
             print(f"export {cls.host_variable}={emulator.host}", *lines, sep="\n", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.pause()
+            wait_for_stop()

@@ -1,7 +1,6 @@
 """Lines of code and of prose (docstrings, comments) in a tree: `python -m devtools.line_counts`.
 
-docs/layout.md gives the figures before and after the renovation; blank lines count as neither.
-"""
+Blank lines count as neither; the renovation's figures before and after are in docs/layout.md."""
 
 from __future__ import annotations
 

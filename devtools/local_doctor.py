@@ -1,9 +1,6 @@
 """`make doctor`: `python -m checkout doctor` against a running `make run`, with its settings.
 
-The same variables `make run` gives the function (devtools/run_local.py): the bundled emulator and
-its key unless a real key is configured, the local signing secret, the same PORT and
-STRIPE_EMULATOR_PORT. doctor then checks that setup (checkout/ops/local_operator.py).
-"""
+The variables `make run` gives the function (run_local.py); doctor checks that setup."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
 """`make mutation`'s summary: the score of each module mutmut ran, and every mutant that survived.
 
-Reads the results mutmut left in mutants/ (one .meta file per mutated module) and counts only the
-mutants the run selected (the patterns given, as `mutmut run` was given them), so a module
-narrowed to some functions is not charged with mutants nobody tried.
-
-    python -m devtools.mutation_report [PATTERN ...]
-"""
+Only the mutants the run selected count: `python -m devtools.mutation_report [PATTERN ...]`."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
 """Google's Pub/Sub emulator (`gcloud beta emulators pubsub start`) on loopback, with REST helpers.
 
-It comes with the Google Cloud CLI and needs Java. Topics, subscriptions and messages live in
-memory: a restart loses them all. Clients find it through PUBSUB_EMULATOR_HOST (google-cloud-pubsub
-honours it, with no credentials); `PubSubApi` speaks its REST API with urllib.
-
-    python -m devtools.pubsub_emulator --port 8087   # until Ctrl-C, with docs/pubsub.md's topics
-"""
+`python -m devtools.pubsub_emulator --port 8087` runs one with docs/pubsub.md's topics."""
 
 from __future__ import annotations
 
@@ -21,10 +16,8 @@ from devtools.gcloud_emulator import GcloudEmulator
 
 READY_LINE = b"Server started, listening on"
 
-# What `make pubsub-emulator` creates, so that a local `fulfil_order` can be driven at once
-# (docs/pubsub.md): the topic, the worker's subscription, and its dead-letter topic. Unordered, as
-# the subscription Eventarc creates is, and because the emulator cannot dead-letter from an ordered
-# one (tests/test_pubsub_emulator.py pins that).
+# What `make pubsub-emulator` creates (docs/pubsub.md); unordered, because the emulator cannot
+# dead-letter from an ordered subscription (tests/test_pubsub_emulator.py pins that).
 LOCAL_PROJECT = "local-project"
 LOCAL_TOPIC = "checkout-orders"
 LOCAL_SUBSCRIPTION = "checkout-orders-worker"
@@ -186,26 +179,14 @@ class PubSubEmulator(GcloudEmulator):
     host_variable = "PUBSUB_EMULATOR_HOST"
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
-        super().__init__(port)
-        # The ready line is read from the log, so there always is one.
-        self.log_path = log_path or Path(self._config.name) / "pubsub-emulator.log"
+        super().__init__(port, log_path)
         self.api = PubSubApi(self.host)
 
-    def start(self, seconds: float = 90.0) -> None:
-        if self.running:
-            return
-        # The log is appended to across restarts: look for this start's ready line only.
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as output:
-            self._launch(output)
-
-        def ready() -> bool:
-            with self.log_path.open("rb") as log:
-                log.seek(offset)
-                started = READY_LINE in log.read()
-            return started and self.accepts_connections()
-
-        self._wait_ready(ready, seconds, self.log_path)
+    def _ready(self, log_offset: int) -> bool:
+        with self.log_path.open("rb") as log:
+            log.seek(log_offset)
+            started = READY_LINE in log.read()
+        return started and self.accepts_connections()
 
 
 def create_local_topics(api: PubSubApi, project: str = LOCAL_PROJECT) -> None:

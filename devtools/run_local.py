@@ -1,9 +1,6 @@
 """`make run`: start the function on :8080, with the bundled Stripe emulator when no key is set.
 
-Real Stripe is used when STRIPE_SECRET_KEY or STRIPE_SECRET_NAME is configured. On Cloud Run
-(K_SERVICE set) this never starts the emulator. Offline, the emulator also serves a stand-in
-Stripe.js and a /demo page; its origin is then added to the CORS allowlist, and only then.
-"""
+Never the emulator on Cloud Run (K_SERVICE); offline its origin joins CORS (docs/emulator.md)."""
 
 from __future__ import annotations
 

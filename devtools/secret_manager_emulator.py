@@ -1,38 +1,21 @@
-"""A local fake of Secret Manager's REST API: just enough to read secret versions.
-
-Google ships no Secret Manager emulator. This one answers the call the service makes,
-`GET /v1/projects/{p}/secrets/{s}/versions/{v}:access`, and register-webhook's `GET
-/v1/projects/{p}/secrets/{s}` and `POST …/secrets/{s}:addVersion`, in the shape the real REST
-transport of google-cloud-secret-manager parses, and can be told to fail the ways the real
-service fails.
-
-    python -m devtools.secret_manager_emulator --port 8085 \\
-        --secret projects/demo/secrets/stripe=sk_test_...
-    SECRET_MANAGER_ENDPOINT=http://127.0.0.1:8085 STRIPE_SECRET_NAME=projects/demo/secrets/stripe
-
-Control endpoints (for other processes): `POST /_emulator/secrets {"project","secret","value"}`
-(without "value": the secret alone),
-`POST /_emulator/failure {"mode": "unavailable"|"permission_denied"|"crc_mismatch"|null}`,
-`GET /_emulator/calls`, `POST /_emulator/reset`.
-"""
+"""A local fake of Secret Manager's REST API: the reads and writes the service and
+register-webhook make, and the failures the real one has. How to run it, and its control
+endpoints: docs/emulator.md "The other stand-ins"."""
 
 from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import re
-import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from devtools.loopback import Running
+from devtools.loopback import LoopbackHTTPServer, Running, wait_for_stop
 
 FAILURE_MODES = ("unavailable", "permission_denied", "crc_mismatch")
 
@@ -112,22 +95,14 @@ class SecretManagerEmulator(Running):
         server = _Server(self._address, _Handler)
         server.emulator = self
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="secret-manager-emulator", daemon=True
-        )
-        self._thread.start()
+        self._thread = server.serve_in_thread("secret-manager-emulator")
         return self
 
     def stop(self) -> None:
         server, self._server = self._server, None
-        if server is None:
-            return
-        self.release()
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if server is not None:
+            self.release()
+            server.stop(self._thread)
 
     @property
     def endpoint(self) -> str:
@@ -206,15 +181,8 @@ class SecretManagerEmulator(Running):
             time.sleep(self._latency_s)
 
         requested = f"projects/{project}/secrets/{secret}/versions/{version}"
-        if failure == "unavailable":
-            return _google_error(503, "UNAVAILABLE", "The service is currently unavailable.")
-        if failure == "permission_denied":
-            return _google_error(
-                403,
-                "PERMISSION_DENIED",
-                f"Permission 'secretmanager.versions.access' denied for resource '{requested}' "
-                "(or it may not exist).",
-            )
+        if failure in ("unavailable", "permission_denied"):
+            return _failure_error(failure, "secretmanager.versions.access", requested)
         if not versions:
             return _google_error(
                 404,
@@ -268,15 +236,8 @@ class SecretManagerEmulator(Running):
         with self._lock:
             failure = self._failure
             exists = (project, secret) in self._secrets
-        if failure == "unavailable":
-            return _google_error(503, "UNAVAILABLE", "The service is currently unavailable.")
-        if failure == "permission_denied":
-            return _google_error(
-                403,
-                "PERMISSION_DENIED",
-                f"Permission 'secretmanager.secrets.get' denied for resource '{name}' "
-                "(or it may not exist).",
-            )
+        if failure in ("unavailable", "permission_denied"):
+            return _failure_error(failure, "secretmanager.secrets.get", name)
         if not exists:
             return _google_error(404, "NOT_FOUND", f"Secret [{name}] not found.")
         return 200, {"name": name, "replication": {"automatic": {}}}
@@ -330,57 +291,30 @@ def _resolve(versions: list[_Version], version: str) -> int | None:
     return None
 
 
+def _failure_error(failure: str, permission: str, resource: str) -> tuple[int, dict[str, Any]]:
+    """What a call answers while set_failure() makes it fail: unavailable or permission denied."""
+    if failure == "unavailable":
+        return _google_error(503, "UNAVAILABLE", "The service is currently unavailable.")
+    return _google_error(
+        403,
+        "PERMISSION_DENIED",
+        f"Permission '{permission}' denied for resource '{resource}' (or it may not exist).",
+    )
+
+
 def _google_error(code: int, status: str, message: str) -> tuple[int, dict[str, Any]]:
     # The shape google.api_core.exceptions.from_http_response reads.
     return code, {"error": {"code": code, "message": message, "status": status}}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackHTTPServer):
     emulator: SecretManagerEmulator
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-
-    def track(self, connection: socket.socket, *, open_: bool) -> None:
-        with self._connections_lock:
-            if open_:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-
-    def open_connections(self) -> int:
-        with self._connections_lock:
-            return len(self._connections)
-
-    def close_connections(self) -> None:
-        # Clients keep connections alive; without this their handler threads outlive stop().
-        with self._connections_lock:
-            for connection in self._connections:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-            self._connections.clear()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):
-            return  # a client that gave up on a held or slow access went away: expected
-        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
     timeout = 30
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, open_=True)
-
-    def finish(self) -> None:
-        self.server.track(self.connection, open_=False)
-        super().finish()
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -465,9 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     emulator.start()
     print(f"Secret Manager emulator listening on {emulator.endpoint}", flush=True)
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+        wait_for_stop()
     finally:
         emulator.stop()
 

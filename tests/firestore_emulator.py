@@ -11,10 +11,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pytest
 
 from devtools.firestore_emulator import FirestoreEmulator
+from devtools.gcloud_emulator import GcloudEmulator
+
+E = TypeVar("E", bound=GcloudEmulator)
 
 
 @dataclass(frozen=True)
@@ -40,24 +44,47 @@ class Firestore:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_users(items, "firestore_emulator_server", pytest.mark.firestore)
+
+
+def mark_users(items: list[pytest.Item], fixture: str, marker: pytest.MarkDecorator) -> None:
     # Before `-m` deselects: every test that needs the emulator carries the marker.
     for item in items:
-        if "firestore_emulator_server" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.firestore)
+        if fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
 def firestore_emulator_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FirestoreEmulator]:
-    reason = FirestoreEmulator.missing()
+    yield from running(FirestoreEmulator, tmp_path_factory)
+
+
+def running(kind: type[E], tmp_path_factory: pytest.TempPathFactory) -> Iterator[E]:
+    """A session's emulator of `kind`; without gcloud or Java a skip, or in CI a failure."""
+    reason = kind.missing()
     if reason is not None:
         if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run the Firestore emulator tests", pytrace=False)
+            pytest.fail(f"{reason}; CI must run the {kind.name} emulator tests", pytrace=False)
         pytest.skip(reason)
-    log_path = tmp_path_factory.mktemp("firestore-emulator") / "emulator.log"
-    with FirestoreEmulator(log_path=log_path) as emulator:
+    log_path = tmp_path_factory.mktemp("gcloud-emulator") / "emulator.log"
+    with kind(log_path=log_path) as emulator:
         yield emulator
+
+
+def fresh_project(
+    request: pytest.FixtureRequest,
+    server: GcloudEmulator,
+    marker: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:
+    """The session's emulator started again if a test stopped it, its host variable set for this
+    process too (for clients a test builds itself), and a fresh project id."""
+    require_marker(request, marker, f"the {server.name} emulator")
+    server.start()
+    monkeypatch.setenv(server.host_variable, server.host)
+    return f"test-{uuid.uuid4().hex[:16]}"
 
 
 def require_marker(request: pytest.FixtureRequest, marker: str, what: str) -> None:
@@ -83,11 +110,6 @@ def firestore(
     firestore_emulator_server: FirestoreEmulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Firestore:
-    """The session's emulator (started again if a test stopped it), and a fresh project id.
-
-    FIRESTORE_EMULATOR_HOST is set for this process too, for ledgers the test builds itself.
-    """
-    require_marker(request, "firestore", "the Firestore emulator")
-    firestore_emulator_server.start()
-    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator_server.host)
-    return Firestore(firestore_emulator_server, f"test-{uuid.uuid4().hex[:16]}")
+    """The session's emulator, and a fresh project id (FIRESTORE_EMULATOR_HOST set here too)."""
+    project = fresh_project(request, firestore_emulator_server, "firestore", monkeypatch)
+    return Firestore(firestore_emulator_server, project)

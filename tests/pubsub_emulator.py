@@ -9,9 +9,7 @@ set), where they fail: CI must run them.
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +23,7 @@ from devtools.pubsub_emulator import (
     subscription_path,
     topic_path,
 )
-from tests.firestore_emulator import require_marker
+from tests.firestore_emulator import fresh_project, mark_users, running
 
 TOPIC = "checkout-orders"
 SUBSCRIPTION = "checkout-orders-test"
@@ -112,24 +110,14 @@ def decoded(message: dict[str, Any]) -> Message:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Before `-m` deselects: every test that needs the emulator carries the marker.
-    for item in items:
-        if "pubsub_emulator_server" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.pubsub)
+    mark_users(items, "pubsub_emulator_server", pytest.mark.pubsub)
 
 
 @pytest.fixture(scope="session")
 def pubsub_emulator_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[PubSubEmulator]:
-    reason = PubSubEmulator.missing()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run the Pub/Sub emulator tests", pytrace=False)
-        pytest.skip(reason)
-    log_path = tmp_path_factory.mktemp("pubsub-emulator") / "emulator.log"
-    with PubSubEmulator(log_path=log_path) as emulator:
-        yield emulator
+    yield from running(PubSubEmulator, tmp_path_factory)
 
 
 @pytest.fixture
@@ -138,15 +126,10 @@ def pubsub(
     pubsub_emulator_server: PubSubEmulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> PubSub:
-    """The session's emulator (started again if a test stopped it), a fresh project id, and in
-    it the topic `checkout-orders` with an ordered pull subscription.
-
-    PUBSUB_EMULATOR_HOST is set for this process too, for clients the test builds itself.
-    """
-    require_marker(request, "pubsub", "the Pub/Sub emulator")
-    pubsub_emulator_server.start()
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator_server.host)
-    found = PubSub(pubsub_emulator_server, f"test-{uuid.uuid4().hex[:16]}")
+    """The session's emulator, a fresh project id (PUBSUB_EMULATOR_HOST set here too), and in it
+    the topic `checkout-orders` with an ordered pull subscription."""
+    project = fresh_project(request, pubsub_emulator_server, "pubsub", monkeypatch)
+    found = PubSub(pubsub_emulator_server, project)
     found.api.create_topic(found.project, TOPIC)
     found.api.create_subscription(found.project, SUBSCRIPTION, TOPIC, ordering=True)
     return found

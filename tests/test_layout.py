@@ -630,3 +630,42 @@ def test_main_makes_the_one_framework_call_before_importing_the_service():
     ]
     install = next(n.lineno for n in tree.body if ast.unparse(n) == "framework.install()")
     assert service_imports and min(service_imports) > install
+
+
+# --- The prose budget: a module docstring says what the module is; docs/ says why --------------
+
+
+def docstring_lines(source: str) -> int:
+    """How many lines the module docstring of `source` spans (0: it has none)."""
+    body = ast.parse(source).body
+    first = body[0] if body else None
+    if not (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        return 0
+    return (first.end_lineno or first.lineno) - first.lineno + 1
+
+
+def test_every_module_docstring_is_three_lines_at_most():
+    too_long = [
+        f"{path.relative_to(ROOT)}: {lines} lines"
+        for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "devtools").rglob("*.py")])
+        if (lines := docstring_lines(path.read_text())) > 3
+    ]
+    assert too_long == [], "move the why to docs/ and point there"
+
+
+@pytest.mark.parametrize(
+    ("source", "lines"),
+    [
+        ('"""One line."""\nimport os\n', 1),
+        ('"""Summary.\n\nWhy, pointing to docs/x.md."""\n', 3),
+        ('"""Summary.\n\nWhy,\nat length.\n"""\n', 5),
+        ("# a comment, then no docstring\nimport os\n", 0),
+        ("", 0),
+    ],
+)
+def test_the_docstring_guard_counts_the_lines(source, lines):
+    assert docstring_lines(source) == lines

@@ -635,7 +635,7 @@ def test_the_fields_stripe_omits_are_still_fields_of_the_sdk_classes():
     # The generated table covers every object the emulator serves.
     for path in shapes.SERVED:
         name = path.rpartition(".")[2]
-        assert name in shapes.OMITTED, f"omitted.py has no {name}: rerun omitted_from_node.py"
+        assert name in shapes.OMITTED, f"omitted.txt has no {name}: rerun omitted_from_node.py"
 
 
 @pytest.mark.parametrize(

@@ -58,11 +58,8 @@ async def read_json_object(request: Request) -> dict[str, Any]:
 
 
 async def read_body(request: Request, limit: int, too_large: Callable[[], ApiError]) -> bytes:
-    """The raw body, read as it arrives and never more than `limit` + 1 bytes of it.
-
-    A declared Content-Length over the limit is refused before a byte is read; a chunked body is
-    refused as soon as it passes the limit, so a client cannot make the server buffer more.
-    """
+    """The raw body, read as it arrives and never more than `limit` + 1 bytes of it (a declared
+    Content-Length over the limit is refused before a byte is read)."""
     length = content_length(request)
     if length is not None and length > limit:
         raise too_large()
@@ -89,13 +86,8 @@ def check_header_sizes(request: Request) -> None:
 
 
 def check_canonical_path(request: Request) -> None:
-    """Refuse a path not written plainly (404), before routing: a percent-escape, `//`, `.`, `..`.
-
-    The server decodes the path before we route it, but an edge rule (docs/abuse.md's Cloud
-    Armor) matches it as written: `embedded%2Dsession` would reach the create handler past a rule
-    for `embedded-session`. None of our paths needs an escape or such a segment, so only the plain
-    spelling is served, and what is routed is exactly what the rules match.
-    """
+    """Refuse a path not written plainly (404), before routing: a percent-escape, `//`, `.`, `..`;
+    so what is routed is what an edge rule matched (docs/abuse.md)."""
     raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
     segments = (raw.removesuffix(b"/") if raw != b"/" else b"").split(b"/")[1:]  # one trailing /
     if b"%" in raw or not raw.startswith(b"/") or any(s in (b"", b".", b"..") for s in segments):

@@ -1,9 +1,6 @@
-"""Rationing Stripe calls: who the client is, how often it may ask, and how many calls may be open.
+"""Rationing Stripe calls: who the client is, how often it may ask, how many calls may be open.
 
-Our browser endpoints are public, and CORS restrains only browsers. Stripe's rate limit belongs
-to the whole account (about 25 requests/s per endpoint in test mode), so one script must not be
-able to spend it. These limits are per instance; docs/abuse.md covers the edge option for more.
-"""
+Per instance, so that one script cannot spend the account's Stripe rate limit: docs/abuse.md."""
 
 from __future__ import annotations
 
@@ -18,15 +15,8 @@ from checkout.errors import api_error
 
 def client_address(forwarded_for: Sequence[str], peer: str | None, trusted_hops: int) -> str:
     """Who the client is: the socket peer, or the entry `trusted_hops` from the right of
-    X-Forwarded-For (every line of it, in order); an IPv6 address stands for its /64.
-
-    Google's front end appends the address it saw to whatever X-Forwarded-For the client sent,
-    and an external HTTPS load balancer appends its own address after that. So only the
-    rightmost `trusted_hops` entries were written by our infrastructure; anything to their left
-    was written by the client, and never counts. A client may send the header on several lines:
-    they are one list, joined in order (RFC 9110 §5.3), or a line of its own put before the
-    front end's would be read as the client.
-    """
+    X-Forwarded-For (every line of it, in order); an IPv6 address stands for its /64. Why only
+    the rightmost entries count: docs/abuse.md."""
     if trusted_hops <= 0:
         return _client_key(peer or "unknown")
     entries = [e.strip() for e in ",".join(forwarded_for).split(",") if e.strip()]
@@ -51,11 +41,8 @@ def _client_key(address: str) -> str:
 
 
 class TokenBuckets:
-    """One token bucket per client, in bounded memory (least recently seen clients go first).
-
-    A client may make `per_minute` calls in a burst, and then one every 60/`per_minute` seconds.
-    A forgotten client starts again with a full bucket, which only ever errs towards serving.
-    """
+    """One token bucket per client, in bounded memory (least recently seen clients go first):
+    `per_minute` calls in a burst, then one every 60/`per_minute` seconds."""
 
     def __init__(
         self,
@@ -103,14 +90,8 @@ class TokenBuckets:
 
 
 class InFlightCap:
-    """Counts Stripe calls in flight on this instance and refuses more than `limit` at once, of
-    which public calls (the browser endpoints') may take all but `reserve`.
-
-    Refusing at once (503 + Retry-After) beats queueing: a queue of calls that Stripe answers
-    with 429 only makes every customer wait longer, and the client can retry elsewhere. The
-    reserve is for the calls nobody else makes for us: Stripe's webhook deliveries and operator
-    commands, which a flood of status polls must not turn into 503s.
-    """
+    """Counts Stripe calls in flight on this instance and refuses (503) more than `limit` at
+    once, of which the browser endpoints may take all but `reserve` (docs/abuse.md)."""
 
     def __init__(self, limit: int, reserve: int) -> None:
         self._limit = limit

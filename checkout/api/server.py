@@ -1,9 +1,6 @@
 """The HTTP server under the function: bounded connections, and JSON for what it refuses.
 
-uvicorn's httptools protocol, as functions-framework's gunicorn worker runs it, with a deadline for
-each request and a cap on its head; checkout/framework.py installs it. Why, and the numbers:
-docs/abuse.md.
-"""
+uvicorn's httptools protocol, a deadline per request, a cap on its head: docs/abuse.md."""
 
 from __future__ import annotations
 
@@ -30,13 +27,7 @@ class _Refused(CheckoutError):
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, bounded: no connection is held by a client that sends slowly,
-    or sends nothing, and no request head grows past `limits.max_head_bytes`.
-
-    A connection waiting for a request (new, or after an answer) is closed after the keep-alive
-    timeout if nothing arrives; once a request's first byte arrives, the whole request (line,
-    headers and body) must arrive within `limits.read_seconds`, or the connection is closed (with
-    408 if its head was not complete). What the parser refuses is answered as the contract's JSON.
-    """
+    or sends nothing, and no request head grows past `limits.max_head_bytes` (docs/abuse.md)."""
 
     limits: ClassVar[ServerLimits] = ServerLimits()
 
@@ -180,11 +171,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def protocol() -> type[BoundedHttpToolsProtocol]:
-    """The protocol class for the worker, bounded by the environment's settings.
-
-    A bad setting is reported by checkout.api.app's start checks (on Cloud Run the revision does not
-    start); here it falls back to the defaults, so that a local server still has bounds.
-    """
+    """The protocol class for the worker, bounded by the environment's settings, else the defaults
+    (the start checks report a bad setting)."""
     try:
         limits = server_limits()
     except ConfigError:

@@ -14,15 +14,8 @@ PAID_TTL_S = 20.0
 
 
 class StatusCache:
-    """Bounded LRU of status answers, so polling frontends do not spend Stripe's rate limit.
-
-    How long an answer may be kept is decided by the order's state: expired and failed orders
-    never change, so they stay until evicted; a paid one is kept PAID_TTL_S, then read again from
-    the ledger; `open` is kept only when `open_ttl_ms` > 0 (an operator's opt-in), since a
-    customer who has just paid could otherwise be told `open` for up to that long.
-
-    Its methods never await and never block (a dict and a lock held for microseconds).
-    """
+    """Bounded LRU of status answers, kept as long as the order's state allows (docs/ledger.md),
+    so polling frontends do not spend Stripe's rate limit; its methods never await or block."""
 
     def __init__(
         self,
@@ -90,12 +83,8 @@ def _settled(entry: tuple[dict[str, Any], float | None], clock: Callable[[], flo
 
 
 class NotFoundCache:
-    """Session ids Stripe did not know, remembered for `ttl` seconds in bounded memory.
-
-    Create answers with an id only after Stripe has made the session, so an id Stripe does not
-    know is a guess or a typo, and asking again would only spend the account's rate limit. The
-    TTL bounds how long a mistake (an id of another account, read while misconfigured) lasts.
-    """
+    """Session ids Stripe did not know (a guess or a typo: ours come from Stripe), remembered for
+    `ttl` seconds in bounded memory, so asking again spends no rate limit."""
 
     def __init__(
         self, max_size: int, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
@@ -129,12 +118,8 @@ class NotFoundCache:
 
 
 class Rechecks:
-    """Which polled paid orders to read again from Stripe now: a refund whose webhook never came.
-
-    Each order at most once per `period` (counted from the first poll this instance sees), and
-    no more than `per_minute` of those reads in all, so that boards polling every minute spend
-    a bounded share of the account's Stripe rate limit (docs/ledger.md). `period` 0 turns it off.
-    """
+    """Which polled paid orders to read again from Stripe now (a refund whose webhook never came):
+    each at most once per `period` (0: never), `per_minute` in all (docs/ledger.md)."""
 
     def __init__(
         self,

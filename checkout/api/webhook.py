@@ -1,12 +1,6 @@
 """POST /api/checkout/webhook: Stripe's signed events, verified over the raw body, recorded once.
 
-Stripe delivers at least once and out of order, to any instance, and retries any non-2xx answer
-for up to 3 days. So: verify before reading anything; turn the event into a fact about one of our
-orders (orders/intake.py, orders/model.py); record it in the order ledger and publish
-the changes it made (checkout/orders/recorder.py); and only then answer 200. Fulfilment is not done
-here: the `fulfil_order` worker delivers each change (orders/delivery.py). A failure to record or
-publish answers 503, so that Stripe tries again.
-"""
+Verify, make a fact, record and publish it, then answer 200; else 503 to retry: docs/webhooks.md."""
 
 from __future__ import annotations
 

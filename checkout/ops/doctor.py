@@ -1,8 +1,6 @@
 """`python -m checkout doctor --url URL`: is this deployment set up so that no order is lost?
 
-One line per check, `ok` or `FAIL` with what to do; exit 0 only when every check passes. It reads
-the same settings as the service, so run it with the deployment's environment.
-"""
+One line per check, `ok` or `FAIL` with what to do; exit 0 only if all pass (docs/deploy.md)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""The operator commands beside `make run`: what `doctor` checks there, and `reconcile`'s warning.
+"""The operator commands beside `make run`: what `doctor --local` checks, and `reconcile`'s warning.
 
-Beside `make run` (`make doctor` runs `doctor --local`) there is no endpoint to register:
-the bundled Stripe emulator delivers every event to the function's webhook itself. So `doctor`
-there checks what `make run` set up instead of the Dashboard's endpoint, and never suggests
-`register-webhook`. `reconcile` there runs on its own ledger, not the server's (memory), and says
-so.
-"""
+There the emulator delivers events to the webhook: no endpoint to register (docs/deploy.md)."""
 
 from __future__ import annotations
 

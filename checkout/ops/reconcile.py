@@ -1,27 +1,6 @@
 """`python -m checkout reconcile [--days N]`: nothing paid is lost, even when webhooks were.
 
-Stripe stops retrying a webhook after 3 days in live mode (hours in test mode). Hourly, this looks
-at the window itself, through the same path as the webhook (checkout/orders/intake.py, the
-recorder, the ledger), so a change it finds is recorded once and published once, and one the
-webhook recorded meanwhile is a duplicate that writes nothing:
-
-1. every complete Checkout Session of the window that is ours and settled;
-2. every event of the types we handle that Stripe failed to deliver (`delivery_success=false`),
-   but without a Stripe call for those that cannot be ours: `delivery_success=false` covers
-   every endpoint of the account, so on a shared account most are other integrations'. A
-   session event carries the marker; a refund or dispute whose PaymentIntent this deployment's
-   ledger does not know (after step 1 recorded every session of ours in the window) is not an
-   order this deployment ever recorded, so nothing was delivered that it could take back;
-3. every change recorded but not yet published (a publish that failed), older than a minute;
-4. the dead letters: one whose change the ledger shows delivered is acknowledged, any other is
-   published again (then acknowledged);
-5. every change published but not delivered after UNDELIVERED_GRACE_SECONDS (the audit, a ledger
-   query over every page) is published again; one undelivered after UNDELIVERED_ALERT_SECONDS is
-   an ERROR record, `checkout_change_undelivered`, and makes the run exit non-zero.
-
-Whatever fails is counted, and the run goes on to the next item: the summary line is always
-printed (docs/operations.md says how to read it).
-"""
+Five passes through the webhook's own path: docs/operations.md "Nothing paid is lost"."""
 
 from __future__ import annotations
 

@@ -1,17 +1,6 @@
 """`python -m checkout register-webhook --url URL [--secret NAME]`: the one Stripe webhook
-endpoint for URL, with every event the service handles and the API version the SDK pins.
-
-An endpoint made in the Dashboard uses the account's default API version, so its payloads can
-differ from what this code was tested with; and an endpoint's version cannot be updated. So:
-an endpoint for URL with the pinned version is updated in place (events, enabled); one with
-another version is replaced (a new one is made, its secret stored, then the old one deleted);
-none is created. A new endpoint's signing secret (shown by Stripe once) goes to Secret Manager as
-a new version of `--secret`; it is printed only when no secret name is given (local use).
-
-A signing secret that could not be stored is lost for good (Stripe never shows it again), and the
-next run would only update the endpoint that needs it. So the secret must exist before an endpoint
-is made, and an endpoint whose secret could not be stored is deleted again: a re-run starts clean.
-"""
+endpoint for URL, with every event the service handles and the API version the SDK pins; its
+signing secret stored before it is needed (docs/deploy.md "The webhook and the reconciler")."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
 """`python -m checkout setup | teardown | deploy`: the first deploy in one command, and its undo.
 
-Setup runs the plan of checkout/ops/setup_plan.py with the user's own `gcloud` (their account and
-project): each step looks before it makes, so a second run changes nothing and a stopped run
-continues where it stopped; it never deletes or replaces what exists, and says what differs. What
-it made, and the options, are recorded in `.checkout-setup/PROJECT.json` (git-ignored, so never
-uploaded), which `deploy` and `teardown` read.
-"""
+setup_plan.py's steps with the user's own gcloud, each looking before it makes: docs/deploy.md."""
 
 # ruff: noqa: S603, PLC0415
 # S603: gcloud and python run with argv lists from the plan, never a shell; PLC0415: the Stripe

@@ -1,11 +1,6 @@
 """The first deploy as data: every command `python -m checkout setup` runs, in the order that works.
 
-One list drives everything: setup runs it (each step looks before it creates), `--dry-run` prints
-it, teardown walks it backwards, and docs/deploy.md shows it (a test compares the two). A value
-known only once something exists (the project number, the API's URL, the subscription Eventarc
-makes) is a `Fact`, read by a `gcloud ... --format=value(...)` command; later commands name it as
-`${NAME}`, which setup fills in and the docs leave to the shell.
-"""
+Setup runs it, `--dry-run` prints it, teardown walks it backwards, docs/deploy.md shows it."""
 
 from __future__ import annotations
 

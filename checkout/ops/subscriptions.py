@@ -1,9 +1,5 @@
-"""The order topic's subscriptions, as the audit reads them: the worker's push subscription, its
-dead-letter policy, and the dead letters waiting in the dead-letter topic's subscription.
-
-Found from the topic itself (no setting names them), through Pub/Sub's API; `doctor` checks them,
-`reconcile` reads and repairs the dead letters (docs/operations.md, the delivery audit).
-"""
+"""The order topic's subscriptions as the audit reads them: the worker's, its dead-letter policy,
+and the dead letters waiting; found from the topic itself (docs/operations.md, the audit)."""
 
 # google.cloud.pubsub loads only here, for an operator command: never on a request's path.
 # ruff: noqa: PLC0415

@@ -1,14 +1,6 @@
 """What this deployment sells, and whether a Checkout Session is one of ours that sold it.
 
-A webhook endpoint receives every Checkout Session of the Stripe account, whoever created it:
-other products, other integrations, other deployments of this service. Create marks each session
-with `metadata[MARKER_KEY] = DEPLOYMENT_ID`; a session without that mark is not ours, and the
-service neither fulfils it nor admits that it exists. A marked session is fulfilled only if it
-sold what this deployment sells: the configured amount and currency, or, with STRIPE_PRICE_ID,
-exactly one of that price. The price is checked against the line items Stripe charged
-(`expand[]=line_items`), not against something we wrote at create: metadata says what we asked
-for, the line items say what the customer paid for.
-"""
+Ours: this deployment's marker; sold it: the line items charged (docs/webhooks.md, "Only our")."""
 
 from __future__ import annotations
 

@@ -1,20 +1,6 @@
 """`fulfil_order`: the worker that delivers each order change to DELIVER_ORDER, once.
 
-Eventarc hands it each message of the order topic; without a topic (local development) the API
-hands it each change in-process. `Worker.deliver` runs the user's function under a claim in the
-ledger, with the order's state read under that claim (docs/ledger.md, docs/webhooks.md):
-
-- a change delivered before is acknowledged at once, and never run again;
-- one order's changes run one at a time: a change (or a duplicate) that arrives while another run
-  holds the order is queued on the order and acknowledged, and that run publishes the queue again
-  when it ends, so a duplicate never uses up Pub/Sub's attempts and nothing queued is dropped;
-- the claim is renewed from a thread of its own (a blocking call cannot starve it) until the run
-  ends or DELIVERY_TIMEOUT_SECONDS passes; past that the run counts as failed (an `async def` is
-  cancelled), and a success is recorded only by the claim's current holder (a fenced token).
-
-What remains at least once: a process that dies after the function returned and before the record
-was written, and a plain function (on a thread nothing can stop) that outlives its time limit.
-"""
+It runs under a renewed, fenced claim, one change of an order at a time: docs/ledger.md."""
 
 from __future__ import annotations
 

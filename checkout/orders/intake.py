@@ -1,10 +1,5 @@
 """A Stripe event, made into a fact about one of our orders and recorded: for the webhook and the
-reconciler alike.
-
-Every Checkout Session and Charge of the Stripe account reaches the webhook endpoint; only ours
-(marked by this deployment, checkout/orders/catalogue.py) become facts. A refund or dispute names a
-PaymentIntent: the ledger knows its order, or Stripe is asked whose session it paid.
-"""
+reconciler alike; only our sessions' events become facts (docs/webhooks.md)."""
 
 from __future__ import annotations
 

@@ -1,23 +1,6 @@
 """The order model: what an order is, which Stripe fact changes it how, and the changes it emits.
 
-One Checkout Session of ours is one order. Facts about it arrive from Stripe's events (the webhook,
-the reconciler) and from the status path's own read of the session; `advance` folds one fact into
-the order and returns the changes that fact made, each with a stable `change_id`, so that the same
-fact seen twice, on any instance, in any order, makes each change once. Nothing here does I/O:
-the ledger stores `Order`s, the publisher sends `Change`s, and the worker delivers them.
-
-    checkout.session.completed (paid), .async_payment_succeeded -> order.paid
-    checkout.session.async_payment_failed                        -> order.payment_failed
-    checkout.session.expired                                     -> (recorded, no change)
-    charge.refunded, refund.created (full)                       -> order.refunded
-    charge.refunded, refund.created (partial: each new amount)   -> order.partially_refunded
-    refund.failed, refund.updated, charge.refund.updated (failed
-      or canceled: the money stayed with the merchant)           -> order.refund_reversed
-    charge.dispute.created, .updated (a chargeback)              -> order.disputed
-    charge.dispute.created, .updated (an inquiry, warning_*)     -> (paid still; a WARNING log)
-    charge.dispute.closed (won)                                  -> order.dispute_won
-    charge.dispute.closed (lost)                                 -> order.disputed, .dispute_lost
-"""
+Pure; `advance` folds a fact into an order; which event makes which change: docs/webhooks.md."""
 
 from __future__ import annotations
 

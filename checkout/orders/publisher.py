@@ -1,9 +1,6 @@
 """Publishing order changes: to the Pub/Sub topic (ORDER_EVENTS_TOPIC), or locally in-process.
 
-One message per change: data is the change's JSON (orders/order_change.schema.json), attributes
-`type`, `change_id` and `session_id`, and the ordering key is the session id, so one order's
-changes reach a subscription with message ordering in the order they were published.
-"""
+One message per change, ordered by session id: docs/pubsub.md "The message"."""
 
 # google.cloud.pubsub costs cold-start time (docs/performance.md#order-flow: measured on the first
 # publish) and loads only then, with a topic.

@@ -1,11 +1,5 @@
-"""Record, then publish: every order fact goes through here, from the webhook, the status path
-and the reconciler alike.
-
-`apply` folds a fact into the order in one ledger transaction (orders/ledger), then publishes
-the changes it made, and any left unpublished before, to the order topic, and returns only then:
-the caller answers (Stripe's 2xx, the status) once the change is on its way to the worker. Nothing
-runs after the caller's answer, and no user code runs here (that is `fulfil_order`'s).
-"""
+"""Record, then publish: every order fact goes through here (webhook, status path, reconciler),
+and the caller answers only once its changes are on their way to the worker (docs/ledger.md)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""A Checkout Session as this service sees it, and every rule about its state.
+"""A Checkout Session as this service sees it, and every rule about its state, decided only here.
 
-Which states are final, which may be fulfilled, what the status endpoint may reveal, and what an
-order record or a log record holds: each is decided here and nowhere else. No Stripe, HTTP or
-Google imports: the cache, the ledger, fulfilment and the webhook depend on this, not on the
-gateway.
-"""
+No Stripe, HTTP or Google imports: the cache, ledger, fulfilment and webhook depend on this."""
 
 from __future__ import annotations
 

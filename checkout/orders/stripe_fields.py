@@ -1,9 +1,5 @@
-"""A Stripe event's fields read as Stripe documents them (types and ranges), or MalformedEvent.
-
-A signed event is Stripe's, but its fields are still data: a field of the wrong type or out of
-range must become a logged refusal (docs/webhooks.md), never an exception deep in the order
-model that answers 500 and makes Stripe retry for days.
-"""
+"""A Stripe event's fields read as Stripe documents them (types and ranges), or MalformedEvent,
+which the webhook logs as a refusal rather than answering 500 (docs/webhooks.md)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,6 @@
 """The HTTP transport under the Stripe client: keep-alive HTTP/1.1 connections on asyncio streams.
 
-The SDK does everything above the wire (encoding, headers, idempotency keys, retries with backoff,
-error classes); this sends its request and reads the answer. Framing is parsed by httptools (the
-C parser uvicorn serves with), TLS is the ssl module's with the SDK's CA bundle, and connections
-are pooled per origin on the worker's event loop. A pooled connection is reused only if it has been
-idle less than MAX_IDLE_SECONDS and the other end has sent nothing since its last answer: bytes
-nobody asked for (a 408 written on the server's idle timeout) are never the next answer.
-
-Why not aiohttp or httpx (README "Performance"): stripe imports aiohttp at import time whenever it
-is installed, and aiohttp builds SSL contexts and dozens of classes as it loads, which made the
-cold start ~40 % slower; per call it also cost more CPU than this. httpx cost several times more.
-"""
+Pooled per origin (reuse: docs/operations.md); why not aiohttp or httpx: docs/performance.md."""
 
 from __future__ import annotations
 
@@ -287,28 +277,12 @@ class StripeTransport(stripe.HTTPClient):
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             self._loop.call_soon_threadsafe(close)
 
-    # The SDK's synchronous and streaming entry points, with its signatures; none is used here.
+    # The SDK's synchronous and streaming entry points (any arguments: none is used here).
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None,
-        post_data: Any = None,
-        *,
-        _usage: list[str] | None = None,
-    ) -> tuple[str, int, Mapping[str, str]]:
+    def request(self, *args: Any, **kwargs: Any) -> tuple[str, int, Mapping[str, str]]:
         raise NotImplementedError("this service calls Stripe with the SDK's async methods only")
 
-    def request_stream(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None,
-        post_data: Any = None,
-        *,
-        _usage: list[str] | None = None,
-    ) -> tuple[Any, int, Mapping[str, str]]:
+    def request_stream(self, *args: Any, **kwargs: Any) -> tuple[Any, int, Mapping[str, str]]:
         raise NotImplementedError("this service makes no streaming calls to Stripe")
 
     async def request_stream_async(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
+from devtools.loopback import wait_for_stop
 from devtools.stripe_emulator.api import StripeEmulator
 from devtools.stripe_emulator.events import retry_schedule
 
@@ -48,12 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"Cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
         return 1
-    stop_requested = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop_requested.set())
     print(f"Stripe emulator listening on {emulator.url}", flush=True)
-    stop_requested.wait()
-    emulator.stop()
+    try:
+        wait_for_stop()
+    finally:
+        emulator.stop()
     return 0
 
 

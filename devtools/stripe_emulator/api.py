@@ -35,7 +35,7 @@ from devtools.stripe_emulator.state import (
     _build_session,
     _completed_fields,
     _invalid,
-    _no_such_session,
+    _no_such,
     _random_id,
     _Response,
     _Session,
@@ -94,32 +94,21 @@ class StripeEmulator(Running):
     # --- lifecycle ---
 
     def start(self) -> StripeEmulator:
-        self._bus.reopen()
+        self._bus.retries.reopen()
         # Reading the SDK's types takes a moment: before listening, not in the first request.
         params.warm()
         shapes.warm()
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="stripe-emulator",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = self._server.serve_in_thread("stripe-emulator")
         return self
 
     def stop(self) -> None:
-        self._bus.close()  # pending retries are dropped, as the process would drop them
+        self._bus.retries.close()  # pending retries are dropped, as the process would drop them
         if self._server is None:
             return
         self._release_hangs.set()
-        self._server.shutdown()
-        self._server.server_close()
-        # Idle keep-alive connections would otherwise keep being answered after stop().
-        self._server.close_connections()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._server.stop(self._thread)
         self._server = self._thread = None
 
     @property
@@ -384,12 +373,8 @@ class StripeEmulator(Running):
     def set_retry_schedule(
         self, schedule: Sequence[float] | None = None, *, factor: float | None = None
     ) -> tuple[float, ...]:
-        """Retry failed deliveries after these delays (seconds), until the next reset.
-
-        `factor` instead takes Stripe's test-mode schedule (three retries over some hours)
-        divided by it: `factor=36000` retries after 0.1 s, 0.2 s and 0.4 s. An empty schedule
-        turns retries off.
-        """
+        """Retry failed deliveries after these delays (seconds), or after Stripe's test-mode
+        schedule divided by `factor`, until the next reset; () turns retries off."""
         if (schedule is None) == (factor is None):
             raise _invalid("Give one of schedule or factor.", "schedule")
         delays = retry_schedule(factor) if factor is not None else check_schedule(schedule)
@@ -405,53 +390,28 @@ class StripeEmulator(Running):
             session.update(created=created, expires_at=session.data["expires_at"] + shift)
             return json.loads(session.render())
 
-    def open_dispute(
-        self,
-        payment: str,
-        *,
-        amount: int | None = None,
-        reason: str = "fraudulent",
-        inquiry: bool = False,
-    ) -> dict[str, Any]:
-        """The cardholder disputes the charge of `payment` (a `pi_…` or `ch_…` id).
-
-        Delivers charge.dispute.created, then charge.dispute.funds_withdrawn (not for an
-        inquiry, which moves no money). The Dispute is `needs_response` (an inquiry:
-        `warning_needs_response`), due in 7 days; the Charge becomes `disputed`.
-        """
-        if not isinstance(inquiry, bool):
-            raise _invalid("inquiry must be true or false", "inquiry")
-        with self._lock:
-            dispute, changes = self._payments.open_dispute(
-                payment, amount=amount, reason=reason, inquiry=inquiry
-            )
-            events = self._emit_changes(changes)
-        self._deliver_auto_event(*events)
-        return dispute
+    def open_dispute(self, payment: str, **options: Any) -> dict[str, Any]:
+        """The cardholder disputes `payment` (`pi_…` or `ch_…`); `options`: amount, reason, inquiry.
+        What it emits: docs/local-browser.md, as for the other helpers below."""
+        return self._change_payments(lambda: self._payments.open_dispute(payment, **options))
 
     def close_dispute(self, dispute_id: str, status: str) -> dict[str, Any]:
-        """The bank decides a dispute: `won` or `lost` (`warning_closed` ends an inquiry).
-
-        Delivers charge.dispute.closed, after charge.dispute.funds_reinstated for a won
-        chargeback.
-        """
-        with self._lock:
-            dispute, changes = self._payments.close_dispute(dispute_id, status)
-            events = self._emit_changes(changes)
-        self._deliver_auto_event(*events)
-        return dispute
+        """The bank decides a dispute: `won` or `lost` (`warning_closed` ends an inquiry)."""
+        return self._change_payments(lambda: self._payments.close_dispute(dispute_id, status))
 
     def fail_refund(self, refund_id: str, status: str = "failed") -> dict[str, Any]:
-        """A succeeded refund fails (`failed`, as a closed card's bank does) or is `canceled`.
+        """A succeeded refund fails (`failed`, as a closed card's bank does) or is `canceled`."""
+        return self._change_payments(lambda: self._payments.fail_refund(refund_id, status))
 
-        Delivers refund.updated, charge.refund.updated, then refund.failed (not for a
-        cancellation); the Charge's `amount_refunded` no longer counts it.
-        """
+    def _change_payments(
+        self, change: Callable[[], tuple[dict[str, Any], list[Change]]]
+    ) -> dict[str, Any]:
+        """Make `change` under the lock, then deliver the events it caused; its object."""
         with self._lock:
-            refund, changes = self._payments.fail_refund(refund_id, status)
+            changed, changes = change()
             events = self._emit_changes(changes)
         self._deliver_auto_event(*events)
-        return refund
+        return changed
 
     # --- events ---
 
@@ -730,7 +690,7 @@ class StripeEmulator(Running):
         """The session, as a key of the given mode may see it (helpers pass no mode)."""
         session = self._sessions.get(session_id)
         if session is None:
-            raise _no_such_session(session_id)
+            raise _no_such("checkout.session", session_id, "session")
         if livemode is not None and session.data["livemode"] != livemode:
             used, other = ("live", "test") if livemode else ("test", "live")
             raise StripeEmulatorError(
@@ -834,7 +794,7 @@ class StripeEmulator(Running):
             if method == "GET" and not action:
                 result = self.get_session(session_id)
                 if result is None:
-                    raise _no_such_session(session_id)
+                    raise _no_such("checkout.session", session_id, "session")
             elif method == "POST" and action == "complete":
                 result = self.complete_session(session_id, payload.get("payment_status", "paid"))
             elif method == "POST" and action == "expire":

@@ -1,11 +1,6 @@
 """What a browser sees: the stand-in Stripe.js, its checkout frame, and the /demo page.
 
-Real Stripe.js cannot use the emulator's client secrets, so the emulator serves its own small
-Stripe.js for embedded Checkout at /js/stripe.js (the way localstripe does for Elements). It mounts
-a form in an iframe served from here; the form pays with Stripe's test card numbers and completes
-the session in the emulator, which sends the webhook as usual. docs/local-browser.md lists where it
-differs from Stripe.
-"""
+Real Stripe.js cannot use the emulator's client secrets: docs/local-browser.md."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """Webhook endpoints (/v1/webhook_endpoints): where events go, which ones, in which API version.
 
-Their parameters arrive checked against the SDK's WebhookEndpointCreateParams and …UpdateParams
-(params.py: `enabled_events` and `api_version` are the SDK's enums; the update has no
-`api_version`, because Stripe renders an endpoint's events in one version for its whole life) and
-rules.py (the URL, metadata limits).
-"""
+Parameters arrive checked (params.py, rules.py); an endpoint's API version never changes."""
 
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ from typing import Any, NamedTuple
 import stripe
 
 from devtools.stripe_emulator import shapes
-from devtools.stripe_emulator.state import StripeEmulatorError, _metadata, _random_id
+from devtools.stripe_emulator.state import _metadata, _no_such, _random_id
 
 
 class Target(NamedTuple):
@@ -26,15 +22,6 @@ class Target(NamedTuple):
     url: str
     secret: str | list[str] | None
     api_version: str | None  # None: the account's default version
-
-
-def _no_such_endpoint(endpoint_id: str) -> StripeEmulatorError:
-    return StripeEmulatorError(
-        404,
-        f"No such webhook endpoint: '{endpoint_id}'",
-        code="resource_missing",
-        param="id",
-    )
 
 
 class WebhookEndpoints:
@@ -142,5 +129,5 @@ class WebhookEndpoints:
     def _visible(self, endpoint_id: str, livemode: bool) -> dict[str, Any]:
         endpoint = self._endpoints.get(endpoint_id)
         if endpoint is None or endpoint["livemode"] != livemode:
-            raise _no_such_endpoint(endpoint_id)
+            raise _no_such("webhook endpoint", endpoint_id)
         return endpoint

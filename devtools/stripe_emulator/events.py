@@ -1,9 +1,6 @@
 """Every event the emulator emits: kept, listed (GET /v1/events), delivered, and retried.
 
-Stripe keeps each event, sends it to every enabled endpoint that subscribes to its type, and
-retries a failed delivery with backoff; `delivery_success` then says whether every endpoint got
-it. This does the same, with the retry delays given in seconds (compressed: Stripe's take hours).
-"""
+As Stripe does, with the retry delays in seconds (Stripe's take hours): docs/emulator.md."""
 
 from __future__ import annotations
 
@@ -178,7 +175,7 @@ class EventBus:
         self._schedule = self._default_schedule
         self._events: dict[str, LoggedEvent] = {}
         self._deliveries: list[dict[str, Any]] = []
-        self._retries = _RetryQueue()
+        self.retries = _RetryQueue()
         self.endpoints = WebhookEndpoints()
         self.webhook: Target | None = None  # set_webhook()'s target
 
@@ -201,18 +198,12 @@ class EventBus:
 
     def clear(self) -> None:
         """Forget events, deliveries, endpoints and pending retries; set_webhook's target stays."""
-        self._retries.clear()
+        self.retries.clear()
         self.endpoints.clear()
         with self._lock:
             self._events.clear()
             self._deliveries.clear()
             self._schedule = self._default_schedule
-
-    def close(self) -> None:
-        self._retries.close()
-
-    def reopen(self) -> None:
-        self._retries.reopen()
 
     # --- events ---
 
@@ -299,7 +290,7 @@ class EventBus:
     def deliver(self, event: LoggedEvent) -> None:
         """First attempt to each of the event's targets, now; failures are retried later."""
         for key in list(event.targets):
-            self._attempt(event, key, 1, self._retries.generation)
+            self._attempt(event, key, 1, self.retries.generation)
 
     def send_to(
         self, event: LoggedEvent, url: str, secret: str | list[str] | None
@@ -316,7 +307,7 @@ class EventBus:
         if attempt > 1:
             # Stripe stops retrying for an endpoint that was disabled or deleted meanwhile.
             current = self._current_target(target)
-            if current is None or not self._retries.current(generation):
+            if current is None or not self.retries.current(generation):
                 with self._lock:
                     event.given_up.add(key)
                 return
@@ -331,7 +322,7 @@ class EventBus:
             if attempt > len(delays) or not logged:
                 event.given_up.add(key)
                 return
-        self._retries.schedule(
+        self.retries.schedule(
             delays[attempt - 1], lambda: self._attempt(event, key, attempt + 1, generation)
         )
 

@@ -1,12 +1,6 @@
 """Expanding ids into the objects the emulator keeps, along a request's `expand[]` paths.
 
-`shapes.check_expand` has already accepted each path against the pinned SDK's classes (a field
-typed `ExpandableField[X]`, or a list Stripe includes only when asked). Along those paths this puts
-the object the emulator keeps in place of its id, and the entries in place of a requested list. A
-field that is null stays null, as at Stripe (`expand[]=payment_link`); the id of an object the
-emulator does not model (a customer, a balance transaction) is an error that says so, never a
-silent id.
-"""
+Paths arrive accepted by `shapes.check_expand`; an id of an unmodelled object is an error."""
 
 from __future__ import annotations
 

@@ -1,15 +1,6 @@
 """Idempotent requests exactly as Stripe documents them (docs.stripe.com/api/idempotent_requests).
 
-- The first result of a keyed POST is saved once the endpoint starts executing, whatever it is
-  (a 500 included), and every later request with that key gets it back, marked
-  `Idempotent-Replayed: true`.
-- Nothing is saved when the parameters fail validation (the caller validates before `run`), or
-  when another request with the same key is still executing: that one gets a 409
-  `idempotency_error` and may retry.
-- The same key with other parameters is a 400 `idempotency_error`.
-
-Keys are scoped to the account (here: test or live mode), so a rolled API key still replays.
-"""
+Saved first results, replays, concurrent duplicates: docs/emulator.md "Idempotency"."""
 
 from __future__ import annotations
 
@@ -65,11 +56,8 @@ class IdempotencyStore:
         execute: Callable[[], _Response],
         error_response: Callable[[StripeEmulatorError], _Response],
     ) -> _Response:
-        """Answer a keyed request: replay its saved result, refuse a concurrent one, or run it.
-
-        `execute` raises StripeEmulatorError for a failure; that failure is saved and replayed
-        like a success, because the endpoint had started executing.
-        """
+        """Answer a keyed request: replay its saved result, refuse a concurrent one, or run it;
+        a StripeEmulatorError from `execute` is saved like a success (docs/emulator.md)."""
         key = scope[1]
         with self._lock:
             saved = self._saved.get(scope)

@@ -1,8 +1,6 @@
 """Stripe's list endpoints: `created` ranges, `limit`, cursors, and the list object they answer.
 
-The parameters arrive checked (params.py: integers, the range operators; rules.py: the limit's
-range, one cursor at most), so this only reads them.
-"""
+The parameters arrive checked (params.py, rules.py), so this only reads them."""
 
 from __future__ import annotations
 

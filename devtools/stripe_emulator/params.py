@@ -1,15 +1,6 @@
 """Request validation derived from the pinned stripe-python's generated `*Params` TypedDicts.
 
-Stripe generates those TypedDicts from its OpenAPI spec, so checking a request against them checks
-it against the spec of the pinned SDK's API version: unknown parameters at any depth, `Literal`
-enums, booleans, integers, decimals, arrays, hashes and required parameters. Moving the pin moves
-these rules. What the types cannot express (URL rules, limits, currency minimums…) lives in
-`rules.py`, by name.
-
-An endpoint registers its TypedDict once (`register`), and `validate(endpoint, params)` checks the
-form-decoded parameters (`state.decode_form`) against it, raising Stripe's error for the first
-problem found. Only the shape is checked; values stay strings, as they arrived.
-"""
+Only the shape is checked, values stay strings; the rest is rules.py (docs/emulator.md)."""
 
 from __future__ import annotations
 

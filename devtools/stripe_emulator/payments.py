@@ -1,11 +1,6 @@
 """A paid session's money: its PaymentIntent and Charge, then refunds and disputes against them.
 
-Pure bookkeeping, as in `state`: the emulator calls these under its lock and turns the changes they
-return into events. Every object is built by `shapes.build` from stripe-python's resource class,
-so it carries every field Stripe always sends (null where the emulator has nothing to say). A
-refund's parameters reach `create_refund` checked already (params.py, rules.py); what is left here
-needs the objects: unknown ids, what a charge has left to refund, an open dispute.
-"""
+Pure bookkeeping: the emulator calls these under its lock and turns their changes into events."""
 
 from __future__ import annotations
 
@@ -17,10 +12,10 @@ import stripe
 from devtools.stripe_emulator import shapes
 from devtools.stripe_emulator.state import (
     FAILED_INTENT_STATUS,
-    StripeEmulatorError,
     _invalid,
     _metadata,
     _missing,
+    _no_such,
     _random_id,
 )
 
@@ -63,12 +58,6 @@ class Change(NamedTuple):
     object: dict[str, Any]
     previous_attributes: dict[str, Any] | None = None
     livemode: bool | None = None  # for objects without a livemode field (Refund)
-
-
-def _no_such(kind: str, object_id: Any, param: str = "id") -> StripeEmulatorError:
-    return StripeEmulatorError(
-        404, f"No such {kind}: '{object_id}'", code="resource_missing", param=param
-    )
 
 
 def _money(amount: int, currency: str) -> str:
@@ -223,12 +212,8 @@ class Payments:
         ]
 
     def fail_refund(self, refund_id: str, status: str) -> tuple[dict[str, Any], list[Change]]:
-        """A succeeded refund fails (the bank returned it) or is cancelled: the money stays.
-
-        As Stripe: the Refund's status becomes `failed` (with a `failure_reason`) or `canceled`,
-        the Charge no longer counts it in `amount_refunded`, and refund.updated,
-        charge.refund.updated, then (for a failure) refund.failed are emitted.
-        """
+        """A succeeded refund fails (the bank returned it) or is cancelled: the money stays
+        (what changes and what is emitted: docs/local-browser.md)."""
         if status not in ("failed", "canceled"):
             raise _invalid("status must be one of failed, canceled", "status")
         refund = self.refund(refund_id)
@@ -294,6 +279,8 @@ class Payments:
         inquiry: bool = False,
     ) -> tuple[dict[str, Any], list[Change]]:
         """A cardholder disputes the charge of `payment` (a `pi_` or `ch_` id)."""
+        if not isinstance(inquiry, bool):
+            raise _invalid("inquiry must be true or false", "inquiry")
         if not isinstance(payment, str) or not payment:
             raise _missing("payment")
         if payment.startswith("pi_"):

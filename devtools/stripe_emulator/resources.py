@@ -1,12 +1,6 @@
-"""The /v1 endpoints beyond a session's create, retrieve and expire: which request is which, and
-what it reads or writes (PaymentIntents, Charges, Refunds, Disputes, the session and event lists,
-webhook endpoints).
-
-Each route names the pinned SDK's TypedDict its parameters are checked against and the SDK class of
-what it answers (whose fields say which `expand[]` paths exist). `api` checks both, authenticates,
-injects faults and keeps idempotency for these as for sessions, then calls `read` (GET) or `write`
-(POST, DELETE) under its lock.
-"""
+"""The /v1 endpoints beyond a session's create, retrieve and expire: PaymentIntents, Charges,
+Refunds, Disputes, the session and event lists, webhook endpoints; `api` checks, then calls
+`read` (GET) or `write` (POST, DELETE) under its lock."""
 
 from __future__ import annotations
 
@@ -54,55 +48,31 @@ class Route(NamedTuple):
     answers: str  # the SDK class of what it answers, or of a list's items
 
 
+def _route(name: str, answers: str) -> Route:
+    """`list_disputes`, `Dispute` -> the TypedDict `stripe.params.DisputeListParams`."""
+    package, _, cls = answers.rpartition(".")
+    action = name.partition("_")[0].capitalize()
+    params = f"stripe.params.{package + '.' if package else ''}{cls}{action}Params"
+    return Route(name, params, f"stripe.{answers}")
+
+
 # By (method, path under /v1 with `*` for an id).
 ROUTES = {
-    ("GET", "checkout/sessions"): Route(
-        "list_sessions", "stripe.params.checkout.SessionListParams", "stripe.checkout.Session"
-    ),
-    ("GET", "payment_intents/*"): Route(
-        "retrieve_payment_intent", "stripe.params.PaymentIntentRetrieveParams",
-        "stripe.PaymentIntent",
-    ),
-    ("GET", "charges/*"): Route(
-        "retrieve_charge", "stripe.params.ChargeRetrieveParams", "stripe.Charge"
-    ),
-    ("POST", "refunds"): Route(
-        "create_refund", "stripe.params.RefundCreateParams", "stripe.Refund"
-    ),
-    ("GET", "refunds/*"): Route(
-        "retrieve_refund", "stripe.params.RefundRetrieveParams", "stripe.Refund"
-    ),
-    ("GET", "disputes"): Route(
-        "list_disputes", "stripe.params.DisputeListParams", "stripe.Dispute"
-    ),
-    ("GET", "disputes/*"): Route(
-        "retrieve_dispute", "stripe.params.DisputeRetrieveParams", "stripe.Dispute"
-    ),
-    ("GET", "events"): Route("list_events", "stripe.params.EventListParams", "stripe.Event"),
-    ("GET", "events/*"): Route(
-        "retrieve_event", "stripe.params.EventRetrieveParams", "stripe.Event"
-    ),
-    ("POST", "webhook_endpoints"): Route(
-        "create_webhook_endpoint", "stripe.params.WebhookEndpointCreateParams",
-        "stripe.WebhookEndpoint",
-    ),
-    ("GET", "webhook_endpoints"): Route(
-        "list_webhook_endpoints", "stripe.params.WebhookEndpointListParams",
-        "stripe.WebhookEndpoint",
-    ),
-    ("GET", "webhook_endpoints/*"): Route(
-        "retrieve_webhook_endpoint", "stripe.params.WebhookEndpointRetrieveParams",
-        "stripe.WebhookEndpoint",
-    ),
-    ("POST", "webhook_endpoints/*"): Route(
-        "update_webhook_endpoint", "stripe.params.WebhookEndpointUpdateParams",
-        "stripe.WebhookEndpoint",
-    ),
-    ("DELETE", "webhook_endpoints/*"): Route(
-        "delete_webhook_endpoint", "stripe.params.WebhookEndpointDeleteParams",
-        "stripe.WebhookEndpoint",
-    ),
-}  # fmt: skip
+    ("GET", "checkout/sessions"): _route("list_sessions", "checkout.Session"),
+    ("GET", "payment_intents/*"): _route("retrieve_payment_intent", "PaymentIntent"),
+    ("GET", "charges/*"): _route("retrieve_charge", "Charge"),
+    ("POST", "refunds"): _route("create_refund", "Refund"),
+    ("GET", "refunds/*"): _route("retrieve_refund", "Refund"),
+    ("GET", "disputes"): _route("list_disputes", "Dispute"),
+    ("GET", "disputes/*"): _route("retrieve_dispute", "Dispute"),
+    ("GET", "events"): _route("list_events", "Event"),
+    ("GET", "events/*"): _route("retrieve_event", "Event"),
+    ("POST", "webhook_endpoints"): _route("create_webhook_endpoint", "WebhookEndpoint"),
+    ("GET", "webhook_endpoints"): _route("list_webhook_endpoints", "WebhookEndpoint"),
+    ("GET", "webhook_endpoints/*"): _route("retrieve_webhook_endpoint", "WebhookEndpoint"),
+    ("POST", "webhook_endpoints/*"): _route("update_webhook_endpoint", "WebhookEndpoint"),
+    ("DELETE", "webhook_endpoints/*"): _route("delete_webhook_endpoint", "WebhookEndpoint"),
+}
 _BY_NAME = {route.name: route for route in ROUTES.values()}
 ENDPOINTS = tuple(_BY_NAME)
 _WORDS = frozenset(

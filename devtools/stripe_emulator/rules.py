@@ -1,11 +1,6 @@
 """Stripe's rules that the SDK's types cannot express, each named, for each endpoint.
 
-`params.validate` has already checked the request's shape against the pinned SDK's TypedDict
-(unknown parameters, enums, booleans, integers, required fields). What is left is here: rules that
-relate parameters to each other or to limits and lists the types do not carry. Each rule is a
-function `(params, context) -> None` that raises Stripe's error, and `RULES` lists them, in the
-order Stripe reports them. docs/emulator.md lists them with their sources.
-"""
+Each `(params, context) -> None` raises Stripe's error; `RULES` orders them (docs/emulator.md)."""
 
 from __future__ import annotations
 

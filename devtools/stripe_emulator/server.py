@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import http
-import socket
-import sys
-import threading
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 
+from devtools.loopback import LoopbackHTTPServer
 from devtools.stripe_emulator.state import _Response, _to_json
 
 
@@ -73,36 +70,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # a line per request would cost more than answering it
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackHTTPServer):
     request_queue_size = 1024
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], emulator: Answering) -> None:
         self.emulator = emulator
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
         self.emulator._count_connection()
         super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):
-            return  # a client went away mid-answer (timeouts, stop()): expected, not a bug
-        super().handle_error(request, client_address)

@@ -1,15 +1,6 @@
-"""Response objects shaped by the pinned stripe-python's resource classes.
-
-Each resource class (stripe.checkout.Session, stripe.PaymentIntent, stripe.LineItem…) declares
-every field Stripe sends, with its type. From them this module builds an object's always-present
-fields (null, empty or false where the emulator has nothing better), reads which fields can be
-expanded (`ExpandableField`), and checks an object against its class (`problems`), which the
-conformance test runs over everything the emulator answers.
-
-What the classes cannot say is which optional fields Stripe leaves out of the JSON rather than
-sending as null: stripe-node's types mark those `field?:`, and omitted.py holds them, generated
-from stripe-node by omitted_from_node.py, for the objects the emulator serves.
-"""
+"""Response objects shaped by the pinned stripe-python's resource classes, their expandable
+fields, and checks of an object against its class; omitted.txt says which optional fields
+Stripe leaves out rather than sending null (docs/emulator.md "Responses")."""
 
 from __future__ import annotations
 
@@ -22,24 +13,26 @@ import sys
 import types
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import stripe
 from stripe._list_object import ListObject
 from stripe._stripe_object import StripeObject, UntypedStripeObject
 
-from devtools.stripe_emulator import omitted
+_OMITTED_TABLE = Path(__file__).with_name("omitted.txt")
 
 
 def _parse_omitted(table: str) -> dict[str, frozenset[str]]:
-    entries = re.split(r"\n(?=\S)", table.strip())
+    lines = (line for line in table.splitlines() if not line.startswith("#"))
+    entries = re.split(r"\n(?=\S)", "\n".join(lines).strip())
     return {
         name: frozenset(fields.split())
         for name, _, fields in (entry.partition(":") for entry in entries)
     }
 
 
-# Fields the pinned stripe-python has that stripe-node STRIPE_NODE_VERSION does not know yet, and
+# Fields the pinned stripe-python has that omitted.txt's stripe-node does not know yet, and
 # that Stripe sends only when set (like the excluded_… list beside it).
 NEWER_THAN_NODE: dict[str, frozenset[str]] = {
     "Session": frozenset({"allowed_payment_method_types"}),
@@ -47,7 +40,7 @@ NEWER_THAN_NODE: dict[str, frozenset[str]] = {
 # stripe-python class (qualified name) -> the fields Stripe omits unless they apply.
 OMITTED: dict[str, frozenset[str]] = {
     name: fields | NEWER_THAN_NODE.get(name, frozenset())
-    for name, fields in _parse_omitted(omitted.TABLE).items()
+    for name, fields in _parse_omitted(_OMITTED_TABLE.read_text(encoding="utf-8")).items()
 }
 # Stripe refuses deeper expansions (docs.stripe.com/expand: "up to four levels").
 MAX_EXPAND_DEPTH = 4

@@ -1,8 +1,6 @@
 """The emulator's model: Stripe's constants, errors, form decoding, and Checkout Session validation.
 
-Everything here is pure: it validates parameters and builds session objects the way Stripe does,
-and holds no lock and no server. `api` keeps the sessions and serves them.
-"""
+Pure: no lock and no server; `api` keeps the sessions and serves them."""
 
 from __future__ import annotations
 
@@ -11,6 +9,7 @@ import random
 import string
 import time
 from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
@@ -60,26 +59,20 @@ def _to_json(value: Any) -> bytes:
     return json.dumps(value, indent=2).encode()
 
 
+@dataclass(eq=False)
 class StripeEmulatorError(Exception):
     """A Stripe error response: raised by the emulator's logic, and by its Python helpers."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",  # Stripe's own field name
-        code: str | None = None,
-        param: str | None = None,
-        headers: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.headers = headers
+    status: int
+    message: str
+    _: KW_ONLY
+    type: str = "invalid_request_error"  # Stripe's own field name
+    code: str | None = None
+    param: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
     def error(self, request_id: str | None = None) -> dict[str, Any]:
         error: dict[str, Any] = {"type": self.type}
@@ -103,12 +96,9 @@ def _missing(param: str) -> StripeEmulatorError:
     return _invalid(f"Missing required param: {param}.", param, code="parameter_missing")
 
 
-def _no_such_session(session_id: str) -> StripeEmulatorError:
+def _no_such(kind: str, object_id: Any, param: str = "id") -> StripeEmulatorError:
     return StripeEmulatorError(
-        404,
-        f"No such checkout.session: '{session_id}'",
-        code="resource_missing",
-        param="session",
+        404, f"No such {kind}: '{object_id}'", code="resource_missing", param=param
     )
 
 

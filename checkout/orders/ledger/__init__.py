@@ -1,16 +1,6 @@
 """The order ledger: orders and their changes, handled Stripe events, and each change's delivery.
 
-Stripe delivers each event at least once, to whichever instance the load balancer picks, the status
-path reads sessions too, and Pub/Sub delivers each message at least once to whichever worker. The
-ledger is what makes each order change recorded once, published once when nothing fails, and
-delivered to success at most once. Every operation is one transaction over a few documents,
-written once here on two primitives that each store implements:
-
-- `memory` (`ORDER_LEDGER=memory`, the local default): this process only;
-- `firestore` (`ORDER_LEDGER=firestore`, the deploy's setting): every instance, through
-  Firestore's `checkout_orders`, `checkout_events` and `checkout_deliveries` collections, under
-  this deployment's own document (`scoped_path`; `ledger/firestore.py`, docs/ledger.md).
-"""
+Each operation written once, on primitives memory.py and firestore.py implement: docs/ledger.md."""
 
 # Imports inside functions are deliberate: google.cloud.firestore costs cold-start time (see
 # docs/ledger.md) and loads only when ORDER_LEDGER=firestore.
@@ -42,11 +32,8 @@ DELIVERIES = "checkout_deliveries"
 DELIVERY_LOCKS = "checkout_delivery_locks"
 # The undelivered audit reads every page of this size (reconcile, doctor).
 UNDELIVERED_PAGE = 300
-# Every collection is this deployment's own: `checkout_deployments/{DEPLOYMENT_ID}/{name}`, so
-# deployments sharing a project and database never read or act on each other's orders. The
-# collection group names stay the same (a TTL policy on `checkout_events` covers every
-# deployment). Before the scoping every deployment wrote the root collections: those are read
-# as LEGACY_* (docs/ledger.md, "Upgrading").
+# Every collection is this deployment's own, `checkout_deployments/{DEPLOYMENT_ID}/{name}`; the
+# unscoped root collections of before are read as LEGACY_* (docs/ledger.md, "Upgrading").
 SCOPE_ROOT = "checkout_deployments"
 _LEGACY = "legacy:"
 LEGACY_ORDERS = _LEGACY + ORDERS
@@ -131,18 +118,12 @@ class Ledger(ABC):
         session_id: str,
         fact: Fact,
         *,
+        token: str,
         event_id: str | None = None,
         event_type: str | None = None,
-        token: str,
     ) -> Applied:
-        """Fold `fact` into the order, remember the event, claim unpublished changes for `token`.
-
-        Idempotent by state (`advance`), so the order's own transaction is what makes a change
-        once; the event's record is for the log and the reconciler. Most calls are duplicates:
-        those read, find nothing to write, and write nothing, so that a burst of them does not
-        queue on one document's lock. A new order is created (of concurrent creates one wins at
-        once); only a real change of an existing order takes a transaction.
-        """
+        """Fold `fact` into the order, remember the event, claim unpublished changes for `token`;
+        a duplicate writes nothing, only a real change takes a transaction (docs/ledger.md)."""
         now = _now()
         current_document = await self._get(ORDERS, session_id) or await self._adopt(session_id)
         seen = event_id is not None and await self._get(EVENTS, event_id) is not None
@@ -171,12 +152,8 @@ class Ledger(ABC):
         return applied
 
     async def _adopt(self, session_id: str) -> Document | None:
-        """The order as a deployment recorded it before the ledger was scoped, made ours.
-
-        Only `apply` calls this, and every caller of `apply` has checked that the session is
-        this deployment's (its marker, read from Stripe or its event), so the unscoped document
-        is ours. Its deliveries come with it first, so no change it delivered runs again.
-        """
+        """The order as recorded before the ledger was scoped, made ours with its deliveries
+        (`apply`'s callers checked the session is ours; docs/ledger.md "Upgrading")."""
         legacy = await self._get(LEGACY_ORDERS, session_id)
         if legacy is None:
             return None
@@ -193,20 +170,12 @@ class Ledger(ABC):
         """Note that the changes `keys` (claimed with `token`) reached the topic."""
         now = _now()
 
-        def step(documents: list[Document | None]) -> tuple[list[Any], None]:
-            document = documents[0]
-            if document is None:
-                return [KEEP], None
-            order = Order.from_document(document)
-            for key in keys:
-                entry = order.changes.get(key)
-                if entry is not None:
-                    entry["published"] = True
-                    entry["published_at"] = now
-                    entry.pop("publishing", None)
-            return [_order_document(order, document, now)], None
+        def published(entry: dict[str, Any]) -> None:
+            entry["published"] = True
+            entry["published_at"] = now
+            entry.pop("publishing", None)
 
-        await self._transact([(ORDERS, session_id)], step)
+        await self._transact([(ORDERS, session_id)], _edit_changes(keys, published, lambda: now))
 
     async def mark_unpublished(self, change: Change) -> None:
         """Make a change unpublished again (its in-process delivery failed: a local nack)."""
@@ -227,18 +196,11 @@ class Ledger(ABC):
     async def release_publication(self, session_id: str, keys: Sequence[str], token: str) -> None:
         """Drop our claim on unpublished changes (the publish failed): a retry need not wait."""
 
-        def step(documents: list[Document | None]) -> tuple[list[Any], None]:
-            document = documents[0]
-            if document is None:
-                return [KEEP], None
-            order = Order.from_document(document)
-            for key in keys:
-                entry = order.changes.get(key)
-                if entry is not None and (entry.get("publishing") or {}).get("token") == token:
-                    entry.pop("publishing", None)
-            return [_order_document(order, document, _now())], None
+        def released(entry: dict[str, Any]) -> None:
+            if (entry.get("publishing") or {}).get("token") == token:
+                entry.pop("publishing", None)
 
-        await self._transact([(ORDERS, session_id)], step)
+        await self._transact([(ORDERS, session_id)], _edit_changes(keys, released, _now))
 
     async def claim_unpublished(self, session_id: str, token: str) -> list[Change]:
         """Claim the order's unpublished changes that no live claim holds, for `token`."""
@@ -528,6 +490,25 @@ def _state(order: Order) -> dict[str, Any]:
     document = order.to_document()
     document["changes"] = {k: (v["change"], v["published"]) for k, v in order.changes.items()}
     return document
+
+
+def _edit_changes(
+    keys: Sequence[str], edit: Callable[[dict[str, Any]], None], now: Callable[[], datetime]
+) -> Step[None]:
+    """A transaction step that applies `edit` to each of the order's changes named in `keys`."""
+
+    def step(documents: list[Document | None]) -> tuple[list[Any], None]:
+        document = documents[0]
+        if document is None:
+            return [KEEP], None
+        order = Order.from_document(document)
+        for key in keys:
+            entry = order.changes.get(key)
+            if entry is not None:
+                edit(entry)
+        return [_order_document(order, document, now())], None
+
+    return step
 
 
 def _claim_publication(order: Order, token: str, now: datetime) -> list[str]:

@@ -1,19 +1,5 @@
-"""The Firestore ledger: orders, handled events and deliveries shared by every instance.
-
-Every document lives under this deployment's own document, `checkout_deployments/{DEPLOYMENT_ID}`
-(`scoped_path`, the one place that says so), so deployments sharing a project and database never
-see each other's orders. Inside it, `checkout_orders/{session id}` holds one order, with its
-changes, `checkout_events/{event id}` each handled Stripe event (with `expire_at` for a TTL
-policy), and `checkout_deliveries/{change id}` each change's delivery (claim, `delivered_at`).
-Every write is one transaction over the documents it touches: serializable, retried on
-contention (docs/ledger.md).
-
-Deadlines: every call passes an explicit per-attempt timeout and a short retry policy, and every
-operation (a read, a write, or a whole transaction) runs under a hard deadline. The library gives
-a transaction's begin, commit and rollback its own defaults (retries for up to 60 s), which no
-argument reaches, so the hard deadline is what bounds them: past it the operation is cancelled and
-LedgerUnavailable raised.
-"""
+"""The Firestore ledger: orders, handled events and deliveries shared by every instance, under
+this deployment's own document; every operation under a hard deadline (docs/ledger.md)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
 """The in-memory ledger: this process's documents, bounded (least recently used go first).
 
-Right for one instance and for local development. With several instances each keeps its own, so a
-change could be delivered once per instance: the deploy uses the Firestore ledger.
-"""
+One instance and local development only: docs/ledger.md."""
 
 from __future__ import annotations
 
