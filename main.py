@@ -10,11 +10,13 @@ from checkout import framework
 # First, before anything imports stripe; then the framework's adjustments (checkout/framework.py).
 framework.install()
 
-from checkout.api.app import CheckoutApi, FulfilApi, exit_if_misconfigured  # noqa: E402
+from checkout.api.app import CheckoutApi  # noqa: E402
+from checkout.api.fulfil import FulfilApi  # noqa: E402
+from checkout.startup import exit_if_misconfigured  # noqa: E402
 
 exit_if_misconfigured()
 
-# This process's API and worker: each builds the service on first use, never at import.
+# This process's API and worker: each builds its parts on first use, never at import.
 api = CheckoutApi()
 worker = FulfilApi()
 

@@ -1,5 +1,5 @@
 """The operator's commands: `python -m checkout reconcile | register-webhook | doctor`, and
-`setup | teardown | deploy` (gcloud, no settings). Each builds the service's own parts from the
+`setup | teardown | deploy` (gcloud, no settings). Each builds the runtime's parts from the
 deployment's settings, nothing of its own: docs/operations.md, docs/deploy.md."""
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from checkout.config import ConfigError, load_settings
 from checkout.errors import StripeFailure
 from checkout.keys import SecretError
 from checkout.logs import setup_logging
-from checkout.ops.doctor import doctor
+from checkout.ops.command import run
+from checkout.ops.doctor import DoctorParts, doctor
 from checkout.ops.local_operator import DOCTOR_HELP, local_checks, reconcile_warning
-from checkout.ops.reconcile import DEFAULT_DAYS, MAX_DAYS, reconcile
+from checkout.ops.reconcile import DEFAULT_DAYS, MAX_DAYS, ReconcileParts, reconcile
 from checkout.ops.register_webhook import SetupError, register_webhook
 from checkout.ops.setup import add_commands as setup_commands
 from checkout.ops.setup import main as setup_main
-from checkout.runtime import Service
+from checkout.runtime import Runtime
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,29 +29,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return setup_main(arguments)  # gcloud's commands: no settings, no service
     setup_logging()
     try:
-        service = Service.from_settings(load_settings())
+        runtime = Runtime.from_settings(load_settings())
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    return service.run(lambda service: _run(arguments, service))
+    return run(runtime, lambda runtime: _run(arguments, runtime))
 
 
-async def _run(arguments: argparse.Namespace, service: Service) -> int:
+async def _run(arguments: argparse.Namespace, runtime: Runtime) -> int:
     if arguments.command == "reconcile":
-        warning = reconcile_warning(service)
+        warning = reconcile_warning(runtime.ledger, runtime.settings)
         if warning:
             print(warning, file=sys.stderr, flush=True)
-        summary = await reconcile(service, arguments.days)
+        summary = await reconcile(ReconcileParts.from_runtime(runtime), arguments.days)
         print(json.dumps(summary.record()), flush=True)
         return 0 if summary.ok else 1
     if arguments.command == "register-webhook":
-        return await _register(service, arguments.url, arguments.secret)
-    return await _doctor(service, arguments.url, local=arguments.local)
+        return await _register(runtime, arguments.url, arguments.secret)
+    return await _doctor(DoctorParts.from_runtime(runtime), arguments.url, local=arguments.local)
 
 
-async def _register(service: Service, url: str, secret: str | None) -> int:
+async def _register(runtime: Runtime, url: str, secret: str | None) -> int:
     try:
-        done = await register_webhook(service, url, secret)
+        done = await register_webhook(runtime.gateway, runtime.settings, url, secret)
     except SetupError as error:
         print(f"register-webhook: {error}", file=sys.stderr)
         return 2
@@ -65,8 +66,8 @@ async def _register(service: Service, url: str, secret: str | None) -> int:
     return 0
 
 
-async def _doctor(service: Service, url: str, *, local: bool) -> int:
-    checks = await doctor(service, url)
+async def _doctor(parts: DoctorParts, url: str, *, local: bool) -> int:
+    checks = await doctor(parts, url)
     if local:
         checks = local_checks(checks, url)
     for check in checks:

@@ -1,4 +1,4 @@
-"""What we change in functions-framework, uvicorn and the process, in one call: `install()`.
+"""What we change in functions-framework, uvicorn, logging and the process, in one call: install().
 
 main.py makes it first; each private symbol is checked before it is touched (docs/abuse.md)."""
 
@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from checkout.api import server
 from checkout.errors import CheckoutError
+from checkout.logs import setup_logging
 
 _BUILDER = "_create_asgi_app_with_function"
 
@@ -58,6 +59,7 @@ def check() -> None:
 def install() -> None:
     """Check, then make every adjustment below (once; a second call changes nothing)."""
     check()
+    setup_logging()  # the process's log lines: JSON on stdout (checkout/logs.py)
     _import_stripe_without_default_clients()
     _answer_the_frameworks_errors_as_the_function()
     _bound_the_worker_and_trust_no_proxy()

@@ -13,13 +13,14 @@ import logging
 import math
 import os
 import re
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from checkout.config import ConfigError, Settings
 from checkout.errors import CheckoutError, RetryLater
+from checkout.once import SingleFlight
 
 if TYPE_CHECKING:
     from google.cloud.secretmanager_v1 import SecretManagerServiceClient
@@ -55,8 +56,8 @@ _KINDS = (
 # Project ids, numbers and domain-scoped ids ("example.com:p"); secret ids; versions or aliases.
 _PROJECT, _ID, _VERSION = r"[A-Za-z0-9.:_-]+", r"[A-Za-z0-9_-]{1,255}", r"[A-Za-z0-9_-]+"
 _FULL_NAME = re.compile(rf"^projects/{_PROJECT}/secrets/{_ID}/versions/{_VERSION}$")
-_SECRET_NAME = re.compile(rf"^projects/{_PROJECT}/secrets/{_ID}$")
-_BARE_NAME = re.compile(rf"^{_ID}$")
+SECRET_NAME = re.compile(rf"^projects/{_PROJECT}/secrets/{_ID}$")
+SECRET_ID = re.compile(rf"^{_ID}$")
 
 
 # Values read and checked at start, by resource name, for the processes forked after it:
@@ -106,6 +107,27 @@ def check_webhook_secret_shape(value: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class SecretSetting:
+    """One secret: its name in messages, the variables that give it, and its shape."""
+
+    label: str
+    value_var: str  # the variable holding the value itself
+    name_var: str  # the one naming a Secret Manager secret instead
+    validate: Callable[[str], str]  # the value without surrounding white space, or refused
+
+
+STRIPE_KEY = SecretSetting(
+    "Stripe key", "STRIPE_SECRET_KEY", "STRIPE_SECRET_NAME", check_stripe_key_shape
+)
+WEBHOOK_SECRET = SecretSetting(
+    "Stripe webhook signing secret",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_WEBHOOK_SECRET_NAME",
+    check_webhook_secret_shape,
+)
+
+
 def check_secret_shapes(settings: Settings) -> None:
     """A key or signing secret given in the environment must look like one (the shapes above).
 
@@ -113,17 +135,16 @@ def check_secret_shapes(settings: Settings) -> None:
     revision takes traffic. One named by STRIPE_SECRET_NAME or STRIPE_WEBHOOK_SECRET_NAME is read
     by check_named_secrets.
     """
-    given = (
-        ("STRIPE_SECRET_KEY", settings.stripe_secret_key, check_stripe_key_shape),
-        ("STRIPE_WEBHOOK_SECRET", settings.stripe_webhook_secret, check_webhook_secret_shape),
-    )
-    for variable, value, check in given:
+    for secret, value in (
+        (STRIPE_KEY, settings.stripe_secret_key),
+        (WEBHOOK_SECRET, settings.stripe_webhook_secret),
+    ):
         if value is None:
             continue
         try:
-            check(value)
+            secret.validate(value)
         except SecretConfigError as error:  # its message names the kind, never the value
-            raise ConfigError(f"{variable} is not usable: {error}") from None
+            raise ConfigError(f"{secret.value_var} is not usable: {error}") from None
 
 
 def check_named_secrets(settings: Settings) -> None:
@@ -150,27 +171,19 @@ def _kind_of(value: str) -> str:
     return "not recognisable as a Stripe key"
 
 
-class _Flight:
-    """One read of the secret that concurrent callers share."""
+def _fresh(error: BaseException) -> BaseException:
+    """A waiter's own copy of a shared read's error (one instance raised in many threads or tasks
+    tangles their tracebacks)."""
+    if isinstance(error, SecretConfigError | SecretUnavailable):
+        return type(error)(*error.args)
+    return error
 
-    def __init__(self) -> None:
-        self._done = threading.Event()
-        self.value: str | None = None
-        self.error: BaseException | None = None
 
-    def finish(self, value: str | None = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-        self._done.set()
-
-    def wait(self) -> str:
-        self._done.wait()
-        error = self.error
-        if error is not None:
-            # A fresh exception per waiter: one instance raised in many threads tangles tracebacks.
-            if isinstance(error, SecretConfigError | SecretUnavailable):
-                raise type(error)(*error.args)
-            raise SecretUnavailable("reading the secret was interrupted; retry")
-        return self.value or ""
+def _fresh_or_interrupted(error: BaseException) -> BaseException:
+    fresh = _fresh(error)
+    if fresh is error:  # the reading thread's own failure (an interrupt): it raises that itself
+        return SecretUnavailable("reading the secret was interrupted; retry")
+    return fresh
 
 
 class SecretSource:
@@ -178,34 +191,27 @@ class SecretSource:
 
     def __init__(
         self,
-        *,
-        label: str,
+        secret: SecretSetting,
         value: str | None,
         name: str | None,
-        project: str | None,
-        endpoint: str | None,
-        validate: Callable[[str], str],
-        variables: tuple[str, str] = ("the value", "the secret name"),
+        settings: Settings,
         async_wait_seconds: float = _ASYNC_WAIT_S,
     ) -> None:
-        """`variables` names the settings holding `value` and `name`, for error messages;
-        a coroutine waits at most `async_wait_seconds` for a read."""
-        self._label = label
+        """`value` as given, else the secret `name` in Secret Manager (the project and endpoint
+        of `settings`); a coroutine waits at most `async_wait_seconds` for a read."""
+        self._secret = secret
+        self._direct, self._name = value, name
+        self._project = settings.google_cloud_project
+        self._endpoint = settings.secret_manager_endpoint
         self._async_wait = async_wait_seconds
-        self._direct = value
-        self._name = name
-        self._project = project
-        self._endpoint = endpoint
-        self._validate = validate
-        self._value_var, self._name_var = variables
-        self._lock = threading.Lock()
         self._cached: str | None = None
-        self._flight: _Flight | None = None
+        # One read at a time, shared by the threads that ask meanwhile, whatever value is stale.
+        self._reads: SingleFlight[str] = SingleFlight(_fresh_or_interrupted)
         self._resource: str | None = None
         self._client: SecretManagerServiceClient | None = None
         self._client_pid: int | None = None
         # One read in a worker thread per stale value, awaited by every coroutine that asks.
-        self._async_reads: dict[str | None, asyncio.Task[str]] = {}
+        self._async_reads: SingleFlight[str] = SingleFlight(_fresh)
         self._last_reread = -math.inf  # time.monotonic() of the last reread_async read
 
     @property
@@ -260,7 +266,7 @@ class SecretSource:
         """Read a named secret once and check its shape (see check_named_secrets)."""
         if self._direct is not None or self._name is None:
             return
-        var = self._name_var
+        var = self._secret.name_var
         try:
             resource = self._resource_name()
             text, version = self._access(resource, retry=False, timeout=_START_TIMEOUT_S)
@@ -273,21 +279,21 @@ class SecretSource:
                 "%s: the %s could not be checked before starting (%s); starting anyway, and "
                 "requests that need it answer 503 until it can be read",
                 var,
-                self._label,
+                self._secret.label,
                 error,
             )
             return
         finally:
             self._close_client()
         _checked_at_start[resource] = (os.getpid(), time.monotonic(), text, version)
-        log.info("checked the %s from %s before starting", self._label, version)
+        log.info("checked the %s from %s before starting", self._secret.label, version)
 
     def warm(self) -> None:
         """Read the secret now so the first request does not wait; a failure is retried later."""
         if not self.configured:
             return
         # A failure was logged where it happened, and the next get() tries again.
-        with contextlib.suppress(SecretConfigError, SecretUnavailable):
+        with contextlib.suppress(SecretError):
             self.get()
 
     # -- one read at a time ----------------------------------------------------------------
@@ -298,91 +304,67 @@ class SecretSource:
         cached = self._cached
         if cached is not None and cached != stale:
             return cached
-        loop = asyncio.get_running_loop()
-        read = self._async_reads.get(stale)
-        if read is None or read.get_loop() is not loop:
-            read = loop.create_task(asyncio.to_thread(self._load, stale))
-            self._async_reads[stale] = read
-            read.add_done_callback(self._async_read_done(stale))
+        # Joined now, not when awaited: reread_async's callers tell a running read by its key.
+        read = self._async_reads.join(stale, lambda: asyncio.to_thread(self._load, stale))
         try:
-            # shield: a waiter that gives up (or is cancelled) leaves the read to the others.
-            return await asyncio.wait_for(asyncio.shield(read), self._async_wait)
+            # A waiter that gives up (or is cancelled) leaves the read to the others.
+            return await asyncio.wait_for(read, self._async_wait)
         except TimeoutError:
             raise SecretUnavailable(
-                f"the {self._label} was not read within {self._async_wait:g} s; retry"
+                f"the {self._secret.label} was not read within {self._async_wait:g} s; retry"
             ) from None
-        except SecretError as error:
-            # A fresh exception per waiter: one instance raised in many tasks tangles tracebacks.
-            raise type(error)(*error.args) from None
-
-    def _async_read_done(self, stale: str | None) -> Callable[[asyncio.Task[str]], None]:
-        def forget(read: asyncio.Task[str]) -> None:
-            # Failures are never cached: the next caller starts a new read.
-            if self._async_reads.get(stale) is read:
-                del self._async_reads[stale]
-            if not read.cancelled():
-                read.exception()  # seen here, so a read every waiter gave up on is not reported
-
-        return forget
 
     def _load(self, stale: str | None) -> str:
         if not self.configured:
+            secret = self._secret
             raise SecretConfigError(
-                f"no {self._label} configured: set {self._value_var} or {self._name_var}"
+                f"no {secret.label} configured: set {secret.value_var} or {secret.name_var}"
             )
-        with self._lock:
-            cached = self._cached
-            if cached is not None and cached != stale:
-                return cached
-            flight = self._flight
-            if flight is not None:
-                leader = False
-            else:
-                flight = self._flight = _Flight()
-                leader = True
-        if not leader:
-            return flight.wait()
+        cached = self._cached
+        if cached is not None and cached != stale:
+            return cached
+        return self._reads.run_blocking(None, lambda: self._read_and_keep(stale))
 
+    def _read_and_keep(self, stale: str | None) -> str:
+        cached = self._cached  # a read that ended as this one was starting
+        if cached is not None and cached != stale:
+            return cached
         try:
             value = self._read(stale)
-        except BaseException as error:
+        except SecretError as error:
             # Failures are never cached: the next caller starts a new read.
-            with self._lock:
-                self._flight = None
-            flight.finish(error=error)
-            if isinstance(error, SecretConfigError | SecretUnavailable):
-                log.error("%s", error)  # The messages are written to be safe to log.
+            log.error("%s", error)  # The messages are written to be safe to log.
             raise
-        with self._lock:
-            self._cached = value
-            self._flight = None
-        flight.finish(value=value)
+        self._cached = value
         return value
 
     def _read(self, stale: str | None) -> str:
         if self._direct is not None:
-            return self._checked(self._direct, self._value_var)
+            return self._checked(self._direct, self._secret.value_var)
         resource = self._resource_name()
         if stale is not None:
             log.info(
-                "re-reading the %s from %s: the cached value was rejected", self._label, resource
+                "re-reading the %s from %s: the cached value was rejected",
+                self._secret.label,
+                resource,
             )
         inherited = self._inherited(resource) if stale is None else None
         text, version = inherited or self._access(resource)
-        value = self._checked(text, f"secret {version} ({self._name_var})")
+        value = self._checked(text, f"secret {version} ({self._secret.name_var})")
         if stale is None:
-            log.info("loaded the %s from %s", self._label, version)
+            log.info("loaded the %s from %s", self._secret.label, version)
         elif value == stale:
-            log.warning("the %s from %s is unchanged after a re-read", self._label, version)
+            log.warning("the %s from %s is unchanged after a re-read", self._secret.label, version)
         else:
-            log.info("the %s changed: now using %s", self._label, version)
+            log.info("the %s changed: now using %s", self._secret.label, version)
         return value
 
     def _checked(self, value: str, origin: str) -> str:
         try:
-            return self._validate(value)
+            return self._secret.validate(value)
         except SecretConfigError as error:
-            raise SecretConfigError(f"{origin} is not a usable {self._label}: {error}") from None
+            label = self._secret.label
+            raise SecretConfigError(f"{origin} is not a usable {label}: {error}") from None
 
     # -- Secret Manager --------------------------------------------------------------------
 
@@ -390,20 +372,21 @@ class SecretSource:
         if self._resource is not None:
             return self._resource
         name = self._name or ""
-        var = self._name_var
+        var = self._secret.name_var
         for prefix, kind in _KINDS:
             if name.startswith(prefix):
                 # Someone put the secret itself here: refuse before it reaches a URL or a log.
                 raise SecretConfigError(
                     f"{var} holds {kind}, not a secret name: put the value in "
-                    f"{self._value_var}, or store it in Secret Manager and name the secret here"
+                    f"{self._secret.value_var}, or store it in Secret Manager and name the secret "
+                    "here"
                 )
         if _FULL_NAME.match(name):
             resource = name
-        elif _SECRET_NAME.match(name):
+        elif SECRET_NAME.match(name):
             resource = f"{name}/versions/latest"
-        elif _BARE_NAME.match(name):
-            project = self._project or _default_project(var)
+        elif SECRET_ID.match(name):
+            project = self._project or default_project(var)
             resource = f"projects/{project}/secrets/{name}/versions/latest"
         elif "/locations/" in name:
             raise SecretConfigError(
@@ -433,13 +416,13 @@ class SecretSource:
             client = self._client_for_this_process()
             response = client.access_secret_version(
                 request={"name": resource},
-                retry=_retry_policy() if retry else None,
+                retry=secret_manager_retry() if retry else None,
                 timeout=timeout,
             )
         except api.NotFound:
             raise SecretConfigError(
                 f"Secret Manager has no {resource}: create the secret (with an enabled version) "
-                f"or fix {self._name_var}"
+                f"or fix {self._secret.name_var}"
             ) from None
         except api.Forbidden:
             raise SecretUnavailable(
@@ -452,13 +435,13 @@ class SecretSource:
             ) from None
         except api.BadRequest as error:
             raise SecretConfigError(
-                f"Secret Manager refused {resource}: {_describe(error)}; enable the version or "
-                f"fix {self._name_var}"
+                f"Secret Manager refused {resource}: {describe_error(error)}; enable the version "
+                f"or fix {self._secret.name_var}"
             ) from None
         except api.RetryError as error:
             raise SecretUnavailable(
                 f"Secret Manager is unavailable for {resource}: still failing after retrying "
-                f"for up to {_RETRY_BUDGET_S:g} s (last error: {_describe(error.cause)})"
+                f"for up to {_RETRY_BUDGET_S:g} s (last error: {describe_error(error.cause)})"
             ) from None
         except requests.Timeout:
             raise SecretUnavailable(
@@ -472,7 +455,7 @@ class SecretSource:
             ) from None
         except Exception as error:  # anything else is an outage, not a value to show
             raise SecretUnavailable(
-                f"reading {resource} from Secret Manager failed: {_describe(error)}"
+                f"reading {resource} from Secret Manager failed: {describe_error(error)}"
             ) from None
 
         version = response.name or resource
@@ -494,7 +477,7 @@ class SecretSource:
         # fork shares pooled sockets with the parent: each process makes its own.
         pid = os.getpid()
         if self._client is None or self._client_pid != pid:
-            self._client = _new_client(self._endpoint)
+            self._client = secret_manager_client(self._endpoint)
             self._client_pid = pid
         return self._client
 
@@ -516,7 +499,8 @@ class SecretSource:
             client.transport.close()  # type: ignore[no-untyped-call]  # (untyped in the library)
 
 
-def _new_client(endpoint: str | None) -> SecretManagerServiceClient:
+def secret_manager_client(endpoint: str | None) -> SecretManagerServiceClient:
+    """A Secret Manager client over REST (to `endpoint`, an emulator, when given)."""
     # REST rather than gRPC: no channel and no gRPC threads, so nothing to break across a fork,
     # and one transport both in production and against the local emulator.
     from google.cloud.secretmanager_v1 import SecretManagerServiceClient
@@ -532,7 +516,8 @@ def _new_client(endpoint: str | None) -> SecretManagerServiceClient:
     return SecretManagerServiceClient(transport="rest")
 
 
-def _retry_policy() -> Any:
+def secret_manager_retry() -> Any:
+    """Retry transient Secret Manager errors within _RETRY_BUDGET_S."""
     import requests
     from google.api_core import exceptions as api
     from google.api_core import retry
@@ -553,7 +538,7 @@ def _retry_policy() -> Any:
     )
 
 
-def _default_project(variable: str) -> str:
+def default_project(variable: str) -> str:
     """The project of the runtime's default credentials (Cloud Run does not set one for us)."""
     import google.auth
     from google.auth import exceptions as auth
@@ -574,7 +559,8 @@ def _default_project(variable: str) -> str:
     return project
 
 
-def _describe(error: BaseException | None) -> str:
+def describe_error(error: BaseException | None) -> str:
+    """What went wrong, safe to log: Google's status and sentence, or the type alone."""
     # Google's errors carry the service's own sentence (never the payload); for anything else the
     # type alone, since a library's message could quote what it failed to parse.
     from google.api_core import exceptions as api
@@ -592,91 +578,11 @@ def stripe_api_key_source(
     settings: Settings, async_wait_seconds: float = _ASYNC_WAIT_S
 ) -> SecretSource:
     """The Stripe API key: STRIPE_SECRET_KEY, else the secret named by STRIPE_SECRET_NAME."""
-    return SecretSource(
-        label="Stripe key",
-        value=settings.stripe_secret_key,
-        name=settings.stripe_secret_name,
-        project=settings.google_cloud_project,
-        endpoint=settings.secret_manager_endpoint,
-        validate=check_stripe_key_shape,
-        variables=("STRIPE_SECRET_KEY", "STRIPE_SECRET_NAME"),
-        async_wait_seconds=async_wait_seconds,
-    )
+    given = settings.stripe_secret_key, settings.stripe_secret_name
+    return SecretSource(STRIPE_KEY, *given, settings, async_wait_seconds)
 
 
 def webhook_secret_source(settings: Settings) -> SecretSource:
     """The webhook signing secret: STRIPE_WEBHOOK_SECRET, else STRIPE_WEBHOOK_SECRET_NAME."""
-    return SecretSource(
-        label="Stripe webhook signing secret",
-        value=settings.stripe_webhook_secret,
-        name=settings.stripe_webhook_secret_name,
-        project=settings.google_cloud_project,
-        endpoint=settings.secret_manager_endpoint,
-        validate=check_webhook_secret_shape,
-        variables=("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_NAME"),
-    )
-
-
-def _secret_parent(settings: Settings, name: str) -> str:
-    """`projects/P/secrets/S` for --secret's S (in GOOGLE_CLOUD_PROJECT) or full name."""
-    if _BARE_NAME.match(name):
-        project = settings.google_cloud_project or _default_project("--secret")
-        return f"projects/{project}/secrets/{name}"
-    if _SECRET_NAME.match(name):
-        return name
-    raise SecretConfigError(
-        f"--secret must name a secret as S or projects/P/secrets/S, got {name[:80]!r}"
-    )
-
-
-async def secret_exists(settings: Settings, name: str) -> bool | None:
-    """Whether the secret `name` exists, before `register-webhook` makes an endpoint whose signing
-    secret must be stored in it: True; None when we may not tell (an account that may only add
-    versions cannot read the secret itself); SecretConfigError when it does not exist, and
-    SecretUnavailable when Secret Manager cannot be asked."""
-    parent = _secret_parent(settings, name)
-
-    def get() -> bool | None:
-        from google.api_core import exceptions as api
-
-        client = _new_client(settings.secret_manager_endpoint)
-        try:
-            client.get_secret(name=parent, timeout=10.0, retry=_retry_policy())
-        except api.NotFound:
-            raise SecretConfigError(
-                f"the secret {parent} does not exist: create it first (gcloud secrets create)"
-            ) from None
-        except api.Forbidden:  # PermissionDenied, or REST's 403
-            return None
-        except Exception as error:
-            raise SecretUnavailable(
-                f"Secret Manager could not say whether {parent} exists: {_describe(error)}"
-            ) from None
-        return True
-
-    return await asyncio.to_thread(get)
-
-
-async def add_secret_version(settings: Settings, name: str, value: str) -> str:
-    """Store `value` as a new version of the secret `name` (S or projects/P/secrets/S); the
-    version's resource name. For `register-webhook`: never logged, never printed."""
-    parent = _secret_parent(settings, name)
-    import google_crc32c
-
-    data = value.encode()
-
-    def add() -> str:
-        client = _new_client(settings.secret_manager_endpoint)
-        request = {
-            "parent": parent,
-            "payload": {"data": data, "data_crc32c": int(google_crc32c.value(data))},
-        }
-        try:
-            version = client.add_secret_version(request=request, timeout=10.0)
-        except Exception as error:
-            raise SecretUnavailable(
-                f"Secret Manager did not store a version of {parent}: {_describe(error)}"
-            ) from None
-        return str(version.name)
-
-    return await asyncio.to_thread(add)
+    given = settings.stripe_webhook_secret, settings.stripe_webhook_secret_name
+    return SecretSource(WEBHOOK_SECRET, *given, settings)

@@ -9,16 +9,12 @@ import random
 import re
 import sys
 import threading
-import time
 import traceback
-from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Any
 
-_TRACE_KEY = "logging.googleapis.com/trace"
+from checkout.request_context import current_request
 
-# The request being served by this thread, so every record it logs carries its ids.
-current_request: ContextVar[dict[str, Any] | None] = ContextVar("current_request", default=None)
+_TRACE_KEY = "logging.googleapis.com/trace"
 
 _configured = threading.Lock()
 _done = False
@@ -74,9 +70,9 @@ class JsonFormatter(logging.Formatter):
         }
         request = current_request.get()
         if request is not None:
-            entry["request_id"] = request["request_id"]
-            if request.get("trace"):
-                entry[_TRACE_KEY] = request["trace"]
+            entry["request_id"] = request.request_id
+            if request.trace:
+                entry[_TRACE_KEY] = request.trace
         fields = getattr(record, "fields", None)
         if fields:
             entry.update(fields)
@@ -167,47 +163,8 @@ def traceparent_of(headers: Any) -> str | None:
 def current_traceparent() -> str | None:
     """The trace of the request (or delivery) this code runs for, if any."""
     request = current_request.get()
-    return None if request is None else request.get("traceparent")
+    return None if request is None else request.traceparent
 
 
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _CLOUD_TRACE = re.compile(r"(?P<trace>[0-9a-fA-F]{32})(?:/(?P<span>[0-9]{1,20}))?(?:;o=[01])?")
-
-
-class OutageLog:
-    """Logs that a dependency (the ledger) is unreachable once per burst of failures.
-
-    A burst ends with a success (`checkout_ledger_recovered`, with the count) or with
-    `quiet_seconds` without a failure; the next failure then logs again.
-    """
-
-    def __init__(
-        self, quiet_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._quiet = quiet_seconds
-        self._clock = clock
-        self._last_failure: float | None = None
-        self._failures = 0
-
-    def failed(self, error: Exception, fallback: str) -> None:
-        now = self._clock()
-        if self._last_failure is None or now - self._last_failure > self._quiet:
-            fields = {"detail": str(error)[:500], "fallback": fallback}
-            _ledger_log.warning("checkout_ledger_degraded", extra={"fields": fields})
-            self._failures = 0
-        self._failures += 1
-        self._last_failure = now
-
-    @property
-    def ongoing(self) -> bool:
-        """The last call failed, and none has succeeded since."""
-        return self._last_failure is not None
-
-    def succeeded(self) -> None:
-        if self._last_failure is not None:
-            fields = {"failed_requests": self._failures}
-            _ledger_log.info("checkout_ledger_recovered", extra={"fields": fields})
-            self._last_failure, self._failures = None, 0
-
-
-_ledger_log = logging.getLogger("checkout.ledger")

@@ -1,21 +1,15 @@
-"""The service: every part a handler may use, built once per process from the settings."""
+"""The parts one process shares (API, worker or command), each built once from the settings.
+Nothing here speaks HTTP: the API builds its own parts from these (api/parts.py, docs/layout.md)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
-from starlette.requests import Request
-
-from checkout.api.http import CorsPolicy
-from checkout.api.limits import TokenBuckets, client_address
-from checkout.api.status_cache import NotFoundCache, Rechecks, StatusCache
-from checkout.config import Settings
+from checkout.config import ConfigError, Settings, load_settings
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
-from checkout.logs import OutageLog
-from checkout.once import SingleFlight
 from checkout.orders.catalogue import Catalogue
 from checkout.orders.delivery import DeliverOrder, Worker, deliver_order_from_settings
 from checkout.orders.ledger import Ledger, ledger_from_settings
@@ -23,68 +17,40 @@ from checkout.orders.publisher import InProcessPublisher, Publisher, PubSubPubli
 from checkout.orders.recorder import Recorder
 from checkout.stripe_access.gateway import StripeGateway
 
-T = TypeVar("T")
+log = logging.getLogger("checkout")
 
 
 @dataclass(frozen=True)
-class Service:
-    """Everything a handler may use, built once per process from the settings."""
+class IntakeParts:
+    """What order intake uses (checkout/orders/intake.py): the webhook's and the reconciler's."""
+
+    ledger: Ledger
+    recorder: Recorder
+    gateway: StripeGateway
+    catalogue: Catalogue
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The process's shared parts, built once; each user is handed only the ones it uses."""
 
     settings: Settings
-    cors: CorsPolicy
     api_key: SecretSource
-    gateway: StripeGateway
-    status_cache: StatusCache
-    trace_project: str | None
     webhook_secret: SecretSource
-    webhook_events: SingleFlight[
-        dict[str, str]
-    ]  # concurrent duplicates of one event share one attempt
+    gateway: StripeGateway
     ledger: Ledger  # orders, events, deliveries: this process, or every instance (Firestore)
-    ledger_outages: OutageLog
     catalogue: Catalogue  # what this deployment sells, and how its sessions are marked
     publisher: Publisher  # the order topic, or this process's worker (local)
     recorder: Recorder  # record a fact, then publish its changes: the one way orders change
+    intake: IntakeParts
     worker: Worker  # fulfil_order's: delivers each change once
-    unknown_sessions: NotFoundCache  # ids Stripe said it does not know
-    rechecks: Rechecks  # which polled paid orders to read again from Stripe (late refunds)
-    create_limit: TokenBuckets  # per client: creates
-    status_limit: TokenBuckets  # per client: status calls past the cache (ledger, then Stripe)
-
-    def client_of(self, request: Request) -> str:
-        """Who sent `request`, for per-client limits (docs/abuse.md)."""
-        peer = request.client.host if request.client is not None else None
-        forwarded_for = request.headers.getlist("X-Forwarded-For")
-        return client_address(forwarded_for, peer, self.settings.trusted_proxy_hops)
-
-    def run(self, work: Callable[[Service], Awaitable[T]]) -> T:
-        """`work(self)` in a loop of its own (a command's, a job's); then close what it opened."""
-
-        async def run() -> T:
-            try:
-                return await work(self)
-            finally:
-                self.gateway.close()  # on the loop its pool was opened on
-                await asyncio.sleep(0)  # the close it schedules runs before the loop ends
-
-        try:
-            return asyncio.run(run())
-        finally:
-            self.publisher.close()
+    trace_project: str | None  # whose Cloud Trace a request's log lines join
 
     @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        deliver: DeliverOrder | None = None,
-    ) -> Service:
-        """Build every part once; `deliver` defaults to DELIVER_ORDER's function, or ours."""
+    def from_settings(cls, settings: Settings, deliver: DeliverOrder | None = None) -> Runtime:
+        """Build every shared part once; `deliver` defaults to DELIVER_ORDER's function, or ours."""
         api_key = stripe_api_key_source(settings)
-        status_cache = StatusCache(
-            settings.status_cache_size,
-            settings.status_open_ttl_ms,
-            paid_ttl=settings.status_paid_ttl_seconds,
-        )
+        gateway = StripeGateway(settings, api_key)
         ledger = ledger_from_settings(settings)
         catalogue = Catalogue.from_settings(settings)
         worker = Worker(
@@ -99,30 +65,77 @@ class Service:
             else InProcessPublisher(worker.deliver, ledger.mark_unpublished)
         )
         worker.redeliver = publisher.publish  # hands on what was queued behind a run
+        recorder = Recorder(ledger, publisher)
         return cls(
             settings=settings,
-            cors=CorsPolicy(settings.allowed_origins, settings.allow_any_origin),
             api_key=api_key,
-            gateway=StripeGateway(settings, api_key),
-            status_cache=status_cache,
-            trace_project=settings.google_cloud_project or _project_in(settings.stripe_secret_name),
             webhook_secret=webhook_secret_source(settings),
-            webhook_events=SingleFlight(),
+            gateway=gateway,
             ledger=ledger,
-            ledger_outages=OutageLog(),
             catalogue=catalogue,
             publisher=publisher,
-            recorder=Recorder(ledger, publisher),
+            recorder=recorder,
+            intake=IntakeParts(ledger, recorder, gateway, catalogue),
             worker=worker,
-            unknown_sessions=NotFoundCache(settings.status_cache_size),
-            rechecks=Rechecks(
-                settings.status_cache_size,
-                settings.status_recheck_seconds,
-                settings.status_recheck_per_minute,
-            ),
-            create_limit=TokenBuckets(settings.create_limit_per_minute),
-            status_limit=TokenBuckets(settings.status_limit_per_minute),
+            trace_project=settings.google_cloud_project or _project_in(settings.stripe_secret_name),
         )
+
+    def close(self) -> None:
+        """Close the Stripe pool (on its own loop), the publisher and the worker's threads."""
+        self.gateway.close()
+        self.publisher.close()
+        self.worker.close()
+
+
+class OnFirstUse:
+    """A process's Runtime, built on first use (after the server forks, never at import).
+
+    A configuration error is logged once and kept: the environment cannot change under a
+    running process. `announce` is told the settings once the runtime is built.
+    """
+
+    def __init__(
+        self,
+        deliver: DeliverOrder | None = None,
+        load: Callable[[], Settings] = load_settings,
+        announce: Callable[[Settings], None] | None = None,
+    ) -> None:
+        self._deliver = deliver
+        self._load = load
+        self._announce = announce
+        self._built: Runtime | ConfigError | None = None  # the runtime, or why it cannot be
+        self._lock = threading.Lock()
+
+    @property
+    def built(self) -> bool:
+        return isinstance(self._built, Runtime)
+
+    def get(self) -> Runtime:
+        """The Runtime, built on first use; ConfigError (the kept one) if the settings are wrong."""
+        built = self._built
+        if built is None:
+            with self._lock:
+                built = self._built
+                if built is None:
+                    built = self._built = self._build()
+        if isinstance(built, ConfigError):
+            raise built.with_traceback(None)  # the kept error, without the last raise's frames
+        return built
+
+    def close(self) -> None:
+        """Close what the runtime opened, if it was built (when the process, or a test, is done)."""
+        if isinstance(self._built, Runtime):
+            self._built.close()
+
+    def _build(self) -> Runtime | ConfigError:
+        try:
+            runtime = Runtime.from_settings(self._load(), self._deliver)
+        except ConfigError as error:
+            log.error("configuration error: %s", error)
+            return error
+        if self._announce is not None:
+            self._announce(runtime.settings)
+        return runtime
 
 
 def _project_in(secret_name: str | None) -> str | None:

@@ -29,7 +29,7 @@ def main() -> int:
     env.setdefault("WORKERS", "1")
     children: list[subprocess.Popen] = []
     try:
-        # The checks Cloud Run makes at startup (api/app.py): the settings, the secrets' shapes.
+        # The checks Cloud Run makes at start (checkout/startup.py): settings, the secrets' shapes.
         check_secret_shapes(load_settings(env))
     except ConfigError as error:
         print(f"configuration error, not starting: {error}", file=sys.stderr, flush=True)

@@ -206,6 +206,35 @@ def test_cloud_run_without_frontend_url_answers_configuration_error(client, conf
     assert "FRONTEND_URL" not in body["error"]  # the detail is logged, not sent
 
 
+def test_a_configuration_error_is_logged_once_and_answered_on_every_request(
+    client, configure, logs
+):
+    configure(K_SERVICE="checkout", FRONTEND_URL=None)
+    for _ in range(3):  # the verdict is kept: the environment cannot change under a process
+        assert_error(client.post(CREATE, json={}), 500, "payment_configuration_error")
+    said = [r for r in logs() if r["message"].startswith("configuration error: ")]
+    assert len(said) == 1 and "FRONTEND_URL" in said[0]["message"]
+
+
+def test_each_handler_is_built_once_from_the_one_runtime(configure, deliveries):
+    from checkout.api.app import CheckoutApi
+
+    api = CheckoutApi(deliver=deliveries)
+    try:
+        runtime, parts = api.runtime(), api.parts()
+        assert api.runtime() is runtime and api.parts() is parts  # built once, on first use
+        handlers = parts.handlers
+        assert handlers.create_session.gateway is runtime.gateway
+        assert handlers.session_status.ledger is runtime.ledger
+        assert handlers.session_status.recorder is runtime.recorder
+        assert handlers.stripe_webhook.intake is runtime.intake
+        assert handlers.stripe_webhook.secret is runtime.webhook_secret
+        # What the webhook forgets is what the status poll answers from.
+        assert handlers.stripe_webhook.status_cache is handlers.session_status.status_cache
+    finally:
+        api.close()
+
+
 def test_publishable_key_is_refused(client, configure, stripe_emulator):
     configure(STRIPE_SECRET_KEY="pk_test_abcdefghijklmnop")
     assert_error(client.post(CREATE, json={}), 500, "payment_configuration_error")
@@ -243,7 +272,7 @@ def test_a_deliver_order_that_does_not_import_is_a_configuration_error(configure
 
     configure(DELIVER_ORDER="tests.no_such_module:deliver")
     with pytest.raises(ApiError) as caught:
-        CheckoutApi().service()  # as main.py builds it: DELIVER_ORDER names the function
+        CheckoutApi().parts()  # as main.py builds it: DELIVER_ORDER names the function
     assert (caught.value.status, caught.value.code) == (500, "payment_configuration_error")
     assert "DELIVER_ORDER" in (caught.value.detail or "")
 

@@ -29,13 +29,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from checkout.config import load_settings
-from checkout.ops.doctor import Check, doctor
-from checkout.ops.reconcile import Summary, reconcile
+from checkout.ops.command import run
+from checkout.ops.doctor import Check, DoctorParts, doctor
+from checkout.ops.reconcile import ReconcileParts, Summary, reconcile
 from checkout.orders.delivery import DeliveryFailed, DeliveryInProgress, Worker
 from checkout.orders.ledger.memory import MemoryLedger
 from checkout.orders.model import Change, ChargeFact, DisputeFact, Fact, OrderState, session_fact
 from checkout.orders.recorder import Recorder
-from checkout.runtime import Service
+from checkout.runtime import Runtime
 from devtools.eventarc_push import EventarcPush, cloud_event_request
 from devtools.pubsub_emulator import subscription_path, topic_path
 from tests.delivery_sink import access_of, deliveries
@@ -90,16 +91,16 @@ def service_env(base_env: dict[str, str], firestore: Firestore, pubsub: PubSub) 
 
 
 def in_service(env: dict[str, str], work: Any) -> Any:
-    """Run `work(service)` in this process with the deployment's settings (as a job would)."""
-    return Service.from_settings(load_settings(env)).run(work)
+    """Run `work(runtime)` in this process with the deployment's settings (as a job would)."""
+    return run(Runtime.from_settings(load_settings(env)), work)
 
 
 def record(env: dict[str, str], session_id: str, *facts: Fact) -> None:
     """Record facts about one order, as the webhook does: each change is published."""
 
-    async def work(service: Service) -> None:
+    async def work(runtime: Runtime) -> None:
         for fact in facts:
-            await service.recorder.apply(session_id, fact)
+            await runtime.recorder.apply(session_id, fact)
 
     in_service(env, work)
 
@@ -113,7 +114,7 @@ def refunded(session_id: str) -> Fact:
 
 
 def delivery_record(env: dict[str, str], change_id: str) -> dict[str, Any] | None:
-    return in_service(env, lambda service: service.ledger.delivery(change_id))
+    return in_service(env, lambda runtime: runtime.ledger.delivery(change_id))
 
 
 def operator_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -131,12 +132,15 @@ def operator_command(env: dict[str, str], *args: str) -> subprocess.CompletedPro
 
 
 def doctor_checks(env: dict[str, str]) -> dict[str, Check]:
-    return {c.name: c for c in in_service(env, lambda s: doctor(s, "https://shop.example/"))}
+    def checks(runtime: Runtime) -> Any:
+        return doctor(DoctorParts.from_runtime(runtime), "https://shop.example/")
+
+    return {c.name: c for c in in_service(env, checks)}
 
 
 def run_reconcile(env: dict[str, str], **options: Any) -> Summary:
-    async def work(service: Service) -> Summary:
-        return await reconcile(service, days=1, **options)
+    async def work(runtime: Runtime) -> Summary:
+        return await reconcile(ReconcileParts.from_runtime(runtime), days=1, **options)
 
     return in_service(env, work)
 

@@ -12,9 +12,13 @@ from tests.support import ROOT
 
 # Import every module of the service, but not main.py: nothing may change yet.
 _IMPORT_ALL = (
-    "import os, sys, pkgutil, importlib, checkout\n"
+    "import os, sys, pkgutil, importlib, logging, checkout\n"
     "import functions_framework.aio as ff, uvicorn_worker\n"
     "env, kwargs = dict(os.environ), dict(uvicorn_worker.UvicornWorker.CONFIG_KWARGS)\n"
+    "def logging_state():\n"
+    "    return [(l.handlers[:], l.level, l.propagate, l.disabled)\n"
+    "            for l in (logging.getLogger(), logging.getLogger('checkout'))]\n"
+    "logs = logging_state()\n"
     "builder = ff._create_asgi_app_with_function\n"
     "for info in pkgutil.walk_packages(checkout.__path__, 'checkout.'):\n"
     "    if info.name != 'checkout.__main__':\n"
@@ -23,6 +27,7 @@ _IMPORT_ALL = (
     "assert not [m for m, v in sys.modules.items() if v is None], 'sys.modules changed'\n"
     "assert ff._create_asgi_app_with_function is builder\n"
     "assert uvicorn_worker.UvicornWorker.CONFIG_KWARGS == kwargs\n"
+    "assert logging_state() == logs, 'logging configured at import'\n"
 )
 
 
@@ -38,7 +43,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_importing_the_service_changes_no_framework_environment_or_module_table() -> None:
+def test_importing_the_service_changes_no_framework_environment_module_table_or_logging() -> None:
     result = _python(_IMPORT_ALL)
     assert result.returncode == 0, result.stderr
 
@@ -53,7 +58,11 @@ def test_install_makes_every_adjustment_and_a_second_call_changes_nothing() -> N
         "kwargs = uvicorn_worker.UvicornWorker.CONFIG_KWARGS\n"
         "assert kwargs['proxy_headers'] is False and kwargs['http'].limits\n"
         "assert os.environ['FORWARDED_ALLOW_IPS'] == ''\n"
+        "import logging\n"
+        "checkout_log = logging.getLogger('checkout')\n"
+        "assert len(checkout_log.handlers) == 1 and not checkout_log.propagate\n"
         "framework.install()\n"
+        "assert len(checkout_log.handlers) == 1  # not configured twice\n"
         "assert ff._create_asgi_app_with_function is builder  # not wrapped twice\n"
     )
     result = _python(code)

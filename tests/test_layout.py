@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ast
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,7 @@ def test_pubsub_is_imported_only_inside_the_publisher_when_a_topic_is_used():
         "checkout.api.webhook",
         "checkout.api.routes",
         "checkout.api.app",
+        "checkout.api.fulfil",
     ):
         assert "checkout.ops.subscriptions" not in imports_of(module_file(module))
 
@@ -276,11 +278,47 @@ def test_the_exception_root_guard_catches():
     assert stray_exceptions([Stray, int]) == [f"{__name__}.{Stray.__qualname__}"]
 
 
+# Secret Manager's calls that look at or change a secret itself, not read one of its values.
+SECRET_ADMIN_CALLS = {
+    "add_secret_version",
+    "create_secret",
+    "delete_secret",
+    "update_secret",
+    "get_secret",
+    "destroy_secret_version",
+    "disable_secret_version",
+    "enable_secret_version",
+    "set_iam_policy",
+}
+
+
+def secret_admin_calls_in(source: str) -> list[str]:
+    return [
+        f"{node.lineno}: {ast.unparse(node.func)}()"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in SECRET_ADMIN_CALLS
+    ]
+
+
+def test_only_the_operator_commands_administer_secrets():
+    # The service reads secret values (checkout/keys.py); writing them is an operator's command.
+    found = {
+        path.relative_to(ROOT).as_posix(): secret_admin_calls_in(path.read_text())
+        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
+    }
+    writers = {path for path, calls in found.items() if calls}
+    assert writers and all(path.startswith("checkout/ops/") for path in writers), writers
+    assert not secret_admin_calls_in("client.access_secret_version(request={})")
+
+
 # --- Dependencies passed in, imports pointing one way (main → app → handlers → services) ----
 
 
-HANDLERS = ("checkout.api.routes", "checkout.api.webhook")
-SERVICES = (
+HANDLERS = ("checkout.api.routes", "checkout.api.webhook", "checkout.api.parts")
+# What the handlers are built from: the runtime's parts, and what those are made of.
+PARTS = (
     "checkout.runtime",
     "checkout.orders.model",
     "checkout.orders.recorder",
@@ -294,26 +332,201 @@ SERVICES = (
 )
 
 
-def test_the_service_has_its_own_module():
-    from checkout.runtime import Service
+def test_the_runtime_has_its_own_module():
+    from checkout.runtime import Runtime
 
-    assert Service.__module__ == "checkout.runtime"
+    assert Runtime.__module__ == "checkout.runtime"
 
 
-@pytest.mark.parametrize("module", [*HANDLERS, *SERVICES])
-def test_handlers_and_services_never_import_the_app(module):
+def test_the_push_handler_and_the_start_checks_have_modules_of_their_own():
+    # api/app.py dispatches HTTP requests; Pub/Sub's pushes and the checks before a start are
+    # other concerns, each in its own room.
+    from checkout.api.fulfil import FulfilApi
+    from checkout.startup import check_api_can_start, exit_if_misconfigured
+
+    assert FulfilApi.__module__ == "checkout.api.fulfil"
+    assert exit_if_misconfigured.__module__ == check_api_can_start.__module__ == "checkout.startup"
+    app = {
+        node.name
+        for node in ast.parse((PACKAGE / "api" / "app.py").read_text()).body
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef))
+    }
+    assert not app & {"FulfilApi", "_attributes_of", "exit_if_misconfigured", "check_api_can_start"}
+
+
+def test_the_ledgers_outage_log_lives_beside_the_ledger():
+    from checkout.orders.ledger.outages import OutageLog
+
+    assert OutageLog.__module__.startswith("checkout.orders.ledger")
+    assert "OutageLog" not in (PACKAGE / "logs.py").read_text()
+
+
+@pytest.mark.parametrize("module", [*HANDLERS, *PARTS])
+def test_handlers_and_parts_never_import_the_app(module):
     imported = imports_of(module_file(module))
     assert "checkout.api.app" not in imported
     assert not {name for name in imported if name.startswith("main")}
 
 
-@pytest.mark.parametrize("module", SERVICES)
-def test_services_never_import_the_handlers(module):
+@pytest.mark.parametrize("module", PARTS)
+def test_parts_never_import_the_handlers(module):
     imported = imports_of(module_file(module))
     assert not {name for name in imported if name.startswith(HANDLERS)}
 
 
-def test_the_app_keeps_no_service_in_module_globals():
+def http_imports(source: str, module: str) -> list[str]:
+    """Every import of the HTTP layer (checkout.api) in `source`, the text of module `module`:
+    at any depth (TYPE_CHECKING and function bodies included), relative imports resolved."""
+    package = module.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            stem = ".".join([*base, *([node.module] if node.module else [])])
+            names = [stem, *(f"{stem}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        if any(name == "checkout.api" or name.startswith("checkout.api.") for name in names):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def below_the_http_layer() -> list[Path]:
+    return [PACKAGE / "runtime.py", *sorted((PACKAGE / "orders").rglob("*.py"))]
+
+
+def test_the_runtime_and_the_orders_never_import_the_http_layer():
+    # The runtime builds the parts every process shares (the worker, the commands); the HTTP
+    # layer builds its own from them (checkout/api/parts.py), never the other way round.
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in below_the_http_layer()
+        for line in http_imports(path.read_text(), _module_of(path))
+    ]
+    assert found == []
+    assert len(below_the_http_layer()) > 10  # the guard reads the files it means to
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@pytest.mark.parametrize(
+    ("source", "module"),
+    [
+        ("from checkout.api.http import CorsPolicy", "checkout.runtime"),
+        ("import checkout.api.status_cache", "checkout.runtime"),
+        ("from checkout import api", "checkout.orders.intake"),
+        ("from checkout.api import routes", "checkout.orders.intake"),
+        ("if TYPE_CHECKING:\n    from checkout.api.limits import TokenBuckets", "checkout.runtime"),
+        ("def f():\n    from checkout.api.webhook import MAX_EVENT_BYTES", "checkout.orders.model"),
+        ("from ..api.status_cache import StatusCache", "checkout.orders.intake"),
+        ("from .api import http", "checkout.runtime"),
+        ("from ...api import app", "checkout.orders.ledger.memory"),
+    ],
+)
+def test_the_http_layer_guard_catches(source, module):
+    assert http_imports(source, module), source
+
+
+def test_the_http_layer_guard_lets_the_rest_through():
+    source = (
+        "from checkout.orders.ledger import Ledger\n"
+        "from checkout import config\n"
+        "from . import model\n"
+        "import checkout.apis_elsewhere\n"
+        "from ..ops import doctor\n"
+    )
+    assert http_imports(source, "checkout.orders.intake") == []
+
+
+def runtime_takers(source: str, bags: set[str]) -> list[str]:
+    """Every function parameter, and every class field, in `source` typed as one of `bags`
+    (a `from_runtime` builder's excepted): "LINE: name"."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.name == "from_runtime":
+                continue
+            arguments = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            typed = [a.annotation for a in arguments if a.annotation is not None]
+        elif isinstance(node, ast.ClassDef):
+            typed = [item.annotation for item in node.body if isinstance(item, ast.AnnAssign)]
+        else:
+            continue
+        if any(_names(annotation) & bags for annotation in typed):
+            found.append(f"{node.lineno}: {node.name}")
+    return found
+
+
+def the_bags() -> set[str]:
+    """The classes of checkout/runtime.py that build every shared part from the settings."""
+    tree = ast.parse((PACKAGE / "runtime.py").read_text())
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.ClassDef)
+        and any(
+            isinstance(item, ast.FunctionDef) and item.name == "from_settings" for item in node.body
+        )
+    }
+
+
+# Where a process's work starts: the commands' loop and the commands themselves.
+RUNS_COMMANDS = {"checkout/__main__.py", "checkout/ops/command.py", "checkout/ops/setup.py"}
+
+
+def test_the_runtime_is_handed_only_to_what_builds_from_it():
+    # No bag of every part passed around: a handler, the worker, the reconciler and doctor get
+    # their own collaborators. Only the builders and the commands take the one runtime.
+    bags = the_bags()
+    assert bags == {"Runtime"}
+    takers = {
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
+        for line in runtime_takers(path.read_text(), bags)
+    }
+    assert {taker.split(":")[0] for taker in takers} <= RUNS_COMMANDS, sorted(takers)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "async def handle(request: Request, runtime: Runtime) -> Response: ...",
+        "def reconcile(runtime: 'Runtime', days: int) -> None: ...",
+        "def doctor(*, parts: Runtime | None = None) -> None: ...",
+        "def later(work: Callable[[Runtime], Awaitable[int]]) -> int: ...",
+        "@dataclass\nclass Handler:\n    runtime: Runtime",
+        "class Worker:\n    runtime: 'Runtime | None' = None",
+    ],
+)
+def test_the_runtime_guard_catches(source):
+    assert runtime_takers(source, {"Runtime"}), source
+
+
+def test_the_runtime_guard_lets_builders_and_parts_through():
+    source = (
+        "class Parts:\n    ledger: Ledger\n"
+        "    @classmethod\n    def from_runtime(cls, runtime: Runtime) -> Parts: ...\n"
+        "def handle(request: Request, parts: Parts) -> None: ...\n"
+        "def other(runtime_name: str) -> Runtime: ...\n"
+    )
+    assert runtime_takers(source, {"Runtime"}) == []
+
+
+def _names(annotation: ast.expr) -> set[str]:
+    return {n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)} | {
+        part
+        for n in ast.walk(annotation)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        for part in n.value.replace("[", " ").replace("]", " ").replace("|", " ").split()
+    }
+
+
+def test_the_app_keeps_no_runtime_in_module_globals():
     tree = ast.parse((PACKAGE / "api" / "app.py").read_text())
     assigned = {
         target.id
@@ -322,7 +535,8 @@ def test_the_app_keeps_no_service_in_module_globals():
         for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
         if isinstance(target, ast.Name)
     }
-    assert not {name for name in assigned if "service" in name.lower()}
+    kept = ("service", "runtime", "parts", "handlers")
+    assert not {name for name in assigned if any(word in name.lower() for word in kept)}
     assert not [node for node in ast.walk(tree) if isinstance(node, ast.Global)]
 
 
@@ -572,16 +786,21 @@ def test_the_circle_guard_catches(tmp_path):
 # --- Nothing surprising at import ---------------------------------------------------------------
 
 
+def written(node: ast.AST) -> list[ast.expr]:
+    """What `node` assigns, augments or deletes."""
+    if isinstance(node, (ast.Assign, ast.Delete)):
+        return node.targets
+    if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        return [node.target]
+    return []
+
+
 def changes_to_the_process(source: str) -> list[str]:
     """Each place `source` writes os.environ or sys.modules."""
     found = []
     for node in ast.walk(ast.parse(source)):
-        targets: list[ast.expr] = []
-        if isinstance(node, (ast.Assign, ast.Delete)):
-            targets = node.targets
-        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
-            targets = [node.target]
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        targets = written(node)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             if node.func.attr in ("putenv", "unsetenv"):
                 targets = [node.func]
             elif node.func.attr in ("update", "setdefault", "pop", "popitem", "clear"):
@@ -593,15 +812,21 @@ def changes_to_the_process(source: str) -> list[str]:
     return found
 
 
-def test_only_the_framework_module_changes_the_environment_or_the_module_table():
-    # Its changes run in one explicit call, framework.install(), which main.py makes first.
-    offending = [
+def places_in_the_service(
+    find: Callable[[str], list[str]], *, but: Path | None = None
+) -> list[str]:
+    """Each "FILE:LINE: what" that `find` reports in checkout/ and main.py (but one file)."""
+    return [
         f"{path.relative_to(ROOT)}:{place}"
         for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
-        if path != PACKAGE / "framework.py"
-        for place in changes_to_the_process(path.read_text())
+        if path != but
+        for place in find(path.read_text())
     ]
-    assert offending == []
+
+
+def test_only_the_framework_module_changes_the_environment_or_the_module_table():
+    # Its changes run in one explicit call, framework.install(), which main.py makes first.
+    assert places_in_the_service(changes_to_the_process, but=PACKAGE / "framework.py") == []
     assert changes_to_the_process((PACKAGE / "framework.py").read_text())  # the guard sees them
 
 
@@ -617,6 +842,94 @@ def test_only_the_framework_module_changes_the_environment_or_the_module_table()
 )
 def test_the_process_change_guard_catches(source):
     assert changes_to_the_process(source)
+
+
+# What configures logging: handlers, levels, propagation, and our one call that sets them.
+LOGGING_SETUP = {
+    "addHandler",
+    "removeHandler",
+    "setLevel",
+    "basicConfig",
+    "dictConfig",
+    "fileConfig",
+    "disable",
+    "captureWarnings",
+    "setLoggerClass",
+    "setup_logging",
+}
+
+
+def _run_at_import(tree: ast.Module) -> Iterator[ast.AST]:
+    """The nodes of `tree` that run when the module is imported: not those inside a function."""
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                todo.append(child)
+
+
+def logging_configured_in(source: str, *, at_import: bool = False) -> list[str]:
+    """Each place `source` configures logging ("LINE: what"); `at_import`: only those that run
+    when it is imported, outside any function."""
+    tree = ast.parse(source)
+    found = []
+    for node in _run_at_import(tree) if at_import else ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            if name in LOGGING_SETUP:
+                found.append(f"{node.lineno}: {ast.unparse(node.func)}()")
+        for target in written(node):
+            if isinstance(target, ast.Attribute) and target.attr in ("propagate", "disabled"):
+                found.append(f"{target.lineno}: {ast.unparse(target)} assigned")
+    return found
+
+
+def test_logging_is_configured_only_by_setup_logging_and_only_when_called():
+    # logs.setup_logging() does it; framework.install() (main.py's one call) and the operator
+    # commands' entry point call it. Importing a module configures nothing.
+    assert places_in_the_service(partial(logging_configured_in, at_import=True)) == []
+    configuring = {
+        path.relative_to(ROOT).as_posix()
+        for path in [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
+        if logging_configured_in(path.read_text())
+    }
+    assert configuring == {"checkout/logs.py", "checkout/framework.py", "checkout/__main__.py"}
+    source = (PACKAGE / "logs.py").read_text()
+    setup = next(
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef) and node.name == "setup_logging"
+    )
+    lines = [int(place.split(":")[0]) for place in logging_configured_in(source)]
+    assert lines and all(setup.lineno <= line <= (setup.end_lineno or 0) for line in lines)
+    for name in ("framework.py", "__main__.py"):
+        calls = logging_configured_in((PACKAGE / name).read_text())
+        assert calls and all(call.endswith("setup_logging()") for call in calls), name
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from checkout.logs import setup_logging\nsetup_logging()",
+        "from checkout import logs\nlogs.setup_logging()",
+        "import logging\nlogging.basicConfig(level=logging.INFO)",
+        "import logging\nlogging.getLogger('checkout').addHandler(logging.StreamHandler())",
+        "import logging\nlogging.getLogger('checkout').setLevel(logging.DEBUG)",
+        "import logging\nlog = logging.getLogger('checkout')\nlog.propagate = False",
+        "import logging.config\nlogging.config.dictConfig({'version': 1})",
+        "import logging\nclass Quiet:\n    logging.disable(logging.INFO)",
+    ],
+)
+def test_the_logging_guard_catches_configuration_at_import(source):
+    assert logging_configured_in(source, at_import=True), source
+
+
+def test_the_logging_guard_tells_a_call_at_import_from_one_inside_a_function():
+    source = "from checkout.logs import setup_logging\ndef main():\n    setup_logging()\n"
+    assert logging_configured_in(source, at_import=True) == []
+    assert logging_configured_in(source) == ["3: setup_logging()"]
 
 
 def test_main_makes_the_one_framework_call_before_importing_the_service():

@@ -707,7 +707,7 @@ def test_an_unreachable_firestore_is_ledger_unavailable_within_the_deadline_then
 
 
 def test_an_outage_is_logged_once_per_burst_and_its_end_once(logs: CapturedLogs) -> None:
-    from checkout.logs import OutageLog
+    from checkout.orders.ledger.outages import OutageLog
 
     now = [0.0]
     outages = OutageLog(quiet_seconds=60, clock=lambda: now[0])

@@ -352,3 +352,21 @@ def test_a_request_lines_detail_is_redacted_like_a_crash(live_server):
     assert len(details) == 2
     assert all("sk_live_[redacted]" in detail for detail in details), details
     assert secret[10:] not in server.logs() + server.stderr()
+
+
+def test_a_line_logged_under_a_request_context_carries_its_id_and_trace():
+    import logging
+
+    from checkout.logs import JsonFormatter
+    from checkout.request_context import RequestContext, current_request
+
+    record = logging.LogRecord("checkout.test", logging.INFO, __file__, 1, "hello", None, None)
+    trace = f"projects/{PROJECT}/traces/{TRACE_ID}"
+    token = current_request.set(RequestContext(request_id="r1", trace=trace))
+    try:
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        current_request.reset(token)
+    assert (line["request_id"], line["logging.googleapis.com/trace"]) == ("r1", trace)
+    outside = json.loads(JsonFormatter().format(record))
+    assert "request_id" not in outside and "logging.googleapis.com/trace" not in outside

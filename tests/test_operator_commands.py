@@ -17,11 +17,12 @@ import pytest
 import requests
 
 from checkout.config import load_settings
-from checkout.ops.reconcile import Summary, reconcile
+from checkout.ops.command import run
+from checkout.ops.reconcile import ReconcileParts, Summary, reconcile
 from checkout.ops.register_webhook import ENABLED_EVENTS, PINNED_API_VERSION
 from checkout.orders.ledger import firestore_ledger
 from checkout.orders.session import MARKER_KEY
-from checkout.runtime import Service
+from checkout.runtime import Runtime
 from checkout.stripe_access.gateway import LIST_PAGE
 from tests.firestore_emulator import Firestore
 from tests.pubsub_emulator import PubSub
@@ -348,8 +349,9 @@ def unreachable_host() -> str:
 def in_process_reconcile(env: dict[str, str], **options: Any) -> Summary:
     """`reconcile` called in this process with the deployment's settings (for its parameters);
     Google's clients read *_EMULATOR_HOST from this process's environment (the fixtures')."""
-    return Service.from_settings(load_settings(env)).run(
-        lambda service: reconcile(service, **options)
+    return run(
+        Runtime.from_settings(load_settings(env)),
+        lambda runtime: reconcile(ReconcileParts.from_runtime(runtime), **options),
     )
 
 

@@ -10,6 +10,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from werkzeug.http import parse_options_header
 
+from checkout.config import Settings
 from checkout.errors import ApiError, api_error
 
 MAX_BODY_BYTES = 64 * 1024
@@ -117,6 +118,10 @@ class CorsPolicy:
     def __init__(self, allowed_origins: Iterable[str], allow_any: bool) -> None:
         self._allowed = frozenset(allowed_origins)
         self._allow_any = allow_any
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CorsPolicy:
+        return cls(settings.allowed_origins, settings.allow_any_origin)
 
     def allows(self, origin: str) -> bool:
         return self._allow_any or origin in self._allowed

@@ -9,8 +9,22 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from starlette.requests import Request
 
 from checkout.errors import api_error
+
+
+@dataclass(frozen=True)
+class ClientAddresses:
+    """Who sent a request, for per-client limits, behind `trusted_hops` proxies of ours."""
+
+    trusted_hops: int
+
+    def of(self, request: Request) -> str:
+        peer = request.client.host if request.client is not None else None
+        return client_address(request.headers.getlist("X-Forwarded-For"), peer, self.trusted_hops)
 
 
 def client_address(forwarded_for: Sequence[str], peer: str | None, trusted_hops: int) -> str:

@@ -7,7 +7,7 @@ import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,14 +15,20 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from checkout.api.http import json_response, read_json_object
-from checkout.api.webhook import stripe_webhook
+from checkout.api.limits import TokenBuckets
+from checkout.api.status_cache import NotFoundCache, Rechecks, StatusCache
+from checkout.api.webhook import StripeWebhook
 from checkout.errors import RetryLater, SessionNotFound, StripeFailure, api_error
-from checkout.orders.ledger import LedgerUnavailable
+from checkout.orders.catalogue import Catalogue
+from checkout.orders.ledger import Ledger, LedgerUnavailable
+from checkout.orders.ledger.outages import OutageLog
 from checkout.orders.model import Order, facts_of_session, is_chargeback
+from checkout.orders.recorder import Recorder
 from checkout.orders.session import SessionStatus
+from checkout.stripe_access.gateway import StripeGateway
 
-if TYPE_CHECKING:
-    from checkout.runtime import Service
+Handler = Callable[[Request], Awaitable[Response]]
+ClientOf = Callable[[Request], str]  # who sent a request, for per-client limits (docs/abuse.md)
 
 MAX_IMAGE_ID_CHARS = 500
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -35,40 +41,62 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 STATUS_LEDGER_BUDGET_S = 1.0
 
 
-async def create_session(request: Request, service: Service) -> Response:
+@dataclass(frozen=True)
+class CreateSession:
     """POST /api/checkout/embedded-session → {client_secret, session_id}."""
-    body = await read_json_object(request)
-    image_id = _image_id_from(body)
-    client_key = _idempotency_key_from(request)
-    client = service.client_of(request)
-    service.create_limit.charge(client)
-    idempotency_key = _stripe_idempotency_key(service.settings.deployment_id, client, client_key)
-    created = await service.gateway.create_session(image_id, idempotency_key)
-    return json_response(
-        200, {"client_secret": created.client_secret, "session_id": created.session_id}
-    )
+
+    gateway: StripeGateway
+    create_limit: TokenBuckets  # per client
+    client_of: ClientOf
+    deployment_id: str  # hashed into the idempotency keys sent to Stripe
+
+    async def __call__(self, request: Request) -> Response:
+        body = await read_json_object(request)
+        image_id = _image_id_from(body)
+        client_key = _idempotency_key_from(request)
+        client = self.client_of(request)
+        self.create_limit.charge(client)
+        idempotency_key = _stripe_idempotency_key(self.deployment_id, client, client_key)
+        created = await self.gateway.create_session(image_id, idempotency_key)
+        return json_response(
+            200, {"client_secret": created.client_secret, "session_id": created.session_id}
+        )
 
 
-async def session_status(request: Request, service: Service) -> Response:
+@dataclass(frozen=True)
+class StatusPoll:
     """GET /api/checkout/session-status?session_id=cs_... → {status, payment_status, outcome, …}."""
-    session_id = _session_id_from(request)
-    answer = service.status_cache.get(session_id)  # free: no limit, no Firestore, no Stripe
-    ledger_until = asyncio.get_running_loop().time() + STATUS_LEDGER_BUDGET_S
-    if answer is None:
-        if session_id in service.unknown_sessions:
-            raise SessionNotFound("remembered as unknown to Stripe")
-        service.status_limit.charge(service.client_of(request))
-        # What any instance recorded, from this deployment's order ledger; only then Stripe.
-        answer, recheck = await _answer_from_ledger(service, session_id, ledger_until)
-        if recheck is not None:
-            answer = await _rechecked(service, session_id, recheck, ledger_until)
-    if answer is None:
-        answer = await _answer_from_stripe(service, session_id, ledger_until)
-    return json_response(200, answer)
+
+    gateway: StripeGateway
+    ledger: Ledger
+    recorder: Recorder
+    catalogue: Catalogue
+    status_cache: StatusCache  # answers kept per session; the webhook forgets what changed
+    unknown_sessions: NotFoundCache  # ids Stripe said it does not know
+    rechecks: Rechecks  # which polled paid orders to read again from Stripe (late refunds)
+    status_limit: TokenBuckets  # per client: status calls past the cache (ledger, then Stripe)
+    client_of: ClientOf
+    ledger_outages: OutageLog
+
+    async def __call__(self, request: Request) -> Response:
+        session_id = _session_id_from(request)
+        answer = self.status_cache.get(session_id)  # free: no limit, no Firestore, no Stripe
+        ledger_until = asyncio.get_running_loop().time() + STATUS_LEDGER_BUDGET_S
+        if answer is None:
+            if session_id in self.unknown_sessions:
+                raise SessionNotFound("remembered as unknown to Stripe")
+            self.status_limit.charge(self.client_of(request))
+            # What any instance recorded, from this deployment's order ledger; only then Stripe.
+            answer, recheck = await _answer_from_ledger(self, session_id, ledger_until)
+            if recheck is not None:
+                answer = await _rechecked(self, session_id, recheck, ledger_until)
+        if answer is None:
+            answer = await _answer_from_stripe(self, session_id, ledger_until)
+        return json_response(200, answer)
 
 
 async def _answer_from_ledger(
-    service: Service, session_id: str, ledger_until: float
+    service: StatusPoll, session_id: str, ledger_until: float
 ) -> tuple[dict[str, Any] | None, Order | None]:
     """The ledger's answer for an order whose session is settled (None: none, or unreachable),
     or the paid order to read again from Stripe now (a refund whose webhook never came).
@@ -103,7 +131,7 @@ async def _answer_from_ledger(
 
 
 async def _rechecked(
-    service: Service, session_id: str, order: Order, ledger_until: float
+    service: StatusPoll, session_id: str, order: Order, ledger_until: float
 ) -> dict[str, Any]:
     """A paid order read again from Stripe (recording what it shows); the ledger's answer if
     Stripe cannot say now: a recheck never turns a poll the ledger can answer into an error."""
@@ -118,7 +146,7 @@ async def _rechecked(
 
 
 async def _answer_from_stripe(
-    service: Service, session_id: str, ledger_until: float
+    service: StatusPoll, session_id: str, ledger_until: float
 ) -> dict[str, Any]:
     """Ask Stripe; a settled session is recorded (and its change published) before the answer.
 
@@ -172,7 +200,7 @@ def _stripe_length(value: str) -> int:
     return len(value.encode("utf-8", "surrogatepass"))
 
 
-async def _without_ledger(service: Service, session: SessionStatus) -> dict[str, Any]:
+async def _without_ledger(service: StatusPoll, session: SessionStatus) -> dict[str, Any]:
     """Stripe's answer when the ledger cannot give one: a disputed Charge's disputes are read
     too (one more Stripe read, kept with the answer), so an open chargeback is not told `paid`."""
     answer = session.public()
@@ -237,9 +265,18 @@ def _session_id_from(request: Request) -> str:
 
 
 @dataclass(frozen=True)
+class Handlers:
+    """One handler per endpoint, each built once with its own collaborators (api/parts.py)."""
+
+    create_session: CreateSession
+    session_status: StatusPoll
+    stripe_webhook: StripeWebhook
+
+
+@dataclass(frozen=True)
 class Endpoint:
     path: str
-    handler: Callable[[Request, Service], Awaitable[Response]]
+    handler: Callable[[Handlers], Handler]  # this endpoint's, among the process's handlers
     methods: tuple[str, ...]
     browser: bool  # called cross-origin by the frontend, so CORS and preflight apply
 
@@ -250,13 +287,15 @@ class Endpoint:
 
 ENDPOINTS: dict[str, Endpoint] = {
     "create_session": Endpoint(
-        "/api/checkout/embedded-session", create_session, ("POST",), browser=True
+        "/api/checkout/embedded-session", lambda h: h.create_session, ("POST",), browser=True
     ),
     "session_status": Endpoint(
-        "/api/checkout/session-status", session_status, ("GET",), browser=True
+        "/api/checkout/session-status", lambda h: h.session_status, ("GET",), browser=True
     ),
     # Called by Stripe, not by browsers: no CORS, and an Origin header is ignored.
-    "stripe_webhook": Endpoint("/api/checkout/webhook", stripe_webhook, ("POST",), browser=False),
+    "stripe_webhook": Endpoint(
+        "/api/checkout/webhook", lambda h: h.stripe_webhook, ("POST",), browser=False
+    ),
 }
 
 URL_MAP = Map(

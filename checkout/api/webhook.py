@@ -9,19 +9,20 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import stripe
 from starlette.requests import Request
 from starlette.responses import Response
 
 from checkout.api.http import json_response, read_body
+from checkout.api.status_cache import StatusCache
 from checkout.errors import ApiError, api_error
-from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
+from checkout.once import SingleFlight
 from checkout.orders.intake import apply_event
-
-if TYPE_CHECKING:
-    from checkout.runtime import Service
+from checkout.runtime import IntakeParts
 
 log = logging.getLogger("checkout.webhook")
 
@@ -31,39 +32,49 @@ MAX_EVENT_BYTES = 1024 * 1024
 SECRET_REREAD_INTERVAL_S = 30.0
 
 
-async def stripe_webhook(request: Request, service: Service) -> Response:
+@dataclass(frozen=True)
+class StripeWebhook:
     """POST /api/checkout/webhook → {"received": true} once the event is recorded (or ignored)."""
-    # Read the bytes ourselves: Stripe signed exactly these, and any parsing would alter them.
-    payload = await read_body(request, MAX_EVENT_BYTES, _too_large)
-    event = await _verified_event(payload, request, service)
-    event_id, kind = event["id"], event["type"]
-    # Concurrent duplicates on this instance share one attempt; the ledger covers the rest. What
-    # cannot be recorded now (RetryLater) is answered 503 by app.py, so that Stripe retries.
-    outcome: dict[str, str] = await service.webhook_events.run(
-        event_id, lambda: apply_event(event, service)
-    )
-    fields = {"event_id": event_id, "event_type": kind, **outcome}
-    # A refused event (fields not as Stripe documents them) or one of the other mode is
-    # acknowledged, so Stripe does not retry what cannot change, but an operator should look.
-    odd = outcome.get("outcome") == "refused" or outcome.get("reason") == "livemode_mismatch"
-    log.log(logging.WARNING if odd else logging.INFO, "stripe_event", extra={"fields": fields})
-    return json_response(200, {"received": True})
+
+    secret: SecretSource  # the signing secret: env, or Secret Manager (re-read when rolled)
+    events: SingleFlight[dict[str, str]]  # concurrent duplicates of one event share one attempt
+    intake: IntakeParts
+    status_cache: StatusCache
+
+    async def __call__(self, request: Request) -> Response:
+        # Read the bytes ourselves: Stripe signed exactly these, and any parsing would alter them.
+        payload = await read_body(request, MAX_EVENT_BYTES, _too_large)
+        event = await _verified_event(payload, request, self.secret)
+        event_id, kind = event["id"], event["type"]
+        # Concurrent duplicates on this instance share one attempt; the ledger covers the rest.
+        # What cannot be recorded now (RetryLater) app.py answers 503, so that Stripe retries.
+        outcome: dict[str, str] = await self.events.run(
+            event_id, lambda: apply_event(event, self.intake)
+        )
+        if outcome.get("outcome") in ("handled", "duplicate"):
+            self.status_cache.forget(outcome["session_id"])  # this instance answers the new state
+        fields = {"event_id": event_id, "event_type": kind, **outcome}
+        # A refused event (fields not as Stripe documents them) or one of the other mode is
+        # acknowledged, so Stripe does not retry what cannot change, but an operator should look.
+        odd = outcome.get("outcome") == "refused" or outcome.get("reason") == "livemode_mismatch"
+        log.log(logging.WARNING if odd else logging.INFO, "stripe_event", extra={"fields": fields})
+        return json_response(200, {"received": True})
 
 
-async def _signing_secret(service: Service) -> str:
-    with _secret_errors(service):
-        return await service.webhook_secret.get_async()
+async def _signing_secret(source: SecretSource) -> str:
+    with _secret_errors(source):
+        return await source.get_async()
 
 
-async def _reread_secret(service: Service, rejected: str) -> str | None:
+async def _reread_secret(source: SecretSource, rejected: str) -> str | None:
     """A changed secret from Secret Manager, or None (not from there, unchanged, or too soon)."""
-    with _secret_errors(service):
-        return await service.webhook_secret.reread_async(rejected, SECRET_REREAD_INTERVAL_S)
+    with _secret_errors(source):
+        return await source.reread_async(rejected, SECRET_REREAD_INTERVAL_S)
 
 
 @contextmanager
-def _secret_errors(service: Service) -> Iterator[None]:
-    if not service.webhook_secret.configured:
+def _secret_errors(source: SecretSource) -> Iterator[None]:
+    if not source.configured:
         raise api_error(
             "webhook_not_configured",
             "no webhook signing secret: set STRIPE_WEBHOOK_SECRET or STRIPE_WEBHOOK_SECRET_NAME",
@@ -77,7 +88,7 @@ def _secret_errors(service: Service) -> Iterator[None]:
         raise api_error("webhook_not_configured", str(error)) from None
 
 
-async def _verified_event(payload: bytes, request: Request, service: Service) -> dict[str, Any]:
+async def _verified_event(payload: bytes, request: Request, source: SecretSource) -> dict[str, Any]:
     """The event, once its signature checks out over the raw bytes; ApiError 400 otherwise.
 
     A secret rolled in the Dashboard: while both are valid Stripe sends one v1 signature per
@@ -86,11 +97,11 @@ async def _verified_event(payload: bytes, request: Request, service: Service) ->
     process, so forged requests cannot make us hammer Secret Manager) and check again.
     """
     header = request.headers.get("Stripe-Signature")
-    secret = await _signing_secret(service)
+    secret = await _signing_secret(source)
     try:
         _check_signature(payload, header, secret)
     except stripe.SignatureVerificationError as error:
-        fresh = await _reread_secret(service, secret) if _fresh_header(header) else None
+        fresh = await _reread_secret(source, secret) if _fresh_header(header) else None
         if fresh is None:
             raise api_error("invalid_signature", str(error)) from None
         try:

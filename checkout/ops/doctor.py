@@ -10,14 +10,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from checkout.config import is_live_key
+from checkout.api.http import CorsPolicy
+from checkout.config import Settings, is_live_key
 from checkout.errors import StripeFailure
-from checkout.keys import SecretError
+from checkout.keys import SecretError, SecretSource
 from checkout.ops.register_webhook import ENABLED_EVENTS, PINNED_API_VERSION
 from checkout.ops.subscriptions import Subscription, SubscriptionsUnavailable, TopicSubscriptions
-from checkout.orders.ledger import LedgerUnavailable
-from checkout.orders.publisher import PublishFailed
-from checkout.runtime import Service
+from checkout.orders.ledger import Ledger, LedgerUnavailable
+from checkout.orders.publisher import Publisher, PublishFailed
+from checkout.runtime import Runtime
+from checkout.stripe_access.gateway import StripeGateway
 
 PROBE_SESSION = "cs_test_doctorprobe"
 # The worker's request timeout in the deploy (cloudbuild.yaml's _WORKER_TIMEOUT), and Pub/Sub's
@@ -31,6 +33,29 @@ TRIGGER_FIX = (
 
 
 @dataclass(frozen=True)
+class DoctorParts:
+    """What doctor checks: the runtime's key, gateway, ledger and publisher, and the API's CORS."""
+
+    settings: Settings
+    api_key: SecretSource
+    gateway: StripeGateway
+    ledger: Ledger
+    publisher: Publisher
+    cors: CorsPolicy
+
+    @classmethod
+    def from_runtime(cls, runtime: Runtime) -> DoctorParts:
+        return cls(
+            runtime.settings,
+            runtime.api_key,
+            runtime.gateway,
+            runtime.ledger,
+            runtime.publisher,
+            CorsPolicy.from_settings(runtime.settings),
+        )
+
+
+@dataclass(frozen=True)
 class Check:
     name: str
     ok: bool
@@ -40,7 +65,7 @@ class Check:
         return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
 
 
-async def doctor(service: Service, url: str) -> list[Check]:
+async def doctor(service: DoctorParts, url: str) -> list[Check]:
     key_check, key = await _key(service)
     checks = [key_check]
     checks += await _webhook(service, url)
@@ -51,7 +76,7 @@ async def doctor(service: Service, url: str) -> list[Check]:
     return checks
 
 
-async def _key(service: Service) -> tuple[Check, str | None]:
+async def _key(service: DoctorParts) -> tuple[Check, str | None]:
     """The key check, and the key as the service resolves it (env or Secret Manager), if any."""
     try:
         key = await service.api_key.get_async()
@@ -66,7 +91,7 @@ async def _key(service: Service) -> tuple[Check, str | None]:
     return Check("stripe key", True, f"works ({mode} mode)"), key
 
 
-async def _webhook(service: Service, url: str) -> list[Check]:
+async def _webhook(service: DoctorParts, url: str) -> list[Check]:
     try:
         endpoints = [e for e in await service.gateway.webhook_endpoints() if e.get("url") == url]
     except StripeFailure as error:
@@ -110,7 +135,7 @@ async def _webhook(service: Service, url: str) -> list[Check]:
     return checks
 
 
-def _cors(service: Service) -> Check:
+def _cors(service: DoctorParts) -> Check:
     parts = urlsplit(service.settings.frontend_url)
     origin = f"{parts.scheme}://{parts.netloc}".lower()
     allowed = service.cors.allows(origin)
@@ -118,7 +143,7 @@ def _cors(service: Service) -> Check:
     return Check("cors", allowed, detail)
 
 
-def _return_url(service: Service, key: str | None) -> Check:
+def _return_url(service: DoctorParts, key: str | None) -> Check:
     # The mode is the resolved key's (STRIPE_SECRET_NAME, the deploy's way, included); with no
     # key to tell, the URL must be fit for live mode.
     https = service.settings.return_url.startswith("https://")
@@ -130,7 +155,7 @@ def _return_url(service: Service, key: str | None) -> Check:
     return Check("return url", False, f"{detail}: must be https {mode}; fix: FRONTEND_URL")
 
 
-async def _ledger(service: Service) -> Check:
+async def _ledger(service: DoctorParts) -> Check:
     try:
         await service.ledger.order(PROBE_SESSION)
     except LedgerUnavailable as error:
@@ -141,7 +166,7 @@ async def _ledger(service: Service) -> Check:
     return Check("ledger", True, f"{kind} reachable")
 
 
-async def _topic(service: Service) -> Check:
+async def _topic(service: DoctorParts) -> Check:
     topic = service.settings.order_events_topic
     if topic is None:
         ok = not service.settings.on_cloud_run
@@ -153,7 +178,7 @@ async def _topic(service: Service) -> Check:
     return Check("order topic", True, f"{topic} reachable")
 
 
-async def _subscriptions(service: Service) -> list[Check]:
+async def _subscriptions(service: DoctorParts) -> list[Check]:
     """The worker's push subscription, its dead-letter policy and ack deadline, dead letters."""
     topic = service.settings.order_events_topic
     if topic is None:
@@ -225,7 +250,7 @@ def _ack_deadline(subscription: Subscription) -> Check:
     return Check("ack deadline", False, detail)
 
 
-async def _undelivered(service: Service) -> Check:
+async def _undelivered(service: DoctorParts) -> Check:
     grace = service.settings.undelivered_grace_seconds
     before = datetime.now(UTC) - timedelta(seconds=grace)
     try:

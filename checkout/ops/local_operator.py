@@ -9,8 +9,9 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
+from checkout.config import Settings
 from checkout.ops.doctor import Check
-from checkout.runtime import Service
+from checkout.orders.ledger import Ledger
 
 # What `doctor --help` lists: every check, and the settings it reads (checkout/ops/doctor.py).
 DOCTOR_HELP = """\
@@ -92,9 +93,9 @@ def _local_webhook(url: str) -> Check:
     )
 
 
-def reconcile_warning(service: Service) -> str | None:
+def reconcile_warning(ledger: Ledger, settings: Settings) -> str | None:
     """Why a local `reconcile` may find nothing the server recorded, or None."""
-    if service.ledger.name != "memory" or service.settings.on_cloud_run:
+    if ledger.name != "memory" or settings.on_cloud_run:
         return None
     return (
         "reconcile: ORDER_LEDGER is memory, so this command has a ledger of its own, empty, and "

@@ -12,14 +12,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from checkout.config import Settings
 from checkout.errors import RetryLater, StripeFailure
 from checkout.ops.subscriptions import DeadLetters, TopicSubscriptions
+from checkout.orders.catalogue import Catalogue
 from checkout.orders.delivery import DeliveryFailed, DeliveryInProgress
 from checkout.orders.intake import NOT_OURS, apply_event, checked_session_fact
+from checkout.orders.ledger import Ledger
 from checkout.orders.model import HANDLED_EVENTS, Change, session_fact
-from checkout.orders.recorder import PublicationInProgress
+from checkout.orders.publisher import Publisher
+from checkout.orders.recorder import PublicationInProgress, Recorder
 from checkout.orders.session import SessionStatus
-from checkout.runtime import Service
+from checkout.runtime import IntakeParts, Runtime
+from checkout.stripe_access.gateway import StripeGateway
 
 log = logging.getLogger("checkout.reconcile")
 
@@ -32,6 +37,31 @@ UNPUBLISHED_GRACE = timedelta(minutes=1)
 _FAILURES = (StripeFailure, RetryLater, DeliveryFailed)
 # Changes named in the summary line, at most (each overdue one has its own ERROR record).
 NAMED_CHANGES = 20
+
+
+@dataclass(frozen=True)
+class ReconcileParts:
+    """What reconcile uses: the runtime's gateway, ledger, recorder, publisher and intake."""
+
+    settings: Settings  # the deployment id, the audit's bounds, the order topic
+    gateway: StripeGateway
+    ledger: Ledger
+    recorder: Recorder
+    publisher: Publisher
+    catalogue: Catalogue
+    intake: IntakeParts
+
+    @classmethod
+    def from_runtime(cls, runtime: Runtime) -> ReconcileParts:
+        return cls(
+            runtime.settings,
+            runtime.gateway,
+            runtime.ledger,
+            runtime.recorder,
+            runtime.publisher,
+            runtime.catalogue,
+            runtime.intake,
+        )
 
 
 @dataclass
@@ -74,7 +104,7 @@ class Summary:
 
 
 async def reconcile(
-    service: Service,
+    service: ReconcileParts,
     days: int = DEFAULT_DAYS,
     *,
     unpublished_grace: timedelta = UNPUBLISHED_GRACE,
@@ -101,7 +131,7 @@ async def reconcile(
         async for event in service.gateway.undelivered_events_since(since, sorted(HANDLED_EVENTS)):
             summary.events_seen += 1
             with _item(summary, f"event {event.get('id')}"):
-                outcome = await apply_event(event, service, ask_stripe=False)
+                outcome = await apply_event(event, service.intake, ask_stripe=False)
                 if outcome.get("reason") in NOT_OURS:
                     summary.events_not_ours += 1
                 elif outcome.get("outcome") == "refused":
@@ -135,7 +165,7 @@ async def reconcile(
     return summary
 
 
-async def _dead_letters(service: Service, summary: Summary, redelivered: set[str]) -> None:
+async def _dead_letters(service: ReconcileParts, summary: Summary, redelivered: set[str]) -> None:
     """Read the dead-letter backlog; acknowledge what was delivered, publish the rest again."""
     topic = service.settings.order_events_topic
     if topic is None:
@@ -166,7 +196,7 @@ async def _dead_letters(service: Service, summary: Summary, redelivered: set[str
 
 
 async def _undelivered(
-    service: Service, summary: Summary, grace: timedelta, alert: timedelta
+    service: ReconcileParts, summary: Summary, grace: timedelta, alert: timedelta
 ) -> list[dict[str, Any]]:
     """The audit: every change published before the grace and not delivered (counted, and an
     ERROR record each past the alert bound)."""
@@ -193,7 +223,7 @@ async def _undelivered(
     return found
 
 
-async def _session(service: Service, session: SessionStatus, summary: Summary) -> None:
+async def _session(service: ReconcileParts, session: SessionStatus, summary: Summary) -> None:
     summary.sessions_seen += 1
     if not service.catalogue.is_ours(session):
         summary.sessions_not_ours += 1  # another integration's, or another deployment's
@@ -201,7 +231,7 @@ async def _session(service: Service, session: SessionStatus, summary: Summary) -
     if not session.terminal:
         return  # a delayed payment still settling: its event follows
     with _item(summary, f"session {session.session_id}"):
-        fact, refused = await checked_session_fact(session_fact(session), service, None)
+        fact, refused = await checked_session_fact(session_fact(session), service.intake, None)
         if refused is not None:
             summary.sessions_refused += 1  # logged: a paying customer an operator must look at
             return

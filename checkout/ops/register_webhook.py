@@ -10,16 +10,12 @@ from urllib.parse import urlsplit
 
 import stripe
 
+from checkout.config import Settings
 from checkout.errors import CheckoutError, StripeFailure
-from checkout.keys import (
-    SecretConfigError,
-    SecretError,
-    SecretUnavailable,
-    add_secret_version,
-    secret_exists,
-)
+from checkout.keys import SecretConfigError, SecretError, SecretUnavailable
+from checkout.ops.secrets import add_secret_version, secret_exists
 from checkout.orders.model import HANDLED_EVENTS
-from checkout.runtime import Service
+from checkout.stripe_access.gateway import StripeGateway
 
 PINNED_API_VERSION: str = stripe.api_version
 ENABLED_EVENTS = tuple(sorted(HANDLED_EVENTS))
@@ -47,39 +43,41 @@ def check_webhook_url(url: str, *, emulator: bool) -> None:
         raise SetupError("--url must end with /api/checkout/webhook (this service's webhook path)")
 
 
-async def register_webhook(service: Service, url: str, secret_name: str | None) -> Registered:
-    check_webhook_url(url, emulator=service.settings.stripe_api_base is not None)
-    existing = [e for e in await service.gateway.webhook_endpoints() if e.get("url") == url]
+async def register_webhook(
+    gateway: StripeGateway, settings: Settings, url: str, secret_name: str | None
+) -> Registered:
+    check_webhook_url(url, emulator=settings.stripe_api_base is not None)
+    existing = [e for e in await gateway.webhook_endpoints() if e.get("url") == url]
     current = [e for e in existing if e.get("api_version") == PINNED_API_VERSION]
     if current:
         keep, *extra = current
-        await service.gateway.update_webhook_endpoint(keep["id"], ENABLED_EVENTS)
+        await gateway.update_webhook_endpoint(keep["id"], ENABLED_EVENTS)
         for endpoint in [*extra, *(e for e in existing if e not in current)]:
-            await service.gateway.delete_webhook_endpoint(endpoint["id"])
+            await gateway.delete_webhook_endpoint(endpoint["id"])
         return Registered(keep["id"], "updated", None, None)
     if secret_name is not None:
         try:
-            await secret_exists(service.settings, secret_name)
+            await secret_exists(settings, secret_name)
         except SecretConfigError as error:
             raise SetupError(f"{error}; no endpoint was made") from None
-    created = await service.gateway.create_webhook_endpoint(url, ENABLED_EVENTS, PINNED_API_VERSION)
+    created = await gateway.create_webhook_endpoint(url, ENABLED_EVENTS, PINNED_API_VERSION)
     secret = str(created["secret"])
     stored = None
     if secret_name is not None:
         try:
-            stored = await add_secret_version(service.settings, secret_name, secret)
+            stored = await add_secret_version(settings, secret_name, secret)
         except SecretError as error:
-            await _discard(service, str(created["id"]), error)
+            await _discard(gateway, str(created["id"]), error)
     for endpoint in existing:  # an older API version's: replaced, never a second endpoint
-        await service.gateway.delete_webhook_endpoint(endpoint["id"])
+        await gateway.delete_webhook_endpoint(endpoint["id"])
     action = "replaced" if existing else "created"
     return Registered(str(created["id"]), action, stored, secret if secret_name is None else None)
 
 
-async def _discard(service: Service, endpoint_id: str, error: Exception) -> NoReturn:
+async def _discard(gateway: StripeGateway, endpoint_id: str, error: Exception) -> NoReturn:
     """Delete the endpoint just made, whose signing secret could not be stored, and say so."""
     try:
-        await service.gateway.delete_webhook_endpoint(endpoint_id)
+        await gateway.delete_webhook_endpoint(endpoint_id)
     except StripeFailure as failed:
         raise SecretUnavailable(
             f"the signing secret could not be stored ({error}), and the new endpoint "

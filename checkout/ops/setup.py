@@ -426,16 +426,17 @@ def _teardown_step(  # noqa: PLR0911 (one return per reason to leave a step)
 def delete_webhook(url: str) -> int:
     """Delete every Stripe endpoint for `url` (teardown), with the deployment's key."""
     from checkout.config import load_settings
-    from checkout.runtime import Service
+    from checkout.ops.command import run
+    from checkout.runtime import Runtime
 
-    async def delete(service: Service) -> int:
-        for endpoint in await service.gateway.webhook_endpoints():
+    async def delete(runtime: Runtime) -> int:
+        for endpoint in await runtime.gateway.webhook_endpoints():
             if endpoint.get("url") == url:
-                await service.gateway.delete_webhook_endpoint(endpoint["id"])
+                await runtime.gateway.delete_webhook_endpoint(endpoint["id"])
                 print(f"deleted the Stripe webhook endpoint {endpoint['id']} for {url}")
         return 0
 
-    return Service.from_settings(load_settings()).run(delete)
+    return run(Runtime.from_settings(load_settings()), delete)
 
 
 # --- deploy ---

@@ -18,7 +18,7 @@ from checkout.orders.model import (
 from checkout.orders.stripe_fields import MalformedEvent
 
 if TYPE_CHECKING:
-    from checkout.runtime import Service
+    from checkout.runtime import IntakeParts
 
 log = logging.getLogger("checkout.webhook")
 
@@ -28,7 +28,7 @@ NOT_OURS = frozenset({"not_ours", "other_deployment", "not_checkout", "unknown_p
 
 
 async def apply_event(  # noqa: PLR0911
-    event: dict[str, Any], service: Service, *, ask_stripe: bool = True
+    event: dict[str, Any], service: IntakeParts, *, ask_stripe: bool = True
 ) -> dict[str, str]:
     """Record one handled event's fact: the webhook's and the reconciler's one path.
 
@@ -61,8 +61,6 @@ async def apply_event(  # noqa: PLR0911
         if refusal is not None:
             return {"outcome": "ignored", "reason": refusal, "session_id": session_id}
     applied = await service.recorder.apply(session_id, fact, event_id=event_id, event_type=kind)
-    if applied.order is not None:
-        service.status_cache.forget(session_id)  # this instance answers the new state at once
     if isinstance(fact, DisputeFact) and fact.status in INQUIRY_STATUSES and not applied.duplicate:
         _log_inquiry(fact, session_id, event_id)
     outcome = "duplicate" if applied.duplicate else "handled"
@@ -74,7 +72,7 @@ async def apply_event(  # noqa: PLR0911
     }
 
 
-async def _mode_mismatch(event: dict[str, Any], service: Service) -> str | None:
+async def _mode_mismatch(event: dict[str, Any], service: IntakeParts) -> str | None:
     """Why an event's mode is not the key's (misrouted, or forged with a leaked secret), or None."""
     livemode = event.get("livemode")
     if livemode is None:
@@ -103,7 +101,7 @@ def _log_inquiry(fact: DisputeFact, session_id: str, event_id: str) -> None:
 
 
 async def _our_session(  # noqa: PLR0911
-    fact: Fact, service: Service, ask_stripe: bool = True
+    fact: Fact, service: IntakeParts, ask_stripe: bool = True
 ) -> tuple[str | None, str | None]:
     """The session id of our order this fact is about, or (None, why it is not ours).
 
@@ -137,7 +135,7 @@ async def _our_session(  # noqa: PLR0911
 
 
 async def checked_session_fact(
-    fact: SessionFact, service: Service, event_id: str | None
+    fact: SessionFact, service: IntakeParts, event_id: str | None
 ) -> tuple[SessionFact, str | None]:
     """The fact with what the session sold, and why it is not an order of ours (logged), or None.
 
@@ -148,7 +146,7 @@ async def checked_session_fact(
     return fact, _refusal(fact, service, event_id)
 
 
-async def _with_line_items(fact: SessionFact, service: Service) -> SessionFact:
+async def _with_line_items(fact: SessionFact, service: IntakeParts) -> SessionFact:
     if fact.session.paid and service.catalogue.needs_line_items and fact.session.line_items is None:
         # The event holds no line items: ask Stripe what this session sold.
         session = await service.gateway.retrieve_session(fact.session.session_id)
@@ -156,7 +154,7 @@ async def _with_line_items(fact: SessionFact, service: Service) -> SessionFact:
     return fact
 
 
-def _refusal(fact: SessionFact, service: Service, event_id: str | None) -> str | None:
+def _refusal(fact: SessionFact, service: IntakeParts, event_id: str | None) -> str | None:
     """Why a paid session of ours is not an order of what we sell (logged), or None."""
     if not fact.session.paid:
         return None

@@ -151,13 +151,13 @@ class InProcessPublisher:
     async def publish(
         self, change: Change, start_by: float | None = None, traceparent: str | None = None
     ) -> None:
-        from checkout.logs import current_request
+        from checkout.request_context import current_request
 
-        request = current_request.get(None)
-        if request is None or request.get("delivery"):  # an operator command, or the worker
+        request = current_request.get()
+        if request is None or request.delivery:  # an operator command, or the worker
             await self._deliver(change)
             return
-        request.setdefault("after_response", []).append(lambda: self._deliver_or_undo(change))
+        request.after_response.append(lambda: self._deliver_or_undo(change))
 
     async def _deliver_or_undo(self, change: Change) -> None:
         """A failed delivery makes the change unpublished again, as a nack would: the next

@@ -23,9 +23,9 @@ from checkout.errors import (
     StripeMisconfigured,
 )
 from checkout.keys import SecretConfigError, SecretError, SecretSource, SecretUnavailable
-from checkout.logs import current_request
 from checkout.once import SingleFlight
 from checkout.orders.session import MARKER_KEY, CreatedSession, SessionStatus
+from checkout.request_context import current_request
 from checkout.stripe_access.transport import StripeTransport
 
 if TYPE_CHECKING:  # the SDK's typed parameters: for the checker, never loaded at run time
@@ -399,13 +399,13 @@ def _serves_public_traffic() -> bool:
     """Whether this call serves a browser endpoint (app.py marks those requests); a webhook
     delivery, or anything outside a request (an operator command), may use the reserve."""
     request = current_request.get()
-    return request is not None and request.get("public") is True
+    return request is not None and request.public
 
 
 def _note_stripe_request_id(request_id: str | None) -> None:
     request = current_request.get()
     if request is not None and request_id:
-        request["stripe_request_id"] = request_id
+        request.stripe_request_id = request_id
 
 
 @contextmanager
