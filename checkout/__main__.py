@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 
 from checkout.config import ConfigError, load_settings
-from checkout.errors import ApiError
-from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.errors import StripeFailure
+from checkout.keys import SecretError
 from checkout.logs import setup_logging
 from checkout.ops.command import run
 from checkout.ops.doctor import DoctorParts, doctor
@@ -55,9 +55,8 @@ async def _register(runtime: Runtime, url: str, secret: str | None) -> int:
     except SetupError as error:
         print(f"register-webhook: {error}", file=sys.stderr)
         return 2
-    except (ApiError, SecretConfigError, SecretUnavailable) as error:
-        detail = error.detail if isinstance(error, ApiError) else str(error)
-        print(f"register-webhook failed: {detail}", file=sys.stderr)
+    except (StripeFailure, SecretError) as error:
+        print(f"register-webhook failed: {error}", file=sys.stderr)
         return 1
     print(f"webhook endpoint {done.endpoint_id} {done.action} for {url}")
     if done.secret_version:

@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from checkout.errors import CheckoutError
+
 DEFAULT_FRONTEND_URL = "http://localhost:5173"
 DEFAULT_RETURN_PATH = "/hero-me?session_id={CHECKOUT_SESSION_ID}"
 DEFAULT_PRODUCT_NAME = "Hero Me Feelings - Personalized AAC Board"
@@ -102,7 +104,7 @@ DEFAULT_FIRESTORE_DATABASE = "(default)"
 _FIRESTORE_DATABASE = re.compile(r"^(\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9])$")
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, CheckoutError):
     """The environment describes a service that cannot run; the message says which variable."""
 
 

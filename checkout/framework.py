@@ -20,12 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from checkout.api import server
+from checkout.errors import CheckoutError
 from checkout.logs import setup_logging
 
 _BUILDER = "_create_asgi_app_with_function"
 
 
-class FrameworkChanged(RuntimeError):
+class FrameworkChanged(RuntimeError, CheckoutError):
     """A pinned library no longer has what install() adjusts: an upgrade to review."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from checkout.config import ConfigError, Settings
+from checkout.errors import CheckoutError, RetryLater
 from checkout.once import SingleFlight
 
 if TYPE_CHECKING:
@@ -64,11 +65,15 @@ SECRET_ID = re.compile(rf"^{_ID}$")
 _checked_at_start: dict[str, tuple[int, float, str, str]] = {}
 
 
-class SecretUnavailable(Exception):
+class SecretError(CheckoutError):
+    """The secret cannot be had: one of the two below."""
+
+
+class SecretUnavailable(SecretError, RetryLater):
     """Secret Manager could not hand over the secret just now (unreachable, denied, corrupt)."""
 
 
-class SecretConfigError(Exception):
+class SecretConfigError(SecretError):
     """The secret is missing or misconfigured; retrying will not help until an operator acts."""
 
 
@@ -288,7 +293,7 @@ class SecretSource:
         if not self.configured:
             return
         # A failure was logged where it happened, and the next get() tries again.
-        with contextlib.suppress(SecretConfigError, SecretUnavailable):
+        with contextlib.suppress(SecretError):
             self.get()
 
     # -- one read at a time ----------------------------------------------------------------
@@ -326,7 +331,7 @@ class SecretSource:
             return cached
         try:
             value = self._read(stale)
-        except (SecretConfigError, SecretUnavailable) as error:
+        except SecretError as error:
             # Failures are never cached: the next caller starts a new read.
             log.error("%s", error)  # The messages are written to be safe to log.
             raise

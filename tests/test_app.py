@@ -324,3 +324,45 @@ def test_an_unhandled_error_is_logged_once_with_message_and_traceback_and_no_sec
     assert trace.rstrip().endswith("Bearer [redacted]")
     for secret in (TEST_KEY, WHSEC, client_secret, "SuperSecretLiveKey99", "_secret_cs"):
         assert secret not in out
+
+
+def every_subclass(kind: type) -> set[type]:
+    import importlib
+    import pkgutil
+
+    import checkout
+
+    for module in pkgutil.walk_packages(checkout.__path__, "checkout."):
+        importlib.import_module(module.name)  # every class of ours defined
+    found: set[type] = set()
+    todo: list[type] = [kind]
+    while todo:
+        subclasses: list[type] = todo.pop().__subclasses__()
+        found.update(subclasses)
+        todo += subclasses
+    return found
+
+
+def test_a_retry_later_error_of_ours_raised_anywhere_is_the_retry_answer():
+    from checkout.api.errors import api_error_for
+    from checkout.errors import RetryLater
+    from checkout.keys import SecretUnavailable
+    from checkout.ops.subscriptions import SubscriptionsUnavailable
+    from checkout.orders.ledger import LedgerUnavailable
+
+    retry_later = every_subclass(RetryLater)
+    assert {LedgerUnavailable, SecretUnavailable, SubscriptionsUnavailable} <= retry_later
+    for kind in [RetryLater, *retry_later]:
+        error = api_error_for(kind("the ledger timed out"))
+        assert error is not None, kind
+        assert (error.status, error.detail) == (503, "the ledger timed out"), kind
+        assert int(error.headers["Retry-After"]) > 0, kind
+
+
+def test_an_exception_the_table_does_not_answer_is_a_crash_not_an_answer():
+    from checkout.api.errors import api_error_for
+    from checkout.config import ConfigError
+    from checkout.orders.delivery import DeliveryFailed
+
+    for error in (ConfigError("x"), DeliveryFailed("x"), KeyError("x")):
+        assert api_error_for(error) is None  # app.py: 500 internal_error, its trace in the log

@@ -20,7 +20,7 @@ from checkout.api.http import (
     read_body,
     read_json_object,
 )
-from checkout.errors import ApiError, payload_too_large
+from checkout.errors import ApiError, api_error
 
 CHUNK = 16 * 1024
 
@@ -76,7 +76,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_a_byte_is_read():
 def test_any_body_read_with_a_declared_length_over_its_limit_is_refused_unread():
     # The webhook reads its body with its own limit, without read_json_object's check first.
     body = Body([b"{}"])
-    too_large = functools.partial(payload_too_large, 100, "An event")
+    too_large = functools.partial(api_error, "payload_too_large", limit=100, what="An event")
     error = refused(read_body(request(body, {"Content-Length": "101"}), 100, too_large))
     assert error.message == "An event must be at most 100 bytes."
     assert body.received == 0

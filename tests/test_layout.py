@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import ast
-import inspect
-import typing
+import string
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -68,7 +67,7 @@ def test_the_order_model_does_no_io():
     # delivers, and the intake (stripe_fields) reads Stripe's JSON into facts.
     imported = imports_of(PACKAGE / "orders" / "model.py")
     ours = {".".join(name.split(".")[:3]) for name in imported if name.startswith("checkout.")}
-    assert ours <= {"checkout.orders.session"}
+    assert ours <= {"checkout.orders.session", "checkout.errors", "checkout.errors.CheckoutError"}
     banned = ("stripe", "starlette", "werkzeug", "google", "asyncio", "logging", "socket")
     assert not {name for name in imported if name.startswith(banned)}
 
@@ -185,24 +184,158 @@ def test_only_the_errors_module_builds_api_errors():
     assert builders == []
 
 
-def test_every_error_code_has_exactly_one_constructor_and_it_builds_that_code():
-    from checkout import errors
+def api_error_calls(source: str) -> list[tuple[int, str | None, set[str]]]:
+    """Each api_error(...) call in `source`: its line, its code (None: not a literal) and the
+    sentence fields it fills."""
+    calls = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and _called(node) == "api_error":
+            first = node.args[0] if node.args else None
+            literal = first.value if isinstance(first, ast.Constant) else None
+            code = literal if isinstance(literal, str) else None
+            fields = {k.arg or "**" for k in node.keywords} - {"detail", "headers"}
+            calls.append((node.lineno, code, fields))
+    return calls
 
-    samples = {str: "x", int: 7, float: 1.5}
-    built: dict[str, list[str]] = {}
-    for name, function in vars(errors).items():
-        if name.startswith("_") or not inspect.isfunction(function):
+
+def error_code_problems(source: str, sentences: dict[str, str]) -> list[str]:
+    """Each api_error(...) call in `source` that names no code of the table by a literal, or does
+    not fill exactly the `{fields}` of that code's sentence."""
+    problems = []
+    for line, code, given in api_error_calls(source):
+        if code is None or code not in sentences:
+            problems.append(f"{line}: {code!r} is not a code of the table")
             continue
-        hints = typing.get_type_hints(function)
-        if function.__module__ != errors.__name__ or hints.get("return") is not errors.ApiError:
-            continue
-        error = function(
-            **{arg: samples[hints[arg]] for arg in inspect.signature(function).parameters}
-        )
-        built.setdefault(error.code, []).append(name)
-        assert error.status == errors.CODES[error.code].status, name
-        assert "{" not in error.message, name  # every field of the sentence was filled
-    assert built == {code: [code] for code in errors.CODES}
+        wanted = {name for _, name, _, _ in string.Formatter().parse(sentences[code]) if name}
+        if given != wanted:
+            problems.append(f"{line}: {code} fills {sorted(given)}, not {sorted(wanted)}")
+    return problems
+
+
+def _called(node: ast.Call) -> str | None:
+    return getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+
+
+def duplicate_codes(table: str) -> list[str]:
+    from checkout.errors import rows_of
+
+    codes = [row.code for row in rows_of(table)]
+    return sorted({code for code in codes if codes.count(code) > 1})
+
+
+def test_every_error_code_is_one_row_answered_by_name_with_its_sentences_fields():
+    from checkout.api.errors import ANSWERS
+    from checkout.errors import CODES, TABLE
+
+    assert duplicate_codes(TABLE) == []
+    sentences = {code: row.message for code, row in CODES.items()}
+    problems, used = [], set(ANSWERS.values())
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "api" / "errors.py":
+            continue  # the one table of our exceptions' codes, checked below
+        source = path.read_text()
+        problems += [
+            f"{path.relative_to(ROOT)}:{p}" for p in error_code_problems(source, sentences)
+        ]
+        used |= {code for _, code, _ in api_error_calls(source) if code is not None}
+    assert problems == []
+    # Our exceptions' table names codes of the table whose sentences take no field.
+    assert {code: sentences[code].count("{") for code in ANSWERS.values()} == dict.fromkeys(
+        ANSWERS.values(), 0
+    )
+    assert used == set(CODES)  # and no code is left that nothing answers
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'raise api_error("no_such_code")',
+        "raise api_error(code)",  # not named: nothing can check it
+        'raise api_error("invalid_image_id")',  # its sentence's {rule} left unfilled
+        'raise api_error("not_found", what="x")',  # a field its sentence does not have
+        'raise errors.api_error("invalid_body", detail="d", problem="p", limit=3)',
+    ],
+)
+def test_the_error_code_guard_catches(source):
+    from checkout.errors import CODES
+
+    assert error_code_problems(source, {c: row.message for c, row in CODES.items()}), source
+
+
+def test_the_error_code_guard_catches_a_duplicate_row():
+    from checkout.errors import TABLE
+
+    assert duplicate_codes(TABLE + "not_found 404 - Again.\n") == ["not_found"]
+
+
+def api_error_uses(source: str) -> list[str]:
+    """Each place `source` names ApiError or api_error: without them it can raise no ApiError."""
+    names = ("ApiError", "api_error")
+    return [
+        f"{getattr(node, 'lineno', 0)}: {ast.unparse(node)[:80]}"
+        for node in ast.walk(ast.parse(source))
+        if (isinstance(node, ast.Name) and node.id in names)
+        or (isinstance(node, ast.Attribute) and node.attr in names)
+        or (isinstance(node, ast.alias) and node.name in names)
+    ]
+
+
+def test_no_module_outside_the_http_api_raises_an_api_error():
+    # Below the HTTP layer our exceptions are raised and caught by class (checkout/errors.py);
+    # checkout/api/errors.py turns them into answers.
+    every = [*PACKAGE.rglob("*.py"), ROOT / "main.py"]
+    below = [path for path in every if PACKAGE / "api" not in path.parents]
+    uses = {str(path.relative_to(ROOT)): api_error_uses(path.read_text()) for path in below}
+    assert uses.pop("checkout/errors.py")  # where both are defined: the guard sees them
+    assert {path: found for path, found in uses.items() if found} == {}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'from checkout.errors import api_error\nraise api_error("not_found")',
+        'from checkout import errors\nraise errors.api_error("session_not_found", "d")',
+        "from checkout.errors import ApiError\ntry:\n    pass\nexcept ApiError:\n    raise",
+        "import checkout.errors\nraise checkout.errors.ApiError(404, 'x', 'y', {}, None)",
+    ],
+)
+def test_the_api_error_guard_catches(source):
+    assert api_error_uses(source), source
+
+
+def stray_exceptions(classes: Iterable[type]) -> list[str]:
+    from checkout.errors import CheckoutError
+
+    return [
+        f"{kind.__module__}.{kind.__qualname__}"
+        for kind in classes
+        if issubclass(kind, BaseException) and not issubclass(kind, CheckoutError)
+    ]
+
+
+def test_every_exception_of_ours_descends_from_the_one_root():
+    import importlib
+    import pkgutil
+
+    import checkout
+
+    defined = []
+    for module in pkgutil.walk_packages(checkout.__path__, "checkout."):
+        found = importlib.import_module(module.name)
+        defined += [
+            kind
+            for kind in vars(found).values()
+            if isinstance(kind, type) and kind.__module__ == module.name
+        ]
+    assert len([kind for kind in defined if issubclass(kind, BaseException)]) > 20
+    assert stray_exceptions(defined) == []
+
+
+def test_the_exception_root_guard_catches():
+    class Stray(ValueError):
+        pass
+
+    assert stray_exceptions([Stray, int]) == [f"{__name__}.{Stray.__qualname__}"]
 
 
 # Secret Manager's calls that look at or change a secret itself, not read one of its values.

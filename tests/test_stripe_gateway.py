@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from checkout import errors
+from checkout.api.errors import api_error_for
 from tests.support import CREATE, STATUS, assert_error, create, free_port
 
 
@@ -111,6 +113,76 @@ def test_stripe_request_id_and_error_detail_are_logged_not_sent(client, stripe_e
     body = response.get_data(as_text=True)
     assert line["stripe_request_id"] not in body
     assert "unknown error" not in body.lower()
+
+
+# The contract's table of Stripe failures: what the gateway raises, what the client is answered.
+CONTRACT = {
+    errors.SessionNotFound: (404, "session_not_found", False),
+    errors.ProviderBusy: (503, "payment_provider_busy", True),
+    errors.ProviderUnreachable: (504, "payment_provider_unreachable", False),
+    errors.ProviderError: (502, "payment_provider_error", False),
+    errors.StripeMisconfigured: (500, "payment_configuration_error", False),
+    errors.IdempotencyConflict: (409, "idempotency_conflict", False),
+    errors.ProviderUnavailable: (503, "payment_provider_unavailable", True),
+}
+
+
+def test_every_stripe_failure_has_its_row_in_the_contract():
+    assert set(errors.StripeFailure.__subclasses__()) == set(CONTRACT)
+
+
+@pytest.mark.parametrize("failure", CONTRACT)
+def test_each_stripe_failure_answers_its_row_with_the_sentence_not_the_detail(failure):
+    error = api_error_for(failure("stripe create: APIError http=500 message=sk_test_..."))
+    status, code, retry_after = CONTRACT[failure]
+    assert error is not None
+    assert (error.status, error.code, "Retry-After" in error.headers) == (status, code, retry_after)
+    assert error.message == errors.CODES[code].message
+    assert error.detail == "stripe create: APIError http=500 message=sk_test_..."  # the log's
+
+
+def unknown_session(client, stripe_emulator):
+    return status_of(client, "cs_test_nosuchsession1")
+
+
+def revoked_key(client, stripe_emulator):
+    stripe_emulator.set_valid_keys(["sk_test_someotherkey"])
+    return create(client, {})
+
+
+def reused_key(client, stripe_emulator):
+    key = {"Idempotency-Key": "order-reused-elsewhere"}
+    assert create(client, {"imageId": "a"}, headers=key).status_code == 200
+    return create(client, {"imageId": "b"}, headers=key)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "status", "code", "said"),
+    [
+        (
+            unknown_session,
+            404,
+            "session_not_found",
+            "stripe retrieve: InvalidRequestError http=404",
+        ),
+        (revoked_key, 500, "payment_configuration_error", "stripe create: AuthenticationError"),
+        (reused_key, 409, "idempotency_conflict", "stripe create: IdempotencyError http=400"),
+    ],
+)
+def test_a_stripe_failure_is_its_json_error_to_the_client_and_its_detail_to_the_log(
+    client, stripe_emulator, logs, scenario, status, code, said
+):
+    response = scenario(client, stripe_emulator)
+    body = assert_error(response, status, code)
+    assert body["error"] == errors.CODES[code].message
+    [line] = [
+        r
+        for r in logs()
+        if "httpRequest" in r and r["request_id"] == response.headers["X-Request-Id"]
+    ]
+    assert (line["code"], line["httpRequest"]["status"]) == (code, status)
+    assert line["detail"].startswith(said)
+    assert "stripe" not in response.get_data(as_text=True).lower()
 
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")

@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
-from checkout import errors
+from checkout.api.errors import api_error_for
 from checkout.api.http import (
     BASE_HEADERS,
     CorsPolicy,
@@ -23,7 +23,7 @@ from checkout.api.http import (
 from checkout.api.parts import HttpParts
 from checkout.api.routes import Endpoint, endpoint_at, match
 from checkout.config import ConfigError, Settings, load_settings
-from checkout.errors import ApiError
+from checkout.errors import ApiError, api_error
 from checkout.logs import (
     crash_fields,
     new_request_id,
@@ -66,7 +66,7 @@ class CheckoutApi:
         try:
             return self._runtime.get()
         except ConfigError as error:
-            raise errors.payment_configuration_error(str(error)) from None
+            raise api_error("payment_configuration_error", str(error)) from None
 
     def parts(self) -> HttpParts:
         """The API's own parts, built from the runtime on first use (ApiError as `runtime`)."""
@@ -107,14 +107,13 @@ class CheckoutApi:
                 response = CorsPolicy.preflight(endpoint.allowed_methods)
             else:
                 response = await endpoint.handler(parts.handlers)(request)
-        except ApiError as caught:
-            error = caught
-            response = error_response(caught, context.request_id)
         except Exception as caught:
-            # A bug: its type, message and traceback go into this request's one log line (below),
-            # with anything shaped like a secret blanked; the client gets a sentence and the id.
-            crash = caught
-            error = errors.internal_error()
+            error = api_error_for(caught)  # an ApiError, or one of ours that the table answers
+            if error is None:
+                # A bug: its type, message and traceback go into this request's one log line
+                # (below), secrets blanked; the client gets a sentence and the id.
+                crash = caught
+                error = api_error("internal_error")
             response = error_response(error, context.request_id)
         try:
             # A 405 still knows its endpoint: whether CORS applies depends on the path alone.

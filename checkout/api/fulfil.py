@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 
 from checkout.api.app import CheckoutApi
 from checkout.config import Settings, load_settings
-from checkout.errors import ApiError
+from checkout.errors import ApiError, RetryLater
 from checkout.logs import redact, trace_of, traceparent_of
 from checkout.orders.delivery import (
     BadMessage,
@@ -70,8 +70,11 @@ class FulfilApi:
         except DeliveryFailed as error:
             status, outcome = 500, "failed"
             fields["detail"] = redact(str(error))[:300]
-        except LedgerUnavailable as error:
-            status, outcome = 503, "ledger_unavailable"
+        except RetryLater as error:  # the ledger (or another part) is away: Pub/Sub retries
+            status = 503
+            outcome = (
+                "ledger_unavailable" if isinstance(error, LedgerUnavailable) else "unavailable"
+            )
             fields["detail"] = redact(str(error))[:300]
         fields.update(
             outcome=outcome, status=status, latency=f"{time.perf_counter() - started:.6f}s"

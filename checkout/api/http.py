@@ -10,9 +10,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from werkzeug.http import parse_options_header
 
-from checkout import errors
 from checkout.config import Settings
-from checkout.errors import ApiError
+from checkout.errors import ApiError, api_error
 
 MAX_BODY_BYTES = 64 * 1024
 # gunicorn's limit for one header line, which uvicorn's parser does not enforce.
@@ -46,16 +45,16 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         raise _too_large()
     mimetype = mimetype_of(request)
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise errors.unsupported_media_type()
+        raise api_error("unsupported_media_type")
     raw = await read_body(request, MAX_BODY_BYTES, _too_large)
     if not raw:
         return {}
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
-        raise errors.invalid_json() from None
+        raise api_error("invalid_json") from None
     if not isinstance(body, dict):
-        raise errors.invalid_body("must be a JSON object, e.g. {}")
+        raise api_error("invalid_body", problem="must be a JSON object, e.g. {}")
     return body
 
 
@@ -75,7 +74,7 @@ async def read_body(request: Request, limit: int, too_large: Callable[[], ApiErr
             chunks.append(chunk)
     except ClientDisconnect:
         # Nobody is left to read the answer; the log line still says what happened.
-        raise errors.invalid_body("was cut short") from None
+        raise api_error("invalid_body", problem="was cut short") from None
     return b"".join(chunks)
 
 
@@ -84,7 +83,7 @@ def check_header_sizes(request: Request) -> None:
     for name, value in request.scope["headers"]:
         if len(name) + len(value) + 2 > MAX_HEADER_BYTES:
             detail = f"header={name[:40].decode('latin-1')!r} bytes={len(value)}"
-            raise errors.header_too_large(MAX_HEADER_BYTES, detail)
+            raise api_error("header_too_large", detail, limit=MAX_HEADER_BYTES)
 
 
 def check_canonical_path(request: Request) -> None:
@@ -93,7 +92,7 @@ def check_canonical_path(request: Request) -> None:
     raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
     segments = (raw.removesuffix(b"/") if raw != b"/" else b"").split(b"/")[1:]  # one trailing /
     if b"%" in raw or not raw.startswith(b"/") or any(s in (b"", b".", b"..") for s in segments):
-        raise errors.non_canonical_path(f"raw_path={raw[:200].decode('latin-1')!r}")
+        raise api_error("non_canonical_path", f"raw_path={raw[:200].decode('latin-1')!r}")
 
 
 def content_length(request: Request) -> int | None:
@@ -110,7 +109,7 @@ def mimetype_of(request: Request) -> str:
 
 
 def _too_large() -> ApiError:
-    return errors.payload_too_large(MAX_BODY_BYTES)
+    return api_error("payload_too_large", what="The request body", limit=MAX_BODY_BYTES)
 
 
 class CorsPolicy:
@@ -128,7 +127,7 @@ class CorsPolicy:
         return self._allow_any or origin in self._allowed
 
     def refuse(self, origin: str) -> ApiError:
-        return errors.origin_not_allowed(origin)
+        return api_error("origin_not_allowed", f"origin={origin[:200]!r}")
 
     @staticmethod
     def decorate(response: Response, origin: str | None) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from checkout import errors
+from checkout.errors import api_error
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,9 @@ class TokenBuckets:
         """Spend one of `client`'s tokens, or raise ApiError 429 with Retry-After."""
         wait = self.take(client)
         if wait > 0:
-            raise errors.rate_limited(math.ceil(wait), detail=f"client={client}")
+            raise api_error(
+                "rate_limited", f"client={client}", headers={"Retry-After": str(math.ceil(wait))}
+            )
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -14,18 +14,16 @@ from starlette.responses import Response
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from checkout import errors
 from checkout.api.http import json_response, read_json_object
 from checkout.api.limits import TokenBuckets
 from checkout.api.status_cache import NotFoundCache, Rechecks, StatusCache
 from checkout.api.webhook import StripeWebhook
-from checkout.errors import ApiError
+from checkout.errors import RetryLater, SessionNotFound, StripeFailure, api_error
 from checkout.orders.intake import UNSETTLED, Intake
 from checkout.orders.ledger import Ledger, LedgerUnavailable
 from checkout.orders.ledger.outages import OutageLog
 from checkout.orders.model import Order, is_chargeback
-from checkout.orders.publisher import PublishFailed
-from checkout.orders.recorder import PublicationInProgress, Recorder
+from checkout.orders.recorder import Recorder
 from checkout.orders.session import SessionStatus
 from checkout.stripe_access.gateway import StripeGateway
 
@@ -86,7 +84,7 @@ class StatusPoll:
         ledger_until = asyncio.get_running_loop().time() + STATUS_LEDGER_BUDGET_S
         if answer is None:
             if session_id in self.unknown_sessions:
-                raise errors.session_not_found("remembered as unknown to Stripe")
+                raise SessionNotFound("remembered as unknown to Stripe")
             self.status_limit.charge(self.client_of(request))
             # What any instance recorded, from this deployment's order ledger; only then Stripe.
             answer, recheck = await _answer_from_ledger(self, session_id, ledger_until)
@@ -123,7 +121,7 @@ async def _answer_from_ledger(
             # ledger's and the publisher's own deadlines, not cut short, since a publish cut in
             # the middle would hold its claim, and so the change, for PUBLISH_CLAIM_SECONDS.
             await service.recorder.publish_pending(order)
-    except (LedgerUnavailable, PublishFailed) as error:
+    except RetryLater as error:
         service.ledger_outages.failed(_slow(error), "answered from the ledger, not yet published")
         return order.public(), None  # not kept: the next poll tries to publish it again
     service.ledger_outages.succeeded()
@@ -139,9 +137,9 @@ async def _rechecked(
     Stripe cannot say now: a recheck never turns a poll the ledger can answer into an error."""
     try:
         return await _answer_from_stripe(service, session_id, ledger_until)
-    except ApiError as error:
-        if error.code == "session_not_found":
-            raise
+    except SessionNotFound:
+        raise
+    except StripeFailure:
         answer = order.public()
         service.status_cache.put(session_id, answer, final=order.final)
         return answer
@@ -159,13 +157,12 @@ async def _answer_from_stripe(
     """
     try:
         session = await service.gateway.retrieve_session(session_id)
-    except ApiError as error:
-        if error.code == "session_not_found":
-            service.unknown_sessions.add(session_id)
+    except SessionNotFound:
+        service.unknown_sessions.add(session_id)
         raise
     try:
         taken = await service.intake.record_polled_session(session, ledger_until)
-    except (LedgerUnavailable, PublishFailed, PublicationInProgress, TimeoutError) as error:
+    except (RetryLater, TimeoutError) as error:
         service.ledger_outages.failed(_slow(error), "answered from Stripe, not recorded")
         answer = await _without_ledger(service, session)
         service.status_cache.put(session_id, answer, final=not session.paid)
@@ -174,7 +171,7 @@ async def _answer_from_stripe(
         # Another integration's session on the same account: answered exactly as an
         # unknown id, so that not even its existence leaks (checkout/orders/catalogue.py).
         service.unknown_sessions.add(session_id)
-        raise errors.session_not_found("the session exists but is not this deployment's")
+        raise SessionNotFound("the session exists but is not this deployment's")
     if taken.reason == UNSETTLED:
         answer = session.public()
         service.status_cache.put(session_id, answer, final=False)  # open: STATUS_OPEN_TTL_MS only
@@ -206,7 +203,7 @@ async def _without_ledger(service: StatusPoll, session: SessionStatus) -> dict[s
         return answer
     try:
         statuses = await service.gateway.dispute_statuses(session.payment_intent)
-    except ApiError:
+    except StripeFailure:
         return answer  # Stripe's session and Charge alone: docs/ledger.md says what that misses
     if any(is_chargeback(status) for status in statuses):
         answer["outcome"] = "disputed"
@@ -224,11 +221,12 @@ def _image_id_from(body: dict[str, Any]) -> str | None:
         return None
     image_id = body["imageId"]
     if not isinstance(image_id, str) or not 1 <= _stripe_length(image_id) <= MAX_IMAGE_ID_CHARS:
-        raise errors.invalid_image_id(
-            f"be a string of 1 to {MAX_IMAGE_ID_CHARS} characters (UTF-8 bytes)"
+        raise api_error(
+            "invalid_image_id",
+            rule=f"be a string of 1 to {MAX_IMAGE_ID_CHARS} characters (UTF-8 bytes)",
         )
     if _CONTROL_CHARS.search(image_id):
-        raise errors.invalid_image_id("not contain control characters or broken text")
+        raise api_error("invalid_image_id", rule="not contain control characters or broken text")
     return image_id
 
 
@@ -237,7 +235,7 @@ def _idempotency_key_from(request: Request) -> str | None:
     if key is None:
         return None
     if len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not _PRINTABLE_ASCII.fullmatch(key):
-        raise errors.invalid_idempotency_key(MAX_IDEMPOTENCY_KEY_CHARS)
+        raise api_error("invalid_idempotency_key", limit=MAX_IDEMPOTENCY_KEY_CHARS)
     return key
 
 
@@ -257,7 +255,7 @@ def _stripe_idempotency_key(deployment_id: str, client: str, key: str | None) ->
 def _session_id_from(request: Request) -> str:
     values = request.query_params.getlist("session_id")
     if len(values) != 1 or not _SESSION_ID.fullmatch(values[0]):
-        raise errors.invalid_session_id()
+        raise api_error("invalid_session_id")
     return values[0]
 
 
@@ -317,10 +315,12 @@ def match(path: str, method: str) -> Endpoint:
         # HEAD would run the GET handler, and so spend a Stripe call, to answer no body at all.
         name, _ = _ROUTER.match(path, "HEAD-IS-NOT-SERVED" if method == "HEAD" else method)
     except NotFound:
-        raise errors.not_found() from None
+        raise api_error("not_found") from None
     except MethodNotAllowed as exc:
         allowed = ", ".join(sorted(set(exc.valid_methods or ()) - {"HEAD"}))
-        raise errors.method_not_allowed(method, allowed) from None
+        raise api_error(
+            "method_not_allowed", headers={"Allow": allowed}, method=method[:20], allowed=allowed
+        ) from None
     return ENDPOINTS[name]
 
 

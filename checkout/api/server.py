@@ -10,10 +10,9 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from checkout import errors
 from checkout.api.http import BASE_HEADERS, error_response
 from checkout.config import ConfigError, ServerLimits, server_limits
-from checkout.errors import ApiError
+from checkout.errors import ApiError, CheckoutError, api_error
 from checkout.logs import new_request_id
 
 request_log = logging.getLogger("checkout.request")
@@ -22,7 +21,7 @@ request_log = logging.getLogger("checkout.request")
 _LINGER_SECONDS = 2.0
 
 
-class _Refused(Exception):
+class _Refused(CheckoutError):
     """Raised in a parser callback to stop parsing; the refusal is already chosen."""
 
 
@@ -59,7 +58,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # A line that never ends reaches no callback: count what it holds in the parser.
             self._unparsed += len(data)
             if self._unparsed > self.limits.max_head_bytes and not self.transport.is_closing():
-                self._refuse(errors.headers_too_large(self.limits.max_head_bytes))
+                self._refuse(api_error("headers_too_large", limit=self.limits.max_head_bytes))
 
     # -- parser callbacks ------------------------------------------------------------------
 
@@ -99,14 +98,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """What the parser refuses (or a callback of ours stopped), as the contract's JSON."""
-        self._refuse(self._refusal or errors.invalid_http())
+        self._refuse(self._refusal or api_error("invalid_http"))
 
     # -- deadlines and refusals -------------------------------------------------------------
 
     def _count_head(self, size: int) -> None:
         self._head_size += size
         if self._head_size > self.limits.max_head_bytes:
-            self._refusal = errors.headers_too_large(self.limits.max_head_bytes)
+            self._refusal = api_error("headers_too_large", limit=self.limits.max_head_bytes)
             raise _Refused
 
     def _wait_for_request(self) -> None:
@@ -136,7 +135,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # away), and it answers nobody. Writing here could cross its own answer.
             self.transport.close()
         else:
-            self._refuse(errors.request_timeout(self.limits.read_seconds))
+            self._refuse(api_error("request_timeout", seconds=self.limits.read_seconds))
 
     def _refuse(self, error: ApiError) -> None:
         """Answer `error` as JSON with the headers every answer carries, log it, and close."""

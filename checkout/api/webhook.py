@@ -16,16 +16,12 @@ import stripe
 from starlette.requests import Request
 from starlette.responses import Response
 
-from checkout import errors
 from checkout.api.http import json_response, read_body
 from checkout.api.status_cache import StatusCache
-from checkout.errors import ApiError
+from checkout.errors import ApiError, api_error
 from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
 from checkout.once import SingleFlight
 from checkout.orders.intake import Intake, Kind, Outcome
-from checkout.orders.ledger import LedgerUnavailable
-from checkout.orders.publisher import PublishFailed
-from checkout.orders.recorder import PublicationInProgress
 
 log = logging.getLogger("checkout.webhook")
 
@@ -49,15 +45,9 @@ class StripeWebhook:
         payload = await read_body(request, MAX_EVENT_BYTES, _too_large)
         event = await _verified_event(payload, request, self.secret)
         event_id, kind = event["id"], event["type"]
-        try:
-            # Concurrent duplicates on this instance share one attempt; the ledger covers the rest.
-            outcome = await self.events.run(event_id, lambda: self.intake.record_event(event))
-        except LedgerUnavailable as error:
-            raise errors.ledger_unavailable(str(error)) from None
-        except PublishFailed as error:
-            raise errors.order_events_unavailable(str(error)) from None
-        except PublicationInProgress as error:
-            raise errors.event_in_progress(str(error)) from None
+        # Concurrent duplicates on this instance share one attempt; the ledger covers the rest.
+        # What cannot be recorded now (RetryLater) app.py answers 503, so that Stripe retries.
+        outcome = await self.events.run(event_id, lambda: self.intake.record_event(event))
         if outcome.order is not None and outcome.session_id is not None:
             self.status_cache.forget(outcome.session_id)  # this instance answers the new state
         fields = {"event_id": event_id, "event_type": kind, **outcome.log_fields()}
@@ -82,16 +72,17 @@ async def _reread_secret(source: SecretSource, rejected: str) -> str | None:
 @contextmanager
 def _secret_errors(source: SecretSource) -> Iterator[None]:
     if not source.configured:
-        raise errors.webhook_not_configured(
-            "no webhook signing secret: set STRIPE_WEBHOOK_SECRET or STRIPE_WEBHOOK_SECRET_NAME"
+        raise api_error(
+            "webhook_not_configured",
+            "no webhook signing secret: set STRIPE_WEBHOOK_SECRET or STRIPE_WEBHOOK_SECRET_NAME",
         )
     try:
         yield
     except SecretUnavailable as error:
         # Stripe retries a 503 later, by which time Secret Manager has likely recovered.
-        raise errors.webhook_secret_unavailable(str(error)) from None
+        raise api_error("webhook_secret_unavailable", str(error)) from None
     except SecretConfigError as error:
-        raise errors.webhook_not_configured(str(error)) from None
+        raise api_error("webhook_not_configured", str(error)) from None
 
 
 async def _verified_event(payload: bytes, request: Request, source: SecretSource) -> dict[str, Any]:
@@ -109,11 +100,13 @@ async def _verified_event(payload: bytes, request: Request, source: SecretSource
     except stripe.SignatureVerificationError as error:
         fresh = await _reread_secret(source, secret) if _fresh_header(header) else None
         if fresh is None:
-            raise errors.invalid_signature(str(error)) from None
+            raise api_error("invalid_signature", str(error)) from None
         try:
             _check_signature(payload, header, fresh)
         except stripe.SignatureVerificationError as again:
-            raise errors.invalid_signature(f"{again} (also with the re-read secret)") from None
+            raise api_error(
+                "invalid_signature", f"{again} (also with the re-read secret)"
+            ) from None
     return _event_in(payload)
 
 
@@ -124,7 +117,7 @@ def _check_signature(payload: bytes, header: str | None, secret: str) -> None:
             payload, header, secret, tolerance=stripe.Webhook.DEFAULT_TOLERANCE
         )
     except UnicodeDecodeError:
-        raise errors.invalid_signature("the body is not UTF-8") from None
+        raise api_error("invalid_signature", "the body is not UTF-8") from None
 
 
 def _fresh_header(header: str | None) -> bool:
@@ -141,15 +134,15 @@ def _event_in(payload: bytes) -> dict[str, Any]:
     try:
         event = json.loads(payload)
     except (ValueError, RecursionError):
-        raise errors.invalid_signature("the signed body is not JSON") from None
+        raise api_error("invalid_signature", "the signed body is not JSON") from None
     if not (
         isinstance(event, dict)
         and isinstance(event.get("id"), str)
         and isinstance(event.get("type"), str)
     ):
-        raise errors.invalid_signature("the signed body is not a Stripe event")
+        raise api_error("invalid_signature", "the signed body is not a Stripe event")
     return event
 
 
 def _too_large() -> ApiError:
-    return errors.payload_too_large(MAX_EVENT_BYTES, "A webhook event")
+    return api_error("payload_too_large", what="A webhook event", limit=MAX_EVENT_BYTES)

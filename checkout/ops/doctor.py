@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 from checkout.api.http import CorsPolicy
 from checkout.config import Settings, is_live_key
-from checkout.errors import ApiError
-from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
+from checkout.errors import StripeFailure
+from checkout.keys import SecretError, SecretSource
 from checkout.ops.register_webhook import ENABLED_EVENTS, PINNED_API_VERSION
 from checkout.ops.subscriptions import Subscription, SubscriptionsUnavailable, TopicSubscriptions
 from checkout.orders.ledger import Ledger, LedgerUnavailable
@@ -80,13 +80,13 @@ async def _key(service: DoctorParts) -> tuple[Check, str | None]:
     """The key check, and the key as the service resolves it (env or Secret Manager), if any."""
     try:
         key = await service.api_key.get_async()
-    except (SecretConfigError, SecretUnavailable) as error:
+    except SecretError as error:
         return Check("stripe key", False, f"{error}; fix: set STRIPE_SECRET_KEY or _NAME"), None
     mode = "live" if is_live_key(key) else "test"
     try:
         await _first(service.gateway.sessions_since(0, status="complete"))
-    except ApiError as error:
-        detail = f"{mode} key; Stripe answered {error.code}; fix: use a working key"
+    except StripeFailure as error:
+        detail = f"{mode} key; Stripe answered {type(error).__name__}; fix: use a working key"
         return Check("stripe key", False, detail), key
     return Check("stripe key", True, f"works ({mode} mode)"), key
 
@@ -94,8 +94,8 @@ async def _key(service: DoctorParts) -> tuple[Check, str | None]:
 async def _webhook(service: DoctorParts, url: str) -> list[Check]:
     try:
         endpoints = [e for e in await service.gateway.webhook_endpoints() if e.get("url") == url]
-    except ApiError as error:
-        return [Check("webhook endpoint", False, f"cannot list endpoints: {error.code}")]
+    except StripeFailure as error:
+        return [Check("webhook endpoint", False, f"cannot list endpoints: {type(error).__name__}")]
     register = f"fix: python -m checkout register-webhook --url {url}"
     if not endpoints:
         return [Check("webhook endpoint", False, f"none for {url}; {register}")]

@@ -13,14 +13,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from checkout.config import Settings
-from checkout.errors import ApiError
-from checkout.ops.subscriptions import DeadLetters, SubscriptionsUnavailable, TopicSubscriptions
+from checkout.errors import RetryLater, StripeFailure
+from checkout.ops.subscriptions import DeadLetters, TopicSubscriptions
 from checkout.orders.catalogue import Catalogue
 from checkout.orders.delivery import DeliveryFailed, DeliveryInProgress
 from checkout.orders.intake import Intake, Kind
-from checkout.orders.ledger import Ledger, LedgerUnavailable
+from checkout.orders.ledger import Ledger
 from checkout.orders.model import HANDLED_EVENTS, Change
-from checkout.orders.publisher import Publisher, PublishFailed
+from checkout.orders.publisher import Publisher
 from checkout.orders.recorder import PublicationInProgress, Recorder
 from checkout.orders.session import SessionStatus
 from checkout.orders.stripe_fields import session_status
@@ -35,7 +35,7 @@ MAX_DAYS = 30  # Stripe keeps events for 30 days
 UNPUBLISHED_GRACE = timedelta(minutes=1)
 
 # What Stripe, the ledger or Pub/Sub raise when they fail: counted, and the run goes on.
-_FAILURES = (ApiError, LedgerUnavailable, PublishFailed, SubscriptionsUnavailable, DeliveryFailed)
+_FAILURES = (StripeFailure, RetryLater, DeliveryFailed)
 # Changes named in the summary line, at most (each overdue one has its own ERROR record).
 NAMED_CHANGES = 20
 
@@ -101,8 +101,7 @@ class Summary:
     def failure(self, what: str, error: BaseException) -> None:
         self.failures += 1
         if len(self.failed) < 5:
-            detail = error.detail if isinstance(error, ApiError) else str(error)
-            self.failed.append(f"{what}: {type(error).__name__}: {(detail or '')[:200]}")
+            self.failed.append(f"{what}: {type(error).__name__}: {str(error)[:200]}")
 
 
 async def reconcile(

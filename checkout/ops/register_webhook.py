@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import stripe
 
 from checkout.config import Settings
-from checkout.errors import ApiError
-from checkout.keys import SecretConfigError, SecretUnavailable
+from checkout.errors import CheckoutError, StripeFailure
+from checkout.keys import SecretConfigError, SecretError, SecretUnavailable
 from checkout.ops.secrets import add_secret_version, secret_exists
 from checkout.orders.model import HANDLED_EVENTS
 from checkout.stripe_access.gateway import StripeGateway
@@ -21,7 +21,7 @@ PINNED_API_VERSION: str = stripe.api_version
 ENABLED_EVENTS = tuple(sorted(HANDLED_EVENTS))
 
 
-class SetupError(Exception):
+class SetupError(CheckoutError):
     """The command cannot do what it was asked; the message says what to change."""
 
 
@@ -66,7 +66,7 @@ async def register_webhook(
     if secret_name is not None:
         try:
             stored = await add_secret_version(settings, secret_name, secret)
-        except (SecretConfigError, SecretUnavailable) as error:
+        except SecretError as error:
             await _discard(gateway, str(created["id"]), error)
     for endpoint in existing:  # an older API version's: replaced, never a second endpoint
         await gateway.delete_webhook_endpoint(endpoint["id"])
@@ -78,11 +78,11 @@ async def _discard(gateway: StripeGateway, endpoint_id: str, error: Exception) -
     """Delete the endpoint just made, whose signing secret could not be stored, and say so."""
     try:
         await gateway.delete_webhook_endpoint(endpoint_id)
-    except ApiError as failed:
+    except StripeFailure as failed:
         raise SecretUnavailable(
             f"the signing secret could not be stored ({error}), and the new endpoint "
-            f"{endpoint_id} could not be deleted ({failed.code}): delete it in the Dashboard, "
-            "then run this again"
+            f"{endpoint_id} could not be deleted ({type(failed).__name__}): delete it in the "
+            "Dashboard, then run this again"
         ) from None
     raise SecretUnavailable(
         f"the signing secret could not be stored ({error}); the new endpoint {endpoint_id} was "

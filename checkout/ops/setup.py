@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from checkout.config import is_live_key
+from checkout.errors import CheckoutError
 from checkout.keys import SecretConfigError, check_stripe_key_shape
 from checkout.ops.setup_plan import (
     STRIPE_SECRET,
@@ -41,7 +42,7 @@ _ABSENT = re.compile(r"NOT_FOUND|not found|does not exist|Cannot find", re.IGNOR
 GCLOUD_TIMEOUT_SECONDS = 3600  # the first build runs the tests, then three source deploys
 
 
-class Stop(Exception):
+class Stop(CheckoutError):
     """Setup cannot go on; the message says where, what gcloud said and the fix."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from checkout.errors import RetryLater
 from checkout.orders.model import BadChange, Change
 
 CALL_TIMEOUT_S = 10.0
@@ -23,7 +24,7 @@ MAX_DEAD_LETTERS = 1000
 T = TypeVar("T")
 
 
-class SubscriptionsUnavailable(Exception):
+class SubscriptionsUnavailable(RetryLater):
     """Pub/Sub could not be asked about the topic's subscriptions."""
 
 

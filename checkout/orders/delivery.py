@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from checkout.config import ConfigError, Settings
+from checkout.errors import CheckoutError
 from checkout.orders.ledger import (
     CLAIMED,
     DELIVERED,
@@ -62,20 +63,20 @@ def deliver_order(change: Change, state: OrderState | None = None) -> None:
     log.info("checkout_order_delivered", extra={"fields": fields})
 
 
-class DeliveryInProgress(Exception):
+class DeliveryInProgress(CheckoutError):
     """Another run holds this change or its order: the change is queued on the order and the
     message may be acknowledged (that run hands the queue on when it ends)."""
 
 
-class DeliveryFailed(Exception):
+class DeliveryFailed(CheckoutError):
     """The user's function raised (or its success could not be recorded): Pub/Sub retries."""
 
 
-class ClaimLost(Exception):
+class ClaimLost(CheckoutError):
     """Our claim on a change lapsed or was taken over while its delivery ran."""
 
 
-class DeliveryTimedOut(Exception):
+class DeliveryTimedOut(CheckoutError):
     """The run outlived DELIVERY_TIMEOUT_SECONDS: it counts as failed."""
 
     def __init__(self, message: str, *, still_running: bool = False) -> None:
@@ -83,7 +84,7 @@ class DeliveryTimedOut(Exception):
         self.still_running = still_running  # a plain function's thread, which nothing can stop
 
 
-class BadMessage(ValueError):
+class BadMessage(ValueError, CheckoutError):
     """The CloudEvent does not carry an order change: it goes, retried, to the dead-letter topic."""
 
 

@@ -108,8 +108,8 @@ class Intake:
     async def record_event(  # noqa: PLR0911
         self, event: dict[str, Any], *, look_up_payments: bool = True
     ) -> Outcome:
-        """Record one handled event's fact; raises what the recorder raises (LedgerUnavailable,
-        PublishFailed, PublicationInProgress) and the gateway's errors.
+        """Record one handled event's fact; raises what the recorder raises (RetryLater) and
+        the gateway's (StripeFailure).
 
         `look_up_payments=False`: a refund or dispute whose PaymentIntent the ledger does not know
         is ignored (`unknown_payment`) rather than looked up on Stripe (the reconciler, which has

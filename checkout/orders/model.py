@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from checkout.errors import CheckoutError
 from checkout.orders.session import OUR_METADATA_KEYS, SessionStatus, Staged
 
 PAID = "order.paid"
@@ -62,7 +63,7 @@ _DISPUTE_RANK = {"warning_needs_response": 1, "warning_under_review": 1, "needs_
 _DISPUTE_RANK |= {"under_review": 2, "won": 3, "lost": 3, "warning_closed": 3}
 
 
-class BadChange(ValueError):
+class BadChange(ValueError, CheckoutError):
     """A message that is not an order change of this schema (orders/order_change.schema.json)."""
 
 

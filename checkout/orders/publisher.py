@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from checkout.errors import RetryLater
 from checkout.orders.model import Change
 
 log = logging.getLogger("checkout.publisher")
@@ -28,7 +29,7 @@ PUBLISH_DEADLINE_S = 5.0
 PUBLISH_THREADS = 8
 
 
-class PublishFailed(Exception):
+class PublishFailed(RetryLater):
     """The change did not reach the topic in time; it stays recorded as unpublished."""
 
 

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from checkout.errors import RetryLater
 from checkout.logs import current_traceparent
 from checkout.orders.ledger import PUBLISH_CLAIM_SECONDS, Applied, Ledger, new_token
 from checkout.orders.model import DISPUTED, Change, Fact, Order
@@ -24,7 +25,7 @@ IN_FLIGHT_POLL_S = 0.1
 CLAIM_MARGIN_S = 2.0
 
 
-class PublicationInProgress(Exception):
+class PublicationInProgress(RetryLater):
     """Another request is publishing this order's changes right now; retry shortly."""
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any, Protocol
 
+from checkout.errors import CheckoutError
 from checkout.orders.model import (
     CHARGE_EVENTS,
     DISPUTE_EVENTS,
@@ -35,7 +36,7 @@ _ID = re.compile(r"[A-Za-z0-9_]{1,250}")
 FAILED_PAYMENT_INTENT = frozenset({"requires_payment_method", "canceled"})
 
 
-class MalformedEvent(ValueError):
+class MalformedEvent(ValueError, CheckoutError):
     """An event whose fields are not what Stripe documents: acknowledged, refused, logged."""
 
 

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import stripe
 
-from checkout import errors
 from checkout.api.limits import InFlightCap
 from checkout.config import Settings, is_live_key
-from checkout.errors import ApiError
-from checkout.keys import SecretConfigError, SecretSource, SecretUnavailable
+from checkout.errors import (
+    IdempotencyConflict,
+    ProviderBusy,
+    ProviderError,
+    ProviderUnavailable,
+    ProviderUnreachable,
+    SessionNotFound,
+    StripeFailure,
+    StripeMisconfigured,
+)
+from checkout.keys import SecretConfigError, SecretError, SecretSource, SecretUnavailable
 from checkout.once import SingleFlight
 from checkout.orders.session import MARKER_KEY, CreatedSession, SessionStatus
 from checkout.orders.stripe_fields import session_status
@@ -123,8 +132,8 @@ class StripeGateway:
 
         try:
             session = await self._call("create", call)
-        except ApiError as error:
-            if idempotency_key is not None and error.code == "payment_provider_error":
+        except ProviderError:
+            if idempotency_key is not None:
                 self._retry_keys.failed(idempotency_key, attempt)
             raise
         return CreatedSession(session_id=session["id"], client_secret=session["client_secret"])
@@ -272,7 +281,7 @@ class StripeGateway:
             # Queueing behind a slow Stripe only makes every customer wait; the client retries.
             busy = self._in_flight.in_flight
             lane = "public" if public else "reserved"
-            raise errors.payment_provider_busy(f"{busy} Stripe calls in flight, {lane} cap reached")
+            raise ProviderBusy(f"{busy} Stripe calls in flight, {lane} cap reached")
         try:
             return await self._call_in_flight(operation, call)
         finally:
@@ -300,22 +309,17 @@ class StripeGateway:
         """Whether the key is a live one; None when no key can be had (the caller cannot tell)."""
         try:
             return is_live_key(await self._api_key.get_async())
-        except (SecretUnavailable, SecretConfigError):
+        except SecretError:
             return None
 
     async def _key(self) -> str:
-        try:
-            key = await self._api_key.get_async()
-        except SecretUnavailable as error:
-            raise errors.payment_provider_unavailable(f"Stripe key unavailable: {error}") from None
-        except SecretConfigError as error:
-            raise errors.payment_configuration_error(str(error)) from None
-        return self._sendable(key)
+        with _key_errors():
+            return self._sendable(await self._api_key.get_async())
 
     def _sendable(self, key: str) -> str:
         if self._settings.stripe_api_base and is_live_key(key):
             # Checked at startup for STRIPE_SECRET_KEY; a key from Secret Manager arrives here.
-            raise errors.payment_configuration_error(
+            raise StripeMisconfigured(
                 "the Stripe key is a live key but STRIPE_API_BASE is set: refusing to send it "
                 "anywhere but Stripe"
             )
@@ -323,13 +327,8 @@ class StripeGateway:
 
     async def _refreshed_key(self, stale: str) -> str:
         log.warning("Stripe answered 401 for the API key; re-reading the key")
-        try:
-            fresh = await self._api_key.refresh_async(stale)
-        except SecretUnavailable as error:
-            raise errors.payment_provider_unavailable(f"Stripe key unavailable: {error}") from None
-        except SecretConfigError as error:
-            raise errors.payment_configuration_error(str(error)) from None
-        return self._sendable(fresh)
+        with _key_errors():
+            return self._sendable(await self._api_key.refresh_async(stale))
 
     def _client_for_this_loop(self, key: str) -> stripe.StripeClient:
         # One event loop per worker process, so this builds once; a pool cannot cross loops.
@@ -410,7 +409,18 @@ def _note_stripe_request_id(request_id: str | None) -> None:
         request.stripe_request_id = request_id
 
 
-def _map_stripe_error(operation: str, error: stripe.StripeError) -> ApiError:
+@contextmanager
+def _key_errors() -> Iterator[None]:
+    """The key's errors as a Stripe call's: retry later, or ours to fix."""
+    try:
+        yield
+    except SecretUnavailable as error:
+        raise ProviderUnavailable(f"Stripe key unavailable: {error}") from None
+    except SecretConfigError as error:
+        raise StripeMisconfigured(str(error)) from None
+
+
+def _map_stripe_error(operation: str, error: stripe.StripeError) -> StripeFailure:
     _note_stripe_request_id(getattr(error, "request_id", None))
     kind = type(error).__name__
     code = getattr(error, "code", None)
@@ -420,16 +430,16 @@ def _map_stripe_error(operation: str, error: stripe.StripeError) -> ApiError:
 
     missing = isinstance(error, stripe.InvalidRequestError) and code == "resource_missing"
     if missing and operation == "retrieve":
-        return errors.session_not_found(detail)
+        return SessionNotFound(detail)
     if isinstance(error, stripe.IdempotencyError):
-        return errors.idempotency_conflict(detail)
+        return IdempotencyConflict(detail)
     # A 409: another request with this key is still executing at Stripe (the SDK retried it).
     if isinstance(error, stripe.RateLimitError) or error.http_status == 409:
-        return errors.payment_provider_busy(detail)
+        return ProviderBusy(detail)
     if isinstance(error, stripe.APIConnectionError):
-        return errors.payment_provider_unreachable(detail)
+        return ProviderUnreachable(detail)
     if isinstance(
         error, (stripe.AuthenticationError, stripe.PermissionError, stripe.InvalidRequestError)
     ):
-        return errors.payment_configuration_error(detail)
-    return errors.payment_provider_error(detail)
+        return StripeMisconfigured(detail)
+    return ProviderError(detail)

@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 import httptools
 import stripe
 
+from checkout.errors import CheckoutError
+
 # Idle connections kept per origin: above Cloud Run's --concurrency, so that a burst finds them.
 _MAX_IDLE = 256
 # How long a connection may sit idle and still be reused (aiohttp's default): well inside the
@@ -37,7 +39,7 @@ class ResponseHeaders(dict[str, str]):
         return isinstance(name, str) and super().__contains__(name.lower())
 
 
-class _StaleConnection(Exception):
+class _StaleConnection(CheckoutError):
     """A reused keep-alive connection was closed by the other end before it read our request."""
 
 

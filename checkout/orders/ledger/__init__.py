@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from checkout.config import ConfigError, Settings
+from checkout.errors import RetryLater
 from checkout.orders.model import Change, Fact, Order, advance
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ Step = Callable[[list[Document | None]], tuple[list[Any], R]]
 KEEP = object()
 
 
-class LedgerUnavailable(Exception):
+class LedgerUnavailable(RetryLater):
     """The ledger could not be read or written in time; nothing was changed, so retry later."""
 
 

@@ -15,6 +15,7 @@ from google.api_core import retry_async
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from checkout.errors import CheckoutError
 from checkout.orders.ledger import KEEP, Document, Ledger, LedgerUnavailable, R, Step, scoped_path
 
 log = logging.getLogger("checkout.ledger")
@@ -45,7 +46,7 @@ _STATUS_CALL: dict[str, Any] = {"retry": None, "timeout": STATUS_READ_DEADLINE_S
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
 
 
-class _StepFailed(Exception):
+class _StepFailed(CheckoutError):
     """A transaction's step raised: its cause is re-raised as it is."""
 
 
