@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 from checkout.config import ConfigError, Settings, load_settings
 from checkout.keys import SecretSource, stripe_api_key_source, webhook_secret_source
@@ -19,6 +20,8 @@ from checkout.orders.recorder import Recorder
 from checkout.stripe_access.gateway import StripeGateway
 
 log = logging.getLogger("checkout")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,11 @@ class Runtime:
             worker=worker,
             trace_project=settings.google_cloud_project or _project_in(settings.stripe_secret_name),
         )
+
+    def hand(self, parts: Callable[..., T], **own: Any) -> T:
+        """`parts` (a dataclass) built from the runtime's parts of its fields' names, and `own`."""
+        names = [field.name for field in fields(parts)]  # type: ignore[arg-type]
+        return parts(**{name: own[name] if name in own else getattr(self, name) for name in names})
 
     def close(self) -> None:
         """Close the Stripe pool (on its own loop), the publisher and the worker's threads."""

@@ -45,14 +45,7 @@ class DoctorParts:
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> DoctorParts:
-        return cls(
-            runtime.settings,
-            runtime.api_key,
-            runtime.gateway,
-            runtime.ledger,
-            runtime.publisher,
-            CorsPolicy.from_settings(runtime.settings),
-        )
+        return runtime.hand(cls, cors=CorsPolicy.from_settings(runtime.settings))
 
 
 @dataclass(frozen=True)

@@ -54,15 +54,7 @@ class ReconcileParts:
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> ReconcileParts:
-        return cls(
-            runtime.settings,
-            runtime.gateway,
-            runtime.ledger,
-            runtime.recorder,
-            runtime.publisher,
-            runtime.catalogue,
-            runtime.intake,
-        )
+        return runtime.hand(cls)
 
 
 @dataclass
