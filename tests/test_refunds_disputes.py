@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from checkout.orders.session import MARKER_KEY
 from devtools.loopback import free_port
 from tests.firestore_emulator import Firestore
 from tests.pubsub_emulator import PubSub
@@ -229,6 +230,32 @@ def test_a_refund_of_another_integrations_charge_is_acknowledged_and_changes_not
     assert changes(server) == []
     status, body = http_json("GET", f"{server.url}{STATUS}?session_id={foreign['id']}")
     assert (status, body["code"]) == (404, "session_not_found")
+
+
+@pytest.mark.parametrize("later", ["refund_part", "refund_all", "dispute"])
+def test_a_refund_or_dispute_of_an_order_refused_when_its_delayed_payment_came_grants_nothing(
+    live_server, stripe_emulator, later
+) -> None:
+    # Ours, but not what we sell (another price), paid by a bank debit: its completion records
+    # an unpaid order, its success is refused (an operator must look). A refund or dispute of
+    # that payment implies it was paid, but must not turn the refused order into a paid one.
+    server = hooked(live_server, stripe_emulator)
+    other_price = {"line_items[0][price_data][unit_amount]": "300"}
+    session_id = create_session(
+        stripe_emulator, **{f"metadata[{MARKER_KEY}]": "local"}, **other_price
+    )["id"]
+    stripe_emulator.complete_session(session_id, "unpaid")
+    intent = stripe_emulator.settle_payment(session_id, "succeeded")["payment_intent"]
+    assert handled_events(server, "checkout.session.async_payment_succeeded")
+    if later == "dispute":
+        stripe_emulator.open_dispute(intent)
+        kind = "charge.dispute.created"
+    else:
+        refund(stripe_emulator, intent, 50 if later == "refund_part" else None)
+        kind = "charge.refunded"
+    records = handled_events(server, kind)
+    assert [(r["outcome"], r.get("reason")) for r in records] == [("ignored", "amount_mismatch")]
+    assert changes(server) == []  # nothing recorded or published, so nothing delivered
 
 
 def test_a_refund_whose_order_the_ledger_never_saw_is_found_through_stripe(

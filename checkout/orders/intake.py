@@ -133,6 +133,9 @@ class Intake:
         session_id, reason = await self._session_of_payment(fact.payment_intent, look_up_payments)
         if session_id is None:
             return Outcome(Kind.IGNORED, reason)
+        refused = await self._refused_before_paid(session_id, fact.payment_intent)
+        if refused is not None:
+            return Outcome(Kind.IGNORED, refused, session_id=session_id)
         outcome = await self._record(session_id, [fact], source)
         if outcome.kind is Kind.HANDLED:  # the first time only
             _log_if_inquiry(fact, session_id, source)
@@ -225,6 +228,19 @@ class Intake:
         if not recorded.recorded:
             return None, "not_ours" if recorded.not_ours else recorded.reason
         return session.session_id, None
+
+    async def _refused_before_paid(self, session_id: str, payment_intent: str) -> str | None:
+        """Why the order a refund or dispute names is not ours to fulfil, or None.
+
+        A refund implies a payment, but an order recorded unpaid may be one whose delayed payment
+        was refused (not what we sell): its session is read again and taken as its own event is.
+        """
+        order = await self._ledger.order(session_id)
+        if order is None or order.paid:
+            return None
+        session = await self._stripe.retrieve_session(session_id)
+        recorded = await self._record_session(session_fact(session, payment_intent), _Event())
+        return None if recorded.recorded else recorded.reason or "not_ours"
 
     async def _mode_mismatch(self, livemode: bool | None) -> str | None:
         """Why an event's mode is not the key's (misrouted, or forged with a leaked secret)."""
