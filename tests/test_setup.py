@@ -15,9 +15,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc  # type: ignore[import-untyped]
 import pytest
 
 from checkout.ops import setup
@@ -378,12 +380,33 @@ def test_deploy_runs_the_readme_build_with_the_recorded_options(stand_in: StandI
 # --- the Stripe part, against the emulator and the Secret Manager fake ---
 
 
+class _Refuse(grpc.GenericRpcHandler):  # type: ignore[misc]
+    def service(self, details: Any) -> Any:
+        def refuse(requests: Any, context: Any) -> Any:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "the test's project refuses it")
+
+        return grpc.stream_stream_rpc_method_handler(refuse)
+
+
+@pytest.fixture
+def refusing_google() -> Iterator[str]:
+    """host:port of a gRPC server refusing every call, as Google Cloud does to an account without
+    the roles: doctor's ledger and topic checks fail at once (an unreachable port is retried for
+    seconds, which setup's two doctor runs here would wait out)."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[_Refuse()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
 @pytest.mark.slow
 def test_setup_registers_the_webhook_once_and_stores_each_secret_once(
     stand_in: StandIn,
     stripe_emulator: StripeEmulator,
     sm: SecretManagerEmulator,
     tmp_path: Path,
+    refusing_google: str,
 ) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(TEST_KEY + "\n")
@@ -391,9 +414,9 @@ def test_setup_registers_the_webhook_once_and_stores_each_secret_once(
         FAKE_SM_URL=sm.endpoint,
         SECRET_MANAGER_ENDPOINT=sm.endpoint,
         STRIPE_API_BASE=stripe_emulator.url,
-        # doctor's ledger and topic: unreachable here, so doctor fails, and with it setup.
-        FIRESTORE_EMULATOR_HOST="127.0.0.1:9",
-        PUBSUB_EMULATOR_HOST="127.0.0.1:9",
+        # doctor's ledger and topic: refused here, so doctor fails, and with it setup.
+        FIRESTORE_EMULATOR_HOST=refusing_google,
+        PUBSUB_EMULATOR_HOST=refusing_google,
         STRIPE_TIMEOUT_SECONDS="5",
     )
     command = python_m_checkout("setup", "--frontend-url", FRONTEND, "--key-file", str(key_file))
