@@ -35,7 +35,8 @@ QUIET = {
     "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
 }
 
-RECORDER = """#!{python}
+# -S: the recorder, started for every recorded call, needs only the standard library.
+RECORDER = """#!{python} -S
 import json, os, shutil, subprocess, sys
 log = os.environ["GCLOUD_RECORD_DIR"]
 n = len([name for name in os.listdir(log) if name.endswith(".json")])

@@ -14,11 +14,14 @@ MAKEFILE = (ROOT / "Makefile").read_text()
 def recipe(target: str) -> list[str]:
     """The commands of a target, one a line."""
     lines = MAKEFILE.split(f"\n{target}:", 1)[1].splitlines()[1:]
-    commands = []
+    commands: list[str] = []
     for line in lines:
         if not line.startswith("\t"):
             break
-        commands.append(line.strip())
+        if commands and commands[-1].endswith("\\"):  # a command continued on the next line
+            commands[-1] = commands[-1][:-1] + line.strip()
+        else:
+            commands.append(line.strip())
     return commands
 
 
@@ -35,8 +38,14 @@ def markers() -> set[str]:
 LINT = ["$(PY) -m ruff check .", "$(PY) -m ruff format --check .", "$(PY) -m mypy"]
 
 
-def test_make_test_lints_then_runs_every_test_on_every_core() -> None:
-    assert recipe("test") == [*LINT, "$(PY) -m pytest $(call PARALLEL,loadscope)"]
+def test_make_test_lints_then_runs_every_test_on_every_core_beside_mypy() -> None:
+    commands = recipe("test")
+    assert commands[:2] == LINT[:2]
+    # One shell line: mypy in the background, pytest, then mypy's report and the worse status.
+    (together,) = commands[2:]
+    assert together.startswith("types=$$(mktemp); $(PY) -m mypy >$$types 2>&1 & mypy=$$!;")
+    assert "$(PY) -m pytest $(call PARALLEL,loadscope); tests=$$?;" in together
+    assert together.endswith("exit $$((typed ? typed : tests))")
     assert variable("JOBS") == "logical"
     assert "-n $(JOBS) --dist $(1)" in variable("PARALLEL")
     assert "-p no:xdist" in variable("PARALLEL")  # JOBS=1: one process

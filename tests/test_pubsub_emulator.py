@@ -95,7 +95,7 @@ def test_received_acknowledges_what_it_returns(pubsub: PubSub) -> None:
     # A nack of an acknowledged message is ignored; one of an outstanding message would bring it
     # straight back, so an empty pull afterwards proves both were acknowledged.
     pubsub.api.nack(pubsub.project, pubsub.subscription_id, [r["ackId"] for r in received])
-    assert pubsub.received(timeout=2) == []
+    assert pubsub.received(timeout=0.5) == []
 
 
 def dead_letter_setup(pubsub: PubSub, *, ordering: bool) -> str:
@@ -369,7 +369,7 @@ def test_push_posts_the_exact_cloud_event_and_acknowledges_a_2xx(
     }
     # Acknowledged: a nack now is ignored, where an outstanding message would come straight back.
     pubsub.api.nack(pubsub.project, pubsub.subscription_id, [delivery.ack_id])
-    assert pubsub.received(timeout=2) == []
+    assert pubsub.received(timeout=0.5) == []
 
 
 def wait_for_deliveries(pusher: EventarcPush, seconds: float = WAIT) -> list:
@@ -394,7 +394,7 @@ def test_push_nacks_a_non_2xx_and_the_redelivery_is_pushed_again(
     (second,) = wait_for_deliveries(pusher)  # back at once: nacked, not left outstanding
     assert (second.message_id, second.status, second.acked) == (message_id, 200, True)
     assert [headers["ce-id"] for _, headers, _ in sink.requests] == [message_id, message_id]
-    assert pubsub.received(timeout=2) == []
+    assert pubsub.received(timeout=0.5) == []
 
 
 def test_push_nacks_when_nothing_listens(pubsub: PubSub) -> None:
@@ -468,7 +468,7 @@ def test_push_with_concurrency_holds_several_keys_at_once_and_one_keys_messages_
     for in_flight in sink.in_flight_history:  # never two of one key's POSTs at once
         assert len([body for body in in_flight if data_of(body)[:1] == b"a"]) <= 1
     assert [d.acked for d in pusher.deliveries] == [True] * 5
-    assert pubsub.received(timeout=2) == []
+    assert pubsub.received(timeout=0.5) == []
 
 
 def data_of(body: bytes) -> bytes:

@@ -1,9 +1,10 @@
 """`python -m checkout setup | teardown | deploy` against a stand-in gcloud (tests/fake_gcloud.py).
 
-The stand-in on PATH records each call and keeps what the commands make in a state file, refusing
-what Google Cloud would refuse (a duplicate, a binding on nothing, an unknown account). The real
-gcloud parses the same commands in tests/test_setup_gcloud.py; the Stripe part runs against the
-Stripe emulator and the Secret Manager fake.
+The stand-in on PATH (a bash script, answered from this process) records each call and keeps what
+the commands make in a state file, refusing what Google Cloud would refuse (a duplicate, a binding
+on nothing, an unknown account). The real gcloud parses the same commands in
+tests/test_setup_gcloud.py; the Stripe part runs against the Stripe emulator and the Secret
+Manager fake.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc  # type: ignore[import-untyped]
 import pytest
 
 from checkout.ops import setup
@@ -29,7 +33,7 @@ from checkout.ops.setup_plan import (
 )
 from devtools.secret_manager_emulator import SecretManagerEmulator
 from devtools.stripe_emulator import StripeEmulator
-from tests.fake_gcloud import CHANGING, initial_state
+from tests.fake_gcloud import CHANGING, Server, initial_state, shim
 from tests.local_run import code_lines, shell_blocks_of
 from tests.stripe_emulator_client import sdk
 from tests.support import ROOT, SERVICE_VARS, TEST_KEY
@@ -38,26 +42,25 @@ PROJECT = "demo-project"
 REGION = "us-central1"
 FRONTEND = "https://app.example.com"
 OPTIONS = Options(PROJECT, REGION, FRONTEND)
-# -S: the stand-in needs only the standard library, and starts faster without site-packages.
-SHIM = """#!{python} -S
-import runpy, sys
-sys.argv[0] = "gcloud"
-runpy.run_path({fake!r}, run_name="__main__")
-"""
 
 
 class StandIn:
     """A folder with the stand-in `gcloud` and its state file."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, port: int) -> None:
         self.bin = tmp / "bin"
         self.bin.mkdir()
-        shim = self.bin / "gcloud"
-        shim.write_text(SHIM.format(python=sys.executable, fake=str(ROOT / "tests/fake_gcloud.py")))
-        shim.chmod(0o755)
+        self.port = port
+        self.answer_first("")
         (tmp / "cloudbuild.yaml").write_text("steps: []\n")  # setup runs from the repository root
         self.path = tmp / "gcloud-state.json"
         self.path.write_text(json.dumps(initial_state(PROJECT)))
+
+    def answer_first(self, guard: str) -> None:
+        """The `gcloud` on PATH, running the bash `guard` before asking the stand-in."""
+        gcloud = self.bin / "gcloud"
+        gcloud.write_text(shim(self.port, guard))
+        gcloud.chmod(0o755)
 
     def state(self) -> dict[str, Any]:
         return json.loads(self.path.read_text())
@@ -88,12 +91,13 @@ class StandIn:
 
 
 @pytest.fixture
-def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StandIn:
-    fake = StandIn(tmp_path)
-    monkeypatch.setenv("PATH", fake.env()["PATH"])
-    monkeypatch.setenv("FAKE_GCLOUD_STATE", str(fake.path))
-    monkeypatch.chdir(tmp_path)  # setup's record goes to ./.checkout-setup/
-    return fake
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
+    with Server() as server:
+        fake = StandIn(tmp_path, server.port)
+        monkeypatch.setenv("PATH", fake.env()["PATH"])
+        monkeypatch.setenv("FAKE_GCLOUD_STATE", str(fake.path))
+        monkeypatch.chdir(tmp_path)  # setup's record goes to ./.checkout-setup/
+        yield fake
 
 
 class Operators:
@@ -256,24 +260,15 @@ def test_a_failed_precondition_stops_before_any_change(
     stand_in: StandIn, problem: str, message: str, tmp_path: Path
 ) -> None:
     # The stand-in's answers for the precondition commands, made to fail one at a time.
-    fake = (stand_in.bin / "gcloud").read_text()
-    broken = {
-        "no-account": ('["auth", "list"]', "me@example.com", ""),
-        "no-adc": ('["auth", "application-default"', None, None),
-        "no-billing": ('["billing"', None, None),
+    guards = {
+        "no-account": 'if [ "$1 $2" = "auth list" ]; then exit 0; fi\n',
+        "no-adc": 'if [ "$1 $2" = "auth application-default" ]; then\n'
+        "  echo 'ERROR: no credentials' >&2; exit 1\nfi\n",
+        "no-billing": 'if [ "$1" = billing ]; then echo False; exit 0; fi\n',
     }
     options, key = OPTIONS, TEST_KEY
-    if problem in broken:
-        shim = stand_in.bin / "gcloud"
-        guard = {
-            "no-account": "if sys.argv[1:3] == ['auth', 'list']: sys.exit(0)\n",
-            "no-adc": "if sys.argv[1:3] == ['auth', 'application-default']: "
-            "sys.stderr.write('ERROR: no credentials\\n'); sys.exit(1)\n",
-            "no-billing": "if sys.argv[1:2] == ['billing']: print('False'); sys.exit(0)\n",
-        }[problem]
-        shim.write_text(
-            fake.replace('sys.argv[0] = "gcloud"\n', f'sys.argv[0] = "gcloud"\n{guard}')
-        )
+    if problem in guards:
+        stand_in.answer_first(guards[problem])
     elif problem == "bad-key":
         key = "pk_test_abc"
     else:
@@ -385,12 +380,33 @@ def test_deploy_runs_the_readme_build_with_the_recorded_options(stand_in: StandI
 # --- the Stripe part, against the emulator and the Secret Manager fake ---
 
 
+class _Refuse(grpc.GenericRpcHandler):  # type: ignore[misc]
+    def service(self, details: Any) -> Any:
+        def refuse(requests: Any, context: Any) -> Any:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "the test's project refuses it")
+
+        return grpc.stream_stream_rpc_method_handler(refuse)
+
+
+@pytest.fixture
+def refusing_google() -> Iterator[str]:
+    """host:port of a gRPC server refusing every call, as Google Cloud does to an account without
+    the roles: doctor's ledger and topic checks fail at once (an unreachable port is retried for
+    seconds, which setup's two doctor runs here would wait out)."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[_Refuse()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
 @pytest.mark.slow
 def test_setup_registers_the_webhook_once_and_stores_each_secret_once(
     stand_in: StandIn,
     stripe_emulator: StripeEmulator,
     sm: SecretManagerEmulator,
     tmp_path: Path,
+    refusing_google: str,
 ) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(TEST_KEY + "\n")
@@ -398,9 +414,9 @@ def test_setup_registers_the_webhook_once_and_stores_each_secret_once(
         FAKE_SM_URL=sm.endpoint,
         SECRET_MANAGER_ENDPOINT=sm.endpoint,
         STRIPE_API_BASE=stripe_emulator.url,
-        # doctor's ledger and topic: unreachable here, so doctor fails, and with it setup.
-        FIRESTORE_EMULATOR_HOST="127.0.0.1:9",
-        PUBSUB_EMULATOR_HOST="127.0.0.1:9",
+        # doctor's ledger and topic: refused here, so doctor fails, and with it setup.
+        FIRESTORE_EMULATOR_HOST=refusing_google,
+        PUBSUB_EMULATOR_HOST=refusing_google,
         STRIPE_TIMEOUT_SECONDS="5",
     )
     command = python_m_checkout("setup", "--frontend-url", FRONTEND, "--key-file", str(key_file))
