@@ -1,6 +1,6 @@
 """`python -m bench.faults`: how long each fault takes to answer, against its documented budget.
 
-tests/test_faults.py and tests/test_keys.py check what a budget counts (the attempts, which timeout
+test_faults.py and test_keys.py (tests/) check what a budget counts (the attempts, which timeout
 ended them); they read no clock, because a busy machine would make them flaky. This measures the
 time. Each case runs a fresh function (production server) against the Stripe emulator or the
 Secret Manager fake, times one request, and prints seconds / budget. The budget is the worst case

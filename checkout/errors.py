@@ -78,7 +78,7 @@ class ApiError(CheckoutError):
 
 
 # Every code the API answers: its HTTP status, Retry-After (seconds; "-": none) and sentence (an
-# indented line goes on with the one above). openapi.yaml documents each (tests/test_openapi.py).
+# indented line goes on with the one above). openapi.yaml documents each (test_openapi.py).
 # The ledger's codes: nothing was marked handled, or a change is recorded and not yet published;
 # Stripe's retry (or the next status call) does the rest. payment_configuration_error is our own
 # misconfiguration: the details go to the log only, never Stripe's text to clients.

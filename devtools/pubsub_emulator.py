@@ -17,7 +17,7 @@ from devtools.gcloud_emulator import GcloudEmulator
 READY_LINE = b"Server started, listening on"
 
 # What `make pubsub-emulator` creates (docs/pubsub.md); unordered, because the emulator cannot
-# dead-letter from an ordered subscription (tests/test_pubsub_emulator.py pins that).
+# dead-letter from an ordered subscription (tests/devtools/test_pubsub_emulator.py pins that).
 LOCAL_PROJECT = "local-project"
 LOCAL_TOPIC = "checkout-orders"
 LOCAL_SUBSCRIPTION = "checkout-orders-worker"

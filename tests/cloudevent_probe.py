@@ -1,4 +1,4 @@
-"""Throwaway CloudEvent functions for tests/test_pubsub_emulator.py: each event they accept is
+"""Throwaway CloudEvent functions for test_pubsub_emulator.py: each event they accept is
 appended, as parsed by functions-framework, to the file CLOUDEVENT_PROBE_FILE names."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A stand-in `gcloud` for setup's tests: records each call, answers from a JSON state file.
 
 It knows the commands `python -m checkout setup | teardown` run (the real gcloud parses the same
-commands in tests/test_setup_gcloud.py) and keeps what they make: resources, IAM policies, enabled
+commands in test_setup_gcloud.py) and keeps what they make: resources, IAM policies, enabled
 APIs. Like Google Cloud it refuses to make what exists, to bind a role on what does not, or to
 name a service account that does not exist, so a step out of order fails here too. State:
 FAKE_GCLOUD_STATE; `fail_at` N in it makes the Nth changing call of a run fail (quota), unmade.

@@ -1,6 +1,6 @@
 """Bad input over real HTTP: the server and the function, raw bytes on a socket, Stripe calls.
 
-tests/test_routes.py checks the handlers through an in-process test client. This file sends the
+tests/api/test_routes.py checks the handlers through an in-process test client. This file sends the
 issue's list of bad inputs to a live functions-framework server instead (gunicorn with uvicorn
 workers), byte for byte (a NUL, a newline in a header, a 10 KB URL), so that what the server does
 before the function is covered too. Each case asserts the exact status and code, and that Stripe

@@ -3,7 +3,7 @@
 The stand-in on PATH (a bash script, answered from this process) records each call and keeps what
 the commands make in a state file, refusing what Google Cloud would refuse (a duplicate, a binding
 on nothing, an unknown account). The real gcloud parses the same commands in
-tests/test_setup_gcloud.py; the Stripe part runs against the Stripe emulator and the Secret
+tests/ops/test_setup_gcloud.py; the Stripe part runs against the Stripe emulator and the Secret
 Manager fake.
 """
 

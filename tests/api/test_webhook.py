@@ -359,7 +359,7 @@ def _play(
     session_id = create_session(stripe_emulator, **params)["id"]
     endings = ["paid", "free", "settled", "failed", "unpaid", "expired"]
     # Not what we sell, and not paid at once: the status path never records it, the webhook
-    # records it unpaid until its payment is refused (tests/test_refunds_disputes.py): left out.
+    # records it unpaid until its payment is refused (test_refunds_disputes.py): left out.
     ending = data.draw(st.sampled_from(endings[:2] if whose == "other_price" else endings))
     if ending == "expired":
         return stripe_emulator.expire_session(session_id)

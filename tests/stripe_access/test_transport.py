@@ -1,5 +1,5 @@
 """The Stripe transport against small local servers: framing, keep-alive, stale connections,
-timeouts and proxies. The HTTP tests (test_stripe_gateway.py, test_faults.py) cover the rest
+timeouts and proxies. The HTTP tests (test_gateway.py, test_faults.py) cover the rest
 against the Stripe emulator."""
 
 from __future__ import annotations

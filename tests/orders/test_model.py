@@ -36,7 +36,7 @@ from checkout.orders.session import SessionStatus
 from checkout.orders.stripe_fields import MalformedEvent, fact_of_event
 
 SCHEMA = json.loads(
-    (Path(__file__).parent.parent / "checkout" / "orders" / "order_change.schema.json").read_text()
+    (Path(__file__).parents[2] / "checkout" / "orders" / "order_change.schema.json").read_text()
 )
 SID = "cs_test_a1"
 PI = "pi_1"

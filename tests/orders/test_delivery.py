@@ -478,7 +478,7 @@ class Topic:
         return None
 
 
-WEBHOOKS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "webhooks.md"
+WEBHOOKS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
 
 
 def docs_template(access: dict[str, bool]) -> Any:
