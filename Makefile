@@ -42,8 +42,11 @@ pubsub-emulator: $(VENV)/.installed
 # emulators (docs/testing.md#how-long-it-takes). `make test` gives a worker a whole module at a
 # time (loadscope), so a module's fixtures (gcloud, a browser) are set up once; `make check`, whose
 # module fixtures are cheap, spreads single tests (load), which balances the two workers better.
+# `make test`'s workers wait on emulators, processes and deadlines much of the time, so it runs
+# one more worker than there are CPUs (TEST_JOBS); JOBS=N sets both targets' count.
 JOBS ?= logical
-PARALLEL = $(if $(filter 1,$(JOBS)),-p no:xdist,-n $(JOBS) --dist $(1))
+TEST_JOBS ?= $(if $(filter logical,$(JOBS)),$(shell $(PYTHON) -c "import os; print((os.cpu_count() or 1) + 1)"),$(JOBS))
+PARALLEL = $(if $(filter 1,$(2)),-p no:xdist,-n $(2) --dist $(1))
 
 ## Lint, then type-check while every test runs (docs/testing.md#how-long-it-takes).
 # mypy (about 30 s of one core without its cache) runs beside pytest, whose workers often wait on
@@ -53,7 +56,7 @@ test: $(VENV)/.installed $(E2E_DEPS)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	types=$$(mktemp); $(PY) -m mypy >$$types 2>&1 & mypy=$$!; \
-	$(PY) -m pytest $(call PARALLEL,loadscope); tests=$$?; \
+	$(PY) -m pytest $(call PARALLEL,loadscope,$(TEST_JOBS)); tests=$$?; \
 	wait $$mypy; typed=$$?; cat $$types; rm -f $$types; \
 	exit $$((typed ? typed : tests))
 
@@ -67,7 +70,7 @@ check: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest $(call PARALLEL,load) -m "$(QUICK)"
+	$(PY) -m pytest $(call PARALLEL,load,$(JOBS)) -m "$(QUICK)"
 
 ## Re-pin requirements.txt and requirements-dev.txt, every transitive dependency with hashes, from
 ## requirements.in and requirements-dev.in (pip-tools).

@@ -44,15 +44,19 @@ def test_make_test_lints_then_runs_every_test_on_every_core_beside_mypy() -> Non
     # One shell line: mypy in the background, pytest, then mypy's report and the worse status.
     (together,) = commands[2:]
     assert together.startswith("types=$$(mktemp); $(PY) -m mypy >$$types 2>&1 & mypy=$$!;")
-    assert "$(PY) -m pytest $(call PARALLEL,loadscope); tests=$$?;" in together
+    assert "$(PY) -m pytest $(call PARALLEL,loadscope,$(TEST_JOBS)); tests=$$?;" in together
     assert together.endswith("exit $$((typed ? typed : tests))")
     assert variable("JOBS") == "logical"
-    assert "-n $(JOBS) --dist $(1)" in variable("PARALLEL")
+    # One worker more than CPUs (its workers often wait), unless JOBS names a count.
+    assert variable("TEST_JOBS").startswith("$(if $(filter logical,$(JOBS)),$(shell $(PYTHON) -c")
+    assert "(os.cpu_count() or 1) + 1" in variable("TEST_JOBS")
+    assert variable("TEST_JOBS").endswith(",$(JOBS))")
+    assert "-n $(2) --dist $(1)" in variable("PARALLEL")
     assert "-p no:xdist" in variable("PARALLEL")  # JOBS=1: one process
 
 
 def test_make_check_lints_then_leaves_out_every_marked_test() -> None:
-    assert recipe("check") == [*LINT, '$(PY) -m pytest $(call PARALLEL,load) -m "$(QUICK)"']
+    assert recipe("check") == [*LINT, '$(PY) -m pytest $(call PARALLEL,load,$(JOBS)) -m "$(QUICK)"']
     terms = variable("QUICK").split(" and ")
     assert all(term.startswith("not ") for term in terms)
     assert {term.removeprefix("not ") for term in terms} == markers()
