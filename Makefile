@@ -49,7 +49,7 @@ TEST_JOBS ?= $(if $(filter logical,$(JOBS)),$(shell $(PYTHON) -c "import os; pri
 PARALLEL = $(if $(filter 1,$(2)),-p no:xdist,-n $(2) --dist $(1))
 
 ## Lint, then type-check while every test runs (docs/testing.md#how-long-it-takes).
-# mypy (about 30 s of one core without its cache) runs beside pytest, whose workers often wait on
+# mypy (12 s of one core without its cache) runs beside pytest, whose workers often wait on
 # an emulator, a process or a deadline; its report is printed after the tests', and either
 # failing fails `make test`.
 test: $(VENV)/.installed $(E2E_DEPS)
