@@ -2,9 +2,9 @@
 
     python -m bench.ledger            # needs gcloud + Java (the Firestore emulator)
 
-1. Import: `import checkout.api.app` alone, then with
-`checkout.orders.ledger.firestore` (which brings
-   google.cloud.firestore and its gRPC stack), each in a fresh interpreter, median of several runs.
+1. Import: `import checkout.api.app` alone, then with `checkout.orders.ledger.firestore` (which
+   brings google.cloud.firestore and its gRPC stack), each in a fresh interpreter, median of several
+   runs.
    The difference is what ORDER_LEDGER=firestore adds to an instance's cold start.
 2. Latency against Google's Firestore emulator on loopback, one request at a time: recording a
    paid session's first fact (the order's create, the event's mark), a duplicate of it (reads

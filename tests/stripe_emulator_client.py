@@ -73,7 +73,7 @@ class WebhookReceiver:
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         ).start()
 
-    def wait_for(self, count: int, seconds: float = 10) -> None:
+    def wait_for(self, count: int, seconds: float = 30) -> None:
         """Until `count` deliveries arrived; the bound is generous: it only says "no hang"."""
         deadline = time.monotonic() + seconds
         while len(self.received) < count and time.monotonic() < deadline:

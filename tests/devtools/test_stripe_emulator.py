@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,10 +16,10 @@ import requests
 import stripe
 
 from devtools.stripe_emulator import UI_MODE_NEW_TO_OLD, StripeEmulator
+from tests.stripe_emulator_client import WEBHOOK_SECRET, WebhookReceiver
 from tests.support import ROOT, free_port, stop_process
 
 KEY = "sk_test_emulator"
-WEBHOOK_SECRET = "whsec_emulator_tests"
 OLD_API_VERSION = "2025-09-30.clover"
 RETURN_URL = "https://app.example/hero-me?session_id={CHECKOUT_SESSION_ID}"
 
@@ -701,50 +700,11 @@ def test_command_line_serves_until_sigterm():
 # --- webhooks ----------------------------------------------------------------------------------
 
 
-class WebhookReceiver:
-    """A local endpoint that records what Stripe (the emulator) posts to it."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        self.status = 200
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append((dict(self.headers), body))
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhook"
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def wait_for(self, count: int, seconds: float = 30) -> None:
-        """Until `count` deliveries arrived; the bound is generous: it only says "no hang"."""
-        deadline = time.monotonic() + seconds
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(self.received) >= count
-
-    def verified_event(self, index: int = -1, secret: str = WEBHOOK_SECRET) -> stripe.Event:
-        headers, body = self.received[index]
-        return stripe.Webhook.construct_event(body, headers["Stripe-Signature"], secret)
-
-
 @pytest.fixture
 def receiver() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
     yield receiver
-    receiver.server.shutdown()
-    receiver.server.server_close()
+    receiver.close()
 
 
 @pytest.fixture
